@@ -1,0 +1,32 @@
+# Every target sets up its own virtual environment: a fresh machine needs only Python 3.11.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned to the local CPU wheel so nothing pulls CUDA packages.
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15 tests
+
+demo: $(STAMP)
+	$(BIN)/python -m mowe.demo --out demo_out
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+lint:
+	$(BIN)/pip install -q ruff && $(BIN)/ruff check mowe tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) demo_out *.egg-info

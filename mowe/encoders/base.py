@@ -1,0 +1,153 @@
+"""The contract every audio encoder in mowe meets, and the checks shared by all of them.
+
+Shape legend: ``b`` batch, ``s`` samples, ``t`` frames, ``d`` feature width, ``l`` layers.
+
+An encoder is any :class:`torch.nn.Module` that
+
+* has ``out_dim: int`` (feature width ``d``) and ``frame_rate: float`` (frames per second of its output),
+* has ``min_samples: int`` (the shortest clip it can encode; 0 if any length works),
+* is called as ``encoder(waveforms, lengths)`` with ``waveforms`` of shape ``(b, s)`` (16 kHz mono float32,
+  zero-padded on the right) and ``lengths`` of shape ``(b,)`` (valid samples per clip),
+* returns an :class:`EncoderOutput`.
+
+Nothing else is required: a user module with those attributes joins a weak pool as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from mowe.errors import MoWEInputError
+
+__all__ = [
+    "SAMPLE_RATE",
+    "EncoderOutput",
+    "AudioEncoder",
+    "check_waveforms",
+    "check_encoder_output",
+    "lengths_to_mask",
+    "set_trainable",
+]
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass
+class EncoderOutput:
+    """What an encoder returns.
+
+    Attributes:
+        features: ``(b, t, d)`` frame features; frames at or beyond ``lengths[i]`` are padding.
+        lengths: ``(b,)`` int64, valid frames per clip.
+        hidden_states: optional ``(b, l, t, d)`` stack of every layer's output (LTU-AS uses all layers).
+    """
+
+    features: torch.Tensor
+    lengths: torch.Tensor
+    hidden_states: torch.Tensor | None = None
+
+
+@runtime_checkable
+class AudioEncoder(Protocol):
+    """Structural type of an encoder (see the module docstring)."""
+
+    out_dim: int
+    frame_rate: float
+    min_samples: int
+
+    def __call__(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput: ...
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(b,)`` lengths -> ``(b, max_len)`` bool mask, True on valid positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def check_waveforms(
+    waveforms: torch.Tensor, lengths: torch.Tensor | None, *, min_samples: int = 0, name: str = "waveforms"
+) -> torch.Tensor:
+    """Validate a padded waveform batch and return int64 lengths on the waveforms' device.
+
+    Args:
+        waveforms: ``(b, s)`` float tensor.
+        lengths: ``(b,)`` valid samples per clip, or None for "every clip fills the tensor".
+        min_samples: shortest clip the caller can encode.
+        name: argument name used in error messages.
+
+    Raises:
+        MoWEInputError: empty batch, wrong rank or dtype, NaN/Inf samples, lengths out of range,
+            or a clip shorter than ``min_samples``. The message names the argument and the clip index.
+    """
+    if not isinstance(waveforms, torch.Tensor):
+        raise MoWEInputError(f"{name} must be a torch.Tensor of shape (batch, samples), got {type(waveforms).__name__}")
+    if waveforms.dim() != 2:
+        raise MoWEInputError(f"{name} must have shape (batch, samples), got shape {tuple(waveforms.shape)}")
+    if waveforms.shape[0] == 0:
+        raise MoWEInputError(f"{name} is an empty batch (shape {tuple(waveforms.shape)})")
+    if not waveforms.is_floating_point():
+        raise MoWEInputError(f"{name} must be floating point, got {waveforms.dtype}")
+    b, s = waveforms.shape
+    if lengths is None:
+        lengths = torch.full((b,), s, dtype=torch.long, device=waveforms.device)
+    else:
+        lengths = torch.as_tensor(lengths, device=waveforms.device)
+        if lengths.shape != (b,):
+            raise MoWEInputError(f"lengths for {name} must have shape ({b},), got {tuple(lengths.shape)}")
+        if lengths.is_floating_point():
+            raise MoWEInputError(f"lengths for {name} must be integers, got {lengths.dtype}")
+        lengths = lengths.long()
+    # One host sync for all checks: these are cheap and catch errors that would otherwise
+    # surface as silent garbage (NaN logits) far from their cause.
+    bad_len = ((lengths > s) | (lengths < 1)).nonzero().flatten().tolist()
+    if bad_len:
+        i = bad_len[0]
+        raise MoWEInputError(
+            f"lengths for {name} out of range at clip {i}: length {int(lengths[i])} but the tensor holds {s} samples"
+        )
+    short = (lengths < min_samples).nonzero().flatten().tolist()
+    if short:
+        i = short[0]
+        raise MoWEInputError(
+            f"clip {i} of {name} has {int(lengths[i])} samples; this encoder needs at least {min_samples} "
+            f"({min_samples / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
+        )
+    finite = torch.isfinite(waveforms) | ~lengths_to_mask(lengths, s)
+    if not bool(finite.all()):
+        i = int((~finite).any(dim=1).nonzero()[0])
+        raise MoWEInputError(f"clip {i} of {name} contains NaN or Inf samples")
+    return lengths
+
+
+def check_encoder_output(out: object, *, batch: int, out_dim: int, who: str) -> EncoderOutput:
+    """Check that an encoder honoured the contract; raise naming the encoder if not."""
+    if not isinstance(out, EncoderOutput):
+        raise MoWEInputError(f"encoder {who} must return an EncoderOutput, got {type(out).__name__}")
+    f = out.features
+    if f.dim() != 3 or f.shape[0] != batch or f.shape[2] != out_dim:
+        raise MoWEInputError(
+            f"encoder {who} returned features of shape {tuple(f.shape)}; expected ({batch}, frames, {out_dim}) "
+            f"(batch {batch}, its out_dim {out_dim})"
+        )
+    if out.lengths.shape != (batch,):
+        raise MoWEInputError(f"encoder {who} returned lengths of shape {tuple(out.lengths.shape)}; expected ({batch},)")
+    return out
+
+
+def set_trainable(module: torch.nn.Module, trainable: bool) -> torch.nn.Module:
+    """Freeze or unfreeze every parameter of ``module``; returns it for chaining."""
+    for p in module.parameters():
+        p.requires_grad_(trainable)
+    return module
+
+
+def conv_out_len(length: torch.Tensor, kernel: int, stride: int, padding: int = 0) -> torch.Tensor:
+    """Output length of a 1-d convolution, elementwise over an integer tensor."""
+    return torch.div(length + 2 * padding - kernel, stride, rounding_mode="floor") + 1
+
+
+def frames_for_seconds(seconds: float, frame_rate: float) -> int:
+    return int(math.ceil(seconds * frame_rate))

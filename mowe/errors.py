@@ -1,0 +1,30 @@
+"""Exception types raised by mowe.
+
+Every error a user can cause with bad input is a subclass of :class:`ValueError`, so
+``except ValueError`` catches them all, and each message names the argument, sample,
+file or manifest line that is wrong.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MoWEInputError", "AudioLoadError", "ManifestError", "ConfigError", "CheckpointError"]
+
+
+class MoWEInputError(ValueError):
+    """A tensor or argument handed to a mowe module is malformed (names the argument or sample)."""
+
+
+class AudioLoadError(ValueError):
+    """An audio file could not be read or is not usable audio (names the file)."""
+
+
+class ManifestError(ValueError):
+    """A line of a JSONL manifest is malformed (names the manifest and the line number)."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or dict is invalid, e.g. an unknown key (names the key)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated or tampered with (names the file)."""
