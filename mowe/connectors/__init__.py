@@ -1,0 +1,9 @@
+"""Connectors (projectors) from encoder features into the LLM embedding space."""
+
+from mowe.connectors.base import ConnectorOutput
+from mowe.connectors.basic import ConvConnector, FrameStackConnector, LinearConnector, MLPConnector
+from mowe.connectors.qformer import WindowQFormerConnector
+from mowe.connectors.tltr import TLTRConnector
+
+__all__ = ["ConnectorOutput", "LinearConnector", "MLPConnector", "FrameStackConnector", "ConvConnector",
+           "WindowQFormerConnector", "TLTRConnector"]

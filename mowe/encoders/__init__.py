@@ -1,0 +1,17 @@
+"""Audio encoders behind one protocol (see :mod:`mowe.encoders.base`) and the weak pool that runs them."""
+
+from mowe.encoders.base import AudioEncoder, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.hubert import HubertEncoder
+from mowe.encoders.pool import WeakEncoderPool
+from mowe.encoders.whisper import LogMelFrontend, WhisperEncoder
+
+__all__ = ["AudioEncoder", "EncoderOutput", "HubertEncoder", "WhisperEncoder", "LogMelFrontend", "WeakEncoderPool",
+           "BEATsEncoder", "check_waveforms", "lengths_to_mask", "set_trainable"]
+
+
+def __getattr__(name: str):
+    if name == "BEATsEncoder":  # imported lazily: it is the largest encoder module and optional for most users
+        from mowe.encoders.beats import BEATsEncoder
+
+        return BEATsEncoder
+    raise AttributeError(name)

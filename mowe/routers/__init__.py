@@ -1,0 +1,9 @@
+"""Routers over the weak-encoder pool."""
+
+from mowe.routers.base import RouterOutput
+from mowe.routers.dependent import DataDependentRouter
+from mowe.routers.independent import DataIndependentRouter
+from mowe.routers.mixture import MixtureRouter, load_balance_loss, masked_mean
+
+__all__ = ["RouterOutput", "DataIndependentRouter", "DataDependentRouter", "MixtureRouter", "load_balance_loss",
+           "masked_mean"]

@@ -1,0 +1,136 @@
+"""Building parts from config entries: encoders, connectors, the LLM (+ LoRA), routers.
+
+Each builder returns a plain module; the model composes them. Hard-coded sizes live only in presets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
+from mowe.errors import ConfigError
+
+__all__ = ["build_encoder", "build_connector", "build_llm", "build_router", "DTYPES"]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Module] | None = None) -> nn.Module:
+    """An encoder module from its config entry; ``custom`` supplies modules for ``family="custom"`` entries."""
+    fam = cfg.family
+    if fam == "custom":
+        if not custom or name not in custom:
+            raise ConfigError(
+                f"encoder {name!r} has family 'custom': pass the module itself, e.g. "
+                f"from_config(cfg, encoders={{{name!r}: MyEncoder()}}) or from_pretrained(path, encoders=...)"
+            )
+        return custom[name]
+    if custom and name in custom:
+        return custom[name]
+    if fam == "whisper":
+        from mowe.encoders.whisper import WhisperEncoder
+
+        kw = dict(pad_to_30s=cfg.pad_to_30s, output_all_layers=cfg.output_all_layers, freeze=cfg.freeze)
+        if cfg.name_or_path:
+            return WhisperEncoder.from_pretrained(cfg.name_or_path, **kw)
+        return WhisperEncoder.from_preset(cfg.preset or "tiny", **kw, **cfg.overrides)
+    if fam == "hubert":
+        from mowe.encoders.hubert import HubertEncoder
+
+        if cfg.name_or_path:
+            return HubertEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze)
+        return HubertEncoder.from_preset(cfg.preset or "hubert-base", freeze=cfg.freeze, **cfg.overrides)
+    if fam == "beats":
+        from mowe.encoders.beats import BEATsEncoder
+
+        if cfg.name_or_path:
+            return BEATsEncoder.from_checkpoint(cfg.name_or_path, freeze=cfg.freeze)
+        return BEATsEncoder.from_preset(cfg.preset or "base", freeze=cfg.freeze, **cfg.overrides)
+    raise ConfigError(f"encoder {name!r}: unknown family {fam!r} (whisper, hubert, beats, custom)")
+
+
+def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int) -> nn.Module:
+    """A connector of ``cfg.kind`` from ``in_dim`` features to the LLM width ``out_dim``."""
+    from mowe.connectors import basic
+
+    kinds = {
+        "linear": basic.LinearConnector,
+        "mlp": basic.MLPConnector,
+        "stack": basic.FrameStackConnector,
+        "conv": basic.ConvConnector,
+    }
+    if cfg.kind == "qformer":
+        from mowe.connectors.qformer import WindowQFormerConnector as cls
+    elif cfg.kind == "tltr":
+        from mowe.connectors.tltr import TLTRConnector as cls
+    elif cfg.kind in kinds:
+        cls = kinds[cfg.kind]
+    else:
+        raise ConfigError(f"connector.kind {cfg.kind!r} is unknown; choose one of {sorted(kinds) + ['qformer', 'tltr']}")
+    try:
+        return cls(in_dim=in_dim, out_dim=out_dim, **cfg.options)
+    except TypeError as e:
+        raise ConfigError(f"connector.options {cfg.options} do not fit {cls.__name__}: {e}") from e
+
+
+def build_router(cfg: RouterConfig, *, strong_dim: int, num_encoders: int) -> nn.Module:
+    """The routers the config enables, combined with top-k selection."""
+    from mowe.routers import DataDependentRouter, DataIndependentRouter, MixtureRouter
+
+    routers: list[nn.Module] = []
+    if cfg.data_independent:
+        routers.append(DataIndependentRouter(num_encoders=num_encoders))
+    if cfg.data_dependent:
+        routers.append(DataDependentRouter(in_dim=strong_dim, num_encoders=num_encoders, hidden_dim=cfg.hidden_dim))
+    if not routers:
+        raise ConfigError("router: enable data_independent and/or data_dependent")
+    return MixtureRouter(routers=routers, num_encoders=num_encoders, top_k=cfg.top_k, noise_std=cfg.noise_std)
+
+
+def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
+    """``AutoModelForCausalLM`` by hub id, folder or config dict, then LoRA / full / frozen training set-up."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"llm.dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
+    dtype = DTYPES[cfg.dtype]
+    if cfg.name_or_path:
+        llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=dtype)
+    elif cfg.config:
+        conf = dict(cfg.config)
+        if "model_type" not in conf:
+            raise ConfigError("llm.config needs a 'model_type' (e.g. 'llama', 'qwen2', 'gpt2')")
+        llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**conf), dtype=dtype)
+    else:
+        raise ConfigError("llm: set name_or_path (hub id or folder) or config (a transformers config dict)")
+    llm.mowe_source = cfg.name_or_path
+    if cfg.gradient_checkpointing:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        llm.config.use_cache = False
+    return apply_training_mode(llm, cfg.train, lora)
+
+
+def apply_training_mode(llm: nn.Module, train: str, lora: LoRAConfig) -> nn.Module:
+    """``"lora"``: frozen base + peft adapters; ``"full"``: all weights train; ``"frozen"``: none do."""
+    if train == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        for p in llm.parameters():
+            p.requires_grad_(False)
+        pcfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules) if lora.target_modules else None,
+                          task_type="CAUSAL_LM")
+        source = getattr(llm, "mowe_source", None)
+        llm = get_peft_model(llm, pcfg)
+        llm.mowe_source = source
+        if getattr(llm.base_model.model, "is_gradient_checkpointing", False):
+            llm.enable_input_require_grads()
+        return llm
+    if train in ("full", "frozen"):
+        for p in llm.parameters():
+            p.requires_grad_(train == "full")
+        return llm
+    raise ConfigError(f"llm.train must be 'lora', 'full' or 'frozen', got {train!r}")

@@ -1,0 +1,128 @@
+"""Simple connectors: Linear, MLP, frame stacking and strided Conv1d.
+
+Shape legend: ``b`` batch, ``t`` frames, ``n`` audio tokens, ``d`` width.
+
+All meet the contract in :mod:`mowe.connectors.base`: ``forward(features (b, t, in_dim), lengths (b,))``
+returns ``ConnectorOutput(embeds (b, n, out_dim), lengths (b,))`` with zeros at padded tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from mowe.connectors.base import ConnectorOutput
+from mowe.encoders.base import lengths_to_mask
+from mowe.errors import MoWEInputError
+
+__all__ = ["LinearConnector", "MLPConnector", "FrameStackConnector", "ConvConnector"]
+
+
+def _check(features: torch.Tensor, in_dim: int, who: str) -> None:
+    if features.dim() != 3 or features.shape[-1] != in_dim:
+        raise MoWEInputError(f"{who} expects features of shape (batch, frames, {in_dim}), got {tuple(features.shape)}")
+
+
+def _masked(embeds: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
+    return ConnectorOutput(embeds * lengths_to_mask(lengths, embeds.shape[1])[..., None].to(embeds.dtype), lengths)
+
+
+class LinearConnector(nn.Module):
+    """One Linear per frame (LLaVA-1-style); one token per frame."""
+
+    needs_all_layers = False
+
+    def __init__(self, *, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return lengths
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
+        _check(features, self.in_dim, type(self).__name__)
+        return _masked(self.proj(features), lengths)
+
+
+class MLPConnector(nn.Module):
+    """Linear-GELU-Linear per frame (LLaVA-1.5-style); one token per frame."""
+
+    needs_all_layers = False
+
+    def __init__(self, *, in_dim: int, out_dim: int, hidden_dim: int | None = None):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        hidden_dim = hidden_dim or out_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return lengths
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
+        _check(features, self.in_dim, type(self).__name__)
+        return _masked(self.net(features), lengths)
+
+
+class FrameStackConnector(nn.Module):
+    """Concatenate ``stack`` consecutive frames, then an MLP: ``stack``-fold fewer tokens.
+
+    A clip's last group is zero-padded, so tokens per clip are ``ceil(t / stack)``.
+    """
+
+    needs_all_layers = False
+
+    def __init__(self, *, in_dim: int, out_dim: int, stack: int = 4, hidden_dim: int | None = None):
+        super().__init__()
+        if stack < 1:
+            raise MoWEInputError(f"stack must be >= 1, got {stack}")
+        self.in_dim, self.out_dim, self.stack = in_dim, out_dim, stack
+        hidden_dim = hidden_dim or out_dim
+        self.net = nn.Sequential(nn.Linear(in_dim * stack, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
+        _check(features, self.in_dim, type(self).__name__)
+        t = features.shape[1]
+        # Zero frames past each clip's end so its last group holds only its own frames.
+        x = features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)
+        x = F.pad(x, (0, 0, 0, (-t) % self.stack))
+        x = rearrange(x, "b (n k) d -> b n (k d)", k=self.stack)
+        return _masked(self.net(x), self.out_lengths(lengths))
+
+
+class ConvConnector(nn.Module):
+    """Strided Conv1d downsampling (kernel defaults to the stride), GELU, then Linear.
+
+    Tokens per clip: ``ceil(t / stride)``. Frames past a clip's end are zeroed first, so they read as the
+    zero padding a lone clip would see.
+    """
+
+    needs_all_layers = False
+
+    def __init__(self, *, in_dim: int, out_dim: int, stride: int = 2, kernel: int | None = None,
+                 hidden_dim: int | None = None):
+        super().__init__()
+        self.in_dim, self.out_dim, self.stride = in_dim, out_dim, stride
+        self.kernel = kernel or stride
+        if self.kernel < stride:
+            raise MoWEInputError(f"kernel ({self.kernel}) must be >= stride ({stride})")
+        hidden_dim = hidden_dim or out_dim
+        self.conv = nn.Conv1d(in_dim, hidden_dim, self.kernel, stride=stride)
+        self.proj = nn.Linear(hidden_dim, out_dim)
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(lengths + self.stride - 1, self.stride, rounding_mode="floor")
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
+        _check(features, self.in_dim, type(self).__name__)
+        t = features.shape[1]
+        n = -(-t // self.stride)
+        x = features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)
+        x = F.pad(x, (0, 0, 0, (n - 1) * self.stride + self.kernel - t))
+        x = F.gelu(self.conv(rearrange(x, "b t d -> b d t")))
+        return _masked(self.proj(rearrange(x, "b d n -> b n d")), self.out_lengths(lengths))

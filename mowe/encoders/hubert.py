@@ -1,0 +1,155 @@
+"""HuBERT / wav2vec 2.0 / WavLM encoders through transformers.
+
+Shape legend: ``b`` batch, ``s`` samples, ``c`` conv channels, ``t`` frames (~50 Hz), ``d`` width.
+
+Batching with padding is exact here: the base models normalise their first conv layer with a GroupNorm
+over *time*, which would let a clip's padding change its features; we compute that norm over each clip's
+valid frames only, so a clip gives the same features alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, HubertConfig, PreTrainedModel, Wav2Vec2Config, WavLMConfig
+
+from mowe.encoders.base import EncoderOutput, SAMPLE_RATE, check_waveforms, lengths_to_mask, set_trainable
+from mowe.errors import MoWEInputError
+
+__all__ = ["HubertEncoder", "HUBERT_PRESETS"]
+
+# Published base sizes; the transformers config defaults are the base models.
+HUBERT_PRESETS: dict[str, tuple[type, dict]] = {
+    "hubert-base": (HubertConfig, {}),
+    "hubert-large": (HubertConfig, dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                        intermediate_size=4096, feat_extract_norm="layer", do_stable_layer_norm=True)),
+    "wav2vec2-base": (Wav2Vec2Config, {}),
+    "wavlm-base": (WavLMConfig, {}),
+}
+
+
+def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, valid: torch.Tensor) -> torch.Tensor:
+    """GroupNorm over time computed on valid frames only. ``x`` ``(b, c, t)``, ``valid`` ``(b, t)`` bool."""
+    b, c, t = x.shape
+    g = norm.num_groups
+    xg = x.reshape(b, g, c // g, t)
+    m = valid[:, None, None, :].to(x.dtype)
+    count = m.sum(dim=(2, 3), keepdim=True) * (c // g)
+    mean = (xg * m).sum(dim=(2, 3), keepdim=True) / count
+    var = (((xg - mean) * m) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    y = ((xg - mean) / torch.sqrt(var + norm.eps)).reshape(b, c, t)
+    if norm.affine:
+        y = y * norm.weight[None, :, None] + norm.bias[None, :, None]
+    return y
+
+
+class HubertEncoder(nn.Module):
+    """A HuBERT-family model (``HubertModel``, ``Wav2Vec2Model``, ``WavLMModel``) behind mowe's encoder protocol.
+
+    Args:
+        model: the transformers base model (its modules are used as they are).
+        normalize_waveform: zero-mean / unit-variance per clip before encoding (wav2vec2-large-style
+            checkpoints expect it; HuBERT-base does not). Computed over valid samples only.
+        freeze: freeze all parameters (default True: weak encoders are frozen in MoWE).
+        source: hub id or folder the weights came from (None for random weights).
+
+    Example:
+        >>> enc = HubertEncoder.from_preset("hubert-base", hidden_size=32, num_hidden_layers=1,
+        ...                                 num_attention_heads=2, intermediate_size=64, conv_dim=(32,) * 7)
+        >>> enc(torch.zeros(1, 16000)).features.shape
+        torch.Size([1, 49, 32])
+    """
+
+    def __init__(self, model: PreTrainedModel, *, normalize_waveform: bool = False, freeze: bool = True,
+                 source: str | None = None):
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.out_dim = cfg.hidden_size
+        stride = math.prod(cfg.conv_stride)
+        self.frame_rate = SAMPLE_RATE / stride  # 50 Hz for the 320x downsampling of the base models
+        # Receptive field of the conv stack: the shortest clip that yields one frame (400 samples).
+        rf = 1
+        for k, s in reversed(list(zip(cfg.conv_kernel, cfg.conv_stride))):
+            rf = (rf - 1) * s + k
+        self.min_samples = rf
+        self.normalize_waveform = normalize_waveform
+        self.source = source
+        set_trainable(self, not freeze)
+
+    @classmethod
+    def from_preset(cls, name: str = "hubert-base", *, freeze: bool = True, normalize_waveform: bool = False,
+                    **overrides) -> "HubertEncoder":
+        """Random weights at a published size (``hubert-base``, ``hubert-large``, ``wav2vec2-base``, ``wavlm-base``)."""
+        if name not in HUBERT_PRESETS:
+            raise MoWEInputError(f"unknown HuBERT-family preset {name!r}; choose one of {sorted(HUBERT_PRESETS)}")
+        config_cls, base = HUBERT_PRESETS[name]
+        cfg = config_cls(**{**base, **overrides})
+        return cls(AutoModel.from_config(cfg), freeze=freeze, normalize_waveform=normalize_waveform)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, freeze: bool = True, normalize_waveform: bool | None = None,
+                        dtype: torch.dtype | None = None) -> "HubertEncoder":
+        """Load by hub id or local folder (a checkpoint with a CTC head loads its base model)."""
+        config = AutoConfig.from_pretrained(name_or_path)
+        if config.model_type not in ("hubert", "wav2vec2", "wavlm"):
+            raise MoWEInputError(f"{name_or_path}: model_type {config.model_type!r} is not hubert/wav2vec2/wavlm")
+        model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
+        if normalize_waveform is None:
+            normalize_waveform = _reads_normalize_flag(name_or_path)
+        return cls(model, freeze=freeze, normalize_waveform=normalize_waveform, source=name_or_path)
+
+    def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        out = lengths
+        for k, s in zip(self.model.config.conv_kernel, self.model.config.conv_stride):
+            out = torch.div(out - k, s, rounding_mode="floor") + 1
+        return out
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
+        """Encode ``(b, s)`` 16 kHz waveforms; returns features ``(b, t, d)`` at ~50 Hz and frame lengths."""
+        lengths = check_waveforms(waveforms, lengths, min_samples=self.min_samples)
+        valid = lengths_to_mask(lengths, waveforms.shape[1])
+        x = waveforms.float() * valid
+        if self.normalize_waveform:
+            n = lengths[:, None].to(x.dtype)
+            mean = x.sum(1, keepdim=True) / n
+            var = (((x - mean) * valid) ** 2).sum(1, keepdim=True) / n
+            x = (x - mean) / torch.sqrt(var + 1e-7) * valid
+        model = self.model
+        dtype = next(model.parameters()).dtype
+        h = x.to(dtype)[:, None, :]  # (b, 1, s)
+        frame_len = lengths
+        for layer in model.feature_extractor.conv_layers:
+            norm = getattr(layer, "layer_norm", None)
+            if isinstance(norm, nn.GroupNorm):
+                h = layer.conv(h)
+                frame_len = torch.div(frame_len - layer.conv.kernel_size[0], layer.conv.stride[0],
+                                      rounding_mode="floor") + 1
+                h = layer.activation(_masked_group_norm(h, norm, lengths_to_mask(frame_len, h.shape[-1])))
+            else:
+                h = layer(h)
+        # Frames whose receptive field lies inside the clip never see padding (the convs have no padding),
+        # so only the GroupNorm above needed masking.
+        t = h.shape[-1]
+        out_len = self.out_lengths(lengths)
+        mask = lengths_to_mask(out_len, t)
+        proj = model.feature_projection(h.transpose(1, 2))
+        hidden = proj[0] if isinstance(proj, tuple) else proj
+        enc = model.encoder(hidden, attention_mask=mask)
+        feats = enc[0] if isinstance(enc, tuple) else enc.last_hidden_state
+        return EncoderOutput(features=feats, lengths=out_len)
+
+
+def _reads_normalize_flag(name_or_path: str) -> bool:
+    """``do_normalize`` from the checkpoint's preprocessor config, False if there is none."""
+    import json
+
+    from mowe.hub import resolve_file
+
+    path = resolve_file(name_or_path, "preprocessor_config.json")
+    if path is None:
+        return False
+    with open(path) as f:
+        return bool(json.load(f).get("do_normalize", False))

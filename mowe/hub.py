@@ -1,0 +1,83 @@
+"""Reading weights by hub id or local path, the same code path for both.
+
+``load_prefixed_state_dict`` pulls only the tensors under a key prefix out of a checkpoint (e.g. the
+Whisper *encoder* out of a full encoder-decoder checkpoint) without materialising the rest: safetensors
+files are opened lazily and only the matching keys are read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors import safe_open
+
+from mowe.errors import CheckpointError
+
+__all__ = ["resolve_file", "load_prefixed_state_dict"]
+
+
+def resolve_file(name_or_path: str, filename: str) -> str | None:
+    """Local file inside ``name_or_path`` if it is a folder, else the hub cache / download. None if absent."""
+    if os.path.isdir(name_or_path):
+        p = os.path.join(name_or_path, filename)
+        return p if os.path.isfile(p) else None
+    from transformers.utils import cached_file
+
+    try:
+        return cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False)
+    except OSError:
+        return None
+
+
+def _checkpoint_files(name_or_path: str) -> list[str]:
+    single = resolve_file(name_or_path, "model.safetensors")
+    if single:
+        return [single]
+    index = resolve_file(name_or_path, "model.safetensors.index.json")
+    if index:
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        files = [resolve_file(name_or_path, s) for s in shards]
+        missing = [s for s, f in zip(shards, files) if f is None]
+        if missing:
+            raise CheckpointError(f"{name_or_path}: shard(s) {missing} listed in the index are missing")
+        return files  # type: ignore[return-value]
+    legacy = resolve_file(name_or_path, "pytorch_model.bin")
+    if legacy:
+        return [legacy]
+    raise CheckpointError(
+        f"{name_or_path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin found"
+    )
+
+
+def load_prefixed_state_dict(name_or_path: str, prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Tensors whose key starts with the first prefix in ``prefixes`` that matches, prefix stripped.
+
+    Args:
+        name_or_path: hub id or local folder of a transformers checkpoint.
+        prefixes: candidate key prefixes, tried in order (e.g. ``("model.encoder.", "encoder.")``).
+
+    Raises:
+        CheckpointError: no checkpoint file, or no key under any prefix.
+    """
+    files = _checkpoint_files(name_or_path)
+    for prefix in prefixes:
+        out: dict[str, torch.Tensor] = {}
+        for path in files:
+            if path.endswith(".bin"):
+                # Legacy pickles are read with weights_only=True: no code runs from a stranger's file.
+                sd = torch.load(path, map_location="cpu", weights_only=True)
+                out.update({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+                continue
+            try:
+                with safe_open(path, framework="pt") as f:
+                    for k in f.keys():
+                        if k.startswith(prefix):
+                            out[k[len(prefix):]] = f.get_tensor(k)
+            except Exception as e:  # safetensors raises its own error types
+                raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from e
+        if out:
+            return out
+    raise CheckpointError(f"{name_or_path}: no weights under any of the prefixes {prefixes}")

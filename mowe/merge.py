@@ -1,0 +1,138 @@
+"""Putting audio tokens into the text sequence at the audio placeholders.
+
+Shape legend: ``b`` samples, ``L`` prompt tokens, ``c`` clips (all samples together), ``n`` audio tokens,
+``T`` merged length, ``d`` LLM width.
+
+Each sample's prompt holds one placeholder token per clip; clip ``i`` (in reading order across the batch)
+replaces the ``i``-th placeholder by its ``n_i`` audio embeddings. The merged batch is re-padded on the
+side asked for (left for generation), with position ids that restart at 0 after left padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mowe.errors import MoWEInputError
+
+__all__ = ["MergedInputs", "merge_audio_features"]
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MergedInputs:
+    """LLM inputs after the merge.
+
+    Attributes:
+        inputs_embeds: ``(b, T, d)``.
+        attention_mask: ``(b, T)`` long, 1 on real tokens.
+        position_ids: ``(b, T)`` long, counting real tokens only.
+        labels: ``(b, T)`` or None; -100 on audio and padding positions.
+        audio_positions: ``(b, T)`` bool, True where an audio embedding sits.
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor | None
+    audio_positions: torch.Tensor
+
+
+def merge_audio_features(
+    *,
+    input_ids: torch.Tensor,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    audio_embeds: torch.Tensor,
+    audio_lengths: torch.Tensor,
+    audio_token_id: int,
+    labels: torch.Tensor | None = None,
+    padding_side: str = "right",
+) -> MergedInputs:
+    """Replace each audio placeholder by its clip's audio tokens.
+
+    Args:
+        input_ids: ``(b, L)`` token ids with one ``audio_token_id`` per clip; either padding side.
+        inputs_embeds: ``(b, L, d)`` text embeddings of ``input_ids``.
+        attention_mask: ``(b, L)``; 0 marks padding (on any side).
+        audio_embeds: ``(c, n, d)`` connector output; tokens past ``audio_lengths[i]`` are ignored.
+        audio_lengths: ``(c,)`` tokens per clip.
+        audio_token_id: the placeholder id.
+        labels: optional ``(b, L)`` targets; placeholders become -100.
+        padding_side: ``"right"`` or ``"left"`` for the merged batch.
+
+    Raises:
+        MoWEInputError: placeholder count and clip count disagree (naming each sample's count), a
+            placeholder sits on a padded position, or shapes disagree.
+    """
+    if padding_side not in ("left", "right"):
+        raise MoWEInputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    b, L = input_ids.shape
+    if inputs_embeds.shape[:2] != (b, L) or attention_mask.shape != (b, L):
+        raise MoWEInputError(
+            f"input_ids {tuple(input_ids.shape)}, inputs_embeds {tuple(inputs_embeds.shape)} and attention_mask "
+            f"{tuple(attention_mask.shape)} must agree on (batch, length)"
+        )
+    if labels is not None and labels.shape != (b, L):
+        raise MoWEInputError(f"labels must have shape {(b, L)}, got {tuple(labels.shape)}")
+    mask = attention_mask.bool()
+    is_audio = input_ids == audio_token_id
+    c = audio_embeds.shape[0]
+    per_sample = is_audio.sum(1)
+    if (is_audio & ~mask).any():
+        bad = int((is_audio & ~mask).any(1).nonzero()[0])
+        raise MoWEInputError(f"sample {bad} has an audio placeholder on a padded (attention_mask=0) position")
+    n_ph = int(per_sample.sum())
+    if n_ph != c or audio_lengths.shape != (c,):
+        counts = ", ".join(f"sample {i}: {int(n)}" for i, n in enumerate(per_sample.tolist()))
+        raise MoWEInputError(
+            f"the batch has {n_ph} audio placeholder(s) ({counts}) but {c} audio clip(s) were given "
+            f"({tuple(audio_lengths.shape)[0] if audio_lengths.dim() else '?'} lengths); each clip needs exactly "
+            f"one placeholder token (id {audio_token_id}) in its sample's prompt"
+        )
+    if c and int(audio_lengths.max()) > audio_embeds.shape[1]:
+        raise MoWEInputError(
+            f"audio_lengths up to {int(audio_lengths.max())} exceed the {audio_embeds.shape[1]} audio tokens given"
+        )
+    device = inputs_embeds.device
+    # How many merged positions each input token occupies: 1 for text, n_i for clip i's placeholder, 0 for pad.
+    span = mask.long()
+    if c:
+        span = span.masked_scatter(is_audio, audio_lengths.to(device=device, dtype=torch.long))
+    new_len = span.sum(1)  # (b,)
+    T = int(new_len.max())
+    start = span.cumsum(1) - span  # (b, L) first merged position of each token
+    if padding_side == "left":
+        start = start + (T - new_len)[:, None]
+    d = inputs_embeds.shape[-1]
+    out = inputs_embeds.new_zeros(b, T, d)
+    out_mask = torch.zeros(b, T, dtype=torch.long, device=device)
+    out_labels = None if labels is None else torch.full((b, T), IGNORE_INDEX, dtype=labels.dtype, device=device)
+    audio_pos = torch.zeros(b, T, dtype=torch.bool, device=device)
+
+    text = mask & ~is_audio
+    rows, cols = text.nonzero(as_tuple=True)
+    dst = start[rows, cols]
+    out[rows, dst] = inputs_embeds[rows, cols]
+    out_mask[rows, dst] = 1
+    if out_labels is not None:
+        out_labels[rows, dst] = labels[rows, cols]
+
+    if c:
+        # Placeholders in reading order (row-major) are clips 0..c-1.
+        a_rows, a_cols = is_audio.nonzero(as_tuple=True)
+        n = audio_embeds.shape[1]
+        j = torch.arange(n, device=device)
+        lens = audio_lengths.to(device)
+        valid = j[None, :] < lens[:, None]  # (c, n)
+        clip, tok = valid.nonzero(as_tuple=True)
+        r = a_rows[clip]
+        p = start[a_rows, a_cols][clip] + tok
+        out[r, p] = audio_embeds[clip, tok].to(out.dtype)
+        out_mask[r, p] = 1
+        audio_pos[r, p] = True
+
+    position_ids = (out_mask.cumsum(1) - 1).clamp(min=0)
+    return MergedInputs(out, out_mask, position_ids, out_labels, audio_pos)

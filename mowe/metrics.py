@@ -1,0 +1,249 @@
+"""Evaluation metrics for instruction-following audio LLMs.
+
+* :func:`normalize_text` — lowercase, digits spelled out digit by digit (``"3"`` -> ``"three"``,
+  ``"314"`` -> ``"three one four"``, matching how the corpus speaks digit strings), punctuation removed,
+  whitespace collapsed.
+* :func:`word_error_rate` — corpus-level WER (jiwer) on normalised text.
+* :func:`accuracy` — exact match after normalisation, with one leniency (see :func:`is_correct`).
+* :func:`bleu` — corpus BLEU (sacrebleu, ``tokenize="13a"``, no network).
+* :func:`evaluate_predictions` — per-task metrics from ``{"task", "answer", "prediction"}`` records.
+* :func:`format_markdown_table` — one table, a row per task (and metric), a column per system.
+
+Example::
+
+    >>> word_error_rate(["a b c d"], ["a x c"])
+    0.5
+    >>> accuracy(["male"], ["Male."])
+    1.0
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any, Iterable, Mapping, Sequence
+
+__all__ = [
+    "normalize_text",
+    "word_error_rate",
+    "is_correct",
+    "accuracy",
+    "part_accuracy",
+    "bleu",
+    "evaluate_predictions",
+    "format_markdown_table",
+    "METRIC_LABELS",
+]
+
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_DIGIT_RE = re.compile(r"\d")
+# Clause boundary for the lenient match: a hypothesis may go on after ". , ; : ! ?" or a newline.
+_CLAUSE_END = re.compile(r"[.,;:!?\n]")
+
+#: metric key -> label used in tables (the arrow says which way is better).
+METRIC_LABELS = {
+    "wer": "WER ↓",
+    "accuracy": "acc ↑",
+    "part_accuracy": "part acc ↑",
+    "bleu": "BLEU ↑",
+}
+
+
+def normalize_text(s: str) -> str:
+    """Normalise text for scoring.
+
+    Lowercases (Unicode case folding), spells every digit as a word (``"3"`` -> ``"three"``; a number is
+    read digit by digit, so ``"42"`` -> ``"four two"``), deletes apostrophes (``"don't"`` -> ``"dont"``),
+    turns all other punctuation and symbols into spaces, and collapses whitespace.
+
+    Example:
+        >>> normalize_text("  The 3 Dogs -- don't RUN! ")
+        'the three dogs dont run'
+    """
+    s = unicodedata.normalize("NFKC", str(s)).casefold()
+    s = _DIGIT_RE.sub(lambda m: f" {_DIGIT_WORDS[int(m.group())]} " if m.group().isascii() else m.group(), s)
+    s = s.replace("'", "").replace("\u2019", "")
+    s = "".join(ch if (ch.isalnum() or ch.isspace()) else " " for ch in s)
+    return " ".join(s.split())
+
+
+def _as_list(x: str | Iterable[str], name: str) -> list[str]:
+    if isinstance(x, str):
+        return [x]
+    out = list(x)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(v).__name__}")
+    return out
+
+
+def _pairs(refs: str | Iterable[str], hyps: str | Iterable[str]) -> tuple[list[str], list[str]]:
+    r, h = _as_list(refs, "refs"), _as_list(hyps, "hyps")
+    if len(r) != len(h):
+        raise ValueError(f"refs and hyps differ in length: {len(r)} vs {len(h)}")
+    return r, h
+
+
+def word_error_rate(refs: str | Iterable[str], hyps: str | Iterable[str]) -> float:
+    """Corpus-level word error rate: (substitutions + deletions + insertions) / reference words.
+
+    Both sides are normalised with :func:`normalize_text`. A pair whose reference is empty contributes
+    its hypothesis words as insertions and no reference words. If no reference has any word, the result
+    is 0.0 when no hypothesis has a word either, else 1.0 (there is nothing to divide by).
+
+    Example:
+        >>> word_error_rate(["a b c d"], ["a x c"])
+        0.5
+    """
+    import jiwer
+
+    r, h = _pairs(refs, hyps)
+    r = [normalize_text(x) for x in r]
+    h = [normalize_text(x) for x in h]
+    errors = sum(len(hh.split()) for rr, hh in zip(r, h) if not rr)
+    keep = [(rr, hh) for rr, hh in zip(r, h) if rr]
+    n_ref = sum(len(rr.split()) for rr, _ in keep)
+    if keep:
+        out = jiwer.process_words([rr for rr, _ in keep], [hh for _, hh in keep])
+        errors += out.substitutions + out.deletions + out.insertions
+    if n_ref == 0:
+        return 0.0 if errors == 0 else 1.0
+    return float(errors / n_ref)
+
+
+def is_correct(ref: str, hyp: str) -> bool:
+    """Whether ``hyp`` answers ``ref`` (closed-ended answers).
+
+    True when the whole hypothesis normalises to the reference, or when its *first clause* — the text
+    before the first ``. , ; : ! ?`` or newline — does. So ``"Male."`` and ``"male, clearly"`` match
+    ``"male"``, but ``"female"``, ``"male or female"`` and ``"The speaker is male"`` do not: the model
+    must lead with the answer and not hedge. An empty reference matches only an empty hypothesis.
+    """
+    nref = normalize_text(ref)
+    if normalize_text(hyp) == nref:
+        return True
+    first = _CLAUSE_END.split(hyp.strip().lstrip("\"'([ "), maxsplit=1)[0]
+    return bool(nref) and normalize_text(first) == nref
+
+
+def accuracy(refs: str | Iterable[str], hyps: str | Iterable[str]) -> float:
+    """Fraction of hypotheses that are correct under :func:`is_correct` (0.0 for no pairs)."""
+    r, h = _pairs(refs, hyps)
+    return float(sum(is_correct(a, b) for a, b in zip(r, h)) / len(r)) if r else 0.0
+
+
+def _parts(s: str) -> list[str]:
+    return [p.strip() for p in s.split(",")]
+
+
+def part_accuracy(ref: str, hyp: str) -> tuple[float, bool]:
+    """Score a comma-separated multi-part answer (co-reasoning: ``"siren, seven"``).
+
+    Parts are compared by position with :func:`is_correct`. Returns ``(fraction of reference parts
+    right, exact)``, where ``exact`` needs every part right *and* the same number of parts (extra
+    parts are not free guesses).
+    """
+    rp, hp = _parts(ref), _parts(hyp)
+    right = sum(is_correct(r, hp[i]) for i, r in enumerate(rp) if i < len(hp))
+    return right / len(rp), right == len(rp) and len(hp) == len(rp)
+
+
+def bleu(refs: str | Iterable[str], hyps: str | Iterable[str]) -> float:
+    """Corpus BLEU (0-100) with sacrebleu's ``13a`` tokeniser, one reference per hypothesis."""
+    import sacrebleu
+
+    r, h = _pairs(refs, hyps)
+    if not r:
+        return 0.0
+    return float(sacrebleu.corpus_bleu(h, [r], tokenize="13a").score)
+
+
+def _task_kind(task: str) -> str:
+    if task == "asr":
+        return "asr"
+    if task == "co_reasoning":
+        return "co_reasoning"
+    if task == "translation" or task.startswith("ast"):
+        return "bleu"
+    return "accuracy"
+
+
+def evaluate_predictions(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-task metrics from prediction records.
+
+    Args:
+        records: mappings with ``"task"``, ``"answer"`` (the reference) and ``"prediction"``.
+
+    Returns:
+        ``{task: metrics}`` in sorted task order, each with ``"n"`` (number of records) and
+        ``"asr"``: ``{"wer"}``; ``"co_reasoning"``: ``{"part_accuracy", "accuracy"}`` (mean fraction
+        of comma-separated parts right, and fraction fully right); ``"translation"`` and tasks starting
+        with ``"ast"``: ``{"bleu"}``; any other task: ``{"accuracy"}``.
+
+    Example:
+        >>> evaluate_predictions([{"task": "gender", "answer": "male", "prediction": "male"}])
+        {'gender': {'n': 1, 'accuracy': 1.0}}
+    """
+    by_task: dict[str, tuple[list[str], list[str]]] = {}
+    for i, rec in enumerate(records):
+        missing = [k for k in ("task", "answer", "prediction") if k not in rec]
+        if missing:
+            raise KeyError(f"record {i} lacks {missing}")
+        refs, hyps = by_task.setdefault(str(rec["task"]), ([], []))
+        refs.append(str(rec["answer"]))
+        hyps.append("" if rec["prediction"] is None else str(rec["prediction"]))
+    out: dict[str, dict[str, float]] = {}
+    for task in sorted(by_task):
+        refs, hyps = by_task[task]
+        m: dict[str, float] = {"n": len(refs)}
+        kind = _task_kind(task)
+        if kind == "asr":
+            m["wer"] = word_error_rate(refs, hyps)
+        elif kind == "co_reasoning":
+            scores = [part_accuracy(r, h) for r, h in zip(refs, hyps)]
+            m["part_accuracy"] = sum(s for s, _ in scores) / len(scores)
+            m["accuracy"] = sum(e for _, e in scores) / len(scores)
+        elif kind == "bleu":
+            m["bleu"] = bleu(refs, hyps)
+        else:
+            m["accuracy"] = accuracy(refs, hyps)
+        out[task] = m
+    return out
+
+
+def _fmt(metric: str, value: Any) -> str:
+    if value is None:
+        return "–"
+    if metric == "bleu":
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_markdown_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """Render ``{system: {task: {metric: value}}}`` (as from :func:`evaluate_predictions`) as Markdown.
+
+    One row per task and metric (``"asr (WER ↓)"``, ``"gender (acc ↑)"``; co-reasoning gets two rows),
+    one column per system, in the order given. ``"n"`` is not a row; a task missing for a system shows
+    ``–``. WER and accuracies are fractions (3 decimals), BLEU is 0-100 (1 decimal).
+
+    Example:
+        >>> print(format_markdown_table({"mowe": {"gender": {"n": 4, "accuracy": 0.75}}}))
+        | task | mowe |
+        |---|---|
+        | gender (acc ↑) | 0.750 |
+    """
+    systems = list(results)
+    rows: list[tuple[str, str]] = []
+    for sys_metrics in results.values():
+        for task, metrics in sys_metrics.items():
+            for metric in metrics:
+                if metric != "n" and (task, metric) not in rows:
+                    rows.append((task, metric))
+    lines = ["| task | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+    for task, metric in rows:
+        label = f"{task} ({METRIC_LABELS.get(metric, metric)})"
+        cells = [_fmt(metric, results[s].get(task, {}).get(metric)) for s in systems]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

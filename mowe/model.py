@@ -1,0 +1,317 @@
+"""MoWEAudioLLM: strong encoder + routed weak pool + connector + causal LM.
+
+Shape legend: ``b`` samples, ``c`` clips, ``s`` samples of audio, ``t`` strong frames, ``n`` audio tokens,
+``L`` prompt tokens, ``T`` merged length, ``V`` vocabulary, ``e`` weak encoders, ``k`` selected per clip.
+
+Data flow of one forward (see ``shared/DESIGN.md``)::
+
+    waveforms (c, s) -> strong encoder (c, t, d_s) -> routers -> selected weak encoders (sparse)
+      -> aligned to the strong grid, gated, slotted (c, t, d_s + d_pool) -> connector (c, n, d_llm)
+      -> merged into the prompt at the placeholders (b, T, d_llm) -> causal LM (+ LoRA)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from mowe.builders import build_connector, build_encoder, build_llm, build_router
+from mowe.config import MoWEConfig
+from mowe.encoders.base import check_encoder_output, check_waveforms
+from mowe.encoders.pool import WeakEncoderPool
+from mowe.errors import CheckpointError, MoWEInputError
+from mowe.merge import MergedInputs, merge_audio_features
+from mowe.routers.base import RouterOutput
+
+__all__ = ["MoWEAudioLLM", "MoWEOutput", "AudioEncoding"]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class AudioEncoding:
+    """Audio tokens for a batch of clips: ``embeds`` ``(c, n, d_llm)``, ``lengths`` ``(c,)``, routing (or None)."""
+
+    embeds: torch.Tensor
+    lengths: torch.Tensor
+    router: RouterOutput | None
+
+
+@dataclass
+class MoWEOutput:
+    """Result of :meth:`MoWEAudioLLM.forward`.
+
+    Attributes:
+        loss: ``lm_loss + aux_loss_weight * aux_loss`` (None without labels).
+        lm_loss: next-token loss on the answer tokens only (labels -100 elsewhere).
+        aux_loss: the router's load-balance loss (None for a base-only model).
+        logits: ``(b, T, V)`` over the merged sequence.
+        router: per-clip gates ``(c, e)``, selected indices ``(c, k)``, probabilities, aux loss.
+        attention_mask: ``(b, T)`` of the merged sequence; labels: ``(b, T)`` merged labels.
+    """
+
+    loss: torch.Tensor | None
+    lm_loss: torch.Tensor | None
+    aux_loss: torch.Tensor | None
+    logits: torch.Tensor
+    router: RouterOutput | None
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+
+
+class MoWEAudioLLM(nn.Module):
+    """An audio LLM built from a strong encoder, an optional routed pool of weak encoders, a connector and an LLM.
+
+    Args:
+        strong_encoder: any encoder module (``out_dim``, ``frame_rate``, ``min_samples``; see
+            :mod:`mowe.encoders.base`), typically a frozen :class:`~mowe.encoders.WhisperEncoder`.
+        connector: maps ``(c, t, strong.out_dim + pool.out_dim)`` to ``(c, n, d_llm)``.
+        llm: a transformers causal LM (optionally wrapped by peft).
+        audio_token_id: the placeholder token id in prompts (one per clip).
+        weak_encoders: name -> encoder, or a ready :class:`WeakEncoderPool`; None for a base-only model.
+        router: routes clips over the pool; by default both MoWE routers with top-1.
+        aux_loss_weight: weight of the load-balance loss (MoWE-Audio: 0.1).
+        config: the :class:`MoWEConfig` that built this model, if any (needed to reload by path alone).
+
+    Example:
+        See the README quickstart, which a test runs as it is.
+    """
+
+    def __init__(self, *, strong_encoder: nn.Module, connector: nn.Module, llm: nn.Module, audio_token_id: int,
+                 weak_encoders: Mapping[str, nn.Module] | WeakEncoderPool | None = None,
+                 router: nn.Module | None = None, aux_loss_weight: float = 0.1, config: MoWEConfig | None = None):
+        super().__init__()
+        self.strong_encoder = strong_encoder
+        if weak_encoders is not None and not isinstance(weak_encoders, WeakEncoderPool):
+            weak_encoders = WeakEncoderPool(encoders=weak_encoders)
+        self.pool = weak_encoders
+        if self.pool is not None and router is None:
+            from mowe.builders import build_router as _br
+            from mowe.config import RouterConfig
+
+            router = _br(RouterConfig(top_k=self.pool.top_k), strong_dim=int(strong_encoder.out_dim),
+                         num_encoders=len(self.pool))
+        self.router = router if self.pool is not None else None
+        self.connector = connector
+        self.llm = llm
+        self.audio_token_id = int(audio_token_id)
+        self.aux_loss_weight = aux_loss_weight
+        self.config = config
+        self._check_dims()
+
+    def _check_dims(self) -> None:
+        want = int(self.strong_encoder.out_dim) + (self.pool.out_dim if self.pool is not None else 0)
+        if getattr(self.connector, "needs_all_layers", False):
+            if self.pool is not None:
+                raise MoWEInputError("a connector that needs all layers (TLTR) takes the strong encoder alone; "
+                                     "it cannot be combined with a weak pool")
+            want = int(self.strong_encoder.out_dim)
+        if int(self.connector.in_dim) != want:
+            raise MoWEInputError(f"connector.in_dim is {self.connector.in_dim} but the encoders give {want} features "
+                                 f"(strong {self.strong_encoder.out_dim}"
+                                 f"{' + pool ' + str(self.pool.out_dim) if self.pool is not None else ''})")
+        d_llm = self.llm.get_input_embeddings().embedding_dim
+        if int(self.connector.out_dim) != d_llm:
+            raise MoWEInputError(f"connector.out_dim is {self.connector.out_dim} but the LLM width is {d_llm}")
+
+    # ------------------------------------------------------------------------------------------- building
+    @classmethod
+    def from_config(cls, config: MoWEConfig, *, encoders: Mapping[str, nn.Module] | None = None,
+                    llm: nn.Module | None = None) -> "MoWEAudioLLM":
+        """Build every part a config names; ``encoders`` supplies modules (by name, ``"strong"`` for the strong one)
+        for ``family="custom"`` entries or to replace built ones, ``llm`` an already built LLM."""
+        strong = build_encoder(config.strong, name="strong", custom=encoders)
+        pool = None
+        if config.weak:
+            weak = {n: build_encoder(c, name=n, custom=encoders) for n, c in config.weak.items()}
+            pool = WeakEncoderPool(encoders=weak, layout=config.router.layout, top_k=config.router.top_k,
+                                   slot_dim=config.router.slot_dim)
+        if llm is None:
+            llm = build_llm(config.llm, config.lora)
+        d_llm = llm.get_input_embeddings().embedding_dim
+        in_dim = int(strong.out_dim) + (pool.out_dim if pool is not None else 0)
+        connector = build_connector(config.connector, in_dim=in_dim, out_dim=d_llm)
+        router = None
+        if pool is not None:
+            router = build_router(config.router, strong_dim=int(strong.out_dim), num_encoders=len(pool))
+        return cls(strong_encoder=strong, weak_encoders=pool, router=router, connector=connector, llm=llm,
+                   audio_token_id=config.audio_token_id, aux_loss_weight=config.router.aux_loss_weight,
+                   config=config)
+
+    # ------------------------------------------------------------------------------------------- running
+    @property
+    def min_samples(self) -> int:
+        """Shortest clip every encoder can take (HuBERT: 400 samples)."""
+        weak = self.pool.min_samples if self.pool is not None else 0
+        return max(int(self.strong_encoder.min_samples), weak)
+
+    def encode_audio(self, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None) -> AudioEncoding:
+        """Waveforms ``(c, s)`` (16 kHz, right-padded) and lengths ``(c,)`` -> audio tokens ``(c, n, d_llm)``."""
+        lengths = check_waveforms(waveforms, wave_lengths, min_samples=self.min_samples)
+        strong = check_encoder_output(self.strong_encoder(waveforms, lengths), batch=waveforms.shape[0],
+                                      out_dim=int(self.strong_encoder.out_dim), who="strong")
+        feats, flens, route = strong.features, strong.lengths, None
+        if getattr(self.connector, "needs_all_layers", False):
+            if strong.hidden_states is None:
+                raise MoWEInputError("the connector needs all layers: build the strong encoder with "
+                                     "output_all_layers=True")
+            feats = strong.hidden_states
+        elif self.pool is not None:
+            route = self.router(feats, flens)
+            weak = self.pool(waveforms, lengths, route, frame_rate=float(self.strong_encoder.frame_rate),
+                             frame_lengths=flens, num_frames=feats.shape[1])
+            feats = torch.cat([feats.float(), weak], dim=-1)
+        dtype = next(self.connector.parameters()).dtype
+        out = self.connector(feats.to(dtype), flens)
+        return AudioEncoding(out.embeds, out.lengths, route)
+
+    def _merge(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, audio: AudioEncoding,
+               labels: torch.Tensor | None, padding_side: str) -> MergedInputs:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        is_audio = input_ids == self.audio_token_id
+        embed = self.llm.get_input_embeddings()
+        text = embed(input_ids.masked_fill(is_audio, 0))
+        return merge_audio_features(input_ids=input_ids, inputs_embeds=text, attention_mask=attention_mask,
+                                    audio_embeds=audio.embeds.to(text.dtype), audio_lengths=audio.lengths,
+                                    audio_token_id=self.audio_token_id, labels=labels, padding_side=padding_side)
+
+    def forward(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                padding_side: str = "right") -> MoWEOutput:
+        """Teacher-forced forward.
+
+        Args:
+            input_ids: ``(b, L)`` prompts (+ answers for training), one placeholder per clip.
+            waveforms: ``(c, s)`` clips in placeholder reading order; ``wave_lengths`` ``(c,)``.
+            attention_mask: ``(b, L)``; labels ``(b, L)`` with -100 on tokens that carry no loss.
+            padding_side: padding of the merged sequence.
+        """
+        audio = self.encode_audio(waveforms, wave_lengths)
+        merged = self._merge(input_ids, attention_mask, audio, labels, padding_side)
+        out = self.llm(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
+                       position_ids=merged.position_ids, labels=merged.labels, use_cache=False)
+        lm_loss = out.loss
+        aux = audio.router.aux_loss if audio.router is not None else None
+        loss = None
+        if lm_loss is not None:
+            loss = lm_loss + (self.aux_loss_weight * aux if aux is not None else 0.0)
+        return MoWEOutput(loss=loss, lm_loss=lm_loss, aux_loss=aux, logits=out.logits, router=audio.router,
+                          attention_mask=merged.attention_mask, labels=merged.labels)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 32, num_beams: int = 1,
+                 use_cache: bool = True, **generate_kwargs) -> torch.Tensor:
+        """Batched generation through transformers' ``generate`` (KV cache, greedy or beam search).
+
+        Prompts may be padded on either side; they are re-padded on the left after the merge.
+
+        Returns:
+            ``(b, new_tokens)`` generated ids (prompt not included), padded with the pad / eos id.
+        """
+        audio = self.encode_audio(waveforms, wave_lengths)
+        merged = self._merge(input_ids, attention_mask, audio, None, "left")
+        gen_cfg = self.llm.generation_config
+        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else gen_cfg.eos_token_id
+        kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, use_cache=use_cache,
+                      pad_token_id=pad, do_sample=False)
+        kwargs.update(generate_kwargs)
+        return self.llm.generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
+
+    # ------------------------------------------------------------------------------------------- saving
+    def _sources(self) -> dict[str, str | None]:
+        """Component prefix -> where its pretrained weights come from (None: nowhere, so they must be saved)."""
+        out = {"strong_encoder.": getattr(self.strong_encoder, "source", None)}
+        if self.pool is not None:
+            for n, e in self.pool.encoders.items():
+                out[f"pool.encoders.{n}."] = getattr(e, "source", None)
+        out["llm."] = getattr(self.llm, "mowe_source", None)
+        return out
+
+    def _keys_to_save(self, save_frozen: bool) -> list[str]:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        sources = self._sources()
+        keys = []
+        for k in self.state_dict():
+            prefix = next((p for p in sources if k.startswith(p)), None)
+            if prefix is None or sources[prefix] is None or save_frozen or k in trainable:
+                keys.append(k)
+        return keys
+
+    def save_pretrained(self, directory: str | os.PathLike, *, save_frozen: bool = False) -> None:
+        """Write ``config.json`` and ``model.safetensors`` atomically.
+
+        Trainable weights (connector, routers, LoRA adapters, anything unfrozen) are saved; frozen towers loaded
+        from a hub id or folder are referenced by that source, not copied, unless ``save_frozen=True``. Parts with
+        random initial weights (no source) are always saved.
+        """
+        if self.config is None:
+            raise MoWEInputError("this model was built from modules without a MoWEConfig; build it with "
+                                 "MoWEAudioLLM.from_config(...) to save and reload it by path")
+        directory = os.fspath(directory)
+        parent = os.path.dirname(os.path.abspath(directory))
+        os.makedirs(parent, exist_ok=True)
+        sd = self.state_dict()
+        tensors = {k: sd[k].detach().to("cpu").contiguous().clone() for k in self._keys_to_save(save_frozen)}
+        tmp = tempfile.mkdtemp(prefix=".mowe-save-", dir=parent)
+        try:
+            save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt", "mowe": "1"})
+            self.config.to_json(os.path.join(tmp, CONFIG_NAME))
+            if os.path.isdir(directory):
+                old = directory + ".old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, encoders: Mapping[str, nn.Module] | None = None,
+                        map_location: str | torch.device = "cpu") -> "MoWEAudioLLM":
+        """Rebuild from ``config.json`` (frozen towers from their sources) and load the saved weights."""
+        directory = os.fspath(directory)
+        cfg_path = os.path.join(directory, CONFIG_NAME)
+        w_path = os.path.join(directory, WEIGHTS_NAME)
+        for p in (cfg_path, w_path):
+            if not os.path.isfile(p):
+                raise CheckpointError(f"{p}: missing; is {directory} a directory written by save_pretrained?")
+        config = MoWEConfig.from_json(cfg_path)
+        model = cls.from_config(config, encoders=encoders)
+        model.load_weights(w_path, map_location=map_location)
+        return model
+
+    def load_weights(self, path: str, *, map_location: str | torch.device = "cpu") -> None:
+        """Load a ``model.safetensors`` written by :meth:`save_pretrained`; every key must fit this model."""
+        try:
+            with safe_open(path, framework="pt", device=str(map_location)) as f:
+                sd = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise CheckpointError(f"{path}: unreadable or corrupt safetensors file ({e})") from e
+        own = self.state_dict()
+        unexpected = [k for k in sd if k not in own]
+        mismatched = [k for k in sd if k in own and own[k].shape != sd[k].shape]
+        if unexpected or mismatched:
+            raise CheckpointError(f"{path}: does not fit this model (unexpected keys {unexpected[:3]}, "
+                                  f"shape mismatches {mismatched[:3]})")
+        # Frozen towers with a source may be absent (referenced, not copied); any other missing key is damage.
+        missing = [k for k in self._keys_to_save(save_frozen=False) if k not in sd]
+        if missing:
+            raise CheckpointError(f"{path}: missing weights {missing[:3]} ({len(missing)} in all)")
+        self.load_state_dict(sd, strict=False)
+
+    def num_parameters(self, *, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,79 @@
+"""Combining routers, top-k selection, gates and the load-balance loss.
+
+Shape legend: ``b`` batch, ``t`` frames, ``d`` width, ``e`` weak encoders, ``k`` selected per clip.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mowe.encoders.base import lengths_to_mask
+from mowe.errors import MoWEInputError
+from mowe.routers.base import RouterOutput
+
+__all__ = ["MixtureRouter", "masked_mean", "load_balance_loss"]
+
+
+def masked_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``(b, t, d)`` features, ``(b,)`` lengths -> ``(b, d)`` mean over valid frames."""
+    m = lengths_to_mask(lengths, features.shape[1]).to(features.dtype)[..., None]
+    return (features * m).sum(1) / lengths.clamp(min=1)[:, None].to(features.dtype)
+
+
+def load_balance_loss(probs: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Switch-Transformer load balance ``e * sum_i f_i * P_i`` (Fedus et al. 2021, eq. 4).
+
+    ``f_i`` is the fraction of selections that went to encoder ``i`` and ``P_i`` its mean router probability.
+    It equals 1 for a perfectly uniform router and grows as routing collapses onto few encoders.
+    """
+    e = probs.shape[-1]
+    counts = F.one_hot(indices, e).sum(dim=(0, 1)).to(probs.dtype)
+    frac = counts / counts.sum()
+    return e * (frac * probs.mean(0)).sum()
+
+
+class MixtureRouter(nn.Module):
+    """Sum of router logits, top-k selection and gates.
+
+    MoWE-Audio combines a data-independent and a data-dependent router; any module mapping pooled strong
+    features ``(b, d)`` to logits ``(b, e)`` can be one of ``routers``.
+
+    Args:
+        routers: modules whose logits are summed.
+        num_encoders: pool size ``e``.
+        top_k: weak encoders selected per clip.
+        noise_std: std of Gaussian noise added to the logits in training only (noisy top-k; 0 disables).
+
+    Gates are the selected encoders' probabilities under the full softmax (Switch Transformer style), not
+    a softmax renormalised over the selection: with ``top_k=1`` a renormalised gate is the constant 1 and
+    the routers would get no gradient through the features.
+    """
+
+    def __init__(self, *, routers: list[nn.Module], num_encoders: int, top_k: int = 1, noise_std: float = 0.0):
+        super().__init__()
+        if not routers:
+            raise MoWEInputError("MixtureRouter needs at least one router")
+        if not 1 <= top_k <= num_encoders:
+            raise MoWEInputError(f"top_k={top_k} must be between 1 and the pool size {num_encoders}")
+        self.routers = nn.ModuleList(routers)
+        self.num_encoders = num_encoders
+        self.top_k = top_k
+        self.noise_std = noise_std
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> RouterOutput:
+        """Route clips from the strong encoder's ``(b, t, d)`` features and ``(b,)`` frame lengths."""
+        pooled = masked_mean(features, lengths).float()
+        logits = sum(r(pooled) for r in self.routers)
+        if logits.shape != (features.shape[0], self.num_encoders):
+            raise MoWEInputError(
+                f"router logits have shape {tuple(logits.shape)}; expected ({features.shape[0]}, {self.num_encoders})"
+            )
+        if self.training and self.noise_std > 0:
+            logits = logits + torch.randn_like(logits) * self.noise_std
+        probs = logits.softmax(-1)
+        indices = logits.topk(self.top_k, dim=-1).indices
+        gates = torch.zeros_like(probs).scatter(-1, indices, probs.gather(-1, indices))
+        return RouterOutput(logits=logits, probs=probs, gates=gates, indices=indices,
+                            aux_loss=load_balance_loss(probs, indices))
