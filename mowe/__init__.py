@@ -21,6 +21,7 @@ _LAZY = {
     "LLMConfig": "mowe.config",
     "LoRAConfig": "mowe.config",
     "merge_audio_features": "mowe.merge",
+    "apply_training_mode": "mowe.builders",
     "MoWEInputError": "mowe.errors",
     "AudioLoadError": "mowe.errors",
     "ManifestError": "mowe.errors",

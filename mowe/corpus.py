@@ -58,35 +58,36 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import dataclasses
-import io
 import json
 import math
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 __all__ = [
-    "SAMPLE_RATE",
-    "TASKS",
     "ACCENTS",
-    "TRAIN_VARIANTS",
-    "HELD_OUT_VARIANTS",
-    "RATE_BINS",
-    "TEMPO_BINS",
-    "SOUND_EVENTS",
     "CHORD_QUALITIES",
+    "HELD_OUT_VARIANTS",
     "INSTRUCTIONS",
+    "RATE_BINS",
+    "SAMPLE_RATE",
+    "SOUND_EVENTS",
+    "TASKS",
+    "TEMPO_BINS",
+    "TRAIN_VARIANTS",
     "CorpusInfo",
+    "add_corpus_cli",
     "available_voices",
     "build_corpus",
     "synthesize_sound_event",
-    "add_corpus_cli",
 ]
 
 SAMPLE_RATE = 16_000
@@ -288,7 +289,7 @@ class CorpusInfo:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CorpusInfo":
+    def load(cls, path: str | os.PathLike) -> CorpusInfo:
         """Read ``corpus_info.json`` (``path`` may be the file or the corpus folder)."""
         p = Path(path)
         if p.is_dir():
@@ -350,7 +351,7 @@ def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
 def _speak(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
     """Synthesise ``text`` with espeak-ng; returns float32 audio at 16 kHz, silence trimmed."""
     cmd = [_espeak_exe(), "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout", text]
-    proc = subprocess.run(cmd, capture_output=True, timeout=60)
+    proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
     if proc.returncode != 0 or len(proc.stdout) <= 44:
         raise RuntimeError(f"espeak-ng failed for {cmd!r}: {proc.stderr.decode(errors='replace').strip()}")
     x, sr = _parse_wav(proc.stdout)
@@ -409,7 +410,7 @@ def synthesize_sound_event(kind: str, rng: np.random.Generator, duration: float 
         raise ValueError(f"unknown sound event {kind!r}; expected one of {SOUND_EVENTS}")
     if duration is None:
         duration = float(rng.uniform(2.0, 4.0) if kind == "siren" else rng.uniform(1.0, 4.0))
-    n = int(round(duration * SAMPLE_RATE))
+    n = round(duration * SAMPLE_RATE)
     t = np.arange(n) / SAMPLE_RATE
     params: dict[str, Any]
     if kind == "tone":
@@ -757,8 +758,7 @@ def build_corpus(out_dir: str | os.PathLike, *, size: int, seed: int = 0, tasks:
     by_split["train"] = [by_split["train"][i] for i in order]
     for split, split_rows in by_split.items():
         with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
-            for r in split_rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in split_rows)
 
     info = CorpusInfo(
         out_dir=str(out),
@@ -786,15 +786,20 @@ def build_corpus(out_dir: str | os.PathLike, *, size: int, seed: int = 0, tasks:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    info = build_corpus(args.out, size=args.size, seed=args.seed, tasks=args.tasks,
-                        progress=not args.no_progress, workers=args.workers)
+    """Handler of ``mowe corpus build``: 0 on success, 2 (with a one-line message) on a user error."""
+    try:
+        info = build_corpus(args.out, size=args.size, seed=args.seed, tasks=args.tasks,
+                            progress=not args.no_progress, workers=args.workers)
+    except (ValueError, RuntimeError, FileExistsError) as err:
+        print(f"mowe corpus build: error: {err}", file=sys.stderr)
+        return 2
     for split in SPLITS:
         total = sum(info.counts[split].values())
         print(f"{split}: {total} examples -> {info.manifest(split)}")
     return 0
 
 
-def add_corpus_cli(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+def add_corpus_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``corpus build`` on an argparse ``subparsers`` object; returns the ``corpus`` parser.
 
     The ``build`` handler is set with ``set_defaults(func=...)``; it takes the parsed namespace and

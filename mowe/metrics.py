@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = [
-    "normalize_text",
-    "word_error_rate",
-    "is_correct",
+    "METRIC_LABELS",
     "accuracy",
-    "part_accuracy",
     "bleu",
     "evaluate_predictions",
     "format_markdown_table",
-    "METRIC_LABELS",
+    "is_correct",
+    "normalize_text",
+    "part_accuracy",
+    "word_error_rate",
 ]
 
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -149,13 +150,18 @@ def part_accuracy(ref: str, hyp: str) -> tuple[float, bool]:
 
 
 def bleu(refs: str | Iterable[str], hyps: str | Iterable[str]) -> float:
-    """Corpus BLEU (0-100) with sacrebleu's ``13a`` tokeniser, one reference per hypothesis."""
-    import sacrebleu
+    """Corpus BLEU (0-100) with sacrebleu's ``13a`` tokeniser, one reference per hypothesis.
+
+    Uses sacrebleu's *effective order*: n-gram orders that no hypothesis is long enough to have are
+    left out instead of zeroing the score, so short answers (``"le chat noir"``) can still score 100.
+    On corpora of ordinary sentences this equals standard corpus BLEU.
+    """
+    from sacrebleu.metrics import BLEU
 
     r, h = _pairs(refs, hyps)
     if not r:
         return 0.0
-    return float(sacrebleu.corpus_bleu(h, [r], tokenize="13a").score)
+    return float(BLEU(tokenize="13a", effective_order=True).corpus_score(h, [r]).score)
 
 
 def _task_kind(task: str) -> str:

@@ -109,6 +109,10 @@ class MoWEAudioLLM(nn.Module):
         self._check_dims()
 
     def _check_dims(self) -> None:
+        for attr in ("in_dim", "out_dim"):
+            if not hasattr(self.connector, attr):
+                raise MoWEInputError(f"the connector ({type(self.connector).__name__}) lacks the attribute {attr!r}; "
+                                     f"connector.in_dim / out_dim are part of the connector protocol")
         want = int(self.strong_encoder.out_dim) + (self.pool.out_dim if self.pool is not None else 0)
         if getattr(self.connector, "needs_all_layers", False):
             if self.pool is not None:

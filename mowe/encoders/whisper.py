@@ -254,4 +254,5 @@ class WhisperEncoder(nn.Module):
             h[used, :, : out.hidden_states.shape[2]] = out.hidden_states
             hidden = h.reshape(b, n_win, nl, t_win, self.out_dim).permute(0, 2, 1, 3, 4).reshape(
                 b, nl, n_win * t_win, self.out_dim)[:, :, : int(total.max())]
-        return EncoderOutput(features=feats[:, : int(total.max())], lengths=total, hidden_states=hidden)
+        keep = lengths_to_mask(total, int(total.max()))[..., None].to(feats.dtype)
+        return EncoderOutput(features=feats[:, : int(total.max())] * keep, lengths=total, hidden_states=hidden)

@@ -1,0 +1,58 @@
+"""Shared tiny configurations: every model here builds in well under a second on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig
+
+WHISPER_TINY = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128)
+WHISPER_WEAK = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64)
+HUBERT_TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                   conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+LLAMA_TINY = dict(model_type="llama", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+AUDIO_ID = 5
+
+
+def tiny_config(*, weak: bool = True, top_k: int = 1, pad_to_30s: bool = False, **llm) -> MoWEConfig:
+    """Strong Whisper + 2 Whisper-tiny-shaped + 2 HuBERT-shaped weak encoders, a tiny Llama with LoRA."""
+    from mowe.config import RouterConfig
+
+    pool = {}
+    if weak:
+        pool = {
+            "whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=pad_to_30s),
+            "whisper_b": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=pad_to_30s),
+            "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
+            "hubert_b": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
+        }
+    return MoWEConfig(
+        strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=pad_to_30s),
+        weak=pool,
+        router=RouterConfig(top_k=top_k),
+        connector=ConnectorConfig("stack", {"stack": 4}),
+        llm=LLMConfig(config={**LLAMA_TINY, **llm}),
+        audio_token_id=AUDIO_ID,
+    )
+
+
+def make_batch(lengths=(16000, 11000, 6000), seed: int = 0):
+    """Three clips of different lengths (tones + noise) and prompts with one placeholder each."""
+    g = torch.Generator().manual_seed(seed)
+    s = max(lengths)
+    wav = torch.zeros(len(lengths), s)
+    t = torch.arange(s) / 16000
+    for i, n in enumerate(lengths):
+        wav[i, :n] = 0.3 * torch.sin(2 * torch.pi * (200 + 150 * i) * t[:n]) + 0.05 * torch.randn(n, generator=g)
+    ids = torch.tensor([[1, AUDIO_ID, 7, 8, 9], [1, AUDIO_ID, 10, 11, 0], [1, AUDIO_ID, 12, 0, 0]])[: len(lengths)]
+    am = (ids != 0).long()
+    labels = ids.masked_fill(am == 0, -100)
+    labels[:, :2] = -100
+    return wav, torch.tensor(lengths), ids, am, labels
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

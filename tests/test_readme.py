@@ -1,0 +1,29 @@
+"""The README's quickstart is executed as written."""
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _block(heading: str) -> str:
+    text = README.read_text()
+    section = text.split(heading, 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_starts_with_the_two_commands():
+    head = README.read_text().split("\n## ", 1)[0]
+    assert "make demo" in head and "make test" in head
+
+
+def test_quickstart_trains_one_step_and_generates(capsys):
+    code = _block("## Quickstart")
+    scope: dict = {}
+    exec(compile(code, str(README) + ":quickstart", "exec"), scope)
+    out = capsys.readouterr().out
+    assert "loss" in out and "weak encoder chosen per clip" in out
+    assert scope["new_tokens"].shape[0] == 2 and 1 <= scope["new_tokens"].shape[1] <= 5
+    assert scope["out"].router.gates.shape == (2, 4)
+    trained = [p for p in scope["model"].parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in scope["connector"].parameters())
