@@ -126,8 +126,6 @@ def apply_training_mode(llm: nn.Module, train: str, lora: LoRAConfig) -> nn.Modu
         source = getattr(llm, "mowe_source", None)
         llm = get_peft_model(llm, pcfg)
         llm.mowe_source = source
-        if getattr(llm.base_model.model, "is_gradient_checkpointing", False):
-            llm.enable_input_require_grads()
         return llm
     if train in ("full", "frozen"):
         for p in llm.parameters():

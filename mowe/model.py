@@ -317,5 +317,16 @@ class MoWEAudioLLM(nn.Module):
             raise CheckpointError(f"{path}: missing weights {missing[:3]} ({len(missing)} in all)")
         self.load_state_dict(sd, strict=False)
 
+    def set_lora_scale(self, factor: float) -> None:
+        """Scale every LoRA adapter's output by ``factor`` relative to its configured ``alpha / r``.
+
+        SALMONN trains with scaling 4.0 and tests with 2.0 (``factor=0.5``) to undo task over-fitting
+        (arXiv 2310.13289, sec. 3.3); ``1.0`` restores the trained behaviour.
+        """
+        from mowe.stages import set_lora_scale
+
+        if not set_lora_scale(self.llm, factor):
+            raise MoWEInputError("set_lora_scale: this model's LLM has no LoRA adapters (llm.train is not 'lora')")
+
     def num_parameters(self, *, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
