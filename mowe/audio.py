@@ -14,9 +14,11 @@ turns files into that, and checks in-memory arrays before they reach an encoder:
 Failure contract: anything wrong with a *file* raises exactly :class:`~mowe.errors.AudioLoadError`
 (a ``ValueError``) whose message contains the path; a libsndfile error is kept in the message and chained
 (``raise ... from e``). Anything wrong with an *argument or in-memory tensor* raises
-:class:`~mowe.errors.MoWEInputError`. Reading never needs more memory than the decoded audio: files are
-decoded block by block, so a corrupt header that claims billions of frames cannot trigger a huge allocation,
-and with ``max_seconds`` + ``"truncate"`` only the needed frames are decoded.
+:class:`~mowe.errors.MoWEInputError`. Memory use follows the audio actually decoded, not what the header
+claims: files are decoded block by block, so a corrupt header that claims billions of frames cannot trigger
+a huge allocation, and with ``max_seconds`` + ``"truncate"`` only the needed frames (+50 ms) are decoded.
+A path that is not a regular file (a FIFO, a device) is refused before libsndfile opens it, so it cannot
+block.
 
 libsndfile facts this relies on (checked by ``tests/test_audio_zoo.py``):
 
@@ -24,8 +26,11 @@ libsndfile facts this relies on (checked by ``tests/test_audio_zoo.py``):
   actually present, so it loads what is there; a WAV cut inside the header (before the ``data`` chunk
   marker) fails to open; a header cut right after the ``data`` marker opens with zero frames, which is
   reported as "no audio frames".
+* A FLAC cut short fails while decoding ("flac decoder lost sync") even though its header reads fine; a
+  cut MP3 decodes the part that is there; a cut Ogg/Vorbis stream either fails to open or reports 0 frames.
 * Files are recognised by content, not extension: a real MP3 named ``.wav`` loads.
-* Float WAVs are returned unscaled, so NaN/Inf survive decoding; they are rejected here.
+* Float WAVs are returned unscaled (no clipping), so NaN/Inf survive decoding; they are rejected here, as is
+  a finite float file whose values near float32's max overflow in the resampling filter.
 
 Example:
     >>> clip = load_audio("speech.flac", max_seconds=30)            # doctest: +SKIP
@@ -57,10 +62,10 @@ __all__ = [
     "AudioInfo",
     "AudioTruncatedWarning",
     "LengthPolicy",
-    "load_audio",
     "audio_info",
-    "validate_waveform",
+    "load_audio",
     "pad_batch",
+    "validate_waveform",
 ]
 
 LengthPolicy = Literal["truncate", "chunk", "error"]
@@ -158,7 +163,8 @@ def load_audio(
 
     Raises:
         AudioLoadError: the file is missing, a directory or other non-regular file, empty, not audio,
-            corrupt, has no frames, has an implausible sample rate, contains NaN or Inf samples, or is too
+            corrupt, has no frames, has an implausible sample rate (outside 1 kHz to 1 MHz), contains
+            NaN or Inf samples, is shorter than one output sample, overflows when resampled, or is too
             long under ``"error"``. The message names the file and keeps libsndfile's own message.
         MoWEInputError: ``sample_rate``, ``max_seconds`` or ``length_policy`` is invalid.
 
@@ -171,37 +177,50 @@ def load_audio(
     sample_rate = int(sample_rate)
     name = _check_regular_file(path)
 
-    with _decoder_errors(name):
-        with sf.SoundFile(name) as f:
-            src_rate, channels, frames = _header(f, name)
-            over = max_seconds is not None and frames > max_seconds * src_rate
-            limit = None
-            if over and length_policy == "error":
-                raise AudioLoadError(
-                    f"audio file '{name}' is {frames / src_rate:.2f} s long, more than "
-                    f"max_seconds={max_seconds} (length_policy='error')"
-                )
-            if over and length_policy == "truncate":
-                limit = math.ceil((max_seconds + _TRUNCATE_MARGIN_SECONDS) * src_rate)
-            mono = _read_mono(f, name, limit)
+    with _decoder_errors(name), sf.SoundFile(name) as f:
+        src_rate, channels, frames = _header(f, name)
+        over = max_seconds is not None and frames > max_seconds * src_rate
+        limit = None
+        if over and length_policy == "error":
+            raise AudioLoadError(
+                f"audio file '{name}' is {frames / src_rate:.2f} s long, more than "
+                f"max_seconds={max_seconds} (length_policy='error')"
+            )
+        if over and length_policy == "truncate":
+            limit = math.ceil((max_seconds + _TRUNCATE_MARGIN_SECONDS) * src_rate)
+        mono = _read_mono(f, name, limit)
 
     if mono.shape[0] == 0:
         raise AudioLoadError(f"audio file '{name}' has no audio frames (header only, or data cut off)")
     if src_rate != sample_rate:
-        mono = soxr.resample(mono, src_rate, sample_rate, quality="HQ")
+        src, mono = mono, soxr.resample(mono, src_rate, sample_rate, quality="HQ")
+        if mono.shape[0] == 0:  # e.g. 3 frames at 96 kHz: less than one sample at 16 kHz
+            raise AudioLoadError(
+                f"audio file '{name}' is too short: {src.shape[0]} frames at {src_rate} Hz is less than one "
+                f"sample at {sample_rate} Hz"
+            )
+        if not np.isfinite(mono).all():  # the filter's overshoot on samples near float32's max
+            raise AudioLoadError(
+                f"audio file '{name}' has samples too large to resample without overflow to Inf "
+                f"(largest {float(np.abs(src).max()):.3g}; float audio should lie in [-1, 1])"
+            )
+        del src
     waveform = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
 
     chunks = None
-    if max_samples is not None and length_policy == "truncate":
-        if over:
+    if max_samples is not None and length_policy == "truncate" and waveform.shape[0] > max_samples:
+        # Warn when the header said "too long", or when it under-stated the length (compressed formats
+        # estimate it) and decoding found more; not for the one extra sample resampling rounding can add
+        # to a clip of exactly max_seconds.
+        if over or waveform.shape[0] > max_samples + 1:
+            seconds = max(frames / src_rate, waveform.shape[0] / sample_rate)
             warnings.warn(
-                f"audio file '{name}' is {frames / src_rate:.2f} s long; truncated to the first "
+                f"audio file '{name}' is {seconds:.2f} s long; truncated to the first "
                 f"{max_seconds} s (max_seconds={max_seconds})",
                 AudioTruncatedWarning,
                 stacklevel=2,
             )
-        # Also trims the odd extra sample resampling rounding can add to a clip of exactly max_seconds.
-        waveform = waveform[:max_samples].clone() if waveform.shape[0] > max_samples else waveform
+        waveform = waveform[:max_samples].clone()  # clone: don't keep the decoded margin alive
     elif max_samples is not None and length_policy == "chunk":
         chunks = list(torch.split(waveform, max_samples))
 
@@ -231,9 +250,8 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
         AudioLoadError: as :func:`load_audio`; the message names the file.
     """
     name = _check_regular_file(path)
-    with _decoder_errors(name):
-        with sf.SoundFile(name) as f:
-            src_rate, channels, frames = _header(f, name)
+    with _decoder_errors(name), sf.SoundFile(name) as f:
+        src_rate, channels, frames = _header(f, name)
     if frames <= 0:
         raise AudioLoadError(f"audio file '{name}' has no audio frames (header only, or data cut off)")
     return AudioInfo(frames / src_rate, src_rate, channels)
@@ -271,8 +289,8 @@ def _check_regular_file(path: str | os.PathLike[str]) -> str:
         st = os.stat(name)
     except FileNotFoundError as e:
         raise AudioLoadError(f"audio file '{name}' does not exist") from e
-    except OSError as e:
-        raise AudioLoadError(f"cannot access audio file '{name}': {e}") from e
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise AudioLoadError(f"cannot access audio file {name!r}: {e}") from e
     if stat.S_ISDIR(st.st_mode):
         raise AudioLoadError(f"audio file '{name}' is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
@@ -317,7 +335,9 @@ def _read_mono(f: sf.SoundFile, name: str, limit: int | None) -> np.ndarray:
                 f"audio file '{name}' contains NaN or Inf samples (first at frame {bad}, "
                 f"{bad / f.samplerate:.3f} s)"
             )
-        blocks.append(block[:, 0].copy() if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32))
+        # Average in float64: a float32 sum of channels near float32's max would overflow to Inf.
+        mono = block[:, 0].copy() if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float64)
+        blocks.append(mono.astype(np.float32, copy=False))
         done += block.shape[0]
     if not blocks:
         return np.zeros(0, dtype=np.float32)

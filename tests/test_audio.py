@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import mowe.audio as mowe_audio
 from mowe.audio import (
     AudioClip,
     AudioInfo,
@@ -278,10 +279,14 @@ def test_bad_arguments_raise_input_error(long_clip, kwargs):
 def _pcm16_header(frames: int, rate: int) -> bytes:
     data_bytes = frames * 2
     return (
-        b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
-        + b"data" + struct.pack("<I", data_bytes)
-    )  # fmt: skip
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 def test_two_hour_file_truncates_without_decoding_it_all(tmp_path):
@@ -416,3 +421,25 @@ def test_pad_batch_errors_name_the_index(batch, fragment):
 
 def test_errors_are_value_errors():
     assert issubclass(AudioLoadError, ValueError) and issubclass(MoWEInputError, ValueError)
+
+
+def test_truncate_warns_when_header_understates_length(tmp_path, monkeypatch):
+    """Compressed formats may estimate their length; the warning follows what was actually decoded."""
+    p = tmp_path / "a.wav"
+    sf.write(p, sine(2.0, 16_000), 16_000)
+    real_header = mowe_audio._header
+    monkeypatch.setattr(mowe_audio, "_header", lambda f, name: (*real_header(f, name)[:2], 8_000))  # "0.5 s"
+    with pytest.warns(AudioTruncatedWarning, match="2.00 s long"):
+        clip = load_audio(p, max_seconds=1.0)
+    assert clip.waveform.shape == (16_000,)
+
+
+def test_nul_byte_in_path_is_an_audio_load_error():
+    import pytest as _pytest
+
+    from mowe.audio import audio_info, load_audio
+    from mowe.errors import AudioLoadError
+
+    for fn in (load_audio, audio_info):
+        with _pytest.raises(AudioLoadError, match="cannot access audio file"):
+            fn("a\x00b.wav")

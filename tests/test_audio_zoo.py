@@ -178,22 +178,49 @@ ZOO = [
     Case("zero-bytes", lambda t: put(t, "empty.wav", b""), error=r"empty \(0 bytes\)"),
     Case("unreadable", unreadable, error="not readable"),
     # -- not audio
-    Case("text-file", lambda t: put(t, "notes.wav", b"hello, this is text\n" * 20), error="Format not recognised",
-         libsndfile=True),  # fmt: skip
-    Case("random-bytes", lambda t: put(t, "noise.wav", np.random.default_rng(0).bytes(4096)),
-         error="Format not recognised", libsndfile=True),  # fmt: skip
-    Case("fake-mp3-id3", lambda t: put(t, "fake.wav", b"ID3" + np.random.default_rng(1).bytes(4096)),
-         error="cannot read audio file", libsndfile=True),  # fmt: skip
-    Case("riff-then-garbage", lambda t: put(t, "riff.wav", b"RIFF\x10\x00\x00\x00WAVE" + b"\xff" * 64),
-         error="cannot read audio file", libsndfile=True),  # fmt: skip
+    Case(
+        "text-file",
+        lambda t: put(t, "notes.wav", b"hello, this is text\n" * 20),
+        error="Format not recognised",
+        libsndfile=True,
+    ),
+    Case(
+        "random-bytes",
+        lambda t: put(t, "noise.wav", np.random.default_rng(0).bytes(4096)),
+        error="Format not recognised",
+        libsndfile=True,
+    ),
+    Case(
+        "fake-mp3-id3",
+        lambda t: put(t, "fake.wav", b"ID3" + np.random.default_rng(1).bytes(4096)),
+        error="cannot read audio file",
+        libsndfile=True,
+    ),
+    Case(
+        "riff-then-garbage",
+        lambda t: put(t, "riff.wav", b"RIFF\x10\x00\x00\x00WAVE" + b"\xff" * 64),
+        error="cannot read audio file",
+        libsndfile=True,
+    ),
     # -- WAV cut inside the header
     *[
-        Case(f"header-cut-at-{n}", lambda t, n=n: put(t, "cut.wav", WAV[:n]), error="cannot read audio file",
-             libsndfile=True)  # fmt: skip
+        Case(
+            f"header-cut-at-{n}",
+            lambda t, n=n: put(t, "cut.wav", WAV[:n]),
+            error="cannot read audio file",
+            libsndfile=True,
+        )
         for n in (4, 12, 20, 36, 40)
     ],
     Case("header-only-no-data", lambda t: put(t, "hdr.wav", WAV[:44]), error="no audio frames"),
     Case("zero-frames", lambda t: put(t, "zero.wav", encode(np.zeros(0))), error="no audio frames"),
+    # found by the atheris harness: resampling 1 frame at 96 kHz gives 0 samples at 16 kHz
+    Case(
+        "one-frame-at-96k",
+        lambda t: put(t, "one.wav", encode(np.ones(1) * 0.5, rate=96_000)),
+        error="too short: 1 frames at 96000 Hz",
+        info_error=False,
+    ),
     # -- corrupt header fields
     Case("sample-rate-1hz", patched(24, "<I", 1), error="sample rate of 1 Hz"),
     Case("sample-rate-0", patched(24, "<I", 0), error="cannot read audio file", libsndfile=True),
@@ -201,30 +228,74 @@ ZOO = [
     Case("unknown-format-tag", patched(20, "<H", 0x1234), error="cannot read audio file", libsndfile=True),
     # -- header claims more data than the file holds: libsndfile clamps to the bytes present
     Case("data-cut-midway", lambda t: put(t, "short.wav", WAV[: 44 + 2 * 5000]), check=loads_prefix(5000)),
-    Case("data-cut-mid-sample", lambda t: put(t, "odd.wav", WAV[: 44 + 2 * 5000 + 1]), check=loads_prefix(5000)),
+    Case(
+        "data-cut-mid-sample", lambda t: put(t, "odd.wav", WAV[: 44 + 2 * 5000 + 1]), check=loads_prefix(5000)
+    ),
     Case("data-size-claims-4gb", patched(40, "<I", 0xFFFFFFF0), check=loads_prefix(RATE)),
     Case("riff-size-zero", patched(4, "<I", 0), check=loads_prefix(RATE)),
     Case("trailing-junk", lambda t: put(t, "junk.wav", WAV + b"junk" * 100), check=loads_prefix(RATE)),
     # -- non-finite samples (float WAVs store them verbatim)
-    Case("nan-sample", with_nonfinite({100: np.nan}), error=r"NaN or Inf samples \(first at frame 100\b",
-         info_error=False),  # fmt: skip
-    Case("all-nan", lambda t: (sf.write(t / "allnan.wav", np.full(500, np.nan), RATE, subtype="FLOAT"),
-                               t / "allnan.wav")[1], error="NaN or Inf", info_error=False),  # fmt: skip
+    Case(
+        "nan-sample",
+        with_nonfinite({100: np.nan}),
+        error=r"NaN or Inf samples \(first at frame 100\b",
+        info_error=False,
+    ),
+    Case(
+        "all-nan",
+        lambda t: (sf.write(t / "allnan.wav", np.full(500, np.nan), RATE, subtype="FLOAT"), t / "allnan.wav")[
+            1
+        ],
+        error="NaN or Inf",
+        info_error=False,
+    ),
     Case("inf-float64", with_nonfinite({7: np.inf}, subtype="DOUBLE"), error="NaN or Inf", info_error=False),
-    Case("neg-inf-2nd-channel", with_nonfinite({3: -np.inf}, channels=2), error="first at frame 3",
-         info_error=False),  # fmt: skip
-    Case("nan-after-first-block", with_nonfinite({100_000: np.nan}, n=150_000),
-         error="first at frame 100000", info_error=False),  # fmt: skip
+    Case(
+        "neg-inf-2nd-channel",
+        with_nonfinite({3: -np.inf}, channels=2),
+        error="first at frame 3",
+        info_error=False,
+    ),
+    Case(
+        "nan-after-first-block",
+        with_nonfinite({100_000: np.nan}, n=150_000),
+        error="first at frame 100000",
+        info_error=False,
+    ),
+    # finite but near float32's max: downmixing is done in float64; the resampling filter's overshoot
+    # can still overflow, which is an error rather than Inf samples in the output
+    Case(
+        "float-max-stereo-same-rate",
+        lambda t: put(t, "max.wav", encode(np.full((100, 2), 3e38), subtype="FLOAT")),
+        check=lambda clip: np.testing.assert_allclose(clip.waveform.numpy(), 3e38, rtol=1e-6),
+    ),
+    Case(
+        "float-max-resampled",
+        lambda t: put(t, "max.wav", encode(np.tile([3e38, -3e38], 500), subtype="FLOAT", rate=44_100)),
+        error="too large to resample",
+        info_error=False,
+    ),
     # -- valid audio that looks odd
     Case("all-silence", lambda t: put(t, "quiet.wav", encode(np.zeros(RATE))), check=loads_silence),
     Case("real-mp3-named-wav", mp3_named_wav, check=loads_tone(15_000, 17_200)),
     # -- compressed streams cut short
-    Case("flac-cut-in-half", compressed_cut("FLAC", "PCM_16", "flac", 0.5), error="lost sync", info_error=False,
-         libsndfile=True),  # fmt: skip
+    Case(
+        "flac-cut-in-half",
+        compressed_cut("FLAC", "PCM_16", "flac", 0.5),
+        error="lost sync",
+        info_error=False,
+        libsndfile=True,
+    ),
     # where the cut falls decides which of the two messages a cut Vorbis stream gets
-    Case("vorbis-cut-in-half", compressed_cut("OGG", "VORBIS", "ogg", 0.5), error="no audio frames|malformed"),
-    Case("mp3-cut-in-half", compressed_cut("MP3", "MPEG_LAYER_III", "mp3", 0.5), check=loads_tone(8_000, 40_000),
-         info_error=False),  # fmt: skip
+    Case(
+        "vorbis-cut-in-half", compressed_cut("OGG", "VORBIS", "ogg", 0.5), error="no audio frames|malformed"
+    ),
+    Case(
+        "mp3-cut-in-half",
+        compressed_cut("MP3", "MPEG_LAYER_III", "mp3", 0.5),
+        check=loads_tone(8_000, 40_000),
+        info_error=False,
+    ),
 ]
 
 
@@ -278,3 +349,12 @@ def test_nan_beyond_the_truncation_point_is_not_read(tmp_path):
     assert clip.waveform.shape == (160,)
     with pytest.raises(AudioLoadError, match="NaN or Inf"):
         load_audio(path, max_seconds=0.01, length_policy="chunk")
+
+
+def test_unreadable_file_even_as_root(tmp_path, monkeypatch):
+    """The permission check, exercised where chmod cannot deny root (the ``unreadable`` case skips)."""
+    path = put(tmp_path, "locked.wav", WAV)
+    monkeypatch.setattr("mowe.audio.os.access", lambda p, mode: False)
+    with pytest.raises(AudioLoadError, match="not readable") as ei:
+        load_audio(path)
+    assert str(path) in str(ei.value)

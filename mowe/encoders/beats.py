@@ -1,4 +1,5 @@
-"""BEATs audio encoder (Chen et al. 2022, "BEATs: Audio Pre-Training with Acoustic Tokenizers", arXiv 2212.09058).
+"""BEATs audio encoder (Chen et al. 2022, "BEATs: Audio Pre-Training with Acoustic Tokenizers",
+arXiv 2212.09058).
 
 Written from the paper and checked against the official implementation (microsoft/unilm ``beats/``) for
 parameter names and arithmetic, so an official ``BEATs_iter3*.pt`` file (a dict ``{"cfg": {...}, "model":
@@ -12,7 +13,7 @@ Pipeline (paper Sec. 3.1, Fig. 2)::
 
     waveform * 2**15 -> Kaldi fbank (b, f, 128) -> (x - 15.41663) / (2 * 6.55582)
       -> 16x16 patches, Conv2d(1, e)          (b, e, f // 16, 8)
-      -> flatten time-major                   (b, t = (f // 16) * 8, e)    token j = 8 * time_patch + freq_patch
+      -> flatten time-major                   (b, t = (f // 16) * 8, e); token j = 8 * time_row + freq_band
       -> LayerNorm, Linear(e, d)
       -> + GELU(weight-normed grouped Conv1d)  (conv positional embedding, as wav2vec 2.0)
       -> LayerNorm -> 12 post-LN ("DeepNorm") layers with gated relative position bias (as WavLM)
@@ -62,10 +63,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mowe.encoders.base import EncoderOutput, SAMPLE_RATE, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
 from mowe.errors import CheckpointError, ConfigError
 
-__all__ = ["BEATsConfig", "BEATsEncoder", "KaldiFbank", "BEATS_PRESETS"]
+__all__ = ["BEATS_PRESETS", "BEATsConfig", "BEATsEncoder", "KaldiFbank"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,38 +123,65 @@ class BEATsConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, f.type, getattr(self, f.name)))
-        positive = ("input_patch_size", "embed_dim", "encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
-                    "encoder_attention_heads", "conv_pos", "conv_pos_groups", "predictor_class")
+        positive = (
+            "input_patch_size",
+            "embed_dim",
+            "encoder_layers",
+            "encoder_embed_dim",
+            "encoder_ffn_embed_dim",
+            "encoder_attention_heads",
+            "conv_pos",
+            "conv_pos_groups",
+            "predictor_class",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"BEATs config {name} must be >= 1, got {getattr(self, name)}")
         if self.input_patch_size > N_MELS:
-            raise ConfigError(f"BEATs config input_patch_size must be <= {N_MELS}, got {self.input_patch_size}")
+            raise ConfigError(
+                f"BEATs config input_patch_size must be <= {N_MELS}, got {self.input_patch_size}"
+            )
         if self.encoder_embed_dim % self.encoder_attention_heads:
-            raise ConfigError(f"BEATs config encoder_embed_dim ({self.encoder_embed_dim}) must be divisible by "
-                              f"encoder_attention_heads ({self.encoder_attention_heads})")
+            raise ConfigError(
+                f"BEATs config encoder_embed_dim ({self.encoder_embed_dim}) must be divisible by "
+                f"encoder_attention_heads ({self.encoder_attention_heads})"
+            )
         if self.encoder_embed_dim % self.conv_pos_groups:
-            raise ConfigError(f"BEATs config encoder_embed_dim ({self.encoder_embed_dim}) must be divisible by "
-                              f"conv_pos_groups ({self.conv_pos_groups})")
+            raise ConfigError(
+                f"BEATs config encoder_embed_dim ({self.encoder_embed_dim}) must be divisible by "
+                f"conv_pos_groups ({self.conv_pos_groups})"
+            )
         if self.activation_fn not in _ACTIVATIONS:
-            raise ConfigError(f"BEATs config activation_fn {self.activation_fn!r} is not supported; "
-                              f"choose one of {list(_ACTIVATIONS)}")
+            raise ConfigError(
+                f"BEATs config activation_fn {self.activation_fn!r} is not supported; "
+                f"choose one of {list(_ACTIVATIONS)}"
+            )
         if self.deep_norm and self.layer_norm_first:
-            raise ConfigError("BEATs config: deep_norm and layer_norm_first cannot both be true (DeepNorm is post-LN)")
+            raise ConfigError(
+                "BEATs config: deep_norm and layer_norm_first cannot both be true (DeepNorm is post-LN)"
+            )
         if self.relative_position_embedding:
             if self.num_buckets < 4 or self.num_buckets % 2:
                 raise ConfigError(f"BEATs config num_buckets must be even and >= 4, got {self.num_buckets}")
             if self.max_distance <= self.num_buckets // 4:
-                raise ConfigError(f"BEATs config max_distance ({self.max_distance}) must exceed num_buckets // 4 "
-                                  f"({self.num_buckets // 4})")
-        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
-                     "predictor_dropout"):
+                raise ConfigError(
+                    f"BEATs config max_distance ({self.max_distance}) must exceed num_buckets // 4 "
+                    f"({self.num_buckets // 4})"
+                )
+        for name in (
+            "dropout",
+            "attention_dropout",
+            "activation_dropout",
+            "encoder_layerdrop",
+            "dropout_input",
+            "predictor_dropout",
+        ):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"BEATs config {name} must be in [0, 1), got {getattr(self, name)}")
 
     @classmethod
-    def from_dict(cls, cfg: Mapping[str, Any]) -> "BEATsConfig":
-        """Build from an official-style cfg dict. Every official key is understood; any other key is an error."""
+    def from_dict(cls, cfg: Mapping[str, Any]) -> BEATsConfig:
+        """Build from an official-style cfg dict; every official key is understood, any other is an error."""
         if not isinstance(cfg, Mapping):
             raise ConfigError(f"BEATs config must be a dict, got {type(cfg).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -163,7 +191,7 @@ class BEATsConfig:
         return cls(**dict(cfg))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict with the official key names (what :meth:`BEATsEncoder.save_checkpoint` writes as ``cfg``)."""
+        """Plain dict with the official key names (``save_checkpoint`` stores it as ``cfg``)."""
         return dataclasses.asdict(self)
 
 
@@ -181,29 +209,49 @@ def _coerce(name: str, kind: Any, value: Any) -> Any:
     elif kind == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    elif kind == "str":
-        if isinstance(value, str):
-            return value
+    elif kind == "str" and isinstance(value, str):
+        return value
     raise ConfigError(f"BEATs config {name} must be {kind}, got {value!r} ({type(value).__name__})")
 
 
 # The published BEATs (iter3 / iter3+, Sec. 4.1: 12 layers, 768 wide, 90M parameters); cfg values as in the
 # official checkpoints. "tiny" is a random-init toy for tests and demos.
+_BASE: dict[str, Any] = {
+    "input_patch_size": 16,
+    "embed_dim": 512,
+    "conv_bias": False,
+    "encoder_layers": 12,
+    "encoder_embed_dim": 768,
+    "encoder_ffn_embed_dim": 3072,
+    "encoder_attention_heads": 12,
+    "activation_fn": "gelu",
+    "layer_norm_first": False,
+    "deep_norm": True,
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "encoder_layerdrop": 0.0,
+    "dropout_input": 0.0,
+    "conv_pos": 128,
+    "conv_pos_groups": 16,
+    "relative_position_embedding": True,
+    "num_buckets": 320,
+    "max_distance": 800,
+    "gru_rel_pos": True,
+    "finetuned_model": False,
+}
 BEATS_PRESETS: dict[str, dict[str, Any]] = {
-    "base": dict(
-        input_patch_size=16, embed_dim=512, conv_bias=False, encoder_layers=12, encoder_embed_dim=768,
-        encoder_ffn_embed_dim=3072, encoder_attention_heads=12, activation_fn="gelu", layer_norm_first=False,
-        deep_norm=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
-        dropout_input=0.0, conv_pos=128, conv_pos_groups=16, relative_position_embedding=True, num_buckets=320,
-        max_distance=800, gru_rel_pos=True, finetuned_model=False,
-    ),
-    "tiny": dict(
-        input_patch_size=16, embed_dim=32, conv_bias=False, encoder_layers=2, encoder_embed_dim=64,
-        encoder_ffn_embed_dim=128, encoder_attention_heads=4, activation_fn="gelu", layer_norm_first=False,
-        deep_norm=True, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.0,
-        dropout_input=0.0, conv_pos=16, conv_pos_groups=4, relative_position_embedding=True, num_buckets=320,
-        max_distance=800, gru_rel_pos=True, finetuned_model=False,
-    ),
+    "base": _BASE,
+    "tiny": {
+        **_BASE,
+        "embed_dim": 32,
+        "encoder_layers": 2,
+        "encoder_embed_dim": 64,
+        "encoder_ffn_embed_dim": 128,
+        "encoder_attention_heads": 4,
+        "conv_pos": 16,
+        "conv_pos_groups": 4,
+    },
 }
 
 
@@ -212,16 +260,24 @@ def _mel_scale(freq: torch.Tensor) -> torch.Tensor:
     return 1127.0 * torch.log1p(freq / 700.0)
 
 
-def kaldi_mel_matrix(n_mels: int = N_MELS, *, n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
-                     low_freq: float = LOW_FREQ, high_freq: float | None = None) -> torch.Tensor:
-    """Kaldi's triangular mel filters (no area normalisation) as a ``(n_fft // 2 + 1, n_mels)`` float64 matrix.
+def kaldi_mel_matrix(
+    n_mels: int = N_MELS,
+    *,
+    n_fft: int = N_FFT,
+    sample_rate: int = SAMPLE_RATE,
+    low_freq: float = LOW_FREQ,
+    high_freq: float | None = None,
+) -> torch.Tensor:
+    """Kaldi's triangular mel filters (not area-normalised), a ``(n_fft // 2 + 1, n_mels)`` float64 matrix.
 
     Triangles are equally spaced on the mel scale ``1127 ln(1 + f / 700)`` between ``low_freq`` and
     ``high_freq`` (Nyquist by default) and evaluated at the FFT bin centres in mel; the Nyquist bin gets 0.
     """
     high = sample_rate / 2 if high_freq is None else high_freq
-    mel_lo, mel_hi = _mel_scale(torch.tensor(low_freq, dtype=torch.float64)), _mel_scale(
-        torch.tensor(high, dtype=torch.float64))
+    mel_lo, mel_hi = (
+        _mel_scale(torch.tensor(low_freq, dtype=torch.float64)),
+        _mel_scale(torch.tensor(high, dtype=torch.float64)),
+    )
     step = (mel_hi - mel_lo) / (n_mels + 1)
     edges = mel_lo + step * torch.arange(n_mels + 2, dtype=torch.float64)  # left, centre, right per filter
     left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
@@ -250,7 +306,7 @@ class KaldiFbank(nn.Module):
 
     @staticmethod
     def num_frames(lengths: torch.Tensor) -> torch.Tensor:
-        """Frames for clips of ``lengths`` samples (``snip_edges``: only whole windows); 0 below 400 samples."""
+        """Frames for clips of ``lengths`` samples (``snip_edges``: whole windows only); 0 below 400."""
         return (torch.div(lengths - FRAME_LENGTH, FRAME_SHIFT, rounding_mode="floor") + 1).clamp(min=0)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
@@ -306,8 +362,12 @@ def _relative_buckets(length: int, num_buckets: int, max_distance: int, device: 
     exact = half // 2  # offsets below this get a bucket each
     dist = offset.abs()
     # Same float32 arithmetic and operation order as the official code, so bucket edges coincide.
-    far = exact + (torch.log(dist.clamp(min=1).float() / exact) / math.log(max_distance / exact)
-                   * (half - exact)).long()
+    far = (
+        exact
+        + (
+            torch.log(dist.clamp(min=1).float() / exact) / math.log(max_distance / exact) * (half - exact)
+        ).long()
+    )
     far = far.clamp(max=half - 1)
     return (offset > 0).long() * half + torch.where(dist < exact, dist, far)
 
@@ -332,10 +392,14 @@ class _SelfAttention(nn.Module):
             self.grep_linear = nn.Linear(self.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, heads, 1, 1))
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, key_padding: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, key_padding: torch.Tensor | None
+    ) -> torch.Tensor:
         """``x (b, t, d)``; ``bias (h, t, t)`` or None; ``key_padding (b, t)`` True on padding, or None."""
-        q, k, v = (rearrange(p(x), "b t (h e) -> b h t e", h=self.heads) for p in (self.q_proj, self.k_proj,
-                                                                                  self.v_proj))
+        q, k, v = (
+            rearrange(p(x), "b t (h e) -> b h t e", h=self.heads)
+            for p in (self.q_proj, self.k_proj, self.v_proj)
+        )
         mask = None
         if bias is not None:
             mask = bias.to(q.dtype)[None]  # (1, h, t, t)
@@ -346,20 +410,28 @@ class _SelfAttention(nn.Module):
         if key_padding is not None:
             blocked = key_padding[:, None, None, :]
             mask = (torch.zeros((), dtype=q.dtype, device=q.device) if mask is None else mask).masked_fill(
-                blocked, float("-inf"))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim**-0.5,
-                                             dropout_p=self.dropout if self.training else 0.0)
+                blocked, float("-inf")
+            )
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            scale=self.head_dim**-0.5,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         return self.out_proj(rearrange(out, "b h t e -> b t (h e)"))
 
 
 class _EncoderLayer(nn.Module):
-    """One transformer layer: post-LN (with DeepNorm's residual up-weighting ``alpha = (2N)^(1/4)``) or pre-LN."""
+    """One transformer layer: post-LN (DeepNorm up-weights the residual by ``(2N)^(1/4)``) or pre-LN."""
 
     def __init__(self, cfg: BEATsConfig):
         super().__init__()
         d = cfg.encoder_embed_dim
-        self.self_attn = _SelfAttention(d, cfg.encoder_attention_heads, dropout=cfg.attention_dropout,
-                                        gated=cfg.gru_rel_pos)
+        self.self_attn = _SelfAttention(
+            d, cfg.encoder_attention_heads, dropout=cfg.attention_dropout, gated=cfg.gru_rel_pos
+        )
         self.self_attn_layer_norm = nn.LayerNorm(d)
         self.fc1 = nn.Linear(d, cfg.encoder_ffn_embed_dim)
         self.fc2 = nn.Linear(cfg.encoder_ffn_embed_dim, d)
@@ -384,7 +456,9 @@ class _EncoderLayer(nn.Module):
         x = F.dropout(self._act(self.fc1(x)), p=self.activation_dropout, training=self.training)
         return F.dropout(self.fc2(x), p=self.dropout, training=self.training)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, key_padding: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, key_padding: torch.Tensor | None
+    ) -> torch.Tensor:
         def attn(y: torch.Tensor) -> torch.Tensor:
             return F.dropout(self.self_attn(y, bias, key_padding), p=self.dropout, training=self.training)
 
@@ -402,7 +476,9 @@ class _TransformerEncoder(nn.Module):
         super().__init__()
         d = cfg.encoder_embed_dim
         self.pos_conv = nn.Sequential(
-            _WeightNormConv1d(d, cfg.conv_pos, cfg.conv_pos_groups), _DropLastForEvenKernel(cfg.conv_pos), nn.GELU()
+            _WeightNormConv1d(d, cfg.conv_pos, cfg.conv_pos_groups),
+            _DropLastForEvenKernel(cfg.conv_pos),
+            nn.GELU(),
         )
         self.layers = nn.ModuleList(_EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.rel_pos = cfg.relative_position_embedding
@@ -415,8 +491,9 @@ class _TransformerEncoder(nn.Module):
         self.pre_norm = cfg.layer_norm_first
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor, output_hidden_states: bool
-                ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor, output_hidden_states: bool
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         # Zero padded tokens so the positional conv sees the same zeros a lone clip's conv padding gives.
         x = x.masked_fill(~valid[..., None], 0.0)
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
@@ -441,7 +518,7 @@ class _TransformerEncoder(nn.Module):
         return x, states
 
 
-def _init_weights(model: "BEATsEncoder", cfg: BEATsConfig) -> None:
+def _init_weights(model: BEATsEncoder, cfg: BEATsConfig) -> None:
     """BERT-style init of the transformer (N(0, 0.02), zero biases), DeepNorm's scaled Xavier for the
     value/output/FFN projections (gain ``(8N)^(-1/4)``), as the official model is initialised."""
     for module in model.encoder.modules():
@@ -499,16 +576,20 @@ class BEATsEncoder(nn.Module):
             self.post_extract_proj = None
         self.encoder = _TransformerEncoder(cfg)
         # AudioSet head of fine-tuned checkpoints: held so the file loads and round-trips; never run.
-        self.predictor = nn.Linear(cfg.encoder_embed_dim, cfg.predictor_class) if cfg.finetuned_model else None
+        self.predictor = (
+            nn.Linear(cfg.encoder_embed_dim, cfg.predictor_class) if cfg.finetuned_model else None
+        )
         _init_weights(self, cfg)
         if cfg.layer_wise_gradient_decay_ratio != 1.0 or cfg.encoder_layerdrop > 0:
-            logger.info("BEATs: layer_wise_gradient_decay_ratio and encoder_layerdrop are training settings of "
-                        "the official recipe and are not applied here")
+            logger.info(
+                "BEATs: layer_wise_gradient_decay_ratio and encoder_layerdrop are training settings of "
+                "the official recipe and are not applied here"
+            )
         set_trainable(self, not freeze)
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
-    def from_preset(cls, name: str = "base", *, freeze: bool = True, **overrides: Any) -> "BEATsEncoder":
+    def from_preset(cls, name: str = "base", *, freeze: bool = True, **overrides: Any) -> BEATsEncoder:
         """Random weights at a named size (``"base"``: the published model, ``"tiny"``: a toy for tests);
         ``overrides`` replace config fields by their official names."""
         if name not in BEATS_PRESETS:
@@ -516,7 +597,7 @@ class BEATsEncoder(nn.Module):
         return cls(BEATsConfig.from_dict({**BEATS_PRESETS[name], **overrides}), freeze=freeze)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, freeze: bool = True) -> "BEATsEncoder":
+    def from_checkpoint(cls, path: str | os.PathLike, *, freeze: bool = True) -> BEATsEncoder:
         """Load an official-format BEATs file (``{"cfg": dict, "model": state_dict}``, e.g.
         ``BEATs_iter3_plus_AS2M.pt``) or one written by :meth:`save_checkpoint`.
 
@@ -524,8 +605,9 @@ class BEATsEncoder(nn.Module):
 
         Raises:
             CheckpointError: the file is missing, truncated, not a torch file, holds something other than
-                tensors and plain containers, lacks ``cfg``/``model``, has an invalid or unknown cfg key, or its
-                weights are missing, unexpected or mis-shaped for its cfg. The message names the file and key.
+                tensors and plain containers, lacks ``cfg``/``model``, has an invalid or unknown cfg key,
+                or its weights are missing, unexpected or mis-shaped for its cfg. The message names the file
+                and the key.
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -535,15 +617,19 @@ class BEATsEncoder(nn.Module):
         except Exception as e:  # truncated zip, garbage bytes, refused globals: all mean "not a usable file"
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(
-                f"BEATs checkpoint {path} could not be read: it is truncated, not a torch.save file, or holds "
-                f"objects other than tensors and plain containers (loaded with weights_only=True): {reason}"
+                f"BEATs checkpoint {path} could not be read: it is truncated, not a torch.save file, or "
+                f"holds objects other than tensors and plain containers (loaded with weights_only=True): "
+                f"{reason}"
             ) from e
         if not isinstance(ckpt, Mapping) or "cfg" not in ckpt or "model" not in ckpt:
             found = sorted(map(str, ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-            raise CheckpointError(f"BEATs checkpoint {path} must be a dict with keys 'cfg' and 'model'; found {found}")
+            raise CheckpointError(
+                f"BEATs checkpoint {path} must be a dict with keys 'cfg' and 'model'; found {found}"
+            )
         if not isinstance(ckpt["model"], Mapping):
-            raise CheckpointError(f"BEATs checkpoint {path}: 'model' must be a state dict, got "
-                                  f"{type(ckpt['model']).__name__}")
+            raise CheckpointError(
+                f"BEATs checkpoint {path}: 'model' must be a state dict, got {type(ckpt['model']).__name__}"
+            )
         try:
             config = BEATsConfig.from_dict(ckpt["cfg"])
         except ConfigError as e:
@@ -557,30 +643,39 @@ class BEATsEncoder(nn.Module):
         expected = self.state_dict()
         if self.config.relative_position_embedding:
             # Every layer's key names the same shared table; accept files that kept only layer 0's copy.
-            keys = [f"encoder.layers.{i}.self_attn.relative_attention_bias.weight"
-                    for i in range(self.config.encoder_layers)]
+            keys = [
+                f"encoder.layers.{i}.self_attn.relative_attention_bias.weight"
+                for i in range(self.config.encoder_layers)
+            ]
             if keys[0] in state and isinstance(state[keys[0]], torch.Tensor):
                 for k in keys[1:]:
                     if k not in state:
                         state[k] = state[keys[0]]
                     elif isinstance(state[k], torch.Tensor) and not torch.equal(state[k], state[keys[0]]):
-                        raise CheckpointError(f"BEATs checkpoint {path}: {k} differs from layer 0's copy, but the "
-                                              f"relative position table is shared by all layers")
+                        raise CheckpointError(
+                            f"BEATs checkpoint {path}: {k} differs from layer 0's copy, but the "
+                            f"relative position table is shared by all layers"
+                        )
         missing = [k for k in expected if k not in state]
         if missing:
-            raise CheckpointError(f"BEATs checkpoint {path} lacks {len(missing)} weight(s) its cfg requires: "
-                                  f"{missing[:8]}")
+            raise CheckpointError(
+                f"BEATs checkpoint {path} lacks {len(missing)} weight(s) its cfg requires: {missing[:8]}"
+            )
         unexpected = [k for k in state if k not in expected]
         if unexpected:
-            raise CheckpointError(f"BEATs checkpoint {path} has {len(unexpected)} weight(s) its cfg does not "
-                                  f"describe: {unexpected[:8]}")
+            raise CheckpointError(
+                f"BEATs checkpoint {path} has {len(unexpected)} weight(s) its cfg does not "
+                f"describe: {unexpected[:8]}"
+            )
         for k, ref in expected.items():
             v = state[k]
             if not isinstance(v, torch.Tensor):
                 raise CheckpointError(f"BEATs checkpoint {path}: {k} is a {type(v).__name__}, not a tensor")
             if v.shape != ref.shape:
-                raise CheckpointError(f"BEATs checkpoint {path}: {k} has shape {tuple(v.shape)}, but its cfg "
-                                      f"needs {tuple(ref.shape)}")
+                raise CheckpointError(
+                    f"BEATs checkpoint {path}: {k} has shape {tuple(v.shape)}, but its cfg "
+                    f"needs {tuple(ref.shape)}"
+                )
         self.load_state_dict(state, strict=True)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
@@ -593,12 +688,13 @@ class BEATsEncoder(nn.Module):
 
     # ----------------------------------------------------------------------------------------- running
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Tokens per clip for ``lengths`` samples: ``(F // p) * (128 // p)``, ``F = 1 + (L - 400) // 160``."""
+        """Tokens per clip of ``L`` samples: ``(F // p) * (128 // p)`` with ``F = 1 + (L - 400) // 160``."""
         frames = KaldiFbank.num_frames(lengths)
         return torch.div(frames, self.config.input_patch_size, rounding_mode="floor") * self.freq_patches
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> EncoderOutput:
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None, output_hidden_states: bool = False
+    ) -> EncoderOutput:
         """Encode 16 kHz waveforms.
 
         Args:
@@ -612,7 +708,8 @@ class BEATsEncoder(nn.Module):
         """
         lengths = check_waveforms(waveforms, lengths, min_samples=self.min_samples)
         wav = waveforms[:, : int(lengths.max())]
-        fbank = (self.fbank(wav * WAVEFORM_SCALE) - FBANK_MEAN) / (2.0 * FBANK_STD)  # (b, f, m), float32
+        fbank = self.fbank(wav.float() * WAVEFORM_SCALE)  # (b, f, m), float32
+        fbank = (fbank - FBANK_MEAN) / (2.0 * FBANK_STD)
         dtype = self.patch_embedding.weight.dtype
         x = self.patch_embedding(fbank.unsqueeze(1).to(dtype))  # (b, e, f // p, m // p)
         x = self.layer_norm(rearrange(x, "b e t f -> b (t f) e"))  # time-major, as the official flattening

@@ -1,0 +1,129 @@
+"""Evaluation harness: batched generation over a manifest, per-task metrics, JSON + Markdown reports.
+
+``mowe eval --model DIR --manifest test.jsonl`` is the command-line form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from mowe.metrics import evaluate_predictions, format_markdown_table
+
+__all__ = ["EvalResult", "evaluate_model", "write_report", "add_eval_cli"]
+
+MODEL_KEYS = ("input_ids", "attention_mask", "waveforms", "wave_lengths")
+
+
+@dataclass
+class EvalResult:
+    """Predictions and per-task metrics.
+
+    Attributes:
+        records: one dict per example: id, task, instruction, answer, prediction.
+        metrics: task -> {"n": count, metric: value} (WER for asr, accuracy for classification, ...).
+        router_counts: task -> per-weak-encoder selection counts (MoWE models only).
+        encoder_names: the weak pool's encoder names, in index order.
+    """
+
+    records: list[dict[str, Any]]
+    metrics: dict[str, dict[str, float]]
+    router_counts: dict[str, list[int]] = field(default_factory=dict)
+    encoder_names: list[str] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, max_new_tokens: int = 24,
+                   num_beams: int = 1, progress: bool = True, desc: str = "eval") -> EvalResult:
+    """Generate an answer for every example of ``dataset`` and score it.
+
+    Args:
+        model: a :class:`~mowe.MoWEAudioLLM`.
+        processor: the :class:`~mowe.processor.MoWEProcessor` it was trained with.
+        dataset: items are dicts with ``audio``, ``instruction``, ``answer``, ``task``, ``id``
+            (e.g. :class:`~mowe.data.ManifestDataset`).
+    """
+    from mowe.processor import MoWECollator
+
+    was_training = model.training
+    model.eval()
+    collate = MoWECollator(processor, train=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    records: list[dict[str, Any]] = []
+    names = list(model.pool.names) if getattr(model, "pool", None) is not None else []
+    counts: dict[str, list[int]] = {}
+    eos = processor.tokenizer.eos_token_id
+    for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        if batch is None:
+            continue
+        inputs = {k: batch[k] for k in MODEL_KEYS}
+        audio = model.encode_audio(inputs["waveforms"], inputs["wave_lengths"])
+        if audio.router is not None:
+            for task, row in zip(batch["task"], audio.router.indices.tolist()):
+                c = counts.setdefault(task, [0] * len(names))
+                for e in row:
+                    c[e] += 1
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, eos_token_id=eos,
+                             audio=audio)
+        preds = processor.decode(out)
+        for i, pred in enumerate(preds):
+            records.append({"id": batch["id"][i], "task": batch["task"][i], "instruction": batch["instruction"][i],
+                            "answer": batch["answer"][i], "prediction": pred})
+    if was_training:
+        model.train()
+    return EvalResult(records, evaluate_predictions(records), counts, names)
+
+
+def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, *, stem: str = "eval") -> str:
+    """Write ``{stem}.json`` (metrics, router counts, predictions) and ``{stem}.md`` (one column per system)."""
+    os.makedirs(out_dir, exist_ok=True)
+    data = {name: {"metrics": r.metrics, "router_counts": r.router_counts, "encoder_names": r.encoder_names,
+                   "predictions": r.records} for name, r in results.items()}
+    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    table = format_markdown_table({name: r.metrics for name, r in results.items()})
+    with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
+        f.write(table + "\n")
+    return table
+
+
+def _cmd_eval(args) -> int:
+    from mowe.data import ManifestDataset
+    from mowe.model import MoWEAudioLLM
+    from mowe.processor import MoWEProcessor
+
+    model = MoWEAudioLLM.from_pretrained(args.model)
+    proc_dir = args.processor or args.model
+    processor = MoWEProcessor.from_pretrained(proc_dir)
+    dataset = ManifestDataset(args.manifest, on_bad_example=args.on_bad_example)
+    result = evaluate_model(model, processor, dataset, batch_size=args.batch_size,
+                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    out = args.out or os.path.join(args.model, "eval")
+    table = write_report({os.path.basename(os.path.normpath(args.model)): result}, out)
+    print(table)
+    print(f"wrote {os.path.join(out, 'eval.json')} and {os.path.join(out, 'eval.md')}")
+    if getattr(dataset, "skipped", None):
+        print(dataset.skip_report())
+    return 0
+
+
+def add_eval_cli(subparsers: Any) -> Any:
+    """Register ``mowe eval --model DIR --manifest test.jsonl [--out DIR]``."""
+    p = subparsers.add_parser("eval", help="evaluate a saved model on a JSONL manifest (per-task metrics)")
+    p.add_argument("--model", required=True, help="folder written by save_pretrained / mowe train")
+    p.add_argument("--manifest", required=True, help="JSONL manifest (audio, instruction, answer, task)")
+    p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
+    p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--on-bad-example", choices=["error", "skip"], default="error")
+    p.set_defaults(func=_cmd_eval)
+    return p
