@@ -215,15 +215,19 @@ class MoWEAudioLLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 32, num_beams: int = 1,
-                 use_cache: bool = True, **generate_kwargs) -> torch.Tensor:
+                 use_cache: bool = True, audio: AudioEncoding | None = None, **generate_kwargs) -> torch.Tensor:
         """Batched generation through transformers' ``generate`` (KV cache, greedy or beam search).
 
         Prompts may be padded on either side; they are re-padded on the left after the merge.
 
+        Args:
+            audio: the clips' :meth:`encode_audio` result when the caller already has it (skips re-encoding).
+
         Returns:
             ``(b, new_tokens)`` generated ids (prompt not included), padded with the pad / eos id.
         """
-        audio = self.encode_audio(waveforms, wave_lengths)
+        if audio is None:
+            audio = self.encode_audio(waveforms, wave_lengths)
         merged = self._merge(input_ids, attention_mask, audio, None, "left")
         gen_cfg = self.llm.generation_config
         pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else gen_cfg.eos_token_id
