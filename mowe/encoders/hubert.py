@@ -31,18 +31,26 @@ HUBERT_PRESETS: dict[str, tuple[type, dict]] = {
 
 
 def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, valid: torch.Tensor) -> torch.Tensor:
-    """GroupNorm over time computed on valid frames only. ``x`` ``(b, c, t)``, ``valid`` ``(b, t)`` bool."""
+    """GroupNorm over time computed on valid frames only. ``x`` ``(b, c, t)``, ``valid`` ``(b, t)`` bool.
+
+    One pass for the sums and one fused scale-and-shift: this tensor is the largest in the encoder
+    (512 channels at 3.2 kHz for HuBERT-base), so every extra elementwise pass shows in the step time.
+    """
     b, c, t = x.shape
     g = norm.num_groups
-    xg = x.reshape(b, g, c // g, t)
-    m = valid[:, None, None, :].to(x.dtype)
-    count = m.sum(dim=(2, 3), keepdim=True) * (c // g)
-    mean = (xg * m).sum(dim=(2, 3), keepdim=True) / count
-    var = (((xg - mean) * m) ** 2).sum(dim=(2, 3), keepdim=True) / count
-    y = ((xg - mean) / torch.sqrt(var + norm.eps)).reshape(b, c, t)
+    m = valid[:, None, :].to(x.dtype)  # (b, 1, t)
+    xm = x * m
+    n = m.sum(-1, keepdim=True) * (c // g)  # (b, 1, 1) values per group
+    s1 = xm.sum(-1).reshape(b, g, -1).sum(-1)  # (b, g)
+    s2 = (xm * x).sum(-1).reshape(b, g, -1).sum(-1)
+    mean = s1 / n[:, :, 0]
+    var = (s2 / n[:, :, 0] - mean.square()).clamp(min=0)
+    rstd = torch.rsqrt(var + norm.eps)
+    scale = rstd.repeat_interleave(c // g, dim=1)  # (b, c)
+    shift = -(mean * rstd).repeat_interleave(c // g, dim=1)
     if norm.affine:
-        y = y * norm.weight[None, :, None] + norm.bias[None, :, None]
-    return y
+        scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+    return torch.addcmul(shift[..., None], x, scale[..., None])
 
 
 class HubertEncoder(nn.Module):
