@@ -120,15 +120,20 @@ class MoWEConfig:
         """Read a config from a JSON file path or a JSON string; unknown keys are an error naming the key."""
         s = str(path_or_text)
         if s.lstrip().startswith("{"):
-            data = json.loads(s)
             where = "<string>"
+            try:
+                data = json.loads(s)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: not valid JSON ({e})") from e
         else:
-            with open(s) as f:
-                try:
-                    data = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise ConfigError(f"{s}: not valid JSON ({e})") from e
             where = s
+            try:
+                with open(s, encoding="utf-8") as f:
+                    data = json.load(f)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{s}: not valid UTF-8 JSON ({e})") from e
+            except OSError as e:
+                raise ConfigError(f"{s}: cannot read config file ({e})") from e
         return from_dict(cls, data, where=where)
 
     def replace(self, **changes) -> "MoWEConfig":
