@@ -1,0 +1,344 @@
+"""The ``mowe`` command line: ``train``, ``infer``, and (when their modules are present) ``eval`` and ``corpus``.
+
+``mowe train --config run.yaml`` reads a run file (YAML or JSON) with these sections; every unknown key is an
+error that names it (exit code 2, message on stderr, no traceback)::
+
+    model:        a MoWEConfig as a dict (see mowe.config). llm.config.vocab_size defaults to the tokenizer's
+                  size; audio_token_id defaults to the processor's placeholder id.
+    tokenizer:    a tokenizer folder / hub id, or {train_bpe: {vocab_size: 400}} to train a byte-level BPE on
+                  the training manifest's instructions and answers.
+    processor:    optional MoWEProcessor options (system_prompt, prompt_template, paraphrases, ...).
+    data:         train: manifest.jsonl (required); dev: manifest.jsonl (optional: its loss is logged);
+                  on_bad_example: error | skip; max_audio_seconds: 30; tasks: [...] (keep only these).
+    train:        a TrainConfig (output_dir, batch_size, grad_accum, save_every, ...).
+    stages:       a list of stages ({name, train, steps, lr, tasks, warmup_steps, lora_scale}) or a preset:
+                  {preset: mowe | salmonn | ltu_as, steps: N or [N1, N2, N3]}.
+
+Relative paths in the run file are relative to the run file's folder. ``--set section.key=value`` overrides
+one entry (the value is parsed as YAML). The trained model and its processor are written to
+``<output_dir>/final`` (``MoWEAudioLLM.from_pretrained`` / ``MoWEProcessor.from_pretrained`` read it back);
+``mowe infer --model <output_dir>`` (or ``<output_dir>/final``) answers a prompt about an audio file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mowe.errors import ConfigError
+
+__all__ = ["RUN_SECTIONS", "build_parser", "load_run_file", "main"]
+
+RUN_SECTIONS = ("model", "tokenizer", "processor", "data", "train", "stages")
+DATA_KEYS = ("train", "dev", "on_bad_example", "max_audio_seconds", "tasks")
+_PRESETS = ("mowe", "salmonn", "ltu_as")
+
+
+# ----------------------------------------------------------------------------------------------- run file
+def _yaml_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do."""
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
+        list("-+0123456789."))
+    return Loader
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
+
+
+def load_run_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read a YAML / JSON run file, apply ``section.key=value`` overrides, check the top-level sections.
+
+    Raises:
+        ConfigError: unreadable file, unknown section or key, malformed override.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the run file ({e.strerror})") from e
+    try:
+        if path.endswith(".json"):
+            run = json.loads(text)
+        else:
+            import yaml
+
+            run = yaml.load(text, Loader=_yaml_loader())
+    except Exception as e:  # yaml / json errors
+        raise ConfigError(f"{path}: not valid YAML/JSON ({e})") from e
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections {list(RUN_SECTIONS)}")
+    for item in overrides:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = run
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a mapping")
+        node[parts[-1]] = _parse_value(value)
+    for key in run:
+        if key not in RUN_SECTIONS:
+            raise ConfigError(f"{path}: unknown key {key!r} (sections: {list(RUN_SECTIONS)})")
+    for need in ("model", "tokenizer", "data", "train", "stages"):
+        if need not in run:
+            raise ConfigError(f"{path}: missing section {need!r}")
+    data = run["data"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: data must be a mapping")
+    for key in data:
+        if key not in DATA_KEYS:
+            raise ConfigError(f"{path}: unknown key {key!r} in data (known: {list(DATA_KEYS)})")
+    if "train" not in data:
+        raise ConfigError(f"{path}: data.train (the training manifest) is required")
+    return run
+
+
+def _resolve(base: str, p: str | None) -> str | None:
+    if p is None:
+        return None
+    p = os.path.expanduser(str(p))
+    return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+
+
+def _stages(spec: Any):
+    from mowe.stages import ltu_as_stages, mowe_default_stages, salmonn_stages, stages_from_list
+
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - {"preset", "steps"})
+        if unknown:
+            raise ConfigError(f"stages: unknown key {unknown[0]!r} (a preset takes 'preset' and 'steps')")
+        name, steps = spec.get("preset"), spec.get("steps")
+        if name not in _PRESETS:
+            raise ConfigError(f"stages.preset must be one of {list(_PRESETS)}, got {name!r}")
+        if steps is None:
+            raise ConfigError("stages.steps is required with a preset")
+        if name == "mowe":
+            if not isinstance(steps, int):
+                raise ConfigError("stages.steps: the mowe preset has one stage; give one integer")
+            return mowe_default_stages(steps)
+        return (salmonn_stages if name == "salmonn" else ltu_as_stages)(steps)
+    return stages_from_list(spec)
+
+
+def _tokenizer(spec: Any, train_manifest: str, base: str):
+    if isinstance(spec, str):
+        from transformers import AutoTokenizer
+
+        path = _resolve(base, spec)
+        return AutoTokenizer.from_pretrained(path if os.path.exists(path) else spec)
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - {"train_bpe"})
+        if unknown:
+            raise ConfigError(f"tokenizer: unknown key {unknown[0]!r} (a path, or {{train_bpe: {{vocab_size: N}}}})")
+        opts = spec.get("train_bpe") or {}
+        if not isinstance(opts, dict):
+            raise ConfigError("tokenizer.train_bpe must be a mapping")
+        bad = sorted(set(opts) - {"vocab_size", "special_tokens"})
+        if bad:
+            raise ConfigError(f"tokenizer.train_bpe: unknown key {bad[0]!r}")
+        from mowe.tokenizer import train_bpe_tokenizer
+
+        return train_bpe_tokenizer(_manifest_texts(train_manifest), **opts)
+    raise ConfigError("tokenizer: expected a path / hub id or {train_bpe: {vocab_size: N}}")
+
+
+def _manifest_texts(path: str):
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the dataset reports malformed lines with their line numbers
+            if isinstance(obj, dict):
+                for k in ("instruction", "answer"):
+                    if isinstance(obj.get(k), str):
+                        yield obj[k]
+
+
+def _model_config(model_spec: Any, tokenizer: Any, audio_token_id: int):
+    from mowe.config import MoWEConfig, from_dict
+
+    if not isinstance(model_spec, dict):
+        raise ConfigError("model: expected a MoWEConfig mapping")
+    spec = json.loads(json.dumps(model_spec))  # deep copy
+    llm = spec.get("llm")
+    if isinstance(llm, dict) and isinstance(llm.get("config"), dict):
+        vocab = llm["config"].get("vocab_size")
+        if vocab is None:
+            llm["config"]["vocab_size"] = len(tokenizer)
+        elif vocab < len(tokenizer):
+            raise ConfigError(f"model.llm.config.vocab_size is {vocab} but the tokenizer has {len(tokenizer)} tokens")
+    if spec.get("audio_token_id") is None:
+        spec["audio_token_id"] = audio_token_id
+    elif spec["audio_token_id"] != audio_token_id:
+        raise ConfigError(f"model.audio_token_id is {spec['audio_token_id']} but the tokenizer's audio placeholder "
+                          f"has id {audio_token_id}; leave it out to use the tokenizer's")
+    return from_dict(MoWEConfig, spec, where="model")
+
+
+def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = None) -> str:
+    """Build everything a run file names, train, and save ``final/`` (model + processor); returns that folder."""
+    from mowe.data import ManifestDataset
+    from mowe.model import MoWEAudioLLM
+    from mowe.processor import MoWECollator, MoWEProcessor
+    from mowe.trainer import TrainConfig, Trainer
+
+    data = run["data"]
+    train_cfg = dict(run["train"]) if isinstance(run["train"], dict) else run["train"]
+    if isinstance(train_cfg, dict) and "output_dir" in train_cfg:
+        train_cfg["output_dir"] = _resolve(base_dir, train_cfg["output_dir"])
+    config = TrainConfig.from_dict(train_cfg)
+    stages = _stages(run["stages"])
+    train_manifest = _resolve(base_dir, data["train"])
+    ds_kw = {"on_bad_example": data.get("on_bad_example", "error"),
+                 "max_audio_seconds": data.get("max_audio_seconds", 30.0)}
+    train_ds = ManifestDataset(train_manifest, tasks=data.get("tasks"), **ds_kw)
+    dev_ds = ManifestDataset(_resolve(base_dir, data["dev"]), **ds_kw) if data.get("dev") else None
+    tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir)
+    proc_opts = run.get("processor") or {}
+    if not isinstance(proc_opts, dict):
+        raise ConfigError("processor: expected a mapping of MoWEProcessor options")
+    proc_opts = {"max_audio_seconds": ds_kw["max_audio_seconds"], **proc_opts}
+    try:
+        processor = MoWEProcessor(tokenizer, **proc_opts)
+    except TypeError as e:
+        raise ConfigError(f"processor: {e}") from e
+    model = MoWEAudioLLM.from_config(_model_config(run["model"], tokenizer, processor.audio_token_id))
+    trainer = Trainer(model, train_ds, config=config, stages=stages, collate_fn=MoWECollator(processor, train=True),
+                      eval_dataset=dev_ds)
+    if trainer.is_main:
+        os.makedirs(config.output_dir, exist_ok=True)
+        processor.save_pretrained(os.path.join(config.output_dir, "processor"))
+    result = trainer.train(resume=resume)
+    final = result.final_dir or os.path.join(config.output_dir, "final")
+    if trainer.is_main:
+        if result.final_dir is None:
+            model.save_pretrained(final)
+        processor.save_pretrained(final)  # beside the weights: `mowe infer/eval --model final` find both
+    return final
+
+
+# ----------------------------------------------------------------------------------------------- commands
+def _cmd_train(args: argparse.Namespace) -> int:
+    run = load_run_file(args.config, args.set or ())
+    final = run_training(run, base_dir=os.path.dirname(os.path.abspath(args.config)), resume=args.resume)
+    print(f"saved the trained model and processor to {final}")
+    return 0
+
+
+def _model_dir(path: str) -> str:
+    from mowe.errors import CheckpointError
+
+    for cand in (os.path.join(path, "final"), path):
+        if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(os.path.join(cand,
+                                                                                             "model.safetensors")):
+            return cand
+    raise CheckpointError(f"{path}: no saved model (config.json + model.safetensors) here or in {path}/final")
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import torch
+
+    from mowe.model import MoWEAudioLLM
+    from mowe.processor import MODEL_INPUT_KEYS, MoWEProcessor
+    from mowe.stages import set_lora_scale
+
+    model_dir = _model_dir(args.model)
+    model = MoWEAudioLLM.from_pretrained(model_dir)
+    model.eval()
+    processor = MoWEProcessor.from_pretrained(args.processor or model_dir)
+    if args.lora_scale is not None:
+        set_lora_scale(model, args.lora_scale)
+    batch = processor(text=args.prompt, audio=args.audio)
+    with torch.no_grad():
+        ids = model.generate(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch},
+                             max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    print(processor.decode(ids)[0])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mowe`` argument parser (``eval`` / ``corpus`` only when their modules import)."""
+    parser = argparse.ArgumentParser(prog="mowe", description="audio LLMs from a mixture of weak encoders")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train from a run file (YAML/JSON)")
+    p.add_argument("--config", required=True, help="run file with model/tokenizer/data/train/stages sections")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override one run-file entry (value parsed as YAML); repeatable")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("infer", help="answer a prompt about one audio file with a trained model")
+    p.add_argument("--model", required=True, help="a `mowe train` output folder, or its final/ folder")
+    p.add_argument("--audio", required=True, help="audio file")
+    p.add_argument("--prompt", required=True, help="instruction, e.g. 'Transcribe the speech.'")
+    p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--lora-scale", type=float, default=None,
+                   help="multiply the LoRA scaling (SALMONN's activation trick, e.g. 0.5)")
+    p.set_defaults(func=_cmd_infer)
+
+    try:
+        from mowe.evaluate import add_eval_cli
+    except ImportError:
+        pass
+    else:
+        add_eval_cli(sub)
+    try:
+        from mowe.corpus import add_corpus_cli
+    except ImportError:
+        pass
+    else:
+        add_corpus_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mowe`` console script; returns the exit code.
+
+    User errors (bad config, manifest, audio or checkpoint: every ``ValueError`` subclass mowe raises, and missing
+    files) print one message on stderr and exit with 2, without a traceback.
+    """
+    from mowe.errors import AudioLoadError, CheckpointError, ManifestError, MoWEInputError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, ManifestError, AudioLoadError, CheckpointError, MoWEInputError, FileNotFoundError) as e:
+        print(f"mowe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mowe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Stages: validation, (de)serialisation, and that each stage trains exactly the parts it names.
+
+"Trains" is checked on parameter *changes* after two optimizer steps through the real Trainer, not only on
+``requires_grad``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+import yaml
+from _trainer_helpers import SyntheticDataset, changed, collate, snapshot, tiny_model
+
+from mowe.errors import ConfigError
+from mowe.stages import (
+    PARTS,
+    Stage,
+    apply_stage,
+    ltu_as_stages,
+    mowe_default_stages,
+    parameter_groups,
+    salmonn_stages,
+    set_lora_scale,
+    stages_from_list,
+    stages_to_list,
+)
+from mowe.trainer import TrainConfig, Trainer
+
+
+@pytest.fixture(scope="module")
+def pool_model():
+    # Two weak encoders with top_k=2: both run on every clip, so routers and weak encoders all get gradients.
+    return tiny_model(weak=2, top_k=2, lora_dropout=0.0)
+
+
+def _expected(model, parts) -> set[str]:
+    groups = parameter_groups(model)
+    return {n for p in parts for n, _ in groups[p]}
+
+
+def _train_two_steps(model, stage: Stage, tmp_path, dataset=None, collate_fn=collate) -> set[str]:
+    stage = dataclasses.replace(stage, steps=2, warmup_steps=0, lr=1e-2)
+    before = snapshot(model)
+    cfg = TrainConfig(output_dir=str(tmp_path / stage.name), batch_size=2, progress=False, save_final=False)
+    Trainer(model, dataset or SyntheticDataset(16), config=cfg, stages=[stage], collate_fn=collate_fn).train()
+    return changed(before, model)
+
+
+def test_stage_validation():
+    with pytest.raises(ConfigError, match="'encoder'"):
+        Stage("s", ("connector", "encoder"), 10, 1e-4)
+    with pytest.raises(ConfigError, match="steps"):
+        Stage("s", ("connector",), 0, 1e-4)
+    with pytest.raises(ConfigError, match="warmup_steps"):
+        Stage("s", ("connector",), 5, 1e-4, warmup_steps=6)
+    with pytest.raises(ConfigError, match="every task weight is 0"):
+        Stage("s", ("connector",), 5, 1e-4, tasks={"asr": 0.0})
+    with pytest.raises(ConfigError, match="list of parts"):
+        Stage.from_dict({"name": "s", "train": "connector", "steps": 1, "lr": 1e-3})
+
+
+def test_stage_serialisation_round_trip_and_unknown_key():
+    stages = salmonn_stages((3, 4, 5)) + ltu_as_stages(2)[1:]
+    stages = [dataclasses.replace(s, name=f"{s.name}{i}") for i, s in enumerate(stages)]
+    as_json = json.loads(json.dumps(stages_to_list(stages)))
+    assert stages_from_list(as_json) == stages
+    as_yaml = yaml.safe_load(yaml.safe_dump(stages_to_list(stages)))
+    assert stages_from_list(as_yaml) == stages
+    bad = stages_to_list(stages)
+    bad[1]["learning_rate"] = 1e-3
+    with pytest.raises(ConfigError, match=r"stages\[1\].*'learning_rate'"):
+        stages_from_list(bad)
+    # YAML 1.1 reads 1e-4 as a string: accepted as a number
+    assert Stage.from_dict({"name": "a", "train": ["lora"], "steps": 1, "lr": "1e-4"}).lr == 1e-4
+
+
+def test_presets_shape():
+    (d,) = mowe_default_stages(100)
+    assert set(d.train) == {"connector", "routers", "lora"} and d.tasks is None
+    p, i, a = salmonn_stages((10, 20, 3))
+    assert set(p.tasks) == {"asr", "sound_event"} and i.tasks is None and a.steps == 3
+    assert a.lora_scale is not None and a.lora_scale < 1
+    assert all(set(s.train) == {"connector", "lora"} for s in (p, i, a))
+    s1, s2, s3 = ltu_as_stages(10)
+    assert s1.train == ("connector",) and s1.lr == 1e-3
+    assert set(s2.tasks) == {"gender", "accent", "speaking_rate", "sound_event", "chord", "tempo"}
+    assert s2.lr == s3.lr == 1e-4 and s3.tasks is None and set(s2.train) == set(s3.train)
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_each_part_alone_changes_exactly_its_parameters(pool_model, part, tmp_path):
+    stage = Stage(f"only_{part}", (part,), 2, 1e-2)
+    trainable = set(apply_stage(pool_model, stage))
+    expected = _expected(pool_model, [part])
+    assert trainable == expected and expected
+    assert _train_two_steps(pool_model, stage, tmp_path) == expected
+
+
+@pytest.mark.parametrize("preset", ["mowe", "salmonn", "ltu_as"])
+def test_presets_change_exactly_the_named_parts(pool_model, preset, tmp_path):
+    stages = {"mowe": lambda: mowe_default_stages(2), "salmonn": lambda: salmonn_stages(2),
+              "ltu_as": lambda: ltu_as_stages(2)}[preset]()
+    for stage in stages:
+        seen: list[str] = []
+
+        def recording_collate(examples, seen=seen):
+            batch = collate(examples)
+            seen.extend(batch["task"])
+            return batch
+
+        got = _train_two_steps(pool_model, stage, tmp_path, collate_fn=recording_collate)
+        assert got == _expected(pool_model, stage.train), stage.name
+        if stage.tasks is not None:
+            assert set(seen) <= set(stage.tasks), stage.name
+
+
+def test_base_only_model_skips_router_and_pool_parts(tmp_path):
+    model = tiny_model(weak=0, lora_dropout=0.0)
+    (stage,) = mowe_default_stages(2)
+    names = apply_stage(model, stage)
+    assert names and all(n.startswith(("connector.", "llm.")) for n in names)
+    with pytest.raises(ConfigError, match="'lora'"):
+        apply_stage(tiny_model(weak=0, llm_train="full"), Stage("x", ("lora",), 1, 1e-3))
+
+
+def test_lora_scale_is_applied_during_the_stage_and_restored(tmp_path):
+    model = tiny_model(weak=0, lora_dropout=0.0)
+    lora = next(m for _, m in model.named_modules() if isinstance(getattr(m, "scaling", None), dict))
+    base = lora.scaling["default"]
+    seen = []
+
+    def recording_collate(examples):
+        seen.append(lora.scaling["default"])
+        return collate(examples)
+
+    stage = Stage("act", ("connector", "lora"), 2, 1e-3, tasks={"co_reasoning": 1.0}, lora_scale=0.25)
+    cfg = TrainConfig(output_dir=str(tmp_path), batch_size=2, progress=False, save_final=False)
+    Trainer(model, SyntheticDataset(16), config=cfg, stages=[stage], collate_fn=recording_collate).train()
+    assert seen and all(s == pytest.approx(base * 0.25) for s in seen)
+    assert lora.scaling["default"] == pytest.approx(base)
+    assert all(v == pytest.approx(base * 0.5) for v in set_lora_scale(model, 0.5).values())
+
+
+def test_stage_naming_a_task_absent_from_the_data_is_an_error(tmp_path):
+    model = tiny_model(weak=0)
+    stage = Stage("s", ("connector",), 1, 1e-3, tasks={"asr": 1.0, "astr": 1.0})
+    cfg = TrainConfig(output_dir=str(tmp_path), batch_size=2, progress=False)
+    with pytest.raises(ConfigError, match="'astr'"):
+        Trainer(model, SyntheticDataset(16), config=cfg, stages=[stage], collate_fn=collate).train()
+
+
+def test_parameter_groups_cover_the_model_disjointly(pool_model):
+    groups = parameter_groups(pool_model)
+    names = [n for p in PARTS for n, _ in groups[p]]
+    assert len(names) == len(set(names))
+    assert set(names) == {n for n, _ in pool_model.named_parameters()}
+    assert torch.is_tensor(next(iter(groups["lora"]))[1])

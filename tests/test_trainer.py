@@ -1,0 +1,297 @@
+"""Trainer: learning, non-finite losses, atomic checkpoints, exact resume (in-process and after SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from _trainer_helpers import TRAIN_SCRIPT, SyntheticDataset, collate, read_weights, tiny_model
+
+import mowe.trainer as trainer_mod
+from mowe.errors import CheckpointError, ConfigError
+from mowe.stages import Stage
+from mowe.trainer import (
+    NonFiniteLossError,
+    StageSampler,
+    TrainConfig,
+    Trainer,
+    find_checkpoint,
+    load_trainer_state,
+)
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+TWO_STAGES = [Stage("a", ("connector",), 3, 2e-3),
+              Stage("b", ("connector", "routers", "lora"), 5, 2e-3, warmup_steps=1,
+                    tasks={"asr": 2.0, "gender": 1.0, "sound_event": 1.0})]
+
+
+def _cfg(tmp_path, **kw) -> TrainConfig:
+    base = {"output_dir": str(tmp_path), "batch_size": 2, "progress": False, "log_every": 1}
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _log(path) -> list[dict]:
+    with open(os.path.join(path, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_train_config_is_strict():
+    with pytest.raises(ConfigError, match="'batchsize'"):
+        TrainConfig.from_dict({"output_dir": "x", "batchsize": 3})
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        TrainConfig(output_dir="x", mixed_precision="fp8")
+    with pytest.raises(ConfigError, match="on_nonfinite_loss"):
+        TrainConfig(output_dir="x", on_nonfinite_loss="ignore")
+    cfg = TrainConfig.from_dict({"output_dir": "x", "weight_decay": "1e-2", "adam_betas": [0.9, 0.95]})
+    assert cfg.weight_decay == 0.01 and cfg.adam_betas == (0.9, 0.95)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def test_global_batches_do_not_depend_on_the_process_count():
+    kw = {"num_examples": 24, "task_list": None, "tasks": None, "seed": 3, "stage_index": 1}
+    one = StageSampler(batch_size=4, **kw)
+    two = [StageSampler(batch_size=2, num_processes=2, process_index=r, **kw) for r in range(2)]
+    for epoch in range(2):
+        full = one.process_batches(epoch)
+        halves = [s.process_batches(epoch) for s in two]
+        assert full == [a + b for a, b in zip(*halves)]
+        assert sorted(i for batch in full for i in batch) == list(range(24))
+    assert one.process_batches(1) != one.process_batches(0)
+    assert one.process_batches(0, start=2) == one.process_batches(0)[2:]
+    assert one.position(13) == (2, 1)
+
+
+def test_weighted_sampling_follows_task_weights():
+    tasks = ["asr"] * 10 + ["gender"] * 30 + ["chord"] * 20
+    s = StageSampler(num_examples=60, task_list=tasks, tasks={"asr": 3.0, "gender": 1.0}, seed=0, stage_index=0,
+                     batch_size=4)
+    drawn = torch.cat([s.epoch_order(e) for e in range(50)]).tolist()
+    share = sum(tasks[i] == "asr" for i in drawn) / len(drawn)
+    assert all(tasks[i] in ("asr", "gender") for i in drawn)
+    assert 0.7 < share < 0.8  # 3:1 weights despite 1:3 example counts
+
+
+# ------------------------------------------------------------------------------------------------ learning
+def test_loss_goes_down_and_logs_are_complete(tmp_path):
+    model = tiny_model(weak=0, lora_dropout=0.0)
+    stage = Stage("learn", ("connector", "lora"), 30, 1e-2, warmup_steps=3)
+    res = Trainer(model, SyntheticDataset(32), config=_cfg(tmp_path, batch_size=2, log_every=5, save_final=True),
+                  stages=[stage], collate_fn=collate).train()
+    logs = [r for r in _log(tmp_path) if "loss" in r]
+    assert [r["step"] for r in logs] == [5, 10, 15, 20, 25, 30]
+    for key in ("step", "stage", "loss", "lm_loss", "aux_loss", "lr", "samples_per_s", "grad_norm",
+                "skipped_nonfinite"):
+        assert key in logs[0]
+    assert logs[-1]["loss"] < logs[0]["loss"] - 0.5, [r["loss"] for r in logs]
+    assert res.global_step == 30 and os.path.isfile(os.path.join(res.final_dir, "model.safetensors"))
+
+
+def test_none_examples_are_dropped_and_skip_report_printed(tmp_path, capsys):
+    class WithReport(SyntheticDataset):
+        def skip_report(self):
+            return "skipped 2 bad examples"
+
+    ds = WithReport(16, none_at=(0, 1, 2, 3))
+    Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, batch_size=1, save_final=False),
+            stages=[Stage("s", ("connector",), 6, 1e-3)], collate_fn=collate).train()
+    assert "skipped 2 bad examples" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ NaN / Inf
+def _nan_once(model, at_call: int):
+    calls = {"n": 0}
+    forward = model.forward
+
+    def patched(**kw):
+        out = forward(**kw)
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            out.loss = out.loss * float("nan")
+        return out
+
+    model.forward = patched
+    return calls
+
+
+def test_nonfinite_loss_skip_counts_and_continues(tmp_path):
+    model = tiny_model(weak=0)
+    _nan_once(model, at_call=2)
+    res = Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, on_nonfinite_loss="skip", save_final=False),
+                  stages=[Stage("s", ("connector", "lora"), 4, 1e-3)], collate_fn=collate).train()
+    assert res.global_step == 4 and res.skipped_nonfinite == 1
+    logs = [r for r in _log(tmp_path) if "loss" in r]
+    assert [r["skipped_nonfinite"] for r in logs] == [0, 1, 1, 1]
+    assert logs[1]["loss"] is None and logs[1]["grad_norm"] is None
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nonfinite_loss_stop_raises_a_clear_error(tmp_path):
+    model = tiny_model(weak=0)
+    _nan_once(model, at_call=2)
+    trainer = Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, on_nonfinite_loss="stop"),
+                      stages=[Stage("s", ("connector",), 4, 1e-3)], collate_fn=collate)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss.*step 2.*'s'.*on_nonfinite_loss"):
+        trainer.train()
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_contents_load_with_weights_only(tmp_path):
+    model = tiny_model(weak=1)
+    Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, save_every=2, keep_last_checkpoints=2),
+            stages=TWO_STAGES, collate_fn=collate).train()
+    ck = os.path.join(tmp_path, "checkpoints")
+    assert sorted(d for d in os.listdir(ck) if d.startswith("step-")) == ["step-6", "step-8"]
+    assert not [d for d in os.listdir(ck) if d.startswith(".tmp")]
+    assert find_checkpoint("latest", tmp_path) == os.path.join(ck, "step-8")
+    for f in ("optimizer.pt", "scheduler.pt", "rng-0.pt"):
+        torch.load(os.path.join(ck, "step-6", f), weights_only=True)
+    state = load_trainer_state(os.path.join(ck, "step-6"))
+    assert (state["stage_index"], state["step_in_stage"], state["global_step"]) == (1, 3, 6)
+    assert state["epoch"] * 3 + state["batch_in_epoch"] == 3  # 6 examples of the 3 tasks / batch 2: 3 per epoch
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    real = trainer_mod._save_torch
+
+    def failing(obj, path):
+        if "step-4" in path and path.endswith("optimizer.pt"):
+            raise OSError("disk full (simulated)")
+        real(obj, path)
+
+    monkeypatch.setattr(trainer_mod, "_save_torch", failing)
+    stage = Stage("s", ("connector", "lora"), 6, 1e-3)
+    with pytest.raises(OSError, match="disk full"):
+        Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, save_every=2),
+                stages=[stage], collate_fn=collate).train()
+    ck = os.path.join(tmp_path, "checkpoints")
+    with open(os.path.join(ck, "latest")) as f:
+        assert f.read().strip() == "step-2"
+    assert sorted(os.listdir(ck)) == ["latest", "step-2"]
+    monkeypatch.setattr(trainer_mod, "_save_torch", real)
+    res = Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, save_every=2),
+                  stages=[stage], collate_fn=collate).train(resume="latest")
+    assert res.global_step == 6
+    assert _log(tmp_path)[-1]["step"] == 6 and any(r.get("event") == "resume" and r["step"] == 2
+                                                   for r in _log(tmp_path))
+
+
+@pytest.mark.parametrize("resume_at", [2, 4])  # inside stage "a" / inside stage "b" (after a stage switch)
+def test_resume_in_process_matches_an_uninterrupted_run(tmp_path, resume_at):
+    full_dir = tmp_path / "full"
+    model = tiny_model(weak=1)
+    Trainer(model, SyntheticDataset(16), config=_cfg(full_dir, save_every=2, keep_last_checkpoints=10,
+                                                     save_final=False),
+            stages=TWO_STAGES, collate_fn=collate).train()
+    expected = _params(model)
+
+    fresh = tiny_model(seed=123, weak=1)  # different init: everything must come from the checkpoint
+    res = Trainer(fresh, SyntheticDataset(16), config=_cfg(tmp_path / "resumed", save_final=False),
+                  stages=TWO_STAGES, collate_fn=collate).train(
+        resume=str(full_dir / "checkpoints" / f"step-{resume_at}"))
+    assert res.global_step == 8
+    got = _params(fresh)
+    assert all(torch.equal(expected[k], got[k]) for k in expected), [k for k in expected
+                                                                     if not torch.equal(expected[k], got[k])][:5]
+
+
+def test_resume_with_another_global_batch_is_refused(tmp_path):
+    stage = Stage("s", ("connector",), 2, 1e-3)
+    Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, save_every=2, save_final=False),
+            stages=[stage], collate_fn=collate).train()
+    with pytest.raises(CheckpointError, match="global batch"):
+        Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, batch_size=4),
+                stages=[stage], collate_fn=collate).train(resume="latest")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path),
+                stages=[stage], collate_fn=collate).train(resume=str(tmp_path / "nowhere"))
+
+
+def test_sigkill_then_resume_gives_identical_weights(tmp_path):
+    """Kill a training process with SIGKILL after checkpoint step-4, resume in a fresh process: same weights."""
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT.format(tests_dir=TESTS_DIR))
+    stages = [{"name": "a", "train": ["connector"], "steps": 4, "lr": 2e-3},
+              {"name": "b", "train": ["connector", "routers", "lora"], "steps": 16, "lr": 2e-3, "warmup_steps": 2,
+                   "tasks": {"asr": 2.0, "gender": 1.0, "co_reasoning": 1.0}}]
+
+    def args(out, resume=None):
+        return json.dumps({"stages": stages, "resume": resume, "n": 24,
+                           "train": {"output_dir": str(out), "batch_size": 2, "save_every": 2, "progress": False,
+                                         "keep_last_checkpoints": 3}})
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = subprocess.Popen([sys.executable, str(script), args(tmp_path / "ref")], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    victim = subprocess.Popen([sys.executable, str(script), args(tmp_path / "run")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    latest = tmp_path / "run" / "checkpoints" / "latest"
+
+    def latest_step() -> int:
+        try:
+            return int(latest.read_text().strip().split("-")[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    deadline = time.time() + 120
+    while latest_step() < 4 and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()[-2000:]
+    assert latest_step() >= 4 and not (tmp_path / "run" / "final").exists()
+
+    resumed = subprocess.run([sys.executable, str(script), args(tmp_path / "run", resume="latest")], env=env,
+                             capture_output=True, text=True, timeout=180, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "DONE 20" in resumed.stdout
+    _out, err = ref.communicate(timeout=180)
+    assert ref.returncode == 0, err.decode()[-3000:]
+
+    a = read_weights(str(tmp_path / "ref" / "final" / "model.safetensors"))
+    b = read_weights(str(tmp_path / "run" / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, diff[:5]
+    resumes = [r for r in _log(tmp_path / "run") if r.get("event") == "resume"]
+    assert len(resumes) == 1 and resumes[0]["step"] >= 4
+
+
+def test_grad_accum_matches_a_bigger_batch(tmp_path):
+    """batch 2 x 2 accumulation steps == batch 4: the same examples and the same mean loss per step."""
+    stage = [Stage("s", ("connector", "lora"), 3, 3e-3)]
+    weights = []
+    for bs, ga in ((4, 1), (2, 2)):
+        model = tiny_model(weak=0, lora_dropout=0.0)
+        Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path / f"{bs}", batch_size=bs, grad_accum=ga,
+                                                         save_final=False),
+                stages=stage, collate_fn=collate).train()
+        weights.append(_params(model))
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_bf16_and_gradient_checkpointing_across_stages(tmp_path):
+    model = tiny_model(weak=1)
+    stages = [Stage("a", ("connector",), 2, 1e-3), Stage("b", ("connector", "lora", "routers"), 2, 1e-3)]
+    res = Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, mixed_precision="bf16",
+                                                           gradient_checkpointing=True, save_final=False),
+                  stages=stages, collate_fn=collate).train()
+    logs = [r for r in _log(tmp_path) if "loss" in r]
+    assert res.global_step == 4 and all(r["loss"] is not None and math.isfinite(r["loss"]) for r in logs)
+    assert "_original_forward" in vars(model)  # autocast wrapper applied once, not stacked per stage
+    assert vars(model)["_original_forward"].__func__ is type(model).forward
