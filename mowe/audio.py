@@ -196,7 +196,7 @@ def load_audio(
         src, mono = mono, soxr.resample(mono, src_rate, sample_rate, quality="HQ")
         if mono.shape[0] == 0:  # e.g. 3 frames at 96 kHz: less than one sample at 16 kHz
             raise AudioLoadError(
-                f"audio file '{name}' is too short: {src.shape[0]} frames at {src_rate} Hz is less than one "
+                f"audio file '{name}' is too short: {src.shape[0]} frame(s) at {src_rate} Hz is less than one "
                 f"sample at {sample_rate} Hz"
             )
         if not np.isfinite(mono).all():  # the filter's overshoot on samples near float32's max
