@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-__all__ = ["main", "pretrain_strong_encoder"]
+__all__ = ["main", "prepare", "pretrain_strong_encoder", "train_and_evaluate"]
 
 
 def _log(msg: str) -> None:
@@ -80,6 +80,91 @@ def pretrain_strong_encoder(encoder: nn.Module, dataset, *, steps: int, batch_si
     return losses
 
 
+@dataclasses.dataclass
+class Prepared:
+    """What every system in a comparison shares: data, tokenizer, processor and the frozen strong encoder."""
+
+    train: object
+    test: object
+    tokenizer: object
+    processor: object
+    strong: nn.Module
+    strong_curve: list
+
+
+def prepare(out_dir: str, *, size: int, strong_steps: int, batch_size: int, seed: int,
+            progress: bool = True) -> Prepared:
+    """Build the corpus, a BPE tokenizer and processor, and the ASR-pretrained, frozen strong encoder."""
+    from mowe.corpus import build_corpus
+    from mowe.data import ManifestDataset
+    from mowe.presets import base_only
+    from mowe.processor import MoWEProcessor
+    from mowe.tokenizer import train_bpe_tokenizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    corpus_dir = os.path.join(out_dir, "corpus")
+    _log(f"building the corpus ({size} training examples) in {corpus_dir}")
+    info = build_corpus(corpus_dir, size=size, seed=seed, progress=progress)
+    train = ManifestDataset(info.manifest("train"))
+    test = ManifestDataset(info.manifest("test"))
+    _log(f"corpus: {len(train)} train / {len(test)} test examples, tasks {sorted(set(train.tasks))}")
+    texts = []
+    for i in range(len(train)):
+        e = train.example_info(i)
+        texts += [e["instruction"], e["answer"]]
+    tok = train_bpe_tokenizer(texts, vocab_size=384, save_dir=os.path.join(out_dir, "tokenizer"))
+    processor = MoWEProcessor(tok, max_audio_seconds=8.0)
+
+    # The strong encoder, trained for recognition only, then frozen.
+    torch.manual_seed(seed)
+    strong = base_only(tiny=True, audio_token_id=processor.audio_token_id, vocab_size=len(tok)).build().strong_encoder
+    asr = ManifestDataset(info.manifest("train"), tasks=["asr"])
+    _log(f"pre-training the strong encoder on {len(asr)} recognition examples for {strong_steps} steps")
+    curve = pretrain_strong_encoder(strong, asr, steps=strong_steps, batch_size=batch_size, seed=seed,
+                                    progress=progress)
+    _log(f"strong encoder CTC loss {curve[0]:.2f} -> {sum(curve[-10:]) / len(curve[-10:]):.2f}")
+    return Prepared(train, test, tok, processor, strong, curve)
+
+
+def train_and_evaluate(name: str, config, *, strong: nn.Module, train, test, processor, steps: int, batch_size: int,
+                       lr: float, seed: int, out_dir: str, progress: bool = True, llm_train: str = "full"):
+    """Build ``config`` around the given frozen ``strong`` encoder, train one stage, evaluate on ``test``.
+
+    Every system gets the same data order (seed), steps, batch size and learning rate. The parts that train
+    are the connector, the routers (if any) and the LLM (fully, since the demo's LLM has random weights).
+
+    Returns:
+        (EvalResult, path of the training log).
+    """
+    import copy
+
+    from mowe.evaluate import evaluate_model
+    from mowe.model import MoWEAudioLLM
+    from mowe.processor import MoWECollator
+    from mowe.stages import Stage
+    from mowe.trainer import TrainConfig, Trainer
+
+    torch.manual_seed(seed)
+    cfg = config.replace(llm=dataclasses.replace(config.llm, train=llm_train))
+    # A shallow copy shares the frozen weights but lets LTU-AS ask this encoder for all of its layers.
+    enc = copy.copy(strong)
+    enc.output_all_layers = cfg.strong.output_all_layers
+    model = MoWEAudioLLM.from_config(cfg, encoders={"strong": enc})
+    parts = ("connector", "llm" if llm_train == "full" else "lora") + (("routers",) if model.pool is not None else ())
+    stage = Stage(name, parts, steps, lr, warmup_steps=max(1, steps // 20))
+    run_dir = os.path.join(out_dir, name.lower().replace("-", "_"))
+    tcfg = TrainConfig(output_dir=run_dir, batch_size=batch_size, log_every=5, seed=seed, save_every=0,
+                       progress=progress)
+    _log(f"training {name}: {model.num_parameters(trainable_only=True):,} trainable parameters, "
+         f"{steps} steps of {batch_size}")
+    trainer = Trainer(model, train, config=tcfg, stages=[stage], collate_fn=MoWECollator(processor))
+    trainer.train()
+    _log(f"evaluating {name} on {len(test)} test examples")
+    result = evaluate_model(model, processor, test, batch_size=32, max_new_tokens=16, progress=progress,
+                            desc=f"eval {name}")
+    return result, trainer.log_file
+
+
 def _plots(out_dir: str, logs: dict[str, str], strong_curve: list[float], results: dict) -> list[str]:
     import matplotlib
 
@@ -91,7 +176,8 @@ def _plots(out_dir: str, logs: dict[str, str], strong_curve: list[float], result
     axes[0].plot(strong_curve, color="gray")
     axes[0].set(title="strong encoder pre-training (ASR, CTC)", xlabel="step", ylabel="CTC loss")
     for name, log in logs.items():
-        rows = [json.loads(line) for line in open(log) if '"loss"' in line]
+        with open(log) as f:
+            rows = [json.loads(line) for line in f if '"loss"' in line]
         rows = [r for r in rows if "loss" in r and "step" in r]
         axes[1].plot([r["step"] for r in rows], [r.get("lm_loss", r["loss"]) for r in rows], label=name)
     axes[1].set(title="audio LLM training (next-token loss)", xlabel="step", ylabel="loss")
@@ -146,69 +232,29 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    from mowe.corpus import build_corpus
-    from mowe.data import ManifestDataset
-    from mowe.evaluate import evaluate_model, write_report
-    from mowe.model import MoWEAudioLLM
+    from mowe.evaluate import write_report
     from mowe.presets import base_only, mowe_paper
-    from mowe.processor import MoWECollator, MoWEProcessor
-    from mowe.stages import Stage
-    from mowe.tokenizer import train_bpe_tokenizer
-    from mowe.trainer import Trainer, TrainConfig
 
-    os.makedirs(args.out, exist_ok=True)
-    corpus_dir = os.path.join(args.out, "corpus")
-    _log(f"building the corpus ({args.size} training examples) in {corpus_dir}")
-    info = build_corpus(corpus_dir, size=args.size, seed=args.seed, progress=progress)
-    train = ManifestDataset(info.manifest("train"))
-    test = ManifestDataset(info.manifest("test"))
-    _log(f"corpus: {len(train)} train / {len(test)} test examples, tasks {sorted(set(train.tasks))}")
-
-    texts = []
-    for i in range(len(train)):
-        e = train.example_info(i)
-        texts += [e["instruction"], e["answer"]]
-    tok = train_bpe_tokenizer(texts, vocab_size=384, save_dir=os.path.join(args.out, "tokenizer"))
-    processor = MoWEProcessor(tok, max_audio_seconds=8.0)
-
-    # 1. The strong encoder, trained for recognition only, then frozen.
-    strong_preset = base_only(tiny=True, audio_token_id=processor.audio_token_id, vocab_size=len(tok))
-    strong = strong_preset.build().strong_encoder
-    asr = ManifestDataset(info.manifest("train"), tasks=["asr"])
-    _log(f"pre-training the strong encoder on {len(asr)} recognition examples for {args.strong_steps} steps")
-    strong_curve = pretrain_strong_encoder(strong, asr, steps=args.strong_steps, batch_size=args.batch_size,
-                                           seed=args.seed, progress=progress)
-    _log(f"strong encoder CTC loss {strong_curve[0]:.2f} -> {sum(strong_curve[-10:]) / len(strong_curve[-10:]):.2f}")
+    prep = prepare(args.out, size=args.size, strong_steps=args.strong_steps, batch_size=args.batch_size,
+                   seed=args.seed, progress=progress)
+    train, test, tok, processor, strong, strong_curve = (prep.train, prep.test, prep.tokenizer, prep.processor,
+                                                         prep.strong, prep.strong_curve)
 
     # 2. Base-only and MoWE on the same budget. The tiny LLM has random weights, so it trains fully (with a
     #    pretrained LLM one would train LoRA); the weak encoders stay frozen, as MoWE keeps them.
     results, logs = {}, {}
     for name, preset_fn in (("base-only", base_only), ("MoWE", mowe_paper)):
-        torch.manual_seed(args.seed)
         preset = preset_fn(tiny=True, audio_token_id=processor.audio_token_id, vocab_size=len(tok))
-        cfg = preset.config.replace(llm=dataclasses.replace(preset.config.llm, train="full"))
-        model = MoWEAudioLLM.from_config(cfg, encoders={"strong": strong})  # the same frozen strong encoder
-        parts = ("connector", "llm") + (("routers",) if model.pool is not None else ())
-        stage = Stage(name, parts, args.steps, args.lr, warmup_steps=max(1, args.steps // 20))
-        run_dir = os.path.join(args.out, name.lower().replace("-", "_"))
-        tcfg = TrainConfig(output_dir=run_dir, batch_size=args.batch_size, log_every=5, seed=args.seed,
-                           save_every=0, progress=progress)
-        _log(f"training {name}: {model.num_parameters(trainable_only=True):,} trainable parameters, "
-             f"{args.steps} steps of {args.batch_size}")
-        trainer = Trainer(model, train, config=tcfg, stages=[stage], collate_fn=MoWECollator(processor))
-        trainer.train()
-        logs[name] = trainer.log_file
-        _log(f"evaluating {name} on {len(test)} test examples")
-        results[name] = evaluate_model(model, processor, test, batch_size=32, max_new_tokens=16, progress=progress,
-                                       desc=f"eval {name}")
+        results[name], logs[name] = train_and_evaluate(
+            name, preset.config, strong=strong, train=train, test=test, processor=processor, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=args.out, progress=progress)
 
     table = write_report(results, args.out, stem="results")
     plots = _plots(args.out, logs, strong_curve, results)
     minutes = (time.time() - t0) / 60
     with open(os.path.join(args.out, "results.md"), "a") as f:
         f.write(f"\nSettings: {vars(args)}; wall time {minutes:.1f} min on {os.cpu_count()} CPU cores.\n")
-        for p in plots:
-            f.write(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n")
+        f.writelines(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots)
     print("\n" + table)
     _log(f"done in {minutes:.1f} min; wrote {os.path.join(args.out, 'results.md')} and {', '.join(plots)}")
     return 0
