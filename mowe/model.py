@@ -107,6 +107,7 @@ class MoWEAudioLLM(nn.Module):
         self.aux_loss_weight = aux_loss_weight
         self.config = config
         self._check_dims()
+        self.train(self.training)
 
     def _check_dims(self) -> None:
         for attr in ("in_dim", "out_dim"):
@@ -126,6 +127,19 @@ class MoWEAudioLLM(nn.Module):
         d_llm = self.llm.get_input_embeddings().embedding_dim
         if int(self.connector.out_dim) != d_llm:
             raise MoWEInputError(f"connector.out_dim is {self.connector.out_dim} but the LLM width is {d_llm}")
+
+    def train(self, mode: bool = True) -> "MoWEAudioLLM":
+        """Like ``nn.Module.train``, but frozen encoders stay in eval mode.
+
+        A frozen encoder is a fixed feature extractor: in train mode HuBERT would still apply dropout and
+        layer drop to its features, making them noisy and step times uneven for nothing.
+        """
+        super().train(mode)
+        encoders = [self.strong_encoder] + (list(self.pool.encoders.values()) if self.pool is not None else [])
+        for enc in encoders:
+            if not any(p.requires_grad for p in enc.parameters()):
+                enc.eval()
+        return self
 
     # ------------------------------------------------------------------------------------------- building
     @classmethod

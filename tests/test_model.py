@@ -230,3 +230,19 @@ def test_bad_inputs_get_clear_errors(model):
     with pytest.raises(MoWEInputError, match="connector.in_dim is 3 but the encoders give 64"):
         MoWEAudioLLM(strong_encoder=model.strong_encoder, connector=LinearConnector(in_dim=3, out_dim=64),
                      llm=model.llm, audio_token_id=AUDIO_ID)
+
+
+def test_frozen_encoders_stay_in_eval_mode_when_training():
+    m = MoWEAudioLLM.from_config(tiny_config())
+    m.train()
+    assert m.training and m.connector.training and m.llm.training
+    assert not m.strong_encoder.training and not any(e.training for e in m.pool.encoders.values())
+    # Frozen features are deterministic in training: HuBERT's dropout / layer drop are off.
+    wav, wl, *_ = make_batch()
+    enc = m.pool.encoders["hubert_a"]
+    torch.testing.assert_close(enc(wav, wl).features, enc(wav, wl).features)
+    # An encoder that trains follows the model's mode.
+    for p in m.strong_encoder.parameters():
+        p.requires_grad_(True)
+    m.train()
+    assert m.strong_encoder.training

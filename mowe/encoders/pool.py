@@ -89,6 +89,7 @@ class WeakEncoderPool(nn.Module):
         out = waveforms.new_zeros(b, num_frames, self.out_dim, dtype=torch.float32)
         # One host transfer for the whole dispatch plan (which clips go to which encoder).
         plan = route.indices.cpu()
+        lengths_cpu = lengths.cpu()
         for e, name in enumerate(self.names):
             hit = plan == e  # (b, k)
             clips = hit.any(-1).nonzero().flatten()
@@ -96,7 +97,7 @@ class WeakEncoderPool(nn.Module):
                 continue
             idx = clips.to(waveforms.device)
             sub_len = lengths[idx]
-            s_max = int(lengths.cpu()[clips].max())  # trim to the longest selected clip
+            s_max = int(lengths_cpu[clips].max())  # trim to the longest selected clip
             enc = self.encoders[name]
             res = check_encoder_output(enc(waveforms[idx, :s_max], sub_len), batch=len(clips),
                                        out_dim=int(enc.out_dim), who=repr(name))

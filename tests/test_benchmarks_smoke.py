@@ -1,0 +1,77 @@
+"""Each benchmark script runs with --quick and ends with one JSON line holding its keys as finite numbers.
+
+No timing assertions: the scripts measure speed; here we only check that they run and report.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+EXPECTED = {
+    "bench_encoders.py": ["whisper_var_len_speedup_5s", "whisper_var_len_speedup_5s_bf16",
+                          "whisper_var_len_speedup_5s_b4", "flop_ratio_b1"],
+    "bench_pool.py": ["sparse_vs_dense_speedup", "mowe_step_overhead", "weak_flop_share", "mowe_step_flop_ratio",
+                      "sparse_dense_max_abs_diff"],
+    "bench_e2e.py": ["infer_speedup_vs_qwen2audio", "train_speedup_vs_qwen2audio",
+                     "infer_speedup_vs_qwen2audio_pad30", "infer_speedup_vs_qwen2audio_mowe",
+                     "infer_speedup_vs_qwen2audio_short", "infer_speedup_vs_qwen2audio_bucketed",
+                     "train_speedup_vs_qwen2audio_pad30"],
+    "bench_mfu.py": ["train_mfu", "gemm_peak_bf16_gflops", "gemm_peak_fp32_gflops", "step_gflop"],
+    "bench_memory.py": ["peak_mem_gib", "step_delta_gib"],
+}
+
+
+@functools.cache
+def _run(script: str) -> dict:
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), "--quick"], capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(BENCH), check=False)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
+    last = [ln for ln in proc.stdout.splitlines() if ln.strip()][-1]
+    return json.loads(last)
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_quick_run_reports_its_keys(script):
+    res = _run(script)
+    for key in EXPECTED[script] + ["device"]:
+        assert key in res, f"{script}: key {key!r} missing from {sorted(res)}"
+    for key in EXPECTED[script]:
+        v = res[key]
+        assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), (script, key, v)
+        assert v >= 0, (script, key, v)
+    assert res["quick"] is True
+
+
+def test_pool_sparse_equals_dense():
+    """The sparse pool and the run-all-then-mask baseline give the same features (so the speedup is like for like)."""
+    assert _run("bench_pool.py")["sparse_dense_max_abs_diff"] < 1e-3
+
+
+def test_every_script_is_covered():
+    scripts = sorted(f for f in os.listdir(BENCH) if f.startswith("bench_") and f.endswith(".py"))
+    assert scripts == sorted(EXPECTED)
+
+
+def test_run_all_keeps_text_outside_markers(tmp_path, monkeypatch):
+    sys.path.insert(0, BENCH)
+    try:
+        import run_all
+    finally:
+        sys.path.remove(BENCH)
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"# title\n\nintro\n\n{run_all.BEGIN}\nold\n{run_all.END}\n\n## Analysis\n\nkeep me\n")
+    run_all.write_results_md(str(md), "new table")
+    text = md.read_text()
+    assert "keep me" in text and "intro" in text and "new table" in text and "old" not in text
+    fresh = tmp_path / "NEW.md"
+    run_all.write_results_md(str(fresh), "table")
+    assert run_all.BEGIN in fresh.read_text() and "table" in fresh.read_text()
