@@ -5,5 +5,12 @@ from mowe.connectors.basic import ConvConnector, FrameStackConnector, LinearConn
 from mowe.connectors.qformer import WindowQFormerConnector
 from mowe.connectors.tltr import TLTRConnector
 
-__all__ = ["ConnectorOutput", "LinearConnector", "MLPConnector", "FrameStackConnector", "ConvConnector",
-           "WindowQFormerConnector", "TLTRConnector"]
+__all__ = [
+           "ConnectorOutput",
+           "ConvConnector",
+           "FrameStackConnector",
+           "LinearConnector",
+           "MLPConnector",
+           "TLTRConnector",
+           "WindowQFormerConnector",
+]

@@ -29,3 +29,24 @@ class ConnectorOutput:
 
     embeds: torch.Tensor
     lengths: torch.Tensor
+
+
+def check_frame_lengths(lengths, *, batch: int, frames: int, device: torch.device) -> torch.Tensor:
+    """Validate ``(b,)`` valid-frame counts against features of ``batch`` clips and ``frames`` frames.
+
+    Returns int64 lengths on ``device``; raises :class:`~mowe.errors.MoWEInputError` naming the clip.
+    """
+    from mowe.errors import MoWEInputError
+
+    if batch == 0 or frames == 0:
+        raise MoWEInputError(f"features is empty ({batch} clips, {frames} frames)")
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.shape != (batch,) or lengths.is_floating_point():
+        raise MoWEInputError(f"lengths must be integers of shape ({batch},), got {lengths.dtype} {tuple(lengths.shape)}")
+    lengths = lengths.long()
+    bad = ((lengths < 1) | (lengths > frames)).nonzero().flatten().tolist()
+    if bad:
+        raise MoWEInputError(
+            f"lengths out of range at clip {bad[0]}: {int(lengths[bad[0]])} frames, features hold {frames}"
+        )
+    return lengths

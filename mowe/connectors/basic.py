@@ -17,7 +17,7 @@ from mowe.connectors.base import ConnectorOutput
 from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
 
-__all__ = ["LinearConnector", "MLPConnector", "FrameStackConnector", "ConvConnector"]
+__all__ = ["ConvConnector", "FrameStackConnector", "LinearConnector", "MLPConnector"]
 
 
 def _check(features: torch.Tensor, in_dim: int, who: str) -> None:

@@ -23,7 +23,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from mowe.connectors.base import ConnectorOutput
+from mowe.connectors.base import ConnectorOutput, check_frame_lengths
 from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
 
@@ -237,17 +237,4 @@ def _check_frames(features: torch.Tensor, lengths: torch.Tensor, *, in_dim: int)
     b, t, d = features.shape
     if d != in_dim:
         raise MoWEInputError(f"features must have shape (batch, frames, {in_dim}), got last dim {d}")
-    if b == 0 or t == 0:
-        raise MoWEInputError(f"features is empty (shape {tuple(features.shape)})")
-    lengths = torch.as_tensor(lengths, device=features.device)
-    if lengths.shape != (b,) or lengths.is_floating_point():
-        raise MoWEInputError(
-            f"lengths must be integers of shape ({b},), got {lengths.dtype} {tuple(lengths.shape)}"
-        )
-    lengths = lengths.long()
-    bad = ((lengths < 1) | (lengths > t)).nonzero().flatten().tolist()
-    if bad:
-        raise MoWEInputError(
-            f"lengths out of range at clip {bad[0]}: {int(lengths[bad[0]])} frames, features hold {t}"
-        )
-    return lengths
+    return check_frame_lengths(lengths, batch=b, frames=t, device=features.device)
