@@ -216,9 +216,9 @@ def _plots(out_dir: str, logs: dict[str, str], strong_curve: list[float], result
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo_out")
-    ap.add_argument("--size", type=int, default=1200, help="training examples in the corpus")
-    ap.add_argument("--strong-steps", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=300, help="training steps for each of base-only and MoWE")
+    ap.add_argument("--size", type=int, default=2000, help="training examples in the corpus")
+    ap.add_argument("--strong-steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1500, help="training steps for each of base-only and MoWE")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
