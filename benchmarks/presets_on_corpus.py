@@ -63,7 +63,7 @@ def main() -> int:
                  f"cores ({platform.processor() or platform.machine()}), {time.strftime('%Y-%m-%d')}.\n\n"
                  f"{table}\n<!-- END PRESETS -->")
         if "<!-- BEGIN PRESETS -->" in text:
-            text = re.sub(r"<!-- BEGIN PRESETS -->.*<!-- END PRESETS -->", lambda _: block, text, flags=re.S)
+            text = re.sub(r"<!-- BEGIN PRESETS -->.*<!-- END PRESETS -->", lambda _: block, text, flags=re.DOTALL)
         else:
             text += "\n## Tiny presets on the local corpus\n\n" + block + "\n"
         with open(path, "w") as f:

@@ -43,6 +43,6 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
     lo = pos.floor().long()
     hi = torch.minimum(lo + 1, last.long())
     w = (pos - lo.to(pos.dtype)).to(features.dtype)[..., None]
-    gather = lambda idx: features.gather(1, idx[..., None].expand(-1, -1, d))  # noqa: E731
+    gather = lambda idx: features.gather(1, idx[..., None].expand(-1, -1, d))
     out = gather(lo) * (1 - w) + gather(hi) * w
     return out * _mask(dst_lengths, dst_len)[..., None].to(out.dtype)

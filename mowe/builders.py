@@ -13,7 +13,7 @@ from torch import nn
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.errors import ConfigError
 
-__all__ = ["build_encoder", "build_connector", "build_llm", "build_router", "DTYPES"]
+__all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -16,8 +16,16 @@ from typing import Any
 
 from mowe.errors import ConfigError
 
-__all__ = ["EncoderConfig", "RouterConfig", "ConnectorConfig", "LoRAConfig", "LLMConfig", "MoWEConfig",
-           "from_dict", "to_dict"]
+__all__ = [
+    "ConnectorConfig",
+    "EncoderConfig",
+    "LLMConfig",
+    "LoRAConfig",
+    "MoWEConfig",
+    "RouterConfig",
+    "from_dict",
+    "to_dict",
+]
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,7 @@ class MoWEConfig:
         return text
 
     @classmethod
-    def from_json(cls, path_or_text: str | os.PathLike) -> "MoWEConfig":
+    def from_json(cls, path_or_text: str | os.PathLike) -> MoWEConfig:
         """Read a config from a JSON file path or a JSON string; unknown keys are an error naming the key."""
         s = str(path_or_text)
         if s.lstrip().startswith("{"):
@@ -136,7 +144,7 @@ class MoWEConfig:
                 raise ConfigError(f"{s}: cannot read config file ({e})") from e
         return from_dict(cls, data, where=where)
 
-    def replace(self, **changes) -> "MoWEConfig":
+    def replace(self, **changes) -> MoWEConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -7,7 +7,7 @@ file or manifest line that is wrong.
 
 from __future__ import annotations
 
-__all__ = ["MoWEInputError", "AudioLoadError", "ManifestError", "ConfigError", "CheckpointError"]
+__all__ = ["AudioLoadError", "CheckpointError", "ConfigError", "ManifestError", "MoWEInputError"]
 
 
 class MoWEInputError(ValueError):

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from mowe.metrics import evaluate_predictions, format_markdown_table
 
-__all__ = ["EvalResult", "evaluate_model", "write_report", "add_eval_cli"]
+__all__ = ["EvalResult", "add_eval_cli", "evaluate_model", "write_report"]
 
 MODEL_KEYS = ("input_ids", "attention_mask", "waveforms", "wave_lengths")
 

@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from mowe.errors import CheckpointError
 
-__all__ = ["resolve_file", "load_prefixed_state_dict"]
+__all__ = ["load_prefixed_state_dict", "resolve_file"]
 
 
 def resolve_file(name_or_path: str, filename: str) -> str | None:

@@ -31,7 +31,7 @@ from mowe.errors import CheckpointError, MoWEInputError
 from mowe.merge import MergedInputs, merge_audio_features
 from mowe.routers.base import RouterOutput
 
-__all__ = ["MoWEAudioLLM", "MoWEOutput", "AudioEncoding"]
+__all__ = ["AudioEncoding", "MoWEAudioLLM", "MoWEOutput"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -128,7 +128,7 @@ class MoWEAudioLLM(nn.Module):
         if int(self.connector.out_dim) != d_llm:
             raise MoWEInputError(f"connector.out_dim is {self.connector.out_dim} but the LLM width is {d_llm}")
 
-    def train(self, mode: bool = True) -> "MoWEAudioLLM":
+    def train(self, mode: bool = True) -> MoWEAudioLLM:
         """Like ``nn.Module.train``, but frozen encoders stay in eval mode.
 
         A frozen encoder is a fixed feature extractor: in train mode HuBERT would still apply dropout and
@@ -144,7 +144,7 @@ class MoWEAudioLLM(nn.Module):
     # ------------------------------------------------------------------------------------------- building
     @classmethod
     def from_config(cls, config: MoWEConfig, *, encoders: Mapping[str, nn.Module] | None = None,
-                    llm: nn.Module | None = None) -> "MoWEAudioLLM":
+                    llm: nn.Module | None = None) -> MoWEAudioLLM:
         """Build every part a config names; ``encoders`` supplies modules (by name, ``"strong"`` for the strong one)
         for ``family="custom"`` entries or to replace built ones, ``llm`` an already built LLM."""
         strong = build_encoder(config.strong, name="strong", custom=encoders)
@@ -303,7 +303,7 @@ class MoWEAudioLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, encoders: Mapping[str, nn.Module] | None = None,
-                        map_location: str | torch.device = "cpu") -> "MoWEAudioLLM":
+                        map_location: str | torch.device = "cpu") -> MoWEAudioLLM:
         """Rebuild from ``config.json`` (frozen towers from their sources) and load the saved weights."""
         directory = os.fspath(directory)
         cfg_path = os.path.join(directory, CONFIG_NAME)

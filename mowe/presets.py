@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
 
-__all__ = ["Preset", "mowe_paper", "salmonn", "ltu_as", "base_only", "PROMPT_TEMPLATES", "PRESETS"]
+__all__ = ["PRESETS", "PROMPT_TEMPLATES", "Preset", "base_only", "ltu_as", "mowe_paper", "salmonn"]
 
 # Prompt formats; ``{audio}`` is where the audio placeholder token goes.
 PROMPT_TEMPLATES = {

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import soundfile as sf
 import torch
-
 from conftest import LLAMA_TINY, WHISPER_TINY
+
 from mowe import MoWEAudioLLM, MoWEConfig
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig
 from mowe.data import ManifestDataset

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import HUBERT_TINY
 from transformers import HubertConfig, HubertForCTC
 
-from conftest import HUBERT_TINY
 from mowe.encoders import HubertEncoder
 from mowe.errors import MoWEInputError
 

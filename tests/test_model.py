@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import AUDIO_ID, LLAMA_TINY, WHISPER_TINY, make_batch, tiny_config
 from torch import nn
 
-from conftest import AUDIO_ID, LLAMA_TINY, WHISPER_TINY, make_batch, tiny_config
 from mowe import MoWEAudioLLM, MoWEConfig
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig
 from mowe.encoders import EncoderOutput
@@ -57,10 +57,16 @@ def test_save_then_load_gives_identical_logits(model, tmp_path):
 
 
 def test_frozen_pretrained_towers_are_referenced_not_copied(tmp_path):
-    from safetensors import safe_open
-    from transformers import AutoModelForCausalLM, HubertConfig, HubertModel, LlamaConfig, WhisperConfig, WhisperModel
-
     from conftest import HUBERT_TINY
+    from safetensors import safe_open
+    from transformers import (
+        AutoModelForCausalLM,
+        HubertConfig,
+        HubertModel,
+        LlamaConfig,
+        WhisperConfig,
+        WhisperModel,
+    )
 
     wcfg = WhisperConfig(**WHISPER_TINY, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
                          vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
@@ -78,7 +84,7 @@ def test_frozen_pretrained_towers_are_referenced_not_copied(tmp_path):
         keys = list(f.keys())
     assert keys and all(k.startswith(("connector.", "router.")) or "lora_" in k for k in keys)
     m.save_pretrained(tmp_path / "full", save_frozen=True)
-    size = lambda d: (tmp_path / d / "model.safetensors").stat().st_size  # noqa: E731
+    size = lambda d: (tmp_path / d / "model.safetensors").stat().st_size
     assert size("full") > 10 * size("small")
     again = MoWEAudioLLM.from_pretrained(tmp_path / "small").eval()
     wav, wl, ids, am, _ = make_batch()

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import AUDIO_ID, make_batch
+
 from mowe.presets import PRESETS, ltu_as, mowe_paper, salmonn
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import WHISPER_TINY
 from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-from conftest import WHISPER_TINY
 from mowe.encoders import LogMelFrontend, WhisperEncoder
 from mowe.errors import MoWEInputError
 

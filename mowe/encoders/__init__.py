@@ -5,8 +5,18 @@ from mowe.encoders.hubert import HubertEncoder
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.encoders.whisper import LogMelFrontend, WhisperEncoder
 
-__all__ = ["AudioEncoder", "EncoderOutput", "HubertEncoder", "WhisperEncoder", "LogMelFrontend", "WeakEncoderPool",
-           "BEATsEncoder", "check_waveforms", "lengths_to_mask", "set_trainable"]
+__all__ = [
+    "AudioEncoder",
+    "BEATsEncoder",
+    "EncoderOutput",
+    "HubertEncoder",
+    "LogMelFrontend",
+    "WeakEncoderPool",
+    "WhisperEncoder",
+    "check_waveforms",
+    "lengths_to_mask",
+    "set_trainable",
+]
 
 
 def __getattr__(name: str):

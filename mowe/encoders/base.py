@@ -25,10 +25,10 @@ from mowe.errors import MoWEInputError
 
 __all__ = [
     "SAMPLE_RATE",
-    "EncoderOutput",
     "AudioEncoder",
-    "check_waveforms",
+    "EncoderOutput",
     "check_encoder_output",
+    "check_waveforms",
     "lengths_to_mask",
     "set_trainable",
 ]

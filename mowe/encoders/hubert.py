@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, HubertConfig, PreTrainedModel, Wav2Vec2Config, WavLMConfig
 
-from mowe.encoders.base import EncoderOutput, SAMPLE_RATE, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
 from mowe.errors import MoWEInputError
 
-__all__ = ["HubertEncoder", "HUBERT_PRESETS"]
+__all__ = ["HUBERT_PRESETS", "HubertEncoder"]
 
 # Published base sizes; the transformers config defaults are the base models.
 HUBERT_PRESETS: dict[str, tuple[type, dict]] = {
@@ -89,7 +89,7 @@ class HubertEncoder(nn.Module):
 
     @classmethod
     def from_preset(cls, name: str = "hubert-base", *, freeze: bool = True, normalize_waveform: bool = False,
-                    **overrides) -> "HubertEncoder":
+                    **overrides) -> HubertEncoder:
         """Random weights at a published size (``hubert-base``, ``hubert-large``, ``wav2vec2-base``, ``wavlm-base``)."""
         if name not in HUBERT_PRESETS:
             raise MoWEInputError(f"unknown HuBERT-family preset {name!r}; choose one of {sorted(HUBERT_PRESETS)}")
@@ -99,7 +99,7 @@ class HubertEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, freeze: bool = True, normalize_waveform: bool | None = None,
-                        dtype: torch.dtype | None = None) -> "HubertEncoder":
+                        dtype: torch.dtype | None = None) -> HubertEncoder:
         """Load by hub id or local folder (a checkpoint with a CTC head loads its base model)."""
         config = AutoConfig.from_pretrained(name_or_path)
         if config.model_type not in ("hubert", "wav2vec2", "wavlm"):

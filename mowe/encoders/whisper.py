@@ -28,11 +28,11 @@ from transformers import WhisperConfig
 from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
-from mowe.encoders.base import EncoderOutput, SAMPLE_RATE, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
 from mowe.errors import MoWEInputError
 from mowe.hub import load_prefixed_state_dict
 
-__all__ = ["LogMelFrontend", "WhisperEncoder", "WHISPER_PRESETS"]
+__all__ = ["WHISPER_PRESETS", "LogMelFrontend", "WhisperEncoder"]
 
 N_FFT = 400
 HOP = 160
@@ -145,12 +145,12 @@ class WhisperEncoder(nn.Module):
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
-    def from_config(cls, config: WhisperConfig, **kwargs) -> "WhisperEncoder":
+    def from_config(cls, config: WhisperConfig, **kwargs) -> WhisperEncoder:
         return cls(HFWhisperEncoder(config), **kwargs)
 
     @classmethod
     def from_preset(cls, size: str = "tiny", *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                    freeze: bool = True, **overrides) -> "WhisperEncoder":
+                    freeze: bool = True, **overrides) -> WhisperEncoder:
         """Random weights at a published size (``tiny`` ... ``large-v3``); ``overrides`` change config fields."""
         if size not in WHISPER_PRESETS:
             raise MoWEInputError(f"unknown Whisper size {size!r}; choose one of {sorted(WHISPER_PRESETS)}")
@@ -159,7 +159,7 @@ class WhisperEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                        freeze: bool = True, dtype: torch.dtype | None = None) -> "WhisperEncoder":
+                        freeze: bool = True, dtype: torch.dtype | None = None) -> WhisperEncoder:
         """Load the encoder half of a Whisper checkpoint (hub id or local folder); the decoder is never read."""
         config = WhisperConfig.from_pretrained(name_or_path)
         hf = HFWhisperEncoder(config)

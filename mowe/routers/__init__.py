@@ -5,5 +5,11 @@ from mowe.routers.dependent import DataDependentRouter
 from mowe.routers.independent import DataIndependentRouter
 from mowe.routers.mixture import MixtureRouter, load_balance_loss, masked_mean
 
-__all__ = ["RouterOutput", "DataIndependentRouter", "DataDependentRouter", "MixtureRouter", "load_balance_loss",
-           "masked_mean"]
+__all__ = [
+           "DataDependentRouter",
+           "DataIndependentRouter",
+           "MixtureRouter",
+           "RouterOutput",
+           "load_balance_loss",
+           "masked_mean",
+]

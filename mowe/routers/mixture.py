@@ -13,7 +13,7 @@ from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
 from mowe.routers.base import RouterOutput
 
-__all__ = ["MixtureRouter", "masked_mean", "load_balance_loss"]
+__all__ = ["MixtureRouter", "load_balance_loss", "masked_mean"]
 
 
 def masked_mean(features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
