@@ -95,10 +95,9 @@ class MoWEAudioLLM(nn.Module):
             weak_encoders = WeakEncoderPool(encoders=weak_encoders)
         self.pool = weak_encoders
         if self.pool is not None and router is None:
-            from mowe.builders import build_router as _br
             from mowe.config import RouterConfig
 
-            router = _br(RouterConfig(top_k=self.pool.top_k), strong_dim=int(strong_encoder.out_dim),
+            router = build_router(RouterConfig(top_k=self.pool.top_k), strong_dim=int(strong_encoder.out_dim),
                          num_encoders=len(self.pool))
         self.router = router if self.pool is not None else None
         self.connector = connector

@@ -15,7 +15,6 @@ Nothing else is required: a user module with those attributes joins a weak pool 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -143,11 +142,3 @@ def set_trainable(module: torch.nn.Module, trainable: bool) -> torch.nn.Module:
         p.requires_grad_(trainable)
     return module
 
-
-def conv_out_len(length: torch.Tensor, kernel: int, stride: int, padding: int = 0) -> torch.Tensor:
-    """Output length of a 1-d convolution, elementwise over an integer tensor."""
-    return torch.div(length + 2 * padding - kernel, stride, rounding_mode="floor") + 1
-
-
-def frames_for_seconds(seconds: float, frame_rate: float) -> int:
-    return int(math.ceil(seconds * frame_rate))
