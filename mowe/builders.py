@@ -33,7 +33,8 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
     if fam == "whisper":
         from mowe.encoders.whisper import WhisperEncoder
 
-        kw = dict(pad_to_30s=cfg.pad_to_30s, output_all_layers=cfg.output_all_layers, freeze=cfg.freeze)
+        kw = dict(pad_to_30s=cfg.pad_to_30s, output_all_layers=cfg.output_all_layers, freeze=cfg.freeze,
+                  bucket_padding=cfg.bucket_padding)
         if cfg.name_or_path:
             return WhisperEncoder.from_pretrained(cfg.name_or_path, **kw)
         return WhisperEncoder.from_preset(cfg.preset or "tiny", **kw, **cfg.overrides)
@@ -41,8 +42,9 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
         from mowe.encoders.hubert import HubertEncoder
 
         if cfg.name_or_path:
-            return HubertEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze)
-        return HubertEncoder.from_preset(cfg.preset or "hubert-base", freeze=cfg.freeze, **cfg.overrides)
+            return HubertEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze, bucket_padding=cfg.bucket_padding)
+        return HubertEncoder.from_preset(cfg.preset or "hubert-base", freeze=cfg.freeze,
+                                         bucket_padding=cfg.bucket_padding, **cfg.overrides)
     if fam == "beats":
         from mowe.encoders.beats import BEATsEncoder
 

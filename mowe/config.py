@@ -42,6 +42,9 @@ class EncoderConfig:
         freeze: keep the encoder frozen.
         pad_to_30s: Whisper only: faithful 30 s padding (True) or real-length encoding (False).
         output_all_layers: Whisper only: also return every layer's hidden states (LTU-AS).
+        bucket_padding: Whisper (real-length path) and HuBERT family: encode a batch in groups of similar
+            length, each wasting at most this fraction of its real audio on padding; None pads the whole batch
+            to its longest clip. Same features either way; only the cost changes.
     """
 
     family: str = "whisper"
@@ -51,6 +54,7 @@ class EncoderConfig:
     freeze: bool = True
     pad_to_30s: bool = True
     output_all_layers: bool = False
+    bucket_padding: float | None = 0.25
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ Nothing else is required: a user module with those attributes joins a weak pool 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 
 from mowe.errors import MoWEInputError
 
@@ -28,6 +30,8 @@ __all__ = [
     "EncoderOutput",
     "check_encoder_output",
     "check_waveforms",
+    "encode_in_length_groups",
+    "length_groups",
     "lengths_to_mask",
     "set_trainable",
 ]
@@ -134,6 +138,68 @@ def check_encoder_output(out: object, *, batch: int, out_dim: int, who: str) -> 
     if out.lengths.shape != (batch,):
         raise MoWEInputError(f"encoder {who} returned lengths of shape {tuple(out.lengths.shape)}; expected ({batch},)")
     return out
+
+
+def length_groups(lengths: list[int], max_padding: float) -> list[list[int]]:
+    """Split clips into groups of similar length: each group, padded to its longest clip, wastes at most
+    ``max_padding`` of its real samples on padding.
+
+    Clips are taken longest first; a group grows while ``n * longest <= (1 + max_padding) * sum(lengths)``.
+    Returns lists of clip indices (longest group first). ``max_padding=inf`` gives one group.
+
+    Example:
+        >>> length_groups([100, 10, 95, 12], 0.25)
+        [[0, 2], [3, 1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        g = groups[-1] if groups else None
+        if g is not None and (len(g) + 1) * lengths[g[0]] <= (1 + max_padding) * (sum(lengths[j] for j in g) + lengths[i]):
+            g.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def encode_in_length_groups(
+    encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutput], waveforms: torch.Tensor, lengths: torch.Tensor,
+    *, max_padding: float,
+) -> EncoderOutput:
+    """Run ``encode`` on groups of similarly long clips, each trimmed to its own longest clip.
+
+    A batch padded to its longest clip makes every clip pay for that length; grouping makes the cost follow
+    the clips' own lengths. Only valid for encoders whose output for a clip does not depend on what it is
+    batched with (masked attention and normalisation), e.g. Whisper's real-length path and HuBERT here;
+    then the result equals one call on the whole batch up to float rounding.
+
+    Args:
+        encode: ``(waveforms (g, s'), lengths (g,)) -> EncoderOutput`` for one group.
+        waveforms: ``(b, s)`` zero-padded batch; ``lengths``: ``(b,)`` valid samples.
+        max_padding: see :func:`length_groups`.
+
+    Returns:
+        The :class:`EncoderOutput` of the whole batch, in the input order, padded to the longest output.
+    """
+    groups = length_groups(lengths.tolist(), max_padding)  # one host sync; the caller needs lengths.max() anyway
+    if len(groups) == 1:
+        return encode(waveforms[:, : int(lengths.max())], lengths)
+    outs = []
+    for g in groups:
+        idx = torch.tensor(g, device=waveforms.device)
+        sub_len = lengths[idx]
+        outs.append(encode(waveforms[idx, : int(sub_len.max())], sub_len))
+    t = max(o.features.shape[1] for o in outs)
+    order = torch.tensor([i for g in groups for i in g], device=waveforms.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    feats = torch.cat([F.pad(o.features, (0, 0, 0, t - o.features.shape[1])) for o in outs])[inverse]
+    out_len = torch.cat([o.lengths for o in outs])[inverse]
+    hidden = None
+    if outs[0].hidden_states is not None:
+        hidden = torch.cat([F.pad(o.hidden_states, (0, 0, 0, t - o.hidden_states.shape[2]))
+                            for o in outs])[inverse]
+    return EncoderOutput(features=feats, lengths=out_len, hidden_states=hidden)
 
 
 def set_trainable(module: torch.nn.Module, trainable: bool) -> torch.nn.Module:

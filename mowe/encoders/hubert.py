@@ -15,7 +15,14 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, HubertConfig, PreTrainedModel, Wav2Vec2Config, WavLMConfig
 
-from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.base import (
+    SAMPLE_RATE,
+    EncoderOutput,
+    check_waveforms,
+    encode_in_length_groups,
+    lengths_to_mask,
+    set_trainable,
+)
 from mowe.errors import MoWEInputError
 
 __all__ = ["HUBERT_PRESETS", "HubertEncoder"]
@@ -61,6 +68,9 @@ class HubertEncoder(nn.Module):
         normalize_waveform: zero-mean / unit-variance per clip before encoding (wav2vec2-large-style
             checkpoints expect it; HuBERT-base does not). Computed over valid samples only.
         freeze: freeze all parameters (default True: weak encoders are frozen in MoWE).
+        bucket_padding: encode the batch in groups of similar length, each wasting at most this fraction of
+            its real samples on padding (:func:`mowe.encoders.base.length_groups`); None pads the whole batch
+            to its longest clip. Features are the same either way (masked normalisation and attention).
         source: hub id or folder the weights came from (None for random weights).
 
     Example:
@@ -71,8 +81,11 @@ class HubertEncoder(nn.Module):
     """
 
     def __init__(self, model: PreTrainedModel, *, normalize_waveform: bool = False, freeze: bool = True,
-                 source: str | None = None):
+                 bucket_padding: float | None = 0.25, source: str | None = None):
         super().__init__()
+        if bucket_padding is not None and not bucket_padding >= 0:
+            raise MoWEInputError(f"bucket_padding must be >= 0 or None, got {bucket_padding!r}")
+        self.bucket_padding = bucket_padding
         self.model = model
         cfg = model.config
         self.out_dim = cfg.hidden_size
@@ -89,17 +102,18 @@ class HubertEncoder(nn.Module):
 
     @classmethod
     def from_preset(cls, name: str = "hubert-base", *, freeze: bool = True, normalize_waveform: bool = False,
-                    **overrides) -> HubertEncoder:
+                    bucket_padding: float | None = 0.25, **overrides) -> HubertEncoder:
         """Random weights at a published size (``hubert-base``, ``hubert-large``, ``wav2vec2-base``, ``wavlm-base``)."""
         if name not in HUBERT_PRESETS:
             raise MoWEInputError(f"unknown HuBERT-family preset {name!r}; choose one of {sorted(HUBERT_PRESETS)}")
         config_cls, base = HUBERT_PRESETS[name]
         cfg = config_cls(**{**base, **overrides})
-        return cls(AutoModel.from_config(cfg), freeze=freeze, normalize_waveform=normalize_waveform)
+        return cls(AutoModel.from_config(cfg), freeze=freeze, normalize_waveform=normalize_waveform,
+                   bucket_padding=bucket_padding)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, freeze: bool = True, normalize_waveform: bool | None = None,
-                        dtype: torch.dtype | None = None) -> HubertEncoder:
+                        bucket_padding: float | None = 0.25, dtype: torch.dtype | None = None) -> HubertEncoder:
         """Load by hub id or local folder (a checkpoint with a CTC head loads its base model)."""
         config = AutoConfig.from_pretrained(name_or_path)
         if config.model_type not in ("hubert", "wav2vec2", "wavlm"):
@@ -107,7 +121,8 @@ class HubertEncoder(nn.Module):
         model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
         if normalize_waveform is None:
             normalize_waveform = _reads_normalize_flag(name_or_path)
-        return cls(model, freeze=freeze, normalize_waveform=normalize_waveform, source=name_or_path)
+        return cls(model, freeze=freeze, normalize_waveform=normalize_waveform, bucket_padding=bucket_padding,
+                   source=name_or_path)
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         out = lengths
@@ -118,6 +133,11 @@ class HubertEncoder(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
         """Encode ``(b, s)`` 16 kHz waveforms; returns features ``(b, t, d)`` at ~50 Hz and frame lengths."""
         lengths = check_waveforms(waveforms, lengths, min_samples=self.min_samples)
+        if self.bucket_padding is None or waveforms.shape[0] == 1:
+            return self._encode(waveforms, lengths)
+        return encode_in_length_groups(self._encode, waveforms, lengths, max_padding=self.bucket_padding)
+
+    def _encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         valid = lengths_to_mask(lengths, waveforms.shape[1])
         x = waveforms.float() * valid
         if self.normalize_waveform:

@@ -8,10 +8,11 @@ Two ways to run it:
 * ``pad_to_30s=True`` (default, faithful): every clip is padded to 30 s, as Whisper was trained; outputs are
   then cut to each clip's real frames. Right for a *frozen pretrained* Whisper, whose attention has only ever
   seen 30 s windows.
-* ``pad_to_30s=False`` (real length): the batch is padded only to its longest clip, position embeddings are
-  sliced to that length and padded frames are masked out of attention. 4-6x cheaper on short clips; right
-  when the encoder is trained (or was trained this way) and for weak encoders whose features are re-learnt
-  by the connector anyway.
+* ``pad_to_30s=False`` (real length): position embeddings are sliced to the clip length and padded frames
+  are masked out of attention, so a clip's features do not depend on its batch. Clips are encoded in groups
+  of similar length (``bucket_padding``), each padded only to its own longest clip. 4-8x cheaper on short
+  clips; right when the encoder is trained (or was trained this way) and for weak encoders whose features
+  are re-learnt by the connector anyway.
 
 Clips longer than 30 s are split into 30 s windows, encoded in one batch and the features concatenated.
 """
@@ -28,7 +29,14 @@ from transformers import WhisperConfig
 from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
-from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.base import (
+    SAMPLE_RATE,
+    EncoderOutput,
+    check_waveforms,
+    encode_in_length_groups,
+    lengths_to_mask,
+    set_trainable,
+)
 from mowe.errors import MoWEInputError
 from mowe.hub import load_prefixed_state_dict
 
@@ -116,6 +124,10 @@ class WhisperEncoder(nn.Module):
         pad_to_30s: faithful 30 s path (True) or real-length path (False); see the module docstring.
         output_all_layers: also return every layer's hidden states ``(b, l+1, t, d)`` (LTU-AS's TLTR).
         freeze: freeze all parameters (the default: SALMONN, LTU-AS and MoWE keep Whisper frozen).
+        bucket_padding: real-length path only: encode the batch in groups of similar length, each group
+            wasting at most this fraction of its real frames on padding (see
+            :func:`mowe.encoders.base.length_groups`). None pads the whole batch to its longest clip.
+            The features are the same either way (up to float rounding); only the cost changes.
         source: hub id or folder the weights came from (None for random weights); checkpoints reference
             a frozen encoder by it instead of copying its weights.
 
@@ -130,8 +142,11 @@ class WhisperEncoder(nn.Module):
     min_samples: int = 1
 
     def __init__(self, encoder: HFWhisperEncoder, *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                 freeze: bool = True, source: str | None = None):
+                 freeze: bool = True, bucket_padding: float | None = 0.25, source: str | None = None):
         super().__init__()
+        if bucket_padding is not None and not bucket_padding >= 0:
+            raise MoWEInputError(f"bucket_padding must be >= 0 or None, got {bucket_padding!r}")
+        self.bucket_padding = bucket_padding
         self.encoder = encoder
         self.config: WhisperConfig = encoder.config
         self.frontend = LogMelFrontend(self.config.num_mel_bins)
@@ -150,16 +165,18 @@ class WhisperEncoder(nn.Module):
 
     @classmethod
     def from_preset(cls, size: str = "tiny", *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                    freeze: bool = True, **overrides) -> WhisperEncoder:
+                    freeze: bool = True, bucket_padding: float | None = 0.25, **overrides) -> WhisperEncoder:
         """Random weights at a published size (``tiny`` ... ``large-v3``); ``overrides`` change config fields."""
         if size not in WHISPER_PRESETS:
             raise MoWEInputError(f"unknown Whisper size {size!r}; choose one of {sorted(WHISPER_PRESETS)}")
         cfg = WhisperConfig(**{**WHISPER_PRESETS[size], **overrides})
-        return cls.from_config(cfg, pad_to_30s=pad_to_30s, output_all_layers=output_all_layers, freeze=freeze)
+        return cls.from_config(cfg, pad_to_30s=pad_to_30s, output_all_layers=output_all_layers, freeze=freeze,
+                               bucket_padding=bucket_padding)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                        freeze: bool = True, dtype: torch.dtype | None = None) -> WhisperEncoder:
+                        freeze: bool = True, bucket_padding: float | None = 0.25,
+                        dtype: torch.dtype | None = None) -> WhisperEncoder:
         """Load the encoder half of a Whisper checkpoint (hub id or local folder); the decoder is never read."""
         config = WhisperConfig.from_pretrained(name_or_path)
         hf = HFWhisperEncoder(config)
@@ -173,7 +190,7 @@ class WhisperEncoder(nn.Module):
         if dtype is not None:
             hf = hf.to(dtype)
         return cls(hf, pad_to_30s=pad_to_30s, output_all_layers=output_all_layers, freeze=freeze,
-                   source=name_or_path)
+                   bucket_padding=bucket_padding, source=name_or_path)
 
     # ----------------------------------------------------------------------------------------- running
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -187,7 +204,13 @@ class WhisperEncoder(nn.Module):
         waveforms = waveforms * lengths_to_mask(lengths, waveforms.shape[1])  # padding must be silence
         if waveforms.shape[1] > self.window_samples:
             return self._forward_long(waveforms, lengths)
-        return self._encode_window(waveforms, lengths)
+        return self._encode_grouped(waveforms, lengths)
+
+    def _encode_grouped(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """Windows of at most 30 s: real-length clips in length groups, else one padded batch."""
+        if self.pad_to_30s or self.bucket_padding is None or waveforms.shape[0] == 1:
+            return self._encode_window(waveforms, lengths)
+        return encode_in_length_groups(self._encode_window, waveforms, lengths, max_padding=self.bucket_padding)
 
     def _encode_window(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         out_len = self.out_lengths(lengths)
@@ -237,7 +260,7 @@ class WhisperEncoder(nn.Module):
         win_len = (lengths[:, None] - starts[None, :]).clamp(min=0, max=w).reshape(-1)
         used = win_len > 0
         # Windows wholly past a clip's end are not encoded.
-        out = self._encode_window(wav[used], win_len[used])
+        out = self._encode_grouped(wav[used], win_len[used])
         t_win = self.max_frames
         feats = out.features.new_zeros(b * n_win, t_win, self.out_dim)
         feats[used, : out.features.shape[1]] = out.features
