@@ -125,8 +125,9 @@ def main() -> None:
         model.llm.resize_token_embeddings(len(tokenizer))
 
     out_dir = args.output_dir or tempfile.mkdtemp(prefix="mowe-custom-pool-")
+    # A plain list has no `lengths` (and every toy clip is as long): no length-grouped batching.
     trainer = Trainer(model, data, config=TrainConfig(output_dir=out_dir, batch_size=4, log_every=1,
-                                                      progress=False),
+                                                      progress=False, group_by_length=False),
                       stages=mowe_default_stages(args.steps, lr=1e-3), collate_fn=MoWECollator(processor))
     result = trainer.train()
     processor.save_pretrained(result.final_dir)

@@ -11,10 +11,13 @@ Batch contract (what a collator yields; see :mod:`mowe.processor`)::
 
 Data order. The sampler of a stage turns ``(seed, stage index, epoch)`` into a permutation (or a weighted draw)
 of the examples, cuts it into *global* batches of ``batch_size * num_processes`` examples and gives process
-``r`` the ``r``-th contiguous slice of each. The global batch is therefore the same whatever the process count,
-and a step consumes ``grad_accum`` consecutive global batches. Micro-batch ``m`` of a stage is batch
-``m % batches_per_epoch`` of epoch ``m // batches_per_epoch``: the data position is a function of the step, and
-resuming fast-forwards the index list without loading a single skipped example.
+``r`` the ``r``-th contiguous slice of each. With ``group_by_length`` (and a dataset with ``lengths``) the
+permutation is first regrouped so that a global batch holds clips of similar length: cut into mega-batches of
+``length_group_mult`` global batches, each sorted longest first and cut into global batches, which are then
+shuffled with the same seeded generator (the one holding the longest clip first). The global batch is therefore
+the same whatever the process count, and a step consumes ``grad_accum`` consecutive global batches. Micro-batch
+``m`` of a stage is batch ``m % batches_per_epoch`` of epoch ``m // batches_per_epoch``: the data position is a
+function of the step, and resuming fast-forwards the index list without loading a single skipped example.
 
 Checkpoints (every ``save_every`` steps, and at the end)::
 
@@ -49,6 +52,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +114,11 @@ class TrainConfig:
         keep_last_checkpoints: checkpoints to keep (older ones are deleted; the latest is never deleted).
         save_final: write ``output_dir/final`` with ``model.save_pretrained`` at the end.
         progress: show a tqdm progress bar on the main process.
+        group_by_length: global batches hold clips of similar length, so the encoders pad less (needs a dataset
+            with ``lengths``, e.g. :class:`~mowe.data.ManifestDataset`; otherwise a warning and the plain order).
+            The order stays a seeded function of ``(seed, stage, epoch)``, so resuming is still exact.
+        length_group_mult: mega-batch size, in global batches, within which clips are sorted by length (bigger:
+            less padding, less randomness).
     """
 
     output_dir: str
@@ -130,6 +139,8 @@ class TrainConfig:
     keep_last_checkpoints: int = 2
     save_final: bool = True
     progress: bool = True
+    group_by_length: bool = True
+    length_group_mult: int = 50
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int) -> None:
@@ -140,10 +151,12 @@ class TrainConfig:
         if not isinstance(self.output_dir, (str, os.PathLike)) or not str(self.output_dir):
             raise ConfigError(f"train.output_dir must be a path, got {self.output_dir!r}")
         self.output_dir = os.fspath(self.output_dir)
-        for name in ("batch_size", "grad_accum", "log_every", "keep_last_checkpoints"):
+        for name in ("batch_size", "grad_accum", "log_every", "keep_last_checkpoints", "length_group_mult"):
             positive(name, 1)
         for name in ("eval_every", "save_every", "num_workers", "seed"):
             positive(name, 0)
+        if not isinstance(self.group_by_length, bool):
+            raise ConfigError(f"train.group_by_length must be true or false, got {self.group_by_length!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"train.mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.on_nonfinite_loss not in ("skip", "stop"):
@@ -204,11 +217,14 @@ class StageSampler:
         seed, stage_index: the order depends only on ``(seed, stage_index, epoch)``.
         batch_size: per-process micro-batch size; ``num_processes``, ``process_index``: this process's slice.
         stage_name: for error messages.
+        lengths: length of every example (e.g. seconds), or None for the plain order. Given, each global batch
+            holds clips of similar length (see :meth:`epoch_order`).
+        group_mult: mega-batch size in global batches, when ``lengths`` is given.
     """
 
     def __init__(self, *, num_examples: int, task_list: Sequence[str | None] | None, tasks: dict[str, float] | None,
                  seed: int, stage_index: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
-                 stage_name: str = "?"):
+                 stage_name: str = "?", lengths: Sequence[float] | None = None, group_mult: int = 50):
         self.seed, self.stage_index = seed, stage_index
         self.batch_size, self.num_processes, self.process_index = batch_size, num_processes, process_index
         self.global_batch = batch_size * num_processes
@@ -238,14 +254,54 @@ class StageSampler:
         if self.batches_per_epoch == 0:
             raise ConfigError(f"stage {stage_name!r}: {self.epoch_size} usable examples, fewer than one global "
                               f"batch of {self.global_batch} (batch_size {batch_size} x {num_processes} processes)")
+        self.lengths: torch.Tensor | None = None
+        self.group_mult = group_mult
+        if lengths is not None:
+            if isinstance(group_mult, bool) or not isinstance(group_mult, int) or group_mult < 1:
+                raise ConfigError(f"stage {stage_name!r}: the length-grouping mega-batch size "
+                                  f"(train.length_group_mult) must be an integer >= 1, got {group_mult!r}")
+            if len(lengths) != num_examples:
+                raise ConfigError(f"stage {stage_name!r}: the dataset has {len(lengths)} lengths for {num_examples} "
+                                  f"examples (train.group_by_length needs one length per example)")
+            self.lengths = torch.as_tensor([float(x) for x in lengths], dtype=torch.float64)
+            if not torch.isfinite(self.lengths).all():
+                bad = int((~torch.isfinite(self.lengths)).nonzero()[0, 0])
+                raise ConfigError(f"stage {stage_name!r}: example {bad} has length {float(self.lengths[bad])} "
+                                  f"(train.group_by_length needs finite lengths)")
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
-        """The ``epoch_size`` example indices of ``epoch``, in order (the same on every process)."""
+        """The example indices of ``epoch``, in order (the same on every process).
+
+        Without ``lengths``: all ``epoch_size`` indices of a seeded permutation (or weighted draw). With
+        ``lengths``: the ``batches_per_epoch * global_batch`` of them that form full global batches (the same ones
+        as without lengths), regrouped so that each global batch holds clips of similar length, longest first.
+        """
         g = torch.Generator().manual_seed(_mix_seed(self.seed, self.stage_index, epoch))
         if self.weights is None:
-            return self.pool[torch.randperm(self.epoch_size, generator=g)]
-        draws = torch.multinomial(self.weights, self.epoch_size, replacement=True, generator=g)
-        return self.pool[draws]
+            order = self.pool[torch.randperm(self.epoch_size, generator=g)]
+        else:
+            draws = torch.multinomial(self.weights, self.epoch_size, replacement=True, generator=g)
+            order = self.pool[draws]
+        if self.lengths is None:
+            return order
+        return self._group_by_length(order, g)
+
+    def _group_by_length(self, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Mega-batches of ``group_mult`` global batches, each sorted longest first and cut into global batches;
+        the global batches shuffled with ``g``, the one holding the longest clip first (an out-of-memory shows at
+        once). Only full global batches are kept (the tail the plain order would not use is dropped first)."""
+        assert self.lengths is not None
+        gb = self.global_batch
+        order = order[: self.batches_per_epoch * gb]
+        parts = []
+        for mega in torch.split(order, gb * self.group_mult):  # each a multiple of gb long
+            parts.append(mega[torch.argsort(self.lengths[mega], descending=True, stable=True)])
+        batches = torch.cat(parts).view(self.batches_per_epoch, gb)
+        batches = batches[torch.randperm(self.batches_per_epoch, generator=g)]
+        top = int(torch.argmax(self.lengths[batches[:, 0]]))  # first batch holding the maximum
+        if top:
+            batches[[0, top]] = batches[[top, 0]]
+        return batches.reshape(-1)
 
     def process_batches(self, epoch: int, start: int = 0) -> list[list[int]]:
         """This process's micro-batches (lists of example indices) of ``epoch``, from global batch ``start``."""
@@ -436,6 +492,8 @@ class Trainer:
         self.skipped_nonfinite = 0
         self._ever_trained: set[str] = set()
         self._task_list: list[str | None] | None = None
+        self._lengths_read = False
+        self._lengths: list[float] | None = None
         self._tb = None
         self._log_fh = None
         if config.gradient_checkpointing:
@@ -461,6 +519,22 @@ class Trainer:
     def _stage_offset(self, index: int) -> int:
         return sum(s.steps for s in self.stages[:index])
 
+    def _length_list(self) -> list[float] | None:
+        """The dataset's ``lengths`` when ``group_by_length`` is on (None: plain order; warns once if missing)."""
+        if not self._lengths_read:
+            self._lengths_read = True
+            if self.config.group_by_length:
+                lengths = getattr(self.train_dataset, "lengths", None)
+                if lengths is None:
+                    if self.is_main:
+                        warnings.warn(f"train.group_by_length is on but the training dataset "
+                                      f"({type(self.train_dataset).__name__}) has no `lengths`; batches use the "
+                                      f"plain seeded order (set group_by_length: false to silence this)",
+                                      UserWarning, stacklevel=3)
+                else:
+                    self._lengths = list(lengths)
+        return self._lengths
+
     def _sampler(self, index: int) -> StageSampler:
         stage = self.stages[index]
         if stage.tasks is not None and self._task_list is None:
@@ -469,7 +543,8 @@ class Trainer:
         return StageSampler(num_examples=len(self.train_dataset), task_list=self._task_list,  # type: ignore
                             tasks=stage.tasks, seed=self.config.seed, stage_index=index,
                             batch_size=self.config.batch_size, num_processes=acc.num_processes,
-                            process_index=acc.process_index, stage_name=stage.name)
+                            process_index=acc.process_index, stage_name=stage.name, lengths=self._length_list(),
+                            group_mult=self.config.length_group_mult)
 
     def _micro_batches(self, sampler: StageSampler, index: int, start: int):
         """Yield ``(epoch, batch_in_epoch, batch)`` forever, from micro-batch ``start`` of the stage."""
@@ -587,6 +662,9 @@ class Trainer:
             "num_processes": acc.num_processes, "batch_size": self.config.batch_size,
             "grad_accum": self.config.grad_accum, "seed": self.config.seed, "stages": stages_to_list(self.stages),
             "ever_trained": sorted(self._ever_trained),
+            # The data order actually used (grouping needs lengths on the dataset), checked on resume.
+            "group_by_length": sampler.lengths is not None,
+            "length_group_mult": sampler.group_mult if sampler.lengths is not None else None,
         }
         try:
             _save_torch(_rng_state(), os.path.join(tmp, f"rng-{acc.process_index}.pt"))
@@ -657,6 +735,18 @@ class Trainer:
                 f"{state['num_processes']} processes), grad_accum {state['grad_accum']}, seed {state['seed']}; "
                 f"this run has {g_new} ({self.config.batch_size} x {acc.num_processes}), "
                 f"{self.config.grad_accum}, {self.config.seed}: the data position would not carry over")
+        # Checkpoints from before length grouping have no key: they were written with the plain order.
+        old = (bool(state.get("group_by_length", False)), state.get("length_group_mult"))
+        grouped = self._length_list() is not None
+        new = (grouped, self.config.length_group_mult if grouped else None)
+        if old[0] != new[0] or (old[0] and old[1] != new[1]):
+            def said(g: tuple[bool, Any]) -> str:
+                return f"batches grouped by length (length_group_mult {g[1]})" if g[0] else "the plain order"
+
+            raise CheckpointError(
+                f"{path}: written with {said(old)}, this run would use {said(new)}: the data position would not "
+                f"carry over; set train.group_by_length / train.length_group_mult as in that run (grouping also "
+                f"needs a dataset with `lengths`)")
         if [s["name"] for s in state["stages"]] != [s.name for s in self.stages]:
             raise CheckpointError(f"{path}: written for stages {[s['name'] for s in state['stages']]}, "
                                   f"this run has {[s.name for s in self.stages]}")

@@ -47,14 +47,21 @@ def tiny_model(seed: int = 0, **kw):
 
 
 class SyntheticDataset(Dataset):
-    """``n`` examples: (sine clip, fixed prompt, 2-token answer naming the frequency class)."""
+    """``n`` examples: (sine clip, fixed prompt, 2-token answer naming the frequency class).
 
-    def __init__(self, n: int = 32, *, seed: int = 0, tasks=TASKS, none_at: tuple[int, ...] = ()):
+    With ``lengths=True`` it also has a ``lengths`` list (1-30 "seconds", random), as a ManifestDataset does, so the
+    trainer groups batches by length; the clips themselves keep their fixed length.
+    """
+
+    def __init__(self, n: int = 32, *, seed: int = 0, tasks=TASKS, none_at: tuple[int, ...] = (),
+                 lengths: bool = False):
         g = torch.Generator().manual_seed(seed)
         self.cls = torch.randint(0, 3, (n,), generator=g).tolist()
         self.phase = torch.rand(n, generator=g).tolist()
         self.task_list = [tasks[i % len(tasks)] for i in range(n)]
         self.none_at = set(none_at)
+        if lengths:
+            self.lengths = (1 + 29 * torch.rand(n, generator=g, dtype=torch.float64)).tolist()
 
     def __len__(self) -> int:
         return len(self.cls)
@@ -112,7 +119,8 @@ args = json.loads(sys.argv[1])
 model = tiny_model(seed=0, weak=args.get("weak", 1), lora_dropout=args.get("lora_dropout", 0.05))
 stages = [Stage(**s) for s in args["stages"]]
 cfg = TrainConfig(**args["train"])
-trainer = Trainer(model, SyntheticDataset(args.get("n", 32)), config=cfg, stages=stages, collate_fn=collate)
+data = SyntheticDataset(args.get("n", 32), lengths=args.get("lengths", False))
+trainer = Trainer(model, data, config=cfg, stages=stages, collate_fn=collate)
 res = trainer.train(resume=args.get("resume"))
 print("DONE", res.global_step, flush=True)
 '''

@@ -59,6 +59,16 @@ def test_train_config_is_strict():
     cfg = TrainConfig.from_dict({"output_dir": "x", "weight_decay": "1e-2", "adam_betas": [0.9, 0.95]})
     assert cfg.weight_decay == 0.01 and cfg.adam_betas == (0.9, 0.95)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.group_by_length is True and cfg.length_group_mult == 50
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ConfigError, match=r"train\.length_group_mult"):
+            TrainConfig(output_dir="x", length_group_mult=bad)
+    with pytest.raises(ConfigError, match=r"train\.length_group_mult"):
+        TrainConfig.from_dict({"output_dir": "x", "length_group_mult": 0})
+    with pytest.raises(ConfigError, match=r"train\.group_by_length"):
+        TrainConfig.from_dict({"output_dir": "x", "group_by_length": "yes"})
+    off = TrainConfig.from_dict({"output_dir": "x", "group_by_length": False, "length_group_mult": 4})
+    assert (off.group_by_length, off.length_group_mult) == (False, 4)
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -84,6 +94,147 @@ def test_weighted_sampling_follows_task_weights():
     share = sum(tasks[i] == "asr" for i in drawn) / len(drawn)
     assert all(tasks[i] in ("asr", "gender") for i in drawn)
     assert 0.7 < share < 0.8  # 3:1 weights despite 1:3 example counts
+
+
+# ------------------------------------------------------------------------------------------------ length grouping
+def _random_lengths(n: int, seed: int = 0) -> list[float]:
+    g = torch.Generator().manual_seed(seed)
+    return (1 + 29 * torch.rand(n, generator=g, dtype=torch.float64)).tolist()  # uniform 1-30 s
+
+
+def _global_batches(sampler: StageSampler, epoch: int) -> list[list[int]]:
+    order = sampler.epoch_order(epoch).tolist()
+    g = sampler.global_batch
+    return [order[b * g:(b + 1) * g] for b in range(sampler.batches_per_epoch)]
+
+
+def _padding(batches: list[list[int]], lengths: list[float]) -> float:
+    return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+
+def _max_over_mean(batches: list[list[int]], lengths: list[float]) -> float:
+    """Mean over batches of (longest clip / mean clip) - 1: 0 when a batch needs no padding."""
+    r = [max(lengths[i] for i in b) / (sum(lengths[i] for i in b) / len(b)) - 1 for b in batches]
+    return sum(r) / len(r)
+
+
+def test_length_grouping_cuts_padding():
+    lengths = _random_lengths(400)
+    kw = {"num_examples": 400, "task_list": None, "tasks": None, "seed": 0, "stage_index": 0, "batch_size": 8}
+    plain = StageSampler(**kw)
+    for mult in (50, 5):  # one mega-batch per epoch / several
+        grouped = StageSampler(lengths=lengths, group_mult=mult, **kw)
+        for epoch in range(2):
+            a, b = _global_batches(plain, epoch), _global_batches(grouped, epoch)
+            assert _padding(b, lengths) * 3 < _padding(a, lengths), mult  # ~40x less with 50, ~4.5x with 5
+            assert _max_over_mean(b, lengths) * 3 < _max_over_mean(a, lengths), mult
+
+
+def test_length_grouped_order_is_a_seeded_subset_of_the_plain_order():
+    n = 403  # 50 global batches of 8, 3 examples left over
+    lengths = _random_lengths(n, seed=1)
+    kw = {"num_examples": n, "task_list": None, "tasks": None, "seed": 5, "stage_index": 2, "batch_size": 8}
+    plain = StageSampler(**kw)
+    grouped = StageSampler(lengths=lengths, group_mult=5, **kw)
+    assert grouped.batches_per_epoch == plain.batches_per_epoch == 50
+    orders = []
+    for epoch in range(3):
+        order = grouped.epoch_order(epoch).tolist()
+        assert len(order) == len(set(order)) == 400 and all(0 <= i < n for i in order)
+        # The same examples as the plain order's batches (the same 3 left out), only regrouped.
+        assert sorted(order) == sorted(plain.epoch_order(epoch).tolist()[:400])
+        assert order == StageSampler(lengths=lengths, group_mult=5, **kw).epoch_order(epoch).tolist()
+        batches = _global_batches(grouped, epoch)
+        for b in batches:  # each global batch longest first: process slices hold neighbouring lengths
+            assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+        maxima = [lengths[b[0]] for b in batches]
+        assert maxima != sorted(maxima, reverse=True)  # batches shuffled: no long-to-short sweep over the epoch
+        orders.append(order)
+    assert orders[0] != orders[1] != orders[2]
+    other_seed = StageSampler(lengths=lengths, group_mult=5, **dict(kw, seed=6))
+    assert other_seed.epoch_order(0).tolist() != orders[0]
+
+
+def test_length_grouped_batch_with_the_longest_clip_comes_first():
+    lengths = _random_lengths(96, seed=2)
+    s = StageSampler(num_examples=96, task_list=None, tasks=None, seed=0, stage_index=0, batch_size=4,
+                     lengths=lengths, group_mult=3)
+    for epoch in range(5):
+        batches = _global_batches(s, epoch)
+        longest = max(lengths[i] for b in batches for i in b)
+        assert lengths[batches[0][0]] == longest
+
+
+def test_length_grouped_global_batches_do_not_depend_on_the_process_count():
+    lengths = _random_lengths(26, seed=3)
+    kw = {"num_examples": 26, "task_list": None, "tasks": None, "seed": 3, "stage_index": 1, "lengths": lengths,
+          "group_mult": 2}
+    one = StageSampler(batch_size=4, **kw)
+    two = [StageSampler(batch_size=2, num_processes=2, process_index=r, **kw) for r in range(2)]
+    for epoch in range(3):
+        full = one.process_batches(epoch)
+        halves = [s.process_batches(epoch) for s in two]
+        assert len(full) == 6 and full == [a + b for a, b in zip(*halves)]
+        for a, b in zip(*halves):  # rank 0 gets the longer half of each global batch
+            assert min(lengths[i] for i in a) >= max(lengths[i] for i in b)
+        assert full != StageSampler(batch_size=4, **dict(kw, lengths=None)).process_batches(epoch)
+    assert one.process_batches(1, start=4) == one.process_batches(1)[4:]
+
+
+def test_length_grouped_weighted_sampling_keeps_the_draws_and_the_task_weights():
+    tasks = ["asr"] * 10 + ["gender"] * 30 + ["chord"] * 20
+    lengths = _random_lengths(60, seed=4)
+    kw = {"num_examples": 60, "task_list": tasks, "tasks": {"asr": 3.0, "gender": 1.0}, "seed": 0,
+          "stage_index": 0, "batch_size": 4}
+    plain = StageSampler(**kw)
+    s = StageSampler(lengths=lengths, group_mult=2, **kw)
+    used = s.batches_per_epoch * s.global_batch
+    for e in range(5):  # the same multinomial draws as without lengths, only regrouped
+        assert sorted(s.epoch_order(e).tolist()) == sorted(plain.epoch_order(e).tolist()[:used])
+    drawn = torch.cat([s.epoch_order(e) for e in range(50)]).tolist()
+    share = sum(tasks[i] == "asr" for i in drawn) / len(drawn)
+    assert all(tasks[i] in ("asr", "gender") for i in drawn)
+    assert 0.7 < share < 0.8  # 3:1 weights despite 1:3 example counts
+    batches = _global_batches(s, 0)
+    assert lengths[batches[0][0]] == max(lengths[i] for b in batches for i in b)
+
+
+def test_length_grouping_validates_its_inputs():
+    kw = {"num_examples": 16, "task_list": None, "tasks": None, "seed": 0, "stage_index": 0, "batch_size": 2,
+          "stage_name": "warmup"}
+    with pytest.raises(ConfigError, match=r"'warmup'.*15 lengths.*16 examples"):
+        StageSampler(lengths=[1.0] * 15, **kw)
+    with pytest.raises(ConfigError, match="'warmup'"):
+        StageSampler(lengths=[1.0] * 15 + [float("nan")], **kw)
+    with pytest.raises(ConfigError, match="'warmup'"):
+        StageSampler(lengths=[1.0] * 16, group_mult=0, **kw)
+    # Equal lengths: the stable sort keeps the seeded order inside each mega-batch.
+    assert StageSampler(lengths=[2.0] * 16, **kw).epoch_order(0).tolist() != list(range(16))
+
+
+def test_trainer_groups_by_length_when_the_dataset_has_lengths(tmp_path):
+    stage = [Stage("s", ("connector",), 2, 1e-3)]
+    ds = SyntheticDataset(40, lengths=True)
+    trainer = Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, length_group_mult=2), stages=stage,
+                      collate_fn=collate)
+    expected = StageSampler(num_examples=40, task_list=None, tasks=None, seed=0, stage_index=0, batch_size=2,
+                            lengths=ds.lengths, group_mult=2)
+    assert trainer._sampler(0).process_batches(0) == expected.process_batches(0)
+    off = Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, group_by_length=False), stages=stage,
+                  collate_fn=collate)
+    plain = StageSampler(num_examples=40, task_list=None, tasks=None, seed=0, stage_index=0, batch_size=2)
+    assert off._sampler(0).process_batches(0) == plain.process_batches(0)
+
+
+def test_trainer_without_lengths_warns_once_and_keeps_the_plain_order(tmp_path):
+    stages = [Stage("a", ("connector",), 2, 1e-3), Stage("b", ("connector",), 2, 1e-3)]
+    trainer = Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path), stages=stages,
+                      collate_fn=collate)
+    with pytest.warns(UserWarning, match="group_by_length") as record:
+        samplers = [trainer._sampler(0), trainer._sampler(1)]
+    assert len([w for w in record if "group_by_length" in str(w.message)]) == 1
+    plain = StageSampler(num_examples=16, task_list=None, tasks=None, seed=0, stage_index=1, batch_size=2)
+    assert samplers[1].process_batches(0) == plain.process_batches(0)
 
 
 # ------------------------------------------------------------------------------------------------ learning
@@ -190,17 +341,20 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
                                                    for r in _log(tmp_path))
 
 
+@pytest.mark.parametrize("lengths", [False, True], ids=["plain", "by-length"])
 @pytest.mark.parametrize("resume_at", [2, 4])  # inside stage "a" / inside stage "b" (after a stage switch)
-def test_resume_in_process_matches_an_uninterrupted_run(tmp_path, resume_at):
+def test_resume_in_process_matches_an_uninterrupted_run(tmp_path, resume_at, lengths):
     full_dir = tmp_path / "full"
     model = tiny_model(weak=1)
-    Trainer(model, SyntheticDataset(16), config=_cfg(full_dir, save_every=2, keep_last_checkpoints=10,
-                                                     save_final=False),
+    # 24 examples, length_group_mult 2: several mega-batches per epoch in stage "a".
+    Trainer(model, SyntheticDataset(24, lengths=lengths),
+            config=_cfg(full_dir, save_every=2, keep_last_checkpoints=10, save_final=False, length_group_mult=2),
             stages=TWO_STAGES, collate_fn=collate).train()
     expected = _params(model)
 
     fresh = tiny_model(seed=123, weak=1)  # different init: everything must come from the checkpoint
-    res = Trainer(fresh, SyntheticDataset(16), config=_cfg(tmp_path / "resumed", save_final=False),
+    res = Trainer(fresh, SyntheticDataset(24, lengths=lengths),
+                  config=_cfg(tmp_path / "resumed", save_final=False, length_group_mult=2),
                   stages=TWO_STAGES, collate_fn=collate).train(
         resume=str(full_dir / "checkpoints" / f"step-{resume_at}"))
     assert res.global_step == 8
@@ -221,6 +375,23 @@ def test_resume_with_another_global_batch_is_refused(tmp_path):
                 stages=[stage], collate_fn=collate).train(resume=str(tmp_path / "nowhere"))
 
 
+def test_resume_with_another_length_grouping_is_refused(tmp_path):
+    stage = [Stage("s", ("connector",), 2, 1e-3)]
+    ds = SyntheticDataset(16, lengths=True)
+    Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, save_every=2, save_final=False),
+            stages=stage, collate_fn=collate).train()
+    for kw in ({"group_by_length": False}, {"length_group_mult": 7}):
+        with pytest.raises(CheckpointError, match="length"):
+            Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, **kw), stages=stage,
+                    collate_fn=collate).train(resume="latest")
+    with pytest.warns(UserWarning, match="group_by_length"), pytest.raises(CheckpointError, match="length"):
+        Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path), stages=stage,
+                collate_fn=collate).train(resume="latest")  # the same data without lengths: plain order
+    res = Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path), stages=stage, collate_fn=collate).train(
+        resume="latest")
+    assert res.global_step == 2
+
+
 def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     """Kill a training process with SIGKILL after checkpoint step-4, resume in a fresh process: same weights."""
     script = tmp_path / "train.py"
@@ -230,9 +401,9 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
                    "tasks": {"asr": 2.0, "gender": 1.0, "co_reasoning": 1.0}}]
 
     def args(out, resume=None):
-        return json.dumps({"stages": stages, "resume": resume, "n": 24,
+        return json.dumps({"stages": stages, "resume": resume, "n": 24, "lengths": True,
                            "train": {"output_dir": str(out), "batch_size": 2, "save_every": 2, "progress": False,
-                                         "keep_last_checkpoints": 3}})
+                                         "keep_last_checkpoints": 3, "length_group_mult": 2}})
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref = subprocess.Popen([sys.executable, str(script), args(tmp_path / "ref")], env=env,
