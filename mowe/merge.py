@@ -16,7 +16,7 @@ import torch
 
 from mowe.errors import MoWEInputError
 
-__all__ = ["MergedInputs", "merge_audio_features"]
+__all__ = ["MergedInputs", "PackedInputs", "merge_audio_features", "pack_merged"]
 
 IGNORE_INDEX = -100
 
@@ -136,3 +136,41 @@ def merge_audio_features(
 
     position_ids = (out_mask.cumsum(1) - 1).clamp(min=0)
     return MergedInputs(out, out_mask, position_ids, out_labels, audio_pos)
+
+
+@dataclass
+class PackedInputs:
+    """A merged batch packed into one padding-free row (``N`` = real tokens of the whole batch).
+
+    Attributes:
+        inputs_embeds: ``(1, N, d)``.
+        position_ids: ``(1, N)``, restarting at 0 for every sample: transformers' attention masks keep samples
+            apart from these (``masking_utils.find_packed_sequence_indices``) when no attention mask is given.
+        shift_labels: ``(1, N)``, the label of the *next* token of the same sample (-100 at each sample's last
+            token), so a sample's last token is never trained to predict the next sample's first.
+        keep: ``(b, T)`` bool, where the packed tokens came from (to unpack per-token outputs).
+    """
+
+    inputs_embeds: torch.Tensor
+    position_ids: torch.Tensor
+    shift_labels: torch.Tensor | None
+    keep: torch.Tensor
+
+
+def pack_merged(merged: MergedInputs) -> PackedInputs:
+    """Pack a merged batch (either padding side) into one row without padding, for padding-free training.
+
+    The LLM then runs on ``N`` real tokens instead of ``b * T``; with packed position ids every sample attends
+    only to itself, so the loss equals the padded batch's (same tokens, same mean) up to float rounding.
+    """
+    keep = merged.attention_mask.bool()
+    pos = merged.position_ids[keep][None]
+    shift = None
+    if merged.labels is not None:
+        # Shift inside each row, then drop padding: the label after a row's last real token is padding (-100)
+        # with right padding; with left padding the row's last token is real and gets the -100 appended.
+        nxt = torch.cat([merged.labels[:, 1:], merged.labels.new_full((merged.labels.shape[0], 1), IGNORE_INDEX)],
+                        dim=1)
+        shift = nxt[keep][None]
+    return PackedInputs(inputs_embeds=merged.inputs_embeds[keep][None], position_ids=pos, shift_labels=shift,
+                        keep=keep)

@@ -28,7 +28,7 @@ from mowe.config import MoWEConfig
 from mowe.encoders.base import check_encoder_output, check_waveforms
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.errors import CheckpointError, MoWEInputError
-from mowe.merge import MergedInputs, merge_audio_features
+from mowe.merge import MergedInputs, merge_audio_features, pack_merged
 from mowe.routers.base import RouterOutput
 
 __all__ = ["AudioEncoding", "MoWEAudioLLM", "MoWEOutput"]
@@ -204,7 +204,7 @@ class MoWEAudioLLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                padding_side: str = "right") -> MoWEOutput:
+                padding_side: str = "right", pack: bool = False) -> MoWEOutput:
         """Teacher-forced forward.
 
         Args:
@@ -212,11 +212,25 @@ class MoWEAudioLLM(nn.Module):
             waveforms: ``(c, s)`` clips in placeholder reading order; ``wave_lengths`` ``(c,)``.
             attention_mask: ``(b, L)``; labels ``(b, L)`` with -100 on tokens that carry no loss.
             padding_side: padding of the merged sequence.
+            pack: padding-free LLM pass: the batch's real tokens run as one packed row whose position ids
+                restart per sample, so transformers keeps the samples apart in attention (see
+                :func:`mowe.merge.pack_merged`). Same loss and logits up to float rounding; the LLM's cost then
+                follows the real token count instead of ``b x`` the longest sample. Needs an LLM whose masks come
+                from transformers' ``masking_utils`` (Llama, Qwen2, Mistral, Gemma, GPT-2, ... in transformers 5).
         """
         audio = self.encode_audio(waveforms, wave_lengths)
         merged = self._merge(input_ids, attention_mask, audio, labels, padding_side)
-        out = self.llm(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
-                       position_ids=merged.position_ids, labels=merged.labels, use_cache=False)
+        if pack:
+            packed = pack_merged(merged)
+            out = self.llm(inputs_embeds=packed.inputs_embeds, position_ids=packed.position_ids,
+                           labels=packed.shift_labels, shift_labels=packed.shift_labels, use_cache=False)
+            # Back to the batch layout callers expect: (b, T, V), zeros on padding.
+            logits = out.logits.new_zeros(*packed.keep.shape, out.logits.shape[-1])
+            logits[packed.keep] = out.logits[0]
+            out.logits = logits
+        else:
+            out = self.llm(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
+                           position_ids=merged.position_ids, labels=merged.labels, use_cache=False)
         lm_loss = out.loss
         aux = audio.router.aux_loss if audio.router is not None else None
         loss = None

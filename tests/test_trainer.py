@@ -237,6 +237,20 @@ def test_trainer_without_lengths_warns_once_and_keeps_the_plain_order(tmp_path):
     assert samplers[1].process_batches(0) == plain.process_batches(0)
 
 
+@pytest.mark.parametrize("pack", [True, False])
+def test_trainer_runs_the_llm_padding_free_unless_told_not_to(tmp_path, pack):
+    model = tiny_model(weak=0)
+    rows = []
+    layer = next(m for n, m in model.llm.named_modules() if n.endswith("layers.0"))
+    layer.register_forward_pre_hook(
+        lambda m, args, kw: rows.append((args or (kw["hidden_states"],))[0].shape[0]), with_kwargs=True)
+    trainer = Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, pack_sequences=pack, batch_size=4),
+                      stages=[Stage("s", ("connector",), 2, 1e-3)], collate_fn=collate)
+    trainer.train()
+    # Packed: the 4 samples of a batch run as one row; padded: 4 rows.
+    assert rows and set(rows) == ({1} if pack else {4})
+
+
 # ------------------------------------------------------------------------------------------------ learning
 def test_loss_goes_down_and_logs_are_complete(tmp_path):
     model = tiny_model(weak=0, lora_dropout=0.0)
