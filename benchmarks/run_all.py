@@ -33,9 +33,13 @@ TARGETS = {
 # Reported beside the targets (context, no target of their own).
 CONTEXT = [
     "whisper_var_len_speedup_5s_bf16", "whisper_var_len_speedup_5s_b4", "weak_flop_share", "mowe_step_flop_ratio",
-    "sparse_vs_dense_flop_ratio", "infer_speedup_vs_qwen2audio_pad30", "infer_speedup_vs_qwen2audio_mowe",
-    "infer_speedup_vs_qwen2audio_bucketed", "infer_speedup_vs_qwen2audio_short", "train_speedup_vs_qwen2audio_pad30", "achieved_gflops",
-    "gemm_peak_bf16_gflops", "gemm_peak_fp32_gflops", "peak_mem_gib", "step_delta_gib",
+    "mowe_step_overhead_strong_base", "weak_flop_share_strong_base", "mowe_step_flop_ratio_strong_base",
+    "sparse_vs_dense_flop_ratio",
+    "infer_speedup_vs_qwen2audio_onebatch", "infer_speedup_vs_qwen2audio_pad30", "infer_speedup_vs_qwen2audio_stack4",
+    "infer_speedup_vs_qwen2audio_mowe", "infer_speedup_vs_qwen2audio_short", "infer_speedup_vs_qwen2audio_dataset",
+    "train_speedup_vs_qwen2audio_onebatch", "train_speedup_vs_qwen2audio_pad30", "train_speedup_vs_qwen2audio_stack4",
+    "train_speedup_vs_qwen2audio_padded_llm", "train_speedup_vs_qwen2audio_dataset",
+    "achieved_gflops", "gemm_peak_bf16_gflops", "gemm_peak_fp32_gflops", "peak_mem_gib", "step_delta_gib",
 ]
 
 
