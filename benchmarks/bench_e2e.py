@@ -98,7 +98,7 @@ class Batch:
         width = int(self.m_am.sum(1).max()) - n_answer
         self.m_gen_ids, self.m_gen_am = self.m_ids[:, :width], self.m_am[:, :width]
 
-    def train_kwargs(self, pack: bool) -> dict:
+    def train_kwargs(self, pack: bool | str) -> dict:
         return {"input_ids": self.m_ids, "waveforms": self.wav, "wave_lengths": self.lens,
                 "attention_mask": self.m_am, "labels": self.m_labels, "pack": pack}
 
@@ -154,7 +154,8 @@ def main(argv=None) -> dict:
     res: dict = {"quick": quick, "window_s": window, "clip_seconds": main_batch.seconds, "audio_seconds": audio_s,
                  "max_new_tokens": new_tokens, "repeats": repeats, "threads": threads,
                  "qwen2audio_audio_tokens": main_batch.q_ntok, "training": "LoRA r=8 a=16 dropout 0.05 on the LM's "
-                 "q,v + projector; encoders frozen; AdamW; fp32; mowe padding-free (pack=True)", "connector": "mowe stack-2 (25 tok/s) vs "
+                 "q,v + projector; encoders frozen; AdamW; fp32; mowe pack='auto' (packs this batch)",
+                 "connector": "mowe stack-2 (25 tok/s) vs "
                  "Qwen2-Audio avgpool-2 + Linear (25 tok/s)", "decoding": f"greedy, exactly {new_tokens} new "
                  "tokens, KV cache", "bucket_padding": 0.25}
     C.log(f"batch of {n} clips ({audio_s:.1f} s of audio, window {window:g} s): "
@@ -201,7 +202,7 @@ def main(argv=None) -> dict:
             opt.zero_grad(set_to_none=True)
         return step
 
-    def mowe_step_fn(m, b: Batch, pack: bool = True):
+    def mowe_step_fn(m, b: Batch, pack: bool | str = "auto"):
         step = C.train_step_fn(m, b.train_kwargs(pack))
 
         def run():
@@ -209,8 +210,8 @@ def main(argv=None) -> dict:
             return step()
         return run
 
-    # mowe trains padding-free (TrainConfig.pack_sequences, on by default); "padded_llm" shows what packing adds,
-    # "onebatch" is neither length groups nor packing.
+    # mowe trains as its Trainer does by default (pack_sequences="auto": this batch is packed); "padded_llm" shows
+    # what packing adds, "onebatch" is neither length groups nor packing.
     train = {"qwen2audio": qwen_step_fn(main_batch)}
     for k in ("mowe_real", "mowe_pad30", "mowe_stack4"):
         train[k] = mowe_step_fn(models[k], main_batch)

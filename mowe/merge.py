@@ -16,7 +16,7 @@ import torch
 
 from mowe.errors import MoWEInputError
 
-__all__ = ["MergedInputs", "PackedInputs", "merge_audio_features", "pack_merged"]
+__all__ = ["MergedInputs", "PackedInputs", "merge_audio_features", "pack_merged", "packing_pays"]
 
 IGNORE_INDEX = -100
 
@@ -174,3 +174,26 @@ def pack_merged(merged: MergedInputs) -> PackedInputs:
         shift = nxt[keep][None]
     return PackedInputs(inputs_embeds=merged.inputs_embeds[keep][None], position_ids=pos, shift_labels=shift,
                         keep=keep)
+
+
+def packing_pays(attention_mask: torch.Tensor, *, hidden_size: int, intermediate_size: int,
+                 varlen_attention: bool = False) -> bool:
+    """Whether a packed pass costs fewer FLOPs than the padded one, from the LLM's sizes.
+
+    Per token and layer, the projections cost about ``2 * (4 d^2 + 3 d f)`` FLOPs and attention ``4 d`` per
+    attended position. Padded: every row runs ``T`` tokens attending over ``T``. Packed (dense mask, e.g. SDPA
+    on CPU): ``N`` tokens attending over ``N``; with variable-length attention kernels (flash-attention) each
+    sample attends only to itself, so packing never costs more. Small LLMs with long packed rows are where
+    padding wins: there attention, quadratic in ``N``, outweighs the projections.
+    """
+    b, t = attention_mask.shape
+    n = int(attention_mask.sum())
+    per_token = 2.0 * (4 * hidden_size**2 + 3 * hidden_size * intermediate_size)
+    per_pair = 4.0 * hidden_size
+    padded = b * t * per_token + b * t * t * per_pair
+    if varlen_attention:
+        lens = attention_mask.sum(1).double()
+        packed = n * per_token + float((lens**2).sum()) * per_pair
+    else:
+        packed = n * per_token + n * n * per_pair
+    return packed < padded

@@ -28,7 +28,7 @@ from mowe.config import MoWEConfig
 from mowe.encoders.base import check_encoder_output, check_waveforms
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.errors import CheckpointError, MoWEInputError
-from mowe.merge import MergedInputs, merge_audio_features, pack_merged
+from mowe.merge import MergedInputs, merge_audio_features, pack_merged, packing_pays
 from mowe.routers.base import RouterOutput
 
 __all__ = ["AudioEncoding", "MoWEAudioLLM", "MoWEOutput"]
@@ -202,9 +202,16 @@ class MoWEAudioLLM(nn.Module):
                                     audio_embeds=audio.embeds.to(text.dtype), audio_lengths=audio.lengths,
                                     audio_token_id=self.audio_token_id, labels=labels, padding_side=padding_side)
 
+    def _packing_pays(self, attention_mask: torch.Tensor) -> bool:
+        cfg = self.llm.config
+        d = getattr(cfg, "hidden_size", None) or cfg.n_embd
+        f = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+        varlen = "flash" in str(getattr(cfg, "_attn_implementation", "") or "")
+        return packing_pays(attention_mask, hidden_size=d, intermediate_size=f, varlen_attention=varlen)
+
     def forward(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                padding_side: str = "right", pack: bool = False) -> MoWEOutput:
+                padding_side: str = "right", pack: bool | str = False) -> MoWEOutput:
         """Teacher-forced forward.
 
         Args:
@@ -217,9 +224,14 @@ class MoWEAudioLLM(nn.Module):
                 :func:`mowe.merge.pack_merged`). Same loss and logits up to float rounding; the LLM's cost then
                 follows the real token count instead of ``b x`` the longest sample. Needs an LLM whose masks come
                 from transformers' ``masking_utils`` (Llama, Qwen2, Mistral, Gemma, GPT-2, ... in transformers 5).
+                ``"auto"``: pack when it costs fewer FLOPs for this batch (:func:`mowe.merge.packing_pays`).
         """
         audio = self.encode_audio(waveforms, wave_lengths)
         merged = self._merge(input_ids, attention_mask, audio, labels, padding_side)
+        if pack == "auto":
+            pack = self._packing_pays(merged.attention_mask)
+        elif not isinstance(pack, bool):
+            raise MoWEInputError(f"pack must be True, False or 'auto', got {pack!r}")
         if pack:
             packed = pack_merged(merged)
             out = self.llm(inputs_embeds=packed.inputs_embeds, position_ids=packed.position_ids,

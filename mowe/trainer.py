@@ -120,9 +120,11 @@ class TrainConfig:
             The order stays a seeded function of ``(seed, stage, epoch)``, so resuming is still exact.
         length_group_mult: mega-batch size, in global batches, within which clips are sorted by length (bigger:
             less padding, less randomness).
-        pack_sequences: run the LLM padding-free: each batch's real tokens as one packed row whose position ids
-            restart per sample (``MoWEAudioLLM.forward(pack=True)``; same loss up to float rounding, less work
-            when samples differ in length). Used when the model's ``forward`` takes ``pack``.
+        pack_sequences: ``"auto"`` (default), true or false: run the LLM padding-free, each batch's real tokens
+            as one packed row whose position ids restart per sample (``MoWEAudioLLM.forward(pack=...)``; same
+            loss up to float rounding). ``"auto"`` packs a batch when that costs fewer FLOPs (mixed lengths, an
+            LLM wide enough that its projections outweigh attention over the packed row). Used when the model's
+            ``forward`` takes ``pack``.
     """
 
     output_dir: str
@@ -145,7 +147,7 @@ class TrainConfig:
     progress: bool = True
     group_by_length: bool = True
     length_group_mult: int = 50
-    pack_sequences: bool = True
+    pack_sequences: bool | str = "auto"
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int) -> None:
@@ -160,9 +162,10 @@ class TrainConfig:
             positive(name, 1)
         for name in ("eval_every", "save_every", "num_workers", "seed"):
             positive(name, 0)
-        for name in ("group_by_length", "pack_sequences"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.group_by_length, bool):
+            raise ConfigError(f"train.group_by_length must be true or false, got {self.group_by_length!r}")
+        if not (isinstance(self.pack_sequences, bool) or self.pack_sequences == "auto"):
+            raise ConfigError(f"train.pack_sequences must be true, false or 'auto', got {self.pack_sequences!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"train.mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.on_nonfinite_loss not in ("skip", "stop"):
@@ -500,7 +503,7 @@ class Trainer:
         self._task_list: list[str | None] | None = None
         self._lengths_read = False
         # Padding-free LLM passes when asked for and the model's forward supports them (MoWEAudioLLM does).
-        self._pack = config.pack_sequences and "pack" in inspect.signature(model.forward).parameters
+        self._pack = config.pack_sequences is not False and "pack" in inspect.signature(model.forward).parameters
         self._lengths: list[float] | None = None
         self._tb = None
         self._log_fh = None
@@ -575,7 +578,7 @@ class Trainer:
         dev = self.accelerator.device
         inputs = {k: batch[k].to(dev) for k in MODEL_INPUT_KEYS if k in batch and batch[k] is not None}
         if self._pack:
-            inputs["pack"] = True
+            inputs["pack"] = self.config.pack_sequences
         return inputs
 
     def _make_optimizer(self, stage: Stage) -> torch.optim.Optimizer:

@@ -6,7 +6,7 @@ from conftest import AUDIO_ID, LLAMA_TINY, WHISPER_TINY, make_batch
 
 from mowe import MoWEAudioLLM
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig
-from mowe.merge import MergedInputs, pack_merged
+from mowe.merge import MergedInputs, pack_merged, packing_pays
 
 LLMS = {
     "llama": LLAMA_TINY,
@@ -73,3 +73,37 @@ def test_packed_pass_runs_only_real_tokens():
     h.remove()
     assert seen == [(1, int(out.attention_mask.sum()))]
     assert int(out.attention_mask.sum()) < out.attention_mask.numel()  # the batch did have padding
+
+
+def _mask(lengths):
+    t = max(lengths)
+    return (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
+def test_packing_pays_follows_the_flop_balance():
+    mixed = _mask([800, 100, 120, 90, 60, 300, 200, 150])
+    # A 7B-wide LLM: the projections dominate, and half the padded tokens are padding.
+    assert packing_pays(mixed, hidden_size=4096, intermediate_size=11008)
+    # A toy LLM on 16 samples of similar length: attention over the long packed row costs more than the
+    # little padding saves (the demo's case).
+    similar = _mask([100, 80, 90, 70, 60, 100, 95, 85] * 2)
+    assert not packing_pays(similar, hidden_size=64, intermediate_size=128)
+    assert packing_pays(similar, hidden_size=4096, intermediate_size=11008)
+    # Variable-length attention kernels make packing pay whenever there is padding.
+    assert packing_pays(mixed, hidden_size=64, intermediate_size=128, varlen_attention=True)
+    # No padding: nothing to gain.
+    assert not packing_pays(_mask([100, 100, 100]), hidden_size=4096, intermediate_size=11008)
+
+
+def test_auto_packing_decides_per_batch_and_bad_values_are_named():
+    m = _model(LLAMA_TINY)
+    wav, wl, ids, am, labels = make_batch()
+    rows = []
+    layer = next(mod for name, mod in m.llm.named_modules() if name.endswith("layers.0"))
+    layer.register_forward_pre_hook(lambda mod, args, kw: rows.append((args or (kw["hidden_states"],))[0].shape[0]),
+                                    with_kwargs=True)
+    out = m(ids, wav, wl, attention_mask=am, labels=labels, pack="auto")
+    expected = 1 if m._packing_pays(out.attention_mask) else ids.shape[0]
+    assert rows == [expected]
+    with pytest.raises(ValueError, match="pack"):
+        m(ids, wav, wl, attention_mask=am, labels=labels, pack="yes")

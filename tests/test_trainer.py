@@ -237,7 +237,7 @@ def test_trainer_without_lengths_warns_once_and_keeps_the_plain_order(tmp_path):
     assert samplers[1].process_batches(0) == plain.process_batches(0)
 
 
-@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("pack", [True, False, "auto"])
 def test_trainer_runs_the_llm_padding_free_unless_told_not_to(tmp_path, pack):
     model = tiny_model(weak=0)
     rows = []
@@ -247,8 +247,9 @@ def test_trainer_runs_the_llm_padding_free_unless_told_not_to(tmp_path, pack):
     trainer = Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, pack_sequences=pack, batch_size=4),
                       stages=[Stage("s", ("connector",), 2, 1e-3)], collate_fn=collate)
     trainer.train()
-    # Packed: the 4 samples of a batch run as one row; padded: 4 rows.
-    assert rows and set(rows) == ({1} if pack else {4})
+    # Packed: the 4 samples of a batch run as one row; padded: 4 rows. "auto" on equal-length samples (no
+    # padding to save) keeps the padded layout.
+    assert rows and set(rows) == ({1} if pack is True else {4})
 
 
 # ------------------------------------------------------------------------------------------------ learning
