@@ -181,14 +181,14 @@ def encode_in_length_groups(
     Returns:
         The :class:`EncoderOutput` of the whole batch, in the input order, padded to the longest output.
     """
-    groups = length_groups(lengths.tolist(), max_padding)  # one host sync; the caller needs lengths.max() anyway
+    host = lengths.tolist()  # the one host sync: group sizes and trims are read from this list
+    groups = length_groups(host, max_padding)
     if len(groups) == 1:
-        return encode(waveforms[:, : int(lengths.max())], lengths)
+        return encode(waveforms[:, : max(host)], lengths)
     outs = []
     for g in groups:
         idx = torch.tensor(g, device=waveforms.device)
-        sub_len = lengths[idx]
-        outs.append(encode(waveforms[idx, : int(sub_len.max())], sub_len))
+        outs.append(encode(waveforms[idx, : max(host[i] for i in g)], lengths[idx]))
     t = max(o.features.shape[1] for o in outs)
     order = torch.tensor([i for g in groups for i in g], device=waveforms.device)
     inverse = torch.empty_like(order)
