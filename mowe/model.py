@@ -28,6 +28,7 @@ from mowe.config import MoWEConfig
 from mowe.encoders.base import check_encoder_output, check_waveforms
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.generation import greedy_settings, packed_greedy_generate
 from mowe.merge import MergedInputs, merge_audio_features, pack_merged, packing_pays
 from mowe.routers.base import RouterOutput
 
@@ -254,17 +255,27 @@ class MoWEAudioLLM(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 32, num_beams: int = 1,
-                 use_cache: bool = True, audio: AudioEncoding | None = None, **generate_kwargs) -> torch.Tensor:
-        """Batched generation through transformers' ``generate`` (KV cache, greedy or beam search).
+                 use_cache: bool = True, audio: AudioEncoding | None = None, pack: bool | str = "auto",
+                 **generate_kwargs) -> torch.Tensor:
+        """Batched generation (KV cache, greedy or beam search).
 
         Prompts may be padded on either side; they are re-padded on the left after the merge.
 
         Args:
             audio: the clips' :meth:`encode_audio` result when the caller already has it (skips re-encoding).
+            pack: padding-free prefill for greedy decoding (:mod:`mowe.generation`): the prompts run packed,
+                decoding continues from a left-padded KV cache; same tokens as transformers' ``generate`` up to
+                float rounding. ``"auto"``: when the settings are plain greedy (no beams, sampling or logits
+                processors; otherwise transformers' ``generate`` runs) and packing costs fewer FLOPs
+                (:func:`mowe.merge.packing_pays`). ``True`` raises if the settings are not plain greedy;
+                ``False`` always uses transformers' ``generate``.
+            generate_kwargs: passed to transformers' ``generate`` (e.g. ``min_new_tokens``, ``eos_token_id``).
 
         Returns:
             ``(b, new_tokens)`` generated ids (prompt not included), padded with the pad / eos id.
         """
+        if pack not in (True, False, "auto"):
+            raise MoWEInputError(f"pack must be True, False or 'auto', got {pack!r}")
         if audio is None:
             audio = self.encode_audio(waveforms, wave_lengths)
         merged = self._merge(input_ids, attention_mask, audio, None, "left")
@@ -273,6 +284,13 @@ class MoWEAudioLLM(nn.Module):
         kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, use_cache=use_cache,
                       pad_token_id=pad, do_sample=False)
         kwargs.update(generate_kwargs)
+        if pack is not False:
+            settings = greedy_settings(self.llm, **kwargs)
+            if isinstance(settings, str):
+                if pack is True:
+                    raise MoWEInputError(f"generate(pack=True) does plain greedy decoding only: {settings}")
+            elif pack is True or self._packing_pays(merged.attention_mask):
+                return packed_greedy_generate(self.llm, merged, settings)
         return self.llm.generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
 
     # ------------------------------------------------------------------------------------------- saving

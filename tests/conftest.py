@@ -14,6 +14,14 @@ HUBERT_TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, i
 LLAMA_TINY = dict(model_type="llama", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
 AUDIO_ID = 5
+# Tiny LLMs of three families whose attention masks transformers builds differently (rotary + GQA, absolute
+# positions + Conv1D projections): the padding-free paths are checked on each.
+LLM_FAMILIES = {
+    "llama": LLAMA_TINY,
+    "qwen2": dict(model_type="qwen2", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
+    "gpt2": dict(model_type="gpt2", vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=512),
+}
 
 
 def tiny_config(*, weak: bool = True, top_k: int = 1, pad_to_30s: bool = False, **llm) -> MoWEConfig:

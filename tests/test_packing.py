@@ -2,18 +2,13 @@
 
 import pytest
 import torch
-from conftest import AUDIO_ID, LLAMA_TINY, WHISPER_TINY, make_batch
+from conftest import AUDIO_ID, LLAMA_TINY, LLM_FAMILIES, WHISPER_TINY, make_batch
 
 from mowe import MoWEAudioLLM
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig
 from mowe.merge import MergedInputs, pack_merged, packing_pays
 
-LLMS = {
-    "llama": LLAMA_TINY,
-    "qwen2": dict(model_type="qwen2", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
-    "gpt2": dict(model_type="gpt2", vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=512),
-}
+LLMS = LLM_FAMILIES
 
 
 def _model(llm: dict) -> MoWEAudioLLM:
