@@ -1,11 +1,12 @@
-"""Padding-free greedy generation: the prompts' prefill runs packed, decoding runs from a left-padded KV cache.
+"""Greedy generation whose prefill runs in length groups instead of one left-padded batch.
 
 A batch of audio prompts differs in length by the audio (a 1 s clip and a 30 s clip are 25 and 750 tokens at
-25 tokens/s), so transformers' ``generate`` on a left-padded batch spends most of its prefill on padding. Here
-the prefill runs the batch's real tokens as one packed row (position ids restarting per sample, as in padding-free
-training, :func:`mowe.merge.pack_merged`); its keys and values are then laid out per sample with left padding,
-and greedy decoding continues from that cache exactly as ``generate`` would. Same tokens as ``generate`` up to
-float rounding of the prefill; the prefill then costs the real token count instead of ``b x`` the longest prompt.
+25 tokens/s), so transformers' ``generate`` on a left-padded batch spends much of its prefill on padding: every
+prompt pays for the longest one, in the projections and, quadratically, in attention. Here the prefill runs the
+prompts in groups of similar length (:func:`mowe.encoders.base.length_groups`, as the encoders do), each padded
+only to its own longest prompt; each group's keys and values are then placed into one left-padded KV cache, and
+greedy decoding continues from it exactly as ``generate`` would. The same tokens as ``generate`` up to float
+rounding of the prefill.
 
 Only plain greedy decoding is done here (argmax, ``eos_token_id`` stops a row, ``min_new_tokens``); every other
 setting (beams, sampling, repetition penalties, logits processors, streamers, ...) is left to ``generate``:
@@ -20,9 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mowe.merge import MergedInputs, pack_merged
+from mowe.encoders.base import length_groups
+from mowe.merge import MergedInputs
 
-__all__ = ["GreedySettings", "greedy_settings", "packed_greedy_generate"]
+__all__ = ["GreedySettings", "greedy_settings", "grouped_greedy_generate"]
 
 # GenerationConfig fields that plain greedy decoding reads, or that do not change what it produces.
 _GREEDY_FIELDS = {"max_new_tokens", "min_new_tokens", "eos_token_id", "pad_token_id", "bos_token_id", "use_cache",
@@ -58,9 +60,6 @@ def greedy_settings(llm: nn.Module, **generate_kwargs) -> GreedySettings | str:
     not plain greedy decoding (so it must go through transformers' ``generate``)."""
     if not _full_attention_only(llm.config):
         return "the LLM has sliding-window or non-causal-LM layers"
-    impl = getattr(llm.config, "_attn_implementation", None)
-    if impl not in (None, "eager", "sdpa"):
-        return f"the packed prefill passes a 4D mask, which attention implementation {impl!r} does not take"
     cfg = copy.deepcopy(llm.generation_config)
     unused = cfg.update(**generate_kwargs)
     if unused:
@@ -81,31 +80,18 @@ def greedy_settings(llm: nn.Module, **generate_kwargs) -> GreedySettings | str:
                           eos_token_ids=eos, pad_token_id=int(pad))
 
 
-def _left_padded_cache(cache, keep: torch.Tensor):
-    """Packed keys/values ``(1, h, N, d)`` per layer -> a DynamicCache of ``(b, h, T, d)`` laid out as ``keep``."""
-    from transformers import DynamicCache
-
-    b, t = keep.shape
-    data = []
-    for layer in cache.layers:
-        pair = []
-        for x in (layer.keys, layer.values):
-            full = x.new_zeros(b, x.shape[1], t, x.shape[3])
-            full.transpose(1, 2)[keep] = x[0].transpose(0, 1)  # (N, h, d) into the real (row, position) slots
-            pair.append(full)
-        data.append(tuple(pair))
-    return DynamicCache(ddp_cache_data=data)
-
-
 @torch.no_grad()
-def packed_greedy_generate(llm: nn.Module, merged: MergedInputs, settings: GreedySettings) -> torch.Tensor:
-    """Greedy decoding of a left-padded merged batch with a padding-free prefill.
+def grouped_greedy_generate(llm: nn.Module, merged: MergedInputs, settings: GreedySettings, *,
+                            max_padding: float) -> torch.Tensor:
+    """Greedy decoding of a left-padded merged batch, with the prefill run in length groups.
 
     Args:
-        llm: a transformers causal LM (or its peft wrapper) whose masks come from ``masking_utils``.
+        llm: a transformers causal LM (or its peft wrapper) with full-attention layers.
         merged: prompts merged with their audio, **left**-padded: ``inputs_embeds`` ``(b, T, d)``,
-            ``attention_mask`` ``(b, T)``.
+            ``attention_mask`` ``(b, T)``, ``position_ids`` ``(b, T)``.
         settings: from :func:`greedy_settings`.
+        max_padding: padding budget of a prefill group (see :func:`mowe.encoders.base.length_groups`); 0 runs
+            only prompts of equal length together, ``inf`` is one padded batch as ``generate`` runs.
 
     Returns:
         ``(b, n)`` new token ids, ``n <= max_new_tokens`` (fewer when every row has emitted eos); rows that
@@ -114,25 +100,31 @@ def packed_greedy_generate(llm: nn.Module, merged: MergedInputs, settings: Greed
     from transformers import DynamicCache
 
     mask = merged.attention_mask
-    if bool(mask[:, -1].eq(0).any()):
-        raise ValueError("packed_greedy_generate needs a left-padded batch (every row's last position real)")
-    b = mask.shape[0]
+    b, t = mask.shape
     lens = mask.sum(1)
-    packed = pack_merged(merged)
-    last = lens.cumsum(0) - 1  # each sample's last token in the packed row
-    # transformers derives per-sample masks from packed position ids only without a cache, so the block-diagonal
-    # causal mask is given explicitly (additive, as eager and SDPA attention both take it).
-    sample = torch.repeat_interleave(torch.arange(b, device=mask.device), lens)
-    n = sample.shape[0]
-    causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril_()
-    allowed = causal & (sample[:, None] == sample[None, :])
-    dtype = packed.inputs_embeds.dtype
-    mask4d = torch.zeros(1, 1, n, n, dtype=dtype, device=mask.device).masked_fill_(~allowed, torch.finfo(dtype).min)
-    out = llm(inputs_embeds=packed.inputs_embeds, attention_mask=mask4d, position_ids=packed.position_ids,
-              past_key_values=DynamicCache(), use_cache=True, logits_to_keep=last)
-    logits = out.logits[0]  # (b, V)
-    cache = _left_padded_cache(out.past_key_values, packed.keep)
-    del out, packed
+    host_lens = lens.tolist()  # one host copy: group sizes and trims are read from it, not per group
+    if not torch.equal(mask.bool(), torch.arange(t, device=mask.device)[None, :] >= (t - lens)[:, None]):
+        raise ValueError("grouped_greedy_generate needs a left-padded batch (each row's real tokens at its end)")
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    logits = None
+    for group in length_groups(host_lens, max_padding):
+        idx = torch.tensor(group, device=mask.device)
+        width = max(host_lens[i] for i in group)
+        out = llm(inputs_embeds=merged.inputs_embeds[idx, t - width:], attention_mask=mask[idx, t - width:],
+                  position_ids=merged.position_ids[idx, t - width:], use_cache=True, logits_to_keep=1)
+        if logits is None:
+            logits = out.logits.new_empty(b, out.logits.shape[-1])
+            for layer in out.past_key_values.layers:
+                keys.append(layer.keys.new_zeros(b, layer.keys.shape[1], t, layer.keys.shape[3]))
+                values.append(layer.values.new_zeros(b, layer.values.shape[1], t, layer.values.shape[3]))
+        logits[idx] = out.logits[:, -1]
+        for layer, k, v in zip(out.past_key_values.layers, keys, values):  # right-aligned, as left padding is
+            k[idx, :, t - width:] = layer.keys
+            v[idx, :, t - width:] = layer.values
+        del out
+    cache = DynamicCache(ddp_cache_data=list(zip(keys, values)))
+    del keys, values
 
     eos = torch.tensor(settings.eos_token_ids, dtype=torch.long, device=mask.device)
     pos = lens[:, None].clone()  # next position id of every row

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
+from mowe.encoders.base import length_groups
 from mowe.errors import MoWEInputError
 
-__all__ = ["MergedInputs", "PackedInputs", "merge_audio_features", "pack_merged", "packing_pays"]
+__all__ = ["MergedInputs", "PackedInputs", "cheapest_llm_layout", "llm_pass_flops", "merge_audio_features", "pack_merged", "packing_pays"]
 
 IGNORE_INDEX = -100
 
@@ -176,24 +177,63 @@ def pack_merged(merged: MergedInputs) -> PackedInputs:
                         keep=keep)
 
 
-def packing_pays(attention_mask: torch.Tensor, *, hidden_size: int, intermediate_size: int,
-                 varlen_attention: bool = False) -> bool:
-    """Whether a packed pass costs fewer FLOPs than the padded one, from the LLM's sizes.
+# Fixed cost of one LLM call per layer (dispatch, masks, small ops), in FLOP-equivalents: a 4-layer Qwen2 decode
+# step on this project's CPU spends ~5 ms outside its GEMMs, ~1.2 ms per layer, ~1e8 FLOPs at ~100 GFLOP/s.
+CALL_OVERHEAD_FLOPS = 1e8
 
-    Per token and layer, the projections cost about ``2 * (4 d^2 + 3 d f)`` FLOPs and attention ``4 d`` per
-    attended position. Padded: every row runs ``T`` tokens attending over ``T``. Packed (dense mask, e.g. SDPA
-    on CPU): ``N`` tokens attending over ``N``; with variable-length attention kernels (flash-attention) each
-    sample attends only to itself, so packing never costs more. Small LLMs with long packed rows are where
-    padding wins: there attention, quadratic in ``N``, outweighs the projections.
+
+def llm_pass_flops(attention_mask: torch.Tensor, *, hidden_size: int, intermediate_size: int, layout: str,
+                   varlen_attention: bool = False, group_padding: float = 0.05,
+                   call_overhead: float = CALL_OVERHEAD_FLOPS) -> float:
+    """FLOPs per layer of one LLM pass over a batch laid out as ``layout`` (a model to choose by, not a count).
+
+    Per token and layer the projections cost about ``2 * (4 d^2 + 3 d f)`` FLOPs and attention ``4 d`` per
+    attended position. Layouts:
+
+    - ``"padded"``: every row runs ``T`` tokens attending over ``T``;
+    - ``"packed"``: one row of the ``N`` real tokens; attention over ``N`` with a dense mask (SDPA, eager), over
+      each sample alone with variable-length kernels (``varlen_attention``, flash-attention);
+    - ``"groups"``: rows of similar length together (:func:`mowe.encoders.base.length_groups` with
+      ``group_padding``), each group padded to its own longest row.
+
+    Each call (one for ``padded`` and ``packed``, one per group) adds ``call_overhead``, so that many small groups
+    of a small LLM are not preferred to one padded batch for a few tokens of padding.
     """
     b, t = attention_mask.shape
-    n = int(attention_mask.sum())
     per_token = 2.0 * (4 * hidden_size**2 + 3 * hidden_size * intermediate_size)
     per_pair = 4.0 * hidden_size
-    padded = b * t * per_token + b * t * t * per_pair
-    if varlen_attention:
-        lens = attention_mask.sum(1).double()
-        packed = n * per_token + float((lens**2).sum()) * per_pair
-    else:
-        packed = n * per_token + n * n * per_pair
-    return packed < padded
+    lens = attention_mask.sum(1).double()
+    n = float(lens.sum())
+    if layout == "padded":
+        return call_overhead + b * t * (per_token + t * per_pair)
+    if layout == "packed":
+        pairs = float((lens**2).sum()) if varlen_attention else n * n
+        return call_overhead + n * per_token + pairs * per_pair
+    if layout == "groups":
+        host = [int(x) for x in lens.tolist()]
+        return sum(call_overhead + len(g) * max(host[i] for i in g) * (per_token + max(host[i] for i in g) * per_pair)
+                   for g in length_groups(host, group_padding))
+    raise ValueError(f"layout must be 'padded', 'packed' or 'groups', got {layout!r}")
+
+
+def cheapest_llm_layout(attention_mask: torch.Tensor, *, hidden_size: int, intermediate_size: int,
+                        varlen_attention: bool = False, group_padding: float = 0.05) -> bool | str:
+    """The layout of :func:`llm_pass_flops` that costs least for this batch, as ``MoWEAudioLLM.forward`` takes it:
+    False (one padded batch), True (one packed row) or ``"groups"``; ties keep the earlier, simpler one."""
+    kw = dict(hidden_size=hidden_size, intermediate_size=intermediate_size, varlen_attention=varlen_attention,
+              group_padding=group_padding)
+    cost = {choice: llm_pass_flops(attention_mask, layout=name, **kw)
+            for choice, name in ((False, "padded"), (True, "packed"), ("groups", "groups"))}
+    return min(cost, key=cost.get)
+
+
+def packing_pays(attention_mask: torch.Tensor, *, hidden_size: int, intermediate_size: int,
+                 varlen_attention: bool = False) -> bool:
+    """Whether one packed row costs fewer FLOPs than the padded batch (:func:`llm_pass_flops`).
+
+    With variable-length attention kernels (flash-attention) each sample attends only to itself, so packing
+    never costs more. With a dense mask (SDPA and eager on CPU) small LLMs with long packed rows are where
+    padding wins: there attention, quadratic in ``N``, outweighs the projections.
+    """
+    kw = dict(hidden_size=hidden_size, intermediate_size=intermediate_size, varlen_attention=varlen_attention)
+    return llm_pass_flops(attention_mask, layout="packed", **kw) < llm_pass_flops(attention_mask, layout="padded", **kw)

@@ -25,11 +25,24 @@ from torch import nn
 
 from mowe.builders import build_connector, build_encoder, build_llm, build_router
 from mowe.config import MoWEConfig
-from mowe.encoders.base import check_encoder_output, check_waveforms
+from mowe.encoders.base import (
+    check_bucket_padding,
+    check_encoder_output,
+    check_waveforms,
+    length_groups,
+    resolve_bucket_padding,
+)
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.errors import CheckpointError, MoWEInputError
-from mowe.generation import greedy_settings, packed_greedy_generate
-from mowe.merge import MergedInputs, merge_audio_features, pack_merged, packing_pays
+from mowe.generation import greedy_settings, grouped_greedy_generate
+from mowe.merge import (
+    IGNORE_INDEX,
+    MergedInputs,
+    cheapest_llm_layout,
+    merge_audio_features,
+    pack_merged,
+    packing_pays,
+)
 from mowe.routers.base import RouterOutput
 
 __all__ = ["AudioEncoding", "MoWEAudioLLM", "MoWEOutput"]
@@ -203,12 +216,45 @@ class MoWEAudioLLM(nn.Module):
                                     audio_embeds=audio.embeds.to(text.dtype), audio_lengths=audio.lengths,
                                     audio_token_id=self.audio_token_id, labels=labels, padding_side=padding_side)
 
-    def _packing_pays(self, attention_mask: torch.Tensor) -> bool:
+    def _llm_sizes(self) -> dict:
         cfg = self.llm.config
         d = getattr(cfg, "hidden_size", None) or cfg.n_embd
         f = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
         varlen = "flash" in str(getattr(cfg, "_attn_implementation", "") or "")
-        return packing_pays(attention_mask, hidden_size=d, intermediate_size=f, varlen_attention=varlen)
+        return {"hidden_size": d, "intermediate_size": f, "varlen_attention": varlen}
+
+    def _packing_pays(self, attention_mask: torch.Tensor) -> bool:
+        return packing_pays(attention_mask, **self._llm_sizes())
+
+    def _llm_layout(self, attention_mask: torch.Tensor) -> bool | str:
+        """The cheapest LLM pass for this batch (:func:`mowe.merge.cheapest_llm_layout`)."""
+        return cheapest_llm_layout(attention_mask, group_padding=resolve_bucket_padding("auto", attention_mask.device),
+                                   **self._llm_sizes())
+
+    def _grouped_llm(self, merged: MergedInputs, padding_side: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The LLM over groups of similarly long rows, each trimmed to its own longest row.
+
+        Returns the loss (the mean over all label tokens of the batch, as one padded pass gives: each group's
+        summed loss is divided by the batch's label count) and logits ``(b, T, V)``, zeros on padding.
+        """
+        mask, labels = merged.attention_mask, merged.labels
+        b, t = mask.shape
+        host = mask.sum(1).tolist()
+        items = None if labels is None else (labels[:, 1:] != IGNORE_INDEX).sum()
+        loss, logits = None, None
+        for group in length_groups(host, resolve_bucket_padding("auto", mask.device)):
+            idx = torch.tensor(group, device=mask.device)
+            width = max(host[i] for i in group)
+            cols = slice(t - width, t) if padding_side == "left" else slice(0, width)
+            kw = {} if labels is None else {"labels": labels[idx, cols], "num_items_in_batch": items}
+            out = self.llm(inputs_embeds=merged.inputs_embeds[idx, cols], attention_mask=mask[idx, cols],
+                           position_ids=merged.position_ids[idx, cols], use_cache=False, **kw)
+            if logits is None:
+                logits = out.logits.new_zeros(b, t, out.logits.shape[-1])
+            logits[idx, cols] = out.logits
+            if out.loss is not None:
+                loss = out.loss if loss is None else loss + out.loss
+        return loss, logits
 
     def forward(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -220,62 +266,69 @@ class MoWEAudioLLM(nn.Module):
             waveforms: ``(c, s)`` clips in placeholder reading order; ``wave_lengths`` ``(c,)``.
             attention_mask: ``(b, L)``; labels ``(b, L)`` with -100 on tokens that carry no loss.
             padding_side: padding of the merged sequence.
-            pack: padding-free LLM pass: the batch's real tokens run as one packed row whose position ids
-                restart per sample, so transformers keeps the samples apart in attention (see
-                :func:`mowe.merge.pack_merged`). Same loss and logits up to float rounding; the LLM's cost then
-                follows the real token count instead of ``b x`` the longest sample. Needs an LLM whose masks come
-                from transformers' ``masking_utils`` (Llama, Qwen2, Mistral, Gemma, GPT-2, ... in transformers 5).
-                ``"auto"``: pack when it costs fewer FLOPs for this batch (:func:`mowe.merge.packing_pays`).
+            pack: how the LLM runs the merged batch; every choice gives the same loss and logits (on real
+                tokens) up to float rounding, only the cost differs:
+
+                - False: one batch padded to the longest sample;
+                - True: one packed row of the real tokens, position ids restarting per sample, so transformers
+                  keeps the samples apart in attention (:func:`mowe.merge.pack_merged`). Needs an LLM whose masks
+                  come from ``masking_utils`` (Llama, Qwen2, Mistral, Gemma, GPT-2, ... in transformers 5); without
+                  a variable-length kernel (flash-attention) its attention mask is dense over the whole row;
+                - ``"groups"``: rows of similar length run together, each group padded only to its own longest
+                  row (budget as the encoders' ``bucket_padding="auto"``);
+                - ``"auto"``: the cheapest of the three for this batch by :func:`mowe.merge.llm_pass_flops`.
         """
+        if not (isinstance(pack, bool) or pack in ("auto", "groups")):
+            raise MoWEInputError(f"pack must be True, False, 'groups' or 'auto', got {pack!r}")
         audio = self.encode_audio(waveforms, wave_lengths)
         merged = self._merge(input_ids, attention_mask, audio, labels, padding_side)
         if pack == "auto":
-            pack = self._packing_pays(merged.attention_mask)
-        elif not isinstance(pack, bool):
-            raise MoWEInputError(f"pack must be True, False or 'auto', got {pack!r}")
-        if pack:
+            pack = self._llm_layout(merged.attention_mask)
+        if pack == "groups":
+            lm_loss, logits = self._grouped_llm(merged, padding_side)
+        elif pack:
             packed = pack_merged(merged)
             out = self.llm(inputs_embeds=packed.inputs_embeds, position_ids=packed.position_ids,
                            labels=packed.shift_labels, shift_labels=packed.shift_labels, use_cache=False)
             # Back to the batch layout callers expect: (b, T, V), zeros on padding.
             logits = out.logits.new_zeros(*packed.keep.shape, out.logits.shape[-1])
             logits[packed.keep] = out.logits[0]
-            out.logits = logits
+            lm_loss = out.loss
         else:
             out = self.llm(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
                            position_ids=merged.position_ids, labels=merged.labels, use_cache=False)
-        lm_loss = out.loss
+            lm_loss, logits = out.loss, out.logits
         aux = audio.router.aux_loss if audio.router is not None else None
         loss = None
         if lm_loss is not None:
             loss = lm_loss + (self.aux_loss_weight * aux if aux is not None else 0.0)
-        return MoWEOutput(loss=loss, lm_loss=lm_loss, aux_loss=aux, logits=out.logits, router=audio.router,
+        return MoWEOutput(loss=loss, lm_loss=lm_loss, aux_loss=aux, logits=logits, router=audio.router,
                           attention_mask=merged.attention_mask, labels=merged.labels)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 32, num_beams: int = 1,
-                 use_cache: bool = True, audio: AudioEncoding | None = None, pack: bool | str = "auto",
-                 **generate_kwargs) -> torch.Tensor:
+                 use_cache: bool = True, audio: AudioEncoding | None = None,
+                 prefill_padding: float | str | None = "auto", **generate_kwargs) -> torch.Tensor:
         """Batched generation (KV cache, greedy or beam search).
 
         Prompts may be padded on either side; they are re-padded on the left after the merge.
 
         Args:
             audio: the clips' :meth:`encode_audio` result when the caller already has it (skips re-encoding).
-            pack: padding-free prefill for greedy decoding (:mod:`mowe.generation`): the prompts run packed,
-                decoding continues from a left-padded KV cache; same tokens as transformers' ``generate`` up to
-                float rounding. ``"auto"``: when the settings are plain greedy (no beams, sampling or logits
-                processors; otherwise transformers' ``generate`` runs) and packing costs fewer FLOPs
-                (:func:`mowe.merge.packing_pays`). ``True`` raises if the settings are not plain greedy;
-                ``False`` always uses transformers' ``generate``.
+            prefill_padding: greedy decoding runs its prefill in groups of similarly long prompts, each padded
+                only to its own longest, then decodes from one left-padded KV cache (:mod:`mowe.generation`):
+                the same tokens as transformers' ``generate`` up to float rounding, with a prefill that costs
+                what the prompts' real lengths do. The value is each group's padding budget, as the encoders'
+                ``bucket_padding``: ``"auto"`` is 0.05 on CPU and 0.25 on accelerators, and settings that are
+                not plain greedy (beams, sampling, logits processors) then go to ``generate``; a number raises
+                for them instead. None: transformers' ``generate`` on the one left-padded batch.
             generate_kwargs: passed to transformers' ``generate`` (e.g. ``min_new_tokens``, ``eos_token_id``).
 
         Returns:
             ``(b, new_tokens)`` generated ids (prompt not included), padded with the pad / eos id.
         """
-        if pack not in (True, False, "auto"):
-            raise MoWEInputError(f"pack must be True, False or 'auto', got {pack!r}")
+        budget = check_bucket_padding(prefill_padding, name="prefill_padding")
         if audio is None:
             audio = self.encode_audio(waveforms, wave_lengths)
         merged = self._merge(input_ids, attention_mask, audio, None, "left")
@@ -284,13 +337,14 @@ class MoWEAudioLLM(nn.Module):
         kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, use_cache=use_cache,
                       pad_token_id=pad, do_sample=False)
         kwargs.update(generate_kwargs)
-        if pack is not False:
+        if budget is not None:
             settings = greedy_settings(self.llm, **kwargs)
-            if isinstance(settings, str):
-                if pack is True:
-                    raise MoWEInputError(f"generate(pack=True) does plain greedy decoding only: {settings}")
-            elif pack is True or self._packing_pays(merged.attention_mask):
-                return packed_greedy_generate(self.llm, merged, settings)
+            if not isinstance(settings, str):
+                return grouped_greedy_generate(self.llm, merged, settings, max_padding=resolve_bucket_padding(
+                    budget, merged.inputs_embeds.device))
+            if budget != "auto":
+                raise MoWEInputError(f"generate(prefill_padding={budget}) does plain greedy decoding only: "
+                                     f"{settings}; use prefill_padding='auto' or None for these settings")
         return self.llm.generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
 
     # ------------------------------------------------------------------------------------------- saving

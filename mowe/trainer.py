@@ -120,10 +120,10 @@ class TrainConfig:
             The order stays a seeded function of ``(seed, stage, epoch)``, so resuming is still exact.
         length_group_mult: mega-batch size, in global batches, within which clips are sorted by length (bigger:
             less padding, less randomness).
-        pack_sequences: ``"auto"`` (default), true or false: run the LLM padding-free, each batch's real tokens
-            as one packed row whose position ids restart per sample (``MoWEAudioLLM.forward(pack=...)``; same
-            loss up to float rounding). ``"auto"`` packs a batch when that costs fewer FLOPs (mixed lengths, an
-            LLM wide enough that its projections outweigh attention over the packed row). Used when the model's
+        pack_sequences: how the LLM runs each batch (``MoWEAudioLLM.forward(pack=...)``; the same loss up to
+            float rounding): ``"auto"`` (default) the cheapest by FLOPs for the batch
+            (:func:`mowe.merge.cheapest_llm_layout`), true one packed row whose position ids restart per sample,
+            ``"groups"`` rows of similar length together, false one padded batch. Used when the model's
             ``forward`` takes ``pack``.
     """
 
@@ -164,8 +164,9 @@ class TrainConfig:
             positive(name, 0)
         if not isinstance(self.group_by_length, bool):
             raise ConfigError(f"train.group_by_length must be true or false, got {self.group_by_length!r}")
-        if not (isinstance(self.pack_sequences, bool) or self.pack_sequences == "auto"):
-            raise ConfigError(f"train.pack_sequences must be true, false or 'auto', got {self.pack_sequences!r}")
+        if not (isinstance(self.pack_sequences, bool) or self.pack_sequences in ("auto", "groups")):
+            raise ConfigError(f"train.pack_sequences must be true, false, 'groups' or 'auto', "
+                              f"got {self.pack_sequences!r}")
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"train.mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         if self.on_nonfinite_loss not in ("skip", "stop"):

@@ -1,18 +1,18 @@
-"""Padding-free greedy generation: the same tokens as transformers' generate, a prefill over real tokens only."""
+"""Greedy generation with a length-grouped prefill: the same tokens as transformers' generate, a prefill that
+runs each prompt at (about) its own length."""
 
 from unittest import mock
 
 import pytest
 import torch
 from conftest import AUDIO_ID, LLAMA_TINY, LLM_FAMILIES, WHISPER_TINY, make_batch
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from mowe import MoWEAudioLLM
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig
 from mowe.errors import MoWEInputError
-from mowe.generation import GreedySettings, greedy_settings, packed_greedy_generate
+from mowe.generation import GreedySettings, greedy_settings, grouped_greedy_generate
 
-LLMS = LLM_FAMILIES
 LENGTHS = (16000, 3000, 9000)  # very different prompt lengths: most of a padded prefill would be padding
 
 
@@ -23,16 +23,22 @@ def _model(llm: dict) -> MoWEAudioLLM:
     return MoWEAudioLLM.from_config(cfg).eval()
 
 
-@pytest.mark.parametrize("family", sorted(LLMS))
+def _left(ids, am):
+    """The same prompts padded on the left."""
+    shift = [int((a == 0).sum()) for a in am]
+    return (torch.stack([r.roll(k) for r, k in zip(ids, shift)]), torch.stack([a.roll(k) for a, k in zip(am, shift)]))
+
+
+@pytest.mark.parametrize("family", sorted(LLM_FAMILIES))
 @pytest.mark.parametrize("prompt_side", ["right", "left"])
-def test_packed_generate_equals_transformers_generate(family, prompt_side):
-    m = _model(LLMS[family])
+@pytest.mark.parametrize("budget", [0.0, 0.3, float("inf")])
+def test_grouped_prefill_generates_what_transformers_generate_does(family, prompt_side, budget):
+    m = _model(LLM_FAMILIES[family])
     wav, wl, ids, am, _ = make_batch(LENGTHS)
-    if prompt_side == "left":  # re-pad the prompts on the left: generate re-pads after the merge either way
-        ids, am = torch.stack([r.roll(int((a == 0).sum())) for r, a in zip(ids, am)]), \
-            torch.stack([a.roll(int((a == 0).sum())) for a in am])
-    ref = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=10, pack=False)
-    out = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=10, pack=True)
+    if prompt_side == "left":  # generate re-pads after the merge either way
+        ids, am = _left(ids, am)
+    ref = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=10, prefill_padding=None)
+    out = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=10, prefill_padding=budget)
     assert out.shape == ref.shape == (3, 10)
     assert torch.equal(out, ref)
 
@@ -40,48 +46,51 @@ def test_packed_generate_equals_transformers_generate(family, prompt_side):
 def test_eos_stops_rows_pads_them_and_ends_early_like_generate():
     m = _model(LLAMA_TINY)
     wav, wl, ids, am, _ = make_batch(LENGTHS)
-    free = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, pack=False, eos_token_id=None)
+    free = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, prefill_padding=None, eos_token_id=None)
     # An eos that one row emits early and the others later or never: rows must stop and fill with pad.
     eos = int(free[1, 2])
     for kw in ({}, {"min_new_tokens": 5}):
-        ref = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, pack=False, eos_token_id=eos, **kw)
-        out = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, pack=True, eos_token_id=eos, **kw)
+        ref = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, prefill_padding=None, eos_token_id=eos,
+                         **kw)
+        out = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, prefill_padding=0.0, eos_token_id=eos,
+                         **kw)
         assert torch.equal(out, ref), kw
-    stopped = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, pack=True, eos_token_id=eos)
+    stopped = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, prefill_padding=0.0, eos_token_id=eos)
     row = stopped[1].tolist()
     cfg = m.llm.generation_config  # MoWEAudioLLM.generate pads with the pad id, else the config's eos id
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
     assert row[2] == eos and row[3:] == [pad] * 9
     # Every row emitting eos ends generation before max_new_tokens.
-    first = int(free[0, 0])
-    early = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, pack=True,
-                       eos_token_id=[first, *free[1:, 0].tolist()])
+    early = m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=12, prefill_padding=0.0,
+                       eos_token_id=free[:, 0].tolist())
     assert early.shape == (3, 1)
 
 
-def test_prefill_runs_real_tokens_only_and_once():
+def test_prefill_runs_each_group_at_its_own_length():
     m = _model(LLAMA_TINY)
     wav, wl, ids, am, _ = make_batch(LENGTHS)
     seen = []
     layer = next(mod for name, mod in m.llm.named_modules() if name.endswith("layers.0"))
     h = layer.register_forward_pre_hook(
         lambda mod, args, kw: seen.append(tuple((args or (kw["hidden_states"],))[0].shape[:2])), with_kwargs=True)
-    m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=4, pack=True)
+    m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=4, prefill_padding=0.0)
     h.remove()
     audio = m.encode_audio(wav, wl)
-    real = int(am.sum()) - 3 + int(audio.lengths.sum())  # prompt tokens, placeholders replaced by audio tokens
-    assert seen == [(1, real)] + [(3, 1)] * 3
+    real = (am.sum(1) - 1 + audio.lengths).tolist()  # prompt tokens, the placeholder replaced by the audio
+    assert sorted(seen[:3]) == sorted((1, n) for n in real)  # three prompts, three lengths, no padding
+    assert seen[3:] == [(3, 1)] * 3  # then one decoding step per new token for the whole batch
 
 
-def test_auto_packs_when_it_pays_and_falls_back_otherwise():
+def test_auto_groups_greedy_calls_and_leaves_the_rest_to_transformers():
     m = _model(LLAMA_TINY)
     wav, wl, ids, am, _ = make_batch(LENGTHS)
-    with mock.patch("mowe.model.packed_greedy_generate", wraps=packed_greedy_generate) as spy:
+    with mock.patch("mowe.model.grouped_greedy_generate", wraps=grouped_greedy_generate) as spy:
         m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=3)
         assert spy.call_count == 1
-        m.generate(ids[:1], wav[:1], wl[:1], max_new_tokens=3)  # one prompt: nothing to pack
+        assert spy.call_args.kwargs["max_padding"] == 0.05  # "auto" on CPU
         m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=3, num_beams=2)  # beams: transformers
         m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=3, repetition_penalty=1.3)
+        m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=3, prefill_padding=None)
         assert spy.call_count == 1
 
 
@@ -89,18 +98,19 @@ def test_auto_packs_when_it_pays_and_falls_back_otherwise():
                                          ({"repetition_penalty": 1.3}, "repetition_penalty"),
                                          ({"use_cache": False}, "use_cache"),
                                          ({"streamer": object()}, "streamer")])
-def test_pack_true_refuses_what_is_not_plain_greedy(kwargs, why):
+def test_an_explicit_budget_refuses_what_is_not_plain_greedy(kwargs, why):
     m = _model(LLAMA_TINY)
     wav, wl, ids, am, _ = make_batch(LENGTHS)
     with pytest.raises(MoWEInputError, match=why):
-        m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=3, pack=True, **kwargs)
+        m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=3, prefill_padding=0.1, **kwargs)
 
 
-def test_bad_pack_value_is_refused():
+@pytest.mark.parametrize("bad", [-1.0, "yes", True])
+def test_bad_prefill_padding_is_named(bad):
     m = _model(LLAMA_TINY)
     wav, wl, ids, am, _ = make_batch(LENGTHS)
-    with pytest.raises(MoWEInputError, match="pack"):
-        m.generate(ids, wav, wl, attention_mask=am, pack="yes")
+    with pytest.raises(MoWEInputError, match="prefill_padding"):
+        m.generate(ids, wav, wl, attention_mask=am, prefill_padding=bad)
 
 
 def test_greedy_settings_reads_the_generation_config():
@@ -114,8 +124,6 @@ def test_greedy_settings_reads_the_generation_config():
 
 
 def test_sliding_window_llms_are_left_to_transformers():
-    from transformers import AutoModelForCausalLM
-
     cfg = AutoConfig.for_model("mistral", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                num_attention_heads=2, num_key_value_heads=1, sliding_window=8)
     assert "sliding" in greedy_settings(AutoModelForCausalLM.from_config(cfg), max_new_tokens=3)
@@ -126,4 +134,4 @@ def test_right_padded_merge_is_refused():
     wav, wl, ids, am, _ = make_batch(LENGTHS)
     merged = m._merge(ids, am, m.encode_audio(wav, wl), None, "right")
     with pytest.raises(ValueError, match="left-padded"):
-        packed_greedy_generate(m.llm, merged, greedy_settings(m.llm, max_new_tokens=2))
+        grouped_greedy_generate(m.llm, merged, greedy_settings(m.llm, max_new_tokens=2), max_padding=0.0)

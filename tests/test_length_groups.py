@@ -113,9 +113,36 @@ def test_hubert_groups_give_the_same_features_as_one_padded_batch():
     assert len(seen) > 1
 
 
-@pytest.mark.parametrize("bad", [-0.1, float("nan")])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), "tight", True])
 def test_bad_bucket_padding_is_named(bad):
     with pytest.raises(MoWEInputError, match="bucket_padding"):
         WhisperEncoder.from_preset("tiny", bucket_padding=bad, **WHISPER_TINY)
     with pytest.raises(MoWEInputError, match="bucket_padding"):
         HubertEncoder.from_preset("hubert-base", bucket_padding=bad, **HUBERT_TINY)
+
+
+def test_auto_bucket_padding_is_tight_on_cpu_and_wider_elsewhere():
+    from mowe.encoders.base import AUTO_BUCKET_PADDING, resolve_bucket_padding
+
+    assert resolve_bucket_padding("auto", torch.device("cpu")) == AUTO_BUCKET_PADDING["cpu"] == 0.05
+    assert resolve_bucket_padding("auto", torch.device("cuda")) == AUTO_BUCKET_PADDING["other"] == 0.25
+    assert resolve_bucket_padding(0.3, torch.device("cuda")) == 0.3
+    assert resolve_bucket_padding(None, torch.device("cpu")) is None
+    enc = WhisperEncoder.from_preset("tiny", pad_to_30s=False, **WHISPER_TINY).eval()
+    assert enc.bucket_padding == "auto"
+    # On CPU, clips 5% apart in length share a group; 20% apart they do not.
+    seen = _layer_input_frames(enc, enc.encoder.layers[0])
+    wav, lens = _batch([2.0, 1.95, 1.6], seed=3)
+    with torch.no_grad():
+        enc(wav, lens)
+    assert sorted(b for b, _ in seen) == [1, 2]
+
+
+def test_encoder_config_accepts_auto_and_refuses_other_words(tmp_path):
+    from mowe.builders import build_encoder
+    from mowe.config import EncoderConfig
+
+    assert EncoderConfig().bucket_padding == "auto"
+    with pytest.raises(MoWEInputError, match="bucket_padding"):
+        build_encoder(EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, bucket_padding="tight"),
+                      name="strong")

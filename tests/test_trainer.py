@@ -237,7 +237,7 @@ def test_trainer_without_lengths_warns_once_and_keeps_the_plain_order(tmp_path):
     assert samplers[1].process_batches(0) == plain.process_batches(0)
 
 
-@pytest.mark.parametrize("pack", [True, False, "auto"])
+@pytest.mark.parametrize("pack", [True, False, "auto", "groups"])
 def test_trainer_runs_the_llm_padding_free_unless_told_not_to(tmp_path, pack):
     model = tiny_model(weak=0)
     rows = []
@@ -248,7 +248,7 @@ def test_trainer_runs_the_llm_padding_free_unless_told_not_to(tmp_path, pack):
                       stages=[Stage("s", ("connector",), 2, 1e-3)], collate_fn=collate)
     trainer.train()
     # Packed: the 4 samples of a batch run as one row; padded: 4 rows. "auto" on equal-length samples (no
-    # padding to save) keeps the padded layout.
+    # padding to save) keeps the padded layout, and their length groups are one group of 4.
     assert rows and set(rows) == ({1} if pack is True else {4})
 
 

@@ -202,6 +202,29 @@ def encode_in_length_groups(
     return EncoderOutput(features=feats, lengths=out_len, hidden_states=hidden)
 
 
+# bucket_padding="auto": on CPU a GEMM runs as fast on one clip's frames as on a batch's, so groups are kept
+# tight (benchmarks: 0.05 encodes a mixed 1-30 s batch ~15% faster than 0.25, and no slower on short clips);
+# accelerators keep wider groups, where fewer, larger launches pay (not yet measured on a GPU here).
+AUTO_BUCKET_PADDING = {"cpu": 0.05, "other": 0.25}
+
+
+def check_bucket_padding(value: float | str | None, *, name: str = "bucket_padding") -> float | str | None:
+    """Validate a length-group padding budget (``name`` for the error): a fraction >= 0, ``"auto"`` or None
+    (one padded batch)."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise MoWEInputError(f"{name} must be a fraction >= 0, 'auto' or None, got {value!r}")
+    return float(value)
+
+
+def resolve_bucket_padding(value: float | str | None, device: torch.device) -> float | None:
+    """The padding budget of :func:`encode_in_length_groups` for a batch on ``device``."""
+    if value == "auto":
+        return AUTO_BUCKET_PADDING["cpu" if device.type == "cpu" else "other"]
+    return value
+
+
 def set_trainable(module: torch.nn.Module, trainable: bool) -> torch.nn.Module:
     """Freeze or unfreeze every parameter of ``module``; returns it for chaining."""
     for p in module.parameters():

@@ -32,9 +32,11 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhi
 from mowe.encoders.base import (
     SAMPLE_RATE,
     EncoderOutput,
+    check_bucket_padding,
     check_waveforms,
     encode_in_length_groups,
     lengths_to_mask,
+    resolve_bucket_padding,
     set_trainable,
 )
 from mowe.errors import MoWEInputError
@@ -126,7 +128,8 @@ class WhisperEncoder(nn.Module):
         freeze: freeze all parameters (the default: SALMONN, LTU-AS and MoWE keep Whisper frozen).
         bucket_padding: real-length path only: encode the batch in groups of similar length, each group
             wasting at most this fraction of its real frames on padding (see
-            :func:`mowe.encoders.base.length_groups`). None pads the whole batch to its longest clip.
+            :func:`mowe.encoders.base.length_groups`). None pads the whole batch to its longest clip;
+            ``"auto"`` (default): 0.05 on CPU, 0.25 on accelerators (``AUTO_BUCKET_PADDING``).
             The features are the same either way (up to float rounding); only the cost changes.
         source: hub id or folder the weights came from (None for random weights); checkpoints reference
             a frozen encoder by it instead of copying its weights.
@@ -142,11 +145,9 @@ class WhisperEncoder(nn.Module):
     min_samples: int = 1
 
     def __init__(self, encoder: HFWhisperEncoder, *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                 freeze: bool = True, bucket_padding: float | None = 0.25, source: str | None = None):
+                 freeze: bool = True, bucket_padding: float | str | None = "auto", source: str | None = None):
         super().__init__()
-        if bucket_padding is not None and not bucket_padding >= 0:
-            raise MoWEInputError(f"bucket_padding must be >= 0 or None, got {bucket_padding!r}")
-        self.bucket_padding = bucket_padding
+        self.bucket_padding = check_bucket_padding(bucket_padding)
         self.encoder = encoder
         self.config: WhisperConfig = encoder.config
         self.frontend = LogMelFrontend(self.config.num_mel_bins)
@@ -165,7 +166,7 @@ class WhisperEncoder(nn.Module):
 
     @classmethod
     def from_preset(cls, size: str = "tiny", *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                    freeze: bool = True, bucket_padding: float | None = 0.25, **overrides) -> WhisperEncoder:
+                    freeze: bool = True, bucket_padding: float | str | None = "auto", **overrides) -> WhisperEncoder:
         """Random weights at a published size (``tiny`` ... ``large-v3``); ``overrides`` change config fields."""
         if size not in WHISPER_PRESETS:
             raise MoWEInputError(f"unknown Whisper size {size!r}; choose one of {sorted(WHISPER_PRESETS)}")
@@ -175,7 +176,7 @@ class WhisperEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                        freeze: bool = True, bucket_padding: float | None = 0.25,
+                        freeze: bool = True, bucket_padding: float | str | None = "auto",
                         dtype: torch.dtype | None = None) -> WhisperEncoder:
         """Load the encoder half of a Whisper checkpoint (hub id or local folder); the decoder is never read."""
         config = WhisperConfig.from_pretrained(name_or_path)
@@ -210,7 +211,8 @@ class WhisperEncoder(nn.Module):
         """Windows of at most 30 s: real-length clips in length groups, else one padded batch."""
         if self.pad_to_30s or self.bucket_padding is None or waveforms.shape[0] == 1:
             return self._encode_window(waveforms, lengths)
-        return encode_in_length_groups(self._encode_window, waveforms, lengths, max_padding=self.bucket_padding)
+        return encode_in_length_groups(self._encode_window, waveforms, lengths,
+                                       max_padding=resolve_bucket_padding(self.bucket_padding, waveforms.device))
 
     def _encode_window(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         out_len = self.out_lengths(lengths)
