@@ -14,14 +14,15 @@ prefill in length groups, ``generate(prefill_padding="auto")``) and, for context
 (``bucket_padding=None``), with ``pad_to_30s=True`` (faithful; the same padding as Qwen2-Audio), with the weak pool
 (MoWE) and with mowe's default stack-4 connector (12.5 audio tokens/s), so the reader sees where speed comes from.
 
-Beside the single batch, a small data set (32 clips, uniform in 1-30 s) is run in batches of 8 as each library
-would batch it: mowe with its trainer's length grouping, Qwen2-Audio in the same batches (grouping cannot shrink
+Beside the single batch, a small data set (``--dataset-clips``, e.g. 32 clips uniform in the clip range) is run in
+batches of 8 as each library would batch it: mowe with its trainer's length grouping, Qwen2-Audio in the same batches (grouping cannot shrink
 its 30 s encoder input, but its LM padding shrinks too): keys ``*_dataset``.
 
-Batch: 8 clips, uniform in 1-30 s (fixed seed). ``--window-s`` scales the encoder window and the clip range
-together (default 7.5 s: clips 0.25-7.5 s, both encoders' ``max_source_positions`` 375) so the run fits a 2-core
-CPU budget; ``--window-s 30`` is the real 30 s setup. Time-scaling keeps the padding ratios and understates the
-attention share of padding (conservative for mowe).
+Batch: 8 clips, uniform in 1-30 s (fixed seed), the real 30 s window (both encoders' ``max_source_positions``
+1500), about 8 minutes on a 2-core CPU. ``--window-s`` scales the encoder window and the clip range together:
+``--window-s 7.5`` (clips 0.25-7.5 s, 375 positions) is a 4x cheaper proxy that keeps the padding ratios but
+understates the share of attention, quadratic in length (conservative for mowe); ``make bench`` runs it as well,
+with the data set, its keys suffixed ``_w7.5`` (``--key-suffix``).
 
 Keys: ``infer_speedup_vs_qwen2audio`` (audio seconds per second of greedy generation, same prompt, same
 ``max_new_tokens``; mowe base-only vs Qwen2-Audio) and ``train_speedup_vs_qwen2audio`` (samples per second of a
@@ -107,10 +108,11 @@ class Batch:
 
 def main(argv=None) -> dict:
     p = C.parse_quick()
-    p.add_argument("--window-s", type=float, default=7.5, help="encoder window; clips span window/30 .. window")
+    p.add_argument("--window-s", type=float, default=30.0, help="encoder window; clips span window/30 .. window")
+    p.add_argument("--key-suffix", default="", help="appended to every reported key (a second run's keys)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--dataset-clips", type=int, default=32, help="clips in the data-set measurement (0: skip)")
+    p.add_argument("--dataset-clips", type=int, default=0, help="clips in the data-set measurement (0: skip)")
     args = p.parse_args(argv)
     threads = C.set_threads(args.threads)
     torch.manual_seed(0)
@@ -295,6 +297,9 @@ def main(argv=None) -> dict:
               f"training {res['train_speedup_vs_qwen2audio_dataset']:.2f}x Qwen2-Audio")
     res.update(C.device_info())
     res["threads"] = threads
+    if args.key_suffix:
+        keep = set(C.device_info())
+        res = {k if k in keep else f"{k}{args.key_suffix}": v for k, v in res.items()}
     C.emit(res)
     return res
 

@@ -25,6 +25,7 @@ EXPECTED = {
                      "infer_speedup_vs_qwen2audio_pad30", "infer_speedup_vs_qwen2audio_mowe",
                      "infer_speedup_vs_qwen2audio_short", "infer_speedup_vs_qwen2audio_onebatch",
                      "infer_speedup_vs_qwen2audio_stack4", "infer_speedup_vs_qwen2audio_dataset",
+                     "infer_speedup_vs_qwen2audio_padded_llm",
                      "train_speedup_vs_qwen2audio_pad30", "train_speedup_vs_qwen2audio_onebatch",
                      "train_speedup_vs_qwen2audio_padded_llm", "train_speedup_vs_qwen2audio_dataset"],
     "bench_mfu.py": ["train_mfu", "gemm_peak_bf16_gflops", "gemm_peak_fp32_gflops", "step_gflop"],
@@ -77,3 +78,22 @@ def test_run_all_keeps_text_outside_markers(tmp_path, monkeypatch):
     fresh = tmp_path / "NEW.md"
     run_all.write_results_md(str(fresh), "table")
     assert run_all.BEGIN in fresh.read_text() and "table" in fresh.read_text()
+
+
+def test_run_all_runs_e2e_at_the_real_window_and_the_proxy_and_keeps_their_keys_apart():
+    sys.path.insert(0, BENCH)
+    try:
+        import run_all
+    finally:
+        sys.path.remove(BENCH)
+    full = run_all.runs("bench_e2e.py", quick=False)
+    assert [args for _, args in full][0] == []  # the targets come from the default (30 s) run
+    assert "--key-suffix" in full[1][1] and len({label for label, _ in full}) == 2
+    assert run_all.runs("bench_e2e.py", quick=True) == [("bench_e2e.py", [])]
+    assert run_all.runs("bench_pool.py", quick=False) == [("bench_pool.py", [])]
+    # The second run's JSON keys carry the suffix (device facts excepted), so they do not overwrite the first's.
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_e2e.py"), "--quick", "--key-suffix", "_x"],
+                          capture_output=True, text=True, timeout=300, cwd=os.path.dirname(BENCH), check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.strip()][-1])
+    assert "infer_speedup_vs_qwen2audio_x" in res and "infer_speedup_vs_qwen2audio" not in res and "device" in res
