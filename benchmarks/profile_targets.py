@@ -2,6 +2,7 @@
 
     python benchmarks/profile_targets.py step   # MoWE train step of bench_pool: time and FLOPs per module
     python benchmarks/profile_targets.py e2e    # bench_e2e batch: encoder vs LLM split, top ops of train steps
+    python benchmarks/profile_targets.py phases # bench_e2e's 7.5 s proxy batch: generation phase by phase
 
 Module times come from forward hooks (forward only; "backward + optimizer" is the remainder of the step);
 top ops from ``torch.profiler`` (self CPU time).
@@ -127,8 +128,56 @@ def profile_e2e() -> None:
     print(top_ops(lambda: mowe(m_ids, wav, lens, attention_mask=m_am, labels=m_lab).loss.backward()))
 
 
+def profile_phases() -> None:
+    """Greedy generation of 16 tokens on bench_e2e's 7.5 s proxy batch, phase by phase (RESULTS.md's table)."""
+    import bench_e2e as E
+
+    from mowe.encoders import WhisperEncoder
+    from mowe.encoders.base import resolve_bucket_padding
+    from mowe.generation import greedy_settings, grouped_greedy_generate
+
+    n, window = 8, 7.5
+    enc_kw = {"d_model": 512, "encoder_layers": 6, "encoder_attention_heads": 8, "encoder_ffn_dim": 2048,
+              "num_mel_bins": 128, "max_source_positions": int(window * 50)}
+    text_cfg = C.llm_config("qwen2", hidden=512, layers=4, vocab=8192, quick=False)
+    qwen = E.build_qwen2audio(enc_kw, text_cfg).eval()
+    mowe = C.build_mowe(strong=WhisperEncoder.from_preset("base", pad_to_30s=False, **enc_kw), weak=None,
+                        llm=C.build_llm(text_cfg), audio_id=AUDIO_ID, stack=2).eval()
+    b = E.Batch(C.uniform_seconds(n, window / 30, window, seed=0), window=window, vocab=8192)
+    gen = {"max_new_tokens": 16, "min_new_tokens": 16, "do_sample": False, "num_beams": 1}
+    one = dict(gen, max_new_tokens=1, min_new_tokens=1)
+    with torch.no_grad():
+        audio = mowe.encode_audio(b.wav, b.lens)
+        merged = mowe._merge(b.m_gen_ids, b.m_gen_am, audio, None, "left")
+        first = greedy_settings(mowe.llm, pad_token_id=text_cfg["pad_token_id"], **one)
+        budget = resolve_bucket_padding("auto", merged.inputs_embeds.device)
+        q_kw = {"input_ids": b.q_gen_ids, "attention_mask": b.q_gen_am, "input_features": b.q_feats,
+                "feature_attention_mask": b.q_fmask}
+        fns = {
+            "Qwen2-Audio whole call": lambda: qwen.generate(**q_kw, **gen),
+            "Qwen2-Audio 1-token call": lambda: qwen.generate(**q_kw, **one),
+            "Qwen2-Audio audio tower": lambda: qwen.model.audio_tower(b.q_feats),
+            "mowe whole call": lambda: mowe.generate(b.m_gen_ids, b.wav, b.lens, attention_mask=b.m_gen_am, **gen),
+            "mowe encode_audio": lambda: mowe.encode_audio(b.wav, b.lens),
+            "mowe generate, audio given": lambda: mowe.generate(b.m_gen_ids, b.wav, b.lens, attention_mask=b.m_gen_am,
+                                                                audio=audio, **gen),
+            "mowe prefill, length groups": lambda: grouped_greedy_generate(mowe.llm, merged, first,
+                                                                           max_padding=budget),
+            "mowe prefill, one padded batch": lambda: mowe.llm.generate(
+                inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
+                pad_token_id=text_cfg["pad_token_id"], **one),
+        }
+        times = C.timed_rounds(fns, repeats=3)
+    print(f"greedy generation of 16 tokens, bench_e2e's 7.5 s proxy batch ({b.audio_s:.1f} s of audio); "
+          "median of 3 interleaved rounds:")
+    for k, v in times.items():
+        print(f"  {k:32s} {C.median(v) * 1e3:8.0f} ms")
+    print("Prefill of Qwen2-Audio = its 1-token call - its tower; decode steps = whole call - 1-token call "
+          "(mowe: generate with audio given - its prefill).")
+
+
 if __name__ == "__main__":
     C.set_threads(None)
     torch.manual_seed(0)
     what = sys.argv[1] if len(sys.argv) > 1 else "step"
-    {"step": profile_step, "e2e": profile_e2e}[what]()
+    {"step": profile_step, "e2e": profile_e2e, "phases": profile_phases}[what]()

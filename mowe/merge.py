@@ -220,8 +220,8 @@ def cheapest_llm_layout(attention_mask: torch.Tensor, *, hidden_size: int, inter
                         varlen_attention: bool = False, group_padding: float = 0.05) -> bool | str:
     """The layout of :func:`llm_pass_flops` that costs least for this batch, as ``MoWEAudioLLM.forward`` takes it:
     False (one padded batch), True (one packed row) or ``"groups"``; ties keep the earlier, simpler one."""
-    kw = dict(hidden_size=hidden_size, intermediate_size=intermediate_size, varlen_attention=varlen_attention,
-              group_padding=group_padding)
+    kw = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "varlen_attention": varlen_attention,
+          "group_padding": group_padding}
     cost = {choice: llm_pass_flops(attention_mask, layout=name, **kw)
             for choice, name in ((False, "padded"), (True, "packed"), ("groups", "groups"))}
     return min(cost, key=cost.get)
@@ -235,5 +235,5 @@ def packing_pays(attention_mask: torch.Tensor, *, hidden_size: int, intermediate
     never costs more. With a dense mask (SDPA and eager on CPU) small LLMs with long packed rows are where
     padding wins: there attention, quadratic in ``N``, outweighs the projections.
     """
-    kw = dict(hidden_size=hidden_size, intermediate_size=intermediate_size, varlen_attention=varlen_attention)
+    kw = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "varlen_attention": varlen_attention}
     return llm_pass_flops(attention_mask, layout="packed", **kw) < llm_pass_flops(attention_mask, layout="padded", **kw)

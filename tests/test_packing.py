@@ -122,7 +122,7 @@ def test_grouped_loss_weights_groups_by_their_label_tokens():
 
 def test_llm_pass_flops_of_each_layout():
     mask = _mask([4, 2, 1])
-    kw = dict(hidden_size=8, intermediate_size=16, call_overhead=0.0)
+    kw = {"hidden_size": 8, "intermediate_size": 16, "call_overhead": 0.0}
     per_token, per_pair = 2.0 * (4 * 64 + 3 * 8 * 16), 32.0
     assert llm_pass_flops(mask, layout="padded", **kw) == 3 * 4 * (per_token + 4 * per_pair)
     assert llm_pass_flops(mask, layout="packed", **kw) == 7 * per_token + 49 * per_pair
@@ -130,7 +130,7 @@ def test_llm_pass_flops_of_each_layout():
     # Budget 0: every length its own group, so groups cost exactly the real rows.
     assert llm_pass_flops(mask, layout="groups", group_padding=0.0, **kw) == 7 * per_token + 21 * per_pair
     # Each call costs its overhead: three groups, three overheads; one padded batch, one.
-    extra = dict(kw, call_overhead=1000.0)
+    extra = {**kw, "call_overhead": 1000.0}
     assert llm_pass_flops(mask, layout="groups", group_padding=0.0, **extra) == 7 * per_token + 21 * per_pair + 3000
     assert llm_pass_flops(mask, layout="padded", **extra) == llm_pass_flops(mask, layout="padded", **kw) + 1000
     with pytest.raises(ValueError, match="layout"):
@@ -140,8 +140,8 @@ def test_llm_pass_flops_of_each_layout():
 def test_the_cheapest_layout_follows_sizes_lengths_and_kernels():
     mixed = _mask([800, 100, 120, 90, 60, 300, 200, 150])
     similar = _mask([100, 80, 90, 70, 60, 100, 95, 85] * 2)
-    bench = dict(hidden_size=512, intermediate_size=1408)  # bench_e2e's LLM
-    toy = dict(hidden_size=96, intermediate_size=192)  # the demo's LLM
+    bench = {"hidden_size": 512, "intermediate_size": 1408}  # bench_e2e's LLM
+    toy = {"hidden_size": 96, "intermediate_size": 192}  # the demo's LLM
     # Mixed lengths: groups skip the padding and the dense attention of one long packed row.
     assert cheapest_llm_layout(mixed, **bench) == "groups"
     # Variable-length attention kernels: one packed row is never worse.
