@@ -122,5 +122,8 @@ cfg = TrainConfig(**args["train"])
 data = SyntheticDataset(args.get("n", 32), lengths=args.get("lengths", False))
 trainer = Trainer(model, data, config=cfg, stages=stages, collate_fn=collate)
 res = trainer.train(resume=args.get("resume"))
-print("DONE", res.global_step, flush=True)
+# One write of a short line is atomic on a pipe: two ranks sharing stdout cannot interleave it (print() writes
+# its parts separately, and "DONE DONE 4\n4\n" was seen in CI).
+sys.stdout.flush()
+os.write(1, f"DONE {{res.global_step}}\n".encode())
 '''
