@@ -41,7 +41,6 @@ from mowe.merge import (
     cheapest_llm_layout,
     merge_audio_features,
     pack_merged,
-    packing_pays,
 )
 from mowe.routers.base import RouterOutput
 
@@ -222,9 +221,6 @@ class MoWEAudioLLM(nn.Module):
         f = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
         varlen = "flash" in str(getattr(cfg, "_attn_implementation", "") or "")
         return {"hidden_size": d, "intermediate_size": f, "varlen_attention": varlen}
-
-    def _packing_pays(self, attention_mask: torch.Tensor) -> bool:
-        return packing_pays(attention_mask, **self._llm_sizes())
 
     def _llm_layout(self, attention_mask: torch.Tensor) -> bool | str:
         """The cheapest LLM pass for this batch (:func:`mowe.merge.cheapest_llm_layout`)."""
