@@ -236,7 +236,7 @@ def main(argv=None) -> dict:
 
     # ---------------------------------------------------------------- a data set, batched as each side would
     if n_data:
-        from mowe.data import LengthGroupedSampler
+        from mowe.data.manifest import LengthGroupedSampler
 
         secs = C.uniform_seconds(n_data, window / 30.0, window, seed=2)
         order = list(LengthGroupedSampler(secs, n, seed=0))

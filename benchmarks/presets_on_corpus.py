@@ -38,7 +38,7 @@ def main() -> int:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     from mowe.demo import prepare, train_and_evaluate
-    from mowe.evaluate import write_report
+    from mowe.evaluation.evaluate import write_report
     from mowe.presets import base_only, ltu_as, mowe_paper, salmonn
 
     t0 = time.time()

@@ -27,6 +27,12 @@ _LAZY = {
     "ManifestError": "mowe.errors",
     "ConfigError": "mowe.errors",
     "CheckpointError": "mowe.errors",
+    "MoWEProcessor": "mowe.data.processor",
+    "ManifestDataset": "mowe.data.manifest",
+    "load_audio": "mowe.data.audio",
+    "Trainer": "mowe.training.trainer",
+    "TrainConfig": "mowe.training.trainer",
+    "evaluate_model": "mowe.evaluation.evaluate",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -122,7 +122,7 @@ def _resolve(base: str, p: str | None) -> str | None:
 
 
 def _stages(spec: Any):
-    from mowe.stages import ltu_as_stages, mowe_default_stages, salmonn_stages, stages_from_list
+    from mowe.training.stages import ltu_as_stages, mowe_default_stages, salmonn_stages, stages_from_list
 
     if isinstance(spec, dict):
         unknown = sorted(set(spec) - {"preset", "steps"})
@@ -157,7 +157,7 @@ def _tokenizer(spec: Any, train_manifest: str, base: str):
         bad = sorted(set(opts) - {"vocab_size", "special_tokens"})
         if bad:
             raise ConfigError(f"tokenizer.train_bpe: unknown key {bad[0]!r}")
-        from mowe.tokenizer import train_bpe_tokenizer
+        from mowe.data.tokenizer import train_bpe_tokenizer
 
         return train_bpe_tokenizer(_manifest_texts(train_manifest), **opts)
     raise ConfigError("tokenizer: expected a path / hub id or {train_bpe: {vocab_size: N}}")
@@ -202,10 +202,10 @@ def _model_config(model_spec: Any, tokenizer: Any, audio_token_id: int):
 
 def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = None) -> str:
     """Build everything a run file names, train, and save ``final/`` (model + processor); returns that folder."""
-    from mowe.data import ManifestDataset
+    from mowe.data.manifest import ManifestDataset
     from mowe.model import MoWEAudioLLM
-    from mowe.processor import MoWECollator, MoWEProcessor
-    from mowe.trainer import TrainConfig, Trainer
+    from mowe.data.processor import MoWECollator, MoWEProcessor
+    from mowe.training.trainer import TrainConfig, Trainer
 
     data = run["data"]
     train_cfg = dict(run["train"]) if isinstance(run["train"], dict) else run["train"]
@@ -264,8 +264,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     import torch
 
     from mowe.model import MoWEAudioLLM
-    from mowe.processor import MODEL_INPUT_KEYS, MoWEProcessor
-    from mowe.stages import set_lora_scale
+    from mowe.data.processor import MODEL_INPUT_KEYS, MoWEProcessor
+    from mowe.training.stages import set_lora_scale
 
     model_dir = _model_dir(args.model)
     model = MoWEAudioLLM.from_pretrained(model_dir)
@@ -306,13 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_infer)
 
     try:
-        from mowe.evaluate import add_eval_cli
+        from mowe.evaluation.evaluate import add_eval_cli
     except ImportError:
         pass
     else:
         add_eval_cli(sub)
     try:
-        from mowe.corpus import add_corpus_cli
+        from mowe.demo.corpus import add_corpus_cli
     except ImportError:
         pass
     else:

@@ -434,7 +434,7 @@ class MoWEAudioLLM(nn.Module):
         SALMONN trains with scaling 4.0 and tests with 2.0 (``factor=0.5``) to undo task over-fitting
         (arXiv 2310.13289, sec. 3.3); ``1.0`` restores the trained behaviour.
         """
-        from mowe.stages import set_lora_scale
+        from mowe.training.stages import set_lora_scale
 
         if not set_lora_scale(self.llm, factor):
             raise MoWEInputError("set_lora_scale: this model's LLM has no LoRA adapters (llm.train is not 'lora')")

@@ -47,7 +47,7 @@ class Preset:
     Attributes:
         name: ``"mowe_paper"``, ``"salmonn"``, ``"ltu_as"`` or ``"base_only"``.
         config: what to build (``MoWEAudioLLM.from_config(preset.config)`` or ``preset.build()``).
-        stages: the training curriculum (see :mod:`mowe.stages`).
+        stages: the training curriculum (see :mod:`mowe.training.stages`).
         prompt_template: the system's prompt format with ``{audio}`` and ``{instruction}``.
         inference_lora_scale: factor for :meth:`MoWEAudioLLM.set_lora_scale` at test time (SALMONN: 0.5,
             i.e. scaling 4.0 in training -> 2.0 at inference).
@@ -72,7 +72,7 @@ def mowe_paper(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int =
                llm: str = "Qwen/Qwen2.5-1.5B-Instruct", steps: int = 1000) -> Preset:
     """MoWE-Audio (arXiv 2409.06635): frozen Whisper-large-v3 + a weak pool of 2 Whisper-tiny and 2 HuBERT-base,
     data-independent + data-dependent routers, top-1, load-balance loss weight 0.1, LoRA on the LLM."""
-    from mowe.stages import mowe_default_stages
+    from mowe.training.stages import mowe_default_stages
 
     if tiny:
         strong = EncoderConfig("whisper", preset="tiny", overrides=_TINY_WHISPER, pad_to_30s=False)
@@ -116,7 +116,7 @@ def salmonn(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 51
     ``beats_checkpoint``: path to the official ``BEATs_iter3_plus_AS2M.pt`` (it is not on the hub as a
     transformers model; download it once from the BEATs release and pass the file).
     """
-    from mowe.stages import salmonn_stages
+    from mowe.training.stages import salmonn_stages
 
     if tiny:
         strong = EncoderConfig("whisper", preset="tiny", overrides=_TINY_WHISPER, pad_to_30s=False)
@@ -143,7 +143,7 @@ def ltu_as(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512
            llm: str = "lmsys/vicuna-7b-v1.1", steps=(1000, 1000, 1000)) -> Preset:
     """LTU-AS (arXiv 2309.14405): all hidden layers of Whisper-large (v1), pooled x20 in time, a time-and-layer
     transformer, LayerNorm + Linear into the LLM, LoRA r=8 / alpha=16 on q and v; a 3-stage curriculum."""
-    from mowe.stages import ltu_as_stages
+    from mowe.training.stages import ltu_as_stages
 
     if tiny:
         strong = EncoderConfig("whisper", preset="tiny", overrides=_TINY_WHISPER, pad_to_30s=False,

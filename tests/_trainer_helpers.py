@@ -112,8 +112,8 @@ sys.path.insert(0, {tests_dir!r})
 import torch
 torch.set_num_threads(1)
 from _trainer_helpers import tiny_model, SyntheticDataset, collate
-from mowe.stages import Stage
-from mowe.trainer import Trainer, TrainConfig
+from mowe.training.stages import Stage
+from mowe.training.trainer import Trainer, TrainConfig
 
 args = json.loads(sys.argv[1])
 model = tiny_model(seed=0, weak=args.get("weak", 1), lora_dropout=args.get("lora_dropout", 0.05))

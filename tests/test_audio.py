@@ -1,4 +1,4 @@
-"""Tests for mowe.audio on good inputs: formats, rates, channels, length policies, batching.
+"""Tests for mowe.data.audio on good inputs: formats, rates, channels, length policies, batching.
 
 Bad files are in test_audio_zoo.py and random bytes in test_fuzz_audio.py. Every file is written at test
 time into ``tmp_path``.
@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 import torch
 
-import mowe.audio as mowe_audio
-from mowe.audio import (
+import mowe.data.audio as mowe_audio
+from mowe.data.audio import (
     AudioClip,
     AudioInfo,
     AudioTruncatedWarning,
@@ -437,7 +437,7 @@ def test_truncate_warns_when_header_understates_length(tmp_path, monkeypatch):
 def test_nul_byte_in_path_is_an_audio_load_error():
     import pytest as _pytest
 
-    from mowe.audio import audio_info, load_audio
+    from mowe.data.audio import audio_info, load_audio
     from mowe.errors import AudioLoadError
 
     for fn in (load_audio, audio_info):

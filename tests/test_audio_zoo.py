@@ -28,7 +28,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mowe.audio import AudioClip, audio_info, load_audio
+from mowe.data.audio import AudioClip, audio_info, load_audio
 from mowe.errors import AudioLoadError
 
 RATE = 16_000
@@ -354,7 +354,7 @@ def test_nan_beyond_the_truncation_point_is_not_read(tmp_path):
 def test_unreadable_file_even_as_root(tmp_path, monkeypatch):
     """The permission check, exercised where chmod cannot deny root (the ``unreadable`` case skips)."""
     path = put(tmp_path, "locked.wav", WAV)
-    monkeypatch.setattr("mowe.audio.os.access", lambda p, mode: False)
+    monkeypatch.setattr("mowe.data.audio.os.access", lambda p, mode: False)
     with pytest.raises(AudioLoadError, match="not readable") as ei:
         load_audio(path)
     assert str(path) in str(ei.value)

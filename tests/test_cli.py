@@ -72,7 +72,7 @@ def test_train_then_infer_from_the_command_line(corpus, tmp_path):
     import torch
 
     from mowe import MoWEAudioLLM
-    from mowe.processor import MoWEProcessor
+    from mowe.data.processor import MoWEProcessor
 
     model = MoWEAudioLLM.from_pretrained(out / "final").eval()
     proc = MoWEProcessor.from_pretrained(out / "final")

@@ -1,4 +1,4 @@
-"""Tests for the synthetic multi-task corpus (mowe.corpus).
+"""Tests for the synthetic multi-task corpus (mowe.demo.corpus).
 
 The corpus needs espeak-ng; if it is missing these tests FAIL with the install message (no skip),
 because the corpus is the only data this project can train on.
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mowe import corpus as C
+from mowe.demo import corpus as C
 
 SR = C.SAMPLE_RATE
 FIELDS = ("id", "audio", "instruction", "answer", "task")

@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from mowe.audio import AudioTruncatedWarning
-from mowe.data import (
+from mowe.data.audio import AudioTruncatedWarning
+from mowe.data.manifest import (
     BadExampleWarning,
     LengthGroupedSampler,
     ManifestAudioError,
@@ -80,11 +80,11 @@ def test_absolute_audio_path_and_resampling(tmp_path: Path):
 
 
 def test_audio_is_read_lazily(corpus: Path, monkeypatch):
-    import mowe.data
+    import mowe.data.manifest
 
     calls = []
-    real = mowe.data.load_audio
-    monkeypatch.setattr(mowe.data, "load_audio", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = mowe.data.manifest.load_audio
+    monkeypatch.setattr(mowe.data.manifest, "load_audio", lambda *a, **k: calls.append(a) or real(*a, **k))
     ds = ManifestDataset(corpus)
     assert calls == []
     ds[2]
@@ -299,8 +299,8 @@ def test_length_grouped_sampler_with_dataloader_batches(corpus: Path):
 
 
 def test_skipped_examples_are_dropped_by_the_collator(tmp_path: Path):
-    from mowe.processor import MoWECollator, MoWEProcessor
-    from mowe.tokenizer import train_bpe_tokenizer
+    from mowe.data.processor import MoWECollator, MoWEProcessor
+    from mowe.data.tokenizer import train_bpe_tokenizer
 
     proc = MoWEProcessor(train_bpe_tokenizer(["transcribe hi"], vocab_size=300))
     write_wav(tmp_path / "a.wav")

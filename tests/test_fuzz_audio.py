@@ -18,7 +18,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mowe.audio import AudioClip, audio_info, load_audio
+from mowe.data.audio import AudioClip, audio_info, load_audio
 from mowe.errors import AudioLoadError
 
 MAX_EXAMPLES = int(os.environ.get("MOWE_FUZZ_EXAMPLES", "60"))

@@ -20,7 +20,7 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mowe.data import ManifestDataset
+from mowe.data.manifest import ManifestDataset
 from mowe.errors import ManifestError
 
 MAX_EXAMPLES = int(os.environ.get("MOWE_FUZZ_EXAMPLES", "60"))

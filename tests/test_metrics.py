@@ -1,10 +1,10 @@
-"""Tests for mowe.metrics."""
+"""Tests for mowe.evaluation.metrics."""
 
 from __future__ import annotations
 
 import pytest
 
-from mowe.metrics import (
+from mowe.evaluation.metrics import (
     accuracy,
     bleu,
     evaluate_predictions,

@@ -12,16 +12,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from mowe.audio import AudioTruncatedWarning
+from mowe.data.audio import AudioTruncatedWarning
 from mowe.errors import AudioLoadError, ConfigError, MoWEInputError
-from mowe.processor import (
+from mowe.data.processor import (
     IGNORE_INDEX,
     MODEL_INPUT_KEYS,
     SALMONN_PROMPT_TEMPLATE,
     MoWECollator,
     MoWEProcessor,
 )
-from mowe.tokenizer import AUDIO_TOKEN, CHAT_TEMPLATE, train_bpe_tokenizer
+from mowe.data.tokenizer import AUDIO_TOKEN, CHAT_TEMPLATE, train_bpe_tokenizer
 
 SR = 16_000
 TEXTS = ["transcribe the speech", "three one four one five nine two six", "what is the gender of the speaker",

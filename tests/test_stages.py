@@ -15,7 +15,7 @@ import yaml
 from _trainer_helpers import SyntheticDataset, changed, collate, snapshot, tiny_model
 
 from mowe.errors import ConfigError
-from mowe.stages import (
+from mowe.training.stages import (
     PARTS,
     Stage,
     apply_stage,
@@ -27,7 +27,7 @@ from mowe.stages import (
     stages_from_list,
     stages_to_list,
 )
-from mowe.trainer import TrainConfig, Trainer
+from mowe.training.trainer import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import pytest
 import torch
 from _trainer_helpers import TRAIN_SCRIPT, SyntheticDataset, collate, read_weights, tiny_model
 
-import mowe.trainer as trainer_mod
+import mowe.training.trainer as trainer_mod
 from mowe.errors import CheckpointError, ConfigError
-from mowe.stages import Stage
-from mowe.trainer import (
+from mowe.training.stages import Stage
+from mowe.training.trainer import (
     NonFiniteLossError,
     StageSampler,
     TrainConfig,

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzz harness for mowe.audio (atheris / libFuzzer); not collected by pytest.
+"""Coverage-guided fuzz harness for mowe.data.audio (atheris / libFuzzer); not collected by pytest.
 
 Any input must either load as finite 1-D float32 audio or raise exactly ``AudioLoadError`` naming the
 file. Any other exception is reported by libFuzzer as a crash and the input saved as ``crash-*``; an input
@@ -27,7 +27,7 @@ import atheris
 with atheris.instrument_imports(include=["mowe", "soundfile"]):
     import soundfile as sf
 
-    from mowe.audio import audio_info, load_audio
+    from mowe.data.audio import audio_info, load_audio
     from mowe.errors import AudioLoadError
 
 import numpy as np  # not instrumented on purpose: large, and not the target

@@ -48,7 +48,7 @@ espeak-ng version) gives byte-identical manifests, and each example's randomness
 
 Example::
 
-    from mowe.corpus import build_corpus
+    from mowe.demo.corpus import build_corpus
     info = build_corpus("corpus_out", size=2000, seed=0)
     print(info.counts["test"])
 """

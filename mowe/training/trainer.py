@@ -1,10 +1,10 @@
 """Multi-stage training on accelerate: one loop for CPU, one GPU, DDP, FSDP and DeepSpeed.
 
-The trainer runs a list of :class:`~mowe.stages.Stage` objects in order. Each stage freezes everything but its
+The trainer runs a list of :class:`~mowe.training.stages.Stage` objects in order. Each stage freezes everything but its
 parts, builds a fresh AdamW over the trainable parameters with a linear warm-up + cosine schedule, and draws
 batches from its own deterministic sampler (a seeded shuffle, or a per-task weighted draw).
 
-Batch contract (what a collator yields; see :mod:`mowe.processor`)::
+Batch contract (what a collator yields; see :mod:`mowe.data.processor`)::
 
     {"input_ids": (b, L) long, "attention_mask": (b, L) long, "labels": (b, L) long (-100 off the answer),
      "waveforms": (b, s) float32 right-zero-padded, "wave_lengths": (b,) long, "task": list[str], "id": list[str]}
@@ -67,7 +67,7 @@ from torch.utils.data import DataLoader, Dataset
 from mowe.config import from_dict as _config_from_dict
 from mowe.config import to_dict as _config_to_dict
 from mowe.errors import CheckpointError, ConfigError, MoWEInputError
-from mowe.stages import Stage, apply_stage, set_lora_scale, stages_to_list
+from mowe.training.stages import Stage, apply_stage, set_lora_scale, stages_to_list
 
 __all__ = [
     "MODEL_INPUT_KEYS",
@@ -479,7 +479,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         if not stages or not all(isinstance(s, Stage) for s in stages):
-            raise ConfigError("stages: expected a non-empty list of mowe.stages.Stage")
+            raise ConfigError("stages: expected a non-empty list of mowe.training.stages.Stage")
         self.model = model
         self.train_dataset = train_dataset
         self.config = config

@@ -39,7 +39,7 @@ def pretrain_strong_encoder(encoder: nn.Module, dataset, *, steps: int, batch_si
     """
     from tqdm.auto import tqdm
 
-    from mowe.audio import pad_batch
+    from mowe.data.audio import pad_batch
 
     chars = sorted({c for i in range(len(dataset)) for c in dataset.example_info(i)["answer"].lower()} | {" "})
     vocab = {c: i + 1 for i, c in enumerate(chars)}  # 0 is the CTC blank
@@ -95,11 +95,11 @@ class Prepared:
 def prepare(out_dir: str, *, size: int, strong_steps: int, batch_size: int, seed: int,
             progress: bool = True) -> Prepared:
     """Build the corpus, a BPE tokenizer and processor, and the ASR-pretrained, frozen strong encoder."""
-    from mowe.corpus import build_corpus
-    from mowe.data import ManifestDataset
+    from mowe.demo.corpus import build_corpus
+    from mowe.data.manifest import ManifestDataset
     from mowe.presets import base_only
-    from mowe.processor import MoWEProcessor
-    from mowe.tokenizer import train_bpe_tokenizer
+    from mowe.data.processor import MoWEProcessor
+    from mowe.data.tokenizer import train_bpe_tokenizer
 
     os.makedirs(out_dir, exist_ok=True)
     corpus_dir = os.path.join(out_dir, "corpus")
@@ -138,11 +138,11 @@ def train_and_evaluate(name: str, config, *, strong: nn.Module, train, test, pro
     """
     import copy
 
-    from mowe.evaluate import evaluate_model
+    from mowe.evaluation.evaluate import evaluate_model
     from mowe.model import MoWEAudioLLM
-    from mowe.processor import MoWECollator
-    from mowe.stages import Stage
-    from mowe.trainer import TrainConfig, Trainer
+    from mowe.data.processor import MoWECollator
+    from mowe.training.stages import Stage
+    from mowe.training.trainer import TrainConfig, Trainer
 
     torch.manual_seed(seed)
     cfg = config.replace(llm=dataclasses.replace(config.llm, train=llm_train))
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    from mowe.evaluate import write_report
+    from mowe.evaluation.evaluate import write_report
     from mowe.presets import base_only, mowe_paper
 
     prep = prepare(args.out, size=args.size, strong_steps=args.strong_steps, batch_size=args.batch_size,

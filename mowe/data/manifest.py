@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from mowe.audio import audio_info, load_audio
+from mowe.data.audio import audio_info, load_audio
 from mowe.errors import AudioLoadError, ConfigError, ManifestError, MoWEInputError
 
 __all__ = [
@@ -103,7 +103,7 @@ class ManifestDataset(Dataset):
         sample_rate: rate the audio is resampled to (the encoders take 16 kHz).
         max_audio_seconds: longest clip; None for no limit.
         length_policy: ``"truncate"`` (training and inference: the first ``max_audio_seconds`` are kept, with
-            an :class:`~mowe.audio.AudioTruncatedWarning`) or ``"chunk"`` (inference only: the whole clip is
+            an :class:`~mowe.data.audio.AudioTruncatedWarning`) or ``"chunk"`` (inference only: the whole clip is
             returned and the processor splits it into ``max_audio_seconds`` windows, one audio placeholder
             each; a *training* collator truncates instead, with a warning).
         on_bad_example: ``"error"`` raises at the first bad example; ``"skip"`` records and drops it.
@@ -176,7 +176,7 @@ class ManifestDataset(Dataset):
             raise ManifestError(f"{self.manifest_path}: no usable examples{detail}")
         self.lengths: list[float] = [e.duration for e in self._entries]
         self.tasks: list[str] = [e.task for e in self._entries]
-        self.task_list = self.tasks  # the name mowe.trainer looks for (saves decoding every clip to find tasks)
+        self.task_list = self.tasks  # the name mowe.training.trainer looks for (saves decoding every clip to find tasks)
         self.ids: list[str] = [e.id for e in self._entries]
         self.task_names: list[str] = sorted(set(self.tasks))
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mowe.metrics import evaluate_predictions, format_markdown_table
+from mowe.evaluation.metrics import evaluate_predictions, format_markdown_table
 
 __all__ = ["EvalResult", "add_eval_cli", "evaluate_model", "write_report"]
 
@@ -46,11 +46,11 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
 
     Args:
         model: a :class:`~mowe.MoWEAudioLLM`.
-        processor: the :class:`~mowe.processor.MoWEProcessor` it was trained with.
+        processor: the :class:`~mowe.data.processor.MoWEProcessor` it was trained with.
         dataset: items are dicts with ``audio``, ``instruction``, ``answer``, ``task``, ``id``
             (e.g. :class:`~mowe.data.ManifestDataset`).
     """
-    from mowe.processor import MoWECollator
+    from mowe.data.processor import MoWECollator
 
     was_training = model.training
     model.eval()
@@ -95,9 +95,9 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
 
 
 def _cmd_eval(args) -> int:
-    from mowe.data import ManifestDataset
+    from mowe.data.manifest import ManifestDataset
     from mowe.model import MoWEAudioLLM
-    from mowe.processor import MoWEProcessor
+    from mowe.data.processor import MoWEProcessor
 
     model = MoWEAudioLLM.from_pretrained(args.model)
     proc_dir = args.processor or args.model

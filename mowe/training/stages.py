@@ -1,6 +1,6 @@
 """Training stages: which parts of a :class:`~mowe.MoWEAudioLLM` train, for how long, on which tasks.
 
-A run is a list of :class:`Stage` objects executed in order by :class:`mowe.trainer.Trainer`. Each stage names
+A run is a list of :class:`Stage` objects executed in order by :class:`mowe.training.trainer.Trainer`. Each stage names
 the parts that train (everything else is frozen), its step count and peak learning rate (linear warm-up, then
 cosine decay within the stage), and optionally per-task sampling weights.
 
@@ -260,7 +260,7 @@ def salmonn_stages(steps: int | Sequence[int] = (1000, 1000, 12), *, lr: float =
        caption-like task is ``sound_event``.
     2. ``instruction``: the same parts on all tasks.
     3. ``activation``: a short stage on a small set of long-answer, QA-like tasks (by default
-       ``co_reasoning``, SALMONN's speech-audio co-reasoning task in :mod:`mowe.corpus`) with the LoRA scaling
+       ``co_reasoning``, SALMONN's speech-audio co-reasoning task in :mod:`mowe.demo.corpus`) with the LoRA scaling
        reduced.
 
     How the activation trick is modelled: SALMONN found that the instruction-tuned model over-fits to short

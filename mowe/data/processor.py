@@ -1,0 +1,503 @@
+"""Prompts, tokens and padded audio for :class:`~mowe.model.MoWEAudioLLM`: the processor and the collator.
+
+Shape legend: ``b`` samples, ``c`` clips (one per sample, more when a long clip is chunked), ``s`` audio
+samples, ``L`` text tokens.
+
+A prompt is built from an instruction and one audio placeholder token per clip, either with the tokenizer's
+chat template (system prompt + user turn, generation prompt added) or with a ``prompt_template`` format
+string that holds ``{audio}`` and ``{instruction}`` (and optionally ``{system}``), e.g. SALMONN's
+:data:`SALMONN_PROMPT_TEMPLATE`. For training the answer follows, with the eos token appended; the labels
+are -100 everywhere except on the answer tokens and that eos (the model shifts them, transformers style).
+
+Example:
+    >>> tok = train_bpe_tokenizer(texts)                                            # doctest: +SKIP
+    >>> proc = MoWEProcessor(tok)                                                   # doctest: +SKIP
+    >>> batch = proc(text="Transcribe the speech.", audio="clip.wav")               # doctest: +SKIP
+    >>> ids = model.generate(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch})  # doctest: +SKIP
+    >>> proc.decode(ids)                                                            # doctest: +SKIP
+    ['three one four']
+
+Training::
+
+    collate = MoWECollator(proc, train=True)
+    loader = DataLoader(ds, batch_size=8, sampler=LengthGroupedSampler(ds.lengths, 8), collate_fn=collate)
+    for batch in loader:            # batch is None when every example in it was unreadable ("skip" mode)
+        out = model(**{k: batch[k] for k in MODEL_INPUT_KEYS})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import string
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from mowe.data.audio import AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
+from mowe.data.manifest import LengthGroupedSampler, length_bucket_sampler
+from mowe.errors import ConfigError, MoWEInputError
+
+__all__ = [
+    "DEFAULT_PROMPT_TEMPLATE",
+    "IGNORE_INDEX",
+    "LTU_AS_PROMPT_TEMPLATE",
+    "MODEL_INPUT_KEYS",
+    "PROCESSOR_CONFIG_NAME",
+    "SALMONN_PROMPT_TEMPLATE",
+    "LengthGroupedSampler",
+    "MoWECollator",
+    "MoWEProcessor",
+    "length_bucket_sampler",
+]
+
+IGNORE_INDEX = -100
+PROCESSOR_CONFIG_NAME = "processor_config.json"
+SAMPLE_RATE = 16_000
+# The keys of a batch that MoWEAudioLLM.forward takes ("labels" only in training batches).
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "waveforms", "wave_lengths")
+
+# SALMONN (arXiv 2310.13289, sec. 3): the audio tokens sit inside <Speech></Speech> in the user turn.
+SALMONN_PROMPT_TEMPLATE = "USER: <Speech>{audio}</Speech> {instruction}\nASSISTANT:"
+# LTU-AS (arXiv 2309.14405) prompts its LLaMA in the Alpaca format, with the audio tokens first.
+LTU_AS_PROMPT_TEMPLATE = (
+    "{audio}Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+# Used when the tokenizer has no chat template and no prompt_template is given.
+DEFAULT_PROMPT_TEMPLATE = "{system}\nuser: {audio} {instruction}\nassistant:"
+
+_TEMPLATE_FIELDS = {"audio", "instruction", "system"}
+_POLICIES = ("truncate", "chunk", "error")
+_CONFIG_KEYS = ("audio_token", "system_prompt", "prompt_template", "paraphrases", "max_audio_seconds",
+                "length_policy", "seed")
+
+
+class MoWEProcessor:
+    """Turns instructions (+ answers) and audio into the inputs of :class:`~mowe.model.MoWEAudioLLM`.
+
+    Args:
+        tokenizer: a transformers tokenizer that knows ``audio_token`` as one token and has an eos token
+            (e.g. from :func:`mowe.data.tokenizer.train_bpe_tokenizer`).
+        audio_token: the placeholder, one per clip.
+        system_prompt: system turn of the chat template (or ``{system}`` of a template); None for none.
+        prompt_template: a format string with ``{audio}`` and ``{instruction}`` (``{system}`` optional);
+            overrides the tokenizer's chat template.
+        paraphrases: task -> alternative instructions; a training collator replaces an example's instruction
+            by one of its task's paraphrases (deterministic per ``(seed, epoch, example id)``).
+        max_audio_seconds: longest clip (None: no limit).
+        length_policy: for longer clips: ``"truncate"`` (warn and keep the start), ``"chunk"`` (inference:
+            split into windows of ``max_audio_seconds``, one placeholder each; training truncates instead)
+            or ``"error"``.
+        seed: seed of the paraphrase choice.
+
+    Raises:
+        ConfigError: an invalid option, a template with a field other than audio/instruction/system or without
+            audio/instruction, an audio token that the tokenizer splits, or a tokenizer without eos.
+    """
+
+    def __init__(self, tokenizer: Any, *, audio_token: str = "<|audio|>",
+                 system_prompt: str | None = "You are a helpful assistant that listens to audio.",
+                 prompt_template: str | None = None, paraphrases: Mapping[str, Sequence[str]] | None = None,
+                 max_audio_seconds: float | None = 30.0, length_policy: str = "truncate", seed: int = 0):
+        _check_options(audio_token=audio_token, system_prompt=system_prompt, prompt_template=prompt_template,
+                       paraphrases=paraphrases, max_audio_seconds=max_audio_seconds, length_policy=length_policy,
+                       seed=seed)
+        self.tokenizer = tokenizer
+        self.audio_token = audio_token
+        self.system_prompt = system_prompt
+        self.prompt_template = prompt_template
+        self.paraphrases = {t: list(v) for t, v in (paraphrases or {}).items()}
+        self.max_audio_seconds = max_audio_seconds
+        self.length_policy = length_policy
+        self.seed = seed
+        ids = tokenizer(audio_token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ConfigError(
+                f"audio_token {audio_token!r} is {len(ids)} tokens for this tokenizer, not one; add it first "
+                f"(tokenizer.add_special_tokens({{'additional_special_tokens': [{audio_token!r}]}}) and resize the "
+                f"LLM's embeddings) or train one with mowe.data.tokenizer.train_bpe_tokenizer"
+            )
+        self._audio_token_id = int(ids[0])
+        if tokenizer.eos_token_id is None:
+            raise ConfigError("the tokenizer has no eos token; answers must end with one")
+        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                else tokenizer.eos_token_id)
+
+    @property
+    def audio_token_id(self) -> int:
+        """Id of the audio placeholder (``MoWEConfig.audio_token_id`` must equal it)."""
+        return self._audio_token_id
+
+    # ------------------------------------------------------------------------------------------- prompts
+    def build_prompt(self, instruction: str) -> str:
+        """The prompt text for one instruction, with exactly one audio placeholder.
+
+        The instruction may hold the placeholder to place it; otherwise it goes at the start of the user turn.
+        """
+        if not isinstance(instruction, str):
+            raise MoWEInputError(f"instruction must be a string, got {type(instruction).__name__}")
+        explicit = self.audio_token in instruction
+        template = self.prompt_template
+        if template is None and getattr(self.tokenizer, "chat_template", None):
+            user = instruction if explicit else f"{self.audio_token} {instruction}"
+            messages = [{"role": "user", "content": user}]
+            if self.system_prompt:
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        template = template or DEFAULT_PROMPT_TEMPLATE
+        text = template.format(audio="" if explicit else self.audio_token, instruction=instruction,
+                               system=self.system_prompt or "")
+        bos = self.tokenizer.bos_token
+        return text if not bos or text.startswith(bos) else bos + text
+
+    def paraphrase(self, instruction: str, task: str | None, key: Any, *, epoch: int = 0) -> str:
+        """Replace ``instruction`` by one of ``task``'s paraphrases (unchanged if the task has none).
+
+        The choice is a pure function of ``(seed, epoch, task, key)`` (``key``: the example id), so it is the
+        same in every process and DataLoader worker.
+        """
+        options = self.paraphrases.get(task) if task is not None else None
+        if not options:
+            return instruction
+        digest = hashlib.blake2b(f"{self.seed}:{epoch}:{task}:{key}".encode("utf-8", "surrogatepass"),
+                                 digest_size=8).digest()
+        return options[int.from_bytes(digest, "little") % len(options)]
+
+    def encode(self, instruction: str, *, answer: str | None = None, num_clips: int = 1,
+               max_length: int | None = None, who: str = "example") -> tuple[list[int], list[int] | None]:
+        """Token ids (and labels when ``answer`` is given) for one sample.
+
+        Args:
+            instruction: the instruction text.
+            answer: the target; its tokens and an eos are appended and labelled.
+            num_clips: placeholders for this sample (more than one for a chunked clip; kept adjacent).
+            max_length: cut the answer so the sequence has at most this many tokens (the prompt is never cut).
+            who: how the sample is named in errors.
+
+        Returns:
+            ``(ids, labels)``: ``labels`` is None without an answer, else -100 on the prompt.
+
+        Raises:
+            MoWEInputError: the prompt holds other than one placeholder, the answer holds one, or the prompt
+                alone is longer than ``max_length``.
+        """
+        prompt = self.build_prompt(instruction)
+        ids = list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        n = ids.count(self._audio_token_id)
+        if n != 1:
+            raise MoWEInputError(
+                f"{who}: the prompt holds {n} audio placeholders ({self.audio_token!r}), expected exactly 1 per "
+                f"clip; instruction was {instruction!r}"
+            )
+        if num_clips != 1:
+            at = ids.index(self._audio_token_id)
+            ids[at:at + 1] = [self._audio_token_id] * num_clips
+        if max_length is not None and len(ids) > max_length:
+            raise MoWEInputError(f"{who}: the prompt alone is {len(ids)} tokens, more than max_length={max_length}")
+        if answer is None:
+            return ids, None
+        if not isinstance(answer, str):
+            raise MoWEInputError(f"{who}: answer must be a string, got {type(answer).__name__}")
+        # The answer follows the prompt after one space unless the prompt already ends in whitespace.
+        text = answer if (not prompt or prompt[-1].isspace()) else " " + answer
+        ans = list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + [int(self.tokenizer.eos_token_id)]
+        if self._audio_token_id in ans:
+            raise MoWEInputError(f"{who}: the answer contains the audio placeholder {self.audio_token!r}")
+        labels = [IGNORE_INDEX] * len(ids) + ans
+        ids = ids + ans
+        if max_length is not None and len(ids) > max_length:
+            ids, labels = ids[:max_length], labels[:max_length]
+        return ids, labels
+
+    # ------------------------------------------------------------------------------------------- audio
+    def prepare_audio(self, audio: Any, *, train: bool = False, who: str = "audio") -> list[torch.Tensor]:
+        """A path or a 1-D array/tensor -> the clip's windows, each ``(s_i,)`` float32 at 16 kHz.
+
+        One window unless ``length_policy="chunk"`` (and not ``train``) and the clip is longer than
+        ``max_audio_seconds``. A path is read with :func:`mowe.data.audio.load_audio`.
+
+        Raises:
+            AudioLoadError: an unreadable file (names it). MoWEInputError: a bad array, or a clip too long
+                under ``"error"``.
+        """
+        policy = self.length_policy
+        if train and policy == "chunk":
+            policy = "truncate"  # one clip, one answer: windows would need one answer each
+        max_s = self.max_audio_seconds
+        if isinstance(audio, (str, os.PathLike)):
+            clip = load_audio(audio, sample_rate=SAMPLE_RATE, max_seconds=max_s, length_policy=policy)
+            return clip.windows()
+        if isinstance(audio, np.ndarray) and not np.issubdtype(audio.dtype, np.floating):
+            raise MoWEInputError(f"{who} must hold floating-point samples, got numpy dtype {audio.dtype}")
+        wave = validate_waveform(audio, name=who)
+        if max_s is None:
+            return [wave]
+        max_n = math.floor(max_s * SAMPLE_RATE + 1e-6)
+        if wave.shape[0] <= max_n:
+            return [wave]
+        if policy == "error":
+            raise MoWEInputError(f"{who} is {wave.shape[0] / SAMPLE_RATE:.2f} s long, more than "
+                                 f"max_audio_seconds={max_s} (length_policy='error')")
+        if policy == "chunk":
+            return list(torch.split(wave, max_n))
+        warnings.warn(f"{who} is {wave.shape[0] / SAMPLE_RATE:.2f} s long; truncated to the first {max_s} s",
+                      AudioTruncatedWarning, stacklevel=3)
+        return [wave[:max_n]]
+
+    # ------------------------------------------------------------------------------------------- batching
+    def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, *,
+            padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad token lists into ``input_ids`` / ``attention_mask`` (and ``labels``, -100 on padding), ``(b, L)``."""
+        if padding_side not in ("left", "right"):
+            raise MoWEInputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        b, L = len(sequences), max(len(s) for s in sequences)
+        ids = torch.full((b, L), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((b, L), dtype=torch.long)
+        lab = torch.full((b, L), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
+        for i, seq in enumerate(sequences):
+            n = len(seq)
+            sl = slice(0, n) if padding_side == "right" else slice(L - n, L)
+            ids[i, sl] = torch.tensor(seq, dtype=torch.long)
+            mask[i, sl] = 1
+            if lab is not None:
+                lab[i, sl] = torch.tensor(labels[i], dtype=torch.long)
+        out = {"input_ids": ids, "attention_mask": mask}
+        if lab is not None:
+            out["labels"] = lab
+        return out
+
+    def __call__(self, text: str | Sequence[str] | None = None, audio: Any = None,
+                 answer: str | Sequence[str] | None = None, *, return_tensors: str = "pt",
+                 padding_side: str | None = None, max_length: int | None = None) -> dict[str, torch.Tensor]:
+        """Encode instruction(s) with one clip each.
+
+        Args:
+            text: an instruction or a list of them.
+            audio: one clip per instruction: a path, a 1-D array / tensor, or a list of those.
+            answer: optional answer(s) (one per instruction) -> ``labels`` for a training forward.
+            return_tensors: only ``"pt"``.
+            padding_side: default right with answers, left without (generation).
+            max_length: see :meth:`encode`.
+
+        Returns:
+            ``{"input_ids" (b, L), "attention_mask" (b, L), ["labels" (b, L)], "waveforms" (c, s),
+            "wave_lengths" (c,)}``; ``c == b`` unless clips were chunked.
+        """
+        if return_tensors != "pt":
+            raise MoWEInputError(f"return_tensors must be 'pt', got {return_tensors!r}")
+        if text is None or audio is None:
+            raise MoWEInputError("both text and audio are required")
+        single = isinstance(text, str)
+        texts = [text] if single else list(text)
+        if single:
+            audios = [audio]
+        elif isinstance(audio, (list, tuple)):
+            audios = list(audio)
+        else:
+            raise MoWEInputError("with a list of texts, audio must be a list with one clip per text")
+        if len(audios) != len(texts) or not texts:
+            raise MoWEInputError(f"got {len(texts)} text(s) but {len(audios)} audio clip(s); need one clip per text")
+        answers = None
+        if answer is not None:
+            answers = [answer] if isinstance(answer, str) else list(answer)
+            if len(answers) != len(texts):
+                raise MoWEInputError(f"got {len(texts)} text(s) but {len(answers)} answer(s)")
+        seqs, labs, clips = [], [], []
+        for i, (t, a) in enumerate(zip(texts, audios)):
+            windows = self.prepare_audio(a, who=f"audio[{i}]")
+            ids, lab = self.encode(t, answer=None if answers is None else answers[i], num_clips=len(windows),
+                                   max_length=max_length, who=f"text[{i}]")
+            seqs.append(ids)
+            labs.append(lab)
+            clips.extend(windows)
+        side = padding_side or ("right" if answers is not None else "left")
+        out = self.pad(seqs, labs if answers is not None else None, padding_side=side)
+        out["waveforms"], out["wave_lengths"] = pad_batch(clips)
+        return out
+
+    def decode(self, ids: Any) -> list[str]:
+        """Token ids ``(b, n)`` (tensor or lists; one ``(n,)`` sequence also works) -> ``b`` stripped strings."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        ids = list(ids)
+        if ids and not isinstance(ids[0], (list, tuple)):
+            ids = [ids]
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    # ------------------------------------------------------------------------------------------- saving
+    def to_dict(self) -> dict[str, Any]:
+        return {"processor_class": type(self).__name__, "audio_token": self.audio_token,
+                "system_prompt": self.system_prompt, "prompt_template": self.prompt_template,
+                "paraphrases": self.paraphrases, "max_audio_seconds": self.max_audio_seconds,
+                "length_policy": self.length_policy, "seed": self.seed}
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the tokenizer and ``processor_config.json`` to ``directory``."""
+        directory = os.fspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        self.tokenizer.save_pretrained(directory)
+        with open(os.path.join(directory, PROCESSOR_CONFIG_NAME), "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, tokenizer: Any = None) -> MoWEProcessor:
+        """Load a processor saved by :meth:`save_pretrained` (``tokenizer`` replaces the saved one).
+
+        Raises:
+            ConfigError: ``processor_config.json`` missing, not JSON, or with an unknown key or bad value
+                (naming it).
+        """
+        directory = os.fspath(directory)
+        path = os.path.join(directory, PROCESSOR_CONFIG_NAME)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: missing; is {directory} a folder written by MoWEProcessor.save_pretrained?"
+                              ) from e
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: unreadable or not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        cls_name = data.pop("processor_class", cls.__name__)
+        if cls_name != cls.__name__:
+            raise ConfigError(f"{path}: processor_class is {cls_name!r}, expected {cls.__name__!r}")
+        unknown = sorted(set(data) - set(_CONFIG_KEYS))
+        if unknown:
+            raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {sorted(_CONFIG_KEYS)})")
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(directory)
+        try:
+            return cls(tokenizer, **data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+
+    def __repr__(self) -> str:
+        return (f"MoWEProcessor(audio_token={self.audio_token!r}, audio_token_id={self.audio_token_id}, "
+                f"template={'prompt_template' if self.prompt_template else 'chat'}, "
+                f"paraphrases={sorted(self.paraphrases)}, max_audio_seconds={self.max_audio_seconds}, "
+                f"length_policy={self.length_policy!r})")
+
+
+def _check_options(*, audio_token, system_prompt, prompt_template, paraphrases, max_audio_seconds, length_policy,
+                   seed) -> None:
+    if not isinstance(audio_token, str) or not audio_token:
+        raise ConfigError(f"audio_token must be a non-empty string, got {audio_token!r}")
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise ConfigError(f"system_prompt must be a string or None, got {system_prompt!r}")
+    if system_prompt and audio_token in system_prompt:
+        raise ConfigError("system_prompt must not contain the audio token")
+    if prompt_template is not None:
+        if not isinstance(prompt_template, str):
+            raise ConfigError(f"prompt_template must be a string or None, got {prompt_template!r}")
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(prompt_template) if f is not None}
+        except ValueError as e:
+            raise ConfigError(f"prompt_template is not a valid format string: {e}") from e
+        bad = sorted(fields - _TEMPLATE_FIELDS)
+        if bad:
+            raise ConfigError(f"prompt_template has unknown field {{{bad[0]}}}; allowed: audio, instruction, system")
+        for need in ("audio", "instruction"):
+            if need not in fields:
+                raise ConfigError(f"prompt_template must contain {{{need}}}")
+    if paraphrases is not None:
+        if not isinstance(paraphrases, Mapping):
+            raise ConfigError(f"paraphrases must map task -> list of strings, got {type(paraphrases).__name__}")
+        for task, opts in paraphrases.items():
+            if (not isinstance(task, str) or isinstance(opts, str) or not isinstance(opts, Sequence) or not opts
+                    or not all(isinstance(o, str) for o in opts)):
+                raise ConfigError(f"paraphrases[{task!r}] must be a non-empty list of strings")
+    if max_audio_seconds is not None and (
+        isinstance(max_audio_seconds, bool) or not isinstance(max_audio_seconds, (int, float))
+        or not math.isfinite(max_audio_seconds) or max_audio_seconds <= 0
+    ):
+        raise ConfigError(f"max_audio_seconds must be a positive number or None, got {max_audio_seconds!r}")
+    if length_policy not in _POLICIES:
+        raise ConfigError(f"length_policy must be one of {_POLICIES}, got {length_policy!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed must be an int, got {seed!r}")
+
+
+class MoWECollator:
+    """Collate :class:`~mowe.data.ManifestDataset` examples into a model batch.
+
+    Args:
+        processor: the :class:`MoWEProcessor`.
+        train: True: prompt + answer + eos with labels, paraphrased instructions. False: prompts only (for
+            ``generate``), the answers kept as ``batch["answer"]``.
+        padding_side: side of the token padding; None (default): right for training, left for generation.
+        max_length: cap on text tokens per sample (answers are cut; see :meth:`MoWEProcessor.encode`).
+        augment: paraphrase instructions (default: ``train``); False gives a training-style batch with the
+            original instructions, e.g. for a dev loss.
+
+    ``collator(examples)`` drops None examples (unreadable in ``"skip"`` mode) and returns::
+
+        {"input_ids": (b, L) long, "attention_mask": (b, L) long, "labels": (b, L) long   # train only
+         "waveforms": (c, s) float32 right-zero-padded, "wave_lengths": (c,) long,
+         "task": list[str], "id": list[str], "instruction": list[str] (as used), "answer": list[str],
+         "num_dropped": int}
+
+    ``c == b`` except at inference with ``length_policy="chunk"``. Pass only :data:`MODEL_INPUT_KEYS` to the
+    model. When every example was dropped it returns None: skip that step.
+    """
+
+    def __init__(self, processor: MoWEProcessor, *, train: bool = True, padding_side: str | None = None,
+                 max_length: int | None = None, augment: bool | None = None):
+        if padding_side not in (None, "left", "right"):
+            raise MoWEInputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                       or max_length < 1):
+            raise MoWEInputError(f"max_length must be a positive int or None, got {max_length!r}")
+        self.processor = processor
+        self.train = train
+        self.padding_side = padding_side or ("right" if train else "left")
+        self.max_length = max_length
+        self.augment = train if augment is None else augment
+        self.epoch = 0
+        self._warned_chunk = False
+
+    def set_epoch(self, epoch: int) -> None:
+        """Paraphrase choices depend on the epoch (call before creating the epoch's DataLoader iterator)."""
+        self.epoch = int(epoch)
+
+    def __call__(self, examples: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+        kept = [e for e in examples if e is not None]
+        if not kept:
+            return None
+        if self.train and self.processor.length_policy == "chunk" and not self._warned_chunk:
+            self._warned_chunk = True
+            warnings.warn("length_policy='chunk' is for inference; a training collator truncates long clips to "
+                          "max_audio_seconds instead", UserWarning, stacklevel=2)
+        proc = self.processor
+        seqs, labs, clips, instructions = [], [], [], []
+        for i, ex in enumerate(kept):
+            ex_id = str(ex.get("id", i))
+            instruction = ex["instruction"]
+            if self.augment:
+                instruction = proc.paraphrase(instruction, ex.get("task"), ex_id, epoch=self.epoch)
+            windows = proc.prepare_audio(ex["audio"], train=self.train, who=f"example {ex_id!r} audio")
+            ids, lab = proc.encode(instruction, answer=ex["answer"] if self.train else None,
+                                   num_clips=len(windows), max_length=self.max_length, who=f"example {ex_id!r}")
+            seqs.append(ids)
+            labs.append(lab)
+            clips.extend(windows)
+            instructions.append(instruction)
+        batch: dict[str, Any] = proc.pad(seqs, labs if self.train else None, padding_side=self.padding_side)
+        batch["waveforms"], batch["wave_lengths"] = pad_batch(clips)
+        batch["task"] = [str(ex.get("task", "")) for ex in kept]
+        batch["id"] = [str(ex.get("id", i)) for i, ex in enumerate(kept)]
+        batch["instruction"] = instructions
+        batch["answer"] = [ex.get("answer", "") for ex in kept]
+        batch["num_dropped"] = len(examples) - len(kept)
+        return batch

@@ -1,0 +1,5 @@
+import sys
+
+from mowe.demo.run import main
+
+sys.exit(main())

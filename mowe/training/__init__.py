@@ -1,0 +1,1 @@
+"""Training: the trainer (:mod:`~mowe.training.trainer`) and the stage schedules (:mod:`~mowe.training.stages`)."""
