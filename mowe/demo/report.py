@@ -1,0 +1,159 @@
+"""The demo's report: per-task metrics with 95 % bootstrap intervals, paired tests against base-only, router
+usage, training curves and router heatmaps.
+
+Files written by :func:`write_results` into the output folder:
+
+* ``results.json``: per system and task the metric, ``ci95``, ``n`` and (for non-baseline systems) the paired
+  comparison with the baseline (difference, its interval, p-value, ``significant``); router counts per task;
+  the encoders used and where their weights came from; settings and timings; every prediction.
+* ``results.md``: the same as a table (significant differences marked), router usage, the plots.
+* ``training_curves.png`` and ``router_heatmap_<system>.png`` for each routed system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["summarize", "write_results"]
+
+
+def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """``{system: {"tasks": {task: {metric: {...}}}, "router_counts": ..., "encoder_names": ...}}``.
+
+    Each metric entry holds ``value``, ``ci95`` ([low, high]), ``n`` and, for systems other than ``baseline``,
+    ``vs_baseline`` with ``diff`` (system minus baseline), ``ci95``, ``p_value``, ``significant`` and ``better``
+    (whether the difference is in the metric's good direction).
+    """
+    from mowe.evaluation.stats import compare_paired, task_intervals
+
+    base = results[baseline].records
+    out: dict[str, dict[str, Any]] = {}
+    for name, res in results.items():
+        tasks: dict[str, dict[str, Any]] = {}
+        for task, metrics in task_intervals(res.records, seed=seed).items():
+            tasks[task] = {m: {"value": iv.value, "ci95": [iv.low, iv.high], "n": iv.n} for m, iv in metrics.items()}
+        if name != baseline:
+            for task, metrics in compare_paired(res.records, base, seed=seed).items():
+                for m, cmp in metrics.items():
+                    tasks[task][m]["vs_baseline"] = {
+                        "diff": cmp.diff, "ci95": [cmp.low, cmp.high], "p_value": cmp.p_value,
+                        "significant": bool(cmp.significant), "better": bool(cmp.diff < 0 if m == "wer" else cmp.diff > 0),
+                    }
+        out[name] = {"tasks": tasks, "router_counts": res.router_counts, "encoder_names": res.encoder_names}
+    return out
+
+
+def _cell(entry: Mapping[str, Any]) -> str:
+    lo, hi = entry["ci95"]
+    text = f"{entry['value']:.3f} [{lo:.2f}, {hi:.2f}]"
+    cmp = entry.get("vs_baseline")
+    if cmp is not None and cmp["significant"]:
+        text += " ▲" if cmp["better"] else " ▼"
+    return text
+
+
+def markdown_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per task and metric, one column per system: ``value [low, high]``; ▲/▼ marks a difference from
+    the first (baseline) column that is significant at 5 % (paired test), in the better / worse direction."""
+    from mowe.evaluation.metrics import METRIC_LABELS
+
+    systems = list(summary)
+    rows = sorted({(t, m) for s in systems for t, ms in summary[s]["tasks"].items() for m in ms})
+    lines = ["| task | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+    for task, metric in rows:
+        cells = [_cell(summary[s]["tasks"][task][metric]) if metric in summary[s]["tasks"].get(task, {}) else "–"
+                 for s in systems]
+        n = summary[systems[0]]["tasks"][task][metric]["n"]
+        lines.append(f"| {task} ({METRIC_LABELS.get(metric, metric)}, n={n}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def router_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per routed system and task, the share of test clips that selected each weak encoder."""
+    lines = []
+    for name, s in summary.items():
+        if not s["router_counts"]:
+            continue
+        names = s["encoder_names"]
+        lines += [f"\n**{name}**: share of test examples routed to each weak encoder\n",
+                  "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for task in sorted(s["router_counts"]):
+            c = s["router_counts"][task]
+            total = max(1, sum(c))
+            lines.append(f"| {task} | " + " | ".join(f"{v / total:.2f}" for v in c) + " |")
+    return "\n".join(lines)
+
+
+def _plots(out_dir: str, logs: Mapping[str, str], summary: Mapping[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, log in logs.items():
+        with open(log) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        rows = [r for r in rows if "step" in r and ("lm_loss" in r or "loss" in r)]
+        ax.plot([r["step"] for r in rows], [r.get("lm_loss", r.get("loss")) for r in rows], label=name, lw=1)
+    ax.set(title="training (next-token loss on answers)", xlabel="step", ylabel="loss", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(os.path.join(out_dir, "training_curves.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    for name, s in summary.items():
+        tasks = sorted(s["router_counts"])
+        if not tasks:
+            continue
+        m = np.array([s["router_counts"][t] for t in tasks], dtype=float)
+        m = m / m.sum(1, keepdims=True).clip(min=1)
+        fig, ax = plt.subplots(figsize=(1.8 + 1.3 * m.shape[1], 0.9 + 0.45 * len(tasks)))
+        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(m.shape[1]), s["encoder_names"], rotation=30, ha="right")
+        ax.set_yticks(range(len(tasks)), tasks)
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w" if m[i, j] < 0.6 else "k",
+                        fontsize=8)
+        ax.set_title(f"{name}: weak encoder selected, per task (test)")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        slug = name.lower().replace("-", "_").replace("+", "_")
+        paths.append(os.path.join(out_dir, f"router_heatmap_{slug}.png"))
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def write_results(out_dir: str, results: Mapping[str, Any], logs: Mapping[str, str], *, baseline: str,
+                  provenance: Mapping[str, str], settings: Mapping[str, Any], timings: Mapping[str, float],
+                  seed: int = 0) -> str:
+    """Write ``results.json``, ``results.md`` and the plots; returns the Markdown table."""
+    summary = summarize(results, baseline=baseline, seed=seed)
+    table = markdown_table(summary)
+    plots = _plots(out_dir, logs, summary)
+    data = {
+        "baseline": baseline,
+        "systems": summary,
+        "encoders": dict(provenance),
+        "settings": dict(settings),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "predictions": {name: r.records for name, r in results.items()},
+    }
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(data, f, indent=1)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write("Per task: metric [95 % bootstrap interval]; ▲ / ▼: significantly better / worse than "
+                f"{baseline} (paired test on the same test examples, p < 0.05).\n\n")
+        f.write(table + "\n")
+        f.write(router_table(summary) + "\n\n")
+        f.write("Encoders:\n\n" + "".join(f"- {k}: {v}\n" for k, v in provenance.items()))
+        f.write(f"\nSettings: {dict(settings)}\n\nTimings (s): {data['timings_s']}\n")
+        f.writelines(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots)
+    return table
