@@ -78,17 +78,27 @@ def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int) -> nn.Mo
         raise ConfigError(f"connector.options {cfg.options} do not fit {cls.__name__}: {e}") from e
 
 
-def build_router(cfg: RouterConfig, *, strong_dim: int, num_encoders: int) -> nn.Module:
-    """The routers the config enables, combined with top-k selection."""
-    from mowe.routers import DataDependentRouter, DataIndependentRouter, MixtureRouter
+def build_router(cfg: RouterConfig, *, strong_dim: int, num_encoders: int,
+                 prompt_dim: int | None = None) -> nn.Module:
+    """The routers the config enables, combined with top-k selection.
+
+    ``prompt_dim``: the LLM's embedding width, needed when ``cfg.prompt_aware`` (the prompt-aware router then
+    takes the data-dependent router's place).
+    """
+    from mowe.routers import DataDependentRouter, DataIndependentRouter, MixtureRouter, PromptAwareRouter
 
     routers: list[nn.Module] = []
     if cfg.data_independent:
         routers.append(DataIndependentRouter(num_encoders=num_encoders))
-    if cfg.data_dependent:
+    if cfg.prompt_aware:
+        if prompt_dim is None:
+            raise ConfigError("router.prompt_aware needs the LLM's embedding width: build_router(..., prompt_dim=...)")
+        routers.append(PromptAwareRouter(in_dim=strong_dim, prompt_dim=prompt_dim, num_encoders=num_encoders,
+                                         hidden_dim=cfg.hidden_dim))
+    elif cfg.data_dependent:
         routers.append(DataDependentRouter(in_dim=strong_dim, num_encoders=num_encoders, hidden_dim=cfg.hidden_dim))
     if not routers:
-        raise ConfigError("router: enable data_independent and/or data_dependent")
+        raise ConfigError("router: enable data_independent, data_dependent and/or prompt_aware")
     return MixtureRouter(routers=routers, num_encoders=num_encoders, top_k=cfg.top_k, noise_std=cfg.noise_std)
 
 

@@ -60,7 +60,11 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """Routing over the weak pool (MoWE-Audio sec. 3: both routers, top-k, load-balance loss weight 0.1)."""
+    """Routing over the weak pool (MoWE-Audio sec. 3: both routers, top-k, load-balance loss weight 0.1).
+
+    ``prompt_aware``: the data-dependent router also sees the instruction (a
+    :class:`~mowe.routers.PromptAwareRouter` takes its place; its prompt width is read from the LLM).
+    """
 
     data_independent: bool = True
     data_dependent: bool = True
@@ -70,6 +74,7 @@ class RouterConfig:
     aux_loss_weight: float = 0.1
     layout: str = "fixed"
     slot_dim: int | None = None
+    prompt_aware: bool = False
 
 
 @dataclass(frozen=True)

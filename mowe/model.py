@@ -172,7 +172,8 @@ class MoWEAudioLLM(nn.Module):
         connector = build_connector(config.connector, in_dim=in_dim, out_dim=d_llm)
         router = None
         if pool is not None:
-            router = build_router(config.router, strong_dim=int(strong.out_dim), num_encoders=len(pool))
+            router = build_router(config.router, strong_dim=int(strong.out_dim), num_encoders=len(pool),
+                                  prompt_dim=d_llm)
         return cls(strong_encoder=strong, weak_encoders=pool, router=router, connector=connector, llm=llm,
                    audio_token_id=config.audio_token_id, aux_loss_weight=config.router.aux_loss_weight,
                    config=config)
@@ -184,8 +185,29 @@ class MoWEAudioLLM(nn.Module):
         weak = self.pool.min_samples if self.pool is not None else 0
         return max(int(self.strong_encoder.min_samples), weak)
 
-    def encode_audio(self, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None) -> AudioEncoding:
-        """Waveforms ``(c, s)`` (16 kHz, right-padded) and lengths ``(c,)`` -> audio tokens ``(c, n, d_llm)``."""
+    @property
+    def needs_prompt(self) -> bool:
+        """Whether the router is prompt-aware, so :meth:`encode_audio` needs ``prompt_embeds``."""
+        return self.router is not None and bool(getattr(self.router, "needs_prompt", False))
+
+    def prompt_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Each clip's pooled, detached prompt embedding ``(c, d_llm)`` for a prompt-aware router: the mean LLM
+        input embedding of its sample's real tokens that are neither placeholders nor answer tokens
+        (``labels != -100``); see :func:`mowe.routers.prompt.clip_prompt_embeddings`."""
+        from mowe.routers.prompt import clip_prompt_embeddings
+
+        return clip_prompt_embeddings(embedding=self.llm.get_input_embeddings(), input_ids=input_ids,
+                                      audio_token_id=self.audio_token_id, attention_mask=attention_mask,
+                                      labels=labels)
+
+    def encode_audio(self, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
+                     prompt_embeds: torch.Tensor | None = None) -> AudioEncoding:
+        """Waveforms ``(c, s)`` (16 kHz, right-padded) and lengths ``(c,)`` -> audio tokens ``(c, n, d_llm)``.
+
+        ``prompt_embeds``: ``(c, d_llm)`` from :meth:`prompt_embeddings`; required when :attr:`needs_prompt`,
+        ignored otherwise.
+        """
         lengths = check_waveforms(waveforms, wave_lengths, min_samples=self.min_samples)
         strong = check_encoder_output(self.strong_encoder(waveforms, lengths), batch=waveforms.shape[0],
                                       out_dim=int(self.strong_encoder.out_dim), who="strong")
@@ -196,7 +218,7 @@ class MoWEAudioLLM(nn.Module):
                                      "output_all_layers=True")
             feats = strong.hidden_states
         elif self.pool is not None:
-            route = self.router(feats, flens)
+            route = self.router(feats, flens, prompt_embeds) if self.needs_prompt else self.router(feats, flens)
             weak = self.pool(waveforms, lengths, route, frame_rate=float(self.strong_encoder.frame_rate),
                              frame_lengths=flens, num_frames=feats.shape[1])
             feats = torch.cat([feats.float(), weak], dim=-1)
@@ -276,7 +298,8 @@ class MoWEAudioLLM(nn.Module):
         """
         if not (isinstance(pack, bool) or pack in ("auto", "groups")):
             raise MoWEInputError(f"pack must be True, False, 'groups' or 'auto', got {pack!r}")
-        audio = self.encode_audio(waveforms, wave_lengths)
+        prompt = self.prompt_embeddings(input_ids, attention_mask, labels) if self.needs_prompt else None
+        audio = self.encode_audio(waveforms, wave_lengths, prompt)
         merged = self._merge(input_ids, attention_mask, audio, labels, padding_side)
         if pack == "auto":
             pack = self._llm_layout(merged.attention_mask)
@@ -326,7 +349,8 @@ class MoWEAudioLLM(nn.Module):
         """
         budget = check_bucket_padding(prefill_padding, name="prefill_padding")
         if audio is None:
-            audio = self.encode_audio(waveforms, wave_lengths)
+            prompt = self.prompt_embeddings(input_ids, attention_mask) if self.needs_prompt else None
+            audio = self.encode_audio(waveforms, wave_lengths, prompt)
         merged = self._merge(input_ids, attention_mask, audio, None, "left")
         gen_cfg = self.llm.generation_config
         pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else gen_cfg.eos_token_id

@@ -69,9 +69,12 @@ class Preset:
 
 
 def mowe_paper(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512, top_k: int = 1,
-               llm: str = "Qwen/Qwen2.5-1.5B-Instruct", steps: int = 1000) -> Preset:
+               llm: str = "Qwen/Qwen2.5-1.5B-Instruct", steps: int = 1000, prompt_aware: bool = False) -> Preset:
     """MoWE-Audio (arXiv 2409.06635): frozen Whisper-large-v3 + a weak pool of 2 Whisper-tiny and 2 HuBERT-base,
-    data-independent + data-dependent routers, top-1, load-balance loss weight 0.1, LoRA on the LLM."""
+    data-independent + data-dependent routers, top-1, load-balance loss weight 0.1, LoRA on the LLM.
+
+    ``prompt_aware=True`` (beyond the paper; PaM, arXiv 2502.15178): the data-dependent router also sees the
+    instruction (:class:`~mowe.routers.PromptAwareRouter`); everything else is unchanged."""
     from mowe.training.stages import mowe_default_stages
 
     if tiny:
@@ -92,7 +95,8 @@ def mowe_paper(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int =
             "wav2vec2_base": EncoderConfig("hubert", name_or_path="facebook/wav2vec2-base-960h"),
         }
         llm_cfg = LLMConfig(name_or_path=llm, dtype="bfloat16")
-    cfg = MoWEConfig(strong=strong, weak=weak, router=RouterConfig(top_k=top_k, aux_loss_weight=0.1),
+    router = RouterConfig(top_k=top_k, aux_loss_weight=0.1, prompt_aware=prompt_aware)
+    cfg = MoWEConfig(strong=strong, weak=weak, router=router,
                      connector=ConnectorConfig("stack", {"stack": 4}), llm=llm_cfg, lora=LoRAConfig(r=8, alpha=16),
                      audio_token_id=audio_token_id)
     return Preset("mowe_paper", cfg, tuple(mowe_default_stages(steps)), PROMPT_TEMPLATES["mowe"], 1.0,

@@ -64,7 +64,9 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
         if batch is None:
             continue
         inputs = {k: batch[k] for k in MODEL_KEYS}
-        audio = model.encode_audio(inputs["waveforms"], inputs["wave_lengths"])
+        prompt = (model.prompt_embeddings(inputs["input_ids"], inputs["attention_mask"])
+                  if getattr(model, "needs_prompt", False) else None)
+        audio = model.encode_audio(inputs["waveforms"], inputs["wave_lengths"], prompt)
         if audio.router is not None:
             for task, row in zip(batch["task"], audio.router.indices.tolist()):
                 c = counts.setdefault(task, [0] * len(names))

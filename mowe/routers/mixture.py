@@ -38,7 +38,8 @@ class MixtureRouter(nn.Module):
     """Sum of router logits, top-k selection and gates.
 
     MoWE-Audio combines a data-independent and a data-dependent router; any module mapping pooled strong
-    features ``(b, d)`` to logits ``(b, e)`` can be one of ``routers``.
+    features ``(b, d)`` to logits ``(b, e)`` can be one of ``routers``. A router with a true ``needs_prompt``
+    attribute (:class:`~mowe.routers.PromptAwareRouter`) is called as ``r(pooled, prompt)`` instead.
 
     Args:
         routers: modules whose logits are summed.
@@ -62,10 +63,23 @@ class MixtureRouter(nn.Module):
         self.top_k = top_k
         self.noise_std = noise_std
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> RouterOutput:
-        """Route clips from the strong encoder's ``(b, t, d)`` features and ``(b,)`` frame lengths."""
+    @property
+    def needs_prompt(self) -> bool:
+        """Whether a router here also reads the instruction (then ``forward`` needs ``prompt``)."""
+        return any(getattr(r, "needs_prompt", False) for r in self.routers)
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor,
+                prompt: torch.Tensor | None = None) -> RouterOutput:
+        """Route clips from the strong encoder's ``(b, t, d)`` features and ``(b,)`` frame lengths.
+
+        ``prompt``: ``(b, d_p)`` pooled prompt embedding per clip, for prompt-aware routers (others ignore it).
+        """
         pooled = masked_mean(features, lengths).float()
-        logits = sum(r(pooled) for r in self.routers)
+        if prompt is None and self.needs_prompt:
+            raise MoWEInputError("this router is prompt-aware: pass prompt (b, d_p), the pooled prompt embedding "
+                                 "of each clip's sample (MoWEAudioLLM.prompt_embeddings)")
+        logits = sum(r(pooled, prompt.float()) if getattr(r, "needs_prompt", False) else r(pooled)
+                     for r in self.routers)
         if logits.shape != (features.shape[0], self.num_encoders):
             raise MoWEInputError(
                 f"router logits have shape {tuple(logits.shape)}; expected ({features.shape[0]}, {self.num_encoders})"
