@@ -24,23 +24,23 @@ def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0) -> di
     """``{system: {"tasks": {task: {metric: {...}}}, "router_counts": ..., "encoder_names": ...}}``.
 
     Each metric entry holds ``value``, ``ci95`` ([low, high]), ``n`` and, for systems other than ``baseline``,
-    ``vs_baseline`` with ``diff`` (system minus baseline), ``ci95``, ``p_value``, ``significant`` and ``better``
-    (whether the difference is in the metric's good direction).
+    ``vs_baseline`` with ``diff`` (system minus baseline), ``ci95`` (paired bootstrap), ``p_value`` (paired
+    permutation test, :func:`mowe.evaluation.stats.paired_comparison`), ``significant`` (p < 0.05) and ``better``
+    (significant and in the metric's good direction).
     """
-    from mowe.evaluation.stats import compare_paired, task_intervals
+    from mowe.evaluation.stats import compare_to_base, task_intervals
 
-    base = results[baseline].records
     out: dict[str, dict[str, Any]] = {}
     for name, res in results.items():
         tasks: dict[str, dict[str, Any]] = {}
-        for task, metrics in task_intervals(res.records, seed=seed).items():
+        for task, metrics in task_intervals(res, seed=seed).items():
             tasks[task] = {m: {"value": iv.value, "ci95": [iv.low, iv.high], "n": iv.n} for m, iv in metrics.items()}
         if name != baseline:
-            for task, metrics in compare_paired(res.records, base, seed=seed).items():
+            for task, metrics in compare_to_base(res, results[baseline], seed=seed).items():
                 for m, cmp in metrics.items():
                     tasks[task][m]["vs_baseline"] = {
                         "diff": cmp.diff, "ci95": [cmp.low, cmp.high], "p_value": cmp.p_value,
-                        "significant": bool(cmp.significant), "better": bool(cmp.diff < 0 if m == "wer" else cmp.diff > 0),
+                        "significant": cmp.significant, "better": cmp.better == "system",
                     }
         out[name] = {"tasks": tasks, "router_counts": res.router_counts, "encoder_names": res.encoder_names}
     return out
