@@ -5,7 +5,7 @@ Shape legend: ``b`` batch, ``s`` samples, ``t`` frames, ``n`` frames of the whol
 
 CREPE reads one 1024-sample window (64 ms at 16 kHz) per frame, normalised to zero mean and unit standard
 deviation, through six conv layers (conv -> ReLU -> BatchNorm -> max-pool 2) and a sigmoid classifier over
-360 pitch bins 20 cents apart (32.7 Hz to 1975.5 Hz). Its cost is per frame, so ``hop_ms`` sets it.
+360 pitch bins 20 cents apart (31.7 Hz to 2005.5 Hz). Its cost is per frame, so ``hop_ms`` sets it.
 Frame ``j`` is centred at ``(j + 0.5) * hop_ms`` (the grid of :func:`mowe.align.align_to_grid`); windows
 reaching past a clip see zeros, so a clip's frames do not depend on what it is batched with.
 BatchNorm always uses its stored statistics, so ``model.train()`` does not change the features.
@@ -28,7 +28,7 @@ __all__ = ["CrepeNet", "PitchEncoder", "bins_to_hz"]
 WINDOW = 1024
 PITCH_BINS = 360
 CENTS_PER_BIN = 20
-CENTS_OFFSET = 1997.3794084376191  # bin 0 in cents above 10 Hz (32.70 Hz)
+CENTS_OFFSET = 1997.3794084376191  # bin 0 in cents above 10 Hz (31.70 Hz)
 BN_EPS = 1e-3  # the converted Keras models' BatchNorm epsilon
 CHUNK_FRAMES = 256  # frames per network call: bounds CREPE full's 1 MB-per-frame first activation
 
