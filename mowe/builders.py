@@ -51,7 +51,17 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
         if cfg.name_or_path:
             return BEATsEncoder.from_checkpoint(cfg.name_or_path, freeze=cfg.freeze)
         return BEATsEncoder.from_preset(cfg.preset or "base", freeze=cfg.freeze, **cfg.overrides)
-    raise ConfigError(f"encoder {name!r}: unknown family {fam!r} (whisper, hubert, beats, custom)")
+    if fam in ("speaker", "pitch"):  # pretrained only: name_or_path is a weight file (pitch: or "tiny"/"full")
+        from mowe.encoders.pitch import PitchEncoder
+        from mowe.encoders.speaker import SpeakerEncoder
+
+        load = SpeakerEncoder.from_pretrained if fam == "speaker" else PitchEncoder.from_pretrained
+        where = cfg.name_or_path or (None if fam == "speaker" else cfg.preset or "tiny")
+        try:
+            return load(where, freeze=cfg.freeze, **cfg.overrides)
+        except TypeError as e:
+            raise ConfigError(f"encoder {name!r}: overrides {cfg.overrides} do not fit family {fam!r}: {e}") from e
+    raise ConfigError(f"encoder {name!r}: unknown family {fam!r} (whisper, hubert, beats, speaker, pitch, custom)")
 
 
 def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int) -> nn.Module:

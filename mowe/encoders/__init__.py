@@ -11,6 +11,8 @@ __all__ = [
     "EncoderOutput",
     "HubertEncoder",
     "LogMelFrontend",
+    "PitchEncoder",
+    "SpeakerEncoder",
     "WeakEncoderPool",
     "WhisperEncoder",
     "check_waveforms",
@@ -24,4 +26,12 @@ def __getattr__(name: str):
         from mowe.encoders.beats import BEATsEncoder
 
         return BEATsEncoder
+    if name == "SpeakerEncoder":  # pretrained-only encoders, imported on first use
+        from mowe.encoders.speaker import SpeakerEncoder
+
+        return SpeakerEncoder
+    if name == "PitchEncoder":
+        from mowe.encoders.pitch import PitchEncoder
+
+        return PitchEncoder
     raise AttributeError(name)
