@@ -201,7 +201,10 @@ def openai_whisper_to_hf(checkpoint: dict, *, where: str = "checkpoint") -> tupl
     """
     if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
         raise CheckpointError(f"{where}: not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
-    dims = checkpoint["dims"]
+    dims = dict(checkpoint["dims"])
+    text_state = dims.pop("n_text_state", dims.get("n_audio_state"))
+    if text_state != dims.get("n_audio_state"):  # transformers' Whisper has one width for both halves
+        raise CheckpointError(f"{where}: n_text_state {text_state} != n_audio_state {dims.get('n_audio_state')}")
     unknown = sorted(set(dims) - set(_DIMS))
     if unknown:
         raise CheckpointError(f"{where}: unknown dims {unknown}")
