@@ -139,7 +139,10 @@ class LTUWhisperEncoder(nn.Module):
             config = WhisperConfig.from_pretrained(name_or_path)
             state = load_prefixed_state_dict(name_or_path, ("model.encoder.", "encoder."))
         hf = HFWhisperEncoder(config)
-        missing, unexpected = hf.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = hf.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise CheckpointError(f"{name_or_path}: encoder weights do not match its config ({e})") from e
         if missing or unexpected:
             raise CheckpointError(f"{name_or_path}: encoder weights do not match its config (missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]})")
@@ -243,7 +246,10 @@ def load_openai_whisper(path: str | os.PathLike, *, model: bool = False):
     if not model:
         return config, state
     hf = WhisperForConditionalGeneration(config)
-    missing, unexpected = hf.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = hf.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not match its dims ({e})") from e
     missing = [k for k in missing if k != "proj_out.weight"]  # tied to the token embedding
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not match its dims (missing {missing[:5]}, "

@@ -66,17 +66,18 @@ class WhisperTranscriber(nn.Module):
         self.mel_frames = 2 * model.config.max_source_positions  # Whisper's 30 s window
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, tokenizer: str | None = None, language: str | None = "en",
+    def from_pretrained(cls, name_or_path: str, *, tokenizer=None, language: str | None = "en",
                         **kwargs) -> WhisperTranscriber:
-        """A ``.pt`` file (openai-whisper) or a transformers checkpoint, with a Whisper tokenizer (hub id or folder;
-        by default the checkpoint's own folder)."""
+        """A ``.pt`` file (openai-whisper) or a transformers checkpoint, with a Whisper tokenizer: a tokenizer object,
+        or its hub id or folder (by default the checkpoint's own folder)."""
         from transformers import WhisperTokenizer
 
         if str(name_or_path).endswith(".pt"):
             model = load_openai_whisper(name_or_path, model=True)
         else:
             model = WhisperForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
-        tok = WhisperTokenizer.from_pretrained(tokenizer or name_or_path)
+        tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else \
+            WhisperTokenizer.from_pretrained(tokenizer or name_or_path)
         names = ["<|startoftranscript|>"]
         if model.config.vocab_size >= 51865:  # multilingual vocabularies carry language and task tokens
             names += [f"<|{language}|>"] if language else []
