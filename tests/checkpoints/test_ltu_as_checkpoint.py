@@ -229,3 +229,32 @@ def test_openai_whisper_file_gives_the_checkpoint_decoder(files):
     assert torch.equal(hf.model.decoder.embed_tokens.weight, stored["decoder.token_embedding.weight"].float())
     assert torch.equal(hf.proj_out.weight, hf.model.decoder.embed_tokens.weight)  # tied, as openai's decoder reads it
     assert torch.equal(hf.model.encoder.layers[1].self_attn.k_proj.weight, stored["encoder.blocks.1.attn.key.weight"].float())
+
+
+def whisper_style_block(x, w, prefix, heads):
+    """A pre-norm residual block as Whisper writes it (separate q/k/v, no key bias, q and k each scaled)."""
+    ln = lambda t, n: torch.nn.functional.layer_norm(t, (D,), w[f"{prefix}{n}.weight"], w[f"{prefix}{n}.bias"])
+    lin = lambda t, n, bias=True: torch.nn.functional.linear(t, w[f"{prefix}{n}.weight"],
+                                                             w[f"{prefix}{n}.bias"] if bias else None)
+    y = ln(x, "attn_ln")
+    q, k, v = lin(y, "attn.query"), lin(y, "attn.key", bias=False), lin(y, "attn.value")
+    split = lambda t: t.view(*t.shape[:2], heads, -1).transpose(1, 2)
+    scale = (D // heads) ** -0.25
+    att = torch.softmax((split(q) * scale) @ (split(k) * scale).transpose(-1, -2), dim=-1) @ split(v)
+    x = x + lin(att.transpose(1, 2).flatten(2), "attn.out")
+    h = ln(x, "mlp_ln")
+    return x + lin(torch.nn.functional.gelu(lin(h, "mlp.0")), "mlp.2")
+
+
+def test_tltr_equals_the_official_math_on_the_official_weights(files, model):
+    w = files["state"]
+    feats = torch.randn(2, LAYERS, 500, D)
+    pooled = feats.view(2, LAYERS, 25, 20, D).mean(3)  # x20 mean pooling over time
+    x = whisper_style_block(pooled.reshape(2 * LAYERS, 25, D), w, f"{P}audio_encoder.time_tr.", 1)
+    x = x.view(2, LAYERS, 25, D).transpose(1, 2).reshape(2 * 25, LAYERS, D)
+    x = whisper_style_block(x, w, f"{P}audio_encoder.layer_tr.", 8).mean(1).view(2, 25, D)
+    ref = torch.nn.functional.linear(torch.nn.functional.layer_norm(x, (D,)), w[f"{P}audio_proj.1.weight"],
+                                     w[f"{P}audio_proj.1.bias"])
+    with torch.no_grad():
+        got = model.connector(feats, torch.tensor([500, 500])).embeds
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
