@@ -118,7 +118,8 @@ def load_ltu_as_state_dict(model, state: dict[str, torch.Tensor], *, where: str 
                               f"{unexpected[:8]}, {len(missing)} missing keys {missing[:8]}")
     bad = sorted(k for k, v in mapped.items() if v.shape != own[k].shape)
     if bad:
-        raise CheckpointError(f"{where}: shape mismatch for {[(k, tuple(mapped[k].shape), tuple(own[k].shape)) for k in bad[:5]]}")
+        shapes = [(k, tuple(mapped[k].shape), tuple(own[k].shape)) for k in bad[:5]]
+        raise CheckpointError(f"{where}: shape mismatch (key, checkpoint, model) for {shapes}")
     model.load_state_dict(mapped, strict=False)
 
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+import torch
+
 from mowe.errors import MoWEInputError
 
-__all__ = ["LTU_AS_PROMPT", "LTU_AS_PROMPT_NO_INPUT", "clean_transcript", "ltu_as_batch", "ltu_as_input_ids", "ltu_as_prompt"]
+__all__ = ["LTU_AS_PROMPT", "LTU_AS_PROMPT_NO_INPUT", "clean_transcript", "ltu_as_batch", "ltu_as_input_ids",
+           "ltu_as_prompt"]
 
 LTU_AS_PROMPT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 LTU_AS_PROMPT_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
@@ -57,15 +60,14 @@ def ltu_as_batch(tokenizer, instructions: Sequence[str], *, audio_token_id: int,
         instructions: one question per clip.
         audio_token_id: the model's placeholder id (``model.audio_token_id``).
         transcripts: the text for ``### Input`` per clip; None runs ``transcriber`` on the clips instead
-            (LTU-AS's own way: Whisper's greedy transcript, :class:`mowe.encoders.whisper_transcribe.WhisperTranscriber`).
+            (LTU-AS's own way: Whisper's greedy transcript,
+            :class:`mowe.encoders.whisper_transcribe.WhisperTranscriber`).
         transcriber, waveforms, wave_lengths: used when ``transcripts`` is None.
         pad_token_id: LTU-AS pads with 0 (LLaMA's unk); padding_side: ``"left"`` for generation.
 
     Returns:
         ``{"input_ids": (b, L), "attention_mask": (b, L), "transcripts": list[str]}``.
     """
-    import torch
-
     if transcripts is None:
         if transcriber is None or waveforms is None:
             raise MoWEInputError("pass transcripts=, or transcriber= with waveforms= to transcribe the clips")

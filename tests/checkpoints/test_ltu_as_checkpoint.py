@@ -116,7 +116,8 @@ def test_official_layout_loads_strictly_and_round_trips_bit_exactly(files, model
 @pytest.mark.parametrize("change", ["unknown", "missing_lora", "missing_proj", "missing_key"])
 def test_unknown_or_missing_keys_are_named(files, tmp_path, change):
     state = dict(files["state"])
-    name = {"unknown": f"{P}audio_encoder.extra.weight", "missing_lora": f"{P}layers.1.self_attn.v_proj.lora_B.default.weight",
+    name = {"unknown": f"{P}audio_encoder.extra.weight",
+            "missing_lora": f"{P}layers.1.self_attn.v_proj.lora_B.default.weight",
             "missing_proj": f"{P}audio_proj.1.bias", "missing_key": f"{P}audio_encoder.layer_tr.attn.key.weight"}[change]
     if change == "unknown":
         state[name] = torch.zeros(3)
@@ -228,7 +229,8 @@ def test_openai_whisper_file_gives_the_checkpoint_decoder(files):
     stored = torch.load(files["whisper"], weights_only=True)["model_state_dict"]
     assert torch.equal(hf.model.decoder.embed_tokens.weight, stored["decoder.token_embedding.weight"].float())
     assert torch.equal(hf.proj_out.weight, hf.model.decoder.embed_tokens.weight)  # tied, as openai's decoder reads it
-    assert torch.equal(hf.model.encoder.layers[1].self_attn.k_proj.weight, stored["encoder.blocks.1.attn.key.weight"].float())
+    key = stored["encoder.blocks.1.attn.key.weight"].float()
+    assert torch.equal(hf.model.encoder.layers[1].self_attn.k_proj.weight, key)
 
 
 def whisper_style_block(x, w, prefix, heads):

@@ -1,4 +1,4 @@
-"""LTU-AS's transcript: greedy decoding with the Whisper checkpoint's own decoder (mowe/encoders/whisper_transcribe.py)."""
+"""LTU-AS's transcript: greedy decoding with the checkpoint's own Whisper decoder (whisper_transcribe.py)."""
 
 import os
 
@@ -66,7 +66,8 @@ def test_from_openai_file_uses_english_only_prefix(tmp_path):
                      ("encoder_attn.q_proj", "cross_attn.query"), ("encoder_attn.k_proj", "cross_attn.key"),
                      ("encoder_attn.v_proj", "cross_attn.value"), ("encoder_attn.out_proj", "cross_attn.out"),
                      ("self_attn_layer_norm", "attn_ln"), ("encoder_attn_layer_norm", "cross_attn_ln"),
-                     ("fc1", "mlp.0"), ("fc2", "mlp.2"), ("final_layer_norm", "mlp_ln"), ("encoder.layer_norm", "encoder.ln_post"),
+                     ("fc1", "mlp.0"), ("fc2", "mlp.2"), ("final_layer_norm", "mlp_ln"),
+                     ("encoder.layer_norm", "encoder.ln_post"),
                      ("decoder.layer_norm", "decoder.ln"), ("embed_tokens", "token_embedding"),
                      ("decoder.embed_positions.weight", "decoder.positional_embedding")):
             new = new.replace(a, b)
