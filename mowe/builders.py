@@ -38,6 +38,12 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
         if cfg.name_or_path:
             return WhisperEncoder.from_pretrained(cfg.name_or_path, **kw)
         return WhisperEncoder.from_preset(cfg.preset or "tiny", **kw, **cfg.overrides)
+    if fam == "whisper_ltu":  # LTU-AS's Whisper features (mowe.encoders.whisper_ltu)
+        from mowe.encoders.whisper_ltu import LTUWhisperEncoder
+
+        if cfg.name_or_path:
+            return LTUWhisperEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze)
+        return LTUWhisperEncoder.from_preset(cfg.preset or "tiny", freeze=cfg.freeze, **cfg.overrides)
     if fam == "hubert":
         from mowe.encoders.hubert import HubertEncoder
 
@@ -61,7 +67,7 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
             return load(where, freeze=cfg.freeze, **cfg.overrides)
         except TypeError as e:
             raise ConfigError(f"encoder {name!r}: overrides {cfg.overrides} do not fit family {fam!r}: {e}") from e
-    raise ConfigError(f"encoder {name!r}: unknown family {fam!r} (whisper, hubert, beats, speaker, pitch, custom)")
+    raise ConfigError(f"encoder {name!r}: unknown family {fam!r} (whisper, whisper_ltu, hubert, beats, speaker, pitch, custom)")
 
 
 def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int) -> nn.Module:

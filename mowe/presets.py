@@ -23,6 +23,9 @@ PROMPT_TEMPLATES = {
     "ltu_as": ("Below is an instruction that describes a task, paired with an input that provides further "
                "context. Write a response that appropriately completes the request.\n\n"
                "### Instruction:\n{instruction}\n\n### Input:\n{audio}\n\n### Response:\n"),
+    # LTU-AS as released (templates/alpaca_short.json): the audio tokens before the whole prompt (before BOS
+    # too), Whisper's transcript of the clip as the input; see mowe.data.ltu_as_prompt.
+    "ltu_as_faithful": "{audio}### Instruction:\n{instruction}\n\n### Input:\n{transcript}\n\n### Response:\n",
     "mowe": "{audio} {instruction}\n",
 }
 
@@ -143,26 +146,44 @@ def salmonn(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 51
                   "Tang et al., SALMONN: Towards Generic Hearing Abilities for Large Language Models, arXiv 2310.13289")
 
 
-def ltu_as(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512,
-           llm: str = "lmsys/vicuna-7b-v1.1", steps=(1000, 1000, 1000)) -> Preset:
+def ltu_as(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512, faithful: bool = True,
+           llm: str = "lmsys/vicuna-7b-v1.1", whisper: str = "openai/whisper-large",
+           steps=(1000, 1000, 1000)) -> Preset:
     """LTU-AS (arXiv 2309.14405): all hidden layers of Whisper-large (v1), pooled x20 in time, a time-and-layer
-    transformer, LayerNorm + Linear into the LLM, LoRA r=8 / alpha=16 on q and v; a 3-stage curriculum."""
+    transformer, LayerNorm + Linear into the LLM, LoRA r=8 / alpha=16 on q and v; a 3-stage curriculum.
+
+    ``faithful=True`` computes what the official pipeline (YuanGongND/ltu) computes: every clip cut or padded to
+    10 s in the log-mel domain (:mod:`mowe.encoders.whisper_ltu`), the raw outputs of Whisper's blocks (no
+    embedding output, no final LayerNorm), always 25 audio tokens, a TLTR without key bias attending over the whole
+    window, and the short Alpaca prompt with the audio tokens before it and Whisper's transcript as its input
+    (:mod:`mowe.data.ltu_as_prompt`). ``faithful=False`` keeps mowe's real-length path: clips encoded at their
+    own length (masked attention, no 10 s limit), ``ceil(frames / 20)`` tokens, the embedding output and the
+    final-LayerNorm output among the 33 layers.
+
+    ``whisper``: hub id, folder or openai-whisper ``.pt`` file (LTU-AS used ``large-v1.pt``).
+    """
     from mowe.training.stages import ltu_as_stages
 
     if tiny:
-        strong = EncoderConfig("whisper", preset="tiny", overrides=_TINY_WHISPER, pad_to_30s=False,
-                               output_all_layers=True)
         llm_cfg = LLMConfig(config=_tiny_llm(vocab_size))
-        layers = _TINY_WHISPER["encoder_layers"] + 1
     else:
-        strong = EncoderConfig("whisper", name_or_path="openai/whisper-large", output_all_layers=True)
         llm_cfg = LLMConfig(name_or_path=llm, dtype="bfloat16")
-        layers = 33  # 32 layers + the embedding output
-    cfg = MoWEConfig(strong=strong, weak={},
-                     connector=ConnectorConfig("tltr", {"num_layers_in": layers, "time_pool": 20}),
+    options = {"time_pool": 20}
+    if faithful:
+        strong = (EncoderConfig("whisper_ltu", preset="tiny", overrides=_TINY_WHISPER) if tiny
+                  else EncoderConfig("whisper_ltu", name_or_path=whisper))
+        options.update(num_layers_in=_TINY_WHISPER["encoder_layers"] if tiny else 32, key_bias=False)
+        template = PROMPT_TEMPLATES["ltu_as_faithful"]
+    else:
+        strong = (EncoderConfig("whisper", preset="tiny", overrides=_TINY_WHISPER, pad_to_30s=False,
+                                output_all_layers=True) if tiny
+                  else EncoderConfig("whisper", name_or_path=whisper, output_all_layers=True))
+        options.update(num_layers_in=_TINY_WHISPER["encoder_layers"] + 1 if tiny else 33)  # + the embedding output
+        template = PROMPT_TEMPLATES["ltu_as"]
+    cfg = MoWEConfig(strong=strong, weak={}, connector=ConnectorConfig("tltr", options),
                      llm=llm_cfg, lora=LoRAConfig(r=8, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj")),
                      audio_token_id=audio_token_id)
-    return Preset("ltu_as", cfg, tuple(ltu_as_stages(steps)), PROMPT_TEMPLATES["ltu_as"], 1.0,
+    return Preset("ltu_as", cfg, tuple(ltu_as_stages(steps)), template, 1.0,
                   "Gong et al., Joint Audio and Speech Understanding (LTU-AS), arXiv 2309.14405")
 
 

@@ -35,10 +35,19 @@ __all__ = ["TLTRConnector"]
 class _PreNormBlock(nn.Module):
     """Whisper-style residual block (pre-norm attention + 4x GELU MLP), the block Whisper-AT's TLTR uses."""
 
-    def __init__(self, *, dim: int, num_heads: int, dropout: float) -> None:
+    def __init__(self, *, dim: int, num_heads: int, dropout: float, key_bias: bool = True) -> None:
         super().__init__()
         self.attn_norm = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        if not key_bias:
+            # Whisper-style attention (the official TLTR) has no key bias: hold that slice of the packed q/k/v
+            # bias at zero, its gradient too. (A key bias shifts every score of a query equally, so the softmax
+            # ignores it anyway; zeroing it keeps the weights a faithful copy of the official ones.)
+            with torch.no_grad():
+                self.attn.in_proj_bias[dim : 2 * dim].zero_()
+            keep = torch.ones(3 * dim)
+            keep[dim : 2 * dim] = 0
+            self.attn.in_proj_bias.register_hook(lambda g: g * keep.to(g))
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
         self.dropout = nn.Dropout(dropout)
@@ -69,6 +78,7 @@ class TLTRConnector(nn.Module):
         time_heads: heads of the attention over time (TLTR: 1).
         layer_heads: heads of the attention over layers (TLTR: 8).
         dropout: dropout in both blocks (TLTR: none).
+        key_bias: a bias on the attention key projections (False: the official LTU-AS TLTR, Whisper-style).
 
     Example:
         >>> tltr = TLTRConnector(in_dim=384, out_dim=4096, num_layers_in=5)
@@ -90,6 +100,7 @@ class TLTRConnector(nn.Module):
         time_heads: int = 1,
         layer_heads: int = 8,
         dropout: float = 0.0,
+        key_bias: bool = True,
     ) -> None:
         super().__init__()
         hidden = in_dim if hidden_dim is None else hidden_dim
@@ -112,8 +123,8 @@ class TLTRConnector(nn.Module):
             if hidden == in_dim
             else nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden))
         )
-        self.time_block = _PreNormBlock(dim=hidden, num_heads=time_heads, dropout=dropout)
-        self.layer_block = _PreNormBlock(dim=hidden, num_heads=layer_heads, dropout=dropout)
+        self.time_block = _PreNormBlock(dim=hidden, num_heads=time_heads, dropout=dropout, key_bias=key_bias)
+        self.layer_block = _PreNormBlock(dim=hidden, num_heads=layer_heads, dropout=dropout, key_bias=key_bias)
         # LTU-AS's audio projection: LayerNorm without affine parameters, then Linear to the LLM width.
         self.out_norm = nn.LayerNorm(hidden, elementwise_affine=False)
         self.proj = nn.Linear(hidden, out_dim)
