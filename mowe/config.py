@@ -46,6 +46,9 @@ class EncoderConfig:
             length, each wasting at most this fraction of its real audio on padding; None pads the whole batch
             to its longest clip; ``"auto"``: 0.05 on CPU, 0.25 on accelerators. Same features either way;
             only the cost changes.
+        full_window: Whisper only, with ``pad_to_30s``: output all 1500 frames of the 30 s window (SALMONN).
+        min_seconds: clips shorter than this are zero-padded to it before this encoder (SALMONN: 1.0).
+        max_seconds: clips longer than this are cut to it before this encoder (SALMONN: 30.0); None: no cut.
     """
 
     family: str = "whisper"
@@ -56,11 +59,18 @@ class EncoderConfig:
     pad_to_30s: bool = True
     output_all_layers: bool = False
     bucket_padding: float | str | None = "auto"
+    full_window: bool = False
+    min_seconds: float = 0.0
+    max_seconds: float | None = None
 
 
 @dataclass(frozen=True)
 class RouterConfig:
-    """Routing over the weak pool (MoWE-Audio sec. 3: both routers, top-k, load-balance loss weight 0.1)."""
+    """Routing over the weak pool (MoWE-Audio sec. 3: both routers, top-k, load-balance loss weight 0.1).
+
+    ``layout``, ``slot_dim`` and ``align`` shape the pool's output (:class:`~mowe.encoders.WeakEncoderPool`):
+    ``align="pad"`` pairs weak and strong frames by index (SALMONN) instead of resampling by time.
+    """
 
     data_independent: bool = True
     data_dependent: bool = True
@@ -70,6 +80,7 @@ class RouterConfig:
     aux_loss_weight: float = 0.1
     layout: str = "fixed"
     slot_dim: int | None = None
+    align: str = "interpolate"
 
 
 @dataclass(frozen=True)
