@@ -137,6 +137,12 @@ def _read_state(checkpoint: str | os.PathLike | Mapping) -> tuple[dict[str, torc
     return _normalise_lora_names(state), where
 
 
+def _where(path: str | os.PathLike) -> str:
+    """Local files and folders as absolute paths (a saved model reloads from any directory); hub ids as given."""
+    path = os.fspath(path)
+    return os.path.abspath(path) if os.path.exists(path) else path
+
+
 def _need(state: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Tensor:
     if key not in state:
         raise CheckpointError(f"SALMONN checkpoint {where} lacks {key!r}")
@@ -177,15 +183,16 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
     if dtype not in _DTYPES:
         raise MoWEInputError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
     span = dict(min_seconds=1.0, max_seconds=30.0)  # the official loader's clip span
+    whisper, beats, llm = (_where(p) for p in (whisper, beats, llm))
     qf = dict(hidden_dim=int(queries.shape[2]), num_heads=num_heads, num_layers=len(layers),
               num_queries=int(queries.shape[1]), window=window, stride=window, ffn_dim=int(ffn),
               stream_dims=dims, partial_window="drop")
     return MoWEConfig(
-        strong=EncoderConfig("whisper", name_or_path=os.fspath(whisper), full_window=True, **span),
-        weak={"beats": EncoderConfig("beats", name_or_path=os.fspath(beats), **span)},
+        strong=EncoderConfig("whisper", name_or_path=whisper, full_window=True, **span),
+        weak={"beats": EncoderConfig("beats", name_or_path=beats, **span)},
         router=RouterConfig(data_dependent=False, top_k=1, aux_loss_weight=0.0, align="pad"),
         connector=ConnectorConfig("qformer", qf),
-        llm=LLMConfig(name_or_path=os.fspath(llm), dtype=dtype),
+        llm=LLMConfig(name_or_path=llm, dtype=dtype),
         lora=LoRAConfig(r=ranks.pop(), alpha=lora_alpha, dropout=lora_dropout, target_modules=targets),
         audio_token_id=audio_token_id,
     )
