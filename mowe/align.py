@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["align_to_grid"]
+__all__ = ["ALIGNMENTS", "align_to_grid", "pad_to_grid"]
 
 
 def _mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
@@ -46,3 +46,26 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
     gather = lambda idx: features.gather(1, idx[..., None].expand(-1, -1, d))
     out = gather(lo) * (1 - w) + gather(hi) * w
     return out * _mask(dst_lengths, dst_len)[..., None].to(out.dtype)
+
+
+def pad_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, dst_len: int) -> torch.Tensor:
+    """Lay ``(b, t, d)`` features frame for frame on a grid of ``dst_len`` frames, zeros after each clip's end.
+
+    SALMONN's alignment (its ``_encode_auditory_feature``): BEATs tokens and Whisper frames are paired by index
+    and the shorter stream is zero-padded, not resampled. Frames past ``dst_len`` are dropped (with Whisper's
+    full 30 s window, the strong grid is never the shorter one).
+
+    Args:
+        features: ``(b, t, d)``; lengths: ``(b,)`` valid frames.
+        dst_len: target tensor length ``u``.
+
+    Returns:
+        ``(b, u, d)``.
+    """
+    t = features.shape[1]
+    out = features[:, :dst_len] * _mask(lengths, min(t, dst_len))[..., None].to(features.dtype)
+    return torch.nn.functional.pad(out, (0, 0, 0, dst_len - out.shape[1]))
+
+
+# The pool's ``align`` choices: how a weak stream is brought onto the strong encoder's frames.
+ALIGNMENTS = ("interpolate", "pad")

@@ -19,7 +19,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Module] | None = None) -> nn.Module:
-    """An encoder module from its config entry; ``custom`` supplies modules for ``family="custom"`` entries."""
+    """An encoder module from its config entry; ``custom`` supplies modules for ``family="custom"`` entries.
+
+    ``min_seconds`` / ``max_seconds`` put a :class:`~mowe.encoders.span.ClipSpan` in front of the encoder.
+    """
+    enc = _build_bare_encoder(cfg, name=name, custom=custom)
+    if cfg.min_seconds > 0 or cfg.max_seconds is not None:
+        from mowe.encoders.span import ClipSpan
+
+        enc = ClipSpan(encoder=enc, min_seconds=cfg.min_seconds, max_seconds=cfg.max_seconds)
+    return enc
+
+
+def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Module] | None) -> nn.Module:
     fam = cfg.family
     if fam == "custom":
         if not custom or name not in custom:
@@ -34,7 +46,7 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
         from mowe.encoders.whisper import WhisperEncoder
 
         kw = dict(pad_to_30s=cfg.pad_to_30s, output_all_layers=cfg.output_all_layers, freeze=cfg.freeze,
-                  bucket_padding=cfg.bucket_padding)
+                  bucket_padding=cfg.bucket_padding, full_window=cfg.full_window)
         if cfg.name_or_path:
             return WhisperEncoder.from_pretrained(cfg.name_or_path, **kw)
         return WhisperEncoder.from_preset(cfg.preset or "tiny", **kw, **cfg.overrides)

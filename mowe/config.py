@@ -46,6 +46,9 @@ class EncoderConfig:
             length, each wasting at most this fraction of its real audio on padding; None pads the whole batch
             to its longest clip; ``"auto"``: 0.05 on CPU, 0.25 on accelerators. Same features either way;
             only the cost changes.
+        full_window: Whisper only, with ``pad_to_30s``: output all 1500 frames of the 30 s window (SALMONN).
+        min_seconds: clips shorter than this are zero-padded to it before this encoder (SALMONN: 1.0).
+        max_seconds: clips longer than this are cut to it before this encoder (SALMONN: 30.0); None: no cut.
     """
 
     family: str = "whisper"
@@ -56,6 +59,9 @@ class EncoderConfig:
     pad_to_30s: bool = True
     output_all_layers: bool = False
     bucket_padding: float | str | None = "auto"
+    full_window: bool = False
+    min_seconds: float = 0.0
+    max_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class RouterConfig:
 
     ``prompt_aware``: the data-dependent router also sees the instruction (a
     :class:`~mowe.routers.PromptAwareRouter` takes its place; its prompt width is read from the LLM).
+    ``layout``, ``slot_dim`` and ``align`` shape the pool's output (:class:`~mowe.encoders.WeakEncoderPool`):
+    ``align="pad"`` pairs weak and strong frames by index (SALMONN) instead of resampling by time.
     """
 
     data_independent: bool = True
@@ -75,6 +83,7 @@ class RouterConfig:
     layout: str = "fixed"
     slot_dim: int | None = None
     prompt_aware: bool = False
+    align: str = "interpolate"
 
 
 @dataclass(frozen=True)

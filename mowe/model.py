@@ -164,7 +164,7 @@ class MoWEAudioLLM(nn.Module):
         if config.weak:
             weak = {n: build_encoder(c, name=n, custom=encoders) for n, c in config.weak.items()}
             pool = WeakEncoderPool(encoders=weak, layout=config.router.layout, top_k=config.router.top_k,
-                                   slot_dim=config.router.slot_dim)
+                                   slot_dim=config.router.slot_dim, align=config.router.align)
         if llm is None:
             llm = build_llm(config.llm, config.lora)
         d_llm = llm.get_input_embeddings().embedding_dim

@@ -24,7 +24,7 @@ def test_tiny_preset_forward_train_step_generate(name):
 
 
 def test_salmonn_qformer_emits_one_token_per_17_frames():
-    model = salmonn(tiny=True, audio_token_id=AUDIO_ID, vocab_size=128).build().eval()
+    model = salmonn(tiny=True, audio_token_id=AUDIO_ID, vocab_size=128, faithful=False).build().eval()
     wav, wl, *_ = make_batch()
     enc = model.encode_audio(wav, wl)
     frames = model.strong_encoder.out_lengths(wl)  # 50 Hz Whisper frames
@@ -38,7 +38,11 @@ def test_salmonn_real_config_matches_the_paper():
     assert cfg.strong.name_or_path == "openai/whisper-large-v2" and cfg.weak["beats"].family == "beats"
     assert cfg.connector.options["window"] == cfg.connector.options["stride"] == 17
     assert cfg.connector.options["num_layers"] == 2 and cfg.connector.options["hidden_dim"] == 768
-    assert (cfg.lora.r, cfg.lora.alpha) == (8, 32) and salmonn().inference_lora_scale == 0.5
+    # The official decoding keeps the trained LoRA scaling (activation tuning is a training stage).
+    assert (cfg.lora.r, cfg.lora.alpha) == (8, 32) and salmonn().inference_lora_scale == 1.0
+    assert cfg.strong.full_window and cfg.router.align == "pad" and cfg.connector.options["partial_window"] == "drop"
+    assert cfg.connector.options["stream_dims"] == [1280, 768]
+    assert (cfg.strong.min_seconds, cfg.strong.max_seconds) == (cfg.weak["beats"].min_seconds, 30.0) == (1.0, 30.0)
 
 
 def test_ltu_as_consumes_every_whisper_layer():

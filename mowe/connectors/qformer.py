@@ -8,13 +8,17 @@ and runs a small BLIP-2 style Q-Former on every window independently: a fixed nu
 cross-attend to that window's frames, and each query becomes one LLM token after a Linear projection.
 The number of audio tokens thus grows with the clip length instead of being fixed.
 
-Differences from the reference code, on purpose:
+Two ways to cut windows (``partial_window``):
 
-* The reference cuts windows with ``F.unfold(padding=0)`` and so drops a trailing partial window (a
-  30 s clip gives 88 windows, the last 4 frames unseen). Here the last partial window is kept, its
-  missing frames masked out of cross-attention, so every valid frame reaches the LLM.
-* Windows are cut per clip from ``lengths``: a window holding only padding frames is dropped, and a
-  window that is partly padding gives exactly what it would give if the clip ended there.
+* ``"drop"`` (SALMONN's own): windows slide over all frames and a trailing partial window is dropped, as the
+  reference's ``F.unfold(padding=0)`` does. With Whisper's full 30 s window (1500 frames, see
+  ``WhisperEncoder(full_window=True)``) every clip gives 88 windows, the last 4 frames unseen.
+* ``"keep"`` (mowe's default): windows are cut per clip from ``lengths``; the last partial window is kept with
+  its missing frames masked out of cross-attention, and a window holding only padding is dropped, so every
+  valid frame reaches the LLM and a clip's tokens do not depend on its batch.
+
+Input normalisation: one LayerNorm over the whole concatenation (mowe's default), or one per stream
+(``stream_dims``, SALMONN's ``ln_speech`` / ``ln_audio``, :class:`~mowe.connectors.norm.PerStreamNorm`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from mowe.connectors.base import ConnectorOutput, check_frame_lengths
+from mowe.connectors.norm import PerStreamNorm
 from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
 
@@ -34,8 +39,11 @@ _BERT_LN_EPS = 1e-12
 _BERT_INIT_STD = 0.02
 
 
-def window_count(lengths: torch.Tensor, *, window: int, stride: int) -> torch.Tensor:
+def window_count(lengths: torch.Tensor, *, window: int, stride: int, partial: str = "keep") -> torch.Tensor:
     """Number of windows cut from clips of ``lengths`` frames.
+
+    ``partial="drop"``: only whole windows, ``n = (len - window) // stride + 1`` (0 when ``len < window``),
+    as ``F.unfold`` without padding. ``partial="keep"`` (below) also keeps a trailing partial window.
 
     Windows start at frames ``0, stride, 2*stride, ...`` and span ``window`` frames. They slide until one
     reaches the end of the clip (like a ceil-mode pooling window); the last one may hold fewer than
@@ -53,11 +61,14 @@ def window_count(lengths: torch.Tensor, *, window: int, stride: int) -> torch.Te
         lengths: ``(b,)`` integer frame counts.
         window: frames per window.
         stride: frames between window starts.
+        partial: ``"keep"`` or ``"drop"`` a trailing partial window.
 
     Returns:
         ``(b,)`` int64 window counts.
     """
     lengths = torch.as_tensor(lengths).long()
+    if partial == "drop":
+        return torch.div(lengths - window, stride, rounding_mode="floor").add(1).clamp(min=0)
     overlap = max(window - stride, 0)
     n = torch.div((lengths - overlap).clamp(min=1) + stride - 1, stride, rounding_mode="floor")
     return torch.where(lengths > 0, n, torch.zeros_like(n))
@@ -105,7 +116,7 @@ class _QFormerLayer(nn.Module):
 class WindowQFormerConnector(nn.Module):
     """Window-level Q-Former (SALMONN, arXiv 2310.13289 sec. 3.1) from frames to LLM tokens.
 
-    ``features -> LayerNorm -> windows of `window` frames every `stride` frames -> per window,
+    ``features -> LayerNorm(s) -> windows of `window` frames every `stride` frames -> per window,
     `num_queries` learned queries through a `num_layers` Q-Former cross-attending to the window ->
     Linear(hidden_dim, out_dim)``. Every window is processed independently (windows are folded into
     the batch), so a clip gives ``window_count(len) * num_queries`` tokens (see :func:`window_count`;
@@ -122,6 +133,10 @@ class WindowQFormerConnector(nn.Module):
         stride: frames between window starts (SALMONN: 17, no overlap).
         ffn_dim: Q-Former FFN width; None means ``4 * hidden_dim``.
         dropout: dropout in the Q-Former (BERT: 0.1).
+        stream_dims: widths of the concatenated streams (SALMONN: ``(1280, 768)``) to normalise each stream
+            with its own LayerNorm; None: one LayerNorm over all ``in_dim`` features.
+        partial_window: ``"keep"`` (mowe) or ``"drop"`` (SALMONN) a trailing partial window; see the module
+            docstring.
 
     Example:
         >>> qf = WindowQFormerConnector(in_dim=2048, out_dim=4096)
@@ -145,6 +160,8 @@ class WindowQFormerConnector(nn.Module):
         stride: int = 17,
         ffn_dim: int | None = None,
         dropout: float = 0.1,
+        stream_dims: tuple[int, ...] | None = None,
+        partial_window: str = "keep",
     ) -> None:
         super().__init__()
         for name, value in [
@@ -155,14 +172,19 @@ class WindowQFormerConnector(nn.Module):
                 raise MoWEInputError(f"{name} must be a positive int, got {value!r}")
         if hidden_dim % num_heads:
             raise MoWEInputError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
+        if partial_window not in ("keep", "drop"):
+            raise MoWEInputError(f"partial_window must be 'keep' or 'drop', got {partial_window!r}")
+        if stream_dims is not None and sum(stream_dims) != in_dim:
+            raise MoWEInputError(f"stream_dims {tuple(stream_dims)} must add up to in_dim {in_dim}")
+        self.partial_window = partial_window
         self.in_dim = in_dim
         self.out_dim = out_dim
         self.num_queries = num_queries
         self.window = window
         self.stride = stride
 
-        # SALMONN normalises the encoder features (``ln_speech``) before the Q-Former.
-        self.input_norm = nn.LayerNorm(in_dim)
+        # SALMONN normalises each encoder's features (``ln_speech``, ``ln_audio``) before the Q-Former.
+        self.input_norm = nn.LayerNorm(in_dim) if stream_dims is None else PerStreamNorm(stream_dims)
         self.queries = nn.Parameter(torch.randn(num_queries, hidden_dim) * _BERT_INIT_STD)
         # BLIP-2's BertEmbeddings applies LayerNorm + dropout to the query embeddings.
         self.query_norm = nn.LayerNorm(hidden_dim, eps=_BERT_LN_EPS)
@@ -182,7 +204,10 @@ class WindowQFormerConnector(nn.Module):
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Audio tokens per clip for ``lengths`` frames: ``window_count(lengths) * num_queries``."""
-        return window_count(lengths, window=self.window, stride=self.stride) * self.num_queries
+        return self._windows(lengths) * self.num_queries
+
+    def _windows(self, lengths: torch.Tensor) -> torch.Tensor:
+        return window_count(lengths, window=self.window, stride=self.stride, partial=self.partial_window)
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
         """Turn frames into LLM tokens, one group of ``num_queries`` tokens per window.
@@ -199,8 +224,12 @@ class WindowQFormerConnector(nn.Module):
             MoWEInputError: ``features`` or ``lengths`` malformed (names which).
         """
         lengths = _check_frames(features, lengths, in_dim=self.in_dim)
-        n_windows = window_count(lengths, window=self.window, stride=self.stride)  # (b,)
+        n_windows = self._windows(lengths)  # (b,)
         n_max = int(n_windows.max())  # one host sync; trims batch padding beyond the longest clip
+        if int(n_windows.min()) == 0:
+            i = int((n_windows == 0).nonzero()[0])
+            raise MoWEInputError(f"clip {i} has {int(lengths[i])} frames, fewer than one window ({self.window}); "
+                                 f"partial_window='drop' gives it no audio token")
         span = (n_max - 1) * self.stride + self.window  # frames covered by n_max windows
 
         x = self.input_norm(features[:, :span])

@@ -3,11 +3,13 @@
 from mowe.encoders.base import AudioEncoder, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
 from mowe.encoders.hubert import HubertEncoder
 from mowe.encoders.pool import WeakEncoderPool
+from mowe.encoders.span import ClipSpan
 from mowe.encoders.whisper import LogMelFrontend, WhisperEncoder
 
 __all__ = [
     "AudioEncoder",
     "BEATsEncoder",
+    "ClipSpan",
     "EncoderOutput",
     "HubertEncoder",
     "LogMelFrontend",

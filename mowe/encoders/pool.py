@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from mowe.align import align_to_grid
+from mowe.align import ALIGNMENTS, align_to_grid, pad_to_grid
 from mowe.encoders.base import check_encoder_output
 from mowe.errors import MoWEInputError
 from mowe.routers.base import RouterOutput
@@ -37,11 +37,17 @@ class WeakEncoderPool(nn.Module):
         layout: ``"fixed"`` or ``"topk"`` (see the module docstring).
         top_k: clips' selection size (needed for the ``"topk"`` layout's width).
         slot_dim: adapter width for the ``"topk"`` layout.
+        align: how weak frames meet the strong grid: ``"interpolate"`` (resample by time,
+            :func:`mowe.align.align_to_grid`) or ``"pad"`` (pair frames by index, zero-pad the rest, as SALMONN:
+            :func:`mowe.align.pad_to_grid`).
     """
 
     def __init__(self, *, encoders: Mapping[str, nn.Module], layout: str = "fixed", top_k: int = 1,
-                 slot_dim: int | None = None):
+                 slot_dim: int | None = None, align: str = "interpolate"):
         super().__init__()
+        if align not in ALIGNMENTS:
+            raise MoWEInputError(f"align must be one of {ALIGNMENTS}, got {align!r}")
+        self.align = align
         if not encoders:
             raise MoWEInputError("the weak pool needs at least one encoder")
         for name, enc in encoders.items():
@@ -101,8 +107,12 @@ class WeakEncoderPool(nn.Module):
             enc = self.encoders[name]
             res = check_encoder_output(enc(waveforms[idx, :s_max], sub_len), batch=len(clips),
                                        out_dim=int(enc.out_dim), who=repr(name))
-            feats = align_to_grid(res.features.float(), res.lengths.to(idx.device), src_rate=float(enc.frame_rate),
-                                  dst_rate=frame_rate, dst_lengths=frame_lengths[idx], dst_len=num_frames)
+            if self.align == "pad":
+                feats = pad_to_grid(res.features.float(), res.lengths.to(idx.device), dst_len=num_frames)
+            else:
+                feats = align_to_grid(res.features.float(), res.lengths.to(idx.device),
+                                      src_rate=float(enc.frame_rate), dst_rate=frame_rate,
+                                      dst_lengths=frame_lengths[idx], dst_len=num_frames)
             if self.adapters is not None:
                 feats = self.adapters[name](feats)
             # Gate (gradient path to the routers) and re-zero padded frames the adapter's bias filled.

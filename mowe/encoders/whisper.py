@@ -15,6 +15,10 @@ Two ways to run it:
   are re-learnt by the connector anyway.
 
 Clips longer than 30 s are split into 30 s windows, encoded in one batch and the features concatenated.
+
+``full_window=True`` (with ``pad_to_30s``) returns every frame of the 30 s window (1500 frames, all counted
+valid) instead of cutting each clip to its own frames: SALMONN's encoder output, which its window Q-Former cuts
+into 88 windows whatever the clip's length.
 """
 
 from __future__ import annotations
@@ -133,6 +137,8 @@ class WhisperEncoder(nn.Module):
             The features are the same either way (up to float rounding); only the cost changes.
         source: hub id or folder the weights came from (None for random weights); checkpoints reference
             a frozen encoder by it instead of copying its weights.
+        full_window: with ``pad_to_30s``, return all ``max_source_positions`` frames of each 30 s window (the
+            padding's frames included, counted valid) rather than the clip's own frames (SALMONN).
 
     Example:
         >>> enc = WhisperEncoder.from_preset("tiny", d_model=64, encoder_layers=2, encoder_attention_heads=2)
@@ -145,8 +151,12 @@ class WhisperEncoder(nn.Module):
     min_samples: int = 1
 
     def __init__(self, encoder: HFWhisperEncoder, *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                 freeze: bool = True, bucket_padding: float | str | None = "auto", source: str | None = None):
+                 freeze: bool = True, bucket_padding: float | str | None = "auto", source: str | None = None,
+                 full_window: bool = False):
         super().__init__()
+        if full_window and not pad_to_30s:
+            raise MoWEInputError("full_window=True needs pad_to_30s=True: the full window is the padded 30 s input")
+        self.full_window = full_window
         self.bucket_padding = check_bucket_padding(bucket_padding)
         self.encoder = encoder
         self.config: WhisperConfig = encoder.config
@@ -166,18 +176,19 @@ class WhisperEncoder(nn.Module):
 
     @classmethod
     def from_preset(cls, size: str = "tiny", *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                    freeze: bool = True, bucket_padding: float | str | None = "auto", **overrides) -> WhisperEncoder:
+                    freeze: bool = True, bucket_padding: float | str | None = "auto", full_window: bool = False,
+                    **overrides) -> WhisperEncoder:
         """Random weights at a published size (``tiny`` ... ``large-v3``); ``overrides`` change config fields."""
         if size not in WHISPER_PRESETS:
             raise MoWEInputError(f"unknown Whisper size {size!r}; choose one of {sorted(WHISPER_PRESETS)}")
         cfg = WhisperConfig(**{**WHISPER_PRESETS[size], **overrides})
         return cls.from_config(cfg, pad_to_30s=pad_to_30s, output_all_layers=output_all_layers, freeze=freeze,
-                               bucket_padding=bucket_padding)
+                               bucket_padding=bucket_padding, full_window=full_window)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, pad_to_30s: bool = True, output_all_layers: bool = False,
                         freeze: bool = True, bucket_padding: float | str | None = "auto",
-                        dtype: torch.dtype | None = None) -> WhisperEncoder:
+                        dtype: torch.dtype | None = None, full_window: bool = False) -> WhisperEncoder:
         """Load the encoder half of a Whisper checkpoint (hub id or local folder); the decoder is never read."""
         config = WhisperConfig.from_pretrained(name_or_path)
         hf = HFWhisperEncoder(config)
@@ -191,11 +202,15 @@ class WhisperEncoder(nn.Module):
         if dtype is not None:
             hf = hf.to(dtype)
         return cls(hf, pad_to_30s=pad_to_30s, output_all_layers=output_all_layers, freeze=freeze,
-                   bucket_padding=bucket_padding, source=name_or_path)
+                   bucket_padding=bucket_padding, source=name_or_path, full_window=full_window)
 
     # ----------------------------------------------------------------------------------------- running
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Encoder frames per clip for ``lengths`` samples (conv2 halves the mel frame count, rounding up)."""
+        """Encoder frames per clip for ``lengths`` samples (conv2 halves the mel frame count, rounding up);
+        with ``full_window``, the whole window's ``max_frames`` per 30 s window a clip spans."""
+        if self.full_window:
+            windows = torch.div(lengths + self.window_samples - 1, self.window_samples, rounding_mode="floor")
+            return windows * self.max_frames
         mel = LogMelFrontend.num_frames(lengths)
         return torch.div(mel + 1, 2, rounding_mode="floor")
 
