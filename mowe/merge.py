@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+from mowe.constants import IGNORE_INDEX
 from mowe.encoders.base import length_groups
 from mowe.errors import MoWEInputError
 
 __all__ = ["MergedInputs", "PackedInputs", "cheapest_llm_layout", "llm_pass_flops", "merge_audio_features", "pack_merged", "packing_pays"]
 
-IGNORE_INDEX = -100
 
 
 @dataclass
