@@ -12,19 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
+from mowe.data.templates import PROMPT_TEMPLATES
 
-__all__ = ["PRESETS", "PROMPT_TEMPLATES", "Preset", "base_only", "ltu_as", "mowe_paper", "salmonn"]
+__all__ = ["LTU_AS_CLOSED_ENDED_TASKS", "PRESETS", "PROMPT_TEMPLATES", "Preset", "SALMONN_ACTIVATION_TASKS",
+           "SALMONN_PRETRAIN_TASKS", "base_only", "ltu_as", "mowe_paper", "salmonn"]
 
-# Prompt formats; ``{audio}`` is where the audio placeholder token goes.
-PROMPT_TEMPLATES = {
-    # SALMONN (arXiv 2310.13289, sec. 3): the speech tokens wrapped in <Speech></Speech> in a Vicuna-style turn.
-    "salmonn": "USER: <Speech>{audio}</Speech> {instruction}\nASSISTANT:",
-    # LTU-AS (arXiv 2309.14405): alpaca-style instruction prompt with the audio tokens as the input.
-    "ltu_as": ("Below is an instruction that describes a task, paired with an input that provides further "
-               "context. Write a response that appropriately completes the request.\n\n"
-               "### Instruction:\n{instruction}\n\n### Input:\n{audio}\n\n### Response:\n"),
-    "mowe": "{audio} {instruction}\n",
-}
+# Task lists of the seed curricula, as data: named after the tasks of the local demo corpus
+# (mowe.demo.corpus). Training on other data: pass your own task names to the stage builders.
+SALMONN_PRETRAIN_TASKS = {"asr": 1.0, "sound_event": 1.0}  # speech recognition + audio captioning
+SALMONN_ACTIVATION_TASKS = {"co_reasoning": 1.0}  # long-answer, QA-like (speech-audio co-reasoning)
+LTU_AS_CLOSED_ENDED_TASKS = ("gender", "accent", "speaking_rate", "sound_event", "chord", "tempo")
 
 # Toy sizes for tiny=True (random weights; CPU tests and the demo).
 _TINY_WHISPER = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128)
@@ -135,7 +132,8 @@ def salmonn(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 51
                      connector=ConnectorConfig("qformer", qf), llm=llm_cfg,
                      lora=LoRAConfig(r=8, alpha=32, dropout=0.1, target_modules=("q_proj", "v_proj")),
                      audio_token_id=audio_token_id)
-    return Preset("salmonn", cfg, tuple(salmonn_stages(steps)), PROMPT_TEMPLATES["salmonn"], 0.5,
+    return Preset("salmonn", cfg, tuple(salmonn_stages(steps, pretrain_tasks=SALMONN_PRETRAIN_TASKS,
+                                                     activation_tasks=SALMONN_ACTIVATION_TASKS)), PROMPT_TEMPLATES["salmonn"], 0.5,
                   "Tang et al., SALMONN: Towards Generic Hearing Abilities for Large Language Models, arXiv 2310.13289")
 
 
@@ -158,7 +156,7 @@ def ltu_as(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512
                      connector=ConnectorConfig("tltr", {"num_layers_in": layers, "time_pool": 20}),
                      llm=llm_cfg, lora=LoRAConfig(r=8, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj")),
                      audio_token_id=audio_token_id)
-    return Preset("ltu_as", cfg, tuple(ltu_as_stages(steps)), PROMPT_TEMPLATES["ltu_as"], 1.0,
+    return Preset("ltu_as", cfg, tuple(ltu_as_stages(steps, closed_ended_tasks=LTU_AS_CLOSED_ENDED_TASKS)), PROMPT_TEMPLATES["ltu_as"], 1.0,
                   "Gong et al., Joint Audio and Speech Understanding (LTU-AS), arXiv 2309.14405")
 
 
