@@ -138,6 +138,7 @@ def train_and_evaluate(name: str, config, *, strong: nn.Module, train, test, pro
     """
     import copy
 
+    from mowe.demo.corpus import TASK_METRICS, score_normalize
     from mowe.evaluation.evaluate import evaluate_model
     from mowe.model import MoWEAudioLLM
     from mowe.data.processor import MoWECollator
@@ -161,7 +162,7 @@ def train_and_evaluate(name: str, config, *, strong: nn.Module, train, test, pro
     trainer.train()
     _log(f"evaluating {name} on {len(test)} test examples")
     result = evaluate_model(model, processor, test, batch_size=32, max_new_tokens=16, progress=progress,
-                            desc=f"eval {name}")
+                            desc=f"eval {name}", task_metrics=TASK_METRICS, normalize=score_normalize)
     return result, trainer.log_file
 
 
