@@ -258,23 +258,7 @@ class MoWEProcessor:
     def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, *,
             padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad token lists into ``input_ids`` / ``attention_mask`` (and ``labels``, -100 on padding), ``(b, L)``."""
-        if padding_side not in ("left", "right"):
-            raise MoWEInputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        b, L = len(sequences), max(len(s) for s in sequences)
-        ids = torch.full((b, L), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, L), dtype=torch.long)
-        lab = torch.full((b, L), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
-        for i, seq in enumerate(sequences):
-            n = len(seq)
-            sl = slice(0, n) if padding_side == "right" else slice(L - n, L)
-            ids[i, sl] = torch.tensor(seq, dtype=torch.long)
-            mask[i, sl] = 1
-            if lab is not None:
-                lab[i, sl] = torch.tensor(labels[i], dtype=torch.long)
-        out = {"input_ids": ids, "attention_mask": mask}
-        if lab is not None:
-            out["labels"] = lab
-        return out
+        return pad_tokens(sequences, labels, pad_token_id=self.pad_token_id, padding_side=padding_side)
 
     def __call__(self, text: str | Sequence[str] | None = None, audio: Any = None,
                  answer: str | Sequence[str] | None = None, *, return_tensors: str = "pt",
@@ -390,6 +374,28 @@ class MoWEProcessor:
                 f"template={'prompt_template' if self.prompt_template else 'chat'}, "
                 f"paraphrases={sorted(self.paraphrases)}, max_audio_seconds={self.max_audio_seconds}, "
                 f"length_policy={self.length_policy!r})")
+
+
+def pad_tokens(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, *,
+               pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Token lists -> ``input_ids`` / ``attention_mask`` (and ``labels``, -100 on padding), each ``(b, L)``."""
+    if padding_side not in ("left", "right"):
+        raise MoWEInputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    b, L = len(sequences), max(len(s) for s in sequences)
+    ids = torch.full((b, L), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((b, L), dtype=torch.long)
+    lab = torch.full((b, L), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
+    for i, seq in enumerate(sequences):
+        n = len(seq)
+        sl = slice(0, n) if padding_side == "right" else slice(L - n, L)
+        ids[i, sl] = torch.tensor(seq, dtype=torch.long)
+        mask[i, sl] = 1
+        if lab is not None:
+            lab[i, sl] = torch.tensor(labels[i], dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if lab is not None:
+        out["labels"] = lab
+    return out
 
 
 def _check_options(*, audio_token, system_prompt, prompt_template, paraphrases, max_audio_seconds, length_policy,
