@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import torch
 
+from mowe.encoders.base import lengths_to_mask
+
 __all__ = ["align_to_grid"]
-
-
-def _mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: float, dst_rate: float,
@@ -35,7 +33,7 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
     """
     b, t, d = features.shape
     if t == dst_len and src_rate == dst_rate and torch.equal(lengths, dst_lengths):
-        return features * _mask(lengths, t)[..., None].to(features.dtype)
+        return features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)
     j = torch.arange(dst_len, device=features.device, dtype=torch.float32)
     pos = (j + 0.5) * (src_rate / dst_rate) - 0.5  # source index at the same time
     last = (lengths - 1).clamp(min=0).to(torch.float32)[:, None]  # (b, 1)
@@ -45,4 +43,4 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
     w = (pos - lo.to(pos.dtype)).to(features.dtype)[..., None]
     gather = lambda idx: features.gather(1, idx[..., None].expand(-1, -1, d))
     out = gather(lo) * (1 - w) + gather(hi) * w
-    return out * _mask(dst_lengths, dst_len)[..., None].to(out.dtype)
+    return out * lengths_to_mask(dst_lengths, dst_len)[..., None].to(out.dtype)

@@ -64,6 +64,18 @@ class Preset:
 
         return MoWEAudioLLM.from_config(self.config, **kwargs)
 
+    def processor(self, tokenizer, **kwargs):
+        """A :class:`~mowe.data.processor.MoWEProcessor` with this system's ``prompt_template`` (kwargs win)."""
+        from mowe.data.processor import MoWEProcessor
+
+        return MoWEProcessor(tokenizer, **{"prompt_template": self.prompt_template, **kwargs})
+
+    def for_inference(self, model):
+        """Apply this system's inference-time LoRA scale (SALMONN: 0.5) to a trained ``model``; returns it."""
+        if self.inference_lora_scale != 1.0:
+            model.set_lora_scale(self.inference_lora_scale)
+        return model
+
 
 def mowe_paper(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512, top_k: int = 1,
                llm: str = "Qwen/Qwen2.5-1.5B-Instruct", steps: int = 1000) -> Preset:
