@@ -236,6 +236,8 @@ def _describe(tp: Any) -> str:
         return "a list"
     if origin is dict:
         return "an object"
+    if tp is bool:
+        return "true/false"
     return getattr(tp, "__name__", str(tp))
 
 

@@ -27,7 +27,7 @@ from mowe.training.trainer import (
     load_trainer_state,
 )
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, where _trainer_helpers.py is
 
 TWO_STAGES = [Stage("a", ("connector",), 3, 2e-3),
               Stage("b", ("connector", "routers", "lora"), 5, 2e-3, warmup_steps=1,
