@@ -35,7 +35,7 @@ from typing import Any, Literal
 from mowe.config import apply_overrides, from_dict, read_config_file
 from mowe.errors import ConfigError
 
-__all__ = ["RUN_SECTIONS", "build_parser", "load_run_file", "main"]
+__all__ = ["RUN_SECTIONS", "add_generation_args", "build_parser", "load_run_file", "main"]
 
 RUN_SECTIONS = ("model", "tokenizer", "processor", "data", "train", "stages")
 # Stage presets by name; "mowe_paper" (the name of the model preset in mowe.presets) and "mowe" are the same.
@@ -258,6 +258,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    """The options ``mowe infer`` and ``mowe eval`` share: --processor, --max-new-tokens, --num-beams."""
+    p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--num-beams", type=int, default=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mowe`` argument parser (``eval`` / ``corpus`` only when their modules import)."""
     parser = argparse.ArgumentParser(prog="mowe", description="audio LLMs from a mixture of weak encoders")
@@ -275,9 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a `mowe train` output folder, or its final/ folder")
     p.add_argument("--audio", required=True, help="audio file")
     p.add_argument("--prompt", required=True, help="instruction, e.g. 'Transcribe the speech.'")
-    p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--num-beams", type=int, default=1)
+    add_generation_args(p, max_new_tokens=32)
     p.add_argument("--lora-scale", type=float, default=None,
                    help="multiply the LoRA scaling (SALMONN's activation trick, e.g. 0.5)")
     p.set_defaults(func=_cmd_infer)

@@ -137,14 +137,14 @@ def _cmd_eval(args) -> int:
 
 def add_eval_cli(subparsers: Any) -> Any:
     """Register ``mowe eval --model DIR --manifest test.jsonl [--out DIR]``."""
+    from mowe.cli import add_generation_args
+
     p = subparsers.add_parser("eval", help="evaluate a saved model on a JSONL manifest (per-task metrics)")
     p.add_argument("--model", required=True, help="folder written by save_pretrained / mowe train")
     p.add_argument("--manifest", required=True, help="JSONL manifest (audio, instruction, answer, task)")
-    p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
+    add_generation_args(p, max_new_tokens=24)
     p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--on-bad-example", choices=["error", "skip"], default="error")
     p.add_argument("--metric", action="append", metavar="TASK=METRIC",
                    help=f"score TASK with METRIC ({', '.join(METRICS)}); repeatable; other tasks: accuracy "
