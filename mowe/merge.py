@@ -177,8 +177,8 @@ def pack_merged(merged: MergedInputs) -> PackedInputs:
                         keep=keep)
 
 
-# Fixed cost of one LLM call per layer (dispatch, masks, small ops), in FLOP-equivalents: a 4-layer Qwen2 decode
-# step on this project's CPU spends ~5 ms outside its GEMMs, ~1.2 ms per layer, ~1e8 FLOPs at ~100 GFLOP/s.
+# Fixed cost of one LLM call per layer (dispatch, masks, small ops), in FLOP-equivalents; how it was measured is in
+# benchmarks/RESULTS.md ("Per-call overhead of the LLM").
 CALL_OVERHEAD_FLOPS = 1e8
 
 
