@@ -55,6 +55,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from mowe.constants import SAMPLE_RATE
 from mowe.errors import AudioLoadError, MoWEInputError
 
 __all__ = [
@@ -140,7 +141,7 @@ class AudioInfo(NamedTuple):
 def load_audio(
     path: str | os.PathLike[str],
     *,
-    sample_rate: int = 16_000,
+    sample_rate: int = SAMPLE_RATE,
     max_seconds: float | None = None,
     length_policy: LengthPolicy = "truncate",
 ) -> AudioClip:
