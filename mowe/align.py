@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from mowe.encoders.base import lengths_to_mask
-
 __all__ = ["align_to_grid"]
 
 
@@ -31,6 +29,10 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
     Returns:
         ``(b, u, d)`` aligned features.
     """
+    # Imported here: mowe.encoders imports this module (the pool aligns weak streams), so a top-level import of
+    # mowe.encoders.base would be circular when mowe.align is imported first.
+    from mowe.encoders.base import lengths_to_mask
+
     b, t, d = features.shape
     if t == dst_len and src_rate == dst_rate and torch.equal(lengths, dst_lengths):
         return features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)
