@@ -75,7 +75,7 @@ class EncoderConfig:
     freeze: bool = True
     pad_to_30s: bool = True
     output_all_layers: bool = False
-    bucket_padding: float | str | None = "auto"
+    bucket_padding: float | Literal["auto"] | None = "auto"
 
 
 @dataclass(frozen=True)
