@@ -236,10 +236,11 @@ def main(argv=None) -> dict:
 
     # ---------------------------------------------------------------- a data set, batched as each side would
     if n_data:
-        from mowe.data.manifest import LengthGroupedSampler
+        from mowe.data.samplers import StageSampler
 
         secs = C.uniform_seconds(n_data, window / 30.0, window, seed=2)
-        order = list(LengthGroupedSampler(secs, n, seed=0))
+        order = StageSampler(num_examples=n_data, task_list=None, tasks=None, seed=0, stage_index=0, batch_size=n,
+                             lengths=secs).epoch_order(0).tolist()
         batches = [Batch([secs[i] for i in order[j:j + n]], window=window, vocab=vocab, seed=j)
                    for j in range(0, n_data - n + 1, n)]
         data_audio_s = sum(b.audio_s for b in batches)

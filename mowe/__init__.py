@@ -31,7 +31,7 @@ _LAZY = {
     "ManifestDataset": "mowe.data.manifest",
     "load_audio": "mowe.data.audio",
     "Trainer": "mowe.training.trainer",
-    "TrainConfig": "mowe.training.trainer",
+    "TrainConfig": "mowe.training.config",
     "evaluate_model": "mowe.evaluation.evaluate",
 }
 

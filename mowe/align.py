@@ -10,10 +10,6 @@ import torch
 __all__ = ["ALIGNMENTS", "align_to_grid", "pad_to_grid"]
 
 
-def _mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
-
-
 def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: float, dst_rate: float,
                   dst_lengths: torch.Tensor, dst_len: int) -> torch.Tensor:
     """Linearly interpolate ``(b, t, d)`` features at ``src_rate`` Hz onto a ``dst_rate`` Hz grid.
@@ -33,9 +29,13 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
     Returns:
         ``(b, u, d)`` aligned features.
     """
+    # Imported here: mowe.encoders imports this module (the pool aligns weak streams), so a top-level import of
+    # mowe.encoders.base would be circular when mowe.align is imported first.
+    from mowe.encoders.base import lengths_to_mask
+
     b, t, d = features.shape
     if t == dst_len and src_rate == dst_rate and torch.equal(lengths, dst_lengths):
-        return features * _mask(lengths, t)[..., None].to(features.dtype)
+        return features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)
     j = torch.arange(dst_len, device=features.device, dtype=torch.float32)
     pos = (j + 0.5) * (src_rate / dst_rate) - 0.5  # source index at the same time
     last = (lengths - 1).clamp(min=0).to(torch.float32)[:, None]  # (b, 1)
@@ -45,7 +45,7 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
     w = (pos - lo.to(pos.dtype)).to(features.dtype)[..., None]
     gather = lambda idx: features.gather(1, idx[..., None].expand(-1, -1, d))
     out = gather(lo) * (1 - w) + gather(hi) * w
-    return out * _mask(dst_lengths, dst_len)[..., None].to(out.dtype)
+    return out * lengths_to_mask(dst_lengths, dst_len)[..., None].to(out.dtype)
 
 
 def pad_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, dst_len: int) -> torch.Tensor:
@@ -62,8 +62,10 @@ def pad_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, dst_len: int) 
     Returns:
         ``(b, u, d)``.
     """
+    from mowe.encoders.base import lengths_to_mask  # at call time: mowe.encoders imports this module
+
     t = features.shape[1]
-    out = features[:, :dst_len] * _mask(lengths, min(t, dst_len))[..., None].to(features.dtype)
+    out = features[:, :dst_len] * lengths_to_mask(lengths, min(t, dst_len))[..., None].to(features.dtype)
     return torch.nn.functional.pad(out, (0, 0, 0, dst_len - out.shape[1]))
 
 

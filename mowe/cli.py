@@ -12,10 +12,12 @@ error that names it (exit code 2, message on stderr, no traceback)::
                   on_bad_example: error | skip; max_audio_seconds: 30; tasks: [...] (keep only these).
     train:        a TrainConfig (output_dir, batch_size, grad_accum, save_every, ...).
     stages:       a list of stages ({name, train, steps, lr, tasks, warmup_steps, lora_scale}) or a preset:
-                  {preset: mowe | salmonn | ltu_as, steps: N or [N1, N2, N3]}.
+                  {preset: mowe | salmonn | ltu_as, steps: N or [N1, N2, N3]} (``mowe_paper``, the name of the
+                  model preset in mowe.presets, is accepted for ``mowe``).
 
 Relative paths in the run file are relative to the run file's folder. ``--set section.key=value`` overrides
-one entry (the value is parsed as YAML). The trained model and its processor are written to
+one entry (the value is parsed as YAML). The file and the overrides go through the one strict loader of
+:mod:`mowe.config`: an unknown key, a wrong type or a bad choice is one error naming the key path. The trained model and its processor are written to
 ``<output_dir>/final`` (``MoWEAudioLLM.from_pretrained`` / ``MoWEProcessor.from_pretrained`` read it back);
 ``mowe infer --model <output_dir>`` (or ``<output_dir>/final``) answers a prompt about an audio file.
 """
@@ -25,92 +27,84 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+from mowe.config import apply_overrides, from_dict, read_config_file
 from mowe.errors import ConfigError
 
-__all__ = ["RUN_SECTIONS", "build_parser", "load_run_file", "main"]
+__all__ = ["RUN_SECTIONS", "add_generation_args", "build_parser", "load_run_file", "main"]
 
 RUN_SECTIONS = ("model", "tokenizer", "processor", "data", "train", "stages")
-DATA_KEYS = ("train", "dev", "on_bad_example", "max_audio_seconds", "tasks")
-_PRESETS = ("mowe", "salmonn", "ltu_as")
+# Stage presets by name; "mowe_paper" (the name of the model preset in mowe.presets) and "mowe" are the same.
+_PRESETS = ("mowe", "mowe_paper", "salmonn", "ltu_as")
 
 
 # ----------------------------------------------------------------------------------------------- run file
-def _yaml_loader():
-    import yaml
+# The run file's shape, read by the one strict loader (mowe.config.from_dict). The sections built into library
+# objects (model, train, stages as a list, processor) are checked by those objects' own from_dict.
+@dataclass(frozen=True)
+class DataSection:
+    """``data``: the manifests and how to treat bad examples."""
 
-    class Loader(yaml.SafeLoader):
-        """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do."""
-
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
-        list("-+0123456789."))
-    return Loader
+    train: str
+    dev: str | None = None
+    on_bad_example: Literal["error", "skip"] = "error"
+    max_audio_seconds: float | None = 30.0
+    tasks: list[str] | None = None
 
 
-def _parse_value(text: str) -> Any:
-    import yaml
+@dataclass(frozen=True)
+class BPEOptions:
+    """``tokenizer.train_bpe``: options of :func:`mowe.data.tokenizer.train_bpe_tokenizer`."""
 
-    return yaml.load(text, Loader=_yaml_loader())
+    vocab_size: int = 512
+    special_tokens: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerSection:
+    train_bpe: BPEOptions = field(default_factory=BPEOptions)
+
+
+@dataclass(frozen=True)
+class StagePreset:
+    """``stages: {preset: ..., steps: ...}``."""
+
+    preset: Literal["mowe", "mowe_paper", "salmonn", "ltu_as"]
+    steps: int | list[int]
+
+
+@dataclass(frozen=True)
+class RunFile:
+    """A whole run file."""
+
+    model: dict[str, Any]
+    tokenizer: str | TokenizerSection
+    data: DataSection
+    train: dict[str, Any]
+    stages: list[dict[str, Any]] | StagePreset
+    processor: dict[str, Any] | None = None
 
 
 def load_run_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Read a YAML / JSON run file, apply ``section.key=value`` overrides, check the top-level sections.
+    """Read a YAML / JSON run file, apply ``section.key=value`` overrides, check it with the strict loader.
 
     Raises:
-        ConfigError: unreadable file, unknown section or key, malformed override.
+        ConfigError: unreadable file, unknown section or key, wrong type, bad choice, malformed override
+            (the message starts with the file and the key path, e.g. ``run.yaml: data.sampler: unknown key``).
     """
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the run file ({e.strerror})") from e
-    try:
-        if path.endswith(".json"):
-            run = json.loads(text)
-        else:
-            import yaml
-
-            run = yaml.load(text, Loader=_yaml_loader())
-    except Exception as e:  # yaml / json errors
-        raise ConfigError(f"{path}: not valid YAML/JSON ({e})") from e
+    run = read_config_file(path)
     if not isinstance(run, dict):
         raise ConfigError(f"{path}: expected a mapping with sections {list(RUN_SECTIONS)}")
-    for item in overrides:
-        if "=" not in item or not item.split("=", 1)[0].strip():
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = run
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a mapping")
-        node[parts[-1]] = _parse_value(value)
-    for key in run:
-        if key not in RUN_SECTIONS:
-            raise ConfigError(f"{path}: unknown key {key!r} (sections: {list(RUN_SECTIONS)})")
-    for need in ("model", "tokenizer", "data", "train", "stages"):
-        if need not in run:
-            raise ConfigError(f"{path}: missing section {need!r}")
-    data = run["data"]
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: data must be a mapping")
-    for key in data:
-        if key not in DATA_KEYS:
-            raise ConfigError(f"{path}: unknown key {key!r} in data (known: {list(DATA_KEYS)})")
-    if "train" not in data:
-        raise ConfigError(f"{path}: data.train (the training manifest) is required")
+    apply_overrides(run, overrides)
+    try:
+        from_dict(RunFile, run, where="")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
     return run
 
 
@@ -122,23 +116,20 @@ def _resolve(base: str, p: str | None) -> str | None:
 
 
 def _stages(spec: Any):
+    from mowe import presets
     from mowe.training.stages import ltu_as_stages, mowe_default_stages, salmonn_stages, stages_from_list
 
-    if isinstance(spec, dict):
-        unknown = sorted(set(spec) - {"preset", "steps"})
-        if unknown:
-            raise ConfigError(f"stages: unknown key {unknown[0]!r} (a preset takes 'preset' and 'steps')")
-        name, steps = spec.get("preset"), spec.get("steps")
-        if name not in _PRESETS:
-            raise ConfigError(f"stages.preset must be one of {list(_PRESETS)}, got {name!r}")
-        if steps is None:
-            raise ConfigError("stages.steps is required with a preset")
-        if name == "mowe":
-            if not isinstance(steps, int):
-                raise ConfigError("stages.steps: the mowe preset has one stage; give one integer")
-            return mowe_default_stages(steps)
-        return (salmonn_stages if name == "salmonn" else ltu_as_stages)(steps)
-    return stages_from_list(spec)
+    if not isinstance(spec, dict):
+        return stages_from_list(spec)
+    p = from_dict(StagePreset, spec, where="stages")
+    if p.preset in ("mowe", "mowe_paper"):
+        if not isinstance(p.steps, int):
+            raise ConfigError("stages.steps: the mowe preset has one stage; give one integer")
+        return mowe_default_stages(p.steps)
+    if p.preset == "salmonn":  # the presets' task lists (mowe.presets), named after the demo corpus's tasks
+        return salmonn_stages(p.steps, pretrain_tasks=presets.SALMONN_PRETRAIN_TASKS,
+                              activation_tasks=presets.SALMONN_ACTIVATION_TASKS)
+    return ltu_as_stages(p.steps, closed_ended_tasks=presets.LTU_AS_CLOSED_ENDED_TASKS)
 
 
 def _tokenizer(spec: Any, train_manifest: str, base: str):
@@ -147,20 +138,11 @@ def _tokenizer(spec: Any, train_manifest: str, base: str):
 
         path = _resolve(base, spec)
         return AutoTokenizer.from_pretrained(path if os.path.exists(path) else spec)
-    if isinstance(spec, dict):
-        unknown = sorted(set(spec) - {"train_bpe"})
-        if unknown:
-            raise ConfigError(f"tokenizer: unknown key {unknown[0]!r} (a path, or {{train_bpe: {{vocab_size: N}}}})")
-        opts = spec.get("train_bpe") or {}
-        if not isinstance(opts, dict):
-            raise ConfigError("tokenizer.train_bpe must be a mapping")
-        bad = sorted(set(opts) - {"vocab_size", "special_tokens"})
-        if bad:
-            raise ConfigError(f"tokenizer.train_bpe: unknown key {bad[0]!r}")
-        from mowe.data.tokenizer import train_bpe_tokenizer
+    from mowe.data.tokenizer import train_bpe_tokenizer
 
-        return train_bpe_tokenizer(_manifest_texts(train_manifest), **opts)
-    raise ConfigError("tokenizer: expected a path / hub id or {train_bpe: {vocab_size: N}}")
+    opts = from_dict(TokenizerSection, spec, where="tokenizer").train_bpe
+    return train_bpe_tokenizer(_manifest_texts(train_manifest), vocab_size=opts.vocab_size,
+                               special_tokens=opts.special_tokens)
 
 
 def _manifest_texts(path: str):
@@ -204,7 +186,7 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
     """Build everything a run file names, train, and save ``final/`` (model + processor); returns that folder."""
     from mowe.data.manifest import ManifestDataset
     from mowe.model import MoWEAudioLLM
-    from mowe.data.processor import MoWECollator, MoWEProcessor
+    from mowe.data.processor import MoWECollator, MoWEProcessor, ProcessorOptions
     from mowe.training.trainer import TrainConfig, Trainer
 
     data = run["data"]
@@ -219,14 +201,9 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
     train_ds = ManifestDataset(train_manifest, tasks=data.get("tasks"), **ds_kw)
     dev_ds = ManifestDataset(_resolve(base_dir, data["dev"]), **ds_kw) if data.get("dev") else None
     tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir)
-    proc_opts = run.get("processor") or {}
-    if not isinstance(proc_opts, dict):
-        raise ConfigError("processor: expected a mapping of MoWEProcessor options")
-    proc_opts = {"max_audio_seconds": ds_kw["max_audio_seconds"], **proc_opts}
-    try:
-        processor = MoWEProcessor(tokenizer, **proc_opts)
-    except TypeError as e:
-        raise ConfigError(f"processor: {e}") from e
+    proc_opts = {"max_audio_seconds": ds_kw["max_audio_seconds"], **(run.get("processor") or {})}
+    from_dict(ProcessorOptions, proc_opts, where="processor")  # unknown key / wrong type: names it
+    processor = MoWEProcessor(tokenizer, **proc_opts)
     model = MoWEAudioLLM.from_config(_model_config(run["model"], tokenizer, processor.audio_token_id))
     trainer = Trainer(model, train_ds, config=config, stages=stages, collate_fn=MoWECollator(processor, train=True),
                       eval_dataset=dev_ds)
@@ -281,6 +258,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    """The options ``mowe infer`` and ``mowe eval`` share: --processor, --max-new-tokens, --num-beams."""
+    p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--num-beams", type=int, default=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mowe`` argument parser (``eval`` / ``corpus`` only when their modules import)."""
     parser = argparse.ArgumentParser(prog="mowe", description="audio LLMs from a mixture of weak encoders")
@@ -298,9 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a `mowe train` output folder, or its final/ folder")
     p.add_argument("--audio", required=True, help="audio file")
     p.add_argument("--prompt", required=True, help="instruction, e.g. 'Transcribe the speech.'")
-    p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--num-beams", type=int, default=1)
+    add_generation_args(p, max_new_tokens=32)
     p.add_argument("--lora-scale", type=float, default=None,
                    help="multiply the LoRA scaling (SALMONN's activation trick, e.g. 0.5)")
     p.set_defaults(func=_cmd_infer)

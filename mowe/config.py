@@ -1,7 +1,21 @@
-"""Configuration as nested frozen dataclasses, strict on unknown keys, round-tripping through JSON.
+"""Configuration as nested frozen dataclasses and the ONE strict loader every config goes through.
 
 Configs describe *what to build*; the modules themselves never receive a config object (they take
 keyword arguments), so every part stays usable on its own.
+
+The loader (:func:`from_dict`, :func:`read_config_file`, :func:`apply_overrides`) is used for model configs,
+run files, ``--set`` overrides, training stages, :class:`~mowe.training.config.TrainConfig`, the BEATs
+architecture dict and ``processor_config.json``. It raises exactly one :class:`~mowe.errors.ConfigError` whose
+message starts with the key path (``train.seed``, ``model.router.top_k``) for each of the three mistakes:
+
+* an unknown key (``train.sed: unknown key 'sed' ...``),
+* a wrong type (``train.seed: expected int, got 'x'``),
+* a bad choice for a ``typing.Literal`` field (``train.mixed_precision: expected one of ['no', 'bf16'], got 'fp8'``).
+
+YAML is read with a resolver that also takes ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do.
+
+Naming: the weak pool is ``MoWEConfig.weak`` in configs (saved configs use that key), ``model.pool`` on the
+module, and ``"weak_encoders"`` as a trainable part; all three name the same encoders.
 """
 
 from __future__ import annotations
@@ -9,10 +23,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mowe.errors import ConfigError
 
@@ -23,7 +39,11 @@ __all__ = [
     "LoRAConfig",
     "MoWEConfig",
     "RouterConfig",
+    "apply_overrides",
+    "check_fields",
     "from_dict",
+    "parse_value",
+    "read_config_file",
     "to_dict",
 ]
 
@@ -58,7 +78,7 @@ class EncoderConfig:
     freeze: bool = True
     pad_to_30s: bool = True
     output_all_layers: bool = False
-    bucket_padding: float | str | None = "auto"
+    bucket_padding: float | Literal["auto"] | None = "auto"
     full_window: bool = False
     min_seconds: float = 0.0
     max_seconds: float | None = None
@@ -80,17 +100,17 @@ class RouterConfig:
     top_k: int = 1
     noise_std: float = 0.0
     aux_loss_weight: float = 0.1
-    layout: str = "fixed"
+    layout: Literal["fixed", "topk"] = "fixed"
     slot_dim: int | None = None
     prompt_aware: bool = False
-    align: str = "interpolate"
+    align: Literal["interpolate", "pad"] = "interpolate"
 
 
 @dataclass(frozen=True)
 class ConnectorConfig:
     """Connector kind (``linear``, ``mlp``, ``stack``, ``conv``, ``qformer``, ``tltr``) and its keyword options."""
 
-    kind: str = "stack"
+    kind: Literal["linear", "mlp", "stack", "conv", "qformer", "tltr"] = "stack"
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -118,8 +138,8 @@ class LLMConfig:
 
     name_or_path: str | None = None
     config: dict[str, Any] | None = None
-    train: str = "lora"
-    dtype: str = "float32"
+    train: Literal["lora", "full", "frozen"] = "lora"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
 
 
@@ -147,21 +167,12 @@ class MoWEConfig:
         """Read a config from a JSON file path or a JSON string; unknown keys are an error naming the key."""
         s = str(path_or_text)
         if s.lstrip().startswith("{"):
-            where = "<string>"
             try:
                 data = json.loads(s)
             except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not valid JSON ({e})") from e
-        else:
-            where = s
-            try:
-                with open(s, encoding="utf-8") as f:
-                    data = json.load(f)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ConfigError(f"{s}: not valid UTF-8 JSON ({e})") from e
-            except OSError as e:
-                raise ConfigError(f"{s}: cannot read config file ({e})") from e
-        return from_dict(cls, data, where=where)
+                raise ConfigError(f"<string>: not valid JSON ({e})") from e
+            return from_dict(cls, data, where="<string>")
+        return from_dict(cls, read_config_file(s), where=s)
 
     def replace(self, **changes) -> MoWEConfig:
         return dataclasses.replace(self, **changes)
@@ -178,50 +189,212 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def from_dict(cls: type, data: Any, *, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from nested dicts; unknown keys and wrong types raise ConfigError naming the key."""
+# ============================================================================================ the loader
+def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = False) -> Any:
+    """Build dataclass ``cls`` from nested dicts, strictly.
+
+    Args:
+        cls: a dataclass; its type hints (``int``, ``float``, ``str``, ``bool``, ``Literal[...]``, unions,
+            ``list`` / ``tuple`` / ``dict`` of those, nested dataclasses, ``Any``) say what each key accepts.
+        data: a mapping (e.g. parsed JSON / YAML).
+        where: the key path of ``data``, prefixed to every error (``"train"``, ``"model.router"``).
+        int_bools: also accept 0 / 1 for ``bool`` fields (checkpoints of the official BEATs code store flags so).
+
+    Raises:
+        ConfigError: ``"<where>.<key>: ..."`` for an unknown key, a missing required key, a wrong type or a bad
+            ``Literal`` choice (one error, the first found).
+    """
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected an object for {cls.__name__}, got {type(data).__name__}")
+        raise ConfigError(f"{where or 'config'}: expected an object for {cls.__name__}, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} for {cls.__name__} (known: {sorted(names)})")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    names = [f.name for f in fields]
+    for key in data:
+        if key not in names:
+            raise ConfigError(f"{_join(where, key)}: unknown key {key!r} for {cls.__name__} (known: {sorted(names)})")
+    for f in fields:
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(where, f.name)}: missing key {f.name!r} for {cls.__name__}")
+    kwargs = {k: _convert(hints[k], v, _join(where, k), int_bools) for k, v in data.items()}
     return cls(**kwargs)
 
 
-def _convert(tp: Any, value: Any, where: str) -> Any:
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def check_fields(obj: Any, *, where: str, int_bools: bool = False) -> None:
+    """Type-check every field of dataclass instance ``obj`` with the loader's rules, normalising in place.
+
+    For a dataclass built directly in Python (not through :func:`from_dict`): call it from ``__post_init__`` so
+    that ``TrainConfig(mixed_precision="fp8")`` fails like the same value in a file. Works on frozen dataclasses
+    (ints become floats for ``float`` fields, lists become tuples for ``tuple`` fields).
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        new = _convert(hints[f.name], value, f"{where}.{f.name}", int_bools)
+        if new is not value:
+            object.__setattr__(obj, f.name, new)
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if dataclasses.is_dataclass(tp):
+        return f"an object ({tp.__name__})"
+    if origin in (list, tuple, Sequence):
+        return "a list"
+    if origin is dict:
+        return "an object"
+    if tp is bool:
+        return "true/false"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, where: str, int_bools: bool = False) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        for a in args:
+            if value == a and type(value) is type(a):
+                return a
+        raise ConfigError(f"{where}: expected one of {list(args)}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
-                return _convert(a, value, where)
+                return _convert(a, value, where, int_bools)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+                # A nested error (deeper key path) is more useful than "expected X or Y".
+                if not str(e).startswith(f"{where}:"):
+                    raise
+        raise ConfigError(f"{where}: expected {_describe(tp)}, got {value!r}")
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where=where)
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where=where, int_bools=int_bools)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
-        vt = args[1] if args else Any
-        return {k: _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        return tuple(value)
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool):
-        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        out = {}
+        for k, v in value.items():
+            _convert(kt, k, f"{where} key {k!r}", int_bools)
+            out[k] = _convert(vt, v, _join(where, k), int_bools)
+        return out
+    if origin in (list, tuple, Sequence):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected a list of {len(args)}, got {len(value)} items")
+            items = [_convert(a, v, f"{where}[{i}]", int_bools) for i, (a, v) in enumerate(zip(args, value))]
+        else:
+            et = args[0] if args else Any
+            items = [_convert(et, v, f"{where}[{i}]", int_bools) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if int_bools and isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value if isinstance(value, float) else float(value)
+        raise ConfigError(f"{where}: expected float, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected str, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
+
+
+# ============================================================================================ files
+def _yaml_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do."""
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
+        list("-+0123456789."))
+    return Loader
+
+
+def parse_value(text: str) -> Any:
+    """One ``--set`` value, parsed as YAML (``1e-4`` is a float, ``[a, b]`` a list, ``null`` None)."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"not a valid YAML value: {text!r} ({e})") from e
+
+
+def read_config_file(path: str | os.PathLike) -> Any:
+    """Parse a JSON (``.json``) or YAML (anything else) config file.
+
+    Raises:
+        ConfigError: the file cannot be read or parsed (naming the file).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 ({e})") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from e
+    try:
+        if path.endswith(".json"):
+            return json.loads(text)
+        import yaml
+
+        return yaml.load(text, Loader=_yaml_loader())
+    except Exception as e:  # json / yaml errors have many types
+        raise ConfigError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML/JSON'} ({e})") from e
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str], *, flag: str = "--set") -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides in place (values parsed by :func:`parse_value`); returns ``tree``.
+
+    The result still goes through :func:`from_dict`, so an override of an unknown key or with a wrong type
+    fails there with the key path.
+    """
+    for item in overrides:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise ConfigError(f"{flag} {item!r}: expected section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{flag} {item!r}: {p!r} is not a mapping")
+        try:
+            node[parts[-1]] = parse_value(value)
+        except ConfigError as e:
+            raise ConfigError(f"{flag} {key.strip()}: {e}") from e
+    return tree

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
+from mowe.constants import IGNORE_INDEX
 from mowe.encoders.base import length_groups
 from mowe.errors import MoWEInputError
 
-__all__ = ["MergedInputs", "PackedInputs", "cheapest_llm_layout", "llm_pass_flops", "merge_audio_features", "pack_merged", "packing_pays"]
+__all__ = ["MergedInputs", "PackedInputs", "cheapest_llm_layout", "llm_pass_flops", "merge_audio_features", "pack_merged"]
 
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -177,8 +177,8 @@ def pack_merged(merged: MergedInputs) -> PackedInputs:
                         keep=keep)
 
 
-# Fixed cost of one LLM call per layer (dispatch, masks, small ops), in FLOP-equivalents: a 4-layer Qwen2 decode
-# step on this project's CPU spends ~5 ms outside its GEMMs, ~1.2 ms per layer, ~1e8 FLOPs at ~100 GFLOP/s.
+# Fixed cost of one LLM call per layer (dispatch, masks, small ops), in FLOP-equivalents; how it was measured is in
+# benchmarks/RESULTS.md ("Per-call overhead of the LLM").
 CALL_OVERHEAD_FLOPS = 1e8
 
 
@@ -225,15 +225,3 @@ def cheapest_llm_layout(attention_mask: torch.Tensor, *, hidden_size: int, inter
     cost = {choice: llm_pass_flops(attention_mask, layout=name, **kw)
             for choice, name in ((False, "padded"), (True, "packed"), ("groups", "groups"))}
     return min(cost, key=cost.get)
-
-
-def packing_pays(attention_mask: torch.Tensor, *, hidden_size: int, intermediate_size: int,
-                 varlen_attention: bool = False) -> bool:
-    """Whether one packed row costs fewer FLOPs than the padded batch (:func:`llm_pass_flops`).
-
-    With variable-length attention kernels (flash-attention) each sample attends only to itself, so packing
-    never costs more. With a dense mask (SDPA and eager on CPU) small LLMs with long packed rows are where
-    padding wins: there attention, quadratic in ``N``, outweighs the projections.
-    """
-    kw = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "varlen_attention": varlen_attention}
-    return llm_pass_flops(attention_mask, layout="packed", **kw) < llm_pass_flops(attention_mask, layout="padded", **kw)

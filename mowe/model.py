@@ -13,16 +13,13 @@ Data flow of one forward (see ``shared/DESIGN.md``)::
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from mowe import saving
 from mowe.builders import build_connector, build_encoder, build_llm, build_router
 from mowe.config import MoWEConfig
 from mowe.encoders.base import (
@@ -33,7 +30,7 @@ from mowe.encoders.base import (
     resolve_bucket_padding,
 )
 from mowe.encoders.pool import WeakEncoderPool
-from mowe.errors import CheckpointError, MoWEInputError
+from mowe.errors import MoWEInputError
 from mowe.generation import greedy_settings, grouped_greedy_generate
 from mowe.merge import (
     IGNORE_INDEX,
@@ -46,8 +43,7 @@ from mowe.routers.base import RouterOutput
 
 __all__ = ["AudioEncoding", "MoWEAudioLLM", "MoWEOutput"]
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+WEIGHTS_NAME, CONFIG_NAME = saving.WEIGHTS_NAME, saving.CONFIG_NAME  # kept here for existing imports
 
 
 @dataclass
@@ -118,27 +114,8 @@ class MoWEAudioLLM(nn.Module):
         self.audio_token_id = int(audio_token_id)
         self.aux_loss_weight = aux_loss_weight
         self.config = config
-        self._check_dims()
+        _check_dims(self)
         self.train(self.training)
-
-    def _check_dims(self) -> None:
-        for attr in ("in_dim", "out_dim"):
-            if not hasattr(self.connector, attr):
-                raise MoWEInputError(f"the connector ({type(self.connector).__name__}) lacks the attribute {attr!r}; "
-                                     f"connector.in_dim / out_dim are part of the connector protocol")
-        want = int(self.strong_encoder.out_dim) + (self.pool.out_dim if self.pool is not None else 0)
-        if getattr(self.connector, "needs_all_layers", False):
-            if self.pool is not None:
-                raise MoWEInputError("a connector that needs all layers (TLTR) takes the strong encoder alone; "
-                                     "it cannot be combined with a weak pool")
-            want = int(self.strong_encoder.out_dim)
-        if int(self.connector.in_dim) != want:
-            raise MoWEInputError(f"connector.in_dim is {self.connector.in_dim} but the encoders give {want} features "
-                                 f"(strong {self.strong_encoder.out_dim}"
-                                 f"{' + pool ' + str(self.pool.out_dim) if self.pool is not None else ''})")
-        d_llm = self.llm.get_input_embeddings().embedding_dim
-        if int(self.connector.out_dim) != d_llm:
-            raise MoWEInputError(f"connector.out_dim is {self.connector.out_dim} but the LLM width is {d_llm}")
 
     def train(self, mode: bool = True) -> MoWEAudioLLM:
         """Like ``nn.Module.train``, but frozen encoders stay in eval mode.
@@ -368,89 +345,29 @@ class MoWEAudioLLM(nn.Module):
         return self.llm.generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
 
     # ------------------------------------------------------------------------------------------- saving
-    def _sources(self) -> dict[str, str | None]:
-        """Component prefix -> where its pretrained weights come from (None: nowhere, so they must be saved)."""
-        out = {"strong_encoder.": getattr(self.strong_encoder, "source", None)}
-        if self.pool is not None:
-            for n, e in self.pool.encoders.items():
-                out[f"pool.encoders.{n}."] = getattr(e, "source", None)
-        out["llm."] = getattr(self.llm, "mowe_source", None)
-        return out
-
     def _keys_to_save(self, save_frozen: bool) -> list[str]:
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        sources = self._sources()
-        keys = []
-        for k in self.state_dict():
-            prefix = next((p for p in sources if k.startswith(p)), None)
-            if prefix is None or sources[prefix] is None or save_frozen or k in trainable:
-                keys.append(k)
-        return keys
+        return saving.keys_to_save(self, save_frozen=save_frozen)
 
     def save_pretrained(self, directory: str | os.PathLike, *, save_frozen: bool = False) -> None:
-        """Write ``config.json`` and ``model.safetensors`` atomically.
+        """Write ``config.json`` and ``model.safetensors`` atomically (:func:`mowe.saving.save_model`).
 
-        Trainable weights (connector, routers, LoRA adapters, anything unfrozen) are saved; frozen towers loaded
-        from a hub id or folder are referenced by that source, not copied, unless ``save_frozen=True``. Parts with
-        random initial weights (no source) are always saved.
+        Trainable weights and parts with random initial weights (no source) are saved; frozen towers loaded from a
+        hub id or folder are referenced by that source, not copied, unless ``save_frozen=True``.
         """
-        if self.config is None:
-            raise MoWEInputError("this model was built from modules without a MoWEConfig; build it with "
-                                 "MoWEAudioLLM.from_config(...) to save and reload it by path")
-        directory = os.fspath(directory)
-        parent = os.path.dirname(os.path.abspath(directory))
-        os.makedirs(parent, exist_ok=True)
-        sd = self.state_dict()
-        tensors = {k: sd[k].detach().to("cpu").contiguous().clone() for k in self._keys_to_save(save_frozen)}
-        tmp = tempfile.mkdtemp(prefix=".mowe-save-", dir=parent)
-        try:
-            save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt", "mowe": "1"})
-            self.config.to_json(os.path.join(tmp, CONFIG_NAME))
-            if os.path.isdir(directory):
-                old = directory + ".old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        saving.save_model(self, directory, save_frozen=save_frozen)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, encoders: Mapping[str, nn.Module] | None = None,
                         map_location: str | torch.device = "cpu") -> MoWEAudioLLM:
         """Rebuild from ``config.json`` (frozen towers from their sources) and load the saved weights."""
-        directory = os.fspath(directory)
-        cfg_path = os.path.join(directory, CONFIG_NAME)
-        w_path = os.path.join(directory, WEIGHTS_NAME)
-        for p in (cfg_path, w_path):
-            if not os.path.isfile(p):
-                raise CheckpointError(f"{p}: missing; is {directory} a directory written by save_pretrained?")
-        config = MoWEConfig.from_json(cfg_path)
-        model = cls.from_config(config, encoders=encoders)
+        cfg_path, w_path = saving.saved_files(directory)
+        model = cls.from_config(MoWEConfig.from_json(cfg_path), encoders=encoders)
         model.load_weights(w_path, map_location=map_location)
         return model
 
     def load_weights(self, path: str, *, map_location: str | torch.device = "cpu") -> None:
         """Load a ``model.safetensors`` written by :meth:`save_pretrained`; every key must fit this model."""
-        try:
-            with safe_open(path, framework="pt", device=str(map_location)) as f:
-                sd = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:
-            raise CheckpointError(f"{path}: unreadable or corrupt safetensors file ({e})") from e
-        own = self.state_dict()
-        unexpected = [k for k in sd if k not in own]
-        mismatched = [k for k in sd if k in own and own[k].shape != sd[k].shape]
-        if unexpected or mismatched:
-            raise CheckpointError(f"{path}: does not fit this model (unexpected keys {unexpected[:3]}, "
-                                  f"shape mismatches {mismatched[:3]})")
-        # Frozen towers with a source may be absent (referenced, not copied); any other missing key is damage.
-        missing = [k for k in self._keys_to_save(save_frozen=False) if k not in sd]
-        if missing:
-            raise CheckpointError(f"{path}: missing weights {missing[:3]} ({len(missing)} in all)")
-        self.load_state_dict(sd, strict=False)
+        saving.load_weights(self, path, map_location=map_location)
 
     def set_lora_scale(self, factor: float) -> None:
         """Scale every LoRA adapter's output by ``factor`` relative to its configured ``alpha / r``.
@@ -465,3 +382,24 @@ class MoWEAudioLLM(nn.Module):
 
     def num_parameters(self, *, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _check_dims(model: MoWEAudioLLM) -> None:
+    """The connector must take the encoders' feature width and give the LLM's embedding width."""
+    for attr in ("in_dim", "out_dim"):
+        if not hasattr(model.connector, attr):
+            raise MoWEInputError(f"the connector ({type(model.connector).__name__}) lacks the attribute {attr!r}; "
+                                 f"connector.in_dim / out_dim are part of the connector protocol")
+    want = int(model.strong_encoder.out_dim) + (model.pool.out_dim if model.pool is not None else 0)
+    if getattr(model.connector, "needs_all_layers", False):
+        if model.pool is not None:
+            raise MoWEInputError("a connector that needs all layers (TLTR) takes the strong encoder alone; "
+                                 "it cannot be combined with a weak pool")
+        want = int(model.strong_encoder.out_dim)
+    if int(model.connector.in_dim) != want:
+        raise MoWEInputError(f"connector.in_dim is {model.connector.in_dim} but the encoders give {want} features "
+                             f"(strong {model.strong_encoder.out_dim}"
+                             f"{' + pool ' + str(model.pool.out_dim) if model.pool is not None else ''})")
+    d_llm = model.llm.get_input_embeddings().embedding_dim
+    if int(model.connector.out_dim) != d_llm:
+        raise MoWEInputError(f"connector.out_dim is {model.connector.out_dim} but the LLM width is {d_llm}")

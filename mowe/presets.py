@@ -12,22 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
+from mowe.data.templates import PROMPT_TEMPLATES
 
-__all__ = ["PRESETS", "PROMPT_TEMPLATES", "Preset", "base_only", "ltu_as", "mowe_paper", "salmonn"]
+__all__ = ["LTU_AS_CLOSED_ENDED_TASKS", "PRESETS", "PROMPT_TEMPLATES", "Preset", "SALMONN_ACTIVATION_TASKS",
+           "SALMONN_PRETRAIN_TASKS", "base_only", "ltu_as", "mowe_paper", "salmonn"]
 
-# Prompt formats; ``{audio}`` is where the audio placeholder token goes.
-PROMPT_TEMPLATES = {
-    # SALMONN (arXiv 2310.13289, sec. 3): the speech tokens wrapped in <Speech></Speech> in a Vicuna-style turn.
-    "salmonn": "USER: <Speech>{audio}</Speech> {instruction}\nASSISTANT:",
-    # LTU-AS (arXiv 2309.14405): alpaca-style instruction prompt with the audio tokens as the input.
-    "ltu_as": ("Below is an instruction that describes a task, paired with an input that provides further "
-               "context. Write a response that appropriately completes the request.\n\n"
-               "### Instruction:\n{instruction}\n\n### Input:\n{audio}\n\n### Response:\n"),
-    # LTU-AS as released (templates/alpaca_short.json): the audio tokens before the whole prompt (before BOS
-    # too), Whisper's transcript of the clip as the input; see mowe.data.ltu_as_prompt.
-    "ltu_as_faithful": "{audio}### Instruction:\n{instruction}\n\n### Input:\n{transcript}\n\n### Response:\n",
-    "mowe": "{audio} {instruction}\n",
-}
+# Task lists of the seed curricula, as data: named after the tasks of the local demo corpus
+# (mowe.demo.corpus). Training on other data: pass your own task names to the stage builders.
+SALMONN_PRETRAIN_TASKS = {"asr": 1.0, "sound_event": 1.0}  # speech recognition + audio captioning
+SALMONN_ACTIVATION_TASKS = {"co_reasoning": 1.0}  # long-answer, QA-like (speech-audio co-reasoning)
+LTU_AS_CLOSED_ENDED_TASKS = ("gender", "accent", "speaking_rate", "sound_event", "chord", "tempo")
 
 # Toy sizes for tiny=True (random weights; CPU tests and the demo).
 _TINY_WHISPER = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128)
@@ -69,6 +63,18 @@ class Preset:
         from mowe.model import MoWEAudioLLM
 
         return MoWEAudioLLM.from_config(self.config, **kwargs)
+
+    def processor(self, tokenizer, **kwargs):
+        """A :class:`~mowe.data.processor.MoWEProcessor` with this system's ``prompt_template`` (kwargs win)."""
+        from mowe.data.processor import MoWEProcessor
+
+        return MoWEProcessor(tokenizer, **{"prompt_template": self.prompt_template, **kwargs})
+
+    def for_inference(self, model):
+        """Apply this system's inference-time LoRA scale (SALMONN: 0.5) to a trained ``model``; returns it."""
+        if self.inference_lora_scale != 1.0:
+            model.set_lora_scale(self.inference_lora_scale)
+        return model
 
 
 def mowe_paper(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512, top_k: int = 1,
@@ -170,7 +176,9 @@ def salmonn(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 51
                      connector=ConnectorConfig("qformer", qf), llm=llm_cfg,
                      lora=LoRAConfig(r=8, alpha=32, dropout=0.1, target_modules=("q_proj", "v_proj")),
                      audio_token_id=audio_token_id)
-    return Preset("salmonn", cfg, tuple(salmonn_stages(steps)), PROMPT_TEMPLATES["salmonn"], 1.0,
+    return Preset("salmonn", cfg, tuple(salmonn_stages(steps, pretrain_tasks=SALMONN_PRETRAIN_TASKS,
+                                                      activation_tasks=SALMONN_ACTIVATION_TASKS)),
+                  PROMPT_TEMPLATES["salmonn"], 1.0,
                   "Tang et al., SALMONN: Towards Generic Hearing Abilities for Large Language Models, arXiv 2310.13289")
 
 
@@ -211,7 +219,8 @@ def ltu_as(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512
     cfg = MoWEConfig(strong=strong, weak={}, connector=ConnectorConfig("tltr", options),
                      llm=llm_cfg, lora=LoRAConfig(r=8, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj")),
                      audio_token_id=audio_token_id)
-    return Preset("ltu_as", cfg, tuple(ltu_as_stages(steps)), template, 1.0,
+    return Preset("ltu_as", cfg, tuple(ltu_as_stages(steps, closed_ended_tasks=LTU_AS_CLOSED_ENDED_TASKS)), template,
+                  1.0,
                   "Gong et al., Joint Audio and Speech Understanding (LTU-AS), arXiv 2309.14405")
 
 

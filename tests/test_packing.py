@@ -9,7 +9,7 @@ from conftest import AUDIO_ID, LLAMA_TINY, LLM_FAMILIES, WHISPER_TINY, make_batc
 
 from mowe import MoWEAudioLLM
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig
-from mowe.merge import MergedInputs, cheapest_llm_layout, llm_pass_flops, pack_merged, packing_pays
+from mowe.merge import MergedInputs, cheapest_llm_layout, llm_pass_flops, pack_merged
 
 LLMS = LLM_FAMILIES
 
@@ -77,6 +77,10 @@ def test_packed_pass_runs_only_real_tokens():
 def _mask(lengths):
     t = max(lengths)
     return (torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]).long()
+
+
+def packing_pays(mask, **kw) -> bool:
+    return llm_pass_flops(mask, layout="packed", **kw) < llm_pass_flops(mask, layout="padded", **kw)
 
 
 def test_packing_pays_follows_the_flop_balance():

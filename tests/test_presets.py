@@ -80,3 +80,14 @@ def test_set_lora_scale_changes_outputs_and_one_restores_them():
         back = model(ids, wav, wl, attention_mask=am).logits
     assert not torch.allclose(ref, half, atol=1e-4)
     torch.testing.assert_close(back, ref)
+
+
+def test_preset_wires_its_prompt_format_and_inference_lora_scale():
+    from mowe.data.tokenizer import train_bpe_tokenizer
+
+    preset = salmonn(tiny=True, audio_token_id=AUDIO_ID, vocab_size=128)
+    proc = preset.processor(train_bpe_tokenizer(["what is the sound"], vocab_size=300))
+    assert proc.prompt_template == preset.prompt_template and "<Speech>" in proc.build_prompt("what is it")
+    model = preset.for_inference(preset.build())
+    scales = {s["default"] for m in model.llm.modules() if isinstance(s := getattr(m, "scaling", None), dict)}
+    assert scales == {0.5 * 32 / 8}  # SALMONN: alpha / r = 4.0 in training, halved at inference

@@ -13,16 +13,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mowe.connectors.base import ConnectorOutput
+from mowe.connectors.base import ConnectorOutput, check_features
 from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
 
 __all__ = ["ConvConnector", "FrameStackConnector", "LinearConnector", "MLPConnector"]
-
-
-def _check(features: torch.Tensor, in_dim: int, who: str) -> None:
-    if features.dim() != 3 or features.shape[-1] != in_dim:
-        raise MoWEInputError(f"{who} expects features of shape (batch, frames, {in_dim}), got {tuple(features.shape)}")
 
 
 def _masked(embeds: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
@@ -43,7 +38,7 @@ class LinearConnector(nn.Module):
         return lengths
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
-        _check(features, self.in_dim, type(self).__name__)
+        lengths = check_features(features, lengths, in_dim=self.in_dim, who=type(self).__name__)
         return _masked(self.proj(features), lengths)
 
 
@@ -62,7 +57,7 @@ class MLPConnector(nn.Module):
         return lengths
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
-        _check(features, self.in_dim, type(self).__name__)
+        lengths = check_features(features, lengths, in_dim=self.in_dim, who=type(self).__name__)
         return _masked(self.net(features), lengths)
 
 
@@ -86,7 +81,7 @@ class FrameStackConnector(nn.Module):
         return torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
-        _check(features, self.in_dim, type(self).__name__)
+        lengths = check_features(features, lengths, in_dim=self.in_dim, who=type(self).__name__)
         t = features.shape[1]
         # Zero frames past each clip's end so its last group holds only its own frames.
         x = features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)
@@ -119,7 +114,7 @@ class ConvConnector(nn.Module):
         return torch.div(lengths + self.stride - 1, self.stride, rounding_mode="floor")
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
-        _check(features, self.in_dim, type(self).__name__)
+        lengths = check_features(features, lengths, in_dim=self.in_dim, who=type(self).__name__)
         t = features.shape[1]
         n = -(-t // self.stride)
         x = features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)

@@ -27,7 +27,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from mowe.connectors.base import ConnectorOutput, check_frame_lengths
+from mowe.connectors.base import ConnectorOutput, check_features
 from mowe.connectors.norm import PerStreamNorm
 from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
@@ -223,7 +223,7 @@ class WindowQFormerConnector(nn.Module):
         Raises:
             MoWEInputError: ``features`` or ``lengths`` malformed (names which).
         """
-        lengths = _check_frames(features, lengths, in_dim=self.in_dim)
+        lengths = check_features(features, lengths, in_dim=self.in_dim, who="WindowQFormerConnector")
         n_windows = self._windows(lengths)  # (b,)
         n_max = int(n_windows.max())  # one host sync; trims batch padding beyond the longest clip
         if int(n_windows.min()) == 0:
@@ -256,14 +256,3 @@ class WindowQFormerConnector(nn.Module):
         return ConnectorOutput(
             embeds=rearrange(embeds, "b n q d -> b (n q) d"), lengths=n_windows * self.num_queries
         )
-
-
-def _check_frames(features: torch.Tensor, lengths: torch.Tensor, *, in_dim: int) -> torch.Tensor:
-    """Validate ``(b, t, in_dim)`` features and ``(b,)`` lengths; return int64 lengths on their device."""
-    if not isinstance(features, torch.Tensor) or features.dim() != 3:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        raise MoWEInputError(f"features must have shape (batch, frames, {in_dim}), got {shape}")
-    b, t, d = features.shape
-    if d != in_dim:
-        raise MoWEInputError(f"features must have shape (batch, frames, {in_dim}), got last dim {d}")
-    return check_frame_lengths(lengths, batch=b, frames=t, device=features.device)

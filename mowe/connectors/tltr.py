@@ -25,7 +25,7 @@ import torch
 from einops import rearrange, reduce, repeat
 from torch import nn
 
-from mowe.connectors.base import ConnectorOutput, check_frame_lengths
+from mowe.connectors.base import ConnectorOutput, check_features
 from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
 
@@ -149,7 +149,8 @@ class TLTRConnector(nn.Module):
         Raises:
             MoWEInputError: ``features`` or ``lengths`` malformed, or the wrong number of layers (names which).
         """
-        lengths = self._check(features, lengths)
+        lengths = check_features(features, lengths, in_dim=self.in_dim, num_layers=self.num_layers_in,
+                                 who="TLTRConnector")
         b, num_layers = features.shape[:2]
         n_steps = self.out_lengths(lengths)  # (b,)
         n_max = int(n_steps.max())  # one host sync; trims batch padding beyond the longest clip
@@ -179,22 +180,3 @@ class TLTRConnector(nn.Module):
         embeds = tokens.new_zeros(b, n_max, self.out_dim)
         embeds[step_valid] = tokens  # valid steps are a prefix per clip: padding tokens stay zero
         return ConnectorOutput(embeds=embeds, lengths=n_steps)
-
-    def _check(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Validate ``(b, l, t, in_dim)`` features and ``(b,)`` lengths; return int64 lengths."""
-        expected = f"(batch, {self.num_layers_in} layers, frames, {self.in_dim})"
-        if not isinstance(features, torch.Tensor) or features.dim() != 4:
-            got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-            raise MoWEInputError(
-                f"features must hold every layer's hidden states, shape {expected}, got {got}"
-                " (pass EncoderOutput.hidden_states, not .features)"
-            )
-        b, num_layers, t, d = features.shape
-        if num_layers != self.num_layers_in:
-            raise MoWEInputError(
-                f"features has {num_layers} layers but this TLTR expects num_layers_in={self.num_layers_in}"
-                f" (shape {tuple(features.shape)}, expected {expected})"
-            )
-        if d != self.in_dim:
-            raise MoWEInputError(f"features must have shape {expected}, got last dim {d}")
-        return check_frame_lengths(lengths, batch=b, frames=t, device=features.device)

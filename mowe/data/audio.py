@@ -20,7 +20,7 @@ a huge allocation, and with ``max_seconds`` + ``"truncate"`` only the needed fra
 A path that is not a regular file (a FIFO, a device) is refused before libsndfile opens it, so it cannot
 block.
 
-libsndfile facts this relies on (checked by ``tests/test_audio_zoo.py``):
+libsndfile facts this relies on (checked by ``tests/data/test_audio_zoo.py``):
 
 * A WAV whose data chunk is shorter than its header claims opens with the frame count clamped to the bytes
   actually present, so it loads what is there; a WAV cut inside the header (before the ``data`` chunk
@@ -55,6 +55,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from mowe.constants import SAMPLE_RATE
 from mowe.errors import AudioLoadError, MoWEInputError
 
 __all__ = [
@@ -140,7 +141,7 @@ class AudioInfo(NamedTuple):
 def load_audio(
     path: str | os.PathLike[str],
     *,
-    sample_rate: int = 16_000,
+    sample_rate: int = SAMPLE_RATE,
     max_seconds: float | None = None,
     length_policy: LengthPolicy = "truncate",
 ) -> AudioClip:

@@ -1,4 +1,4 @@
-"""JSONL instruction manifests as a torch Dataset, and the samplers that feed training.
+"""JSONL instruction manifests as a torch Dataset (the sampler that feeds training: :mod:`mowe.data.samplers`).
 
 A manifest holds one JSON object per line (blank lines are ignored)::
 
@@ -28,31 +28,26 @@ Shape legend: ``s`` samples.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import warnings
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from mowe.data.audio import audio_info, load_audio
-from mowe.errors import AudioLoadError, ConfigError, ManifestError, MoWEInputError
+from mowe.errors import AudioLoadError, ConfigError, ManifestError
 
 __all__ = [
     "REQUIRED_FIELDS",
     "BadExampleWarning",
-    "LengthGroupedSampler",
     "ManifestAudioError",
     "ManifestDataset",
     "SkippedExample",
-    "WeightedTaskSampler",
-    "length_bucket_sampler",
 ]
 
 REQUIRED_FIELDS = ("audio", "instruction", "answer", "task")
@@ -321,136 +316,3 @@ def _audio_reason(path: str, exc: Exception) -> str:
     if isinstance(exc, AudioLoadError) and path in msg:
         return msg
     return f"cannot read audio file '{path}': {msg}"
-
-
-# ----------------------------------------------------------------------------------------------- samplers
-def _generator(seed: int, epoch: int) -> torch.Generator:
-    # Mix seed and epoch through a hash so (seed, epoch) pairs never collide the way seed + epoch would.
-    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-
-
-class WeightedTaskSampler(Sampler[int]):
-    """Sample example indices (with replacement) so tasks appear in proportion to ``weights``.
-
-    Within a task, examples are equally likely. A task present in the data but absent from ``weights`` gets
-    weight 0 and a warning (it is never sampled).
-
-    Args:
-        dataset: a :class:`ManifestDataset` (anything with a per-example ``tasks`` list), or that list itself.
-        weights: task -> non-negative weight (normalised here; ``{"asr": 2, "gender": 1}`` gives 2:1).
-        num_samples: indices per epoch (``len(sampler)``).
-        seed: the order is a function of ``(seed, epoch)`` only; call :meth:`set_epoch` each epoch.
-
-    Raises:
-        ConfigError: task names in ``weights`` that the data does not have (all named), a negative or
-            non-finite weight, all weights zero, or ``num_samples < 1``.
-    """
-
-    def __init__(self, dataset: Any, weights: Mapping[str, float], *, num_samples: int, seed: int = 0):
-        tasks = list(dataset.tasks) if hasattr(dataset, "tasks") else list(dataset)
-        counts = Counter(tasks)
-        unknown = sorted(set(weights) - set(counts))
-        if unknown:
-            raise ConfigError(f"task weights name unknown task(s) {unknown}; the data has {sorted(counts)}")
-        for t, w in weights.items():
-            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-                raise ConfigError(f"task weight for {t!r} must be a finite number >= 0, got {w!r}")
-        if not any(w > 0 for w in weights.values()):
-            raise ConfigError(f"task weights {dict(weights)} are all zero")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ConfigError(f"num_samples must be a positive int, got {num_samples!r}")
-        unweighted = sorted(set(counts) - set(weights))
-        if unweighted:
-            warnings.warn(f"tasks {unweighted} have no weight and will not be sampled", UserWarning, stacklevel=2)
-        total = float(sum(weights.values()))
-        self.task_probs = {t: float(weights.get(t, 0.0)) / total for t in sorted(counts)}
-        self.example_weights = torch.tensor(
-            [self.task_probs[t] / counts[t] for t in tasks], dtype=torch.float64
-        )
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[int]:
-        g = _generator(self.seed, self.epoch)
-        idx = torch.multinomial(self.example_weights, self.num_samples, replacement=True, generator=g)
-        return iter(idx.tolist())
-
-
-class LengthGroupedSampler(Sampler[int]):
-    """Indices ordered so that consecutive runs of ``batch_size`` have similar audio lengths (less padding).
-
-    Use it as ``DataLoader(ds, batch_size=batch_size, sampler=LengthGroupedSampler(ds.lengths, batch_size))``.
-    As in transformers' sampler of the same name: shuffle, cut into mega-batches of
-    ``batch_size * mega_batch_mult``, sort each by length (longest first) and cut it into batches; then the
-    batches are shuffled, and the batch holding the longest clip goes first so an out-of-memory shows at once.
-    Without ``shuffle`` all indices are sorted by length (longest first).
-
-    Args:
-        lengths: length of each example (any unit; e.g. ``ManifestDataset.lengths`` in seconds).
-        batch_size: the DataLoader's batch size.
-        shuffle: randomise (deterministically per ``(seed, epoch)``).
-        seed: base seed; :meth:`set_epoch` changes the order each epoch.
-        mega_batch_mult: mega-batch size in batches (bigger: less padding, less randomness).
-    """
-
-    def __init__(self, lengths: Sequence[float], batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 mega_batch_mult: int = 50):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise MoWEInputError(f"batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(mega_batch_mult, bool) or not isinstance(mega_batch_mult, int) or mega_batch_mult < 1:
-            raise MoWEInputError(f"mega_batch_mult must be a positive int, got {mega_batch_mult!r}")
-        self.lengths = torch.as_tensor([float(x) for x in lengths], dtype=torch.float64)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.mega_batch_mult = mega_batch_mult
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return int(self.lengths.shape[0])
-
-    def __iter__(self) -> Iterator[int]:
-        n = len(self)
-        if n == 0:
-            return iter([])
-        if not self.shuffle:
-            return iter(torch.argsort(self.lengths, descending=True, stable=True).tolist())
-        g = _generator(self.seed, self.epoch)
-        perm = torch.randperm(n, generator=g)
-        mega = self.batch_size * self.mega_batch_mult
-        batches: list[torch.Tensor] = []
-        for m in torch.split(perm, mega):
-            m = m[torch.argsort(self.lengths[m], descending=True, stable=True)]
-            batches.extend(torch.split(m, self.batch_size))
-        # Only full batches are shuffled among themselves; a short remainder batch stays last, so the
-        # DataLoader's batch boundaries line up with ours.
-        full = [b for b in batches if b.shape[0] == self.batch_size]
-        rest = [b for b in batches if b.shape[0] != self.batch_size]
-        order = torch.randperm(len(full), generator=g).tolist()
-        full = [full[i] for i in order]
-        if full:
-            top = max(range(len(full)), key=lambda i: float(self.lengths[full[i]].max()))
-            full[0], full[top] = full[top], full[0]
-        if rest:
-            # Several short mega-batch tails would misalign batches: merge them, sorted, at the end.
-            tail = torch.cat(rest)
-            tail = tail[torch.argsort(self.lengths[tail], descending=True, stable=True)]
-            full.extend(torch.split(tail, self.batch_size))
-        return iter(torch.cat(full).tolist())
-
-
-def length_bucket_sampler(lengths: Sequence[float], batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                          mega_batch_mult: int = 50) -> LengthGroupedSampler:
-    """Alias of :class:`LengthGroupedSampler` (same arguments)."""
-    return LengthGroupedSampler(lengths, batch_size, shuffle=shuffle, seed=seed, mega_batch_mult=mega_batch_mult)

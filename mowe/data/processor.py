@@ -20,27 +20,37 @@ Example:
 Training::
 
     collate = MoWECollator(proc, train=True)
-    loader = DataLoader(ds, batch_size=8, sampler=LengthGroupedSampler(ds.lengths, 8), collate_fn=collate)
+    sampler = StageSampler(num_examples=len(ds), task_list=None, tasks=None, seed=0, stage_index=0, batch_size=8,
+                           lengths=ds.lengths)
+    loader = DataLoader(ds, batch_sampler=sampler.process_batches(epoch=0), collate_fn=collate)
     for batch in loader:            # batch is None when every example in it was unreadable ("skip" mode)
         out = model(**{k: batch[k] for k in MODEL_INPUT_KEYS})
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import string
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from mowe.config import from_dict
+from mowe.constants import IGNORE_INDEX, MODEL_INPUT_KEYS, SAMPLE_RATE
 from mowe.data.audio import AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
-from mowe.data.manifest import LengthGroupedSampler, length_bucket_sampler
+from mowe.data.samplers import mix_seed
+from mowe.data.templates import (
+    DEFAULT_PROMPT_TEMPLATE,
+    LTU_AS_PROMPT_TEMPLATE,
+    SALMONN_PROMPT_TEMPLATE,
+    TEMPLATE_FIELDS,
+)
 from mowe.errors import ConfigError, MoWEInputError
 
 __all__ = [
@@ -50,32 +60,28 @@ __all__ = [
     "MODEL_INPUT_KEYS",
     "PROCESSOR_CONFIG_NAME",
     "SALMONN_PROMPT_TEMPLATE",
-    "LengthGroupedSampler",
+    "SAMPLE_RATE",
     "MoWECollator",
     "MoWEProcessor",
-    "length_bucket_sampler",
+    "ProcessorOptions",
 ]
 
-IGNORE_INDEX = -100
 PROCESSOR_CONFIG_NAME = "processor_config.json"
-SAMPLE_RATE = 16_000
-# The keys of a batch that MoWEAudioLLM.forward takes ("labels" only in training batches).
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels", "waveforms", "wave_lengths")
 
-# SALMONN (arXiv 2310.13289, sec. 3): the audio tokens sit inside <Speech></Speech> in the user turn.
-SALMONN_PROMPT_TEMPLATE = "USER: <Speech>{audio}</Speech> {instruction}\nASSISTANT:"
-# LTU-AS (arXiv 2309.14405) prompts its LLaMA in the Alpaca format, with the audio tokens first.
-LTU_AS_PROMPT_TEMPLATE = (
-    "{audio}Below is an instruction that describes a task. Write a response that appropriately completes "
-    "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
-# Used when the tokenizer has no chat template and no prompt_template is given.
-DEFAULT_PROMPT_TEMPLATE = "{system}\nuser: {audio} {instruction}\nassistant:"
-
-_TEMPLATE_FIELDS = {"audio", "instruction", "system"}
 _POLICIES = ("truncate", "chunk", "error")
-_CONFIG_KEYS = ("audio_token", "system_prompt", "prompt_template", "paraphrases", "max_audio_seconds",
-                "length_policy", "seed")
+
+
+@dataclass(frozen=True)
+class ProcessorOptions:
+    """What ``processor_config.json`` may hold (read with the one strict loader, :func:`mowe.config.from_dict`)."""
+
+    audio_token: str = "<|audio|>"
+    system_prompt: str | None = None
+    prompt_template: str | None = None
+    paraphrases: dict[str, list[str]] | None = None
+    max_audio_seconds: float | None = 30.0
+    length_policy: Literal["truncate", "chunk", "error"] = "truncate"
+    seed: int = 0
 
 
 class MoWEProcessor:
@@ -165,9 +171,7 @@ class MoWEProcessor:
         options = self.paraphrases.get(task) if task is not None else None
         if not options:
             return instruction
-        digest = hashlib.blake2b(f"{self.seed}:{epoch}:{task}:{key}".encode("utf-8", "surrogatepass"),
-                                 digest_size=8).digest()
-        return options[int.from_bytes(digest, "little") % len(options)]
+        return options[mix_seed(self.seed, epoch, task, key) % len(options)]
 
     def encode(self, instruction: str, *, answer: str | None = None, num_clips: int = 1,
                max_length: int | None = None, who: str = "example") -> tuple[list[int], list[int] | None]:
@@ -254,23 +258,7 @@ class MoWEProcessor:
     def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, *,
             padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad token lists into ``input_ids`` / ``attention_mask`` (and ``labels``, -100 on padding), ``(b, L)``."""
-        if padding_side not in ("left", "right"):
-            raise MoWEInputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        b, L = len(sequences), max(len(s) for s in sequences)
-        ids = torch.full((b, L), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((b, L), dtype=torch.long)
-        lab = torch.full((b, L), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
-        for i, seq in enumerate(sequences):
-            n = len(seq)
-            sl = slice(0, n) if padding_side == "right" else slice(L - n, L)
-            ids[i, sl] = torch.tensor(seq, dtype=torch.long)
-            mask[i, sl] = 1
-            if lab is not None:
-                lab[i, sl] = torch.tensor(labels[i], dtype=torch.long)
-        out = {"input_ids": ids, "attention_mask": mask}
-        if lab is not None:
-            out["labels"] = lab
-        return out
+        return pad_tokens(sequences, labels, pad_token_id=self.pad_token_id, padding_side=padding_side)
 
     def __call__(self, text: str | Sequence[str] | None = None, audio: Any = None,
                  answer: str | Sequence[str] | None = None, *, return_tensors: str = "pt",
@@ -371,15 +359,13 @@ class MoWEProcessor:
         cls_name = data.pop("processor_class", cls.__name__)
         if cls_name != cls.__name__:
             raise ConfigError(f"{path}: processor_class is {cls_name!r}, expected {cls.__name__!r}")
-        unknown = sorted(set(data) - set(_CONFIG_KEYS))
-        if unknown:
-            raise ConfigError(f"{path}: unknown key {unknown[0]!r} (known: {sorted(_CONFIG_KEYS)})")
+        options = from_dict(ProcessorOptions, data, where=path)
         if tokenizer is None:
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(directory)
         try:
-            return cls(tokenizer, **data)
+            return cls(tokenizer, **{k: getattr(options, k) for k in data})
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from e
 
@@ -388,6 +374,28 @@ class MoWEProcessor:
                 f"template={'prompt_template' if self.prompt_template else 'chat'}, "
                 f"paraphrases={sorted(self.paraphrases)}, max_audio_seconds={self.max_audio_seconds}, "
                 f"length_policy={self.length_policy!r})")
+
+
+def pad_tokens(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, *,
+               pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Token lists -> ``input_ids`` / ``attention_mask`` (and ``labels``, -100 on padding), each ``(b, L)``."""
+    if padding_side not in ("left", "right"):
+        raise MoWEInputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    b, L = len(sequences), max(len(s) for s in sequences)
+    ids = torch.full((b, L), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((b, L), dtype=torch.long)
+    lab = torch.full((b, L), IGNORE_INDEX, dtype=torch.long) if labels is not None else None
+    for i, seq in enumerate(sequences):
+        n = len(seq)
+        sl = slice(0, n) if padding_side == "right" else slice(L - n, L)
+        ids[i, sl] = torch.tensor(seq, dtype=torch.long)
+        mask[i, sl] = 1
+        if lab is not None:
+            lab[i, sl] = torch.tensor(labels[i], dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask}
+    if lab is not None:
+        out["labels"] = lab
+    return out
 
 
 def _check_options(*, audio_token, system_prompt, prompt_template, paraphrases, max_audio_seconds, length_policy,
@@ -405,7 +413,7 @@ def _check_options(*, audio_token, system_prompt, prompt_template, paraphrases, 
             fields = {f for _, f, _, _ in string.Formatter().parse(prompt_template) if f is not None}
         except ValueError as e:
             raise ConfigError(f"prompt_template is not a valid format string: {e}") from e
-        bad = sorted(fields - _TEMPLATE_FIELDS)
+        bad = sorted(fields - TEMPLATE_FIELDS)
         if bad:
             raise ConfigError(f"prompt_template has unknown field {{{bad[0]}}}; allowed: audio, instruction, system")
         for need in ("audio", "instruction"):
@@ -429,75 +437,5 @@ def _check_options(*, audio_token, system_prompt, prompt_template, paraphrases, 
         raise ConfigError(f"seed must be an int, got {seed!r}")
 
 
-class MoWECollator:
-    """Collate :class:`~mowe.data.ManifestDataset` examples into a model batch.
-
-    Args:
-        processor: the :class:`MoWEProcessor`.
-        train: True: prompt + answer + eos with labels, paraphrased instructions. False: prompts only (for
-            ``generate``), the answers kept as ``batch["answer"]``.
-        padding_side: side of the token padding; None (default): right for training, left for generation.
-        max_length: cap on text tokens per sample (answers are cut; see :meth:`MoWEProcessor.encode`).
-        augment: paraphrase instructions (default: ``train``); False gives a training-style batch with the
-            original instructions, e.g. for a dev loss.
-
-    ``collator(examples)`` drops None examples (unreadable in ``"skip"`` mode) and returns::
-
-        {"input_ids": (b, L) long, "attention_mask": (b, L) long, "labels": (b, L) long   # train only
-         "waveforms": (c, s) float32 right-zero-padded, "wave_lengths": (c,) long,
-         "task": list[str], "id": list[str], "instruction": list[str] (as used), "answer": list[str],
-         "num_dropped": int}
-
-    ``c == b`` except at inference with ``length_policy="chunk"``. Pass only :data:`MODEL_INPUT_KEYS` to the
-    model. When every example was dropped it returns None: skip that step.
-    """
-
-    def __init__(self, processor: MoWEProcessor, *, train: bool = True, padding_side: str | None = None,
-                 max_length: int | None = None, augment: bool | None = None):
-        if padding_side not in (None, "left", "right"):
-            raise MoWEInputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
-                                       or max_length < 1):
-            raise MoWEInputError(f"max_length must be a positive int or None, got {max_length!r}")
-        self.processor = processor
-        self.train = train
-        self.padding_side = padding_side or ("right" if train else "left")
-        self.max_length = max_length
-        self.augment = train if augment is None else augment
-        self.epoch = 0
-        self._warned_chunk = False
-
-    def set_epoch(self, epoch: int) -> None:
-        """Paraphrase choices depend on the epoch (call before creating the epoch's DataLoader iterator)."""
-        self.epoch = int(epoch)
-
-    def __call__(self, examples: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
-        kept = [e for e in examples if e is not None]
-        if not kept:
-            return None
-        if self.train and self.processor.length_policy == "chunk" and not self._warned_chunk:
-            self._warned_chunk = True
-            warnings.warn("length_policy='chunk' is for inference; a training collator truncates long clips to "
-                          "max_audio_seconds instead", UserWarning, stacklevel=2)
-        proc = self.processor
-        seqs, labs, clips, instructions = [], [], [], []
-        for i, ex in enumerate(kept):
-            ex_id = str(ex.get("id", i))
-            instruction = ex["instruction"]
-            if self.augment:
-                instruction = proc.paraphrase(instruction, ex.get("task"), ex_id, epoch=self.epoch)
-            windows = proc.prepare_audio(ex["audio"], train=self.train, who=f"example {ex_id!r} audio")
-            ids, lab = proc.encode(instruction, answer=ex["answer"] if self.train else None,
-                                   num_clips=len(windows), max_length=self.max_length, who=f"example {ex_id!r}")
-            seqs.append(ids)
-            labs.append(lab)
-            clips.extend(windows)
-            instructions.append(instruction)
-        batch: dict[str, Any] = proc.pad(seqs, labs if self.train else None, padding_side=self.padding_side)
-        batch["waveforms"], batch["wave_lengths"] = pad_batch(clips)
-        batch["task"] = [str(ex.get("task", "")) for ex in kept]
-        batch["id"] = [str(ex.get("id", i)) for i, ex in enumerate(kept)]
-        batch["instruction"] = instructions
-        batch["answer"] = [ex.get("answer", "") for ex in kept]
-        batch["num_dropped"] = len(examples) - len(kept)
-        return batch
+# The collator lives in mowe.data.collator; imported here so `from mowe.processor import MoWECollator` works.
+from mowe.data.collator import MoWECollator  # noqa: E402

@@ -62,7 +62,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -70,7 +69,11 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-import soxr
+
+from mowe.constants import SAMPLE_RATE
+from mowe.demo.sounds import CHORD_QUALITIES, SOUND_EVENTS, TEMPO_BINS, _chord, _click_track, synthesize_sound_event
+from mowe.demo.speech import _speak, available_voices
+from mowe.demo.texts import _ASR_TEMPLATES, _CO_QUESTIONS, _DIGITS, _WORDS, INSTRUCTIONS
 
 __all__ = [
     "ACCENTS",
@@ -81,6 +84,7 @@ __all__ = [
     "SAMPLE_RATE",
     "SOUND_EVENTS",
     "TASKS",
+    "TASK_METRICS",
     "TEMPO_BINS",
     "TRAIN_VARIANTS",
     "CorpusInfo",
@@ -90,9 +94,18 @@ __all__ = [
     "synthesize_sound_event",
 ]
 
-SAMPLE_RATE = 16_000
 SPLITS = ("train", "dev", "test")
 TASKS = ("asr", "gender", "accent", "speaking_rate", "sound_event", "chord", "tempo", "co_reasoning")
+#: How each task is scored (:func:`mowe.evaluation.metrics.evaluate_predictions`; the tasks not listed: accuracy).
+TASK_METRICS = {"asr": "wer", "co_reasoning": "parts"}
+
+
+def score_normalize(text: str) -> str:
+    """The text normaliser the corpus is scored with: digits spelled out, as espeak-ng reads digit strings."""
+    from mowe.evaluation.metrics import normalize_text
+
+    return normalize_text(text, spell_digits=True)
+
 
 #: accent label -> espeak-ng voices (language ids) that speak it.
 ACCENTS: dict[str, tuple[str, ...]] = {
@@ -107,145 +120,11 @@ TRAIN_VARIANTS: dict[str, tuple[str, ...]] = {"male": ("m1", "m2", "m3", "m5", "
 HELD_OUT_VARIANTS: dict[str, tuple[str, ...]] = {"male": ("m4", "m6"), "female": ("f4",)}
 #: speaking-rate label -> espeak words-per-minute range (inclusive); the gaps keep labels unambiguous.
 RATE_BINS: dict[str, tuple[int, int]] = {"slow": (120, 145), "normal": (160, 180), "fast": (195, 220)}
-#: tempo label -> beats-per-minute range (inclusive).
-TEMPO_BINS: dict[str, tuple[int, int]] = {"slow": (60, 80), "medium": (100, 120), "fast": (140, 170)}
-SOUND_EVENTS = ("tone", "chirp", "noise", "clicks", "siren", "tremolo")
-CHORD_QUALITIES: dict[str, tuple[int, int, int]] = {"major": (0, 4, 7), "minor": (0, 3, 7), "diminished": (0, 3, 6)}
 PITCH_RANGE = (30, 70)  # espeak -p
 RATE_RANGE = (120, 220)  # espeak -s, for tasks that do not ask about the rate
-ESPEAK_RATE = 22_050
 MIN_SECONDS = 1  # clips are 1-6 s long
 
-_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
-# ~200 common words, split by role so that templates make (mostly) grammatical sentences and a
-# co-reasoning sentence names exactly one colour / animal.
-_WORDS: dict[str, tuple[str, ...]] = {
-    "det": ("the", "my", "your", "our", "this", "that", "every", "his", "her", "one"),
-    "adj": ("big", "small", "old", "new", "happy", "quiet", "loud", "warm", "cold", "bright", "dark", "quick",
-            "slow", "tall", "short", "soft", "young", "busy", "clean", "heavy", "little", "good", "long", "nice"),
-    "colour": ("red", "blue", "green", "yellow", "black", "white", "brown", "orange", "purple", "pink"),
-    "animal": ("dog", "cat", "horse", "bird", "fish", "cow", "sheep", "goat", "mouse", "rabbit", "duck", "lion",
-               "tiger", "bear", "fox", "frog"),
-    "thing": ("car", "house", "book", "tree", "door", "table", "chair", "phone", "river", "garden", "window",
-              "road", "train", "boat", "city", "school", "kitchen", "letter", "bread", "coffee", "water",
-              "music", "paper", "ship", "bridge", "island", "market", "forest", "mountain", "lamp", "clock",
-              "shoe", "bottle", "cup", "ball", "box", "key", "bed", "cake", "radio"),
-    "person": ("man", "woman", "child", "teacher", "doctor", "farmer", "friend", "student", "driver", "baker",
-               "mother", "father", "sister", "brother"),
-    "vi": ("runs", "sleeps", "waits", "sings", "falls", "stops", "moves", "shines", "works", "plays", "jumps",
-           "swims", "smiles", "turns", "rests", "stays", "starts", "shakes"),
-    "vt": ("sees", "likes", "finds", "opens", "holds", "carries", "buys", "paints", "cleans", "brings", "wants",
-           "needs", "watches", "follows", "keeps", "pulls"),
-    "adv": ("today", "now", "again", "slowly", "quickly", "here", "there", "often", "outside", "early", "late",
-            "always", "tonight", "inside", "together", "sometimes"),
-    "prep": ("near", "behind", "under", "over", "by", "beside"),
-}
-
-# Sentence templates, 3-6 words. Keys refer to _WORDS, "noun" = thing | animal | person,
-# "adjc" = adj | colour.
-_ASR_TEMPLATES = (
-    ("det", "noun", "vi"),
-    ("det", "adjc", "noun", "vi"),
-    ("det", "noun", "vi", "adv"),
-    ("det", "adjc", "noun", "vi", "adv"),
-    ("det", "person", "vt", "det", "noun"),
-    ("det", "person", "vt", "det", "adjc", "noun"),
-    ("det", "noun", "vi", "prep", "det", "noun"),
-)
-
-# ≥5 paraphrases per task, one picked at random per example. Closed-ended tasks name their options.
-INSTRUCTIONS: dict[str, tuple[str, ...]] = {
-    "asr": (
-        "Transcribe the speech.",
-        "What does the speaker say?",
-        "Write down exactly what is spoken in this clip.",
-        "Please transcribe this audio.",
-        "Give a verbatim transcript of the recording.",
-        "Convert the spoken words to text.",
-    ),
-    "gender": (
-        "Is the speaker male or female?",
-        "What is the gender of the speaker? Answer male or female.",
-        "Does this voice belong to a male or a female speaker?",
-        "Classify the speaker's gender as male or female.",
-        "Male or female: who is speaking?",
-        "Tell me whether the speaker is male or female.",
-    ),
-    "accent": (
-        "Which accent does the speaker have: american, british, scottish or caribbean?",
-        "What accent is this? Choose american, british, scottish or caribbean.",
-        "Identify the speaker's accent (american, british, scottish, caribbean).",
-        "Where is this English accent from: american, british, scottish or caribbean?",
-        "Classify the accent of the speech as american, british, scottish or caribbean.",
-    ),
-    "speaking_rate": (
-        "Is the speaker talking slowly, at a normal pace, or fast? Answer slow, normal or fast.",
-        "How fast is the speech: slow, normal or fast?",
-        "Rate the speaking rate as slow, normal or fast.",
-        "Describe the pace of the speaker: slow, normal or fast?",
-        "Is this speech slow, normal or fast?",
-    ),
-    "sound_event": (
-        "What kind of sound is this? Choose from tone, chirp, noise, clicks, siren, tremolo.",
-        "Classify this sound as tone, chirp, noise, clicks, siren or tremolo.",
-        "Which sound do you hear: tone, chirp, noise, clicks, siren or tremolo?",
-        "Identify the sound event (tone, chirp, noise, clicks, siren, tremolo).",
-        "Name the type of this sound: tone, chirp, noise, clicks, siren or tremolo.",
-    ),
-    "chord": (
-        "Is this chord major, minor or diminished?",
-        "What is the quality of the chord: major, minor or diminished?",
-        "Classify the triad as major, minor or diminished.",
-        "Which chord quality do you hear: major, minor or diminished?",
-        "Tell me if the chord is major, minor or diminished.",
-    ),
-    "tempo": (
-        "Is the tempo of this click track slow, medium or fast?",
-        "How fast is the beat: slow, medium or fast?",
-        "Classify the tempo as slow, medium or fast.",
-        "What is the tempo of the clicks: slow, medium or fast?",
-        "Rate the speed of the beat as slow, medium or fast.",
-    ),
-}
-# Co-reasoning needs both the background sound and the speech; answers are "<sound>, <item>".
-_CO_QUESTIONS: dict[str, tuple[str, ...]] = {
-    "first_digit": (
-        "What sound plays behind the speaker, and what digit does the speaker say first?",
-        "Name the background sound and the first digit spoken, separated by a comma.",
-        "Which sound is in the background, and which digit comes first in the speech?",
-        "Tell me the background sound, then the first number the speaker says.",
-        "What is the background sound, and what is the first digit the speaker says?",
-    ),
-    "last_digit": (
-        "What sound plays behind the speaker, and what digit does the speaker say last?",
-        "Name the background sound and the last digit spoken, separated by a comma.",
-        "Which sound is in the background, and which digit comes last in the speech?",
-        "Tell me the background sound, then the last number the speaker says.",
-        "What is the background sound, and what is the final digit the speaker says?",
-    ),
-    "colour": (
-        "What sound plays behind the speaker, and what colour does the speaker mention?",
-        "Name the background sound and the colour that is spoken, separated by a comma.",
-        "Which sound is in the background, and which colour is mentioned in the speech?",
-        "Tell me the background sound, then the colour the speaker names.",
-        "What is the background sound, and what colour does the speaker say?",
-    ),
-    "animal": (
-        "What sound plays behind the speaker, and what animal does the speaker mention?",
-        "Name the background sound and the animal that is spoken, separated by a comma.",
-        "Which sound is in the background, and which animal is mentioned in the speech?",
-        "Tell me the background sound, then the animal the speaker names.",
-        "What is the background sound, and what animal does the speaker talk about?",
-    ),
-}
-INSTRUCTIONS["co_reasoning"] = tuple(q for qs in _CO_QUESTIONS.values() for q in qs)
-
-_INSTALL_HINT = (
-    "espeak-ng is required to build the corpus (it synthesises the speech) but was not found on PATH. "
-    "Install it with `apt-get install espeak-ng` (Debian/Ubuntu; the package pulls in espeak-ng-data), "
-    "`brew install espeak-ng` (macOS) or `dnf install espeak-ng` (Fedora)."
-)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -295,214 +174,6 @@ class CorpusInfo:
         if p.is_dir():
             p = p / "corpus_info.json"
         return cls(**json.loads(p.read_text()))
-
-
-# ---------------------------------------------------------------------------------------------------
-# espeak-ng
-# ---------------------------------------------------------------------------------------------------
-
-
-def _espeak_exe() -> str:
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise RuntimeError(_INSTALL_HINT)
-    return exe
-
-
-def available_voices() -> list[str]:
-    """English espeak-ng voices (language ids such as ``"en-gb-scotland"``) installed on this machine.
-
-    Raises:
-        RuntimeError: espeak-ng is not installed (the message says how to install it), or it
-            does not run.
-    """
-    exe = _espeak_exe()
-    try:
-        out = subprocess.run([exe, "--voices=en"], capture_output=True, text=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as err:
-        raise RuntimeError(f"espeak-ng is installed at {exe} but `espeak-ng --voices=en` failed: {err}. "
-                           + _INSTALL_HINT) from err
-    voices = set()
-    for line in out.stdout.splitlines()[1:]:
-        cols = line.split()
-        # columns: Pty Language Age/Gender VoiceName File [Other languages]; skip mbrola voices (need mbrola).
-        if len(cols) >= 5 and not cols[4].startswith("mb/"):
-            voices.add(cols[1])
-    return sorted(voices)
-
-
-def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """Parse the WAV espeak-ng writes to stdout (its RIFF/data sizes are placeholders)."""
-    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise RuntimeError("espeak-ng did not produce WAV audio")
-    pos, sr = 12, ESPEAK_RATE
-    while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
-        if cid == b"fmt ":
-            sr = int.from_bytes(data[pos + 12:pos + 16], "little")
-        elif cid == b"data":
-            pcm = data[pos + 8:]
-            pcm = pcm[: len(pcm) // 2 * 2]
-            return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, sr
-        pos += 8 + size
-    raise RuntimeError("espeak-ng WAV output has no data chunk")
-
-
-def _speak(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
-    """Synthesise ``text`` with espeak-ng; returns float32 audio at 16 kHz, silence trimmed."""
-    cmd = [_espeak_exe(), "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout", text]
-    proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
-    if proc.returncode != 0 or len(proc.stdout) <= 44:
-        raise RuntimeError(f"espeak-ng failed for {cmd!r}: {proc.stderr.decode(errors='replace').strip()}")
-    x, sr = _parse_wav(proc.stdout)
-    x = soxr.resample(x, sr, SAMPLE_RATE, quality="HQ").astype(np.float32)
-    loud = np.flatnonzero(np.abs(x) > 1e-3)
-    if len(loud) == 0:
-        raise RuntimeError(f"espeak-ng produced silence for {cmd!r}")
-    return x[loud[0]: loud[-1] + 1]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Non-speech synthesis
-# ---------------------------------------------------------------------------------------------------
-
-
-def _fade(x: np.ndarray, ms: float = 10.0) -> np.ndarray:
-    n = min(int(SAMPLE_RATE * ms / 1000), len(x) // 2)
-    if n > 0:
-        ramp = np.linspace(0.0, 1.0, n, dtype=np.float32)
-        x[:n] *= ramp
-        x[-n:] *= ramp[::-1]
-    return x
-
-
-def _loguniform(rng: np.random.Generator, lo: float, hi: float) -> float:
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-
-
-def _click(rng: np.random.Generator, kind: str) -> np.ndarray:
-    """One short percussive click: a decaying noise burst, a 'wood block' or a beep."""
-    if kind == "noise":
-        n = int(0.012 * SAMPLE_RATE)
-        return (rng.standard_normal(n) * np.exp(-np.arange(n) / (0.002 * SAMPLE_RATE))).astype(np.float32)
-    n = int(0.04 * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    f = rng.uniform(800, 2000) if kind == "wood" else rng.uniform(1000, 3000)
-    tau = 0.008 if kind == "wood" else 0.015
-    return (np.sin(2 * np.pi * f * t) * np.exp(-t / tau)).astype(np.float32)
-
-
-def synthesize_sound_event(kind: str, rng: np.random.Generator, duration: float | None = None
-                           ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Synthesise one non-speech sound event at 16 kHz.
-
-    Args:
-        kind: one of :data:`SOUND_EVENTS`.
-        rng: the random generator (all parameters are drawn from it).
-        duration: seconds; drawn from the class's range if None.
-
-    Returns:
-        ``(audio, params)``: float32 audio (peak 1) and the parameters, e.g. ``{"freq": 440.0}`` for a
-        tone, ``{"f_start", "f_end"}`` for a chirp, ``{"rate"}`` (clicks/s) for clicks,
-        ``{"f_low", "f_high", "mod_rate"}`` for a siren, ``{"freq", "am_rate", "am_depth"}`` for tremolo.
-    """
-    if kind not in SOUND_EVENTS:
-        raise ValueError(f"unknown sound event {kind!r}; expected one of {SOUND_EVENTS}")
-    if duration is None:
-        duration = float(rng.uniform(2.0, 4.0) if kind == "siren" else rng.uniform(1.0, 4.0))
-    n = round(duration * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    params: dict[str, Any]
-    if kind == "tone":
-        f = _loguniform(rng, 200, 3000)
-        x = np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi))
-        params = {"freq": f}
-    elif kind == "chirp":
-        f0 = _loguniform(rng, 200, 4000)
-        ratio = _loguniform(rng, 2.0, 6.0)
-        f1 = f0 * ratio if f0 * ratio <= 6000 else f0 / ratio
-        shape = "exponential" if rng.random() < 0.5 else "linear"
-        frac = t / max(duration, 1e-9)
-        inst = f0 * (f1 / f0) ** frac if shape == "exponential" else f0 + (f1 - f0) * frac
-        x = np.sin(2 * np.pi * np.cumsum(inst) / SAMPLE_RATE)
-        params = {"f_start": f0, "f_end": f1, "sweep": shape}
-    elif kind == "noise":
-        x = rng.standard_normal(n)
-        params = {"color": "white"}
-    elif kind == "clicks":
-        rate = rng.uniform(5.0, 20.0)
-        x = np.zeros(n)
-        click = _click(rng, "noise")
-        for start in np.arange(rng.uniform(0, 1 / rate), duration, 1 / rate):
-            i = int(start * SAMPLE_RATE)
-            seg = click[: n - i]
-            x[i: i + len(seg)] += seg
-        params = {"rate": rate}
-    elif kind == "siren":
-        fc = rng.uniform(600, 1500)
-        depth = rng.uniform(0.2, 0.4)
-        fm = rng.uniform(0.5, 2.0)
-        inst = fc * (1 + depth * np.sin(2 * np.pi * fm * t + rng.uniform(0, 2 * np.pi)))
-        x = np.sin(2 * np.pi * np.cumsum(inst) / SAMPLE_RATE)
-        params = {"f_low": fc * (1 - depth), "f_high": fc * (1 + depth), "mod_rate": fm}
-    else:  # tremolo: amplitude-modulated tone
-        f = _loguniform(rng, 200, 2000)
-        fm = rng.uniform(4.0, 12.0)
-        depth = rng.uniform(0.7, 1.0)
-        env = 1 - depth * 0.5 * (1 - np.cos(2 * np.pi * fm * t))
-        x = env * np.sin(2 * np.pi * f * t)
-        params = {"freq": f, "am_rate": fm, "am_depth": depth}
-    x = _fade(np.asarray(x, dtype=np.float32))
-    x /= max(float(np.max(np.abs(x))), 1e-9)
-    return x, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in params.items()}
-
-
-def _chord(quality: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    """A triad of harmonic-rich tones with random root, inversion and timbre."""
-    root = int(rng.integers(48, 68))  # C3 .. G4 (MIDI)
-    notes = [root + iv for iv in CHORD_QUALITIES[quality]]
-    inversion = int(rng.integers(0, 3))
-    for k in range(inversion):
-        notes[k] += 12
-    notes.sort()
-    duration = float(rng.uniform(1.0, 3.0))
-    n_harm = int(rng.integers(3, 11))
-    rolloff = float(rng.uniform(0.5, 2.0))
-    odd_only = bool(rng.random() < 0.3)
-    attack = float(rng.uniform(0.005, 0.05))
-    decay = float(rng.uniform(0.5, 3.0))
-    t = np.arange(int(duration * SAMPLE_RATE)) / SAMPLE_RATE
-    x = np.zeros_like(t)
-    for m in notes:
-        f0 = 440.0 * 2 ** ((m - 69) / 12) * (1 + rng.uniform(-0.002, 0.002))
-        for h in range(1, n_harm + 1):
-            if (odd_only and h % 2 == 0) or f0 * h >= SAMPLE_RATE / 2 - 500:
-                continue
-            x += np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h ** rolloff
-    env = np.minimum(t / attack, 1.0) * np.exp(-t / decay)
-    x = _fade((x * env).astype(np.float32))
-    x /= max(float(np.max(np.abs(x))), 1e-9)
-    meta = {"notes": notes, "root": root, "inversion": inversion, "harmonics": n_harm,
-            "odd_only": odd_only, "rolloff": round(rolloff, 3)}
-    return x, meta
-
-
-def _click_track(label: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    lo, hi = TEMPO_BINS[label]
-    bpm = int(rng.integers(lo, hi + 1))
-    duration = float(rng.uniform(3.5, 5.2))  # >= 3 beats even at 60 BPM; <= 6 s after padding
-    kind = ("noise", "wood", "beep")[int(rng.integers(0, 3))]
-    accent = bool(rng.random() < 0.5)
-    click = _click(rng, kind)
-    n = int(duration * SAMPLE_RATE)
-    x = np.zeros(n, dtype=np.float32)
-    onsets = np.arange(rng.uniform(0.0, 0.3), duration - len(click) / SAMPLE_RATE, 60.0 / bpm)
-    for k, start in enumerate(onsets):
-        i = int(start * SAMPLE_RATE)
-        gain = 1.0 if (not accent or k % 4 == 0) else 0.6
-        x[i: i + len(click)] += gain * click[: n - i]
-    x /= max(float(np.max(np.abs(x))), 1e-9)
-    return x, {"bpm": bpm, "beats": len(onsets), "click": kind, "accented": accent}
 
 
 # ---------------------------------------------------------------------------------------------------

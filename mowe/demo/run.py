@@ -147,6 +147,7 @@ def train_and_evaluate(name: str, config, *, prep: Prepared, steps: int, batch_s
         (EvalResult, path of the training log, seconds spent).
     """
     from mowe.data.processor import MoWECollator
+    from mowe.demo.corpus import TASK_METRICS, score_normalize
     from mowe.evaluation.evaluate import evaluate_model
     from mowe.model import MoWEAudioLLM
     from mowe.training.stages import Stage
@@ -167,7 +168,7 @@ def train_and_evaluate(name: str, config, *, prep: Prepared, steps: int, batch_s
     trainer.train()
     _log(f"evaluating {name} on {len(prep.test)} test examples")
     result = evaluate_model(model, prep.processor, prep.test, batch_size=64, max_new_tokens=16, progress=progress,
-                            desc=f"eval {name}")
+                            desc=f"eval {name}", task_metrics=TASK_METRICS, normalize=score_normalize)
     return result, trainer.log_file, time.time() - t
 
 

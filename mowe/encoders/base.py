@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from mowe.constants import SAMPLE_RATE
 from mowe.errors import MoWEInputError
 
 __all__ = [
@@ -36,7 +37,6 @@ __all__ = [
     "set_trainable",
 ]
 
-SAMPLE_RATE = 16_000
 
 
 @dataclass

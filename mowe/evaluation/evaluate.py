@@ -15,11 +15,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from mowe.evaluation.metrics import evaluate_predictions, format_markdown_table
+from mowe.constants import MODEL_INPUT_KEYS
+from mowe.evaluation.metrics import METRICS, Metric, Normalizer, evaluate_predictions, format_markdown_table, normalize_text
 
 __all__ = ["EvalResult", "add_eval_cli", "evaluate_model", "write_report"]
 
-MODEL_KEYS = ("input_ids", "attention_mask", "waveforms", "wave_lengths")
+# Generation takes the model inputs without labels.
+MODEL_KEYS = tuple(k for k in MODEL_INPUT_KEYS if k != "labels")
 
 
 @dataclass
@@ -28,7 +30,7 @@ class EvalResult:
 
     Attributes:
         records: one dict per example: id, task, instruction, answer, prediction.
-        metrics: task -> {"n": count, metric: value} (WER for asr, accuracy for classification, ...).
+        metrics: task -> {"n": count, metric: value} (see :func:`~mowe.evaluation.metrics.evaluate_predictions`).
         router_counts: task -> per-weak-encoder selection counts (MoWE models only).
         encoder_names: the weak pool's encoder names, in index order.
     """
@@ -41,7 +43,9 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, max_new_tokens: int = 24,
-                   num_beams: int = 1, progress: bool = True, desc: str = "eval") -> EvalResult:
+                   num_beams: int = 1, progress: bool = True, desc: str = "eval",
+                   task_metrics: Mapping[str, Metric] | None = None, default_metric: Metric = "accuracy",
+                   normalize: Normalizer = normalize_text) -> EvalResult:
     """Generate an answer for every example of ``dataset`` and score it.
 
     Args:
@@ -49,6 +53,8 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
         processor: the :class:`~mowe.data.processor.MoWEProcessor` it was trained with.
         dataset: items are dicts with ``audio``, ``instruction``, ``answer``, ``task``, ``id``
             (e.g. :class:`~mowe.data.ManifestDataset`).
+        task_metrics, default_metric, normalize: how each task is scored (see
+            :func:`~mowe.evaluation.metrics.evaluate_predictions`; default: accuracy for every task).
     """
     from mowe.data.processor import MoWECollator
 
@@ -80,7 +86,9 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
                             "answer": batch["answer"][i], "prediction": pred})
     if was_training:
         model.train()
-    return EvalResult(records, evaluate_predictions(records), counts, names)
+    metrics = evaluate_predictions(records, task_metrics=task_metrics, default_metric=default_metric,
+                                   normalize=normalize)
+    return EvalResult(records, metrics, counts, names)
 
 
 def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, *, stem: str = "eval") -> str:
@@ -98,6 +106,7 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
 
 def _cmd_eval(args) -> int:
     from mowe.data.manifest import ManifestDataset
+    from mowe.errors import ConfigError
     from mowe.model import MoWEAudioLLM
     from mowe.data.processor import MoWEProcessor
 
@@ -105,8 +114,20 @@ def _cmd_eval(args) -> int:
     proc_dir = args.processor or args.model
     processor = MoWEProcessor.from_pretrained(proc_dir)
     dataset = ManifestDataset(args.manifest, on_bad_example=args.on_bad_example)
+    task_metrics = {}
+    for item in args.metric or ():
+        task, sep, metric = item.partition("=")
+        if not sep or metric not in METRICS:
+            raise ConfigError(f"--metric {item!r}: expected TASK=METRIC with METRIC one of {list(METRICS)}")
+        task_metrics[task] = metric
+    spell = args.spell_digits
+
+    def normalize(s: str) -> str:
+        return normalize_text(s, spell_digits=spell)
+
     result = evaluate_model(model, processor, dataset, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                            task_metrics=task_metrics, normalize=normalize)
     out = args.out or os.path.join(args.model, "eval")
     table = write_report({os.path.basename(os.path.normpath(args.model)): result}, out)
     print(table)
@@ -118,14 +139,19 @@ def _cmd_eval(args) -> int:
 
 def add_eval_cli(subparsers: Any) -> Any:
     """Register ``mowe eval --model DIR --manifest test.jsonl [--out DIR]``."""
+    from mowe.cli import add_generation_args
+
     p = subparsers.add_parser("eval", help="evaluate a saved model on a JSONL manifest (per-task metrics)")
     p.add_argument("--model", required=True, help="folder written by save_pretrained / mowe train")
     p.add_argument("--manifest", required=True, help="JSONL manifest (audio, instruction, answer, task)")
-    p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
+    add_generation_args(p, max_new_tokens=24)
     p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--num-beams", type=int, default=1)
     p.add_argument("--on-bad-example", choices=["error", "skip"], default="error")
+    p.add_argument("--metric", action="append", metavar="TASK=METRIC",
+                   help=f"score TASK with METRIC ({', '.join(METRICS)}); repeatable; other tasks: accuracy "
+                        "(the README lists the demo corpus's settings)")
+    p.add_argument("--spell-digits", action="store_true",
+                   help="spell digits as words before scoring (references written as a voice reads digits)")
     p.set_defaults(func=_cmd_eval)
     return p

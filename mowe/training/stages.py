@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
+from mowe.config import from_dict
 from mowe.errors import ConfigError
 
 __all__ = [
-    "CLOSED_ENDED_TASKS",
     "PARTS",
     "Stage",
     "apply_stage",
@@ -53,9 +53,6 @@ __all__ = [
 
 PARTS = ("connector", "routers", "weak_encoders", "strong_encoder", "lora", "llm")
 
-# LTU-AS stage 2 trains on closed-ended (classification-style) questions only (arXiv 2309.14405, sec. 4).
-CLOSED_ENDED_TASKS = ("gender", "accent", "speaking_rate", "sound_event", "chord", "tempo")
-
 
 @dataclass(frozen=True)
 class Stage:
@@ -66,7 +63,7 @@ class Stage:
         train: the parts that train in this stage (a subset of :data:`PARTS`); everything else is frozen.
         steps: optimizer steps in this stage.
         lr: peak learning rate (AdamW), reached after ``warmup_steps`` and then decayed with a cosine to 0.
-        tasks: per-task sampling weights (``{"asr": 1.0, "sound_event": 0.5}``): examples are drawn with
+        tasks: per-task sampling weights (``{"transcribe": 1.0, "caption": 0.5}``): examples are drawn with
             replacement so that each listed task gets its share of the weight, tasks not listed are not drawn.
             ``None`` uses all data in its natural proportions (a seeded shuffle, epoch after epoch).
         warmup_steps: linear warm-up steps at the start of the stage.
@@ -117,25 +114,9 @@ class Stage:
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "stage") -> Stage:
-        """Build a stage from a dict; unknown keys raise :class:`ConfigError` naming the key."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected an object, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                raise ConfigError(f"{where}: unknown key {key!r} (known: {names})")
-        missing = [n for n in ("name", "train", "steps", "lr") if n not in data]
-        if missing:
-            raise ConfigError(f"{where}: missing key {missing[0]!r}")
-        data = dict(data)
-        if isinstance(data.get("lr"), str):  # YAML reads "1e-4" as a string
-            try:
-                data["lr"] = float(data["lr"])
-            except ValueError:
-                raise ConfigError(f"{where}.lr: not a number: {data['lr']!r}") from None
-        if isinstance(data["train"], str):
-            raise ConfigError(f"{where}.train: expected a list of parts, got the string {data['train']!r}")
-        return cls(**data)
+        """Build a stage from a dict with :func:`mowe.config.from_dict` (unknown key, wrong type, missing key:
+        a :class:`ConfigError` naming the key path)."""
+        return from_dict(cls, data, where=where)
 
 
 def stages_to_list(stages: Sequence[Stage]) -> list[dict[str, Any]]:
@@ -252,16 +233,16 @@ def mowe_default_stages(steps: int, *, lr: float = 1e-4, warmup_steps: int | Non
 
 
 def salmonn_stages(steps: int | Sequence[int] = (1000, 1000, 12), *, lr: float = 3e-5,
-                   activation_tasks: dict[str, float] | None = None,
+                   pretrain_tasks: Mapping[str, float] | None = None,
+                   activation_tasks: Mapping[str, float] | None = None,
                    activation_lora_scale: float = 0.5) -> list[Stage]:
     """SALMONN's three stages (arXiv 2310.13289, sec. 3.3).
 
-    1. ``pretrain``: connector (window Q-Former) + LoRA on speech recognition and audio captioning; here the
-       caption-like task is ``sound_event``.
+    1. ``pretrain``: connector (window Q-Former) + LoRA on ``pretrain_tasks`` (SALMONN: speech recognition and
+       audio captioning).
     2. ``instruction``: the same parts on all tasks.
-    3. ``activation``: a short stage on a small set of long-answer, QA-like tasks (by default
-       ``co_reasoning``, SALMONN's speech-audio co-reasoning task in :mod:`mowe.demo.corpus`) with the LoRA scaling
-       reduced.
+    3. ``activation``: a short stage on ``activation_tasks`` (a small set of long-answer, QA-like tasks) with the
+       LoRA scaling reduced.
 
     How the activation trick is modelled: SALMONN found that the instruction-tuned model over-fits to short
     ASR/caption-style answers and that *lowering the LoRA scaling factor* brings back the LLM's own abilities;
@@ -273,35 +254,40 @@ def salmonn_stages(steps: int | Sequence[int] = (1000, 1000, 12), *, lr: float =
     Args:
         steps: one count for all three stages or three counts.
         lr: peak learning rate (SALMONN: 3e-5).
-        activation_tasks: task weights for the activation stage (default ``{"co_reasoning": 1.0}``; pass your own
-            long-answer / QA tasks).
+        pretrain_tasks: task weights of stage 1; None: all data. Your data's names for ASR and captioning go
+            here (:func:`mowe.presets.salmonn` passes the demo corpus's).
+        activation_tasks: task weights of stage 3; None: all data.
         activation_lora_scale: multiplier of the LoRA scaling in the activation stage.
     """
     s1, s2, s3 = _three(steps, "salmonn_stages")
     parts = ("connector", "lora")
-    act = activation_tasks if activation_tasks is not None else {"co_reasoning": 1.0}
+
+    def weights(tasks: Mapping[str, float] | None) -> dict[str, float] | None:
+        return None if tasks is None else dict(tasks)
+
     return [
-        Stage("pretrain", parts, s1, lr, tasks={"asr": 1.0, "sound_event": 1.0}, warmup_steps=min(s1, 100) // 10),
+        Stage("pretrain", parts, s1, lr, tasks=weights(pretrain_tasks), warmup_steps=min(s1, 100) // 10),
         Stage("instruction", parts, s2, lr, warmup_steps=min(s2, 100) // 10),
-        Stage("activation", parts, s3, lr, tasks=dict(act), lora_scale=activation_lora_scale),
+        Stage("activation", parts, s3, lr, tasks=weights(activation_tasks), lora_scale=activation_lora_scale),
     ]
 
 
 def ltu_as_stages(steps: int | Sequence[int] = (1000, 1000, 1000), *,
-                  closed_ended_tasks: Sequence[str] = CLOSED_ENDED_TASKS,
+                  closed_ended_tasks: Sequence[str] | None = None,
                   lrs: tuple[float, float, float] = (1e-3, 1e-4, 1e-4)) -> list[Stage]:
     """LTU-AS's three-stage curriculum (arXiv 2309.14405, sec. 4, table 2).
 
     1. ``projector``: the connector (TLTR + projection) alone, lr 1e-3, on all data.
     2. ``closed_ended``: every trainable part (connector + LoRA + routers if the model has them), lr 1e-4, on the
-       closed-ended (classification) tasks: gender, accent, speaking rate, sound events, chords, tempo.
+       closed-ended (classification-style) tasks ``closed_ended_tasks``, equally weighted (None: all data;
+       :func:`mowe.presets.ltu_as` passes the demo corpus's classification tasks).
     3. ``all``: every trainable part on all data, lr 1e-4.
     """
     s1, s2, s3 = _three(steps, "ltu_as_stages")
     every = ("connector", "routers", "lora")
+    closed = None if closed_ended_tasks is None else {t: 1.0 for t in closed_ended_tasks}
     return [
         Stage("projector", ("connector",), s1, lrs[0], warmup_steps=min(s1, 100) // 10),
-        Stage("closed_ended", every, s2, lrs[1], tasks={t: 1.0 for t in closed_ended_tasks},
-              warmup_steps=min(s2, 100) // 10),
+        Stage("closed_ended", every, s2, lrs[1], tasks=closed, warmup_steps=min(s2, 100) // 10),
         Stage("all", every, s3, lrs[2], warmup_steps=min(s3, 100) // 10),
     ]

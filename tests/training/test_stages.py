@@ -14,7 +14,9 @@ import torch
 import yaml
 from _trainer_helpers import SyntheticDataset, changed, collate, snapshot, tiny_model
 
+from mowe.config import parse_value
 from mowe.errors import ConfigError
+from mowe.presets import LTU_AS_CLOSED_ENDED_TASKS, SALMONN_PRETRAIN_TASKS
 from mowe.training.stages import (
     PARTS,
     Stage,
@@ -58,12 +60,12 @@ def test_stage_validation():
         Stage("s", ("connector",), 5, 1e-4, warmup_steps=6)
     with pytest.raises(ConfigError, match="every task weight is 0"):
         Stage("s", ("connector",), 5, 1e-4, tasks={"asr": 0.0})
-    with pytest.raises(ConfigError, match="list of parts"):
+    with pytest.raises(ConfigError, match=r"stage\.train: expected a list"):
         Stage.from_dict({"name": "s", "train": "connector", "steps": 1, "lr": 1e-3})
 
 
 def test_stage_serialisation_round_trip_and_unknown_key():
-    stages = salmonn_stages((3, 4, 5)) + ltu_as_stages(2)[1:]
+    stages = salmonn_stages((3, 4, 5), pretrain_tasks={"asr": 1.0}) + ltu_as_stages(2, closed_ended_tasks=["x"])[1:]
     stages = [dataclasses.replace(s, name=f"{s.name}{i}") for i, s in enumerate(stages)]
     as_json = json.loads(json.dumps(stages_to_list(stages)))
     assert stages_from_list(as_json) == stages
@@ -73,18 +75,24 @@ def test_stage_serialisation_round_trip_and_unknown_key():
     bad[1]["learning_rate"] = 1e-3
     with pytest.raises(ConfigError, match=r"stages\[1\].*'learning_rate'"):
         stages_from_list(bad)
-    # YAML 1.1 reads 1e-4 as a string: accepted as a number
-    assert Stage.from_dict({"name": "a", "train": ["lora"], "steps": 1, "lr": "1e-4"}).lr == 1e-4
+    # The loader's YAML reads 1e-4 (no dot) as a number; a string in a dict is a type error naming the key.
+    assert Stage.from_dict(parse_value("{name: a, train: [lora], steps: 1, lr: 1e-4}")).lr == 1e-4
+    with pytest.raises(ConfigError, match=r"stage\.lr: expected float"):
+        Stage.from_dict({"name": "a", "train": ["lora"], "steps": 1, "lr": "1e-4"})
+    with pytest.raises(ConfigError, match=r"stage\.steps: missing key"):
+        Stage.from_dict({"name": "a", "train": ["lora"], "lr": 1e-4})
 
 
 def test_presets_shape():
     (d,) = mowe_default_stages(100)
     assert set(d.train) == {"connector", "routers", "lora"} and d.tasks is None
-    p, i, a = salmonn_stages((10, 20, 3))
+    p, i, a = salmonn_stages((10, 20, 3), pretrain_tasks=SALMONN_PRETRAIN_TASKS)
     assert set(p.tasks) == {"asr", "sound_event"} and i.tasks is None and a.steps == 3
+    assert salmonn_stages(3)[0].tasks is None  # no task list given: all data
     assert a.lora_scale is not None and a.lora_scale < 1
     assert all(set(s.train) == {"connector", "lora"} for s in (p, i, a))
-    s1, s2, s3 = ltu_as_stages(10)
+    assert ltu_as_stages(10)[1].tasks is None
+    s1, s2, s3 = ltu_as_stages(10, closed_ended_tasks=LTU_AS_CLOSED_ENDED_TASKS)
     assert s1.train == ("connector",) and s1.lr == 1e-3
     assert set(s2.tasks) == {"gender", "accent", "speaking_rate", "sound_event", "chord", "tempo"}
     assert s2.lr == s3.lr == 1e-4 and s3.tasks is None and set(s2.train) == set(s3.train)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from _trainer_helpers import TRAIN_SCRIPT, SyntheticDataset, collate, read_weights, tiny_model
 
-import mowe.training.trainer as trainer_mod
+import mowe.training.checkpoint as checkpoint_mod
+from mowe.config import parse_value
 from mowe.errors import CheckpointError, ConfigError
 from mowe.training.stages import Stage
 from mowe.training.trainer import (
@@ -26,7 +27,7 @@ from mowe.training.trainer import (
     load_trainer_state,
 )
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, where _trainer_helpers.py is
 
 TWO_STAGES = [Stage("a", ("connector",), 3, 2e-3),
               Stage("b", ("connector", "routers", "lora"), 5, 2e-3, warmup_steps=1,
@@ -56,7 +57,10 @@ def test_train_config_is_strict():
         TrainConfig(output_dir="x", mixed_precision="fp8")
     with pytest.raises(ConfigError, match="on_nonfinite_loss"):
         TrainConfig(output_dir="x", on_nonfinite_loss="ignore")
-    cfg = TrainConfig.from_dict({"output_dir": "x", "weight_decay": "1e-2", "adam_betas": [0.9, 0.95]})
+    # YAML text goes through the loader's resolver: 1e-2 (no dot) is a float, as in YAML 1.2 and JSON.
+    cfg = TrainConfig.from_dict(parse_value("{output_dir: x, weight_decay: 1e-2, adam_betas: [0.9, 0.95]}"))
+    with pytest.raises(ConfigError, match=r"train\.weight_decay: expected float"):
+        TrainConfig.from_dict({"output_dir": "x", "weight_decay": "1e-2"})
     assert cfg.weight_decay == 0.01 and cfg.adam_betas == (0.9, 0.95)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.group_by_length is True and cfg.length_group_mult == 50
@@ -332,14 +336,14 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    real = trainer_mod._save_torch
+    real = checkpoint_mod._save_torch
 
     def failing(obj, path):
         if "step-4" in path and path.endswith("optimizer.pt"):
             raise OSError("disk full (simulated)")
         real(obj, path)
 
-    monkeypatch.setattr(trainer_mod, "_save_torch", failing)
+    monkeypatch.setattr(checkpoint_mod, "_save_torch", failing)
     stage = Stage("s", ("connector", "lora"), 6, 1e-3)
     with pytest.raises(OSError, match="disk full"):
         Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, save_every=2),
@@ -348,7 +352,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with open(os.path.join(ck, "latest")) as f:
         assert f.read().strip() == "step-2"
     assert sorted(os.listdir(ck)) == ["latest", "step-2"]
-    monkeypatch.setattr(trainer_mod, "_save_torch", real)
+    monkeypatch.setattr(checkpoint_mod, "_save_torch", real)
     res = Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, save_every=2),
                   stages=[stage], collate_fn=collate).train(resume="latest")
     assert res.global_step == 6

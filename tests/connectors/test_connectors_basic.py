@@ -26,5 +26,5 @@ def test_token_counts_and_padding_invariance(cls, kw, tokens):
 
 
 def test_wrong_width_is_named():
-    with pytest.raises(MoWEInputError, match="LinearConnector expects features of shape"):
+    with pytest.raises(MoWEInputError, match=r"LinearConnector: features must have shape \(batch, frames, 8\)"):
         LinearConnector(in_dim=8, out_dim=4)(torch.randn(1, 3, 7), torch.tensor([3]))

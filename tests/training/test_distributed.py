@@ -18,7 +18,7 @@ import sys
 import torch
 from _trainer_helpers import TRAIN_SCRIPT, read_weights
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, where _trainer_helpers.py is
 
 
 def _free_port() -> int:

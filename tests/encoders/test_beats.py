@@ -474,7 +474,7 @@ def test_config_errors():
         BEATsEncoder.from_preset("tiny", encoder_width=3)
     with pytest.raises(ConfigError, match="encoder_attention_heads"):
         BEATsEncoder.from_preset("tiny", encoder_attention_heads=5)
-    with pytest.raises(ConfigError, match="encoder_layers must be int"):
+    with pytest.raises(ConfigError, match=r"encoder_layers: expected int"):
         BEATsConfig.from_dict({"encoder_layers": "12"})
     with pytest.raises(ConfigError, match="activation_fn"):
         BEATsConfig.from_dict({"activation_fn": "glu"})

@@ -53,7 +53,7 @@ def test_evaluate_scores_what_the_model_generates(tmp_path, monkeypatch):
         return proc.pad(ids, padding_side="right")["input_ids"]
 
     monkeypatch.setattr(model, "generate", fake_generate)
-    res = evaluate_model(model, proc, ds, batch_size=2, progress=False)
+    res = evaluate_model(model, proc, ds, batch_size=2, progress=False, task_metrics={"asr": "wer"})
     assert res.metrics["sound_event"] == {"n": 2, "accuracy": 1.0}
     assert res.metrics["gender"]["accuracy"] == 0.0
     assert res.metrics["asr"]["wer"] == 1.0  # every reference word wrong: 3 substitutions/deletions of 3
@@ -73,10 +73,14 @@ def test_mowe_eval_command_on_a_saved_model(tmp_path):
     model.save_pretrained(tmp_path / "model")
     proc.save_pretrained(tmp_path / "model")
     r = subprocess.run([sys.executable, "-m", "mowe", "eval", "--model", str(tmp_path / "model"), "--manifest",
-                        str(man), "--out", str(tmp_path / "out"), "--max-new-tokens", "3"],
+                        str(man), "--out", str(tmp_path / "out"), "--max-new-tokens", "3", "--metric", "asr=wer",
+                        "--spell-digits"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     md = (tmp_path / "out" / "eval.md").read_text()
     assert "| task | model |" in md and "asr (WER ↓)" in md and "sound_event (acc ↑)" in md
     assert torch.isfinite(torch.tensor(json.loads((tmp_path / "out" / "eval.json").read_text())["model"]
                                        ["metrics"]["asr"]["wer"]))
+    r = subprocess.run([sys.executable, "-m", "mowe", "eval", "--model", str(tmp_path / "model"), "--manifest",
+                        str(man), "--metric", "asr=cer"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "asr=cer" in r.stderr and "Traceback" not in r.stderr

@@ -16,13 +16,11 @@ import torch
 from mowe.data.audio import AudioTruncatedWarning
 from mowe.data.manifest import (
     BadExampleWarning,
-    LengthGroupedSampler,
     ManifestAudioError,
     ManifestDataset,
     SkippedExample,
-    WeightedTaskSampler,
-    length_bucket_sampler,
 )
+from mowe.data.samplers import StageSampler
 from mowe.errors import AudioLoadError, ConfigError, ManifestError
 
 SR = 16_000
@@ -236,30 +234,33 @@ def test_missing_manifest(tmp_path: Path):
 
 
 # ----------------------------------------------------------------------------------------------- samplers
-def test_weighted_task_sampler_proportions():
+# The one sampler (mowe.data.samplers.StageSampler) on its own; the trainer's use of it: tests/training/.
+def _sampler(n: int, **kw) -> StageSampler:
+    base = dict(num_examples=n, task_list=None, tasks=None, seed=1, stage_index=0, batch_size=8)
+    return StageSampler(**{**base, **kw})
+
+
+def test_task_weights_set_the_task_proportions():
     tasks = ["a"] * 300 + ["b"] * 30 + ["c"] * 3
-    s = WeightedTaskSampler(tasks, {"a": 1.0, "b": 1.0, "c": 2.0}, num_samples=20_000, seed=1)
-    idx = list(s)
-    assert len(idx) == len(s) == 20_000
+    s = _sampler(len(tasks), task_list=tasks, tasks={"a": 1.0, "b": 1.0, "c": 2.0})
+    idx = torch.cat([s.epoch_order(e) for e in range(60)]).tolist()
     freq = Counter(tasks[i] for i in idx)
     for t, p in {"a": 0.25, "b": 0.25, "c": 0.5}.items():
-        assert abs(freq[t] / 20_000 - p) < 0.02, freq
+        assert abs(freq[t] / len(idx) - p) < 0.02, freq
     assert len({i for i in idx if tasks[i] == "c"}) == 3  # every example of a task gets drawn
-    assert list(s) == idx  # deterministic per (seed, epoch)
-    s.set_epoch(1)
-    assert list(s) != idx
+    assert s.epoch_order(0).tolist() == _sampler(len(tasks), task_list=tasks, tasks={"a": 1.0, "b": 1.0, "c": 2.0}
+                                                 ).epoch_order(0).tolist()  # a function of (seed, stage, epoch)
+    assert s.epoch_order(1).tolist() != s.epoch_order(0).tolist()
 
 
-def test_weighted_task_sampler_on_dataset_and_errors(corpus: Path):
+def test_task_weights_on_a_manifest_and_errors(corpus: Path):
     ds = ManifestDataset(corpus)
-    with pytest.warns(UserWarning, match=r"\['asr'\] have no weight"):
-        s = WeightedTaskSampler(ds, {"gender": 1.0}, num_samples=50)  # asr is never drawn
-    assert set(s) == {1}
-    with pytest.raises(ConfigError, match=r"\['music', 'zzz'\]"):
-        WeightedTaskSampler(ds, {"asr": 1, "music": 1, "zzz": 2}, num_samples=10)
-    for bad in ({"asr": -1.0}, {"asr": 0.0}, {"asr": float("nan")}):
-        with pytest.raises(ConfigError):
-            WeightedTaskSampler(ds, bad, num_samples=10)
+    s = _sampler(len(ds), task_list=ds.task_list, tasks={"gender": 1.0}, batch_size=1)  # asr is never drawn
+    assert set(s.epoch_order(0).tolist()) == {1}
+    with pytest.raises(ConfigError, match="'music'"):
+        _sampler(len(ds), task_list=ds.task_list, tasks={"asr": 1, "music": 1}, batch_size=1)
+    with pytest.raises(ConfigError, match="fewer than one global batch"):
+        _sampler(len(ds), batch_size=8)
 
 
 def _padding(lengths: np.ndarray, order: list[int], bs: int) -> float:
@@ -272,30 +273,27 @@ def _padding(lengths: np.ndarray, order: list[int], bs: int) -> float:
     return pad / total
 
 
-def test_length_grouped_sampler_reduces_padding():
+def test_length_grouping_reduces_padding():
     lengths = np.random.default_rng(0).uniform(0.5, 30.0, 1000)
     bs = 8
-    s = LengthGroupedSampler(lengths.tolist(), bs, seed=3, mega_batch_mult=16)
-    order = list(s)
+    s = _sampler(1000, seed=3, lengths=lengths.tolist(), group_mult=16)
+    order = s.epoch_order(0).tolist()
     assert sorted(order) == list(range(1000))
     random_order = np.random.default_rng(1).permutation(1000).tolist()
     grouped, rand = _padding(lengths, order, bs), _padding(lengths, random_order, bs)
     assert grouped < 0.25 * rand, (grouped, rand)
     assert int(np.argmax(lengths)) in order[:bs]  # the longest batch first: OOM shows at step 1
-    assert list(s) == order
-    s.set_epoch(1)
-    assert list(s) != order and sorted(s) == list(range(1000))
-    # Without shuffling: sorted, longest first.
-    plain = list(length_bucket_sampler(lengths.tolist(), bs, shuffle=False))
-    assert lengths[plain].tolist() == sorted(lengths.tolist(), reverse=True)
+    assert s.epoch_order(0).tolist() == order
+    assert s.epoch_order(1).tolist() != order and sorted(s.epoch_order(1).tolist()) == list(range(1000))
 
 
-def test_length_grouped_sampler_with_dataloader_batches(corpus: Path):
+def test_length_grouped_batches_feed_a_dataloader(corpus: Path):
     ds = ManifestDataset(corpus)
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, sampler=LengthGroupedSampler(ds.lengths, 2, seed=0),
+    s = _sampler(len(ds), batch_size=2, lengths=ds.lengths, seed=0)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=s.process_batches(0),
                                          collate_fn=lambda xs: [x["id"] for x in xs])
     ids = [i for b in loader for i in b]
-    assert sorted(ids) == sorted(ds.ids)
+    assert len(ids) == s.batches_per_epoch * 2 and len(set(ids)) == len(ids) and set(ids) <= set(ds.ids)
 
 
 def test_skipped_examples_are_dropped_by_the_collator(tmp_path: Path):

@@ -1,0 +1,277 @@
+"""Checkpoint files of :class:`~mowe.training.trainer.Trainer`: atomic writes, RNG states, resume checks.
+
+Layout (every ``save_every`` steps, and at the end)::
+
+    output_dir/checkpoints/
+      latest                 "step-N": replaced atomically (temp file + os.replace) after step-N is complete
+      step-N/
+        model.safetensors    weights that can change (trainable now or in any earlier stage) + weights with no
+                             pretrained source; frozen towers with a hub/path source are rebuilt from it
+        optimizer.pt         optimizer state (plain tensors/dicts: loadable with torch.load(weights_only=True))
+        scheduler.pt         LR scheduler state
+        rng-<rank>.pt        python / numpy / torch (+ CUDA) RNG states of every process
+        trainer_state.json   stage index, step in stage, epoch, batches consumed in the epoch, global step, ...
+
+Everything is first written to ``checkpoints/.tmp-step-N/`` and renamed to ``step-N`` only when complete, so a
+crash (even SIGKILL) never leaves a partial checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mowe.errors import CheckpointError
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "check_compatible",
+    "clean_stale_tmp",
+    "find_checkpoint",
+    "load_model_weights",
+    "load_trainer_state",
+    "prune_checkpoints",
+    "rng_state",
+    "set_rng_state",
+    "torch_load",
+    "write_checkpoint",
+]
+
+CHECKPOINT_FORMAT = 1
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _save_torch(obj: Any, path: str) -> None:
+    """torch.save + fsync (module-level so tests can make it fail midway)."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: str) -> None:
+    save_file(tensors, path, metadata={"format": "pt", "mowe": "checkpoint"})
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states as plain tensors / ints, loadable with ``weights_only=True``."""
+    version, mt, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike | None = None) -> str | None:
+    """Resolve a resume spec to a checkpoint folder.
+
+    Args:
+        spec: ``"latest"`` (the ``latest`` pointer under ``output_dir/checkpoints``; None when there is none yet),
+            a ``step-N`` checkpoint folder, or a ``checkpoints`` folder / run folder holding a ``latest`` pointer.
+        output_dir: the run folder, for ``"latest"``.
+
+    Raises:
+        CheckpointError: an explicit path that is not a complete checkpoint.
+    """
+    spec = os.fspath(spec)
+    if spec == "latest":
+        if output_dir is None:
+            raise CheckpointError("resume='latest' needs the run's output_dir")
+        ck_root = os.path.join(os.fspath(output_dir), "checkpoints")
+        pointer = os.path.join(ck_root, "latest")
+        if not os.path.isfile(pointer):
+            return None
+        return find_checkpoint(ck_root)
+    for root in (spec, os.path.join(spec, "checkpoints")):
+        pointer = os.path.join(root, "latest")
+        if os.path.isfile(pointer):
+            with open(pointer) as f:
+                name = f.read().strip()
+            path = os.path.join(root, name)
+            if not os.path.isfile(os.path.join(path, "trainer_state.json")):
+                raise CheckpointError(f"{pointer}: points to {name!r}, which is not a complete checkpoint")
+            return path
+    if not os.path.isfile(os.path.join(spec, "trainer_state.json")):
+        raise CheckpointError(f"{spec}: not a checkpoint folder (no trainer_state.json) and no 'latest' pointer")
+    return spec
+
+
+def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint folder."""
+    path = os.path.join(os.fspath(checkpoint), "trainer_state.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable trainer state ({e})") from e
+
+
+def torch_load(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors have many types
+        raise CheckpointError(f"{path}: unreadable ({e})") from e
+
+
+def write_checkpoint(*, accelerator: Any, checkpoint_dir: str, name: str, state: dict[str, Any], model: nn.Module,
+                     keys: Sequence[str], optimizer: Any, scheduler: Any, keep_last: int) -> str:
+    """Write ``checkpoint_dir/name`` atomically (all processes call it), point ``latest`` at it, prune old ones.
+
+    ``keys``: the model state-dict entries to save; ``state``: the ``trainer_state.json`` content. Returns the
+    checkpoint folder.
+    """
+    acc = accelerator
+    is_main = acc.is_main_process
+    final = os.path.join(checkpoint_dir, name)
+    tmp = os.path.join(checkpoint_dir, f".tmp-{name}")
+    acc.wait_for_everyone()
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    acc.wait_for_everyone()
+    try:
+        _save_torch(rng_state(), os.path.join(tmp, f"rng-{acc.process_index}.pt"))
+        if is_main:
+            sd = model.state_dict()
+            tensors = {k: sd[k].detach().to("cpu").contiguous().clone() for k in keys}
+            _save_safetensors(tensors, os.path.join(tmp, "model.safetensors"))
+            _save_torch(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            _save_torch(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+            # Written last: its presence marks a complete checkpoint.
+            _write_text_atomic(os.path.join(tmp, "trainer_state.json"), json.dumps(state, indent=1))
+    except BaseException:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    acc.wait_for_everyone()
+    if is_main:
+        if os.path.isdir(final):  # a stale step-N from an abandoned branch of an earlier run
+            shutil.rmtree(final)
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(checkpoint_dir)
+        _write_text_atomic(os.path.join(checkpoint_dir, "latest"), name + "\n")
+        prune_checkpoints(checkpoint_dir, keep_last=keep_last, keep_name=name)
+    acc.wait_for_everyone()
+    return final
+
+
+def prune_checkpoints(checkpoint_dir: str, *, keep_last: int, keep_name: str) -> None:
+    """Delete all but the ``keep_last`` newest ``step-N`` folders (never ``keep_name``)."""
+    found = []
+    for entry in os.listdir(checkpoint_dir):
+        m = _STEP_DIR.match(entry)
+        if m and os.path.isdir(os.path.join(checkpoint_dir, entry)):
+            found.append((int(m.group(1)), entry))
+    found.sort()
+    for _, entry in found[:-keep_last]:
+        if entry != keep_name:
+            shutil.rmtree(os.path.join(checkpoint_dir, entry), ignore_errors=True)
+
+
+def clean_stale_tmp(checkpoint_dir: str) -> None:
+    """Remove ``.tmp-*`` folders a crashed run left behind."""
+    if os.path.isdir(checkpoint_dir):
+        for entry in os.listdir(checkpoint_dir):
+            if entry.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(checkpoint_dir, entry), ignore_errors=True)
+
+
+def load_model_weights(model: nn.Module, path: str) -> None:
+    """Load a checkpoint's ``model.safetensors`` into ``model`` (non-strict: it holds only the saved parts)."""
+    file = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{file}: missing")
+    try:
+        sd = load_file(file, device="cpu")
+    except Exception as e:
+        raise CheckpointError(f"{file}: unreadable or corrupt ({e})") from e
+    own = model.state_dict()
+    bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
+    if bad:
+        raise CheckpointError(f"{file}: does not fit this model (e.g. {bad[:3]})")
+    model.load_state_dict(sd, strict=False)
+
+
+def check_compatible(state: dict[str, Any], path: str, *, batch_size: int, num_processes: int, grad_accum: int,
+                     seed: int, grouped: bool, length_group_mult: int, stage_names: Sequence[str]) -> None:
+    """Raise :class:`CheckpointError` when a checkpoint's data position would not carry over to this run."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    g_old = state["batch_size"] * state["num_processes"]
+    g_new = batch_size * num_processes
+    if g_old != g_new or state["grad_accum"] != grad_accum or state["seed"] != seed:
+        raise CheckpointError(
+            f"{path}: written with global batch {g_old} (batch_size {state['batch_size']} x "
+            f"{state['num_processes']} processes), grad_accum {state['grad_accum']}, seed {state['seed']}; "
+            f"this run has {g_new} ({batch_size} x {num_processes}), "
+            f"{grad_accum}, {seed}: the data position would not carry over")
+    # Checkpoints from before length grouping have no key: they were written with the plain order.
+    old = (bool(state.get("group_by_length", False)), state.get("length_group_mult"))
+    new = (grouped, length_group_mult if grouped else None)
+    if old[0] != new[0] or (old[0] and old[1] != new[1]):
+        def said(g: tuple[bool, Any]) -> str:
+            return f"batches grouped by length (length_group_mult {g[1]})" if g[0] else "the plain order"
+
+        raise CheckpointError(
+            f"{path}: written with {said(old)}, this run would use {said(new)}: the data position would not "
+            f"carry over; set train.group_by_length / train.length_group_mult as in that run (grouping also "
+            f"needs a dataset with `lengths`)")
+    if [s["name"] for s in state["stages"]] != list(stage_names):
+        raise CheckpointError(f"{path}: written for stages {[s['name'] for s in state['stages']]}, "
+                              f"this run has {list(stage_names)}")
+    if state["num_processes"] != num_processes:
+        raise CheckpointError(f"{path}: written by {state['num_processes']} processes; resume with the same "
+                              f"number (RNG states are per process)")

@@ -1,0 +1,116 @@
+"""Training-loop settings (:class:`TrainConfig`, frozen and strict like every mowe config) and results."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mowe.config import check_fields, from_dict, to_dict
+from mowe.errors import ConfigError
+
+__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/Inf loss or gradient norm with ``on_nonfinite_loss="stop"``."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training-loop settings (the stages carry steps, learning rates and task weights).
+
+    Attributes:
+        output_dir: where ``log.jsonl``, ``checkpoints/`` and ``final/`` go.
+        batch_size: examples per process per micro-batch. Global batch = ``batch_size * num_processes *
+            grad_accum``.
+        grad_accum: micro-batches per optimizer step.
+        max_grad_norm: clip the global gradient norm to this (None: no clipping; the norm is still logged).
+        weight_decay: AdamW weight decay, applied to matrices only (not to biases and norms).
+        adam_betas, adam_eps: AdamW settings.
+        mixed_precision: ``"no"`` or ``"bf16"`` (autocast; master weights stay in their own dtype).
+        gradient_checkpointing: recompute LLM activations in the backward pass (less memory, ~30% slower).
+        eval_every: evaluate every this many steps (0: never; needs ``eval_dataset`` or ``eval_fn``).
+        save_every: checkpoint every this many steps (0: only at the end).
+        log_every: log every this many steps.
+        seed: seeds python, numpy and torch (process ``r`` uses ``seed + r``) and the data order.
+        num_workers: DataLoader worker processes.
+        on_nonfinite_loss: ``"skip"`` (zero the gradients, skip the update, count it in the logs) or ``"stop"``
+            (raise :class:`NonFiniteLossError`).
+        keep_last_checkpoints: checkpoints to keep (older ones are deleted; the latest is never deleted).
+        save_final: write ``output_dir/final`` with ``model.save_pretrained`` at the end.
+        progress: show a tqdm progress bar on the main process.
+        group_by_length: global batches hold clips of similar length, so the encoders pad less (needs a dataset
+            with ``lengths``, e.g. :class:`~mowe.data.ManifestDataset`; otherwise a warning and the plain order).
+            The order stays a seeded function of ``(seed, stage, epoch)``, so resuming is still exact.
+        length_group_mult: mega-batch size, in global batches, within which clips are sorted by length (bigger:
+            less padding, less randomness).
+        pack_sequences: how the LLM runs each batch (``MoWEAudioLLM.forward(pack=...)``; the same loss up to
+            float rounding): ``"auto"`` (default) the cheapest by FLOPs for the batch
+            (:func:`mowe.merge.cheapest_llm_layout`), true one packed row whose position ids restart per sample,
+            ``"groups"`` rows of similar length together, false one padded batch. Used when the model's
+            ``forward`` takes ``pack``.
+    """
+
+    output_dir: str
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    mixed_precision: Literal["no", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    eval_every: int = 0
+    save_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 0
+    on_nonfinite_loss: Literal["skip", "stop"] = "skip"
+    keep_last_checkpoints: int = 2
+    save_final: bool = True
+    progress: bool = True
+    group_by_length: bool = True
+    length_group_mult: int = 50
+    pack_sequences: bool | Literal["auto", "groups"] = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.output_dir, os.PathLike):
+            object.__setattr__(self, "output_dir", os.fspath(self.output_dir))
+        check_fields(self, where="train")  # types and Literal choices, by the one config loader
+        if not self.output_dir:
+            raise ConfigError("train.output_dir: must be a non-empty path")
+        for name, minimum in (("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("keep_last_checkpoints", 1),
+                              ("length_group_mult", 1), ("eval_every", 0), ("save_every", 0), ("num_workers", 0),
+                              ("seed", 0)):
+            if getattr(self, name) < minimum:
+                raise ConfigError(f"train.{name}: must be an integer >= {minimum}, got {getattr(self, name)!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(f"train.max_grad_norm: must be > 0 or null, got {self.max_grad_norm!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "train") -> TrainConfig:
+        """Strict (:func:`mowe.config.from_dict`): an unknown key, a wrong type or a bad choice raises
+        :class:`ConfigError` naming the key path (``train.seed``)."""
+        return from_dict(cls, data, where=where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (the config is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.train` returns."""
+
+    global_step: int
+    skipped_nonfinite: int
+    final_dir: str | None
+    last_checkpoint: str | None
+    log_file: str
