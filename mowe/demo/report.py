@@ -20,7 +20,7 @@ from typing import Any
 __all__ = ["summarize", "write_results"]
 
 
-def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0) -> dict[str, dict[str, Any]]:
+def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0, normalize=None) -> dict[str, dict[str, Any]]:
     """``{system: {"tasks": {task: {metric: {...}}}, "router_counts": ..., "encoder_names": ...}}``.
 
     Each metric entry holds ``value``, ``ci95`` ([low, high]), ``n`` and, for systems other than ``baseline``,
@@ -28,15 +28,18 @@ def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0) -> di
     permutation test, :func:`mowe.evaluation.stats.paired_comparison`), ``significant`` (p < 0.05) and ``better``
     (significant and in the metric's good direction).
     """
+    from mowe.demo.corpus import score_normalize
     from mowe.evaluation.stats import compare_to_base, task_intervals
+
+    normalize = normalize or score_normalize  # what the demo scores with (digits spelled out)
 
     out: dict[str, dict[str, Any]] = {}
     for name, res in results.items():
         tasks: dict[str, dict[str, Any]] = {}
-        for task, metrics in task_intervals(res, seed=seed).items():
+        for task, metrics in task_intervals(res, seed=seed, normalize=normalize).items():
             tasks[task] = {m: {"value": iv.value, "ci95": [iv.low, iv.high], "n": iv.n} for m, iv in metrics.items()}
         if name != baseline:
-            for task, metrics in compare_to_base(res, results[baseline], seed=seed).items():
+            for task, metrics in compare_to_base(res, results[baseline], seed=seed, normalize=normalize).items():
                 for m, cmp in metrics.items():
                     tasks[task][m]["vs_baseline"] = {
                         "diff": cmp.diff, "ci95": [cmp.low, cmp.high], "p_value": cmp.p_value,

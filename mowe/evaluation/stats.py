@@ -135,12 +135,12 @@ class PairedComparison:
 
 
 # ------------------------------------------------------------------------------------------- per-clip rows
-def _word_errors(ref: str, hyp: str) -> list[float]:
+def _word_errors(ref: str, hyp: str, normalize: Callable[[str], str] = normalize_text) -> list[float]:
     """``[edits, reference words]`` for one pair, as :func:`~mowe.evaluation.metrics.word_error_rate` counts them
     (an empty reference: the hypothesis words are insertions)."""
     import jiwer
 
-    r, h = normalize_text(ref), normalize_text(hyp)
+    r, h = normalize(ref), normalize(hyp)
     if not r:
         return [float(len(h.split())), 0.0]
     out = jiwer.process_words(r, h)
@@ -184,8 +184,8 @@ _AGGREGATE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def clip_statistics(records: Sequence[Mapping[str, Any]], metric: str, *, multi_part: bool = False
-                    ) -> ClipStatistics:
+def clip_statistics(records: Sequence[Mapping[str, Any]], metric: str, *, multi_part: bool = False,
+                    normalize: Callable[[str], str] = normalize_text) -> ClipStatistics:
     """Per-clip statistics of ``metric`` for one task's records.
 
     Args:
@@ -195,6 +195,8 @@ def clip_statistics(records: Sequence[Mapping[str, Any]], metric: str, *, multi_
             :func:`~mowe.evaluation.metrics.part_accuracy` (a comma-separated answer), as
             :func:`~mowe.evaluation.metrics.evaluate_predictions` does for a task that also reports
             ``part_accuracy``.
+        normalize: the text normaliser the metric was computed with (as passed to
+            :func:`~mowe.evaluation.metrics.evaluate_predictions`).
 
     Raises:
         ValueError: an unknown metric, no records, or a record without answer/prediction (named).
@@ -211,15 +213,16 @@ def clip_statistics(records: Sequence[Mapping[str, Any]], metric: str, *, multi_
         hyps.append("" if rec["prediction"] is None else str(rec["prediction"]))
         ids.append(str(rec.get("id", i)))
     if metric == "wer":
-        rows = np.array([_word_errors(r, h) for r, h in zip(refs, hyps)], dtype=np.float64)
+        rows = np.array([_word_errors(r, h, normalize) for r, h in zip(refs, hyps)], dtype=np.float64)
     elif metric == "bleu":
         rows = _bleu_rows(refs, hyps)
     elif metric == "part_accuracy" or multi_part:
-        scores = [part_accuracy(r, h) for r, h in zip(refs, hyps)]
+        scores = [part_accuracy(r, h, normalize=normalize) for r, h in zip(refs, hyps)]
         col = [s if metric == "part_accuracy" else float(exact) for s, exact in scores]
         rows = np.stack([np.asarray(col, dtype=np.float64), np.ones(len(col))], axis=1)
     else:
-        rows = np.array([[float(is_correct(r, h)), 1.0] for r, h in zip(refs, hyps)], dtype=np.float64)
+        rows = np.array([[float(is_correct(r, h, normalize=normalize)), 1.0] for r, h in zip(refs, hyps)],
+                        dtype=np.float64)
     if len(set(ids)) != len(ids):
         raise ValueError(f"record ids repeat within the {metric!r} records; ids must name clips uniquely")
     return ClipStatistics(metric, tuple(ids), rows)
@@ -313,7 +316,8 @@ def _check_settings(*, n_boot: int, level: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------- whole results
-def _task_stats(result: Any, metrics: Mapping[str, Sequence[str]] | None) -> dict[str, dict[str, ClipStatistics]]:
+def _task_stats(result: Any, metrics: Mapping[str, Sequence[str]] | None,
+                normalize: Callable[[str], str] = normalize_text) -> dict[str, dict[str, ClipStatistics]]:
     """Per task and metric, the clip statistics of an EvalResult-like ``result`` (``records`` + ``metrics``)."""
     by_task: dict[str, list[Mapping[str, Any]]] = {}
     for rec in result.records:
@@ -327,7 +331,7 @@ def _task_stats(result: Any, metrics: Mapping[str, Sequence[str]] | None) -> dic
         multi = "part_accuracy" in reported or "part_accuracy" in names
         out[task] = {}
         for name in names:
-            st = clip_statistics(by_task[task], name, multi_part=multi)
+            st = clip_statistics(by_task[task], name, multi_part=multi, normalize=normalize)
             if name in reported and not np.isclose(st.value(), float(reported[name]), rtol=1e-9, atol=1e-9):
                 raise ValueError(f"task {task!r}: the per-clip {name} gives {st.value()!r} but the result reports "
                                  f"{reported[name]!r}; the statistics would describe a different metric")
@@ -336,23 +340,26 @@ def _task_stats(result: Any, metrics: Mapping[str, Sequence[str]] | None) -> dic
 
 
 def task_intervals(result: Any, *, metrics: Mapping[str, Sequence[str]] | None = None, n_boot: int = 1000,
-                   level: float = 0.95, seed: int = 0) -> dict[str, dict[str, MetricInterval]]:
+                   level: float = 0.95, seed: int = 0, normalize: Callable[[str], str] = normalize_text
+                   ) -> dict[str, dict[str, MetricInterval]]:
     """``{task: {metric: MetricInterval}}`` for an :class:`~mowe.evaluation.evaluate.EvalResult`.
 
     ``metrics``: task -> metric names to use (default: the metrics the result reports per task). Each interval
     resamples that task's clips (:func:`bootstrap_interval`); values are checked against the reported metrics.
+    ``normalize``: the text normaliser the result was scored with.
     """
     return {task: {name: bootstrap_interval(st, n_boot=n_boot, level=level, seed=seed) for name, st in ms.items()}
-            for task, ms in _task_stats(result, metrics).items()}
+            for task, ms in _task_stats(result, metrics, normalize).items()}
 
 
 def compare_to_base(system: Any, base: Any, *, metrics: Mapping[str, Sequence[str]] | None = None,
                     n_boot: int = 1000, n_perm: int = 2000, alpha: float = 0.05, level: float = 0.95,
-                    seed: int = 0) -> dict[str, dict[str, PairedComparison]]:
+                    seed: int = 0, normalize: Callable[[str], str] = normalize_text
+                    ) -> dict[str, dict[str, PairedComparison]]:
     """``{task: {metric: PairedComparison}}``: ``system`` against ``base`` (two EvalResults on the same clips,
     paired by record id) for every task and metric of ``system`` (or ``metrics``); see :func:`paired_comparison`."""
-    sys_stats = _task_stats(system, metrics)
-    base_stats = _task_stats(base, {task: list(ms) for task, ms in sys_stats.items()})
+    sys_stats = _task_stats(system, metrics, normalize)
+    base_stats = _task_stats(base, {task: list(ms) for task, ms in sys_stats.items()}, normalize)
     out: dict[str, dict[str, PairedComparison]] = {}
     for task, ms in sys_stats.items():
         out[task] = {name: paired_comparison(st, base_stats[task][name], n_boot=n_boot, n_perm=n_perm, alpha=alpha,
