@@ -162,6 +162,58 @@ class MoWEProcessor:
         bos = self.tokenizer.bos_token
         return text if not bos or text.startswith(bos) else bos + text
 
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]]) -> str:
+        """OpenAI-style chat messages -> the prompt text, one audio placeholder per audio part at its place.
+
+        A message is ``{"role": "system" | "user" | "assistant", "content": str | [part, ...]}``; a part is
+        ``{"type": "text", "text": ...}`` or ``{"type": "input_audio", ...}`` (the audio itself is not read
+        here). A message's parts are joined with single spaces, so ``[audio, text]`` gives the same prompt as
+        ``processor(text=text, audio=...)``. The tokenizer's chat template renders the turns (the processor's
+        ``system_prompt`` is used unless a system message is given); with a ``prompt_template`` the messages
+        must be one user turn (after an optional system message).
+
+        Raises:
+            MoWEInputError: a malformed message or part (naming it), or several turns for a ``prompt_template``.
+        """
+        if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence) or not messages:
+            raise MoWEInputError("messages must be a non-empty list of {'role', 'content'} objects")
+        turns = []
+        for i, m in enumerate(messages):
+            content = m.get("content") if isinstance(m, Mapping) else None
+            if not isinstance(m, Mapping) or m.get("role") not in ("system", "user", "assistant"):
+                raise MoWEInputError(f"messages[{i}] must be an object with role system, user or assistant")
+            parts = [content] if isinstance(content, str) else content
+            if not isinstance(parts, list):
+                raise MoWEInputError(f"messages[{i}].content must be a string or a list of parts")
+            pieces = []
+            for j, p in enumerate(parts):
+                kind = p.get("type") if isinstance(p, Mapping) else ("text" if isinstance(p, str) else None)
+                text = p if isinstance(p, str) else (p.get("text") if kind == "text" else None)
+                if kind == "input_audio" and m["role"] == "user":
+                    pieces.append(self.audio_token)
+                elif kind == "text" and isinstance(text, str) and self.audio_token not in text:
+                    pieces.append(text)
+                else:
+                    raise MoWEInputError(f"messages[{i}].content[{j}]: expected a text part (without "
+                                         f"{self.audio_token!r}) or, in a user turn, an input_audio part")
+            turns.append({"role": m["role"], "content": " ".join(x for x in pieces if x)})
+        if self.prompt_template is None and getattr(self.tokenizer, "chat_template", None):
+            if turns[0]["role"] != "system" and self.system_prompt:
+                turns.insert(0, {"role": "system", "content": self.system_prompt})
+            return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        system = turns.pop(0)["content"] if turns[0]["role"] == "system" else self.system_prompt
+        if len(turns) != 1 or turns[0]["role"] != "user":
+            raise MoWEInputError("this processor's prompt template holds one user turn (after an optional system "
+                                 f"message); got roles {[m.get('role') for m in messages]}")
+        user = turns[0]["content"]
+        lead = self.audio_token + " "  # a leading clip goes where the template puts {audio}, as build_prompt does
+        leading = user.count(self.audio_token) == 1 and (user + " ").startswith(lead)
+        text = (self.prompt_template or DEFAULT_PROMPT_TEMPLATE).format(
+            audio=self.audio_token if leading else "", instruction=user[len(lead):] if leading else user,
+            system=system or "")
+        bos = self.tokenizer.bos_token
+        return text if not bos or text.startswith(bos) else bos + text
+
     def paraphrase(self, instruction: str, task: str | None, key: Any, *, epoch: int = 0) -> str:
         """Replace ``instruction`` by one of ``task``'s paraphrases (unchanged if the task has none).
 
