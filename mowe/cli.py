@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_eval_cli(sub)
+    from mowe.serve import add_serve_cli
+
+    add_serve_cli(sub)
     try:
         from mowe.demo.corpus import add_corpus_cli
     except ImportError:

@@ -1,0 +1,151 @@
+"""Shared by the serve tests: a tiny saved model, real WAV clips, and `mowe serve` subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+INSTRUCTION = "what is said"
+
+
+def write_tone(path: Path, freq: float, seconds: float = 0.5, sr: int = 16000) -> Path:
+    """A real 16-bit PCM WAV file: a tone plus a little noise."""
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(int(freq))
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32), sr,
+             subtype="PCM_16")
+    return path
+
+
+def b64(path: Path) -> str:
+    return base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def audio_messages(path: Path, text: str = INSTRUCTION, fmt: str = "wav") -> list[dict]:
+    return [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": b64(path), "format": fmt}},
+                                         {"type": "text", "text": text}]}]
+
+
+def build_tiny_model(directory: Path) -> Path:
+    """A tiny random MoWE model (strong Whisper, 4 weak encoders, router, Llama with LoRA) + processor, saved."""
+    from conftest import tiny_config
+
+    from mowe.data.processor import MoWEProcessor
+    from mowe.data.tokenizer import train_bpe_tokenizer
+    from mowe.model import MoWEAudioLLM
+
+    tok = train_bpe_tokenizer(["what is said", "describe the sound", "a low tone", "a high tone"] * 5,
+                              vocab_size=300)
+    proc = MoWEProcessor(tok, max_audio_seconds=8.0)
+    cfg = tiny_config(vocab_size=len(tok))
+    cfg = dataclasses.replace(cfg, audio_token_id=proc.audio_token_id)
+    torch.manual_seed(0)
+    model = MoWEAudioLLM.from_config(cfg)
+    model.save_pretrained(directory)
+    proc.save_pretrained(directory)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 10) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def post_json(url: str, body: bytes | dict, timeout: float = 60) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"content-type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@dataclasses.dataclass
+class Server:
+    url: str
+    model_dir: Path
+    name: str
+    proc: subprocess.Popen
+
+    @property
+    def api(self) -> str:
+        return self.url + "/v1"
+
+
+def start_server(model_dir: Path, *args: str) -> Server:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mowe", "serve", str(model_dir), "--port", str(port), *args],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return Server(f"http://127.0.0.1:{port}", model_dir, model_dir.name, proc)
+
+
+def wait_ready(server: Server, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"mowe serve exited with {server.proc.returncode}: {server.proc.stdout.read()[-3000:]}")
+        try:
+            if get_json(server.url + "/health", timeout=2)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("mowe serve did not come up")
+
+
+def stop(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """Two servers of one tiny model, started together: ``main`` (batches of 4, 300 ms wait) and ``strict``
+    (small limits: 1 MB bodies, 2 s clips, 2 clips, a 3 s request timeout, batches of 1)."""
+    model_dir = build_tiny_model(tmp_path_factory.mktemp("serve") / "tiny-mowe")
+    main = start_server(model_dir, "--max-batch", "4", "--max-wait-ms", "300", "--timeout", "60")
+    strict = start_server(model_dir, "--max-batch", "1", "--max-wait-ms", "0", "--timeout", "3",
+                          "--max-body-mb", "1", "--max-audio-seconds", "2", "--max-clips", "2")
+    try:
+        wait_ready(main)
+        wait_ready(strict)
+        yield {"main": main, "strict": strict}
+    finally:
+        stop(main)
+        stop(strict)
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    return {f: write_tone(root / f"tone{f}.wav", f, seconds=0.4 + f / 4000) for f in (300, 600, 900, 1200)}
