@@ -132,8 +132,12 @@ class Engine:
         return out
 
     @torch.no_grad()
-    def run(self, jobs: list[Job]) -> None:
-        """Encode the jobs' clips once, generate every row in one call, and report to each job."""
+    def run(self, jobs: list[Job]) -> list[tuple[list[Choice], int]]:
+        """Encode the jobs' clips once and generate every row in one call.
+
+        Routes and streamed text go to the jobs as they come; returns each job's choices and prompt length
+        (text + audio tokens), for the caller to hand over as the ``"done"`` event.
+        """
         clips = [c for job in jobs for c in job.request.clips]
         waves, lengths = pad_batch(clips)
         waves, lengths = waves.to(self.device), lengths.to(self.device)
@@ -174,5 +178,4 @@ class Engine:
             toks = row if cut is None else row[:cut]
             results.setdefault(id(job), []).append(
                 Choice(k, toks, self._decode(toks), "length" if cut is None else "stop"))
-        for job, used in zip(jobs, prompt_tokens):
-            job.emit("done", results[id(job)], used)
+        return [(results[id(job)], used) for job, used in zip(jobs, prompt_tokens)]
