@@ -29,6 +29,7 @@ TARGETS = {
     "infer_speedup_vs_qwen2audio": (">= 2", lambda v, r: v >= 2),
     "train_speedup_vs_qwen2audio": (">= 1.5", lambda v, r: v >= 1.5),
     "train_mfu": (">= 0.25", lambda v, r: v >= 0.25),
+    "serve_throughput_ratio_c8": (">= 3", lambda v, r: v >= 3),
 }
 # Reported beside the targets (context, no target of their own).
 CONTEXT = [
@@ -44,6 +45,8 @@ CONTEXT = [
     "infer_speedup_vs_qwen2audio_w7.5", "train_speedup_vs_qwen2audio_w7.5", "infer_speedup_vs_qwen2audio_dataset_w7.5",
     "train_speedup_vs_qwen2audio_dataset_w7.5",
     "achieved_gflops", "gemm_peak_bf16_gflops", "gemm_peak_fp32_gflops", "peak_mem_gib", "step_delta_gib",
+    "serve_throughput_ratio_c32", "serve_p50_s_seq", "serve_p99_s_seq", "serve_p50_s_c8", "serve_p99_s_c8",
+    "serve_p50_s_c32", "serve_p99_s_c32",
 ]
 
 

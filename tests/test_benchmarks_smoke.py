@@ -30,6 +30,8 @@ EXPECTED = {
                      "train_speedup_vs_qwen2audio_padded_llm", "train_speedup_vs_qwen2audio_dataset"],
     "bench_mfu.py": ["train_mfu", "gemm_peak_bf16_gflops", "gemm_peak_fp32_gflops", "step_gflop"],
     "bench_memory.py": ["peak_mem_gib", "step_delta_gib"],
+    "bench_serve.py": ["serve_throughput_ratio_c8", "serve_throughput_ratio_c32", "serve_p50_s_c8", "serve_p99_s_c8",
+                       "serve_p50_s_seq", "serve_p99_s_c32"],
 }
 
 
