@@ -21,7 +21,7 @@ import torch
 
 from mowe.data.audio import pad_batch
 from mowe.model import AudioEncoding
-from mowe.serve.schemas import ChatRequest
+from mowe.serve.schemas import TOKENIZER_LOCK, ChatRequest
 
 __all__ = ["Choice", "Engine", "Job"]
 
@@ -117,7 +117,8 @@ class Engine:
         self.eos = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
 
     def _decode(self, ids: list[int]) -> str:
-        return self.processor.decode([ids])[0]
+        with TOKENIZER_LOCK:
+            return self.processor.decode([ids])[0]
 
     def _routes(self, enc: AudioEncoding, start: int, count: int) -> list[dict[str, Any]]:
         """The router's choice for clips ``start .. start+count``: selected encoders with their gates."""

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +29,12 @@ import torch
 from mowe.data.audio import load_audio
 from mowe.errors import AudioLoadError, MoWEInputError
 
-__all__ = ["SUPPORTED_FORMATS", "ApiError", "ChatRequest", "Limits", "decode_audio", "json_body",
+__all__ = ["SUPPORTED_FORMATS", "TOKENIZER_LOCK", "ApiError", "ChatRequest", "Limits", "decode_audio", "json_body",
            "parse_chat_request"]
 
+# Requests are parsed in a thread pool while the model thread decodes answers: one tokenizer, used by one thread
+# at a time (a fast tokenizer may refuse a call while another thread holds it: "Already borrowed").
+TOKENIZER_LOCK = threading.Lock()
 # What libsndfile decodes by content (see mowe.data.audio); "ogg" covers Vorbis and Opus.
 SUPPORTED_FORMATS = ("wav", "mp3", "flac", "ogg")
 # Parameters of the Chat Completions API this server does not implement: refused rather than ignored, so a
@@ -224,13 +228,15 @@ def parse_chat_request(body: dict[str, Any], *, processor: Any, limits: Limits, 
         raise ApiError(400, f"the messages hold {len(parts)} audio clips, more than this server's limit of "
                             f"{limits.max_clips}", param="messages", code="too_many_clips")
     try:
-        prompt = processor.apply_chat_template(messages)
+        with TOKENIZER_LOCK:
+            prompt = processor.apply_chat_template(messages)
     except MoWEInputError as e:
         raise ApiError(400, str(e), param="messages") from e
     if len(prompt) > 16 * limits.max_prompt_tokens:  # cheap bound before tokenizing a huge text
         raise ApiError(400, f"the prompt text is {len(prompt)} characters, too long", param="messages",
                        code="prompt_too_long")
-    ids = list(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    with TOKENIZER_LOCK:
+        ids = list(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     if len(ids) > limits.max_prompt_tokens:
         raise ApiError(400, f"the prompt is {len(ids)} text tokens, more than this server's limit of "
                             f"{limits.max_prompt_tokens}", param="messages", code="prompt_too_long")
