@@ -94,7 +94,7 @@ class Run:
 
     def pct(self, q: float) -> float:
         xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+        return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 def ask(url: str, body: bytes) -> tuple[float, int]:
@@ -102,7 +102,7 @@ def ask(url: str, body: bytes) -> tuple[float, int]:
     req = urllib.request.Request(url, data=body, headers={"content-type": "application/json"}, method="POST")
     with urllib.request.urlopen(req, timeout=600) as r:
         res = json.loads(r.read())
-    return time.perf_counter() - t, int(res["usage"]["completion_tokens"])
+    return time.perf_counter() - t, res["usage"]["completion_tokens"]
 
 
 def load(url: str, bodies: list[bytes], clients: int, per_client: int) -> Run:

@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from mowe.serve.batching import DynamicBatcher
 from mowe.serve.engine import Engine, Job
-from mowe.serve.schemas import ApiError, ChatRequest, Limits, json_body, parse_chat_request
+from mowe.serve.schemas import ApiError, Limits, json_body, parse_chat_request
 
 __all__ = ["create_app"]
 
@@ -99,7 +99,7 @@ class _Server:
         deadline = time.monotonic() + self.timeout
         try:
             body = await asyncio.wait_for(_read_body(request, self.limits.max_body_bytes), self.timeout)
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
             raise ApiError(408, f"the request body did not arrive within {self.timeout:g} s",
                            code="timeout") from None
         payload = json_body(body)
@@ -117,7 +117,7 @@ class _Server:
     async def _next(self, job: Job, deadline: float) -> tuple:
         try:
             return await asyncio.wait_for(job.events.get(), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
             self.batcher.cancel(job)
             raise ApiError(504, f"the answer did not come within the request timeout of {self.timeout:g} s "
                                 f"(--timeout)", type="server_error", code="timeout") from None

@@ -121,7 +121,7 @@ class DynamicBatcher:
     def _run(self, jobs: list[Job]) -> None:
         try:
             results = self.engine.run(jobs)
-        except Exception as e:  # noqa: BLE001 - a model error must answer the requests, not kill the thread
+        except Exception as e:  # a model error must answer the requests, not kill the thread
             if len(jobs) > 1:
                 log.warning("a batch of %d requests failed (%s); retrying them one by one", len(jobs), e)
                 for job in jobs:

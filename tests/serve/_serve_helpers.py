@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import base64
 import dataclasses
 import json
@@ -129,27 +128,23 @@ def stop(server: Server) -> None:
         server.proc.wait()
 
 
-_STARTED: dict[str, Server] = {}
-
-
 @pytest.fixture(scope="session")
 def servers(tmp_path_factory):
     """Two servers of one tiny model, started together: ``main`` (batches of 4, 300 ms wait) and ``strict``
-    (small limits: 1 MB bodies, 2 s clips, 2 clips, a 3 s request timeout, batches of 1).
-
-    Each test module imports this fixture, which would make one per module: the servers are kept here instead,
-    started once per pytest process and stopped when it exits.
+    (small limits: 1 MB bodies, 2 s clips, 2 clips, a 3 s request timeout, batches of 1). The test modules
+    register this module with ``pytest_plugins``, so the fixture exists once and the servers start once.
     """
-    if not _STARTED:
-        model_dir = build_tiny_model(tmp_path_factory.mktemp("serve") / "tiny-mowe")
-        started = {"main": start_server(model_dir, "--max-batch", "4", "--max-wait-ms", "300", "--timeout", "60"),
-                   "strict": start_server(model_dir, "--max-batch", "1", "--max-wait-ms", "0", "--timeout", "3",
-                                          "--max-body-mb", "1", "--max-audio-seconds", "2", "--max-clips", "2")}
-        atexit.register(lambda: [stop(s) for s in started.values()])
+    model_dir = build_tiny_model(tmp_path_factory.mktemp("serve") / "tiny-mowe")
+    started = {"main": start_server(model_dir, "--max-batch", "4", "--max-wait-ms", "300", "--timeout", "60"),
+               "strict": start_server(model_dir, "--max-batch", "1", "--max-wait-ms", "0", "--timeout", "3",
+                                      "--max-body-mb", "1", "--max-audio-seconds", "2", "--max-clips", "2")}
+    try:
         for server in started.values():
             wait_ready(server)
-        _STARTED.update(started)
-    return _STARTED
+        yield started
+    finally:
+        for server in started.values():
+            stop(server)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,11 @@ import concurrent.futures as cf
 import pytest
 import torch
 
-from _serve_helpers import INSTRUCTION, audio_messages, clips, get_json, servers  # noqa: F401 (fixtures)
+pytest.register_assert_rewrite("_serve_helpers")  # it is also a plugin (below): rewrite it once
+from _serve_helpers import INSTRUCTION, audio_messages, get_json
+
+# The `servers` and `clips` fixtures: one registration, so one pair of servers for all serve tests.
+pytest_plugins = ["_serve_helpers"]
 
 openai = pytest.importorskip("openai", reason="the openai client is part of the test extra")
 

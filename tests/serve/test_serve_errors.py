@@ -13,7 +13,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from _serve_helpers import audio_messages, b64, clips, get_json, post_json, servers, write_tone  # noqa: F401
+pytest.register_assert_rewrite("_serve_helpers")  # it is also a plugin (below): rewrite it once
+from _serve_helpers import audio_messages, b64, get_json, post_json
+
+# The `servers` and `clips` fixtures: one registration, so one pair of servers for all serve tests.
+pytest_plugins = ["_serve_helpers"]
 
 openai = pytest.importorskip("openai", reason="the openai client is part of the test extra")
 

@@ -9,7 +9,11 @@ import tempfile
 
 import pytest
 
-from _serve_helpers import audio_messages, clips, post_json, servers  # noqa: F401 (fixtures)
+pytest.register_assert_rewrite("_serve_helpers")  # it is also a plugin (below): rewrite it once
+from _serve_helpers import audio_messages, post_json
+
+# The `servers` and `clips` fixtures: one registration, so one pair of servers for all serve tests.
+pytest_plugins = ["_serve_helpers"]
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is part of the test extra")
 
