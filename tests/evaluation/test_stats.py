@@ -151,7 +151,7 @@ def test_paired_wer_uses_per_clip_errors_and_pairs_clips_by_id():
 
 # ------------------------------------------------------------------------------------------- whole results
 def _result(records):
-    return EvalResult(records, evaluate_predictions(records))
+    return EvalResult(records, evaluate_predictions(records, task_metrics={"asr": "wer", "co_reasoning": "parts"}))
 
 
 def test_task_intervals_and_compare_to_base_cover_every_reported_metric():
