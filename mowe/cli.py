@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_eval_cli(sub)
+    from mowe.convert import add_convert_cli
+
+    add_convert_cli(sub)
     try:
         from mowe.demo.corpus import add_corpus_cli
     except ImportError:
