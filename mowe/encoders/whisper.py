@@ -46,7 +46,7 @@ from mowe.encoders.base import (
     resolve_bucket_padding,
     set_trainable,
 )
-from mowe.errors import MoWEInputError
+from mowe.errors import CheckpointError, MoWEInputError
 from mowe.hub import load_prefixed_state_dict
 
 __all__ = ["WHISPER_PRESETS", "LogMelFrontend", "WhisperEncoder"]
@@ -219,7 +219,10 @@ class WhisperEncoder(nn.Module):
             state = load_prefixed_state_dict(name_or_path, ("model.encoder.", "encoder."))
         hf = HFWhisperEncoder(config)
         # embed_positions is a fixed sinusoid in Whisper and may be absent from some exports.
-        missing, unexpected = hf.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = hf.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise CheckpointError(f"{name_or_path}: encoder weights do not fit its config ({e})") from e
         missing = [k for k in missing if not k.startswith("embed_positions")]
         if missing or unexpected:
             raise MoWEInputError(f"{name_or_path}: encoder weights do not match its config "

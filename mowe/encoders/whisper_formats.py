@@ -116,20 +116,18 @@ def _ct2_layers(model: CT2Model, prefix: str) -> int:
 
 
 def _ct2_linear(model: CT2Model, src: str, dst: str, out: dict, dtype: torch.dtype, *, parts: tuple[str, ...] = ()):
-    """``src/weight`` (+ ``bias``) into ``dst`` names; ``parts`` splits stacked rows into several targets."""
+    """``src/weight`` and ``src/bias`` into ``dst`` names; ``parts`` splits stacked rows into several targets."""
     w = dequantize(model, f"{src}/weight", dtype)
-    b = dequantize(model, f"{src}/bias", dtype) if f"{src}/bias" in model.variables else None
+    b = dequantize(model, f"{src}/bias", dtype)  # every linear and conv of Whisper's spec has one
     if not parts:
-        out[f"{dst}.weight"] = w
-        if b is not None:
-            out[f"{dst}.bias"] = b
+        out[f"{dst}.weight"], out[f"{dst}.bias"] = w, b
         return
     if w.shape[0] % len(parts):
         raise CheckpointError(f"{model.path}: variable {src}/weight has {w.shape[0]} rows, not {len(parts)} "
                               f"equal stacked projections")
-    for name, wi, bi in zip(parts, w.chunk(len(parts)), b.chunk(len(parts)) if b is not None else [None] * 3):
+    for name, wi, bi in zip(parts, w.chunk(len(parts)), b.chunk(len(parts))):
         out[f"{dst}.{name}.weight"] = wi.contiguous()
-        if bi is not None and name != "k_proj":  # Whisper's k_proj has no bias (see module docstring)
+        if name != "k_proj":  # Whisper's k_proj has no bias (see module docstring)
             out[f"{dst}.{name}.bias"] = bi.contiguous()
 
 
