@@ -41,6 +41,8 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: to
     from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
 
     src, dst = os.fspath(src), os.fspath(dst)
+    if not os.path.exists(src) and (os.path.isabs(src) or src.startswith(".")):
+        raise CheckpointError(f"{src}: no such file or folder")
     processor = None
     if is_ctranslate2_dir(src) or is_openai_whisper_file(src):
         ckpt = load_whisper_checkpoint(src, dtype=dtype)

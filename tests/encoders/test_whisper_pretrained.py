@@ -200,6 +200,32 @@ def test_full_window_keeps_every_frame_of_every_window():
         WhisperEncoder(cut.encoder, pad_to_30s=False, full_window=True)
 
 
+def test_cli_convert_whisper_writes_a_transformers_folder(tmp_path, capsys):
+    from mowe.cli import main
+
+    model = _random_whisper(2)
+    write_openai(tmp_path / "tiny.pt", model)
+    assert main(["convert", "whisper", str(tmp_path / "tiny.pt"), str(tmp_path / "out"), "--dtype", "float16"]) == 0
+    out = WhisperForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.model.encoder.conv1.weight.float(), model.model.encoder.conv1.weight,
+                               atol=1e-3, rtol=1e-3)
+    assert main(["convert", "whisper", str(tmp_path / "nowhere"), str(tmp_path / "o2")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_mowe_preset_runs_frozen_weak_whisper_on_the_faithful_path():
+    from mowe.builders import build_encoder
+    from mowe.config import EncoderConfig
+    from mowe.presets import mowe_paper
+
+    weak = [c for c in mowe_paper().config.weak.values() if c.family == "whisper"]
+    assert len(weak) == 2 and all(c.pad_to_30s and c.freeze and not c.full_window for c in weak)
+    enc = build_encoder(EncoderConfig("whisper", preset="tiny", overrides=dict(d_model=16, encoder_layers=1,
+                                      encoder_attention_heads=2, encoder_ffn_dim=32), full_window=True), name="w")
+    assert enc.full_window and enc.out_lengths(torch.tensor([16000])).tolist() == [1500]
+
+
 # ------------------------------------------------------------------------------------- bad files
 @pytest.fixture
 def ct2_folder(tmp_path):
