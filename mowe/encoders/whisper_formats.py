@@ -205,8 +205,10 @@ _OPENAI_BLOCK = {"attn.query": "self_attn.q_proj", "attn.key": "self_attn.k_proj
                  "attn.out": "self_attn.out_proj", "attn_ln": "self_attn_layer_norm",
                  "cross_attn.query": "encoder_attn.q_proj", "cross_attn.key": "encoder_attn.k_proj",
                  "cross_attn.value": "encoder_attn.v_proj", "cross_attn.out": "encoder_attn.out_proj",
-                 "cross_attn_ln": "encoder_attn_layer_norm", "mlp.0": "fc1", "mlp.2": "fc2", "mlp_ln": "final_layer_norm"}
-_OPENAI_TOP = {"encoder.conv1": _ENC + "conv1", "encoder.conv2": _ENC + "conv2", "encoder.ln_post": _ENC + "layer_norm",
+                 "cross_attn_ln": "encoder_attn_layer_norm", "mlp.0": "fc1", "mlp.2": "fc2",
+                 "mlp_ln": "final_layer_norm"}
+_OPENAI_TOP = {"encoder.conv1": _ENC + "conv1", "encoder.conv2": _ENC + "conv2",
+               "encoder.ln_post": _ENC + "layer_norm",
                "decoder.token_embedding": _DEC + "embed_tokens", "decoder.ln": _DEC + "layer_norm"}
 _OPENAI_DIMS = ("n_mels", "n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer",
                 "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer")
