@@ -61,8 +61,6 @@ class EncoderConfig:
         overrides: config fields that change the preset (e.g. ``{"d_model": 64}`` for a test-size model).
         freeze: keep the encoder frozen.
         pad_to_30s: Whisper only: faithful 30 s padding (True) or real-length encoding (False).
-        full_window: Whisper, faithful path only: keep all 1500 frames of each 30 s window (what Whisper's own
-            decoder reads) instead of cutting to the clip's frames.
         output_all_layers: Whisper only: also return every layer's hidden states (LTU-AS).
         bucket_padding: Whisper (real-length path) and HuBERT family: encode a batch in groups of similar
             length, each wasting at most this fraction of its real audio on padding; None pads the whole batch
@@ -79,7 +77,6 @@ class EncoderConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     freeze: bool = True
     pad_to_30s: bool = True
-    full_window: bool = False
     output_all_layers: bool = False
     bucket_padding: float | Literal["auto"] | None = "auto"
     full_window: bool = False

@@ -1,6 +1,7 @@
-"""Converting checkpoints other formats ship into transformers' own format (``mowe convert ...``).
+"""Converting checkpoints from the formats they ship in (``mowe convert whisper | salmonn | ltu-as``).
 
-``convert_whisper(src, dst)`` turns a CTranslate2 Whisper folder (faster-whisper's format) or an openai-whisper
+The seed systems' released checkpoints (:mod:`mowe.checkpoints`: ``from_salmonn``, ``from_ltu_as`` and their
+inverses) are re-exported here. ``convert_whisper(src, dst)`` turns a CTranslate2 Whisper folder (faster-whisper's format) or an openai-whisper
 ``.pt`` file into a folder that ``transformers.WhisperForConditionalGeneration.from_pretrained(dst)`` loads
 without mowe: weights (encoder and decoder), ``config.json``, ``generation_config.json`` and, when the source
 ships a ``tokenizer.json``, a ``WhisperProcessor`` (feature extractor + tokenizer).
@@ -13,9 +14,10 @@ import os
 
 import torch
 
+from mowe.checkpoints import from_ltu_as, from_salmonn, to_ltu_as, to_salmonn
 from mowe.errors import CheckpointError
 
-__all__ = ["add_convert_cli", "convert_whisper"]
+__all__ = ["add_convert_cli", "convert_whisper", "from_ltu_as", "from_salmonn", "to_ltu_as", "to_salmonn"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -81,8 +83,10 @@ def _cmd_convert_whisper(args: argparse.Namespace) -> int:
 
 
 def add_convert_cli(subparsers) -> None:
-    """Add ``mowe convert whisper SRC DST [--dtype]`` to an argparse subparsers object."""
-    p = subparsers.add_parser("convert", help="convert a checkpoint into transformers' format")
+    """Add ``mowe convert {whisper,salmonn,ltu-as} ...`` to the ``mowe`` command's subparsers."""
+    from mowe.checkpoints import add_ltu_as_convert_cli, add_salmonn_convert_cli
+
+    p = subparsers.add_parser("convert", help="convert a released checkpoint (Whisper, SALMONN, LTU-AS)")
     kinds = p.add_subparsers(dest="kind", metavar="kind")
     kinds.required = True
     w = kinds.add_parser("whisper", help="CTranslate2 folder / openai-whisper .pt -> transformers Whisper folder")
@@ -91,3 +95,5 @@ def add_convert_cli(subparsers) -> None:
     w.add_argument("dst", help="output folder")
     w.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weights dtype (default float32)")
     w.set_defaults(func=_cmd_convert_whisper)
+    add_salmonn_convert_cli(kinds)
+    add_ltu_as_convert_cli(kinds)

@@ -4,7 +4,8 @@ Three sources give one :class:`WhisperCheckpoint` (a ``WhisperConfig`` plus a st
 ``transformers.WhisperForConditionalGeneration``):
 
 * a **CTranslate2** folder (``model.bin`` + ``config.json`` [+ ``tokenizer.json``]), the faster-whisper format;
-* an **openai-whisper** ``.pt`` file (``{"dims": ..., "model_state_dict": ...}``), the format LTU-AS used;
+* an **openai-whisper** ``.pt`` file (``{"dims": ..., "model_state_dict": ...}``), the format LTU-AS used
+  (read by :func:`mowe.encoders.whisper_ltu.load_openai_whisper`);
 * a **transformers** folder or hub id (read by ``transformers`` itself; only routed here for ``convert``).
 
 Layout notes (CTranslate2's Whisper spec): attention projections are stacked. Self-attention keeps
@@ -201,64 +202,13 @@ def _load_ctranslate2(folder: str, *, dtype: torch.dtype, encoder_only: bool) ->
 
 
 # --------------------------------------------------------------------------------------------- openai-whisper
-_OPENAI_BLOCK = {"attn.query": "self_attn.q_proj", "attn.key": "self_attn.k_proj", "attn.value": "self_attn.v_proj",
-                 "attn.out": "self_attn.out_proj", "attn_ln": "self_attn_layer_norm",
-                 "cross_attn.query": "encoder_attn.q_proj", "cross_attn.key": "encoder_attn.k_proj",
-                 "cross_attn.value": "encoder_attn.v_proj", "cross_attn.out": "encoder_attn.out_proj",
-                 "cross_attn_ln": "encoder_attn_layer_norm", "mlp.0": "fc1", "mlp.2": "fc2",
-                 "mlp_ln": "final_layer_norm"}
-_OPENAI_TOP = {"encoder.conv1": _ENC + "conv1", "encoder.conv2": _ENC + "conv2",
-               "encoder.ln_post": _ENC + "layer_norm",
-               "decoder.token_embedding": _DEC + "embed_tokens", "decoder.ln": _DEC + "layer_norm"}
-_OPENAI_DIMS = ("n_mels", "n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer",
-                "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer")
-
-
-def _openai_key(key: str) -> str | None:
-    if key == "encoder.positional_embedding":
-        return _ENC + "embed_positions.weight"
-    if key == "decoder.positional_embedding":
-        return _DEC + "embed_positions.weight"
-    module, _, leaf = key.rpartition(".")
-    if module in _OPENAI_TOP:
-        return f"{_OPENAI_TOP[module]}.{leaf}"
-    parts = module.split(".")
-    if len(parts) >= 4 and parts[1] == "blocks" and ".".join(parts[3:]) in _OPENAI_BLOCK:
-        side = _ENC if parts[0] == "encoder" else _DEC
-        return f"{side}layers.{parts[2]}.{_OPENAI_BLOCK['.'.join(parts[3:])]}.{leaf}"
-    return None
-
-
 def _load_openai(path: str, *, dtype: torch.dtype, encoder_only: bool) -> WhisperCheckpoint:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors of a damaged or foreign file
-        raise CheckpointError(f"{path}: cannot read as an openai-whisper checkpoint ({e})") from e
-    if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not an openai-whisper checkpoint (needs keys 'dims' and 'model_state_dict')")
-    dims = ckpt["dims"]
-    missing = [k for k in _OPENAI_DIMS if k not in dims]
-    if missing:
-        raise CheckpointError(f"{path}: 'dims' lacks {missing}")
-    out: dict[str, torch.Tensor] = {}
-    for key, value in ckpt["model_state_dict"].items():
-        if encoder_only and not key.startswith("encoder."):
-            continue
-        new = _openai_key(key)
-        if new is None:
-            if key.endswith("alignment_heads"):
-                continue
-            raise CheckpointError(f"{path}: unexpected variable {key!r} in model_state_dict")
-        out[new] = value.to(dtype)
-    config = _config(vocab_size=dims["n_vocab"], num_mel_bins=dims["n_mels"], d_model=dims["n_audio_state"],
-                     encoder_layers=dims["n_audio_layer"], encoder_attention_heads=dims["n_audio_head"],
-                     encoder_ffn_dim=4 * dims["n_audio_state"], max_source_positions=dims["n_audio_ctx"],
-                     decoder_layers=dims["n_text_layer"], decoder_attention_heads=dims["n_text_head"],
-                     decoder_ffn_dim=4 * dims["n_text_state"], max_target_positions=dims["n_text_ctx"])
-    if dims["n_text_state"] != dims["n_audio_state"]:
-        raise CheckpointError(f"{path}: n_text_state {dims['n_text_state']} != n_audio_state "
-                              f"{dims['n_audio_state']}; transformers' Whisper needs one width")
-    return WhisperCheckpoint(config, out, _generation_fields(config.vocab_size, None, {}), None, "openai")
+    # The key mapping lives with LTU-AS's encoder (mowe.encoders.whisper_ltu), which introduced the format.
+    from mowe.encoders.whisper_ltu import load_openai_whisper
+
+    config, state = load_openai_whisper(path)
+    state = {k: v.to(dtype) for k, v in state.items() if not encoder_only or k.startswith(_ENC)}
+    return WhisperCheckpoint(config, state, _generation_fields(config.vocab_size, None, {}), None, "openai")
 
 
 def load_whisper_checkpoint(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
