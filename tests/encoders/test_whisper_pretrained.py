@@ -328,7 +328,7 @@ def test_real_tiny_en_loads_with_its_shape(real):
 def test_real_encoder_matches_transformers_on_the_converted_weights(real):
     ours, theirs = real["ours"], real["theirs"]
     assert ours.lengths.tolist() == [1500] * len(real["refs"])
-    assert (ours.features - theirs).abs().max() < 1e-3
+    assert (ours.features - theirs).abs().max() < 1e-4  # measured 1.4e-5 (features up to 12.6)
 
 
 def test_real_transcripts_through_mowe_encoder(real):
