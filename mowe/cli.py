@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mowe.serve import add_serve_cli
 
     add_serve_cli(sub)
+    from mowe.convert import add_convert_cli
+
+    add_convert_cli(sub)
     try:
         from mowe.demo.corpus import add_corpus_cli
     except ImportError:

@@ -18,12 +18,15 @@ Clips longer than 30 s are split into 30 s windows, encoded in one batch and the
 
 ``full_window=True`` (with ``pad_to_30s``) returns every frame of the 30 s window (1500 frames, all counted
 valid) instead of cutting each clip to its own frames: SALMONN's encoder output, which its window Q-Former cuts
-into 88 windows whatever the clip's length.
+into 88 windows whatever the clip's length. Whisper's own decoder reads the whole window too: measured with the
+real tiny.en (``benchmarks/whisper_real_weights.py``), cutting to the clip's frames costs it WER, which
+``full_window`` gives back at the price of 1500 frames per 30 s window.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -43,7 +46,7 @@ from mowe.encoders.base import (
     resolve_bucket_padding,
     set_trainable,
 )
-from mowe.errors import MoWEInputError
+from mowe.errors import CheckpointError, MoWEInputError
 from mowe.hub import load_prefixed_state_dict
 
 __all__ = ["WHISPER_PRESETS", "LogMelFrontend", "WhisperEncoder"]
@@ -140,6 +143,9 @@ class WhisperEncoder(nn.Module):
         full_window: with ``pad_to_30s``, return all ``max_source_positions`` frames of each 30 s window (the
             padding's frames included, counted valid) rather than the clip's own frames (SALMONN).
 
+    Raises:
+        MoWEInputError: ``full_window=True`` with ``pad_to_30s=False``.
+
     Example:
         >>> enc = WhisperEncoder.from_preset("tiny", d_model=64, encoder_layers=2, encoder_attention_heads=2)
         >>> out = enc(torch.zeros(2, 16000), torch.tensor([16000, 8000]))
@@ -189,12 +195,34 @@ class WhisperEncoder(nn.Module):
     def from_pretrained(cls, name_or_path: str, *, pad_to_30s: bool = True, output_all_layers: bool = False,
                         freeze: bool = True, bucket_padding: float | str | None = "auto",
                         dtype: torch.dtype | None = None, full_window: bool = False) -> WhisperEncoder:
-        """Load the encoder half of a Whisper checkpoint (hub id or local folder); the decoder is never read."""
-        config = WhisperConfig.from_pretrained(name_or_path)
+        """Load the encoder half of a Whisper checkpoint; the decoder's weights are never read.
+
+        Args:
+            name_or_path: a transformers hub id or folder, a CTranslate2 Whisper folder (``model.bin``, the
+                faster-whisper format; int8/int16 weights are dequantised) or an openai-whisper ``.pt`` file
+                (``{"dims", "model_state_dict"}``). It becomes ``source``, so checkpoints reference it.
+            dtype: parameter dtype; float32 when None (a float16 CTranslate2 model is upcast).
+            pad_to_30s, output_all_layers, freeze, bucket_padding, full_window: as in the constructor.
+
+        Raises:
+            CheckpointError: unreadable, truncated or incomplete weights (names the file and variable).
+        """
+        from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
+
+        name_or_path = os.fspath(name_or_path)
+        if is_ctranslate2_dir(name_or_path) or is_openai_whisper_file(name_or_path):
+            ckpt = load_whisper_checkpoint(name_or_path, encoder_only=True)
+            config = ckpt.config
+            state = {k[len("model.encoder."):]: v for k, v in ckpt.state_dict.items()}
+        else:
+            config = WhisperConfig.from_pretrained(name_or_path)
+            state = load_prefixed_state_dict(name_or_path, ("model.encoder.", "encoder."))
         hf = HFWhisperEncoder(config)
-        state = load_prefixed_state_dict(name_or_path, ("model.encoder.", "encoder."))
         # embed_positions is a fixed sinusoid in Whisper and may be absent from some exports.
-        missing, unexpected = hf.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = hf.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # shape mismatches
+            raise CheckpointError(f"{name_or_path}: encoder weights do not fit its config ({e})") from e
         missing = [k for k in missing if not k.startswith("embed_positions")]
         if missing or unexpected:
             raise MoWEInputError(f"{name_or_path}: encoder weights do not match its config "

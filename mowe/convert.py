@@ -1,0 +1,99 @@
+"""Converting checkpoints from the formats they ship in (``mowe convert whisper | salmonn | ltu-as``).
+
+The seed systems' released checkpoints (:mod:`mowe.checkpoints`: ``from_salmonn``, ``from_ltu_as`` and their
+inverses) are re-exported here. ``convert_whisper(src, dst)`` turns a CTranslate2 Whisper folder (faster-whisper's format) or an openai-whisper
+``.pt`` file into a folder that ``transformers.WhisperForConditionalGeneration.from_pretrained(dst)`` loads
+without mowe: weights (encoder and decoder), ``config.json``, ``generation_config.json`` and, when the source
+ships a ``tokenizer.json``, a ``WhisperProcessor`` (feature extractor + tokenizer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from mowe.checkpoints import from_ltu_as, from_salmonn, to_ltu_as, to_salmonn
+from mowe.errors import CheckpointError
+
+__all__ = ["add_convert_cli", "convert_whisper", "from_ltu_as", "from_salmonn", "to_ltu_as", "to_salmonn"]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> str:
+    """Write a transformers-format Whisper to ``dst``.
+
+    Args:
+        src: a CTranslate2 Whisper folder, an openai-whisper ``.pt`` file, or a transformers folder / hub id
+            (re-saved as it is, e.g. to change its dtype).
+        dst: output folder (created; existing files of the same names are overwritten).
+        dtype: parameter dtype of the written weights.
+
+    Returns:
+        ``dst`` as a string.
+
+    Raises:
+        CheckpointError: the source cannot be read, or its tensors do not fill the model (names them).
+    """
+    from transformers import (GenerationConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+                              WhisperProcessor, WhisperTokenizer)
+
+    from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    if not os.path.exists(src) and (os.path.isabs(src) or src.startswith(".")):
+        raise CheckpointError(f"{src}: no such file or folder")
+    processor = None
+    if is_ctranslate2_dir(src) or is_openai_whisper_file(src):
+        ckpt = load_whisper_checkpoint(src, dtype=dtype)
+        model = WhisperForConditionalGeneration(ckpt.config).to(dtype)
+        missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
+        missing = [k for k in missing if k != "proj_out.weight"]  # tied to the token embedding
+        if missing or unexpected:
+            raise CheckpointError(f"{src}: weights do not fill a Whisper of this config "
+                                  f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        model.generation_config = GenerationConfig(**ckpt.generation)
+        if ckpt.tokenizer_file:
+            tok = WhisperTokenizer(tokenizer_file=ckpt.tokenizer_file)
+            fe = WhisperFeatureExtractor(feature_size=ckpt.config.num_mel_bins)
+            processor = WhisperProcessor(feature_extractor=fe, tokenizer=tok)
+    else:
+        try:
+            model = WhisperForConditionalGeneration.from_pretrained(src, dtype=dtype)
+        except OSError as e:
+            raise CheckpointError(f"{src}: not a CTranslate2 folder, an openai-whisper .pt file or a "
+                                  f"transformers Whisper ({e})") from e
+        try:
+            processor = WhisperProcessor.from_pretrained(src)
+        except (OSError, ValueError, TypeError):
+            processor = None  # weights-only folders are fine: the model still converts
+    os.makedirs(dst, exist_ok=True)
+    model.save_pretrained(dst)
+    if processor is not None:
+        processor.save_pretrained(dst)
+    return dst
+
+
+def _cmd_convert_whisper(args: argparse.Namespace) -> int:
+    out = convert_whisper(args.src, args.dst, dtype=_DTYPES[args.dtype])
+    print(f"wrote a transformers Whisper to {out}")
+    return 0
+
+
+def add_convert_cli(subparsers) -> None:
+    """Add ``mowe convert {whisper,salmonn,ltu-as} ...`` to the ``mowe`` command's subparsers."""
+    from mowe.checkpoints import add_ltu_as_convert_cli, add_salmonn_convert_cli
+
+    p = subparsers.add_parser("convert", help="convert a released checkpoint (Whisper, SALMONN, LTU-AS)")
+    kinds = p.add_subparsers(dest="kind", metavar="kind")
+    kinds.required = True
+    w = kinds.add_parser("whisper", help="CTranslate2 folder / openai-whisper .pt -> transformers Whisper folder")
+    w.add_argument("src", help="CTranslate2 Whisper folder (model.bin), openai-whisper .pt file, "
+                               "or transformers folder")
+    w.add_argument("dst", help="output folder")
+    w.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weights dtype (default float32)")
+    w.set_defaults(func=_cmd_convert_whisper)
+    add_salmonn_convert_cli(kinds)
+    add_ltu_as_convert_cli(kinds)
