@@ -11,6 +11,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# espeak-ng synthesizes the local speech corpus (tests and demo); Debian package, installed once.
 	command -v espeak-ng >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; } \
 	  || { echo "please install espeak-ng (apt-get install espeak-ng)"; exit 1; }
+	# Headless Chromium and its driver: the serving page is tested in a real browser.
+	command -v chromedriver >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+	  || { echo "please install chromium and chromium-driver"; exit 1; }
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned to the local CPU wheel so nothing pulls CUDA packages.
