@@ -23,6 +23,7 @@ from torch import nn
 
 from mowe.align import align_to_grid
 from mowe.encoders.base import check_encoder_output
+from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.errors import MoWEInputError
 from mowe.routers.base import RouterOutput
 
@@ -37,7 +38,14 @@ class WeakEncoderPool(nn.Module):
         layout: ``"fixed"`` or ``"topk"`` (see the module docstring).
         top_k: clips' selection size (needed for the ``"topk"`` layout's width).
         slot_dim: adapter width for the ``"topk"`` layout.
+
+    Attributes:
+        feature_cache: a :class:`~mowe.encoders.cache.FeatureCache` through which frozen, eval-mode members
+            run (None: all run live); set by :meth:`mowe.model.MoWEAudioLLM.use_feature_cache`. Not a module,
+            so not part of the state dict.
     """
+
+    feature_cache: FeatureCache | None = None
 
     def __init__(self, *, encoders: Mapping[str, nn.Module], layout: str = "fixed", top_k: int = 1,
                  slot_dim: int | None = None):
@@ -99,7 +107,8 @@ class WeakEncoderPool(nn.Module):
             sub_len = lengths[idx]
             s_max = int(lengths_cpu[clips].max())  # trim to the longest selected clip
             enc = self.encoders[name]
-            res = check_encoder_output(enc(waveforms[idx, :s_max], sub_len), batch=len(clips),
+            res = check_encoder_output(cached_encode(enc, waveforms[idx, :s_max], sub_len, self.feature_cache,
+                                                     name=name), batch=len(clips),
                                        out_dim=int(enc.out_dim), who=repr(name))
             feats = align_to_grid(res.features.float(), res.lengths.to(idx.device), src_rate=float(enc.frame_rate),
                                   dst_rate=frame_rate, dst_lengths=frame_lengths[idx], dst_len=num_frames)
