@@ -54,6 +54,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 import warnings
 import weakref
@@ -61,8 +62,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load, save_file
 from torch import nn
 
 from mowe.encoders.base import EncoderOutput, check_encoder_output, check_waveforms
@@ -187,13 +187,17 @@ class FeatureCache:
         """The stored entry, or None (absent, or damaged: then a warning names the file and it is removed)."""
         path = self.path(fingerprint, audio_key)
         try:
-            with safe_open(path, framework="pt") as f:
-                meta = f.metadata() or {}
-                names = set(f.keys())
-                feats = f.get_tensor("features")
-                hidden = f.get_tensor("hidden_states") if "hidden_states" in names else None
+            # One read of the whole file through one descriptor: once open, another process's eviction (unlink)
+            # or rewrite (rename) cannot pull the file away mid-read, as a reader that re-opens by name could.
+            with open(path, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return None
+        try:
+            (n,) = struct.unpack("<Q", data[:8])
+            meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+            tensors = load(data)
+            feats, hidden = tensors["features"], tensors.get("hidden_states")
         except Exception as e:  # noqa: BLE001 - any unreadable entry is a miss, whatever the parser raised
             return self._damaged(path, f"unreadable ({type(e).__name__}: {e})")
         if meta.get("format") != _FORMAT or meta.get("fingerprint") != fingerprint or meta.get("audio") != audio_key:
@@ -232,6 +236,7 @@ class FeatureCache:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata={"format": _FORMAT, "fingerprint": fingerprint, "audio": audio_key})
+            written = os.path.getsize(tmp)  # the entry may be evicted by another process right after the rename
             os.replace(tmp, path)  # atomic: readers see the old entry, the new one, or none; never a part
         except BaseException:
             try:
@@ -243,7 +248,7 @@ class FeatureCache:
             if self._approx_bytes is None:
                 self._approx_bytes = self.size_bytes()
             else:
-                self._approx_bytes += os.path.getsize(path)
+                self._approx_bytes += written
             if self._approx_bytes > self.max_bytes:
                 self._evict()
         return True
