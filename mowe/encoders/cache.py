@@ -20,7 +20,7 @@ Keys:
   position do not matter;
 * the **encoder fingerprint** hashes the class, every scalar setting of the encoder and its submodules
   (``pad_to_30s``, ``hop``, ``out_dim``, dropout ``p``, ...), a transformers ``config`` when there is one, the
-  device type, and the bytes of all parameters and buffers. The weight hash is computed once per encoder and
+  device type, the autocast dtype when autocast is on, and the bytes of all parameters and buffers. The weight hash is computed once per encoder and
   recomputed only when a tensor's identity, version counter, dtype, shape or device changes (optimizer steps,
   ``load_state_dict`` and ``.to()`` all do); in-place edits through ``param.data`` bypass the version counter:
   call :func:`forget_weight_hash` after those. New weights or settings give a new fingerprint folder, so stale
@@ -129,9 +129,13 @@ def _settings(encoder: nn.Module) -> list:
 
 
 def encoder_fingerprint(encoder: nn.Module) -> str:
-    """A hex digest that changes when the encoder's class, settings, weights, dtype or device type change."""
+    """A hex digest that changes when the encoder's class, settings, weights, dtype, device type or the autocast
+    state (mixed precision) around the call change."""
     device = next((t.device.type for _, t in _tensors(encoder)), "cpu")
-    blob = json.dumps({"settings": _settings(encoder), "device": device}, sort_keys=True, default=str)
+    # Autocast (the trainer's bf16 mixed precision) changes the encoder's arithmetic, so it is part of the key.
+    autocast = str(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
+    blob = json.dumps({"settings": _settings(encoder), "device": device, "autocast": autocast}, sort_keys=True,
+                      default=str)
     return _digest(blob.encode(), _weight_hash(encoder).encode())
 
 

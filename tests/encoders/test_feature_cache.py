@@ -113,6 +113,10 @@ def test_new_weights_or_settings_invalidate_and_the_weight_hash_is_memoised(tmp_
     wide.encoder.to(torch.float64)
     for changed in settings + [faithful, wide]:
         assert encoder_fingerprint(changed) != fp
+    same = _whisper()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision computes other features: other entries
+        assert encoder_fingerprint(same) != fp
+    assert encoder_fingerprint(same) == fp
 
 
 def test_size_bound_evicts_least_recently_used_and_refuses_oversized_entries(tmp_path):
