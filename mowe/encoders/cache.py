@@ -79,7 +79,7 @@ _WEIGHT_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _SCALARS = (bool, int, float, str, type(None))
 
 
-def _digest(*parts: bytes) -> str:
+def _digest(*parts) -> str:
     h = hashlib.blake2b(digest_size=20)
     for p in parts:
         h.update(p)
@@ -107,7 +107,7 @@ def _weight_hash(encoder: nn.Module) -> str:
     h = hashlib.blake2b(digest_size=20)
     for name, t in _tensors(encoder):
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy())
     _WEIGHT_HASHES[encoder] = (sig, h.hexdigest())
     return h.hexdigest()
 
@@ -307,7 +307,8 @@ class FeatureCache:
 def audio_keys(waveforms: torch.Tensor, lengths: list[int]) -> list[str]:
     """One content hash per clip over its valid samples (dtype name + raw bytes)."""
     host = waveforms.detach().to("cpu")
-    return [_digest(str(host.dtype).encode(), host[i, :n].contiguous().numpy().tobytes())
+    # uint8 views hash the bytes in place (no copy) and work for every dtype, bfloat16 included.
+    return [_digest(str(host.dtype).encode(), host[i, :n].contiguous().view(torch.uint8).numpy())
             for i, n in enumerate(lengths)]
 
 
