@@ -118,7 +118,7 @@ def _settings(encoder: nn.Module) -> list:
     for path, m in encoder.named_modules():
         attrs = {}
         for k, v in vars(m).items():
-            if k.startswith("_") or k == "training":
+            if k.startswith("_") or k in ("training", "source"):  # mode is checked apart; source is provenance
                 continue
             if isinstance(v, _SCALARS) or (isinstance(v, (tuple, list)) and all(isinstance(x, _SCALARS) for x in v)):
                 attrs[k] = v
@@ -140,8 +140,8 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
 
 
 def is_cacheable(encoder: nn.Module) -> bool:
-    """True for a frozen encoder in eval mode: its output is a fixed function of the clip."""
-    return not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    """True for a frozen encoder wholly in eval mode: its output is a fixed function of the clip."""
+    return not any(m.training for m in encoder.modules()) and not any(p.requires_grad for p in encoder.parameters())
 
 
 @dataclass

@@ -102,6 +102,7 @@ def test_new_weights_or_settings_invalidate_and_the_weight_hash_is_memoised(tmp_
         assert torch.equal(new.features, _valid(enc(wav, wl))) and not torch.equal(new.features, old.features)
         other = _whisper()
         other.load_state_dict(enc.state_dict())
+        other.source = "/somewhere/else"  # provenance only: not a setting
         assert encoder_fingerprint(other) == encoder_fingerprint(enc)  # same weights + settings: shared entries
         other.encoder.layers[0].fc1.weight.copy_(_whisper().encoder.layers[0].fc1.weight)
         assert encoder_fingerprint(other) == fp  # back to the original weights: the original entries
@@ -240,6 +241,9 @@ def test_trainable_or_train_mode_encoders_always_run_live(tmp_path):
     for p in frozen_but_training.parameters():
         assert not p.requires_grad
     cached_encode(frozen_but_training, wav, wl, cache, name="train-mode")
+    partly_training = _whisper()
+    partly_training.encoder.layers[0].train()  # dropout inside one layer is live again
+    cached_encode(partly_training, wav, wl, cache, name="part-train-mode")
     assert len(cache) == 0 and not cache.stats.misses and not cache.stats.hits
     # In a model: a trainable weak encoder runs live while the frozen ones are cached, in train mode too.
     cfg = tiny_config()
