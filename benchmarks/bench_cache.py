@@ -21,7 +21,6 @@ bit; and the cache's disk size per hour of audio.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -89,12 +88,12 @@ def epoch(model: MoWEAudioLLM, wav: torch.Tensor, lengths: torch.Tensor, batch: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
+    ap = C.parse_quick()
     ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2, help="live and warm epochs each (medians are reported)")
     args = ap.parse_args()
+    C.set_threads(args.threads)
     n = 24 if args.quick else args.clips
     seconds = C.uniform_seconds(n, 1.0, 6.0, seed=0)
     wav, lengths = C.clips(seconds, seed=0)
@@ -138,7 +137,7 @@ def main() -> None:
                 "cold_overhead": C.finite(cold_t / live_m), "epoch_live_s": live_m, "epoch_cold_s": cold_t,
                 "epoch_warm_s": warm_m, "encoders_live_s": enc_live, "encoders_warm_s": enc_warm,
                 "cache_gib_per_audio_hour": size / hours / 2**30, "warm_equals_live": float(exact),
-                "device": C.device_info()})
+                "quick": args.quick, "clips": n, "audio_seconds": sum(seconds), "device": C.device_info()})
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
