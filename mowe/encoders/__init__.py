@@ -1,6 +1,7 @@
 """Audio encoders behind one protocol (see :mod:`mowe.encoders.base`) and the weak pool that runs them."""
 
 from mowe.encoders.base import AudioEncoder, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.encoders.hubert import HubertEncoder
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.encoders.whisper import LogMelFrontend, WhisperEncoder
@@ -9,10 +10,12 @@ __all__ = [
     "AudioEncoder",
     "BEATsEncoder",
     "EncoderOutput",
+    "FeatureCache",
     "HubertEncoder",
     "LogMelFrontend",
     "WeakEncoderPool",
     "WhisperEncoder",
+    "cached_encode",
     "check_waveforms",
     "lengths_to_mask",
     "set_trainable",
