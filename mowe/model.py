@@ -29,6 +29,7 @@ from mowe.encoders.base import (
     length_groups,
     resolve_bucket_padding,
 )
+from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.errors import MoWEInputError
 from mowe.generation import greedy_settings, grouped_greedy_generate
@@ -186,7 +187,8 @@ class MoWEAudioLLM(nn.Module):
         ignored otherwise.
         """
         lengths = check_waveforms(waveforms, wave_lengths, min_samples=self.min_samples)
-        strong = check_encoder_output(self.strong_encoder(waveforms, lengths), batch=waveforms.shape[0],
+        strong = check_encoder_output(cached_encode(self.strong_encoder, waveforms, lengths, self.feature_cache,
+                                                    name="strong"), batch=waveforms.shape[0],
                                       out_dim=int(self.strong_encoder.out_dim), who="strong")
         feats, flens, route = strong.features, strong.lengths, None
         if getattr(self.connector, "needs_all_layers", False):
@@ -202,6 +204,27 @@ class MoWEAudioLLM(nn.Module):
         dtype = next(self.connector.parameters()).dtype
         out = self.connector(feats.to(dtype), flens)
         return AudioEncoding(out.embeds, out.lengths, route)
+
+    feature_cache: FeatureCache | None = None
+
+    def use_feature_cache(self, cache: FeatureCache | str | os.PathLike | None, *,
+                          max_bytes: int | None = None) -> FeatureCache | None:
+        """Run frozen, eval-mode encoders (strong and weak) through an on-disk feature cache.
+
+        Args:
+            cache: a :class:`~mowe.encoders.cache.FeatureCache`, a folder to open one in (several processes may
+                share it), or None to run every encoder live again.
+            max_bytes: size bound when ``cache`` is a folder (least recently used entries are evicted).
+
+        Returns:
+            The cache now in use (also ``model.feature_cache``). The state dict does not change.
+        """
+        if cache is not None and not isinstance(cache, FeatureCache):
+            cache = FeatureCache(cache, max_bytes=max_bytes)
+        self.feature_cache = cache
+        if self.pool is not None:
+            self.pool.feature_cache = cache
+        return cache
 
     def _merge(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, audio: AudioEncoding,
                labels: torch.Tensor | None, padding_side: str) -> MergedInputs:

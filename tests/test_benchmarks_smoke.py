@@ -32,6 +32,8 @@ EXPECTED = {
     "bench_memory.py": ["peak_mem_gib", "step_delta_gib"],
     "bench_serve.py": ["serve_throughput_ratio_c8", "serve_throughput_ratio_c32", "serve_p50_s_c8", "serve_p99_s_c8",
                        "serve_p50_s_seq", "serve_p99_s_c32"],
+    "bench_cache.py": ["frozen_encoder_speedup", "warm_speedup", "cold_overhead", "cache_gib_per_audio_hour",
+                       "warm_equals_live"],
 }
 
 
@@ -99,3 +101,8 @@ def test_run_all_runs_e2e_at_the_real_window_and_the_proxy_and_keeps_their_keys_
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads([ln for ln in proc.stdout.splitlines() if ln.strip()][-1])
     assert "infer_speedup_vs_qwen2audio_x" in res and "infer_speedup_vs_qwen2audio" not in res and "device" in res
+
+
+def test_cache_bench_warm_and_cold_epochs_equal_live():
+    """The cached epochs give the live epoch's audio tokens bit for bit (so the speed-up is like for like)."""
+    assert _run("bench_cache.py")["warm_equals_live"] == 1.0

@@ -1,6 +1,7 @@
 """Audio encoders behind one protocol (see :mod:`mowe.encoders.base`) and the weak pool that runs them."""
 
 from mowe.encoders.base import AudioEncoder, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.encoders.hubert import HubertEncoder
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.encoders.span import ClipSpan
@@ -11,12 +12,14 @@ __all__ = [
     "BEATsEncoder",
     "ClipSpan",
     "EncoderOutput",
+    "FeatureCache",
     "HubertEncoder",
     "LogMelFrontend",
     "PitchEncoder",
     "SpeakerEncoder",
     "WeakEncoderPool",
     "WhisperEncoder",
+    "cached_encode",
     "check_waveforms",
     "lengths_to_mask",
     "set_trainable",

@@ -11,6 +11,21 @@ An encoder is any :class:`torch.nn.Module` that
 * returns an :class:`EncoderOutput`.
 
 Nothing else is required: a user module with those attributes joins a weak pool as it is.
+
+Optional attributes:
+
+* ``source: str | None`` -- where the encoder's *frozen* weights come from (a hub id, a folder or a file that
+  the code building the encoder loads again). When it is set, :meth:`mowe.model.MoWEAudioLLM.save_pretrained`
+  references the encoder instead of copying it: its frozen parameters and buffers are left out of
+  ``model.safetensors`` (trainable ones are always saved), and ``from_pretrained`` rebuilds it from the
+  config entry (built-in families) or takes it from ``encoders=`` (``family="custom"``) -- so a source is a
+  promise that rebuilding gives the same weights. Absent or None (random or locally changed weights): every
+  weight is saved. ``save_pretrained(save_frozen=True)`` saves everything regardless.
+  :class:`~mowe.encoders.WhisperEncoder`, :class:`~mowe.encoders.HubertEncoder` and ``BEATsEncoder`` set it
+  in ``from_pretrained`` / ``from_checkpoint``.
+
+Frozen encoders in eval mode can also run through an on-disk feature cache
+(:mod:`mowe.encoders.cache`); it needs nothing more from them.
 """
 
 from __future__ import annotations
@@ -61,6 +76,7 @@ class AudioEncoder(Protocol):
     out_dim: int
     frame_rate: float
     min_samples: int
+    # Optional, not part of the structural check: ``source: str | None`` (see the module docstring).
 
     def __call__(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput: ...
 

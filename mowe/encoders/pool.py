@@ -23,6 +23,7 @@ from torch import nn
 
 from mowe.align import ALIGNMENTS, align_to_grid, pad_to_grid
 from mowe.encoders.base import check_encoder_output
+from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.errors import MoWEInputError
 from mowe.routers.base import RouterOutput
 
@@ -40,7 +41,14 @@ class WeakEncoderPool(nn.Module):
         align: how weak frames meet the strong grid: ``"interpolate"`` (resample by time,
             :func:`mowe.align.align_to_grid`) or ``"pad"`` (pair frames by index, zero-pad the rest, as SALMONN:
             :func:`mowe.align.pad_to_grid`).
+
+    Attributes:
+        feature_cache: a :class:`~mowe.encoders.cache.FeatureCache` through which frozen, eval-mode members
+            run (None: all run live); set by :meth:`mowe.model.MoWEAudioLLM.use_feature_cache`. Not a module,
+            so not part of the state dict.
     """
+
+    feature_cache: FeatureCache | None = None
 
     def __init__(self, *, encoders: Mapping[str, nn.Module], layout: str = "fixed", top_k: int = 1,
                  slot_dim: int | None = None, align: str = "interpolate"):
@@ -105,7 +113,8 @@ class WeakEncoderPool(nn.Module):
             sub_len = lengths[idx]
             s_max = int(lengths_cpu[clips].max())  # trim to the longest selected clip
             enc = self.encoders[name]
-            res = check_encoder_output(enc(waveforms[idx, :s_max], sub_len), batch=len(clips),
+            res = check_encoder_output(cached_encode(enc, waveforms[idx, :s_max], sub_len, self.feature_cache,
+                                                     name=name), batch=len(clips),
                                        out_dim=int(enc.out_dim), who=repr(name))
             if self.align == "pad":
                 feats = pad_to_grid(res.features.float(), res.lengths.to(idx.device), dst_len=num_frames)
