@@ -45,7 +45,7 @@ class EvalResult:
 def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, max_new_tokens: int = 24,
                    num_beams: int = 1, progress: bool = True, desc: str = "eval",
                    task_metrics: Mapping[str, Metric] | None = None, default_metric: Metric = "accuracy",
-                   normalize: Normalizer = normalize_text) -> EvalResult:
+                   normalize: Normalizer = normalize_text, feature_cache=None) -> EvalResult:
     """Generate an answer for every example of ``dataset`` and score it.
 
     Args:
@@ -55,9 +55,13 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
             (e.g. :class:`~mowe.data.ManifestDataset`).
         task_metrics, default_metric, normalize: how each task is scored (see
             :func:`~mowe.evaluation.metrics.evaluate_predictions`; default: accuracy for every task).
+        feature_cache: a :class:`~mowe.encoders.cache.FeatureCache` or folder for the frozen encoders' features
+            (the model keeps using it afterwards); None leaves the model's cache setting as it is.
     """
     from mowe.data.processor import MoWECollator
 
+    if feature_cache is not None:
+        model.use_feature_cache(feature_cache)
     was_training = model.training
     model.eval()
     collate = MoWECollator(processor, train=False)

@@ -51,6 +51,10 @@ class TrainConfig:
             (:func:`mowe.merge.cheapest_llm_layout`), true one packed row whose position ids restart per sample,
             ``"groups"`` rows of similar length together, false one padded batch. Used when the model's
             ``forward`` takes ``pack``.
+        feature_cache_dir: a folder for frozen encoders' features (:class:`~mowe.encoders.cache.FeatureCache`):
+            each clip is encoded once per encoder and read back in later epochs; safe to share between ranks
+            and runs (entries are keyed by audio content and encoder weights + settings). None: encode live.
+        feature_cache_max_bytes: bound on that folder (least recently used entries are evicted).
     """
 
     output_dir: str
@@ -74,6 +78,8 @@ class TrainConfig:
     group_by_length: bool = True
     length_group_mult: int = 50
     pack_sequences: bool | Literal["auto", "groups"] = "auto"
+    feature_cache_dir: str | None = None
+    feature_cache_max_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.output_dir, os.PathLike):

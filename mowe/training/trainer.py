@@ -206,6 +206,8 @@ class Trainer:
         if not stages or not all(isinstance(s, Stage) for s in stages):
             raise ConfigError("stages: expected a non-empty list of mowe.training.stages.Stage")
         self.model, self.train_dataset, self.config, self.stages = model, train_dataset, config, list(stages)
+        if config.feature_cache_dir is not None:
+            model.use_feature_cache(config.feature_cache_dir, max_bytes=config.feature_cache_max_bytes)
         self.collate_fn, self.eval_dataset, self.eval_fn = collate_fn, eval_dataset, eval_fn
         # A fresh Accelerator per trainer: the shared state would otherwise keep the first trainer's mixed
         # precision and accumulation settings (the process group, in PartialState, is kept).

@@ -485,3 +485,24 @@ def test_bf16_and_gradient_checkpointing_across_stages(tmp_path):
     assert res.global_step == 4 and all(r["loss"] is not None and math.isfinite(r["loss"]) for r in logs)
     assert "_original_forward" in vars(model)  # autocast wrapper applied once, not stacked per stage
     assert vars(model)["_original_forward"].__func__ is type(model).forward
+
+
+def test_feature_cache_dir_gives_the_same_run_and_fills_the_cache(tmp_path):
+    """train.feature_cache_dir: frozen encoders are read from disk in later epochs; the run is unchanged."""
+    from mowe.encoders.cache import FeatureCache
+
+    def run(sub, cache_dir):
+        model = tiny_model(weak=1, lora_dropout=0.0)
+        stage = Stage("s", ("connector", "routers", "lora"), 8, 1e-2)
+        Trainer(model, SyntheticDataset(8), config=_cfg(tmp_path / sub, batch_size=4, log_every=1,
+                                                         feature_cache_dir=cache_dir),
+                stages=[stage], collate_fn=collate).train()
+        return [r["loss"] for r in _log(tmp_path / sub) if "loss" in r], model
+
+    live, _ = run("live", None)
+    cached, model = run("cached", str(tmp_path / "cache"))
+    assert cached == pytest.approx(live, rel=1e-5, abs=1e-6)
+    stats = model.feature_cache.stats
+    # 8 clips, 8 steps of 4: the strong encoder misses each clip once and hits every later visit.
+    assert stats.misses["strong"] == 8 and stats.hits["strong"] == 8 * 4 - 8
+    assert len(FeatureCache(tmp_path / "cache")) >= 8
