@@ -35,7 +35,7 @@ _LAZY = {
     "evaluate_model": "mowe.evaluation.evaluate",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [*sorted(_LAZY), "__version__"]  # noqa: PLE0604, PLE0605 (built from _LAZY, all str)
 
 
 def __getattr__(name: str):

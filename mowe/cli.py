@@ -185,8 +185,8 @@ def _model_config(model_spec: Any, tokenizer: Any, audio_token_id: int):
 def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = None) -> str:
     """Build everything a run file names, train, and save ``final/`` (model + processor); returns that folder."""
     from mowe.data.manifest import ManifestDataset
-    from mowe.model import MoWEAudioLLM
     from mowe.data.processor import MoWECollator, MoWEProcessor, ProcessorOptions
+    from mowe.model import MoWEAudioLLM
     from mowe.training.trainer import TrainConfig, Trainer
 
     data = run["data"]
@@ -240,8 +240,8 @@ def _model_dir(path: str) -> str:
 def _cmd_infer(args: argparse.Namespace) -> int:
     import torch
 
-    from mowe.model import MoWEAudioLLM
     from mowe.data.processor import MODEL_INPUT_KEYS, MoWEProcessor
+    from mowe.model import MoWEAudioLLM
     from mowe.training.stages import set_lora_scale
 
     model_dir = _model_dir(args.model)

@@ -37,10 +37,19 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: to
     Raises:
         CheckpointError: the source cannot be read, or its tensors do not fill the model (names them).
     """
-    from transformers import (GenerationConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
-                              WhisperProcessor, WhisperTokenizer)
+    from transformers import (
+        GenerationConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizer,
+    )
 
-    from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
+    from mowe.encoders.whisper_formats import (
+        is_ctranslate2_dir,
+        is_openai_whisper_file,
+        load_whisper_checkpoint,
+    )
 
     src, dst = os.fspath(src), os.fspath(dst)
     if not os.path.exists(src) and (os.path.isabs(src) or src.startswith(".")):

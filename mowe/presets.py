@@ -14,8 +14,18 @@ from dataclasses import dataclass, field
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
 from mowe.data.templates import PROMPT_TEMPLATES
 
-__all__ = ["LTU_AS_CLOSED_ENDED_TASKS", "PRESETS", "PROMPT_TEMPLATES", "Preset", "SALMONN_ACTIVATION_TASKS",
-           "SALMONN_PRETRAIN_TASKS", "base_only", "ltu_as", "mowe_paper", "salmonn"]
+__all__ = [
+    "LTU_AS_CLOSED_ENDED_TASKS",
+    "PRESETS",
+    "PROMPT_TEMPLATES",
+    "SALMONN_ACTIVATION_TASKS",
+    "SALMONN_PRETRAIN_TASKS",
+    "Preset",
+    "base_only",
+    "ltu_as",
+    "mowe_paper",
+    "salmonn",
+]
 
 # Task lists of the seed curricula, as data: named after the tasks of the local demo corpus
 # (mowe.demo.corpus). Training on other data: pass your own task names to the stage builders.

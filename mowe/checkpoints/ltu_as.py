@@ -27,7 +27,7 @@ import torch
 
 from mowe.errors import CheckpointError
 
-__all__ = ["add_ltu_as_convert_cli", "from_ltu_as", "ltu_as_state_dict", "load_ltu_as_state_dict", "to_ltu_as"]
+__all__ = ["add_ltu_as_convert_cli", "from_ltu_as", "load_ltu_as_state_dict", "ltu_as_state_dict", "to_ltu_as"]
 
 PREFIX = "base_model.model.model."
 _TLTR = {"time_tr": "connector.time_block.", "layer_tr": "connector.layer_block."}

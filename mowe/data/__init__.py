@@ -3,8 +3,14 @@
 (:mod:`~mowe.data.processor`), the collator (:mod:`~mowe.data.collator`) and an offline BPE tokenizer
 (:mod:`~mowe.data.tokenizer`)."""
 
-from mowe.data.manifest import *  # noqa: F401,F403  (``from mowe.data import ManifestDataset`` keeps working)
-from mowe.data.manifest import __all__ as _manifest_all
-from mowe.data.samplers import StageSampler  # noqa: F401
+from mowe.data.manifest import (
+    REQUIRED_FIELDS,
+    BadExampleWarning,
+    ManifestAudioError,
+    ManifestDataset,
+    SkippedExample,
+)
+from mowe.data.samplers import StageSampler
 
-__all__ = [*_manifest_all, "StageSampler"]
+__all__ = ["REQUIRED_FIELDS", "BadExampleWarning", "ManifestAudioError", "ManifestDataset", "SkippedExample",
+           "StageSampler"]

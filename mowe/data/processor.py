@@ -490,4 +490,4 @@ def _check_options(*, audio_token, system_prompt, prompt_template, paraphrases, 
 
 
 # The collator lives in mowe.data.collator; imported here so `from mowe.processor import MoWECollator` works.
-from mowe.data.collator import MoWECollator  # noqa: E402
+from mowe.data.collator import MoWECollator

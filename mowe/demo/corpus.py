@@ -71,8 +71,15 @@ import numpy as np
 import soundfile as sf
 
 from mowe.constants import SAMPLE_RATE
-from mowe.demo.sounds import CHORD_QUALITIES, SOUND_EVENTS, TEMPO_BINS, _chord, _click_track, synthesize_sound_event
-from mowe.demo.speech import _speak, available_voices
+from mowe.demo.sounds import (
+    CHORD_QUALITIES,
+    SOUND_EVENTS,
+    TEMPO_BINS,
+    _chord,
+    _click_track,
+    synthesize_sound_event,
+)
+from mowe.demo.speech import _speak, available_voices, check_voices
 from mowe.demo.texts import _ASR_TEMPLATES, _CO_QUESTIONS, _DIGITS, _WORDS, INSTRUCTIONS
 
 __all__ = [
@@ -344,6 +351,22 @@ def _parse_tasks(tasks: str | Iterable[str] | None) -> list[str]:
     return [t for t in TASKS if t in tasks]  # canonical order, so the output does not depend on it
 
 
+def clear_corpus_dir(out_dir: str | os.PathLike) -> Path:
+    """The corpus folder, emptied of an earlier corpus; any other non-empty folder is refused (nothing deleted).
+
+    Raises:
+        FileExistsError: ``out_dir`` is a non-empty folder without ``corpus_info.json``.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not (out / "corpus_info.json").exists():
+            raise FileExistsError(f"{out} is not empty and holds no corpus_info.json; refusing to write into it")
+        for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "corpus_info.json"):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "audio", ignore_errors=True)
+    return out
+
+
 def build_corpus(out_dir: str | os.PathLike, *, size: int, seed: int = 0, tasks: str | Iterable[str] | None = None,
                  progress: bool = True, workers: int | None = None) -> CorpusInfo:
     """Generate the corpus: audio files, ``{train,dev,test}.jsonl`` and ``corpus_info.json`` in ``out_dir``.
@@ -372,17 +395,8 @@ def build_corpus(out_dir: str | os.PathLike, *, size: int, seed: int = 0, tasks:
         raise ValueError(f"size must be an int >= the number of tasks ({len(tasks)}), got {size!r}")
     needs_speech = any(t in ("asr", "gender", "accent", "speaking_rate", "co_reasoning") for t in tasks)
     if needs_speech:
-        have = set(available_voices())
-        missing = sorted({b for bases in ACCENTS.values() for b in bases} - have)
-        if missing:
-            raise RuntimeError(f"espeak-ng lacks the voices {missing}; reinstall espeak-ng and espeak-ng-data")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not (out / "corpus_info.json").exists():
-            raise FileExistsError(f"{out} is not empty and holds no corpus_info.json; refusing to write into it")
-        for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "corpus_info.json"):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "audio", ignore_errors=True)
+        check_voices(b for bases in ACCENTS.values() for b in bases)
+    out = clear_corpus_dir(out_dir)
     counts = _split_counts(size, tasks)
 
     # Plan: (split, task, label, per-example seed) in manifest order. Labels are balanced per split/task:

@@ -25,9 +25,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
-import shutil
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -102,15 +100,8 @@ def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[s
         bad = {k: v for k, v in counts.items() if k not in C.SPLITS or not isinstance(v, int) or v < 0}
         if bad:
             raise ValueError(f"{name} must map splits {C.SPLITS} to counts >= 0, got {bad}")
-    have = set(C.available_voices())
-    missing = sorted({b for bases in C.ACCENTS.values() for b in bases} - have)
-    if missing:
-        raise RuntimeError(f"espeak-ng lacks the voices {missing}; reinstall espeak-ng and espeak-ng-data")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not (out / "corpus_info.json").exists():
-            raise FileExistsError(f"{out} is not empty and holds no corpus_info.json; refusing to write into it")
-        shutil.rmtree(out)
+    C.check_voices(b for bases in C.ACCENTS.values() for b in bases)
+    out = C.clear_corpus_dir(out_dir)
     jobs = []
     for si, split in enumerate(C.SPLITS):
         (out / "audio" / split).mkdir(parents=True, exist_ok=True)

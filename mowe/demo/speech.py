@@ -79,3 +79,10 @@ def _speak(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
     if len(loud) == 0:
         raise RuntimeError(f"espeak-ng produced silence for {cmd!r}")
     return x[loud[0]: loud[-1] + 1]
+
+
+def check_voices(voices) -> None:
+    """Raise a RuntimeError naming those of ``voices`` (espeak-ng language ids) that are not installed."""
+    missing = sorted(set(voices) - set(available_voices()))
+    if missing:
+        raise RuntimeError(f"espeak-ng lacks the voices {missing}; reinstall espeak-ng and espeak-ng-data")

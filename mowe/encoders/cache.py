@@ -221,7 +221,6 @@ class FeatureCache:
             os.unlink(path)
         except OSError:
             pass
-        return None
 
     def put(self, fingerprint: str, audio_key: str, features: torch.Tensor,
             hidden_states: torch.Tensor | None = None) -> bool:

@@ -15,8 +15,16 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, HubertConfig, PreTrainedModel, Wav2Vec2Config, WavLMConfig
 
-from mowe.encoders.base import (SAMPLE_RATE, EncoderOutput, check_bucket_padding, check_waveforms,
-                                encode_in_length_groups, lengths_to_mask, resolve_bucket_padding, set_trainable)
+from mowe.encoders.base import (
+    SAMPLE_RATE,
+    EncoderOutput,
+    check_bucket_padding,
+    check_waveforms,
+    encode_in_length_groups,
+    lengths_to_mask,
+    resolve_bucket_padding,
+    set_trainable,
+)
 from mowe.errors import MoWEInputError
 
 __all__ = ["HUBERT_PRESETS", "HubertEncoder"]

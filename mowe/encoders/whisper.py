@@ -49,7 +49,7 @@ from mowe.encoders.base import (
 from mowe.errors import CheckpointError, MoWEInputError
 from mowe.hub import load_prefixed_state_dict
 
-__all__ = ["WHISPER_PRESETS", "LogMelFrontend", "WhisperEncoder"]
+__all__ = ["WHISPER_PRESETS", "LogMelFrontend", "WhisperEncoder", "load_hf_whisper_encoder"]
 
 N_FFT = 400
 HOP = 160
@@ -123,6 +123,48 @@ class LogMelFrontend(nn.Module):
         if not pad_with_silence:
             log_spec = log_spec * valid[:, None, :]
         return log_spec
+
+
+def load_hf_whisper_encoder(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None,
+                            stored_positions: bool = False) -> HFWhisperEncoder:
+    """transformers' Whisper encoder with the encoder weights of a checkpoint; the decoder's are never read.
+
+    Args:
+        name_or_path: a transformers hub id or folder, a CTranslate2 Whisper folder (``model.bin``) or an
+            openai-whisper ``.pt`` file (``{"dims", "model_state_dict"}``).
+        dtype: parameter dtype; float32 when None (a float16 checkpoint is upcast, exactly).
+        stored_positions: the positional table must come from the file (LTU-AS computed with the stored
+            table); otherwise a missing table keeps Whisper's sinusoid, which some exports leave out.
+
+    Raises:
+        CheckpointError: unreadable, truncated or incomplete weights, or weights that do not fit the config
+            (names the file and the keys).
+    """
+    from mowe.encoders.whisper_formats import (
+        is_ctranslate2_dir,
+        is_openai_whisper_file,
+        load_whisper_checkpoint,
+    )
+
+    name_or_path = os.fspath(name_or_path)
+    if is_ctranslate2_dir(name_or_path) or is_openai_whisper_file(name_or_path):
+        ckpt = load_whisper_checkpoint(name_or_path, encoder_only=True)
+        config = ckpt.config
+        state = {k[len("model.encoder."):]: v for k, v in ckpt.state_dict.items() if k.startswith("model.encoder.")}
+    else:
+        config = WhisperConfig.from_pretrained(name_or_path)
+        state = load_prefixed_state_dict(name_or_path, ("model.encoder.", "encoder."))
+    hf = HFWhisperEncoder(config)
+    try:
+        missing, unexpected = hf.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{name_or_path}: encoder weights do not fit its config ({e})") from e
+    if not stored_positions:
+        missing = [k for k in missing if not k.startswith("embed_positions")]
+    if missing or unexpected:
+        raise CheckpointError(f"{name_or_path}: encoder weights do not match its config "
+                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    return hf.to(dtype) if dtype is not None else hf
 
 
 class WhisperEncoder(nn.Module):
@@ -207,28 +249,8 @@ class WhisperEncoder(nn.Module):
         Raises:
             CheckpointError: unreadable, truncated or incomplete weights (names the file and variable).
         """
-        from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
-
         name_or_path = os.fspath(name_or_path)
-        if is_ctranslate2_dir(name_or_path) or is_openai_whisper_file(name_or_path):
-            ckpt = load_whisper_checkpoint(name_or_path, encoder_only=True)
-            config = ckpt.config
-            state = {k[len("model.encoder."):]: v for k, v in ckpt.state_dict.items()}
-        else:
-            config = WhisperConfig.from_pretrained(name_or_path)
-            state = load_prefixed_state_dict(name_or_path, ("model.encoder.", "encoder."))
-        hf = HFWhisperEncoder(config)
-        # embed_positions is a fixed sinusoid in Whisper and may be absent from some exports.
-        try:
-            missing, unexpected = hf.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # shape mismatches
-            raise CheckpointError(f"{name_or_path}: encoder weights do not fit its config ({e})") from e
-        missing = [k for k in missing if not k.startswith("embed_positions")]
-        if missing or unexpected:
-            raise MoWEInputError(f"{name_or_path}: encoder weights do not match its config "
-                                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-        if dtype is not None:
-            hf = hf.to(dtype)
+        hf = load_hf_whisper_encoder(name_or_path, dtype=dtype)
         return cls(hf, pad_to_30s=pad_to_30s, output_all_layers=output_all_layers, freeze=freeze,
                    bucket_padding=bucket_padding, source=name_or_path, full_window=full_window)
 

@@ -129,24 +129,10 @@ class LTUWhisperEncoder(nn.Module):
 
         The positional table is the one the file stores (LTU-AS computed with it), never recomputed.
         """
-        if str(name_or_path).endswith(".pt"):
-            config, state = load_openai_whisper(name_or_path)
-            prefix = "model.encoder."
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        else:
-            from mowe.hub import load_prefixed_state_dict
+        from mowe.encoders.whisper import load_hf_whisper_encoder
 
-            config = WhisperConfig.from_pretrained(name_or_path)
-            state = load_prefixed_state_dict(name_or_path, ("model.encoder.", "encoder."))
-        hf = HFWhisperEncoder(config)
-        try:
-            missing, unexpected = hf.load_state_dict(state, strict=False)
-        except RuntimeError as e:  # shape mismatches
-            raise CheckpointError(f"{name_or_path}: encoder weights do not match its config ({e})") from e
-        if missing or unexpected:
-            raise CheckpointError(f"{name_or_path}: encoder weights do not match its config (missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]})")
-        return cls(hf.to(dtype) if dtype is not None else hf, freeze=freeze, source=str(name_or_path))
+        hf = load_hf_whisper_encoder(name_or_path, dtype=dtype, stored_positions=True)
+        return cls(hf, freeze=freeze, source=str(name_or_path))
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Encoder frames per clip: always the whole window (500 for 10 s)."""

@@ -16,7 +16,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mowe.constants import MODEL_INPUT_KEYS
-from mowe.evaluation.metrics import METRICS, Metric, Normalizer, evaluate_predictions, format_markdown_table, normalize_text
+from mowe.evaluation.metrics import (
+    METRICS,
+    Metric,
+    Normalizer,
+    evaluate_predictions,
+    format_markdown_table,
+    normalize_text,
+)
 
 __all__ = ["EvalResult", "add_eval_cli", "evaluate_model", "write_report"]
 
@@ -110,9 +117,9 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
 
 def _cmd_eval(args) -> int:
     from mowe.data.manifest import ManifestDataset
+    from mowe.data.processor import MoWEProcessor
     from mowe.errors import ConfigError
     from mowe.model import MoWEAudioLLM
-    from mowe.data.processor import MoWEProcessor
 
     model = MoWEAudioLLM.from_pretrained(args.model)
     proc_dir = args.processor or args.model

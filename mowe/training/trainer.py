@@ -52,10 +52,10 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
-    "find_checkpoint",
-    "load_trainer_state",
     "eval_loss",
+    "find_checkpoint",
     "forward_backward",
+    "load_trainer_state",
     "make_optimizer",
 ]
 

@@ -45,9 +45,9 @@ def parts(tmp_path_factory):
 def official_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """A SALMONN ``model`` state dict by the documented names, random values (LoRA B too, so it matters)."""
     g = torch.Generator().manual_seed(seed)
-    t = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
-    ln = lambda d: {"weight": 1 + t(d), "bias": t(d)}  # noqa: E731
-    lin = lambda o, i: {"weight": t(o, i), "bias": t(o)}  # noqa: E731
+    t = lambda *shape: torch.randn(*shape, generator=g) * 0.2
+    ln = lambda d: {"weight": 1 + t(d), "bias": t(d)}
+    lin = lambda o, i: {"weight": t(o, i), "bias": t(o)}
     sd = {f"ln_speech.{k}": v for k, v in ln(D_W).items()} | {f"ln_audio.{k}": v for k, v in ln(D_B).items()}
     sd["speech_query_tokens"] = t(1, 1, H)
     sd |= {f"{QF}embeddings.LayerNorm.{k}": v for k, v in ln(H).items()}
@@ -106,7 +106,7 @@ def test_official_layout_loads_strictly_and_round_trips_bit_exactly(parts, model
 
 def test_peft_names_without_the_adapter_name_load_the_same(parts, model):
     old = {k.replace(".default.weight", ".weight"): v for k, v in official_state().items()}
-    lora = lambda m: {k: v for k, v in m.llm.state_dict().items() if "lora_" in k}  # noqa: E731
+    lora = lambda m: {k: v for k, v in m.llm.state_dict().items() if "lora_" in k}
     assert all(torch.equal(a, b) for a, b in zip(lora(load(parts, old)).values(), lora(model).values()))
 
 
@@ -142,7 +142,7 @@ def _ln(x, w, b):  # LayerNorm by hand: biased variance, eps 1e-5 (nn.LayerNorm'
 
 def _bert_attention(x, kv, sd, p):
     """BERT attention block from the official names: heads, softmax(q k^T / sqrt(d)), dense, residual + LN."""
-    split = lambda y: y.unflatten(-1, (HEADS, H // HEADS)).transpose(1, 2)  # noqa: E731
+    split = lambda y: y.unflatten(-1, (HEADS, H // HEADS)).transpose(1, 2)
     q, k, v = (split(F.linear(src, sd[f"{p}self.{n}.weight"], sd[f"{p}self.{n}.bias"]))
                for n, src in (("query", x), ("key", kv), ("value", kv)))
     ctx = ((q @ k.transpose(-1, -2)) / math.sqrt(H // HEADS)).softmax(-1) @ v

@@ -13,7 +13,6 @@ import soundfile as sf
 import torch
 
 from mowe.data.audio import AudioTruncatedWarning
-from mowe.errors import AudioLoadError, ConfigError, MoWEInputError
 from mowe.data.processor import (
     IGNORE_INDEX,
     MODEL_INPUT_KEYS,
@@ -22,6 +21,7 @@ from mowe.data.processor import (
     MoWEProcessor,
 )
 from mowe.data.tokenizer import AUDIO_TOKEN, CHAT_TEMPLATE, train_bpe_tokenizer
+from mowe.errors import AudioLoadError, ConfigError, MoWEInputError
 
 SR = 16_000
 TEXTS = ["transcribe the speech", "three one four one five nine two six", "what is the gender of the speaker",

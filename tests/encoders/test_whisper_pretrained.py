@@ -23,7 +23,7 @@ from mowe.errors import CheckpointError, MoWEInputError
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                 "benchmarks"))
-from whisper_real_weights import SENTENCES, synthesize, transcribe, wer  # noqa: E402
+from whisper_real_weights import SENTENCES, synthesize, transcribe, wer
 
 TINY = dict(vocab_size=51864, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
             decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,  # openai: ffn = 4 d

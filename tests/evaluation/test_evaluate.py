@@ -10,9 +10,9 @@ from conftest import LLAMA_TINY, WHISPER_TINY
 from mowe import MoWEAudioLLM, MoWEConfig
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig
 from mowe.data.manifest import ManifestDataset
-from mowe.evaluation.evaluate import evaluate_model, write_report
 from mowe.data.processor import MoWEProcessor
 from mowe.data.tokenizer import train_bpe_tokenizer
+from mowe.evaluation.evaluate import evaluate_model, write_report
 
 
 def _corpus(tmp_path):
