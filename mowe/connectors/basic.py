@@ -17,7 +17,7 @@ from mowe.connectors.base import ConnectorOutput, check_features
 from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
 
-__all__ = ["ConvConnector", "FrameStackConnector", "LinearConnector", "MLPConnector"]
+__all__ = ["ConvConnector", "FrameStackConnector", "LinearConnector", "MLPConnector", "masked_mean_std"]
 
 
 def _masked(embeds: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
@@ -61,24 +61,43 @@ class MLPConnector(nn.Module):
         return _masked(self.net(features), lengths)
 
 
+def masked_mean_std(features: torch.Tensor, lengths: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Statistics pooling over each clip's valid frames: ``(b, t, d)`` -> ``(b, 2d)`` = [mean, std].
+
+    The x-vector recipe (Snyder et al. 2018): utterance-level traits such as who speaks and how (gender, pitch
+    level, rate) live in the statistics of the frames more than in any one frame.
+    """
+    m = lengths_to_mask(lengths, features.shape[1])[..., None].to(features.dtype)
+    n = lengths.to(features.dtype)[:, None]
+    mean = (features * m).sum(1) / n
+    var = (((features - mean[:, None]) * m) ** 2).sum(1) / n
+    return torch.cat([mean, (var + eps).sqrt()], dim=-1)
+
+
 class FrameStackConnector(nn.Module):
     """Concatenate ``stack`` consecutive frames, then an MLP: ``stack``-fold fewer tokens.
 
-    A clip's last group is zero-padded, so tokens per clip are ``ceil(t / stack)``.
+    A clip's last group is zero-padded, so tokens per clip are ``ceil(t / stack)``. With ``stats_token=True``
+    one more token follows each clip's frame tokens: an MLP of the mean and standard deviation of its valid
+    frames (:func:`masked_mean_std`), so clip-level traits reach the LLM in one place.
     """
 
     needs_all_layers = False
 
-    def __init__(self, *, in_dim: int, out_dim: int, stack: int = 4, hidden_dim: int | None = None):
+    def __init__(self, *, in_dim: int, out_dim: int, stack: int = 4, hidden_dim: int | None = None,
+                 stats_token: bool = False):
         super().__init__()
         if stack < 1:
             raise MoWEInputError(f"stack must be >= 1, got {stack}")
         self.in_dim, self.out_dim, self.stack = in_dim, out_dim, stack
         hidden_dim = hidden_dim or out_dim
         self.net = nn.Sequential(nn.Linear(in_dim * stack, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+        self.stats = (nn.Sequential(nn.Linear(2 * in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+                      if stats_token else None)
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
+        n = torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
+        return n + 1 if self.stats is not None else n
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
         lengths = check_features(features, lengths, in_dim=self.in_dim, who=type(self).__name__)
@@ -87,7 +106,14 @@ class FrameStackConnector(nn.Module):
         x = features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)
         x = F.pad(x, (0, 0, 0, (-t) % self.stack))
         x = rearrange(x, "b (n k) d -> b n (k d)", k=self.stack)
-        return _masked(self.net(x), self.out_lengths(lengths))
+        embeds = self.net(x)
+        out_len = self.out_lengths(lengths)
+        if self.stats is not None:
+            # The stats token goes right after the clip's last frame token, so padding stays at the end.
+            embeds = F.pad(embeds, (0, 0, 0, 1))
+            pos = (out_len - 1)[:, None, None].expand(-1, 1, embeds.shape[-1])
+            embeds = embeds.scatter(1, pos, self.stats(masked_mean_std(features, lengths))[:, None])
+        return _masked(embeds, out_len)
 
 
 class ConvConnector(nn.Module):

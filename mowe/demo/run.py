@@ -77,7 +77,7 @@ def demo_encoders(*, pitch_hop_ms: float, seed: int) -> tuple[dict[str, nn.Modul
 
 
 def system_config(*, weak: bool, prompt_aware: bool, audio_token_id: int, vocab_size: int, weak_names=(),
-                  stack: int = 4):
+                  stack: int = 4, stats_token: bool = True):
     """The :class:`~mowe.MoWEConfig` of one demo system; every encoder is a ``custom`` module passed in."""
     from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig, RouterConfig
     from mowe.presets import _tiny_llm
@@ -86,7 +86,7 @@ def system_config(*, weak: bool, prompt_aware: bool, audio_token_id: int, vocab_
         strong=EncoderConfig("custom"),
         weak={n: EncoderConfig("custom") for n in weak_names} if weak else {},
         router=RouterConfig(top_k=1, aux_loss_weight=0.1, prompt_aware=prompt_aware),
-        connector=ConnectorConfig("stack", {"stack": stack}),
+        connector=ConnectorConfig("stack", {"stack": stack, "stats_token": stats_token}),
         # A random-init LLM trains fully; with a pretrained one you would train LoRA.
         llm=LLMConfig(config=_tiny_llm(vocab_size), train="full"),
         audio_token_id=audio_token_id,
@@ -217,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pitch-hop-ms", type=float, default=50.0)
     ap.add_argument("--stack", type=int, default=4, help="frames per audio token in the connector (50 Hz frames)")
+    ap.add_argument("--no-stats-token", action="store_true", help="no mean/std pooled token in the connector")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {list(SYSTEMS)} "
                     "(the first is the baseline of the paired tests)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
@@ -244,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in systems:
         weak, prompt_aware = SYSTEMS[name]
         cfg = system_config(weak=weak, prompt_aware=prompt_aware, audio_token_id=prep.processor.audio_token_id,
-                            vocab_size=len(prep.tokenizer), weak_names=weak_names, stack=args.stack)
+                            vocab_size=len(prep.tokenizer), weak_names=weak_names, stack=args.stack,
+                            stats_token=not args.no_stats_token)
         results[name], logs[name], seconds[name] = train_and_evaluate(
             name, cfg, prep=prep, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
             out_dir=args.out, progress=progress)
