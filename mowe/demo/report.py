@@ -45,8 +45,20 @@ def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0, norma
                         "diff": cmp.diff, "ci95": [cmp.low, cmp.high], "p_value": cmp.p_value,
                         "significant": cmp.significant, "better": cmp.better == "system",
                     }
+            _holm(tasks)
         out[name] = {"tasks": tasks, "router_counts": res.router_counts, "encoder_names": res.encoder_names}
     return out
+
+
+def _holm(tasks: dict[str, dict[str, Any]], alpha: float = 0.05) -> None:
+    """Add ``significant_holm`` to every ``vs_baseline``: Holm's step-down correction over all of one system's
+    task/metric comparisons, so that the chance of any false mark in its column stays below ``alpha``."""
+    cmps = sorted((c for ms in tasks.values() for m in ms.values() if (c := m.get("vs_baseline"))),
+                  key=lambda c: c["p_value"])
+    still = True
+    for rank, c in enumerate(cmps):
+        still = still and c["p_value"] <= alpha / (len(cmps) - rank)
+        c["significant_holm"] = still
 
 
 def _cell(entry: Mapping[str, Any]) -> str:
@@ -54,13 +66,14 @@ def _cell(entry: Mapping[str, Any]) -> str:
     text = f"{entry['value']:.3f} [{lo:.2f}, {hi:.2f}]"
     cmp = entry.get("vs_baseline")
     if cmp is not None and cmp["significant"]:
-        text += " ▲" if cmp["better"] else " ▼"
+        text += (" ▲" if cmp["better"] else " ▼") + ("*" if cmp.get("significant_holm") else "")
     return text
 
 
 def markdown_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     """One row per task and metric, one column per system: ``value [low, high]``; ▲/▼ marks a difference from
-    the first (baseline) column that is significant at 5 % (paired test), in the better / worse direction."""
+    the first (baseline) column that is significant at 5 % (paired test), in the better / worse direction, and
+    ``*`` one that stays significant after Holm's correction over the column's comparisons."""
     from mowe.evaluation.metrics import METRIC_LABELS
 
     systems = list(summary)
@@ -153,7 +166,8 @@ def write_results(out_dir: str, results: Mapping[str, Any], logs: Mapping[str, s
         json.dump(data, f, indent=1)
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("Per task: metric [95 % bootstrap interval]; ▲ / ▼: significantly better / worse than "
-                f"{baseline} (paired test on the same test examples, p < 0.05).\n\n")
+                f"{baseline} (paired permutation test on the same test examples, p < 0.05); *: still significant "
+                "after Holm's correction over the system's comparisons.\n\n")
         f.write(table + "\n")
         f.write(router_table(summary) + "\n\n")
         f.write("Encoders:\n\n" + "".join(f"- {k}: {v}\n" for k, v in provenance.items()))

@@ -77,7 +77,7 @@ def demo_encoders(*, pitch_hop_ms: float, seed: int) -> tuple[dict[str, nn.Modul
 
 
 def system_config(*, weak: bool, prompt_aware: bool, audio_token_id: int, vocab_size: int, weak_names=(),
-                  stack: int = 4, stats_token: bool = True):
+                  stack: int = 4, stats_token: bool = True, llm_width: int = 96, llm_layers: int = 2):
     """The :class:`~mowe.MoWEConfig` of one demo system; every encoder is a ``custom`` module passed in."""
     from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig, RouterConfig
     from mowe.presets import _tiny_llm
@@ -88,7 +88,8 @@ def system_config(*, weak: bool, prompt_aware: bool, audio_token_id: int, vocab_
         router=RouterConfig(top_k=1, aux_loss_weight=0.1, prompt_aware=prompt_aware),
         connector=ConnectorConfig("stack", {"stack": stack, "stats_token": stats_token}),
         # A random-init LLM trains fully; with a pretrained one you would train LoRA.
-        llm=LLMConfig(config=_tiny_llm(vocab_size), train="full"),
+        llm=LLMConfig(config={**_tiny_llm(vocab_size), "hidden_size": llm_width, "intermediate_size": 2 * llm_width,
+                              "num_hidden_layers": llm_layers}, train="full"),
         audio_token_id=audio_token_id,
     )
 
@@ -169,11 +170,14 @@ def prepare(out_dir: str, *, speech_clips: dict, other: dict, seed: int, pitch_h
 
 
 def train_and_evaluate(name: str, config, *, prep: Prepared, steps: int, batch_size: int, lr: float, seed: int,
-                       out_dir: str, progress: bool = True):
+                       out_dir: str, progress: bool = True, group_by_length: bool = False):
     """Build ``config`` around the shared frozen encoders, train one stage, evaluate on the test split.
 
     Every system gets the same data order (seed), steps, batch size and learning rate; what trains is the
-    connector, the routers (if any) and the LLM.
+    connector, the routers (if any) and the LLM. ``group_by_length`` is off by default here: every speech clip
+    carries five questions of the same length, so length-grouped batches hold only 3-4 distinct clips, and
+    in a 1,000-step A/B run that cut gender / speaking-rate accuracy of base-only from 0.68 / 0.63 to
+    0.53 / 0.58.
 
     Returns:
         (EvalResult, path of the training log, seconds spent).
@@ -193,7 +197,7 @@ def train_and_evaluate(name: str, config, *, prep: Prepared, steps: int, batch_s
     stage = Stage(name, parts, steps, lr, warmup_steps=max(1, steps // 20))
     run_dir = os.path.join(out_dir, "runs", name.lower().replace("-", "_").replace("+", "_"))
     tcfg = TrainConfig(output_dir=run_dir, batch_size=batch_size, log_every=5, seed=seed, save_every=0,
-                       save_final=False, progress=progress)
+                       save_final=False, progress=progress, group_by_length=group_by_length)
     _log(f"training {name}: {model.num_parameters(trainable_only=True):,} trainable parameters, "
          f"{steps} steps of {batch_size}")
     trainer = Trainer(model, prep.train, config=tcfg, stages=[stage], collate_fn=MoWECollator(prep.processor))
@@ -211,13 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--other", type=int, default=150, help="training examples per non-speech task")
     ap.add_argument("--test-speech-clips", type=int, default=120)
     ap.add_argument("--test-other", type=int, default=100, help="test examples per non-speech task")
-    ap.add_argument("--steps", type=int, default=1000, help="training steps for each system")
+    ap.add_argument("--steps", type=int, default=1200, help="training steps for each system")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pitch-hop-ms", type=float, default=50.0)
-    ap.add_argument("--stack", type=int, default=4, help="frames per audio token in the connector (50 Hz frames)")
+    ap.add_argument("--pitch-hop-ms", type=float, default=100.0, help="CREPE's cost is per frame: 100 ms halves "
+                    "the encoding time of its 50 ms default")
+    ap.add_argument("--stack", type=int, default=8, help="frames per audio token in the connector (50 Hz frames)")
+    ap.add_argument("--group-by-length", action="store_true", help="length-grouped batches (see train_and_evaluate)")
     ap.add_argument("--no-stats-token", action="store_true", help="no mean/std pooled token in the connector")
+    ap.add_argument("--llm-width", type=int, default=96, help="hidden size of the random-init Llama")
+    ap.add_argument("--llm-layers", type=int, default=2)
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {list(SYSTEMS)} "
                     "(the first is the baseline of the paired tests)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (about a minute)")
@@ -246,10 +254,11 @@ def main(argv: list[str] | None = None) -> int:
         weak, prompt_aware = SYSTEMS[name]
         cfg = system_config(weak=weak, prompt_aware=prompt_aware, audio_token_id=prep.processor.audio_token_id,
                             vocab_size=len(prep.tokenizer), weak_names=weak_names, stack=args.stack,
-                            stats_token=not args.no_stats_token)
+                            stats_token=not args.no_stats_token, llm_width=args.llm_width,
+                            llm_layers=args.llm_layers)
         results[name], logs[name], seconds[name] = train_and_evaluate(
             name, cfg, prep=prep, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-            out_dir=args.out, progress=progress)
+            out_dir=args.out, progress=progress, group_by_length=args.group_by_length)
     timings = {**prep.timings, **{f"system_{k}_s": v for k, v in seconds.items()}, "total_s": time.time() - t0}
     table = write_results(args.out, results, logs, baseline=systems[0], provenance=prep.provenance,
                           settings=vars(args), timings=timings, seed=args.seed)

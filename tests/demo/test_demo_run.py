@@ -29,7 +29,7 @@ def test_results_json_has_every_field_for_the_three_systems(quick_run):
                 assert lo <= entry["value"] <= hi and entry["n"] >= 1
                 if name != "base-only":
                     cmp = entry["vs_baseline"]
-                    assert set(cmp) == {"diff", "ci95", "p_value", "significant", "better"}
+                    assert set(cmp) == {"diff", "ci95", "p_value", "significant", "better", "significant_holm"}
                     assert 0 < cmp["p_value"] <= 1
         routed = name != "base-only"
         assert bool(system["router_counts"]) == routed
@@ -67,3 +67,14 @@ def test_unknown_system_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--out", str(tmp_path), "--systems", "base-only,MoWE++"])
     assert "MoWE++" in capsys.readouterr().err
+
+
+def test_holm_marks_only_what_survives_the_correction():
+    from mowe.demo.report import _holm
+
+    tasks = {t: {"accuracy": {"vs_baseline": {"p_value": p, "significant": p < 0.05}}}
+             for t, p in (("a", 0.001), ("b", 0.02), ("c", 0.03), ("d", 0.5), ("e", 0.5))}
+    _holm(tasks)
+    # thresholds 0.05/5, 0.05/4, ...: 0.001 passes, 0.02 > 0.0125 stops the rest (tied p-values sort fine)
+    holm = [tasks[t]["accuracy"]["vs_baseline"]["significant_holm"] for t in "abcde"]
+    assert holm == [True, False, False, False, False]
