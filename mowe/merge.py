@@ -18,7 +18,8 @@ from mowe.constants import IGNORE_INDEX
 from mowe.encoders.base import length_groups
 from mowe.errors import MoWEInputError
 
-__all__ = ["MergedInputs", "PackedInputs", "cheapest_llm_layout", "llm_pass_flops", "merge_audio_features", "pack_merged"]
+__all__ = ["MergedInputs", "PackedInputs", "cheapest_llm_layout", "grouped_llm_pass", "llm_pass_flops", "llm_sizes",
+           "merge_audio_features", "pack_merged"]
 
 
 
@@ -225,3 +226,40 @@ def cheapest_llm_layout(attention_mask: torch.Tensor, *, hidden_size: int, inter
     cost = {choice: llm_pass_flops(attention_mask, layout=name, **kw)
             for choice, name in ((False, "padded"), (True, "packed"), ("groups", "groups"))}
     return min(cost, key=cost.get)
+
+
+def llm_sizes(llm) -> dict:
+    """The sizes :func:`cheapest_llm_layout` needs, read from a transformers causal LM's config."""
+    cfg = llm.config
+    d = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    f = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
+    varlen = "flash" in str(getattr(cfg, "_attn_implementation", "") or "")
+    return {"hidden_size": d, "intermediate_size": f, "varlen_attention": varlen}
+
+
+def grouped_llm_pass(llm, merged: MergedInputs, padding_side: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``llm`` over groups of similarly long rows of ``merged``, each trimmed to its own longest row.
+
+    Returns the loss (the mean over all label tokens of the batch, as one padded pass gives: each group's
+    summed loss is divided by the batch's label count) and logits ``(b, T, V)``, zeros on padding.
+    """
+    from mowe.encoders.base import resolve_bucket_padding
+
+    mask, labels = merged.attention_mask, merged.labels
+    b, t = mask.shape
+    host = mask.sum(1).tolist()
+    items = None if labels is None else (labels[:, 1:] != IGNORE_INDEX).sum()
+    loss, logits = None, None
+    for group in length_groups(host, resolve_bucket_padding("auto", mask.device)):
+        idx = torch.tensor(group, device=mask.device)
+        width = max(host[i] for i in group)
+        cols = slice(t - width, t) if padding_side == "left" else slice(0, width)
+        kw = {} if labels is None else {"labels": labels[idx, cols], "num_items_in_batch": items}
+        out = llm(inputs_embeds=merged.inputs_embeds[idx, cols], attention_mask=mask[idx, cols],
+                  position_ids=merged.position_ids[idx, cols], use_cache=False, **kw)
+        if logits is None:
+            logits = out.logits.new_zeros(b, t, out.logits.shape[-1])
+        logits[idx, cols] = out.logits
+        if out.loss is not None:
+            loss = out.loss if loss is None else loss + out.loss
+    return loss, logits

@@ -26,7 +26,6 @@ from mowe.encoders.base import (
     check_bucket_padding,
     check_encoder_output,
     check_waveforms,
-    length_groups,
     resolve_bucket_padding,
 )
 from mowe.encoders.cache import FeatureCache, cached_encode
@@ -34,9 +33,10 @@ from mowe.encoders.pool import WeakEncoderPool
 from mowe.errors import MoWEInputError
 from mowe.generation import greedy_settings, grouped_greedy_generate
 from mowe.merge import (
-    IGNORE_INDEX,
     MergedInputs,
     cheapest_llm_layout,
+    grouped_llm_pass,
+    llm_sizes,
     merge_audio_features,
     pack_merged,
 )
@@ -237,42 +237,10 @@ class MoWEAudioLLM(nn.Module):
                                     audio_embeds=audio.embeds.to(text.dtype), audio_lengths=audio.lengths,
                                     audio_token_id=self.audio_token_id, labels=labels, padding_side=padding_side)
 
-    def _llm_sizes(self) -> dict:
-        cfg = self.llm.config
-        d = getattr(cfg, "hidden_size", None) or cfg.n_embd
-        f = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * d
-        varlen = "flash" in str(getattr(cfg, "_attn_implementation", "") or "")
-        return {"hidden_size": d, "intermediate_size": f, "varlen_attention": varlen}
-
     def _llm_layout(self, attention_mask: torch.Tensor) -> bool | str:
         """The cheapest LLM pass for this batch (:func:`mowe.merge.cheapest_llm_layout`)."""
         return cheapest_llm_layout(attention_mask, group_padding=resolve_bucket_padding("auto", attention_mask.device),
-                                   **self._llm_sizes())
-
-    def _grouped_llm(self, merged: MergedInputs, padding_side: str) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The LLM over groups of similarly long rows, each trimmed to its own longest row.
-
-        Returns the loss (the mean over all label tokens of the batch, as one padded pass gives: each group's
-        summed loss is divided by the batch's label count) and logits ``(b, T, V)``, zeros on padding.
-        """
-        mask, labels = merged.attention_mask, merged.labels
-        b, t = mask.shape
-        host = mask.sum(1).tolist()
-        items = None if labels is None else (labels[:, 1:] != IGNORE_INDEX).sum()
-        loss, logits = None, None
-        for group in length_groups(host, resolve_bucket_padding("auto", mask.device)):
-            idx = torch.tensor(group, device=mask.device)
-            width = max(host[i] for i in group)
-            cols = slice(t - width, t) if padding_side == "left" else slice(0, width)
-            kw = {} if labels is None else {"labels": labels[idx, cols], "num_items_in_batch": items}
-            out = self.llm(inputs_embeds=merged.inputs_embeds[idx, cols], attention_mask=mask[idx, cols],
-                           position_ids=merged.position_ids[idx, cols], use_cache=False, **kw)
-            if logits is None:
-                logits = out.logits.new_zeros(b, t, out.logits.shape[-1])
-            logits[idx, cols] = out.logits
-            if out.loss is not None:
-                loss = out.loss if loss is None else loss + out.loss
-        return loss, logits
+                                   **llm_sizes(self.llm))
 
     def forward(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
@@ -304,7 +272,7 @@ class MoWEAudioLLM(nn.Module):
         if pack == "auto":
             pack = self._llm_layout(merged.attention_mask)
         if pack == "groups":
-            lm_loss, logits = self._grouped_llm(merged, padding_side)
+            lm_loss, logits = grouped_llm_pass(self.llm, merged, padding_side)
         elif pack:
             packed = pack_merged(merged)
             out = self.llm(inputs_embeds=packed.inputs_embeds, position_ids=packed.position_ids,

@@ -122,18 +122,7 @@ class MoWEProcessor:
         self.max_audio_seconds = max_audio_seconds
         self.length_policy = length_policy
         self.seed = seed
-        ids = tokenizer(audio_token, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ConfigError(
-                f"audio_token {audio_token!r} is {len(ids)} tokens for this tokenizer, not one; add it first "
-                f"(tokenizer.add_special_tokens({{'additional_special_tokens': [{audio_token!r}]}}) and resize the "
-                f"LLM's embeddings) or train one with mowe.data.tokenizer.train_bpe_tokenizer"
-            )
-        self._audio_token_id = int(ids[0])
-        if tokenizer.eos_token_id is None:
-            raise ConfigError("the tokenizer has no eos token; answers must end with one")
-        self.pad_token_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                else tokenizer.eos_token_id)
+        self._audio_token_id, self.pad_token_id = _token_ids(tokenizer, audio_token)
 
     @property
     def audio_token_id(self) -> int:
@@ -175,44 +164,9 @@ class MoWEProcessor:
         Raises:
             MoWEInputError: a malformed message or part (naming it), or several turns for a ``prompt_template``.
         """
-        if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence) or not messages:
-            raise MoWEInputError("messages must be a non-empty list of {'role', 'content'} objects")
-        turns = []
-        for i, m in enumerate(messages):
-            content = m.get("content") if isinstance(m, Mapping) else None
-            if not isinstance(m, Mapping) or m.get("role") not in ("system", "user", "assistant"):
-                raise MoWEInputError(f"messages[{i}] must be an object with role system, user or assistant")
-            parts = [content] if isinstance(content, str) else content
-            if not isinstance(parts, list):
-                raise MoWEInputError(f"messages[{i}].content must be a string or a list of parts")
-            pieces = []
-            for j, p in enumerate(parts):
-                kind = p.get("type") if isinstance(p, Mapping) else ("text" if isinstance(p, str) else None)
-                text = p if isinstance(p, str) else (p.get("text") if kind == "text" else None)
-                if kind == "input_audio" and m["role"] == "user":
-                    pieces.append(self.audio_token)
-                elif kind == "text" and isinstance(text, str) and self.audio_token not in text:
-                    pieces.append(text)
-                else:
-                    raise MoWEInputError(f"messages[{i}].content[{j}]: expected a text part (without "
-                                         f"{self.audio_token!r}) or, in a user turn, an input_audio part")
-            turns.append({"role": m["role"], "content": " ".join(x for x in pieces if x)})
-        if self.prompt_template is None and getattr(self.tokenizer, "chat_template", None):
-            if turns[0]["role"] != "system" and self.system_prompt:
-                turns.insert(0, {"role": "system", "content": self.system_prompt})
-            return self.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-        system = turns.pop(0)["content"] if turns[0]["role"] == "system" else self.system_prompt
-        if len(turns) != 1 or turns[0]["role"] != "user":
-            raise MoWEInputError("this processor's prompt template holds one user turn (after an optional system "
-                                 f"message); got roles {[m.get('role') for m in messages]}")
-        user = turns[0]["content"]
-        lead = self.audio_token + " "  # a leading clip goes where the template puts {audio}, as build_prompt does
-        leading = user.count(self.audio_token) == 1 and (user + " ").startswith(lead)
-        text = (self.prompt_template or DEFAULT_PROMPT_TEMPLATE).format(
-            audio=self.audio_token if leading else "", instruction=user[len(lead):] if leading else user,
-            system=system or "")
-        bos = self.tokenizer.bos_token
-        return text if not bos or text.startswith(bos) else bos + text
+        from mowe.data.chat import render_chat
+
+        return render_chat(self, messages)
 
     def paraphrase(self, instruction: str, task: str | None, key: Any, *, epoch: int = 0) -> str:
         """Replace ``instruction`` by one of ``task``'s paraphrases (unchanged if the task has none).
@@ -448,6 +402,22 @@ def pad_tokens(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int
     if lab is not None:
         out["labels"] = lab
     return out
+
+
+def _token_ids(tokenizer: Any, audio_token: str) -> tuple[int, int]:
+    """(audio placeholder id, pad id) of ``tokenizer``; ConfigError if the placeholder is not one token or there
+    is no eos token (answers end with it; it also pads when the tokenizer has no pad token)."""
+    ids = tokenizer(audio_token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ConfigError(
+            f"audio_token {audio_token!r} is {len(ids)} tokens for this tokenizer, not one; add it first "
+            f"(tokenizer.add_special_tokens({{'additional_special_tokens': [{audio_token!r}]}}) and resize the "
+            f"LLM's embeddings) or train one with mowe.data.tokenizer.train_bpe_tokenizer"
+        )
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("the tokenizer has no eos token; answers must end with one")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(ids[0]), int(pad)
 
 
 def _check_options(*, audio_token, system_prompt, prompt_template, paraphrases, max_audio_seconds, length_policy,
