@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["summarize", "write_results"]
+__all__ = ["markdown_table", "probe_table", "router_table", "summarize", "write_results"]
 
 
 def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0, normalize=None) -> dict[str, dict[str, Any]]:
@@ -149,8 +149,8 @@ def _plots(out_dir: str, logs: Mapping[str, str], summary: Mapping[str, Any]) ->
 
 def write_results(out_dir: str, results: Mapping[str, Any], logs: Mapping[str, str], *, baseline: str,
                   provenance: Mapping[str, str], settings: Mapping[str, Any], timings: Mapping[str, float],
-                  seed: int = 0) -> str:
-    """Write ``results.json``, ``results.md`` and the plots; returns the Markdown table."""
+                  seed: int = 0, probes: Mapping[str, Any] | None = None) -> str:
+    """Write ``results.json``, ``results.md`` and the plots; returns the Markdown table (and the probe table)."""
     summary = summarize(results, baseline=baseline, seed=seed)
     table = markdown_table(summary)
     plots = _plots(out_dir, logs, summary)
@@ -160,6 +160,7 @@ def write_results(out_dir: str, results: Mapping[str, Any], logs: Mapping[str, s
         "encoders": dict(provenance),
         "settings": dict(settings),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "probes": dict(probes or {}),
         "predictions": {name: r.records for name, r in results.items()},
     }
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -170,7 +171,21 @@ def write_results(out_dir: str, results: Mapping[str, Any], logs: Mapping[str, s
                 "after Holm's correction over the system's comparisons.\n\n")
         f.write(table + "\n")
         f.write(router_table(summary) + "\n\n")
+        if probes:
+            f.write("Linear probes on the frozen encoders' pooled features (test accuracy [95 % interval]; "
+                    "mowe.demo.probe):\n\n" + probe_table(probes) + "\n\n")
         f.write("Encoders:\n\n" + "".join(f"- {k}: {v}\n" for k, v in provenance.items()))
         f.write(f"\nSettings: {dict(settings)}\n\nTimings (s): {data['timings_s']}\n")
         f.writelines(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots)
-    return table
+    return table + ("\n\n" + probe_table(probes) if probes else "")
+
+
+def probe_table(probes: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
+    """One row per task, one column per encoder set: ``accuracy [low, high]``."""
+    sets = list(next(iter(probes.values())))
+    lines = ["| task (probe acc) | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for task, row in probes.items():
+        n = next(iter(row.values()))["n"]
+        cells = [f"{row[s]['value']:.3f} [{row[s]['ci95'][0]:.2f}, {row[s]['ci95'][1]:.2f}]" for s in sets]
+        lines.append(f"| {task} (n={n}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -13,6 +13,8 @@
 4. Evaluate on the test split: per task the metric with a 95 % bootstrap interval and a paired test of each
    MoWE system against base-only on the same clips; ``results.md``, ``results.json``, training curves and
    router heatmaps go to ``--out``.
+5. Probe the frozen encoders themselves (:mod:`mowe.demo.probe`): a linear classifier on each clip's pooled
+   features, per encoder set, says what information the weak encoders add before any LLM has to learn it.
 
 ``python -m mowe.demo --out demo_out`` (``--quick`` for a smoke run of about a minute).
 """
@@ -29,6 +31,8 @@ from torch import nn
 
 __all__ = ["SYSTEMS", "Prepared", "demo_encoders", "main", "prepare", "system_config", "train_and_evaluate"]
 
+#: clip-level tasks of the question corpus, probed on the frozen encoders' pooled features (mowe.demo.probe)
+PROBE_TASKS = ("gender", "accent", "speaking_rate", "pitch")
 #: system name -> (uses the weak pool, prompt-aware routing)
 SYSTEMS = {"base-only": (False, False), "MoWE": (True, False), "MoWE+prompt": (True, True)}
 
@@ -243,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     os.makedirs(args.out, exist_ok=True)
 
+    from mowe.demo.probe import run_probes
     from mowe.demo.report import write_results
 
     prep = prepare(args.out, speech_clips={"train": args.speech_clips, "test": args.test_speech_clips},
@@ -259,9 +264,15 @@ def main(argv: list[str] | None = None) -> int:
         results[name], logs[name], seconds[name] = train_and_evaluate(
             name, cfg, prep=prep, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
             out_dir=args.out, progress=progress, group_by_length=args.group_by_length)
+    t = time.time()
+    probes = run_probes(prep.encoders, prep.cache, prep.train, prep.test, tasks=PROBE_TASKS,
+                        sets={"strong": ["strong"], "strong + speaker": ["strong", "speaker"],
+                              "strong + pitch": ["strong", "pitch"], "strong + control": ["strong", "control"],
+                              "strong + speaker + pitch": ["strong", "speaker", "pitch"]}, seed=args.seed)
+    seconds["probes"] = time.time() - t
     timings = {**prep.timings, **{f"system_{k}_s": v for k, v in seconds.items()}, "total_s": time.time() - t0}
     table = write_results(args.out, results, logs, baseline=systems[0], provenance=prep.provenance,
-                          settings=vars(args), timings=timings, seed=args.seed)
+                          settings=vars(args), timings=timings, seed=args.seed, probes=probes)
     print("\n" + table)
     _log(f"done in {timings['total_s'] / 60:.1f} min; wrote {os.path.join(args.out, 'results.md')}")
     return 0

@@ -78,3 +78,27 @@ def test_holm_marks_only_what_survives_the_correction():
     # thresholds 0.05/5, 0.05/4, ...: 0.001 passes, 0.02 > 0.0125 stops the rest (tied p-values sort fine)
     holm = [tasks[t]["accuracy"]["vs_baseline"]["significant_holm"] for t in "abcde"]
     assert holm == [True, False, False, False, False]
+
+
+def test_probe_separates_what_is_separable_and_nothing_else():
+    import torch
+
+    from mowe.demo.probe import probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    labels = ["a" if i % 2 else "b" for i in range(200)]
+    x = torch.randn(200, 6, generator=g)
+    x[:, 0] += torch.tensor([3.0 if y == "a" else -3.0 for y in labels])  # one informative dimension
+    right = probe_accuracy(x[:100], labels[:100], x[100:], labels[100:])
+    assert sum(right) / 100 > 0.95
+    noise = torch.randn(200, 6, generator=g)  # no information: near chance
+    right = probe_accuracy(noise[:100], labels[:100], noise[100:], labels[100:])
+    assert 0.3 < sum(right) / 100 < 0.7
+
+
+def test_results_json_has_the_probes(quick_run):
+    _, res = quick_run
+    assert set(res["probes"]) == {"gender", "accent", "speaking_rate", "pitch"}
+    for row in res["probes"].values():
+        assert "strong" in row and "strong + speaker + pitch" in row
+        assert all(r["ci95"][0] <= r["value"] <= r["ci95"][1] for r in row.values())
