@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from mowe.errors import CheckpointError
 
-__all__ = ["load_prefixed_state_dict", "resolve_file"]
+__all__ = ["load_prefixed_state_dict", "load_torch_file", "resolve_file"]
 
 
 def resolve_file(name_or_path: str, filename: str) -> str | None:
@@ -81,3 +81,20 @@ def load_prefixed_state_dict(name_or_path: str, prefixes: tuple[str, ...]) -> di
         if out:
             return out
     raise CheckpointError(f"{name_or_path}: no weights under any of the prefixes {prefixes}")
+
+
+def load_torch_file(path: str | os.PathLike, *, what: str) -> object:
+    """``torch.load(path, weights_only=True)`` on the CPU, for a checkpoint described as ``what``.
+
+    Raises:
+        CheckpointError: the file does not exist or cannot be unpickled as plain tensors and containers
+            (the message names the file and ``what`` it should have been). Nothing in it is executed.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: {what} file does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types; all mean "not a usable checkpoint"
+        raise CheckpointError(f"{path}: not a loadable {what} file ({e})") from e
+

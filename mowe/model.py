@@ -3,7 +3,7 @@
 Shape legend: ``b`` samples, ``c`` clips, ``s`` samples of audio, ``t`` strong frames, ``n`` audio tokens,
 ``L`` prompt tokens, ``T`` merged length, ``V`` vocabulary, ``e`` weak encoders, ``k`` selected per clip.
 
-Data flow of one forward (see ``shared/DESIGN.md``)::
+Data flow of one forward::
 
     waveforms (c, s) -> strong encoder (c, t, d_s) -> routers -> selected weak encoders (sparse)
       -> aligned to the strong grid, gated, slotted (c, t, d_s + d_pool) -> connector (c, n, d_llm)

@@ -141,16 +141,12 @@ def from_ltu_as(checkpoint: str | os.PathLike, *, whisper: str, llm: str, dtype:
     """
     from mowe.builders import build_encoder
     from mowe.config import LLMConfig
+    from mowe.hub import load_torch_file
     from mowe.model import MoWEAudioLLM
     from mowe.presets import ltu_as
 
     path = os.fspath(checkpoint)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such LTU-AS checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from e
+    state = load_torch_file(path, what="LTU-AS checkpoint")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a flat state dict of tensors, got {type(state).__name__}")
     names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}

@@ -22,6 +22,7 @@ from torch import nn
 
 from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.hub import load_torch_file
 
 __all__ = ["CrepeNet", "PitchEncoder", "bins_to_hz"]
 
@@ -165,12 +166,7 @@ class PitchEncoder(nn.Module):
             path = Path(next(iter(spec.submodule_search_locations))) / "assets" / f"{name_or_path}.pth"
         else:
             path = Path(name_or_path)
-        if not path.is_file():
-            raise CheckpointError(f"CREPE weight file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling errors come in many types; all mean "not a usable checkpoint"
-            raise CheckpointError(f"{path} is not a loadable torch checkpoint: {e}") from e
+        state = load_torch_file(path, what="CREPE weight")
         if not isinstance(state, dict) or "conv1.weight" not in state:
             raise CheckpointError(f"{path} lacks 'conv1.weight': not a CREPE checkpoint")
         width = state["conv1.weight"].shape[0]

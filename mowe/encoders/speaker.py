@@ -29,6 +29,7 @@ from torch import nn
 
 from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.hub import load_torch_file
 
 __all__ = ["GE2EMelFrontend", "SpeakerEncoder", "slaney_mel_filters"]
 
@@ -179,12 +180,7 @@ class SpeakerEncoder(nn.Module):
                 (the message names the file and the key).
         """
         path = cls.default_weights() if path is None else Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"GE2E weight file {path} does not exist")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling errors come in many types; all mean "not a usable checkpoint"
-            raise CheckpointError(f"{path} is not a loadable torch checkpoint: {e}") from e
+        ckpt = load_torch_file(path, what="GE2E weight")
         state = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else None
         if not isinstance(state, dict):
             raise CheckpointError(f"{path} holds {type(ckpt).__name__}, not a state dict")

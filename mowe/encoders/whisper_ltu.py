@@ -221,13 +221,10 @@ def load_openai_whisper(path: str | os.PathLike, *, model: bool = False):
     Returns ``(WhisperConfig, state dict in transformers naming)``, or with ``model=True`` a float32
     ``WhisperForConditionalGeneration`` holding every stored tensor (decoder included).
     """
+    from mowe.hub import load_torch_file
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such openai-whisper checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from e
+    ckpt = load_torch_file(path, what="openai-whisper checkpoint")
     config, state = openai_whisper_to_hf(ckpt, where=path)
     if not model:
         return config, state
