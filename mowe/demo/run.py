@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--other", type=int, default=150, help="training examples per non-speech task")
     ap.add_argument("--test-speech-clips", type=int, default=120)
     ap.add_argument("--test-other", type=int, default=100, help="test examples per non-speech task")
-    ap.add_argument("--steps", type=int, default=1200, help="training steps for each system")
+    ap.add_argument("--steps", type=int, default=900, help="training steps for each system")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
