@@ -237,11 +237,13 @@ def llm_sizes(llm) -> dict:
     return {"hidden_size": d, "intermediate_size": f, "varlen_attention": varlen}
 
 
-def grouped_llm_pass(llm, merged: MergedInputs, padding_side: str) -> tuple[torch.Tensor | None, torch.Tensor]:
+def grouped_llm_pass(llm, merged: MergedInputs, padding_side: str, *, num_items_in_batch=None
+                     ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``llm`` over groups of similarly long rows of ``merged``, each trimmed to its own longest row.
 
     Returns the loss (the mean over all label tokens of the batch, as one padded pass gives: each group's
-    summed loss is divided by the batch's label count) and logits ``(b, T, V)``, zeros on padding.
+    summed loss is divided by the batch's label count, or by ``num_items_in_batch`` when given: the count of a
+    larger global batch this one is part of) and logits ``(b, T, V)``, zeros on padding.
     """
     from mowe.encoders.base import resolve_bucket_padding
 
@@ -249,6 +251,8 @@ def grouped_llm_pass(llm, merged: MergedInputs, padding_side: str) -> tuple[torc
     b, t = mask.shape
     host = mask.sum(1).tolist()
     items = None if labels is None else (labels[:, 1:] != IGNORE_INDEX).sum()
+    if num_items_in_batch is not None:
+        items = num_items_in_batch
     loss, logits = None, None
     for group in length_groups(host, resolve_bucket_padding("auto", mask.device)):
         idx = torch.tensor(group, device=mask.device)

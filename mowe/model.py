@@ -244,7 +244,8 @@ class MoWEAudioLLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                padding_side: str = "right", pack: bool | str = False) -> MoWEOutput:
+                padding_side: str = "right", pack: bool | str = False,
+                num_items_in_batch: int | torch.Tensor | None = None) -> MoWEOutput:
         """Teacher-forced forward.
 
         Args:
@@ -263,6 +264,12 @@ class MoWEAudioLLM(nn.Module):
                 - ``"groups"``: rows of similar length run together, each group padded only to its own longest
                   row (budget as the encoders' ``bucket_padding="auto"``);
                 - ``"auto"``: the cheapest of the three for this batch by :func:`mowe.merge.llm_pass_flops`.
+
+                Under FSDP (an FSDP-sharded LLM) ``"groups"`` runs padded: every process must call the sharded LLM
+                the same number of times.
+            num_items_in_batch: the answer-token count of the whole global batch (all processes, all accumulation
+                micro-batches); ``lm_loss`` is then this batch's *summed* token loss divided by it, so the parts
+                of a global batch add up to its mean (:mod:`mowe.training.distributed`). None: the mean here.
         """
         if not (isinstance(pack, bool) or pack in ("auto", "groups")):
             raise MoWEInputError(f"pack must be True, False, 'groups' or 'auto', got {pack!r}")
@@ -271,19 +278,22 @@ class MoWEAudioLLM(nn.Module):
         merged = self._merge(input_ids, attention_mask, audio, labels, padding_side)
         if pack == "auto":
             pack = self._llm_layout(merged.attention_mask)
+        if pack == "groups" and hasattr(self.llm, "unshard"):  # FSDP2: one LLM call per process (see above)
+            pack = False
+        items = {} if num_items_in_batch is None or labels is None else {"num_items_in_batch": num_items_in_batch}
         if pack == "groups":
-            lm_loss, logits = grouped_llm_pass(self.llm, merged, padding_side)
+            lm_loss, logits = grouped_llm_pass(self.llm, merged, padding_side, **items)
         elif pack:
             packed = pack_merged(merged)
             out = self.llm(inputs_embeds=packed.inputs_embeds, position_ids=packed.position_ids,
-                           labels=packed.shift_labels, shift_labels=packed.shift_labels, use_cache=False)
+                           labels=packed.shift_labels, shift_labels=packed.shift_labels, use_cache=False, **items)
             # Back to the batch layout callers expect: (b, T, V), zeros on padding.
             logits = out.logits.new_zeros(*packed.keep.shape, out.logits.shape[-1])
             logits[packed.keep] = out.logits[0]
             lm_loss = out.loss
         else:
             out = self.llm(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
-                           position_ids=merged.position_ids, labels=merged.labels, use_cache=False)
+                           position_ids=merged.position_ids, labels=merged.labels, use_cache=False, **items)
             lm_loss, logits = out.loss, out.logits
         aux = audio.router.aux_loss if audio.router is not None else None
         loss = None

@@ -48,15 +48,19 @@ def keys_to_save(model: MoWEAudioLLM, *, save_frozen: bool) -> list[str]:
     return keys
 
 
-def save_model(model: MoWEAudioLLM, directory: str | os.PathLike, *, save_frozen: bool = False) -> None:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` atomically (a temp folder, renamed)."""
+def save_model(model: MoWEAudioLLM, directory: str | os.PathLike, *, save_frozen: bool = False,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` atomically (a temp folder, renamed).
+
+    ``state_dict``: the weights to write instead of ``model.state_dict()`` (e.g. an FSDP model's consolidated
+    one, :func:`mowe.training.distributed.full_state_dict`)."""
     if model.config is None:
         raise MoWEInputError("this model was built from modules without a MoWEConfig; build it with "
                              "MoWEAudioLLM.from_config(...) to save and reload it by path")
     directory = os.fspath(directory)
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
-    sd = model.state_dict()
+    sd = model.state_dict() if state_dict is None else state_dict
     tensors = {k: sd[k].detach().to("cpu").contiguous().clone() for k in keys_to_save(model, save_frozen=save_frozen)}
     tmp = tempfile.mkdtemp(prefix=".mowe-save-", dir=parent)
     try:

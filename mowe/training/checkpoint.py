@@ -12,6 +12,11 @@ Layout (every ``save_every`` steps, and at the end)::
         rng-<rank>.pt        python / numpy / torch (+ CUDA) RNG states of every process
         trainer_state.json   stage index, step in stage, epoch, batches consumed in the epoch, global step, ...
 
+An FSDP2-sharded model (:func:`mowe.training.distributed.shard_model`) writes ``sharded/`` instead of
+``model.safetensors`` and ``optimizer.pt``: a ``torch.distributed.checkpoint`` (DCP) folder holding ``model`` (the
+same entries) and ``optim`` (the optimizer state by parameter name), each process writing its own shards. It is
+read back by a sharded model of the same process count; ``output_dir/final`` is always consolidated.
+
 Everything is first written to ``checkpoints/.tmp-step-N/`` and renamed to ``step-N`` only when complete, so a
 crash (even SIGKILL) never leaves a partial checkpoint as the latest.
 """
@@ -39,6 +44,7 @@ __all__ = [
     "clean_stale_tmp",
     "find_checkpoint",
     "load_model_weights",
+    "load_optimizer_state",
     "load_trainer_state",
     "prune_checkpoints",
     "rng_state",
@@ -181,13 +187,18 @@ def write_checkpoint(*, accelerator: Any, checkpoint_dir: str, name: str, state:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     acc.wait_for_everyone()
+    from mowe.training.distributed import is_sharded
+
     try:
         _save_torch(rng_state(), os.path.join(tmp, f"rng-{acc.process_index}.pt"))
+        if is_sharded(model):  # every process writes its shards
+            _save_sharded(model, keys, optimizer, os.path.join(tmp, SHARDED_DIR))
         if is_main:
-            sd = model.state_dict()
-            tensors = {k: sd[k].detach().to("cpu").contiguous().clone() for k in keys}
-            _save_safetensors(tensors, os.path.join(tmp, "model.safetensors"))
-            _save_torch(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            if not is_sharded(model):
+                sd = model.state_dict()
+                tensors = {k: sd[k].detach().to("cpu").contiguous().clone() for k in keys}
+                _save_safetensors(tensors, os.path.join(tmp, "model.safetensors"))
+                _save_torch(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
             _save_torch(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             # Written last: its presence marks a complete checkpoint.
             _write_text_atomic(os.path.join(tmp, "trainer_state.json"), json.dumps(state, indent=1))
@@ -229,8 +240,69 @@ def clean_stale_tmp(checkpoint_dir: str) -> None:
                 shutil.rmtree(os.path.join(checkpoint_dir, entry), ignore_errors=True)
 
 
+SHARDED_DIR = "sharded"
+
+
+def _raw_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
+
+
+def _save_sharded(model: nn.Module, keys: Sequence[str], optimizer: Any, directory: str) -> None:
+    """DCP save of the sharded model entries ``keys`` and the optimizer state (collective: every process)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    keep = set(keys)
+    msd = {k: v for k, v in get_model_state_dict(model).items() if k in keep}
+    dcp.save({"model": msd, "optim": get_optimizer_state_dict(model, _raw_optimizer(optimizer))},
+             checkpoint_id=directory)
+
+
+def _load_sharded(path: str, what: str, template: dict[str, Any]) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    directory = os.path.join(path, SHARDED_DIR)
+    try:
+        dcp.load({what: template}, checkpoint_id=directory)
+    except Exception as e:  # DCP raises several types (CheckpointException, RuntimeError, KeyError)
+        raise CheckpointError(f"{directory}: cannot load its {what!r} state ({type(e).__name__}: {e})") from e
+
+
+def load_optimizer_state(optimizer: Any, model: nn.Module, path: str) -> None:
+    """Restore the optimizer of a checkpoint: ``optimizer.pt``, or the DCP ``sharded/`` folder of an FSDP run."""
+    if not os.path.isdir(os.path.join(path, SHARDED_DIR)):
+        optimizer.load_state_dict(torch_load(os.path.join(path, "optimizer.pt")))
+        return
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    opt = _raw_optimizer(optimizer)
+    osd = get_optimizer_state_dict(model, opt)  # allocates the state to load into
+    _load_sharded(path, "optim", osd)
+    set_optimizer_state_dict(model, opt, osd)
+
+
 def load_model_weights(model: nn.Module, path: str) -> None:
-    """Load a checkpoint's ``model.safetensors`` into ``model`` (non-strict: it holds only the saved parts)."""
+    """Load a checkpoint's weights into ``model`` (non-strict: it holds only the saved parts).
+
+    Reads ``model.safetensors``, or ``sharded/`` (DCP) into an FSDP2-sharded model.
+    """
+    from mowe.training.distributed import is_sharded
+
+    if os.path.isdir(os.path.join(path, SHARDED_DIR)):
+        if not is_sharded(model):
+            raise CheckpointError(f"{path}: written by an FSDP run (sharded/); resume it under FSDP with the same "
+                                  f"number of processes, or load its consolidated final/ folder")
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            set_model_state_dict,
+        )
+
+        meta = _sharded_keys(path)
+        msd = {k: v for k, v in get_model_state_dict(model).items() if k in meta}
+        _load_sharded(path, "model", msd)
+        set_model_state_dict(model, msd, options=StateDictOptions(strict=False))
+        return
     file = os.path.join(path, "model.safetensors")
     if not os.path.isfile(file):
         raise CheckpointError(f"{file}: missing")
@@ -242,7 +314,20 @@ def load_model_weights(model: nn.Module, path: str) -> None:
     bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
     if bad:
         raise CheckpointError(f"{file}: does not fit this model (e.g. {bad[:3]})")
+    if is_sharded(model):  # a replicated checkpoint into a sharded model: each process keeps its shards
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
     model.load_state_dict(sd, strict=False)
+
+
+def _sharded_keys(path: str) -> set[str]:
+    """The model entries a DCP ``sharded/`` folder holds (read from its metadata)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    meta = FileSystemReader(os.path.join(path, SHARDED_DIR)).read_metadata()
+    return {k.split(".", 1)[1] for k in meta.state_dict_metadata if k.startswith("model.")}
 
 
 def check_compatible(state: dict[str, Any], path: str, *, batch_size: int, num_processes: int, grad_accum: int,

@@ -38,10 +38,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from mowe.constants import MODEL_INPUT_KEYS
 from mowe.data.samplers import StageSampler, mix_seed, task_list_of
-from mowe.errors import ConfigError, MoWEInputError
+from mowe.errors import ConfigError
 from mowe.training import checkpoint as ckpt
 from mowe.training.checkpoint import find_checkpoint, load_trainer_state
 from mowe.training.config import NonFiniteLossError, TrainConfig, TrainResult
+from mowe.training.distributed import (
+    clip_grad_norm,
+    export_final,
+    forward_backward,
+    fsdp_requested,
+    is_sharded,
+    place_model,
+    verify_sharded,
+)
 from mowe.training.logging import LossWindow, RunLog
 from mowe.training.stages import Stage, apply_stage, set_lora_scale, stages_to_list
 
@@ -84,11 +93,20 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
 
 
 def prepare_for_stage(accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
-    """(Re-)wrap the model for this stage's trainable set (DDP registers hooks on trainable params only)."""
+    """(Re-)wrap the model for this stage's trainable set (DDP registers hooks on trainable params only).
+
+    A model sharded by :func:`mowe.training.distributed.place_model` (FSDP2) is not wrapped again: its trainable
+    parameters must all be sharded (checked), and only the optimizer goes through accelerate."""
     release_accelerator(accelerator)
     model.__dict__.pop("_is_accelerate_prepared", None)
     if "_original_forward" in model.__dict__:  # undo the previous stage's autocast wrapper
         model.forward = model.__dict__.pop("_original_forward")
+    if is_sharded(model) or fsdp_requested():
+        verify_sharded(model)
+        if accelerator.mixed_precision == "bf16":
+            model.__dict__["_original_forward"] = model.forward
+            model.forward = torch.autocast(device_type=accelerator.device.type, dtype=torch.bfloat16)(model.forward)
+        return model, accelerator.prepare_optimizer(optimizer)
     return accelerator.prepare(model, optimizer)
 
 
@@ -103,52 +121,6 @@ def release_accelerator(accelerator: Any) -> None:
     for refs in (accelerator._models, accelerator._optimizers, accelerator._schedulers, accelerator._dataloaders):
         refs.clear()
     accelerator.step = 0
-
-
-def save_final(model: nn.Module, directory: str, *, ever_trained: set[str]) -> bool:
-    """``model.save_pretrained(directory)``, with frozen weights too when a part trained in an earlier stage is
-    frozen now; False for a model that cannot save itself."""
-    save = getattr(model, "save_pretrained", None)
-    if save is None or getattr(model, "config", None) is None:
-        return False
-    keys_fn = getattr(model, "_keys_to_save", None)
-    save(directory, save_frozen=keys_fn is not None and not ever_trained <= set(keys_fn(False)))
-    return True
-
-
-def forward_backward(accelerator: Any, wrapped: nn.Module, stream: Iterator[dict[str, Any]], *, grad_accum: int,
-                     inputs: Callable[[dict[str, Any]], dict[str, Any]]
-                     ) -> tuple[bool, list[Any], list[tuple[float, float | None, float | None]], int]:
-    """Forward + backward over ``grad_accum`` micro-batches of ``stream``.
-
-    Returns:
-        ``(non-finite loss on any process?, ids of the non-finite batches, (loss, lm_loss, aux_loss) per
-        micro-batch, examples seen)``.
-    """
-    acc = accelerator
-    bad, ids, losses, samples = False, [], [], 0
-    for _ in range(grad_accum):
-        batch = next(stream)
-        empty = not batch or len(batch.get("input_ids", [])) == 0
-        if empty and acc.num_processes > 1:
-            raise MoWEInputError("the collator returned an empty batch (every example in it was skipped); "
-                                 "in multi-process training every process needs examples: clean the data "
-                                 "or raise batch_size")
-        with acc.accumulate(wrapped):
-            if empty:
-                continue
-            out = wrapped(**inputs(batch))
-            loss = out.loss
-            if not torch.isfinite(loss.detach()).all():
-                bad = True
-                ids.extend(batch.get("id", []))
-            acc.backward(loss)
-        samples += int(batch["input_ids"].shape[0])
-        losses.append((float(loss.detach()), _f(getattr(out, "lm_loss", None)), _f(getattr(out, "aux_loss", None))))
-    if acc.num_processes > 1:
-        t = acc.reduce(torch.tensor([float(bad)], dtype=torch.float64, device=acc.device), reduction="sum")
-        bad = float(t[0]) > 0
-    return bad, ids, losses, samples
 
 
 @torch.no_grad()
@@ -173,10 +145,6 @@ def eval_loss(accelerator: Any, model: nn.Module, dataset: Dataset, *, inputs: C
         t = acc.reduce(t, reduction="sum")
     total, count = t.tolist()
     return total / count if count else float("nan")
-
-
-def _f(t: Any) -> float | None:
-    return None if t is None else float(t.detach()) if torch.is_tensor(t) else float(t)
 
 
 class Trainer:
@@ -383,7 +351,7 @@ class Trainer:
             ckpt.clean_stale_tmp(self.checkpoint_dir)
         acc.wait_for_everyone()
         self.log.open_tensorboard()
-        self.model.to(acc.device)
+        place_model(acc, self.model)  # + FSDP2 sharding when the launcher asked for FSDP
         start_stage, start_step, resume_path = self._resume(resume) if resume is not None else (0, 0, None)
         bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not (self.is_main and cfg.progress),
                    dynamic_ncols=True, desc="train")
@@ -398,7 +366,7 @@ class Trainer:
                 scheduler = get_cosine_schedule_with_warmup(optimizer, stage.warmup_steps, stage.steps)
                 wrapped, optimizer = prepare_for_stage(self.accelerator, self.model, optimizer)
                 if rng_pending and step0 > 0:  # resuming inside this stage: its optimizer and schedule
-                    optimizer.load_state_dict(ckpt.torch_load(os.path.join(resume_path, "optimizer.pt")))
+                    ckpt.load_optimizer_state(optimizer, self.model, resume_path)
                     scheduler.load_state_dict(ckpt.torch_load(os.path.join(resume_path, "scheduler.pt")))
                 if rng_pending:
                     # Restored last: nothing between here and the next step may draw random numbers.
@@ -437,8 +405,7 @@ class Trainer:
                                                          inputs=self._inputs)
             grad_norm = None
             if not bad:
-                gn = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                grad_norm = float(gn) if gn is not None else None
+                grad_norm = clip_grad_norm(self.accelerator, self.model, params, cfg.max_grad_norm or float("inf"))
                 bad = grad_norm is not None and not math.isfinite(grad_norm)
             if bad:
                 self.skipped_nonfinite += 1
@@ -475,7 +442,5 @@ class Trainer:
         """``output_dir/final`` written by the main process; None for a model that cannot save itself."""
         self.accelerator.wait_for_everyone()
         final_dir = os.path.join(self.output_dir, "final")
-        saved = save_final(self.model, final_dir, ever_trained=self._ever_trained) if self.is_main else \
-            callable(getattr(self.model, "save_pretrained", None)) and getattr(self.model, "config", None) is not None
-        self.accelerator.wait_for_everyone()
+        saved = export_final(self.accelerator, self.model, final_dir, ever_trained=self._ever_trained)
         return final_dir if saved else None
