@@ -221,6 +221,9 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
 
 # ----------------------------------------------------------------------------------------------- commands
 def _cmd_train(args: argparse.Namespace) -> int:
+    from mowe.training.distributed import check_launch
+
+    check_launch(int(os.environ.get("WORLD_SIZE", "1")))  # a launcher that asked for N processes and started 1
     run = load_run_file(args.config, args.set or ())
     final = run_training(run, base_dir=os.path.dirname(os.path.abspath(args.config)), resume=args.resume)
     print(f"saved the trained model and processor to {final}")
