@@ -145,6 +145,13 @@ def finish(proc: subprocess.Popen, *, processes: int = 1, timeout: int = 300) ->
     return out
 
 
+def shared_dir(tmp_path_factory):
+    """A folder shared by the test modules of one session: the one-process reference run is made once."""
+    path = tmp_path_factory.getbasetemp() / "dist-shared"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def logs(out_dir) -> list[dict]:
     lines = (out_dir / "log.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if "loss" in r]

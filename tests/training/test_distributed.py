@@ -1,90 +1,38 @@
-"""The same trainer under ``accelerate launch --num_processes 2`` on the CPU (gloo): same global batch, same result.
+"""The trainer on several processes (CPU, gloo): one loss over the global batch, whatever the split.
 
-Two processes with ``batch_size=2`` each must end with the weights of one process with ``batch_size=4``: the
-sampler cuts one global order into global batches and gives each process a contiguous slice, so the global
-batch holds the same examples in both set-ups; every example has the same number of answer tokens, so the mean
-of the two processes' mean losses (DDP averages gradients) equals the single process's mean loss. LoRA dropout
-is off (the processes draw different dropout masks by design: seed + rank).
+A global batch (all processes x all accumulation micro-batches) is cut from one global order by the sampler, so
+every split holds the same examples; answers of 1 to 30 tokens make a process's mean loss differ from the global
+one, so only the global-token normalisation (``num_items_in_batch``, :mod:`mowe.training.distributed`) makes
+2 processes x batch 4 and 1 process x 4 x grad_accum 2 equal 1 process x batch 8. LoRA dropout is off (processes
+draw different dropout masks by design: seed + rank); the router's load-balance weight is 0 (it is a per-process
+statistic). The launcher trap and the example accelerate configs are checked here too; FSDP2 in test_fsdp2.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
+import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
-from _trainer_helpers import TRAIN_SCRIPT, read_weights
+from _dist_helpers import finish, launch, logs, pad_collate, run_args, shared_dir
+from _dist_helpers import model as dist_model
+from _trainer_helpers import read_weights
 
-TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, where _trainer_helpers.py is
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _args(out, batch_size: int) -> str:
-    stages = [{"name": "a", "train": ["connector"], "steps": 2, "lr": 3e-3},
-              {"name": "b", "train": ["connector", "lora"], "steps": 2, "lr": 3e-3, "tasks": {"asr": 1.0, "gender": 1.0,
-                                                                                  "chord": 1.0, "tempo": 1.0}}]
-    return json.dumps({"stages": stages, "n": 16, "weak": 0, "lora_dropout": 0.0,
-                       "train": {"output_dir": str(out), "batch_size": batch_size, "save_every": 2, "progress": False,
-                                     "log_every": 1}})
-
-
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(TRAIN_SCRIPT.format(tests_dir=TESTS_DIR))
-    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
-    env.pop("WORLD_SIZE", None)
-    # `--cpu` with several processes needs mpirun; `--multi_gpu` runs torchrun, and ACCELERATE_USE_CPU=1 makes
-    # the processes use the CPU with the gloo backend (DistributedType.MULTI_CPU).
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-              "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(_free_port()), str(script), _args(tmp_path / "ddp", 2)]
-    ddp = subprocess.Popen(launch, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    single = subprocess.run([sys.executable, str(script), _args(tmp_path / "single", 4)], env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
-    out, err = ddp.communicate(timeout=300)
-    assert ddp.returncode == 0, err[-4000:]
-    assert single.returncode == 0, single.stderr[-4000:]
-    assert out.count("DONE 4") == 2  # both ranks finished all steps
-
-    a = read_weights(str(tmp_path / "single" / "final" / "model.safetensors"))
-    b = read_weights(str(tmp_path / "ddp" / "final" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0, msg=k)
-    print("max |single - ddp| =", max(float((a[k] - b[k]).abs().max()) for k in a))
-    # and training did move the weights (the comparison is not between two untouched models)
-    state = json.loads((tmp_path / "ddp" / "checkpoints" / "step-4" / "trainer_state.json").read_text())
-    assert state["num_processes"] == 2 and state["global_step"] == 4
-    assert os.path.isfile(tmp_path / "ddp" / "checkpoints" / "step-4" / "rng-1.pt")
-    logs = [json.loads(x) for x in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
-    single_logs = [json.loads(x) for x in (tmp_path / "single" / "log.jsonl").read_text().splitlines()]
-    assert [round(r["loss"], 4) for r in logs] == [round(r["loss"], 4) for r in single_logs]
-    assert logs[-1]["loss"] != logs[0]["loss"]
-
-
-# ------------------------------------------------------------------------ answers of different lengths (1-30 tokens)
-import shutil  # noqa: E402
-
-import pytest  # noqa: E402
-from _dist_helpers import finish, launch, logs, pad_collate, run_args  # noqa: E402
-from _dist_helpers import model as dist_model  # noqa: E402
-
-from mowe.training.distributed import (  # noqa: E402
+from mowe.training.distributed import (
     DistributedSetupError,
     check_launch,
     count_label_tokens,
     fsdp_requested,
 )
 
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 TOL = 1e-5
+
+
 
 
 def test_parts_of_a_batch_add_up_to_its_loss_in_every_llm_layout():
@@ -115,11 +63,14 @@ def test_parts_of_a_batch_add_up_to_its_loss_in_every_llm_layout():
 def varlen_runs(tmp_path_factory):
     """1 process x batch 8; 1 process x batch 4 x grad_accum 2; DDP 2 processes x batch 4 (gloo), run together."""
     tmp = tmp_path_factory.mktemp("varlen")
-    procs = {"single": launch(tmp, run_args(tmp / "single", batch_size=8)),
-             "accum": launch(tmp, run_args(tmp / "accum", batch_size=4, grad_accum=2)),
-             "ddp": launch(tmp, run_args(tmp / "ddp", batch_size=4), processes=2)}
+    ref = shared_dir(tmp_path_factory) / "single"  # reused by test_fsdp2.py
+    procs = {"ddp": launch(tmp, run_args(tmp / "ddp", batch_size=4, save_every=2), processes=2),
+             "accum": launch(tmp, run_args(tmp / "accum", batch_size=4, grad_accum=2))}
+    if not (ref / "final").is_dir():
+        procs["single"] = launch(tmp, run_args(ref, batch_size=8))
     for name, p in procs.items():
         finish(p, processes=2 if name == "ddp" else 1)
+    (tmp / "single").symlink_to(ref, target_is_directory=True)
     yield tmp
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -143,6 +94,11 @@ def test_ddp_with_answers_of_different_lengths_equals_one_process(varlen_runs):
     moved = read_weights(str(varlen_runs / "single" / "final" / "model.safetensors"))
     start = dist_model().state_dict()
     assert any(not torch.equal(moved[k], start[k]) for k in moved if "lora" in k)  # LoRA trained in stage b
+    # the DDP run's checkpoint records its 2 processes and holds both RNG states
+    step = varlen_runs / "ddp" / "checkpoints" / "step-4"
+    state = json.loads((step / "trainer_state.json").read_text())
+    assert state["num_processes"] == 2 and state["global_step"] == 4
+    assert (step / "rng-1.pt").is_file() and (step / "model.safetensors").is_file()
 
 
 def test_gradient_accumulation_2x4_equals_1x8(varlen_runs):
