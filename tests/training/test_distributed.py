@@ -161,3 +161,37 @@ def test_example_accelerate_configs_parse_and_build(monkeypatch):
     assert ds.use_deepspeed and ds.deepspeed_config_file.endswith("deepspeed_zero2.json")
     plugin = DeepSpeedPlugin(hf_ds_config=os.path.join(EXAMPLES, "deepspeed_zero2.json"))
     assert plugin.zero_stage == 2  # running it needs CUDA + deepspeed: GPU only
+
+
+# ------------------------------------------------------------------------ the GPU script, on a CPU with toy sizes
+def _gpu_script():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(TESTS_DIR), "benchmarks", "gpu_paper_size.py")
+    spec = importlib.util.spec_from_file_location("gpu_paper_size", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_paper_size_script_builds_the_paper_config_and_runs_tiny_on_cpu(tmp_path):
+    """GPU only for real: here the paper-size config is checked (8 B LLM counted on the meta device) and the
+    whole training path runs with toy sizes; its RESULTS.md section is replaced, not duplicated."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gpu = _gpu_script()
+    cfg = gpu.paper_config("8b", tiny=False)
+    assert cfg.strong.preset == "large-v3" and sorted(e.preset for e in cfg.weak.values()) == \
+        ["hubert-base", "hubert-base", "tiny", "tiny"]
+    with torch.device("meta"):
+        llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg.llm.config))
+    assert 7.5e9 < sum(p.numel() for p in llm.parameters()) < 8.5e9
+    res = gpu.main(["--tiny", "--steps", "3", "--warmup", "1", "--batch-size", "2", "--output-dir",
+                    str(tmp_path / "run")])
+    assert res["mode"] == "single" and res["timed_steps"] == 2 and res["step_s"] > 0 and res["peak_mem_gib"] > 0
+    assert 0 < res["trainable_params"] < res["params"]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    gpu.write_results(res, str(results))
+    gpu.write_results(res, str(results))
+    assert results.read_text().count("Paper-size MoWE on GPUs") == 1
