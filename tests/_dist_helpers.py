@@ -88,8 +88,9 @@ from mowe.training.trainer import Trainer, TrainConfig
 args = json.loads(sys.argv[1])
 m = model(args.get("aux", 0.0))
 stages = [Stage(**s) for s in args["stages"]]
+evals = VarLenDataset(args["eval_n"], seed=1) if args.get("eval_n") else None
 trainer = Trainer(m, VarLenDataset(args.get("n", 32)), config=TrainConfig(**args["train"]), stages=stages,
-                  collate_fn=pad_collate)
+                  collate_fn=pad_collate, eval_dataset=evals)
 res = trainer.train(resume=args.get("resume"))
 if args.get("logits"):  # the trained (possibly sharded) model's logits on 4 examples, every process runs it
     m.eval()
@@ -114,8 +115,8 @@ def free_port() -> int:
 
 def run_args(out, *, batch_size: int, grad_accum: int = 1, **train) -> dict:
     cfg = {"output_dir": str(out), "batch_size": batch_size, "grad_accum": grad_accum, "progress": False,
-           "log_every": 1, "group_by_length": False, "pack_sequences": "auto", **train}
-    return {"stages": STAGES, "train": cfg}
+           "log_every": 1, "group_by_length": False, "pack_sequences": "auto", "eval_every": 2, **train}
+    return {"stages": STAGES, "train": cfg, "eval_n": 9}  # 9: under FSDP one process needs a filler eval batch
 
 
 def launch(tmp_path, args: dict, *, processes: int = 1, fsdp: bool = False) -> subprocess.Popen:
@@ -152,6 +153,7 @@ def shared_dir(tmp_path_factory):
     return path
 
 
-def logs(out_dir) -> list[dict]:
+def logs(out_dir, key: str = "loss") -> list[dict]:
+    """The run's log records holding ``key`` (``"loss"``: training steps, ``"eval_loss"``: evaluations)."""
     lines = (out_dir / "log.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if "loss" in r]
+    return [r for r in map(json.loads, lines) if key in r]

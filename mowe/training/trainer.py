@@ -44,6 +44,7 @@ from mowe.training.checkpoint import find_checkpoint, load_trainer_state
 from mowe.training.config import NonFiniteLossError, TrainConfig, TrainResult
 from mowe.training.distributed import (
     clip_grad_norm,
+    count_label_tokens,
     export_final,
     forward_backward,
     fsdp_requested,
@@ -126,19 +127,29 @@ def release_accelerator(accelerator: Any) -> None:
 @torch.no_grad()
 def eval_loss(accelerator: Any, model: nn.Module, dataset: Dataset, *, inputs: Callable[[dict[str, Any]], dict],
               batch_size: int, collate_fn: Callable, num_workers: int = 0) -> float:
-    """Mean loss per example over ``dataset``, sharded over processes and summed across them."""
+    """Loss over ``dataset``, sharded over processes and summed across them: for a model whose ``forward`` takes
+    ``num_items_in_batch`` the LM loss over all answer tokens / their count (the same for any batch size and
+    process count), otherwise the mean loss per example.
+
+    A sharded (FSDP) model needs every process to run as many forwards: processes with one batch fewer run a
+    filler batch (example 0) whose loss is not counted."""
     acc = accelerator
     idx = list(range(len(dataset)))[acc.process_index::acc.num_processes]  # type: ignore[arg-type]
-    loader = DataLoader(dataset, batch_sampler=[idx[i:i + batch_size] for i in range(0, len(idx), batch_size)],
-                        collate_fn=collate_fn, num_workers=num_workers)
+    batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    real = len(batches)
+    if is_sharded(model) and len(dataset):  # type: ignore[arg-type]
+        most = math.ceil(math.ceil(len(dataset) / acc.num_processes) / batch_size)  # type: ignore[arg-type]
+        batches += [[0]] * (most - real)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers)
+    tokens = "num_items_in_batch" in inspect.signature(acc.unwrap_model(model).forward).parameters
     total, count = 0.0, 0.0
-    for batch in loader:
+    for i, batch in enumerate(loader):
         if not batch or len(batch.get("input_ids", [])) == 0:
             continue
         with acc.autocast():
-            res = model(**inputs(batch))
-        n = float(batch["input_ids"].shape[0])
-        total += float(res.loss) * n
+            res = model(**inputs(batch), **({"num_items_in_batch": 1} if tokens else {}))  # 1: the summed loss
+        n = (count_label_tokens(batch) if tokens else float(batch["input_ids"].shape[0])) if i < real else 0.0
+        total += (float(res.lm_loss) if tokens else float(res.loss) * n) if n else 0.0
         count += n
     t = torch.tensor([total, count], dtype=torch.float64, device=acc.device)
     if acc.num_processes > 1:
@@ -317,7 +328,7 @@ class Trainer:
                 out["eval_loss"] = eval_loss(self.accelerator, self.model, self.eval_dataset, inputs=self._inputs,
                                              batch_size=self.config.batch_size, collate_fn=self.collate_fn,
                                              num_workers=self.config.num_workers)
-            if self.eval_fn is not None and self.is_main:
+            if self.eval_fn is not None and (self.is_main or is_sharded(self.model)):  # FSDP: all run it
                 for k, v in self.eval_fn(self.model, self.global_step).items():
                     out[k if k.startswith("eval_") else f"eval_{k}"] = float(v)
             self.accelerator.wait_for_everyone()

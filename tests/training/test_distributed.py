@@ -85,6 +85,10 @@ def _assert_same_run(a, b):
     assert [r["step"] for r in la] == [r["step"] for r in lb] == [1, 2, 3, 4]
     for ra, rb in zip(la, lb, strict=True):
         assert abs(ra["loss"] - rb["loss"]) < TOL and abs(ra["lm_loss"] - rb["lm_loss"]) < TOL, (ra, rb)
+    ea, eb = logs(a, "eval_loss"), logs(b, "eval_loss")  # token-mean eval loss: any batch size / process count
+    assert [r["step"] for r in ea] == [r["step"] for r in eb] == [2, 4]
+    for ra, rb in zip(ea, eb, strict=True):
+        assert abs(ra["eval_loss"] - rb["eval_loss"]) < TOL, (ra, rb)
     return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
 
 

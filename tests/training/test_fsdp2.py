@@ -71,6 +71,9 @@ def test_fsdp_with_answers_of_different_lengths_equals_one_process(fsdp_runs):
     print("max |single - fsdp| =", max(float((a[k] - b[k]).abs().max()) for k in a))
     for ra, rb in zip(logs(tmp / "single"), logs(tmp / "fsdp"), strict=True):
         assert abs(ra["loss"] - rb["loss"]) < TOL, (ra, rb)
+    # evaluation on 9 examples: one process runs a filler batch (a sharded model needs equal forwards)
+    for ra, rb in zip(logs(tmp / "single", "eval_loss"), logs(tmp / "fsdp", "eval_loss"), strict=True):
+        assert ra["step"] == rb["step"] and abs(ra["eval_loss"] - rb["eval_loss"]) < TOL, (ra, rb)
 
 
 def test_fsdp_run_resumed_from_a_sharded_checkpoint_equals_the_uninterrupted_run(fsdp_runs):
