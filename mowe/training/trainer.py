@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -43,7 +44,7 @@ from mowe.training import checkpoint as ckpt
 from mowe.training.checkpoint import find_checkpoint, load_trainer_state
 from mowe.training.config import NonFiniteLossError, TrainConfig, TrainResult
 from mowe.training.logging import LossWindow, RunLog
-from mowe.training.stages import Stage, apply_stage, set_lora_scale, stages_to_list
+from mowe.training.stages import Stage, apply_stage, set_lora_scale, stages_to_list, trainable_summary
 
 __all__ = [
     "MODEL_INPUT_KEYS",
@@ -175,6 +176,34 @@ def eval_loss(accelerator: Any, model: nn.Module, dataset: Dataset, *, inputs: C
     return total / count if count else float("nan")
 
 
+def reduce_sum(accelerator: Any, values: list[float]) -> list[float]:
+    """``values`` summed over processes (float64)."""
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        t = accelerator.reduce(t, reduction="sum")
+    return t.tolist()
+
+
+def eval_due(eval_every: int, step: int, stage_done: bool, eval_dataset: Any, eval_fn: Any) -> bool:
+    """Whether to evaluate after ``step``: every ``eval_every`` steps, or at each stage's end when it is 0 (so a
+    dev set given to the trainer is never ignored); never without ``eval_dataset`` and ``eval_fn``."""
+    if eval_dataset is None and eval_fn is None:
+        return False
+    return step % eval_every == 0 if eval_every else stage_done
+
+
+def log_stage_start(log: Callable[[dict[str, Any]], None], stage: Stage, model: nn.Module, *, step: int,
+                    show: bool) -> dict[str, int]:
+    """Log (and print on the main process) what ``stage`` trains: trainable parameter values per part."""
+    parts = trainable_summary(model)
+    total = sum(parts.values())
+    log({"event": "stage_start", "step": step, "stage": stage.name, "trains": parts, "trainable_parameters": total})
+    if show:
+        listed = ", ".join(f"{k} ({v:,})" for k, v in parts.items())
+        print(f"stage {stage.name!r}: training {listed}; {total:,} trainable parameters", file=sys.stderr)
+    return parts
+
+
 def _f(t: Any) -> float | None:
     return None if t is None else float(t.detach()) if torch.is_tensor(t) else float(t)
 
@@ -191,7 +220,8 @@ class Trainer:
         config: loop settings.
         stages: run in order.
         collate_fn: examples -> batch dict (see the module docstring); drops None examples.
-        eval_dataset: optional; its mean loss is logged as ``eval_loss`` every ``eval_every`` steps.
+        eval_dataset: optional; its mean loss is logged as ``eval_loss`` every ``eval_every`` steps (0: at the
+            end of each stage).
         eval_fn: optional ``eval_fn(model, step) -> dict[str, float]`` run on the main process (e.g. WER by
             generation); its results are logged with an ``eval_`` prefix.
     """
@@ -284,12 +314,6 @@ class Trainer:
         if self._pack:
             inputs["pack"] = self.config.pack_sequences
         return inputs
-
-    def _reduce_sum(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            t = self.accelerator.reduce(t, reduction="sum")
-        return t.tolist()
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, *, stage_index: int, step_in_stage: int, sampler: StageSampler,
@@ -393,6 +417,7 @@ class Trainer:
                 stage = self.stages[si]
                 step0 = start_step if si == start_stage else 0
                 self._ever_trained |= set(apply_stage(self.model, stage))
+                log_stage_start(self.log, stage, self.model, step=self.global_step, show=self.is_main)
                 sampler = self._sampler(si)
                 optimizer = make_optimizer(self.model, lr=stage.lr, config=cfg)
                 scheduler = get_cosine_schedule_with_warmup(optimizer, stage.warmup_steps, stage.steps)
@@ -428,7 +453,7 @@ class Trainer:
         cfg, stage = self.config, self.stages[si]
         params = [p for p in self.model.parameters() if p.requires_grad]
         stream = self._micro_batches(sampler, si, step0 * cfg.grad_accum)
-        window = LossWindow(self._reduce_sum)
+        window = LossWindow(functools.partial(reduce_sum, self.accelerator))
         last_ckpt = None
         wrapped.train()
         for step in range(step0, stage.steps):
@@ -461,8 +486,7 @@ class Trainer:
                 self.log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}" if rec["loss"] is not None else "nan", lr=f"{lr:.2e}",
                                 sps=f"{rec['samples_per_s']:.1f}")
-            if cfg.eval_every and self.global_step % cfg.eval_every == 0 and (self.eval_dataset is not None or
-                                                                           self.eval_fn is not None):
+            if eval_due(cfg.eval_every, self.global_step, done, self.eval_dataset, self.eval_fn):
                 self.log({"step": self.global_step, "stage": stage.name, **self.evaluate()})
                 wrapped.train()
             last_stage = si == len(self.stages) - 1
