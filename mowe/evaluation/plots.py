@@ -40,7 +40,7 @@ def router_usage(counts: Mapping[str, Sequence[float]], num_encoders: int | None
         bad = next(t for t in tasks if len(counts[t]) != (num_encoders or len(counts[tasks[0]])))
         raise MoWEInputError(f"router counts of task {bad!r} have {len(counts[bad])} entries; expected "
                              f"{num_encoders or len(counts[tasks[0]])} (one per weak encoder)")
-    m = np.array([list(counts[t]) for t in tasks], dtype=float).reshape(len(tasks), -1)
+    m = np.array([list(counts[t]) for t in tasks], dtype=float).reshape(len(tasks), widths.pop() if widths else 0)
     return tasks, m / m.sum(1, keepdims=True).clip(min=1e-12)
 
 
