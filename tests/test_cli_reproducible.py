@@ -94,7 +94,7 @@ def _train(root, out: str, *extra: str) -> subprocess.Popen:
 
 
 def _finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=300)
+    _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     return err
 

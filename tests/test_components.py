@@ -56,6 +56,16 @@ def test_resolution_errors_name_the_key_path_and_the_component(my_parts):
         instantiate(f"{my_parts}.Conv", {"width": 3, "out_dim": 4}, where="weak.c")
 
 
+def test_infer_and_eval_take_allow_components():
+    from mowe.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--model", "m", "--manifest", "t.jsonl", "--allow-components", "a",
+                              "--allow-components", "b"])
+    assert args.allow_components == ["a", "b"]
+    assert parser.parse_args(["infer", "--model", "m", "--audio", "x.wav", "--prompt", "p"]).allow_components is None
+
+
 def test_allowance_rules():
     assert is_allowed("mowe.routers.MixtureRouter", None)
     assert is_allowed("my_pkg.sub.X", ["my_pkg"]) and is_allowed("my_pkg.X", "my_pkg")

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,9 @@ __all__ = [
     "PARTS",
     "Stage",
     "apply_stage",
+    "eval_due",
     "frozen_encoders",
+    "log_stage_start",
     "ltu_as_stages",
     "mowe_default_stages",
     "parameter_groups",
@@ -301,6 +304,26 @@ def set_lora_scale(model: nn.Module, factor: float) -> dict[str, float]:
             scaling[adapter] = base * factor
             out[name] = scaling[adapter]
     return out
+
+
+def eval_due(eval_every: int, step: int, stage_done: bool, eval_dataset: Any, eval_fn: Any) -> bool:
+    """Whether to evaluate after ``step``: every ``eval_every`` steps, or at each stage's end when it is 0 (so a
+    dev set given to the trainer is never ignored); never without ``eval_dataset`` and ``eval_fn``."""
+    if eval_dataset is None and eval_fn is None:
+        return False
+    return step % eval_every == 0 if eval_every else stage_done
+
+
+def log_stage_start(log: Callable[[dict[str, Any]], None], stage: Stage, model: nn.Module, *, step: int,
+                    show: bool) -> dict[str, int]:
+    """Log (and print on the main process) what ``stage`` trains: trainable parameter values per part."""
+    parts = trainable_summary(model)
+    total = sum(parts.values())
+    log({"event": "stage_start", "step": step, "stage": stage.name, "trains": parts, "trainable_parameters": total})
+    if show:
+        listed = ", ".join(f"{k} ({v:,})" for k, v in parts.items())
+        print(f"stage {stage.name!r}: training {listed}; {total:,} trainable parameters", file=sys.stderr)
+    return parts
 
 
 # ----------------------------------------------------------------------------------------------- presets

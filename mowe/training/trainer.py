@@ -44,7 +44,7 @@ from mowe.training import checkpoint as ckpt
 from mowe.training.checkpoint import find_checkpoint, load_trainer_state
 from mowe.training.config import NonFiniteLossError, TrainConfig, TrainResult
 from mowe.training.logging import LossWindow, RunLog
-from mowe.training.stages import Stage, apply_stage, set_lora_scale, stages_to_list, trainable_summary
+from mowe.training.stages import Stage, apply_stage, eval_due, log_stage_start, set_lora_scale, stages_to_list
 
 __all__ = [
     "MODEL_INPUT_KEYS",
@@ -182,26 +182,6 @@ def reduce_sum(accelerator: Any, values: list[float]) -> list[float]:
     if accelerator.num_processes > 1:
         t = accelerator.reduce(t, reduction="sum")
     return t.tolist()
-
-
-def eval_due(eval_every: int, step: int, stage_done: bool, eval_dataset: Any, eval_fn: Any) -> bool:
-    """Whether to evaluate after ``step``: every ``eval_every`` steps, or at each stage's end when it is 0 (so a
-    dev set given to the trainer is never ignored); never without ``eval_dataset`` and ``eval_fn``."""
-    if eval_dataset is None and eval_fn is None:
-        return False
-    return step % eval_every == 0 if eval_every else stage_done
-
-
-def log_stage_start(log: Callable[[dict[str, Any]], None], stage: Stage, model: nn.Module, *, step: int,
-                    show: bool) -> dict[str, int]:
-    """Log (and print on the main process) what ``stage`` trains: trainable parameter values per part."""
-    parts = trainable_summary(model)
-    total = sum(parts.values())
-    log({"event": "stage_start", "step": step, "stage": stage.name, "trains": parts, "trainable_parameters": total})
-    if show:
-        listed = ", ".join(f"{k} ({v:,})" for k, v in parts.items())
-        print(f"stage {stage.name!r}: training {listed}; {total:,} trainable parameters", file=sys.stderr)
-    return parts
 
 
 def _f(t: Any) -> float | None:
