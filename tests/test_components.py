@@ -56,7 +56,7 @@ def test_resolution_errors_name_the_key_path_and_the_component(my_parts):
         instantiate(f"{my_parts}.Conv", {"width": 3, "out_dim": 4}, where="weak.c")
 
 
-def test_infer_and_eval_take_allow_components():
+def test_infer_eval_and_serve_take_allow_components():
     from mowe.cli import build_parser
 
     parser = build_parser()
@@ -64,6 +64,7 @@ def test_infer_and_eval_take_allow_components():
                               "--allow-components", "b"])
     assert args.allow_components == ["a", "b"]
     assert parser.parse_args(["infer", "--model", "m", "--audio", "x.wav", "--prompt", "p"]).allow_components is None
+    assert parser.parse_args(["serve", "m", "--allow-components", "c"]).allow_components == ["c"]
 
 
 def test_allowance_rules():
