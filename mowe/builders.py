@@ -1,6 +1,8 @@
 """Building parts from config entries: encoders, connectors, the LLM (+ LoRA), routers.
 
-Each builder returns a plain module; the model composes them. Hard-coded sizes live only in presets.
+Each builder returns a plain module; the model composes them. Hard-coded sizes live only in presets. An entry with
+``component`` set is built by import path (:mod:`mowe.components`); ``allow`` says which packages outside mowe
+may be imported for that (``True``: any, for configs the caller wrote).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from mowe.components import AllowList, instantiate
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.errors import ConfigError
 
@@ -18,16 +21,32 @@ __all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_rou
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Module] | None = None) -> nn.Module:
+def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Module] | None = None,
+                  allow: AllowList = True) -> nn.Module:
     """An encoder module from its config entry; ``custom`` supplies modules for ``family="custom"`` entries.
 
     ``min_seconds`` / ``max_seconds`` put a :class:`~mowe.encoders.span.ClipSpan` in front of the encoder.
     """
-    enc = _build_bare_encoder(cfg, name=name, custom=custom)
+    if cfg.component and not (custom and name in custom):
+        enc = _build_component_encoder(cfg, name=name, allow=allow)
+    else:
+        enc = _build_bare_encoder(cfg, name=name, custom=custom)
     if cfg.min_seconds > 0 or cfg.max_seconds is not None:
         from mowe.encoders.span import ClipSpan
 
         enc = ClipSpan(encoder=enc, min_seconds=cfg.min_seconds, max_seconds=cfg.max_seconds)
+    return enc
+
+
+def _build_component_encoder(cfg: EncoderConfig, *, name: str, allow: AllowList) -> nn.Module:
+    from mowe.encoders.base import set_trainable
+
+    where = "strong" if name == "strong" else f"weak.{name}"
+    enc = instantiate(cfg.component, cfg.kwargs, where=where, allow=allow, offered={"freeze": cfg.freeze})
+    if not isinstance(enc, nn.Module):
+        raise ConfigError(f"{where}: component {cfg.component!r} built a {type(enc).__name__}, not an nn.Module")
+    if cfg.freeze:  # an encoder that does not take `freeze` itself
+        set_trainable(enc, False)
     return enc
 
 
@@ -82,9 +101,13 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
     raise ConfigError(f"encoder {name!r}: unknown family {fam!r} (whisper, whisper_ltu, hubert, beats, speaker, pitch, custom)")
 
 
-def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int) -> nn.Module:
-    """A connector of ``cfg.kind`` from ``in_dim`` features to the LLM width ``out_dim``."""
+def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int, allow: AllowList = True) -> nn.Module:
+    """A connector of ``cfg.kind`` (or ``cfg.component``) from ``in_dim`` features to the LLM width ``out_dim``."""
     from mowe.connectors import basic
+
+    if cfg.component:
+        return instantiate(cfg.component, cfg.kwargs, where="connector", allow=allow,
+                           offered={"in_dim": in_dim, "out_dim": out_dim})
 
     kinds = {
         "linear": basic.LinearConnector,
@@ -107,13 +130,19 @@ def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int) -> nn.Mo
 
 
 def build_router(cfg: RouterConfig, *, strong_dim: int, num_encoders: int,
-                 prompt_dim: int | None = None) -> nn.Module:
-    """The routers the config enables, combined with top-k selection.
+                 prompt_dim: int | None = None, allow: AllowList = True) -> nn.Module:
+    """The routers the config enables, combined with top-k selection, or ``cfg.component``.
 
     ``prompt_dim``: the LLM's embedding width, needed when ``cfg.prompt_aware`` (the prompt-aware router then
-    takes the data-dependent router's place).
+    takes the data-dependent router's place). A component gets ``num_encoders``, ``top_k``, ``in_dim``
+    (``strong_dim``) and ``prompt_dim`` when its constructor names them (router contract: :mod:`mowe.components`).
     """
     from mowe.routers import DataDependentRouter, DataIndependentRouter, MixtureRouter, PromptAwareRouter
+
+    if cfg.component:
+        return instantiate(cfg.component, cfg.kwargs, where="router", allow=allow,
+                           offered={"num_encoders": num_encoders, "top_k": cfg.top_k, "in_dim": strong_dim,
+                                    "prompt_dim": prompt_dim})
 
     routers: list[nn.Module] = []
     if cfg.data_independent:

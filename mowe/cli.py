@@ -35,7 +35,8 @@ from typing import Any, Literal
 from mowe.config import apply_overrides, from_dict, read_config_file
 from mowe.errors import ConfigError
 
-__all__ = ["RUN_SECTIONS", "add_generation_args", "build_parser", "load_run_file", "main"]
+__all__ = ["RUN_SECTIONS", "add_allow_components_arg", "add_generation_args", "build_parser", "load_run_file", "main",
+           "seed_everything"]
 
 RUN_SECTIONS = ("model", "tokenizer", "processor", "data", "train", "stages")
 # Stage presets by name; "mowe_paper" (the name of the model preset in mowe.presets) and "mowe" are the same.
@@ -194,6 +195,7 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
     if isinstance(train_cfg, dict) and "output_dir" in train_cfg:
         train_cfg["output_dir"] = _resolve(base_dir, train_cfg["output_dir"])
     config = TrainConfig.from_dict(train_cfg)
+    seed_everything(config.seed)  # before the tokenizer and the model: two runs of one file build the same weights
     stages = _stages(run["stages"])
     train_manifest = _resolve(base_dir, data["train"])
     ds_kw = {"on_bad_example": data.get("on_bad_example", "error"),
@@ -217,6 +219,20 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
             model.save_pretrained(final)
         processor.save_pretrained(final)  # beside the weights: `mowe infer/eval --model final` find both
     return final
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's ``random``, numpy and torch (all devices) the way accelerate's ``set_seed`` does."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
+def add_allow_components_arg(p: argparse.ArgumentParser) -> None:
+    """``--allow-components PKG`` (repeatable): packages outside mowe a saved model's config may name."""
+    p.add_argument("--allow-components", action="append", metavar="PKG", default=None,
+                   help="allow the saved model's config to build components from this package (and its "
+                        "submodules); importing it runs its code. Repeatable")
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -248,7 +264,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from mowe.training.stages import set_lora_scale
 
     model_dir = _model_dir(args.model)
-    model = MoWEAudioLLM.from_pretrained(model_dir)
+    model = MoWEAudioLLM.from_pretrained(model_dir, allow_components=args.allow_components)
     model.eval()
     processor = MoWEProcessor.from_pretrained(args.processor or model_dir)
     if args.lora_scale is not None:
@@ -288,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_args(p, max_new_tokens=32)
     p.add_argument("--lora-scale", type=float, default=None,
                    help="multiply the LoRA scaling (SALMONN's activation trick, e.g. 0.5)")
+    add_allow_components_arg(p)
     p.set_defaults(func=_cmd_infer)
 
     try:

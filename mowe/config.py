@@ -69,6 +69,10 @@ class EncoderConfig:
         full_window: Whisper only, with ``pad_to_30s``: output all 1500 frames of the 30 s window (SALMONN).
         min_seconds: clips shorter than this are zero-padded to it before this encoder (SALMONN: 1.0).
         max_seconds: clips longer than this are cut to it before this encoder (SALMONN: 30.0); None: no cut.
+        component: import path of your own encoder class or factory (``"my_pkg.encoders.Conv50"``), built with
+            ``kwargs`` instead of ``family`` (see :mod:`mowe.components`); in a file, the entry's other keys
+            that are not fields here become ``kwargs``.
+        kwargs: keyword arguments of ``component``.
     """
 
     family: str = "whisper"
@@ -82,6 +86,8 @@ class EncoderConfig:
     full_window: bool = False
     min_seconds: float = 0.0
     max_seconds: float | None = None
+    component: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,9 @@ class RouterConfig:
     :class:`~mowe.routers.PromptAwareRouter` takes its place; its prompt width is read from the LLM).
     ``layout``, ``slot_dim`` and ``align`` shape the pool's output (:class:`~mowe.encoders.WeakEncoderPool`):
     ``align="pad"`` pairs weak and strong frames by index (SALMONN) instead of resampling by time.
+    ``component``: import path of your own router (``{"component": "my_pkg.DurationRouter", ...kwargs}``) in
+    place of the built-in ones; ``top_k``, ``aux_loss_weight``, ``layout``, ``slot_dim`` and ``align`` still
+    apply (see :mod:`mowe.components` for the router contract).
     """
 
     data_independent: bool = True
@@ -104,14 +113,19 @@ class RouterConfig:
     slot_dim: int | None = None
     prompt_aware: bool = False
     align: Literal["interpolate", "pad"] = "interpolate"
+    component: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ConnectorConfig:
-    """Connector kind (``linear``, ``mlp``, ``stack``, ``conv``, ``qformer``, ``tltr``) and its keyword options."""
+    """Connector kind (``linear``, ``mlp``, ``stack``, ``conv``, ``qformer``, ``tltr``) and its keyword options,
+    or ``component``: the import path of your own connector, built with ``kwargs`` (see :mod:`mowe.components`)."""
 
     kind: Literal["linear", "mlp", "stack", "conv", "qformer", "tltr"] = "stack"
     options: dict[str, Any] = field(default_factory=dict)
+    component: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -209,6 +223,7 @@ def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = 
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     names = [f.name for f in fields]
+    data = _fold_component_kwargs(data, names, where)
     for key in data:
         if key not in names:
             raise ConfigError(f"{_join(where, key)}: unknown key {key!r} for {cls.__name__} (known: {sorted(names)})")
@@ -217,6 +232,26 @@ def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = 
             raise ConfigError(f"{_join(where, f.name)}: missing key {f.name!r} for {cls.__name__}")
     kwargs = {k: _convert(hints[k], v, _join(where, k), int_bools) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _fold_component_kwargs(data: dict, names: list[str], where: str) -> dict:
+    """``{"component": "pkg.Class", "width": 8, "freeze": false}`` -> keys that are not fields go to ``kwargs``.
+
+    Only for dataclasses with ``component`` and ``kwargs`` fields and only when ``component`` is set, so a typo
+    in a built-in entry is still an unknown key.
+    """
+    if "component" not in names or "kwargs" not in names or data.get("component") is None:
+        return data
+    extra = {k: v for k, v in data.items() if k not in names}
+    if not extra:
+        return data
+    given = data.get("kwargs") or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{_join(where, 'kwargs')}: expected an object, got {type(given).__name__}")
+    for k in extra:
+        if k in given:
+            raise ConfigError(f"{_join(where, k)}: given both as a key and in 'kwargs'")
+    return {**{k: v for k, v in data.items() if k in names}, "kwargs": {**given, **extra}}
 
 
 def _join(where: str, key: Any) -> str:

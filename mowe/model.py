@@ -13,7 +13,7 @@ Data flow of one forward::
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -134,24 +134,33 @@ class MoWEAudioLLM(nn.Module):
     # ------------------------------------------------------------------------------------------- building
     @classmethod
     def from_config(cls, config: MoWEConfig, *, encoders: Mapping[str, nn.Module] | None = None,
-                    llm: nn.Module | None = None) -> MoWEAudioLLM:
+                    llm: nn.Module | None = None, allow_components: bool | Sequence[str] | None = True
+                    ) -> MoWEAudioLLM:
         """Build every part a config names; ``encoders`` supplies modules (by name, ``"strong"`` for the strong one)
-        for ``family="custom"`` entries or to replace built ones, ``llm`` an already built LLM."""
-        strong = build_encoder(config.strong, name="strong", custom=encoders)
+        for ``family="custom"`` entries or to replace built ones, ``llm`` an already built LLM.
+        ``allow_components``: packages outside mowe whose ``component`` entries may be imported (True: any;
+        see :mod:`mowe.components`)."""
+        from mowe.components import check_allowed, config_components
+
+        allow = allow_components
+        for where, path in config_components(config):  # refuse before importing or building anything
+            if not (encoders and where.split(".")[-1] in encoders):
+                check_allowed(path, allow, where=where)
+        strong = build_encoder(config.strong, name="strong", custom=encoders, allow=allow)
         pool = None
         if config.weak:
-            weak = {n: build_encoder(c, name=n, custom=encoders) for n, c in config.weak.items()}
+            weak = {n: build_encoder(c, name=n, custom=encoders, allow=allow) for n, c in config.weak.items()}
             pool = WeakEncoderPool(encoders=weak, layout=config.router.layout, top_k=config.router.top_k,
                                    slot_dim=config.router.slot_dim, align=config.router.align)
         if llm is None:
             llm = build_llm(config.llm, config.lora)
         d_llm = llm.get_input_embeddings().embedding_dim
         in_dim = int(strong.out_dim) + (pool.out_dim if pool is not None else 0)
-        connector = build_connector(config.connector, in_dim=in_dim, out_dim=d_llm)
+        connector = build_connector(config.connector, in_dim=in_dim, out_dim=d_llm, allow=allow)
         router = None
         if pool is not None:
             router = build_router(config.router, strong_dim=int(strong.out_dim), num_encoders=len(pool),
-                                  prompt_dim=d_llm)
+                                  prompt_dim=d_llm, allow=allow)
         return cls(strong_encoder=strong, weak_encoders=pool, router=router, connector=connector, llm=llm,
                    audio_token_id=config.audio_token_id, aux_loss_weight=config.router.aux_loss_weight,
                    config=config)
@@ -359,10 +368,16 @@ class MoWEAudioLLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, encoders: Mapping[str, nn.Module] | None = None,
-                        map_location: str | torch.device = "cpu") -> MoWEAudioLLM:
-        """Rebuild from ``config.json`` (frozen towers from their sources) and load the saved weights."""
+                        map_location: str | torch.device = "cpu",
+                        allow_components: Sequence[str] | None = None) -> MoWEAudioLLM:
+        """Rebuild from ``config.json`` (frozen towers from their sources) and load the saved weights.
+
+        ``allow_components``: packages (``["my_pkg"]``) whose components the config may name; a component outside
+        mowe and these raises a :class:`~mowe.errors.ConfigError` before its module is imported.
+        """
         cfg_path, w_path = saving.saved_files(directory)
-        model = cls.from_config(MoWEConfig.from_json(cfg_path), encoders=encoders)
+        model = cls.from_config(MoWEConfig.from_json(cfg_path), encoders=encoders,
+                                allow_components=list(allow_components or ()))
         model.load_weights(w_path, map_location=map_location)
         return model
 

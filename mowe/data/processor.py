@@ -43,7 +43,7 @@ import torch
 
 from mowe.config import from_dict
 from mowe.constants import IGNORE_INDEX, MODEL_INPUT_KEYS, SAMPLE_RATE
-from mowe.data.audio import AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
+from mowe.data.audio import AudioClip, AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
 from mowe.data.samplers import mix_seed
 from mowe.data.templates import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -227,10 +227,12 @@ class MoWEProcessor:
 
     # ------------------------------------------------------------------------------------------- audio
     def prepare_audio(self, audio: Any, *, train: bool = False, who: str = "audio") -> list[torch.Tensor]:
-        """A path or a 1-D array/tensor -> the clip's windows, each ``(s_i,)`` float32 at 16 kHz.
+        """A path, an :class:`~mowe.data.audio.AudioClip` or a 1-D array/tensor -> the clip's windows, each
+        ``(s_i,)`` float32 at 16 kHz.
 
         One window unless ``length_policy="chunk"`` (and not ``train``) and the clip is longer than
-        ``max_audio_seconds``. A path is read with :func:`mowe.data.audio.load_audio`.
+        ``max_audio_seconds``. A path is read with :func:`mowe.data.audio.load_audio`; a clip that function
+        returned is taken as its waveform (it must be at 16 kHz), under this processor's length policy.
 
         Raises:
             AudioLoadError: an unreadable file (names it). MoWEInputError: a bad array, or a clip too long
@@ -243,6 +245,11 @@ class MoWEProcessor:
         if isinstance(audio, (str, os.PathLike)):
             clip = load_audio(audio, sample_rate=SAMPLE_RATE, max_seconds=max_s, length_policy=policy)
             return clip.windows()
+        if isinstance(audio, AudioClip):
+            if audio.sample_rate != SAMPLE_RATE:
+                raise MoWEInputError(f"{who} ({audio.path}) is at {audio.sample_rate} Hz; load it with "
+                                     f"load_audio(path, sample_rate={SAMPLE_RATE})")
+            audio = audio.waveform
         if isinstance(audio, np.ndarray) and not np.issubdtype(audio.dtype, np.floating):
             raise MoWEInputError(f"{who} must hold floating-point samples, got numpy dtype {audio.dtype}")
         wave = validate_waveform(audio, name=who)
@@ -273,7 +280,8 @@ class MoWEProcessor:
 
         Args:
             text: an instruction or a list of them.
-            audio: one clip per instruction: a path, a 1-D array / tensor, or a list of those.
+            audio: one clip per instruction: a path, a 1-D array / tensor, an ``AudioClip`` from
+                :func:`mowe.data.audio.load_audio`, or a list of those.
             answer: optional answer(s) (one per instruction) -> ``labels`` for a training forward.
             return_tensors: only ``"pt"``.
             padding_side: default right with answers, left without (generation).

@@ -108,7 +108,8 @@ def _plots(out_dir: str, logs: Mapping[str, str], summary: Mapping[str, Any]) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
+
+    from mowe.evaluation.plots import plot_router_heatmap
 
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -124,26 +125,12 @@ def _plots(out_dir: str, logs: Mapping[str, str], summary: Mapping[str, Any]) ->
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     for name, s in summary.items():
-        tasks = sorted(s["router_counts"])
-        if not tasks:
+        if not s["router_counts"]:
             continue
-        m = np.array([s["router_counts"][t] for t in tasks], dtype=float)
-        m = m / m.sum(1, keepdims=True).clip(min=1)
-        fig, ax = plt.subplots(figsize=(1.8 + 1.3 * m.shape[1], 0.9 + 0.45 * len(tasks)))
-        im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1)
-        ax.set_xticks(range(m.shape[1]), s["encoder_names"], rotation=30, ha="right")
-        ax.set_yticks(range(len(tasks)), tasks)
-        for i in range(m.shape[0]):
-            for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w" if m[i, j] < 0.6 else "k",
-                        fontsize=8)
-        ax.set_title(f"{name}: weak encoder selected, per task (test)")
-        fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.tight_layout()
         slug = name.lower().replace("-", "_").replace("+", "_")
         paths.append(os.path.join(out_dir, f"router_heatmap_{slug}.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        plot_router_heatmap(s["router_counts"], s["encoder_names"], paths[-1],
+                            title=f"{name}: weak encoder selected, per task (test)")
     return paths
 
 

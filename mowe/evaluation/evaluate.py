@@ -121,7 +121,7 @@ def _cmd_eval(args) -> int:
     from mowe.errors import ConfigError
     from mowe.model import MoWEAudioLLM
 
-    model = MoWEAudioLLM.from_pretrained(args.model)
+    model = MoWEAudioLLM.from_pretrained(args.model, allow_components=getattr(args, "allow_components", None))
     proc_dir = args.processor or args.model
     processor = MoWEProcessor.from_pretrained(proc_dir)
     dataset = ManifestDataset(args.manifest, on_bad_example=args.on_bad_example)
@@ -150,7 +150,7 @@ def _cmd_eval(args) -> int:
 
 def add_eval_cli(subparsers: Any) -> Any:
     """Register ``mowe eval --model DIR --manifest test.jsonl [--out DIR]``."""
-    from mowe.cli import add_generation_args
+    from mowe.cli import add_allow_components_arg, add_generation_args
 
     p = subparsers.add_parser("eval", help="evaluate a saved model on a JSONL manifest (per-task metrics)")
     p.add_argument("--model", required=True, help="folder written by save_pretrained / mowe train")
@@ -164,5 +164,6 @@ def add_eval_cli(subparsers: Any) -> Any:
                         "(the README lists the demo corpus's settings)")
     p.add_argument("--spell-digits", action="store_true",
                    help="spell digits as words before scoring (references written as a voice reads digits)")
+    add_allow_components_arg(p)
     p.set_defaults(func=_cmd_eval)
     return p

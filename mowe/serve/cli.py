@@ -11,10 +11,12 @@ __all__ = ["add_serve_cli", "load_for_serving"]
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-def load_for_serving(path: str, *, device: str = "cpu", dtype: str | None = None):
+def load_for_serving(path: str, *, device: str = "cpu", dtype: str | None = None,
+                     allow_components: list[str] | None = None):
     """``(model, processor)`` from a ``mowe train`` output folder (or its ``final/``), the model in eval mode.
 
-    ``dtype`` casts the LLM and the connector (the encoders keep their own precision).
+    ``dtype`` casts the LLM and the connector (the encoders keep their own precision). ``allow_components``: the
+    packages outside mowe the saved config may name (see :mod:`mowe.components`).
 
     Raises:
         CheckpointError / ConfigError: no saved model or processor there (naming the file).
@@ -26,7 +28,7 @@ def load_for_serving(path: str, *, device: str = "cpu", dtype: str | None = None
 
     final = os.path.join(path, "final")
     directory = final if os.path.isfile(os.path.join(final, "config.json")) else path
-    model = MoWEAudioLLM.from_pretrained(directory).eval().to(device)
+    model = MoWEAudioLLM.from_pretrained(directory, allow_components=allow_components).eval().to(device)
     if dtype is not None and dtype != "float32":
         for part in (model.llm, model.connector):
             part.to(getattr(torch, dtype))
@@ -52,7 +54,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"mowe serve: error: {e.name} is missing; install the serving extra: pip install 'mowe[serve]'",
               file=sys.stderr)
         return 2
-    model, processor = load_for_serving(args.model_dir, device=args.device, dtype=args.dtype)
+    model, processor = load_for_serving(args.model_dir, device=args.device, dtype=args.dtype,
+                                         allow_components=args.allow_components)
     name = args.model_name or os.path.basename(os.path.normpath(args.model_dir)) or "mowe"
     max_s = args.max_audio_seconds or processor.max_audio_seconds or 30.0
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_audio_seconds=max_s,
@@ -71,6 +74,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve_cli(subparsers) -> None:
     """Add the ``serve`` command to the ``mowe`` argument parser's subparsers."""
+    from mowe.cli import add_allow_components_arg
+
     p = subparsers.add_parser("serve", help="serve a trained model: OpenAI-compatible audio chat API + web page")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a `mowe train` output folder, or its final/ folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost only)")
@@ -89,5 +94,6 @@ def add_serve_cli(subparsers) -> None:
     p.add_argument("--max-clips", type=_positive(int), default=4, help="audio parts per request")
     p.add_argument("--max-tokens-limit", type=_positive(int), default=512, help="largest max_tokens accepted")
     p.add_argument("--default-max-tokens", type=_positive(int), default=128, help="max_tokens when none is given")
+    add_allow_components_arg(p)
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=_cmd_serve)

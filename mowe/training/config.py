@@ -31,7 +31,8 @@ class TrainConfig:
         adam_betas, adam_eps: AdamW settings.
         mixed_precision: ``"no"`` or ``"bf16"`` (autocast; master weights stay in their own dtype).
         gradient_checkpointing: recompute LLM activations in the backward pass (less memory, ~30% slower).
-        eval_every: evaluate every this many steps (0: never; needs ``eval_dataset`` or ``eval_fn``).
+        eval_every: evaluate every this many steps (0: at the end of each stage; needs ``eval_dataset`` or
+            ``eval_fn``).
         save_every: checkpoint every this many steps (0: only at the end).
         log_every: log every this many steps.
         seed: seeds python, numpy and torch (process ``r`` uses ``seed + r``) and the data order.

@@ -8,11 +8,18 @@ Parts (see :func:`parameter_groups`):
 
 * ``"connector"``      ``model.connector``
 * ``"routers"``        ``model.router`` (absent in a base-only model: then skipped)
-* ``"weak_encoders"``  ``model.pool`` (the weak encoders and, for the ``"topk"`` layout, their slot adapters;
-  absent in a base-only model: then skipped)
+* ``"weak_encoders"``  ``model.pool``: its members that are not frozen and, for the ``"topk"`` layout, the slot
+  adapters (absent in a base-only model: then skipped)
+* ``"weak_encoders.<name>"`` one member of the pool by its config name (and its slot adapter), frozen or not
 * ``"strong_encoder"`` ``model.strong_encoder``
 * ``"lora"``           LLM parameters with ``"lora_"`` in their name (peft adapters)
 * ``"llm"``            every other LLM parameter (the base weights)
+
+Per-encoder freezing: an encoder built frozen (``EncoderConfig(freeze=True)``, the default, or a module whose
+parameters you set to ``requires_grad=False`` before training) keeps its weights when a stage names the group
+``"weak_encoders"``; only a stage naming it by its own name (``"weak_encoders.<name>"``, or ``"strong_encoder"``
+for the strong one) trains it. Which encoders count as frozen is read once, at the first :func:`apply_stage` on
+the model, before any stage has changed ``requires_grad``.
 
 Presets reproduce the curricula of the three papers on top of these parts:
 :func:`mowe_default_stages`, :func:`salmonn_stages`, :func:`ltu_as_stages`.
@@ -29,7 +36,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +50,9 @@ __all__ = [
     "PARTS",
     "Stage",
     "apply_stage",
+    "eval_due",
+    "frozen_encoders",
+    "log_stage_start",
     "ltu_as_stages",
     "mowe_default_stages",
     "parameter_groups",
@@ -49,9 +60,11 @@ __all__ = [
     "set_lora_scale",
     "stages_from_list",
     "stages_to_list",
+    "trainable_summary",
 ]
 
 PARTS = ("connector", "routers", "weak_encoders", "strong_encoder", "lora", "llm")
+MEMBER_PREFIX = "weak_encoders."  # + a weak encoder's name: that member alone
 
 
 @dataclass(frozen=True)
@@ -84,8 +97,9 @@ class Stage:
             raise ConfigError(f"stage {self.name!r}: 'train' must be a list of parts, got {self.train!r}")
         object.__setattr__(self, "train", tuple(self.train))
         for part in self.train:
-            if part not in PARTS:
-                raise ConfigError(f"stage {self.name!r}: unknown part {part!r} in 'train' (known: {list(PARTS)})")
+            if part not in PARTS and not (part.startswith(MEMBER_PREFIX) and len(part) > len(MEMBER_PREFIX)):
+                raise ConfigError(f"stage {self.name!r}: unknown part {part!r} in 'train' (known: {list(PARTS)} "
+                                  f"and 'weak_encoders.<name>')")
         if not self.train:
             raise ConfigError(f"stage {self.name!r}: 'train' names no part")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -163,22 +177,81 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
 _OPTIONAL_PARTS = {"routers": "router", "weak_encoders": "pool"}
 
 
+def frozen_encoders(model: nn.Module) -> frozenset[str]:
+    """Parts naming the encoders built frozen (``"strong_encoder"``, ``"weak_encoders.<name>"``).
+
+    Read on the first call (an encoder with parameters, none of them trainable) and remembered on the model, so
+    later stages changing ``requires_grad`` do not change the answer.
+    """
+    known = model.__dict__.get("_mowe_frozen_encoders")
+    if known is None:
+        mods = {"strong_encoder": getattr(model, "strong_encoder", None)}
+        pool = getattr(model, "pool", None)
+        if pool is not None:
+            mods.update({MEMBER_PREFIX + n: e for n, e in pool.encoders.items()})
+        known = frozenset(k for k, m in mods.items() if m is not None and _all_frozen(m))
+        model.__dict__["_mowe_frozen_encoders"] = known
+    return known
+
+
+def _all_frozen(module: nn.Module) -> bool:
+    params = list(module.parameters())
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
+def _member_params(model: nn.Module, name: str) -> list[tuple[str, nn.Parameter]]:
+    """The parameters of pool member ``name`` (and of its ``"topk"`` slot adapter)."""
+    pool = model.pool
+    out = [(f"pool.encoders.{name}.{n}", p) for n, p in pool.encoders[name].named_parameters()]
+    if getattr(pool, "adapters", None) is not None and name in pool.adapters:
+        out += [(f"pool.adapters.{name}.{n}", p) for n, p in pool.adapters[name].named_parameters()]
+    return out
+
+
+def _part_params(model: nn.Module, part: str, groups: Mapping[str, list], stage: Stage) -> list | None:
+    """Parameters a stage's part names; None for a part this model legitimately lacks."""
+    pool = getattr(model, "pool", None)
+    if part.startswith(MEMBER_PREFIX):
+        name = part[len(MEMBER_PREFIX):]
+        if pool is None or name not in pool.encoders:
+            have = [] if pool is None else list(pool.encoders)
+            raise ConfigError(f"stage {stage.name!r} trains {part!r} but the model has no weak encoder {name!r} "
+                              f"(weak encoders: {have})")
+        return _member_params(model, name)
+    if part == "weak_encoders" and pool is not None:
+        frozen = frozen_encoders(model)
+        skip = {id(p) for n in pool.encoders if MEMBER_PREFIX + n in frozen
+                for p in pool.encoders[n].parameters()}
+        params = [(n, p) for n, p in groups[part] if id(p) not in skip]
+        if not params:
+            raise ConfigError(f"stage {stage.name!r} trains 'weak_encoders' but every weak encoder is frozen "
+                              f"(freeze: true); name one to train it anyway, e.g. '{MEMBER_PREFIX}{pool.names[0]}'")
+        return params
+    params = groups[part]
+    if not params and part in _OPTIONAL_PARTS and getattr(model, _OPTIONAL_PARTS[part], None) is None:
+        return None
+    return params
+
+
 def apply_stage(model: nn.Module, stage: Stage) -> list[str]:
     """Set ``requires_grad`` so that exactly the parts ``stage.train`` names train.
 
     ``"routers"`` and ``"weak_encoders"`` are skipped on a model without a weak pool; any other named part with
-    no parameters (e.g. ``"lora"`` on an LLM without adapters) is a :class:`ConfigError`.
+    no parameters (e.g. ``"lora"`` on an LLM without adapters) is a :class:`ConfigError`. ``"weak_encoders"``
+    leaves the members built frozen as they are (:func:`frozen_encoders`); ``"weak_encoders.<name>"`` trains
+    that member.
 
     Returns:
         The qualified names of the trainable parameters, in ``model.named_parameters()`` order.
     """
+    frozen_encoders(model)  # remember the build-time state before changing anything
     groups = parameter_groups(model)
     chosen: set[int] = set()
     for part in stage.train:
-        params = groups[part]
+        params = _part_params(model, part, groups, stage)
+        if params is None:
+            continue
         if not params:
-            if part in _OPTIONAL_PARTS and getattr(model, _OPTIONAL_PARTS[part], None) is None:
-                continue
             hint = " (build the LLM with llm.train='lora')" if part == "lora" else ""
             raise ConfigError(f"stage {stage.name!r} trains {part!r} but the model has no such parameters{hint}")
         chosen.update(id(p) for _, p in params)
@@ -191,6 +264,23 @@ def apply_stage(model: nn.Module, stage: Stage) -> list[str]:
     if not names:
         raise ConfigError(f"stage {stage.name!r}: no parameter of this model trains")
     return names
+
+
+def trainable_summary(model: nn.Module) -> dict[str, int]:
+    """Part -> number of trainable parameter values now, weak encoders listed one by one
+    (``"weak_encoders.<name>"``, with its ``"topk"`` slot adapter); parts with none left out."""
+    out: dict[str, int] = {}
+    member = {}
+    pool = getattr(model, "pool", None)
+    if pool is not None:
+        for n in pool.encoders:
+            member.update({id(p): MEMBER_PREFIX + n for _, p in _member_params(model, n)})
+    for part, params in parameter_groups(model).items():
+        for _, p in params:
+            if p.requires_grad:
+                key = member.get(id(p), part)
+                out[key] = out.get(key, 0) + p.numel()
+    return out
 
 
 def set_lora_scale(model: nn.Module, factor: float) -> dict[str, float]:
@@ -214,6 +304,26 @@ def set_lora_scale(model: nn.Module, factor: float) -> dict[str, float]:
             scaling[adapter] = base * factor
             out[name] = scaling[adapter]
     return out
+
+
+def eval_due(eval_every: int, step: int, stage_done: bool, eval_dataset: Any, eval_fn: Any) -> bool:
+    """Whether to evaluate after ``step``: every ``eval_every`` steps, or at each stage's end when it is 0 (so a
+    dev set given to the trainer is never ignored); never without ``eval_dataset`` and ``eval_fn``."""
+    if eval_dataset is None and eval_fn is None:
+        return False
+    return step % eval_every == 0 if eval_every else stage_done
+
+
+def log_stage_start(log: Callable[[dict[str, Any]], None], stage: Stage, model: nn.Module, *, step: int,
+                    show: bool) -> dict[str, int]:
+    """Log (and print on the main process) what ``stage`` trains: trainable parameter values per part."""
+    parts = trainable_summary(model)
+    total = sum(parts.values())
+    log({"event": "stage_start", "step": step, "stage": stage.name, "trains": parts, "trainable_parameters": total})
+    if show:
+        listed = ", ".join(f"{k} ({v:,})" for k, v in parts.items())
+        print(f"stage {stage.name!r}: training {listed}; {total:,} trainable parameters", file=sys.stderr)
+    return parts
 
 
 # ----------------------------------------------------------------------------------------------- presets

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -53,7 +54,7 @@ from mowe.training.distributed import (
     verify_sharded,
 )
 from mowe.training.logging import LossWindow, RunLog
-from mowe.training.stages import Stage, apply_stage, set_lora_scale, stages_to_list
+from mowe.training.stages import Stage, apply_stage, eval_due, log_stage_start, set_lora_scale, stages_to_list
 
 __all__ = [
     "MODEL_INPUT_KEYS",
@@ -158,6 +159,14 @@ def eval_loss(accelerator: Any, model: nn.Module, dataset: Dataset, *, inputs: C
     return total / count if count else float("nan")
 
 
+def reduce_sum(accelerator: Any, values: list[float]) -> list[float]:
+    """``values`` summed over processes (float64)."""
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        t = accelerator.reduce(t, reduction="sum")
+    return t.tolist()
+
+
 class Trainer:
     """Runs training stages on accelerate; resumable from atomic checkpoints.
 
@@ -170,7 +179,8 @@ class Trainer:
         config: loop settings.
         stages: run in order.
         collate_fn: examples -> batch dict (see the module docstring); drops None examples.
-        eval_dataset: optional; its mean loss is logged as ``eval_loss`` every ``eval_every`` steps.
+        eval_dataset: optional; its mean loss is logged as ``eval_loss`` every ``eval_every`` steps (0: at the
+            end of each stage).
         eval_fn: optional ``eval_fn(model, step) -> dict[str, float]`` run on the main process (e.g. WER by
             generation); its results are logged with an ``eval_`` prefix.
     """
@@ -263,12 +273,6 @@ class Trainer:
         if self._pack:
             inputs["pack"] = self.config.pack_sequences
         return inputs
-
-    def _reduce_sum(self, values: list[float]) -> list[float]:
-        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            t = self.accelerator.reduce(t, reduction="sum")
-        return t.tolist()
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, *, stage_index: int, step_in_stage: int, sampler: StageSampler,
@@ -372,6 +376,7 @@ class Trainer:
                 stage = self.stages[si]
                 step0 = start_step if si == start_stage else 0
                 self._ever_trained |= set(apply_stage(self.model, stage))
+                log_stage_start(self.log, stage, self.model, step=self.global_step, show=self.is_main)
                 sampler = self._sampler(si)
                 optimizer = make_optimizer(self.model, lr=stage.lr, config=cfg)
                 scheduler = get_cosine_schedule_with_warmup(optimizer, stage.warmup_steps, stage.steps)
@@ -407,7 +412,7 @@ class Trainer:
         cfg, stage = self.config, self.stages[si]
         params = [p for p in self.model.parameters() if p.requires_grad]
         stream = self._micro_batches(sampler, si, step0 * cfg.grad_accum)
-        window = LossWindow(self._reduce_sum)
+        window = LossWindow(functools.partial(reduce_sum, self.accelerator))
         last_ckpt = None
         wrapped.train()
         for step in range(step0, stage.steps):
@@ -439,8 +444,7 @@ class Trainer:
                 self.log(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}" if rec["loss"] is not None else "nan", lr=f"{lr:.2e}",
                                 sps=f"{rec['samples_per_s']:.1f}")
-            if cfg.eval_every and self.global_step % cfg.eval_every == 0 and (self.eval_dataset is not None or
-                                                                           self.eval_fn is not None):
+            if eval_due(cfg.eval_every, self.global_step, done, self.eval_dataset, self.eval_fn):
                 self.log({"step": self.global_step, "stage": stage.name, **self.evaluate()})
                 wrapped.train()
             last_stage = si == len(self.stages) - 1

@@ -40,7 +40,9 @@ def pool_model():
 
 def _expected(model, parts) -> set[str]:
     groups = parameter_groups(model)
-    return {n for p in parts for n, _ in groups[p]}
+    member = [p.split(".", 1)[1] for p in parts if p.startswith("weak_encoders.")]  # one named weak encoder
+    return ({n for p in parts if p in groups for n, _ in groups[p]}
+            | {n for m in member for n, _ in groups["weak_encoders"] if n.startswith(f"pool.encoders.{m}.")})
 
 
 def _train_two_steps(model, stage: Stage, tmp_path, dataset=None, collate_fn=collate) -> set[str]:
@@ -98,9 +100,13 @@ def test_presets_shape():
     assert s2.lr == s3.lr == 1e-4 and s3.tasks is None and set(s2.train) == set(s3.train)
 
 
-@pytest.mark.parametrize("part", PARTS)
+@pytest.mark.parametrize("part", [*PARTS, "weak_encoders.w1"])
 def test_each_part_alone_changes_exactly_its_parameters(pool_model, part, tmp_path):
     stage = Stage(f"only_{part}", (part,), 2, 1e-2)
+    if part == "weak_encoders":  # both members are built frozen (freeze=True): the group trains neither
+        with pytest.raises(ConfigError, match="every weak encoder is frozen.*'weak_encoders.w0'"):
+            apply_stage(pool_model, stage)
+        return
     trainable = set(apply_stage(pool_model, stage))
     expected = _expected(pool_model, [part])
     assert trainable == expected and expected
