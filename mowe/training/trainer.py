@@ -128,9 +128,9 @@ def release_accelerator(accelerator: Any) -> None:
 @torch.no_grad()
 def eval_loss(accelerator: Any, model: nn.Module, dataset: Dataset, *, inputs: Callable[[dict[str, Any]], dict],
               batch_size: int, collate_fn: Callable, num_workers: int = 0) -> float:
-    """Loss over ``dataset``, sharded over processes and summed across them: for a model whose ``forward`` takes
-    ``num_items_in_batch`` the LM loss over all answer tokens / their count (the same for any batch size and
-    process count), otherwise the mean loss per example.
+    """Loss over ``dataset``, sharded over processes and summed across them: the mean ``loss`` per example, except
+    that for a model whose ``forward`` takes ``num_items_in_batch`` its LM part is the loss over all answer tokens /
+    their count (the same for any batch size and process count; the weighted aux loss stays a per-example mean).
 
     A sharded (FSDP) model needs every process to run as many forwards: processes with one batch fewer run a
     filler batch (example 0) whose loss is not counted."""
@@ -143,20 +143,25 @@ def eval_loss(accelerator: Any, model: nn.Module, dataset: Dataset, *, inputs: C
         batches += [[0]] * (most - real)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers)
     tokens = "num_items_in_batch" in inspect.signature(acc.unwrap_model(model).forward).parameters
-    total, count = 0.0, 0.0
+    sums = [0.0, 0.0, 0.0, 0.0]  # summed LM loss, its tokens; per-example loss (aux part only with tokens), examples
     for i, batch in enumerate(loader):
         if not batch or len(batch.get("input_ids", [])) == 0:
             continue
         with acc.autocast():
             res = model(**inputs(batch), **({"num_items_in_batch": 1} if tokens else {}))  # 1: the summed loss
-        n = (count_label_tokens(batch) if tokens else float(batch["input_ids"].shape[0])) if i < real else 0.0
-        total += (float(res.lm_loss) if tokens else float(res.loss) * n) if n else 0.0
-        count += n
-    t = torch.tensor([total, count], dtype=torch.float64, device=acc.device)
-    if acc.num_processes > 1:
-        t = acc.reduce(t, reduction="sum")
-    total, count = t.tolist()
-    return total / count if count else float("nan")
+        if i >= real:  # the filler batch: the same collectives, nothing counted
+            continue
+        n = float(batch["input_ids"].shape[0])
+        if tokens:
+            lm = float(res.lm_loss)
+            sums[0] += lm
+            sums[1] += count_label_tokens(batch)
+            sums[2] += (float(res.loss) - lm) * n
+        else:
+            sums[2] += float(res.loss) * n
+        sums[3] += n
+    lm_sum, n_tok, rest, n_ex = reduce_sum(acc, sums)
+    return (lm_sum / max(n_tok, 1.0) if tokens else 0.0) + rest / n_ex if n_ex else float("nan")
 
 
 def reduce_sum(accelerator: Any, values: list[float]) -> list[float]:
