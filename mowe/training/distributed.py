@@ -7,7 +7,8 @@ tokens of the step's micro-batches over processes; each micro-batch's forward th
 ``num_items_in_batch=G`` and returns ``lm_loss = local_sum / G``. DDP and FSDP2 *average* gradients over the
 ``W`` processes and accelerate divides each backward by ``A``, so the backward objective of a micro-batch is
 ``W * A * lm_loss + aux_weight * aux_loss`` (:func:`backward_objective`): the gradients then equal those of
-``G``-normalised LM loss + ``aux_weight`` x the mean of the micro-batches' load-balance losses.
+``G``-normalised LM loss + ``aux_weight`` x the mean of the micro-batches' load-balance losses. DeepSpeed scales
+by ``1 / A`` in its own backward and averages over ``W`` too, so the same objective holds there.
 
 **Router load-balance loss.** It stays per micro-batch and per process, averaged (as the Switch Transformer and
 transformers' MoE models do per device): the loss is a product of two batch statistics (selection fraction x
