@@ -35,6 +35,7 @@ from mowe.errors import ConfigError
 __all__ = [
     "ConnectorConfig",
     "EncoderConfig",
+    "InferenceConfig",
     "LLMConfig",
     "LoRAConfig",
     "MoWEConfig",
@@ -69,6 +70,7 @@ class EncoderConfig:
         full_window: Whisper only, with ``pad_to_30s``: output all 1500 frames of the 30 s window (SALMONN).
         min_seconds: clips shorter than this are zero-padded to it before this encoder (SALMONN: 1.0).
         max_seconds: clips longer than this are cut to it before this encoder (SALMONN: 30.0); None: no cut.
+        dtype: cast the built encoder's weights to ``"float32"``, ``"bfloat16"`` or ``"float16"``; None: as built.
     """
 
     family: str = "whisper"
@@ -82,6 +84,7 @@ class EncoderConfig:
     full_window: bool = False
     min_seconds: float = 0.0
     max_seconds: float | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,11 @@ class LLMConfig:
         train: ``"lora"``, ``"full"`` or ``"frozen"``.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         gradient_checkpointing: enable it on the LLM.
+        attn_implementation: transformers' attention kernel (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``, ...);
+            None: transformers' default. The model's packed (varlen) path reads it.
+        revision: branch, tag or commit of ``name_or_path`` on the hub.
+        device_map: ``from_pretrained``'s placement (``"auto"``, ``"cpu"``, ``"cuda:0"`` or a module -> device map).
+        from_pretrained_kwargs: any other ``from_pretrained`` keyword (e.g. ``{"low_cpu_mem_usage": true}``).
     """
 
     name_or_path: str | None = None
@@ -141,6 +149,24 @@ class LLMConfig:
     train: Literal["lora", "full", "frozen"] = "lora"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    revision: str | None = None
+    device_map: str | dict[str, Any] | None = None
+    from_pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a trained model is prompted and run at test time, saved with it and applied when it is loaded.
+
+    Attributes:
+        prompt_template: the system's prompt format (``{audio}``, ``{instruction}``, optional ``{system}``), used
+            by :meth:`~mowe.model.MoWEAudioLLM.processor_for`; None: the tokenizer's chat template.
+        lora_scale: LoRA scale factor set by ``from_pretrained`` (SALMONN's activation trick; 1.0: as trained).
+    """
+
+    prompt_template: str | None = None
+    lora_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +180,7 @@ class MoWEConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     audio_token_id: int = 0
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(to_dict(self), indent=2, sort_keys=False)
