@@ -41,7 +41,7 @@ __all__ = [*sorted(_LAZY), "__version__"]  # noqa: PLE0604, PLE0605 (built from 
 
 # AutoConfig / AutoModel / AutoProcessor learn model_type "mowe" when transformers loads them (no transformers import
 # here, so `import mowe` stays cheap; see mowe.hf.lazy).
-from mowe.hf.lazy import install as _install_auto_registration  # noqa: E402
+from mowe.hf.lazy import install as _install_auto_registration
 
 _install_auto_registration()
 

@@ -38,7 +38,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None =
     if os.path.isdir(path):
         return os.path.join(path, subfolder) if subfolder else path
     if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or os.path.exists(path):
-        raise CheckpointError(f"{path}: no such model folder (and not a hub id of the form 'org/name')")
+        raise CheckpointError(f"{path}: missing: no such model folder (and not a hub id of the form 'org/name')")
     from huggingface_hub import snapshot_download
 
     try:

@@ -27,10 +27,36 @@ def _register_config() -> None:
     AutoConfig.register("mowe", MoWEPretrainedConfig, exist_ok=True)
 
 
+class LazyMoWEAudioLLM:
+    """What AutoModel maps ``"mowe"`` to while :mod:`mowe.model` is itself being imported (it imports transformers'
+    auto modules, so registering the class then would be circular): hands every call to the real class."""
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        from mowe.model import MoWEAudioLLM
+
+        return MoWEAudioLLM.from_pretrained(*args, **kwargs)
+
+    @classmethod
+    def _from_config(cls, config, **kwargs):
+        from mowe.model import MoWEAudioLLM
+
+        return MoWEAudioLLM.from_config(config.to_mowe_config() if hasattr(config, "to_mowe_config") else config,
+                                        **kwargs)
+
+    from_config = _from_config
+
+
 def _register_model() -> None:
     from transformers.models.auto.modeling_auto import AutoModel
 
     from mowe.hf.config import MoWEPretrainedConfig
+
+    module = sys.modules.get("mowe.model")
+    if module is not None and not hasattr(module, "MoWEAudioLLM"):  # mowe.model is importing us: no cycle
+        LazyMoWEAudioLLM.config_class = MoWEPretrainedConfig
+        AutoModel.register(MoWEPretrainedConfig, LazyMoWEAudioLLM, exist_ok=True)
+        return
     from mowe.model import MoWEAudioLLM
 
     MoWEAudioLLM.config_class = MoWEPretrainedConfig
