@@ -88,7 +88,7 @@ def split_clips(texts: Sequence[str], audio: Any, counts: Sequence[int]) -> list
 
 def _mismatch(counts: Sequence[int], got: int):
     raise MoWEInputError(f"the prompts hold {list(counts)} audio placeholders ({sum(counts)} in all) but {got} "
-                         f"audio clip(s) were given; pass one clip per placeholder")
+                         f"audio clip(s) were given; pass one clip per placeholder (one clip per text for plain instructions)")
 
 
 def encode_prompts(processor: Any, texts: Sequence[str], audio: Any, *, sampling_rate: int | None,
