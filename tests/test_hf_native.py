@@ -246,7 +246,7 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_whole_folder(tmp_path, mod
     proc = MoWEProcessor(train_bpe_tokenizer(["what is the sound", "three one four"], vocab_size=300))
     assert model.push_to_hub("me/tiny-mowe", processor=proc, private=True) == "commit-info"
     model.save_pretrained(tmp_path / "tiny-mowe", push_to_hub=True)
-    (c1, kw1), (u1, up1, files1), (c2, kw2), (u2, up2, files2) = calls
+    (_, kw1), (_, up1, files1), (_, kw2), (_, up2, files2) = calls
     assert kw1["repo_id"] == "me/tiny-mowe" and kw1["private"] is True and kw1["exist_ok"] is True
     assert up1["repo_id"] == "me/tiny-mowe" and kw2["repo_id"] == up2["repo_id"] == "tiny-mowe"
     for need in ("config.json", "model.safetensors", "generation_config.json", "llm_adapter/adapter_config.json",

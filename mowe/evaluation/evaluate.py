@@ -117,12 +117,11 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
 
 
 def _cmd_eval(args) -> int:
+    from mowe.cli import place_model
     from mowe.data.manifest import ManifestDataset
     from mowe.data.processor import MoWEProcessor
     from mowe.errors import ConfigError
     from mowe.model import MoWEAudioLLM
-
-    from mowe.cli import place_model
 
     model = place_model(MoWEAudioLLM.from_pretrained(args.model), device=args.device, dtype=args.dtype)
     proc_dir = args.processor or args.model

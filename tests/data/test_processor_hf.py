@@ -33,7 +33,7 @@ def proc(tok):
 
 def signal(sr: int, seconds: float = 0.6) -> np.ndarray:
     """Two tones and a chirp, rendered at ``sr``: the same sound at any rate."""
-    t = np.arange(int(round(seconds * sr))) / sr
+    t = np.arange(round(seconds * sr)) / sr
     return (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1900 * t + 0.3)
             + 0.1 * np.sin(2 * np.pi * (300 + 2000 * t) * t)).astype(np.float32)
 
