@@ -4,6 +4,7 @@ the inference settings saved in the config, and LLMConfig's from_pretrained keyw
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -275,3 +276,34 @@ def test_llm_config_forwards_from_pretrained_keywords(tmp_path):
     assert random.base_model.model.config._attn_implementation == "eager"
     with pytest.raises(ConfigError, match="llm.from_pretrained_kwargs.revision"):
         llm_load_kwargs(LLMConfig(name_or_path="x", from_pretrained_kwargs={"revision": "main"}))
+
+
+def test_infer_and_eval_take_device_and_dtype(model):
+    from mowe.cli import build_parser, place_model
+
+    for cmd in (["infer", "--audio", "a.wav", "--prompt", "p"], ["eval", "--manifest", "m.jsonl"]):
+        args = build_parser().parse_args([*cmd, "--model", "m", "--device", "cpu", "--dtype", "bfloat16"])
+        assert (args.device, args.dtype) == ("cpu", "bfloat16")
+    assert build_parser().parse_args(["infer", "--audio", "a", "--prompt", "p", "--model", "m"]).max_new_tokens is None
+    wav, wl, ids, am, _ = make_batch()
+    placed = place_model(model.eval(), device="cpu", dtype="bfloat16")
+    assert placed is model and model.llm.dtype == torch.bfloat16
+    assert next(model.connector.parameters()).dtype == torch.bfloat16
+    assert next(model.strong_encoder.parameters()).dtype == torch.float32  # encoders: EncoderConfig.dtype
+    assert model.generate(ids, wav, wl, attention_mask=am, max_new_tokens=2).shape == (3, 2)
+
+
+def test_encoder_config_dtype_casts_the_weights_and_it_still_encodes():
+    from mowe.builders import build_encoder
+
+    cfg = EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False)
+    wav = 0.1 * torch.randn(2, 8000)
+    lengths = torch.tensor([8000, 5000])
+    ref = build_encoder(cfg, name="strong")
+    half = build_encoder(dataclasses.replace(cfg, dtype="bfloat16"), name="strong")
+    half.load_state_dict(ref.state_dict())
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        a, b = ref(wav, lengths), half(wav, lengths)
+    assert torch.equal(a.lengths, b.lengths)
+    torch.testing.assert_close(b.features.float(), a.features, atol=0.1, rtol=0.05)
