@@ -65,15 +65,19 @@ def _full_attention_only(config) -> bool:
 
 
 def default_generation_config(llm: nn.Module):
-    """A new model's :class:`~transformers.GenerationConfig`: greedy, one beam, the LLM's bos / eos / pad ids (pad
-    falls back to eos) and its ``max_new_tokens`` (else :data:`DEFAULT_MAX_NEW_TOKENS`)."""
+    """A new model's :class:`~transformers.GenerationConfig`: the LLM's own made greedy with one beam (its sampling
+    knobs cleared, other settings such as ``repetition_penalty`` kept), pad falling back to eos, and its
+    ``max_new_tokens`` (else :data:`DEFAULT_MAX_NEW_TOKENS`)."""
     from transformers import GenerationConfig
 
-    own = getattr(llm, "generation_config", None) or GenerationConfig()
-    pad = own.pad_token_id if own.pad_token_id is not None else own.eos_token_id
-    return GenerationConfig(max_new_tokens=own.max_new_tokens or DEFAULT_MAX_NEW_TOKENS, do_sample=False,
-                            num_beams=1, bos_token_id=own.bos_token_id, eos_token_id=own.eos_token_id,
-                            pad_token_id=pad)
+    own = getattr(llm, "generation_config", None)
+    cfg = copy.deepcopy(own) if own is not None else GenerationConfig()
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0] if pad else None
+    cfg.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None,
+               pad_token_id=pad, max_new_tokens=cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+    return cfg
 
 
 def generation_settings(base, override=None, **kwargs):

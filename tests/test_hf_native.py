@@ -307,3 +307,20 @@ def test_encoder_config_dtype_casts_the_weights_and_it_still_encodes():
         a, b = ref(wav, lengths), half(wav, lengths)
     assert torch.equal(a.lengths, b.lengths)
     torch.testing.assert_close(b.features.float(), a.features, atol=0.1, rtol=0.05)
+
+
+def test_default_generation_config_is_the_llms_made_greedy(tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    from mowe.generation import DEFAULT_MAX_NEW_TOKENS, default_generation_config
+
+    own = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05,
+                           eos_token_id=[3, 4], bos_token_id=1)
+    cfg = default_generation_config(SimpleNamespace(generation_config=own))
+    assert (cfg.do_sample, cfg.num_beams, cfg.temperature, cfg.top_p, cfg.top_k) == (False, 1, None, None, None)
+    assert (cfg.repetition_penalty, cfg.pad_token_id, cfg.max_new_tokens) == (1.05, 3, DEFAULT_MAX_NEW_TOKENS)
+    assert own.do_sample is True  # the LLM's own is not changed
+    cfg.save_pretrained(tmp_path)  # valid: transformers refuses to save an inconsistent config
+    assert GenerationConfig.from_pretrained(tmp_path).to_diff_dict() == cfg.to_diff_dict()

@@ -27,9 +27,14 @@ def _register_config() -> None:
     AutoConfig.register("mowe", MoWEPretrainedConfig, exist_ok=True)
 
 
+def _ready(module: str, name: str) -> bool:
+    """Whether ``module`` is fully imported (a module still being imported may be what imports transformers)."""
+    return hasattr(sys.modules.get(module), name)
+
+
 class LazyMoWEAudioLLM:
-    """What AutoModel maps ``"mowe"`` to while :mod:`mowe.model` is itself being imported (it imports transformers'
-    auto modules, so registering the class then would be circular): hands every call to the real class."""
+    """What AutoModel maps ``"mowe"`` to unless :mod:`mowe.model` was imported first: importing it from this hook
+    could be circular (mowe's own modules import transformers' auto modules). Hands every call to the real class."""
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -52,8 +57,7 @@ def _register_model() -> None:
 
     from mowe.hf.config import MoWEPretrainedConfig
 
-    module = sys.modules.get("mowe.model")
-    if module is not None and not hasattr(module, "MoWEAudioLLM"):  # mowe.model is importing us: no cycle
+    if not _ready("mowe.model", "MoWEAudioLLM"):
         LazyMoWEAudioLLM.config_class = MoWEPretrainedConfig
         AutoModel.register(MoWEPretrainedConfig, LazyMoWEAudioLLM, exist_ok=True)
         return
@@ -63,13 +67,23 @@ def _register_model() -> None:
     AutoModel.register(MoWEPretrainedConfig, MoWEAudioLLM, exist_ok=True)
 
 
+def _lazy_processor_load(cls, *args, **kwargs):
+    from mowe.data.processor import MoWEProcessor
+
+    return MoWEProcessor.from_pretrained(*args, **kwargs)
+
+
 def _register_processor() -> None:
     from transformers.models.auto.processing_auto import AutoProcessor
 
-    from mowe.data.processor import MoWEProcessor
     from mowe.hf.config import MoWEPretrainedConfig
 
-    AutoProcessor.register(MoWEPretrainedConfig, MoWEProcessor, exist_ok=True)
+    if _ready("mowe.data.processor", "MoWEProcessor"):
+        from mowe.data.processor import MoWEProcessor as cls
+    else:  # found by name ("processor_class": "MoWEProcessor"), loads the real class when called
+        cls = type("MoWEProcessor", (), {"from_pretrained": classmethod(_lazy_processor_load),
+                                          "__module__": __name__})
+    AutoProcessor.register(MoWEPretrainedConfig, cls, exist_ok=True)
 
 
 _HOOKS = {_CONFIG: _register_config, _MODEL: _register_model, _PROCESSOR: _register_processor}
