@@ -63,7 +63,6 @@ def _register_model() -> None:
         return
     from mowe.model import MoWEAudioLLM
 
-    MoWEAudioLLM.config_class = MoWEPretrainedConfig
     AutoModel.register(MoWEPretrainedConfig, MoWEAudioLLM, exist_ok=True)
 
 
@@ -84,6 +83,14 @@ def _register_processor() -> None:
         cls = type("MoWEProcessor", (), {"from_pretrained": classmethod(_lazy_processor_load),
                                           "__module__": __name__})
     AutoProcessor.register(MoWEPretrainedConfig, cls, exist_ok=True)
+
+
+def register_model_class(cls: type) -> None:
+    """Map ``"mowe"`` to ``cls`` in AutoModel if transformers' ``modeling_auto`` is loaded (replacing the proxy)."""
+    if _MODEL in sys.modules and hasattr(sys.modules[_MODEL], "AutoModel"):
+        from mowe.hf.config import MoWEPretrainedConfig
+
+        sys.modules[_MODEL].AutoModel.register(MoWEPretrainedConfig, cls, exist_ok=True)
 
 
 _HOOKS = {_CONFIG: _register_config, _MODEL: _register_model, _PROCESSOR: _register_processor}

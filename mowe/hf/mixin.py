@@ -15,8 +15,26 @@ from torch import nn
 __all__ = ["MoWEHubMixin"]
 
 
+class _PretrainedConfigClass:
+    """``config_class`` (:class:`~mowe.hf.config.MoWEPretrainedConfig`), imported only when asked for."""
+
+    def __get__(self, obj, owner=None):
+        from mowe.hf.config import MoWEPretrainedConfig
+
+        return MoWEPretrainedConfig
+
+
 class MoWEHubMixin:
     """``save_pretrained`` / ``from_pretrained`` (folders and hub ids) / ``push_to_hub``, LoRA merge and LLM export."""
+
+    config_class = _PretrainedConfigClass()  # what transformers' Auto classes pair the model with
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__module__ == "mowe.model" and cls.__name__ == "MoWEAudioLLM":
+            from mowe.hf.lazy import register_model_class
+
+            register_model_class(cls)  # AutoModel maps "mowe" to the class itself from now on
 
     def _keys_to_save(self, save_frozen: bool) -> list[str]:
         from mowe import saving
