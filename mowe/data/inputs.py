@@ -92,15 +92,19 @@ def _mismatch(counts: Sequence[int], got: int):
 
 
 def encode_prompts(processor: Any, texts: Sequence[str], audio: Any, *, sampling_rate: int | None,
-                   padding_side: str, max_length: int | None = None):
+                   padding_side: str, max_length: int | None = None, answer: Any = None):
     """Ready prompts (placeholders in place, e.g. from ``apply_chat_template``) and their clips -> a BatchFeature.
 
     Each placeholder takes one clip, in reading order; a clip that the length policy chunks into ``w`` windows
     takes ``w`` adjacent placeholders there.
 
     Raises:
-        MoWEInputError: placeholders and clips disagree, a prompt longer than ``max_length``, bad audio.
+        MoWEInputError: placeholders and clips disagree, a prompt longer than ``max_length``, bad audio, or an
+            ``answer`` (labels are made for plain instructions only).
     """
+    if answer is not None:
+        raise MoWEInputError("answer= takes plain instructions with one clip each; for chat prompts or several "
+                             "clips per prompt, put the answer in an assistant turn")
     tok, aid = processor.tokenizer, processor.audio_token_id
     ids_list = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     counts = [ids.count(aid) for ids in ids_list]

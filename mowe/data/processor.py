@@ -305,9 +305,9 @@ class MoWEProcessor:
         texts = [text] if single else list(text)
         several = (isinstance(audio, (list, tuple)) and (single or len(audio) != len(texts)
                                                         or any(isinstance(a, (list, tuple)) for a in audio)))
-        if answer is None and (several or any(isinstance(t, ChatPrompt) for t in texts)):
+        if several or any(isinstance(t, ChatPrompt) for t in texts):
             prompts = [t if isinstance(t, ChatPrompt) else self.build_prompt(t) for t in texts]
-            return encode_prompts(self, prompts, audio, sampling_rate=sampling_rate,
+            return encode_prompts(self, prompts, audio, sampling_rate=sampling_rate, answer=answer,
                                   padding_side=padding_side or "left", max_length=max_length)
         if single:
             audios = [audio]

@@ -136,3 +136,11 @@ def test_auto_processor_and_the_model_folder(tok, tmp_path: Path):
         assert isinstance(loaded, MoWEProcessor) and loaded.to_dict() == proc.to_dict()
     again = MoWEAudioLLM.from_pretrained(tmp_path / "m")
     assert again.audio_token_id == proc.audio_token_id
+
+
+def test_answers_need_plain_instructions(proc):
+    prompt = proc.apply_chat_template([{"role": "user", "content": [{"type": "audio", "path": "x.wav"}]}])
+    with pytest.raises(MoWEInputError, match="assistant turn"):
+        proc(text=prompt, audio=signal(16000), sampling_rate=16000, answer="a tone")
+    with pytest.raises(MoWEInputError, match="assistant turn"):
+        proc(text=f"{AUDIO_TOKEN} {AUDIO_TOKEN} compare", audio=[signal(16000)] * 2, sampling_rate=16000, answer="x")
