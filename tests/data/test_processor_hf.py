@@ -144,3 +144,15 @@ def test_answers_need_plain_instructions(proc):
         proc(text=prompt, audio=signal(16000), sampling_rate=16000, answer="a tone")
     with pytest.raises(MoWEInputError, match="assistant turn"):
         proc(text=f"{AUDIO_TOKEN} {AUDIO_TOKEN} compare", audio=[signal(16000)] * 2, sampling_rate=16000, answer="x")
+
+
+def test_processor_push_to_hub_uploads_its_folder(proc, tmp_path: Path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, **kw: calls.append(kw["repo_id"]))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(
+        (kw["repo_id"], sorted(p.name for p in Path(kw["folder_path"]).iterdir()))))
+    proc.save_pretrained(tmp_path / "p", push_to_hub=True, repo_id="me/proc")
+    assert calls[0] == "me/proc" and calls[1][0] == "me/proc"
+    assert {"processor_config.json", "tokenizer.json"} <= set(calls[1][1])
