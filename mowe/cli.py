@@ -261,12 +261,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from mowe.training.stages import set_lora_scale
 
     model_dir = _model_dir(args.model)
-    model = MoWEAudioLLM.from_pretrained(model_dir, allow_components=args.allow_components)
+    model = place_model(MoWEAudioLLM.from_pretrained(model_dir, allow_components=args.allow_components),
+                        device=args.device, dtype=args.dtype)
     model.eval()
     processor = MoWEProcessor.from_pretrained(args.processor or model_dir)
     if args.lora_scale is not None:
         set_lora_scale(model, args.lora_scale)
-    batch = processor(text=args.prompt, audio=args.audio)
+    batch = processor(text=args.prompt, audio=args.audio).to(args.device)
     with torch.no_grad():
         ids = model.generate(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch},
                              max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
@@ -274,11 +275,28 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
-    """The options ``mowe infer`` and ``mowe eval`` share: --processor, --max-new-tokens, --num-beams."""
+def place_model(model, *, device: str = "cpu", dtype: str | None = None):
+    """``--device`` / ``--dtype``: move ``model`` to ``device``; cast its LLM and connector to ``dtype`` (the
+    encoders keep the precision their config gives them: ``EncoderConfig.dtype``). Returns the model."""
+    import torch
+
+    model = model.to(device)
+    if dtype is not None and dtype != "float32":
+        for part in (model.llm, model.connector):
+            part.to(getattr(torch, dtype))
+    return model
+
+
+def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int | None) -> None:
+    """The options ``mowe infer`` and ``mowe eval`` share: --processor, --max-new-tokens, --num-beams, --device,
+    --dtype (generation settings left unset come from the model's saved generation_config.json)."""
     p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help="default: the model's generation config" if max_new_tokens is None else None)
+    p.add_argument("--num-beams", type=int, default=None, help="default: the model's generation config")
+    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda:0 (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="cast the LLM and the connector (default: as saved)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a `mowe train` output folder, or its final/ folder")
     p.add_argument("--audio", required=True, help="audio file")
     p.add_argument("--prompt", required=True, help="instruction, e.g. 'Transcribe the speech.'")
-    add_generation_args(p, max_new_tokens=32)
+    add_generation_args(p, max_new_tokens=None)
     p.add_argument("--lora-scale", type=float, default=None,
                    help="multiply the LoRA scaling (SALMONN's activation trick, e.g. 0.5)")
     add_allow_components_arg(p)

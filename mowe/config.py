@@ -35,6 +35,7 @@ from mowe.errors import ConfigError
 __all__ = [
     "ConnectorConfig",
     "EncoderConfig",
+    "InferenceConfig",
     "LLMConfig",
     "LoRAConfig",
     "MoWEConfig",
@@ -73,6 +74,7 @@ class EncoderConfig:
             ``kwargs`` instead of ``family`` (see :mod:`mowe.components`); in a file, the entry's other keys
             that are not fields here become ``kwargs``.
         kwargs: keyword arguments of ``component``.
+        dtype: cast the built encoder's weights to ``"float32"``, ``"bfloat16"`` or ``"float16"``; None: as built.
     """
 
     family: str = "whisper"
@@ -88,6 +90,7 @@ class EncoderConfig:
     max_seconds: float | None = None
     component: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,11 @@ class LLMConfig:
         train: ``"lora"``, ``"full"`` or ``"frozen"``.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         gradient_checkpointing: enable it on the LLM.
+        attn_implementation: transformers' attention kernel (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``, ...);
+            None: transformers' default. The model's packed (varlen) path reads it.
+        revision: branch, tag or commit of ``name_or_path`` on the hub.
+        device_map: ``from_pretrained``'s placement (``"auto"``, ``"cpu"``, ``"cuda:0"`` or a module -> device map).
+        from_pretrained_kwargs: any other ``from_pretrained`` keyword (e.g. ``{"low_cpu_mem_usage": true}``).
     """
 
     name_or_path: str | None = None
@@ -155,6 +163,24 @@ class LLMConfig:
     train: Literal["lora", "full", "frozen"] = "lora"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    revision: str | None = None
+    device_map: str | dict[str, Any] | None = None
+    from_pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a trained model is prompted and run at test time, saved with it and applied when it is loaded.
+
+    Attributes:
+        prompt_template: the system's prompt format (``{audio}``, ``{instruction}``, optional ``{system}``), used
+            by :meth:`~mowe.model.MoWEAudioLLM.processor_for`; None: the tokenizer's chat template.
+        lora_scale: LoRA scale factor set by ``from_pretrained`` (SALMONN's activation trick; 1.0: as trained).
+    """
+
+    prompt_template: str | None = None
+    lora_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +194,7 @@ class MoWEConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     audio_token_id: int = 0
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(to_dict(self), indent=2, sort_keys=False)
@@ -178,15 +205,23 @@ class MoWEConfig:
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> MoWEConfig:
-        """Read a config from a JSON file path or a JSON string; unknown keys are an error naming the key."""
+        """Read a config from a JSON file path or a JSON string; unknown keys are an error naming the key.
+
+        A saved model's ``config.json`` works too: the keys transformers adds (``model_type``,
+        ``architectures``, ``transformers_version``, ...) are set aside (:func:`mowe.hf.config.read_mowe_config`).
+        """
+        from mowe.hf.config import read_mowe_config
+
         s = str(path_or_text)
         if s.lstrip().startswith("{"):
             try:
                 data = json.loads(s)
             except json.JSONDecodeError as e:
                 raise ConfigError(f"<string>: not valid JSON ({e})") from e
-            return from_dict(cls, data, where="<string>")
-        return from_dict(cls, read_config_file(s), where=s)
+            if not isinstance(data, dict):
+                raise ConfigError(f"<string>: expected a JSON object, got {type(data).__name__}")
+            return read_mowe_config(data, where="<string>")
+        return read_mowe_config(s)
 
     def replace(self, **changes) -> MoWEConfig:
         return dataclasses.replace(self, **changes)

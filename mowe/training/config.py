@@ -56,6 +56,8 @@ class TrainConfig:
             each clip is encoded once per encoder and read back in later epochs; safe to share between ranks
             and runs (entries are keyed by audio content and encoder weights + settings). None: encode live.
         feature_cache_max_bytes: bound on that folder (least recently used entries are evicted).
+        log_with: accelerate trackers mirroring log.jsonl: ``["tensorboard", "wandb", "mlflow"]`` or ``["all"]``
+            (installed ones); None: TensorBoard when installed (:mod:`mowe.training.logging`).
     """
 
     output_dir: str
@@ -81,6 +83,7 @@ class TrainConfig:
     pack_sequences: bool | Literal["auto", "groups"] = "auto"
     feature_cache_dir: str | None = None
     feature_cache_max_bytes: int | None = None
+    log_with: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.output_dir, os.PathLike):

@@ -229,7 +229,7 @@ class Trainer:
                                        gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp])
         self.output_dir = config.output_dir
         self.checkpoint_dir = os.path.join(self.output_dir, "checkpoints")
-        self.log = RunLog(self.output_dir, enabled=self.is_main)
+        self.log = RunLog(self.output_dir, enabled=self.is_main, log_with=config.log_with)
         self.log_file = self.log.file
         self.global_step = 0
         self.skipped_nonfinite = 0
