@@ -125,7 +125,7 @@ def open_for_reading(path: str | os.PathLike | bytes, mode: str = "r", *, encodi
     path = os.fspath(path)
     st = check_readable_file(path)
     if stat.S_ISREG(st.st_mode):
-        return open(path, mode, encoding=encoding, **kwargs)  # noqa: SIM115 - returned to the caller
+        return open(path, mode, encoding=encoding, **kwargs)
     fd = _open_fifo(path, _fifo_timeout(timeout))
     return os.fdopen(fd, mode, encoding=encoding, **kwargs)
 

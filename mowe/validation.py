@@ -96,7 +96,7 @@ def check_model_dict(d: Any, where: str) -> None:
             raise ConfigError(f"{where}.{k}: must be a finite number, got {v!r}")
         if k in _POSITIVE_KEYS and v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             raise ConfigError(f"{where}.{k}: must be an integer >= 1, got {v!r}")
-        if (k.endswith("dropout") or k.endswith("_prob")) and _num(v) and not 0 <= v <= 1:
+        if k.endswith(("dropout", "_prob")) and _num(v) and not 0 <= v <= 1:
             raise ConfigError(f"{where}.{k}: must be a finite number in [0, 1], got {v!r}")
     for width, heads in _DIVIDES:
         w, h = d.get(width), d.get(heads)

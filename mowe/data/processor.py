@@ -43,7 +43,7 @@ import torch
 
 from mowe.config import from_dict
 from mowe.constants import IGNORE_INDEX, MODEL_INPUT_KEYS, SAMPLE_RATE
-from mowe.data.audio import AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
+from mowe.data.audio import AudioTruncatedWarning, load_audio, pad_batch, stream_audio, validate_waveform
 from mowe.data.samplers import mix_seed
 from mowe.data.templates import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -52,6 +52,7 @@ from mowe.data.templates import (
     TEMPLATE_FIELDS,
 )
 from mowe.errors import ConfigError, MoWEInputError
+from mowe.io import open_for_reading
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
@@ -241,6 +242,8 @@ class MoWEProcessor:
             policy = "truncate"  # one clip, one answer: windows would need one answer each
         max_s = self.max_audio_seconds
         if isinstance(audio, (str, os.PathLike)):
+            if policy == "chunk" and max_s is not None:  # decoded window by window: no whole-file copy first
+                return list(stream_audio(audio, window_seconds=max_s, sample_rate=SAMPLE_RATE))
             clip = load_audio(audio, sample_rate=SAMPLE_RATE, max_seconds=max_s, length_policy=policy)
             return clip.windows()
         if isinstance(audio, np.ndarray) and not np.issubdtype(audio.dtype, np.floating):
@@ -352,7 +355,7 @@ class MoWEProcessor:
         directory = os.fspath(directory)
         path = os.path.join(directory, PROCESSOR_CONFIG_NAME)
         try:
-            with open(path, encoding="utf-8") as f:
+            with open_for_reading(path) as f:  # mowe.io: a FIFO or device cannot hang the load
                 data = json.load(f)
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: missing; is {directory} a folder written by MoWEProcessor.save_pretrained?"
