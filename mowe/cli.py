@@ -137,6 +137,10 @@ def _tokenizer(spec: Any, train_manifest: str, base: str):
         from transformers import AutoTokenizer
 
         path = _resolve(base, spec)
+        if not os.path.exists(path):
+            from mowe.hub import check_local_source
+
+            check_local_source(spec, what=f"tokenizer (resolved to {path})")
         return AutoTokenizer.from_pretrained(path if os.path.exists(path) else spec)
     from mowe.data.tokenizer import train_bpe_tokenizer
 
@@ -146,7 +150,9 @@ def _tokenizer(spec: Any, train_manifest: str, base: str):
 
 
 def _manifest_texts(path: str):
-    with open(path, encoding="utf-8") as f:
+    from mowe.io import open_for_reading
+
+    with open_for_reading(path, encoding="utf-8-sig") as f:
         for line in f:
             line = line.strip()
             if not line:
@@ -311,21 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mowe`` console script; returns the exit code.
 
-    User errors (bad config, manifest, audio or checkpoint: every ``ValueError`` subclass mowe raises, and missing
-    files) print one message on stderr and exit with 2, without a traceback.
+    Every expected failure (config, data, checkpoint, file system, non-finite loss, Ctrl-C) prints one line
+    ``mowe <command>: error: ...`` naming the file, key or flag, and returns the exit code documented in
+    :mod:`mowe.cli_errors` (2 config, 3 data, 4 checkpoint, 5 file system, 6 non-finite loss, 130 interrupt);
+    tracebacks only with ``--debug``.
     """
-    from mowe.errors import AudioLoadError, CheckpointError, ManifestError, MoWEInputError
+    from mowe.cli_errors import add_debug_flag, check_flags, run_command
 
     parser = build_parser()
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ManifestError, AudioLoadError, CheckpointError, MoWEInputError, FileNotFoundError) as e:
-        print(f"mowe {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mowe {args.command}: interrupted", file=sys.stderr)
-        return 130
+
+    def command() -> int:
+        check_flags(args)  # --max-new-tokens, --num-beams, --batch-size ... in range, naming the flag
+        return args.func(args)
+
+    return run_command(args.command, command, debug=getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

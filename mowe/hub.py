@@ -15,7 +15,30 @@ from safetensors import safe_open
 
 from mowe.errors import CheckpointError
 
-__all__ = ["load_prefixed_state_dict", "load_torch_file", "resolve_file"]
+__all__ = ["check_local_source", "load_prefixed_state_dict", "load_torch_file", "looks_like_path", "resolve_file"]
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """True for what can only be meant as a local path: ``/x``, ``./x``, ``../x``, ``~/x``, ``a/b/c`` (hub ids
+    have one slash), or ``dir/x`` where ``dir`` exists here."""
+    s = os.fspath(name_or_path)
+    if s.startswith(("/", "./", "../", "~", ".\\")) or s in (".", "..") or s.count("/") >= 2:
+        return True
+    parent = os.path.dirname(s)
+    return bool(parent) and os.path.isdir(os.path.expanduser(parent))
+
+
+def check_local_source(name_or_path: str, *, what: str) -> None:
+    """A ``name_or_path`` that looks like a local path must exist (otherwise transformers would call it a
+    malformed hub repo id).
+
+    Raises:
+        CheckpointError: ``"<what>: the local folder './models/llm' does not exist"``.
+    """
+    s = os.fspath(name_or_path)
+    if looks_like_path(s) and not os.path.exists(os.path.expanduser(s)):
+        raise CheckpointError(f"{what}: the local folder or file '{s}' does not exist (it looks like a path, not a "
+                              f"hub repo id); check the path")
 
 
 def resolve_file(name_or_path: str, filename: str) -> str | None:

@@ -19,13 +19,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import select
+import shutil
 import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 
 __all__ = ["FIFO_TIMEOUT_SECONDS", "SpecialFileError", "check_readable_file", "open_for_reading", "read_bytes",
-           "read_text"]
+           "read_text", "writing_to"]
 
 #: Seconds to wait for a FIFO's writer before giving up (``MOWE_FIFO_TIMEOUT`` overrides it).
 FIFO_TIMEOUT_SECONDS = 10.0
@@ -140,3 +144,48 @@ def read_text(path: str | os.PathLike | bytes, *, encoding: str = "utf-8", timeo
     """The whole content of ``path`` decoded as ``encoding`` (see :func:`open_for_reading`)."""
     with open_for_reading(path, "r", encoding=encoding, timeout=timeout) as f:
         return f.read()
+
+
+_ERRNO_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]|code: (\d+)")
+_ERRNO_WORDS = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
+                "Permission denied": errno.EACCES, "Disk quota exceeded": errno.EDQUOT}
+
+
+def _errno_of(exc: BaseException, path: str) -> int | None:
+    m = _ERRNO_IN_TEXT.search(str(exc))
+    if m:
+        return int(next(g for g in m.groups() if g))
+    for words, code in _ERRNO_WORDS.items():
+        if words in str(exc):
+            return code
+    try:  # torch.save's writer reports a full disk only as "unexpected pos ..."
+        if shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free < (1 << 16):
+            return errno.ENOSPC
+    except OSError:
+        pass
+    return None
+
+
+@contextmanager
+def writing_to(path: str | os.PathLike) -> Iterator[None]:
+    """Make a failure to write ``path`` an :class:`OSError` that names it.
+
+    Writers such as safetensors (``SafetensorError``: "No space left on device (os error 28)") and torch.save
+    (``RuntimeError``: "unexpected pos") report a full disk or a read-only folder without the file; Python's own
+    ``write`` gives an ``OSError`` whose ``filename`` is None. Inside this block all of those become
+    ``OSError(errno, strerror, path)`` (``PermissionError`` etc. by errno), chained to the original; other
+    errors pass unchanged.
+    """
+    path = os.fspath(path)
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        code = e.errno if e.errno is not None else _errno_of(e, path)
+        raise OSError(code, e.strerror or str(e), path) from e
+    except Exception as e:
+        code = _errno_of(e, path)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), path) from e

@@ -16,6 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.io import check_readable_file, writing_to
 
 if TYPE_CHECKING:
     from mowe.model import MoWEAudioLLM
@@ -60,8 +61,10 @@ def save_model(model: MoWEAudioLLM, directory: str | os.PathLike, *, save_frozen
     tensors = {k: sd[k].detach().to("cpu").contiguous().clone() for k in keys_to_save(model, save_frozen=save_frozen)}
     tmp = tempfile.mkdtemp(prefix=".mowe-save-", dir=parent)
     try:
-        save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt", "mowe": "1"})
-        model.config.to_json(os.path.join(tmp, CONFIG_NAME))
+        with writing_to(os.path.join(directory, WEIGHTS_NAME)):  # a full disk / read-only folder names the file
+            save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt", "mowe": "1"})
+        with writing_to(os.path.join(directory, CONFIG_NAME)):
+            model.config.to_json(os.path.join(tmp, CONFIG_NAME))
         if os.path.isdir(directory):
             old = directory + ".old"
             shutil.rmtree(old, ignore_errors=True)
@@ -80,8 +83,14 @@ def saved_files(directory: str | os.PathLike) -> tuple[str, str]:
     directory = os.fspath(directory)
     paths = (os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME))
     for p in paths:
-        if not os.path.isfile(p):
+        if not os.path.exists(p):
             raise CheckpointError(f"{p}: missing; is {directory} a directory written by save_pretrained?")
+    try:  # config.json is read through mowe.io (a FIFO with a writer works); the weights must be a file
+        check_readable_file(paths[0])
+    except OSError as e:
+        raise CheckpointError(f"{paths[0]}: {e.strerror or e}") from e
+    if not os.path.isfile(paths[1]):
+        raise CheckpointError(f"{paths[1]}: not a regular file")
     return paths
 
 

@@ -17,6 +17,7 @@ aliases may expand to (the loader calls it before building any Python object).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -120,6 +121,17 @@ def _encoder_extra(obj: Any, where: str) -> None:
         raise ConfigError(f"{where}.max_seconds: must be >= min_seconds ({obj.min_seconds}), got {obj.max_seconds}")
 
 
+def _folder_ok(v: Any) -> bool:
+    """``v`` is, or can become, a folder: its nearest existing ancestor (or itself) is a directory."""
+    p = os.path.abspath(os.path.expanduser(str(v)))
+    while not os.path.lexists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            return True
+        p = parent
+    return os.path.isdir(p)
+
+
 def _bucket(v: Any) -> bool:
     return v is None or v == "auto" or (_num(v) and math.isfinite(v) and v >= 0)
 
@@ -143,6 +155,7 @@ RULES: dict[str, list[Rule]] = {
         real_in("weight_decay", 0, _INF), real_in("max_grad_norm", 0, _INF, lo_open=True, optional=True),
         int_at_least("feature_cache_max_bytes", 1, optional=True),
         real_in("max_nonfinite_fraction", 0, 1),
+        Rule("output_dir", _folder_ok, "a folder path, not an existing file (nor a path under one)"),
     ],
     "mowe.training.stages.Stage": [real_in("lr", 0, 10, lo_open=True), real_in("lora_scale", 0, _INF, optional=True)],
     "mowe.data.processor.ProcessorOptions": [
