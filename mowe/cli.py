@@ -103,9 +103,20 @@ def load_run_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
     apply_overrides(run, overrides)
     try:
         from_dict(RunFile, run, where="")
+        _check_sections(run)  # value domains of the model / processor sections, before anything is built
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
     return run
+
+
+def _check_sections(run: dict[str, Any]) -> None:
+    from mowe.config import MoWEConfig
+    from mowe.data.processor import ProcessorOptions
+
+    from_dict(MoWEConfig, {k: v for k, v in run["model"].items() if not (k == "audio_token_id" and v is None)},
+              where="model")
+    if run.get("processor"):
+        from_dict(ProcessorOptions, run["processor"], where="processor")
 
 
 def _resolve(base: str, p: str | None) -> str | None:
