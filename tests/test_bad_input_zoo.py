@@ -564,8 +564,8 @@ def test_checkpoint_disk_full_names_the_file_and_keeps_latest(tmp_path, monkeypa
     model = torch.nn.Linear(4, 4)
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    kw = dict(accelerator=_fake_accelerator(), checkpoint_dir=str(tmp_path), state={"global_step": 2},
-              model=model, keys=["weight", "bias"], optimizer=opt, scheduler=sched, keep_last=2)
+    kw = {"accelerator": _fake_accelerator(), "checkpoint_dir": str(tmp_path), "state": {"global_step": 2},
+          "model": model, "keys": ["weight", "bias"], "optimizer": opt, "scheduler": sched, "keep_last": 2}
     ck.write_checkpoint(name="step-2", **kw)
     if failure == "safetensors":  # what safetensors says on a full disk: no file named
         def full(tensors, path):
