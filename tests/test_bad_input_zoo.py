@@ -374,7 +374,21 @@ def _small_alias_is_fine(tmp):
     assert read_config_file(p) == {"a": {"k": [1, 2]}, "b": {"k": [1, 2]}}
 
 
+def _pickled_bin_refused(tmp):
+    from mowe.hub import load_prefixed_state_dict
+
+    d = tmp / "legacy"
+    d.mkdir()
+    torch.save({"encoder.w": argparse.Namespace()}, d / "pytorch_model.bin")
+    try:
+        load_prefixed_state_dict(str(d), ("encoder.",))
+    except CheckpointError as e:
+        assert "\x1b[" not in str(e)
+        raise
+
+
 API_CASES += [
+    Case("weights-only-refusal-bin", _pickled_bin_refused, CheckpointError, r"pytorch_model\.bin: not a loadable"),
     Case("missing-llm-folder", _missing_llm_folder, CheckpointError, r"llm\.name_or_path.*models/llm.*does not exist"),
     Case("missing-llm-dot-path", _missing_llm_dot, CheckpointError, r"\./no-such-llm-folder.*does not exist"),
     Case("missing-encoder-folder", _missing_encoder_folder, CheckpointError, r"'strong'.*~/no-such-whisper"),
