@@ -15,6 +15,7 @@ from torch import nn
 from mowe.components import AllowList, instantiate
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.errors import ConfigError
+from mowe.hub import check_local_source
 
 __all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "llm_load_kwargs"]
 
@@ -65,6 +66,8 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
         return custom[name]
     if custom and name in custom:
         return custom[name]
+    if cfg.name_or_path:
+        check_local_source(cfg.name_or_path, what=f"encoder {name!r} (name_or_path)")
     if fam == "whisper":
         from mowe.encoders.whisper import WhisperEncoder
 
@@ -171,6 +174,7 @@ def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
         raise ConfigError(f"llm.dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
     dtype = DTYPES[cfg.dtype]
     if cfg.name_or_path:
+        check_local_source(cfg.name_or_path, what="llm.name_or_path")
         llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg))
     elif cfg.config:
         conf = dict(cfg.config)

@@ -104,9 +104,20 @@ def load_run_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
     apply_overrides(run, overrides)
     try:
         from_dict(RunFile, run, where="")
+        _check_sections(run)  # value domains of the model / processor sections, before anything is built
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
     return run
+
+
+def _check_sections(run: dict[str, Any]) -> None:
+    from mowe.config import MoWEConfig
+    from mowe.data.processor import ProcessorOptions
+
+    from_dict(MoWEConfig, {k: v for k, v in run["model"].items() if not (k == "audio_token_id" and v is None)},
+              where="model")
+    if run.get("processor"):
+        from_dict(ProcessorOptions, run["processor"], where="processor")
 
 
 def _resolve(base: str, p: str | None) -> str | None:
@@ -138,6 +149,10 @@ def _tokenizer(spec: Any, train_manifest: str, base: str):
         from transformers import AutoTokenizer
 
         path = _resolve(base, spec)
+        if not os.path.exists(path):
+            from mowe.hub import check_local_source
+
+            check_local_source(spec, what=f"tokenizer (resolved to {path})")
         return AutoTokenizer.from_pretrained(path if os.path.exists(path) else spec)
     from mowe.data.tokenizer import train_bpe_tokenizer
 
@@ -147,7 +162,9 @@ def _tokenizer(spec: Any, train_manifest: str, base: str):
 
 
 def _manifest_texts(path: str):
-    with open(path, encoding="utf-8") as f:
+    from mowe.io import open_for_reading
+
+    with open_for_reading(path, encoding="utf-8-sig") as f:
         for line in f:
             line = line.strip()
             if not line:
@@ -346,21 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mowe`` console script; returns the exit code.
 
-    User errors (bad config, manifest, audio or checkpoint: every ``ValueError`` subclass mowe raises, and missing
-    files) print one message on stderr and exit with 2, without a traceback.
+    Every expected failure (config, data, checkpoint, file system, non-finite loss, Ctrl-C) prints one line
+    ``mowe <command>: error: ...`` naming the file, key or flag, and returns the exit code documented in
+    :mod:`mowe.cli_errors` (2 config, 3 data, 4 checkpoint, 5 file system, 6 non-finite loss, 130 interrupt);
+    tracebacks only with ``--debug``.
     """
-    from mowe.errors import AudioLoadError, CheckpointError, ManifestError, MoWEInputError
+    from mowe.cli_errors import add_debug_flag, check_flags, run_command
 
     parser = build_parser()
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ManifestError, AudioLoadError, CheckpointError, MoWEInputError, FileNotFoundError) as e:
-        print(f"mowe {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mowe {args.command}: interrupted", file=sys.stderr)
-        return 130
+
+    def command() -> int:
+        check_flags(args)  # --max-new-tokens, --num-beams, --batch-size ... in range, naming the flag
+        return args.func(args)
+
+    return run_command(args.command, command, debug=getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

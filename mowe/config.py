@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mowe.errors import ConfigError
+from mowe.io import read_text
+from mowe.validation import check_yaml_expansion, validate
 
 __all__ = [
     "ConnectorConfig",
@@ -266,7 +268,9 @@ def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = 
         if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_join(where, f.name)}: missing key {f.name!r} for {cls.__name__}")
     kwargs = {k: _convert(hints[k], v, _join(where, k), int_bools) for k, v in data.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    validate(obj, where)  # value domains: ranges, positivity, divisibility, finiteness (mowe.validation)
+    return obj
 
 
 def _fold_component_kwargs(data: dict, names: list[str], where: str) -> dict:
@@ -306,6 +310,7 @@ def check_fields(obj: Any, *, where: str, int_bools: bool = False) -> None:
         new = _convert(hints[f.name], value, f"{where}.{f.name}", int_bools)
         if new is not value:
             object.__setattr__(obj, f.name, new)
+    validate(obj, where)
 
 
 def _describe(tp: Any) -> str:
@@ -402,6 +407,10 @@ def _yaml_loader():
     class Loader(yaml.SafeLoader):
         """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do."""
 
+        def construct_document(self, node):  # aliases may not expand past a small budget (no alias bombs)
+            check_yaml_expansion(node)
+            return super().construct_document(node)
+
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
         re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -431,8 +440,7 @@ def read_config_file(path: str | os.PathLike) -> Any:
     """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_text(path, encoding="utf-8-sig")  # no hang on a FIFO / device; a BOM is accepted
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8 ({e})") from e
     except OSError as e:
@@ -443,6 +451,8 @@ def read_config_file(path: str | os.PathLike) -> Any:
         import yaml
 
         return yaml.load(text, Loader=_yaml_loader())
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
     except Exception as e:  # json / yaml errors have many types
         raise ConfigError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML/JSON'} ({e})") from e
 

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.io import check_readable_file, writing_to
 
 if TYPE_CHECKING:
     from mowe.model import MoWEAudioLLM
@@ -73,14 +74,16 @@ def save_model(model: MoWEAudioLLM, directory: str | os.PathLike, *, save_frozen
                if k not in in_adapter}
     tmp = tempfile.mkdtemp(prefix=".mowe-save-", dir=parent)
     try:
-        save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt", "mowe": "1"})
-        with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+        with writing_to(os.path.join(directory, WEIGHTS_NAME)):  # a full disk / read-only folder names the file
+            save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt", "mowe": "1"})
+        with writing_to(os.path.join(directory, CONFIG_NAME)), open(os.path.join(tmp, CONFIG_NAME), "w") as f:
             f.write(mowe_config_json(model.config))
-        save_adapter(model, tmp)
-        if getattr(model, "generation_config", None) is not None:
-            model.generation_config.save_pretrained(tmp)
-        if processor is not None:
-            processor.save_pretrained(tmp)
+        with writing_to(directory):
+            save_adapter(model, tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+            if processor is not None:
+                processor.save_pretrained(tmp)
         if os.path.isdir(directory):
             old = directory + ".old"
             shutil.rmtree(old, ignore_errors=True)
@@ -99,8 +102,14 @@ def saved_files(directory: str | os.PathLike) -> tuple[str, str]:
     directory = os.fspath(directory)
     paths = (os.path.join(directory, CONFIG_NAME), os.path.join(directory, WEIGHTS_NAME))
     for p in paths:
-        if not os.path.isfile(p):
+        if not os.path.exists(p):
             raise CheckpointError(f"{p}: missing; is {directory} a directory written by save_pretrained?")
+    try:  # config.json is read through mowe.io (a FIFO with a writer works); the weights must be a file
+        check_readable_file(paths[0])
+    except OSError as e:
+        raise CheckpointError(f"{paths[0]}: {e.strerror or e}") from e
+    if not os.path.isfile(paths[1]):
+        raise CheckpointError(f"{paths[1]}: not a regular file")
     return paths
 
 

@@ -41,7 +41,14 @@ import numpy as np
 import torch
 
 from mowe.constants import IGNORE_INDEX, MODEL_INPUT_KEYS, SAMPLE_RATE
-from mowe.data.audio import AudioClip, AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
+from mowe.data.audio import (
+    AudioClip,
+    AudioTruncatedWarning,
+    load_audio,
+    pad_batch,
+    stream_audio,
+    validate_waveform,
+)
 from mowe.data.samplers import mix_seed
 from mowe.data.templates import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -250,6 +257,8 @@ class MoWEProcessor:
             policy = "truncate"  # one clip, one answer: windows would need one answer each
         max_s = self.max_audio_seconds
         if isinstance(audio, (str, os.PathLike)):
+            if policy == "chunk" and max_s is not None:  # decoded window by window: no whole-file copy first
+                return list(stream_audio(audio, window_seconds=max_s, sample_rate=SAMPLE_RATE))
             clip = load_audio(audio, sample_rate=SAMPLE_RATE, max_seconds=max_s, length_policy=policy)
             return clip.windows()
         if isinstance(audio, AudioClip):

@@ -13,6 +13,7 @@ from typing import Any
 
 from mowe.config import from_dict
 from mowe.errors import ConfigError
+from mowe.io import open_for_reading
 
 __all__ = ["load_processor", "save_processor"]
 
@@ -56,7 +57,7 @@ def load_processor(cls: type, name_or_path: str | os.PathLike, *, tokenizer: Any
                                       local_files_only=local_files_only, token=token, subfolder=subfolder)
     path = os.path.join(directory, PROCESSOR_CONFIG_NAME)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open_for_reading(path, encoding="utf-8") as f:  # mowe.io: a FIFO or device cannot hang the load
             data = json.load(f)
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: missing; is {directory} a folder written by MoWEProcessor.save_pretrained?") from e

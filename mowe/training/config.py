@@ -39,6 +39,9 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         on_nonfinite_loss: ``"skip"`` (zero the gradients, skip the update, count it in the logs) or ``"stop"``
             (raise :class:`NonFiniteLossError`).
+        max_nonfinite_fraction: the skip budget under ``"skip"``: once more than this fraction of the run's
+            steps (all stages) has been skipped, the run fails with :class:`NonFiniteLossError`; a run that
+            skipped fewer still says so on stderr at the end.
         keep_last_checkpoints: checkpoints to keep (older ones are deleted; the latest is never deleted).
         save_final: write ``output_dir/final`` with ``model.save_pretrained`` at the end.
         progress: show a tqdm progress bar on the main process.
@@ -75,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     on_nonfinite_loss: Literal["skip", "stop"] = "skip"
+    max_nonfinite_fraction: float = 0.5
     keep_last_checkpoints: int = 2
     save_final: bool = True
     progress: bool = True
