@@ -57,11 +57,9 @@ def check_trainer_state(state: Any, path: str) -> None:
 
 def _stage_groups(model: nn.Module, stage: Any) -> list[list[tuple[int, ...]]]:
     """Parameter shapes per AdamW group (decay, no decay) for ``stage``, without changing ``requires_grad``."""
-    from mowe.training.stages import parameter_groups
+    from mowe.training.stages import stage_parameters
 
-    groups = parameter_groups(model)
-    chosen = {id(p) for part in stage.train for _, p in groups.get(part, ())}
-    params = [p for p in model.parameters() if id(p) in chosen]
+    params = [p for _, p in stage_parameters(model, stage)]
     decay = [tuple(p.shape) for p in params if p.ndim >= 2]
     no_decay = [tuple(p.shape) for p in params if p.ndim < 2]
     return [g for g in (decay, no_decay) if g]
