@@ -135,7 +135,7 @@ def main() -> None:
 
     # Reload: the custom encoder's weights are in the checkpoint; its module is passed in again.
     again = MoWEAudioLLM.from_pretrained(result.final_dir, encoders={"energy": FrameEnergyEncoder()}).eval()
-    batch = processor(text=data[0]["instruction"], audio=data[0]["audio"])
+    batch = processor(text=data[0]["instruction"], audio=data[0]["audio"], sampling_rate=16000)
     ids = again.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          waveforms=batch["waveforms"], wave_lengths=batch["wave_lengths"], max_new_tokens=4)
     print("answer:", repr(processor.decode(ids)[0]))

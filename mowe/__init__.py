@@ -15,6 +15,8 @@ _LAZY = {
     "MoWEAudioLLM": "mowe.model",
     "MoWEOutput": "mowe.model",
     "MoWEConfig": "mowe.config",
+    "MoWEPretrainedConfig": "mowe.hf.config",
+    "InferenceConfig": "mowe.config",
     "EncoderConfig": "mowe.config",
     "RouterConfig": "mowe.config",
     "ConnectorConfig": "mowe.config",
@@ -36,6 +38,12 @@ _LAZY = {
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]  # noqa: PLE0604, PLE0605 (built from _LAZY, all str)
+
+# AutoConfig / AutoModel / AutoProcessor learn model_type "mowe" when transformers loads them (no transformers import
+# here, so `import mowe` stays cheap; see mowe.hf.lazy).
+from mowe.hf.lazy import install as _install_auto_registration
+
+_install_auto_registration()
 
 
 def __getattr__(name: str):

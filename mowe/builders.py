@@ -15,8 +15,9 @@ from torch import nn
 from mowe.components import AllowList, instantiate
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.errors import ConfigError
+from mowe.hub import check_local_source
 
-__all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router"]
+__all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "llm_load_kwargs"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -25,7 +26,8 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
                   allow: AllowList = True) -> nn.Module:
     """An encoder module from its config entry; ``custom`` supplies modules for ``family="custom"`` entries.
 
-    ``min_seconds`` / ``max_seconds`` put a :class:`~mowe.encoders.span.ClipSpan` in front of the encoder.
+    ``min_seconds`` / ``max_seconds`` put a :class:`~mowe.encoders.span.ClipSpan` in front of the encoder;
+    ``dtype`` casts its weights.
     """
     if cfg.component and not (custom and name in custom):
         enc = _build_component_encoder(cfg, name=name, allow=allow)
@@ -35,6 +37,9 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
         from mowe.encoders.span import ClipSpan
 
         enc = ClipSpan(encoder=enc, min_seconds=cfg.min_seconds, max_seconds=cfg.max_seconds)
+    if cfg.dtype is not None:
+        for p in enc.parameters():  # weights only: buffers such as mel filters stay float32
+            p.data = p.data.to(DTYPES[cfg.dtype])
     return enc
 
 
@@ -61,6 +66,8 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
         return custom[name]
     if custom and name in custom:
         return custom[name]
+    if cfg.name_or_path:
+        check_local_source(cfg.name_or_path, what=f"encoder {name!r} (name_or_path)")
     if fam == "whisper":
         from mowe.encoders.whisper import WhisperEncoder
 
@@ -167,12 +174,16 @@ def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
         raise ConfigError(f"llm.dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
     dtype = DTYPES[cfg.dtype]
     if cfg.name_or_path:
-        llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=dtype)
+        check_local_source(cfg.name_or_path, what="llm.name_or_path")
+        llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg))
     elif cfg.config:
         conf = dict(cfg.config)
         if "model_type" not in conf:
             raise ConfigError("llm.config needs a 'model_type' (e.g. 'llama', 'qwen2', 'gpt2')")
-        llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**conf), dtype=dtype)
+        extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
+        llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**conf), dtype=dtype, **extra)
+        if isinstance(cfg.device_map, str) and cfg.device_map != "auto":
+            llm.to(cfg.device_map)
     else:
         raise ConfigError("llm: set name_or_path (hub id or folder) or config (a transformers config dict)")
     llm.mowe_source = cfg.name_or_path
@@ -180,6 +191,23 @@ def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         llm.config.use_cache = False
     return apply_training_mode(llm, cfg.train, lora)
+
+
+def llm_load_kwargs(cfg: LLMConfig) -> dict:
+    """``AutoModelForCausalLM.from_pretrained`` keywords of an :class:`LLMConfig`: ``dtype``, and
+    ``attn_implementation`` / ``revision`` / ``device_map`` when set, then ``from_pretrained_kwargs``.
+
+    Raises:
+        ConfigError: ``from_pretrained_kwargs`` repeats a key that has its own field (names it).
+    """
+    kw: dict = {"dtype": DTYPES[cfg.dtype]}
+    for name in ("attn_implementation", "revision", "device_map"):
+        if getattr(cfg, name) is not None:
+            kw[name] = getattr(cfg, name)
+    for key in cfg.from_pretrained_kwargs:
+        if key in ("dtype", "torch_dtype", "attn_implementation", "revision", "device_map"):
+            raise ConfigError(f"llm.from_pretrained_kwargs.{key}: set llm.{key.replace('torch_', '')} instead")
+    return {**kw, **cfg.from_pretrained_kwargs}
 
 
 def apply_training_mode(llm: nn.Module, train: str, lora: LoRAConfig) -> nn.Module:

@@ -104,9 +104,20 @@ def load_run_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
     apply_overrides(run, overrides)
     try:
         from_dict(RunFile, run, where="")
+        _check_sections(run)  # value domains of the model / processor sections, before anything is built
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
     return run
+
+
+def _check_sections(run: dict[str, Any]) -> None:
+    from mowe.config import MoWEConfig
+    from mowe.data.processor import ProcessorOptions
+
+    from_dict(MoWEConfig, {k: v for k, v in run["model"].items() if not (k == "audio_token_id" and v is None)},
+              where="model")
+    if run.get("processor"):
+        from_dict(ProcessorOptions, run["processor"], where="processor")
 
 
 def _resolve(base: str, p: str | None) -> str | None:
@@ -138,6 +149,10 @@ def _tokenizer(spec: Any, train_manifest: str, base: str):
         from transformers import AutoTokenizer
 
         path = _resolve(base, spec)
+        if not os.path.exists(path):
+            from mowe.hub import check_local_source
+
+            check_local_source(spec, what=f"tokenizer (resolved to {path})")
         return AutoTokenizer.from_pretrained(path if os.path.exists(path) else spec)
     from mowe.data.tokenizer import train_bpe_tokenizer
 
@@ -147,7 +162,9 @@ def _tokenizer(spec: Any, train_manifest: str, base: str):
 
 
 def _manifest_texts(path: str):
-    with open(path, encoding="utf-8") as f:
+    from mowe.io import open_for_reading
+
+    with open_for_reading(path, encoding="utf-8-sig") as f:
         for line in f:
             line = line.strip()
             if not line:
@@ -264,12 +281,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from mowe.training.stages import set_lora_scale
 
     model_dir = _model_dir(args.model)
-    model = MoWEAudioLLM.from_pretrained(model_dir, allow_components=args.allow_components)
+    model = place_model(MoWEAudioLLM.from_pretrained(model_dir, allow_components=args.allow_components),
+                        device=args.device, dtype=args.dtype)
     model.eval()
     processor = MoWEProcessor.from_pretrained(args.processor or model_dir)
     if args.lora_scale is not None:
         set_lora_scale(model, args.lora_scale)
-    batch = processor(text=args.prompt, audio=args.audio)
+    batch = processor(text=args.prompt, audio=args.audio).to(args.device)
     with torch.no_grad():
         ids = model.generate(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch},
                              max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
@@ -277,11 +295,28 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
-    """The options ``mowe infer`` and ``mowe eval`` share: --processor, --max-new-tokens, --num-beams."""
+def place_model(model, *, device: str = "cpu", dtype: str | None = None):
+    """``--device`` / ``--dtype``: move ``model`` to ``device``; cast its LLM and connector to ``dtype`` (the
+    encoders keep the precision their config gives them: ``EncoderConfig.dtype``). Returns the model."""
+    import torch
+
+    model = model.to(device)
+    if dtype is not None and dtype != "float32":
+        for part in (model.llm, model.connector):
+            part.to(getattr(torch, dtype))
+    return model
+
+
+def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int | None) -> None:
+    """The options ``mowe infer`` and ``mowe eval`` share: --processor, --max-new-tokens, --num-beams, --device,
+    --dtype (generation settings left unset come from the model's saved generation_config.json)."""
     p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help="default: the model's generation config" if max_new_tokens is None else None)
+    p.add_argument("--num-beams", type=int, default=None, help="default: the model's generation config")
+    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda:0 (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="cast the LLM and the connector (default: as saved)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a `mowe train` output folder, or its final/ folder")
     p.add_argument("--audio", required=True, help="audio file")
     p.add_argument("--prompt", required=True, help="instruction, e.g. 'Transcribe the speech.'")
-    add_generation_args(p, max_new_tokens=32)
+    add_generation_args(p, max_new_tokens=None)
     p.add_argument("--lora-scale", type=float, default=None,
                    help="multiply the LoRA scaling (SALMONN's activation trick, e.g. 0.5)")
     add_allow_components_arg(p)
@@ -331,21 +366,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mowe`` console script; returns the exit code.
 
-    User errors (bad config, manifest, audio or checkpoint: every ``ValueError`` subclass mowe raises, and missing
-    files) print one message on stderr and exit with 2, without a traceback.
+    Every expected failure (config, data, checkpoint, file system, non-finite loss, Ctrl-C) prints one line
+    ``mowe <command>: error: ...`` naming the file, key or flag, and returns the exit code documented in
+    :mod:`mowe.cli_errors` (2 config, 3 data, 4 checkpoint, 5 file system, 6 non-finite loss, 130 interrupt);
+    tracebacks only with ``--debug``.
     """
-    from mowe.errors import AudioLoadError, CheckpointError, ManifestError, MoWEInputError
+    from mowe.cli_errors import add_debug_flag, check_flags, run_command
 
     parser = build_parser()
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, ManifestError, AudioLoadError, CheckpointError, MoWEInputError, FileNotFoundError) as e:
-        print(f"mowe {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"mowe {args.command}: interrupted", file=sys.stderr)
-        return 130
+
+    def command() -> int:
+        check_flags(args)  # --max-new-tokens, --num-beams, --batch-size ... in range, naming the flag
+        return args.func(args)
+
+    return run_command(args.command, command, debug=getattr(args, "debug", False))
 
 
 if __name__ == "__main__":

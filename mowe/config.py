@@ -31,10 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mowe.errors import ConfigError
+from mowe.io import read_text
+from mowe.validation import check_yaml_expansion, validate
 
 __all__ = [
     "ConnectorConfig",
     "EncoderConfig",
+    "InferenceConfig",
     "LLMConfig",
     "LoRAConfig",
     "MoWEConfig",
@@ -73,6 +76,7 @@ class EncoderConfig:
             ``kwargs`` instead of ``family`` (see :mod:`mowe.components`); in a file, the entry's other keys
             that are not fields here become ``kwargs``.
         kwargs: keyword arguments of ``component``.
+        dtype: cast the built encoder's weights to ``"float32"``, ``"bfloat16"`` or ``"float16"``; None: as built.
     """
 
     family: str = "whisper"
@@ -88,6 +92,7 @@ class EncoderConfig:
     max_seconds: float | None = None
     component: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,11 @@ class LLMConfig:
         train: ``"lora"``, ``"full"`` or ``"frozen"``.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         gradient_checkpointing: enable it on the LLM.
+        attn_implementation: transformers' attention kernel (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``, ...);
+            None: transformers' default. The model's packed (varlen) path reads it.
+        revision: branch, tag or commit of ``name_or_path`` on the hub.
+        device_map: ``from_pretrained``'s placement (``"auto"``, ``"cpu"``, ``"cuda:0"`` or a module -> device map).
+        from_pretrained_kwargs: any other ``from_pretrained`` keyword (e.g. ``{"low_cpu_mem_usage": true}``).
     """
 
     name_or_path: str | None = None
@@ -155,6 +165,24 @@ class LLMConfig:
     train: Literal["lora", "full", "frozen"] = "lora"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    revision: str | None = None
+    device_map: str | dict[str, Any] | None = None
+    from_pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a trained model is prompted and run at test time, saved with it and applied when it is loaded.
+
+    Attributes:
+        prompt_template: the system's prompt format (``{audio}``, ``{instruction}``, optional ``{system}``), used
+            by :meth:`~mowe.model.MoWEAudioLLM.processor_for`; None: the tokenizer's chat template.
+        lora_scale: LoRA scale factor set by ``from_pretrained`` (SALMONN's activation trick; 1.0: as trained).
+    """
+
+    prompt_template: str | None = None
+    lora_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +196,7 @@ class MoWEConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     audio_token_id: int = 0
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_json(self, path: str | os.PathLike | None = None) -> str:
         text = json.dumps(to_dict(self), indent=2, sort_keys=False)
@@ -178,15 +207,23 @@ class MoWEConfig:
 
     @classmethod
     def from_json(cls, path_or_text: str | os.PathLike) -> MoWEConfig:
-        """Read a config from a JSON file path or a JSON string; unknown keys are an error naming the key."""
+        """Read a config from a JSON file path or a JSON string; unknown keys are an error naming the key.
+
+        A saved model's ``config.json`` works too: the keys transformers adds (``model_type``,
+        ``architectures``, ``transformers_version``, ...) are set aside (:func:`mowe.hf.config.read_mowe_config`).
+        """
+        from mowe.hf.config import read_mowe_config
+
         s = str(path_or_text)
         if s.lstrip().startswith("{"):
             try:
                 data = json.loads(s)
             except json.JSONDecodeError as e:
                 raise ConfigError(f"<string>: not valid JSON ({e})") from e
-            return from_dict(cls, data, where="<string>")
-        return from_dict(cls, read_config_file(s), where=s)
+            if not isinstance(data, dict):
+                raise ConfigError(f"<string>: expected a JSON object, got {type(data).__name__}")
+            return read_mowe_config(data, where="<string>")
+        return read_mowe_config(s)
 
     def replace(self, **changes) -> MoWEConfig:
         return dataclasses.replace(self, **changes)
@@ -231,7 +268,9 @@ def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = 
         if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_join(where, f.name)}: missing key {f.name!r} for {cls.__name__}")
     kwargs = {k: _convert(hints[k], v, _join(where, k), int_bools) for k, v in data.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    validate(obj, where)  # value domains: ranges, positivity, divisibility, finiteness (mowe.validation)
+    return obj
 
 
 def _fold_component_kwargs(data: dict, names: list[str], where: str) -> dict:
@@ -271,6 +310,7 @@ def check_fields(obj: Any, *, where: str, int_bools: bool = False) -> None:
         new = _convert(hints[f.name], value, f"{where}.{f.name}", int_bools)
         if new is not value:
             object.__setattr__(obj, f.name, new)
+    validate(obj, where)
 
 
 def _describe(tp: Any) -> str:
@@ -367,6 +407,10 @@ def _yaml_loader():
     class Loader(yaml.SafeLoader):
         """SafeLoader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do."""
 
+        def construct_document(self, node):  # aliases may not expand past a small budget (no alias bombs)
+            check_yaml_expansion(node)
+            return super().construct_document(node)
+
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
         re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
@@ -396,8 +440,7 @@ def read_config_file(path: str | os.PathLike) -> Any:
     """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_text(path, encoding="utf-8-sig")  # no hang on a FIFO / device; a BOM is accepted
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8 ({e})") from e
     except OSError as e:
@@ -408,6 +451,8 @@ def read_config_file(path: str | os.PathLike) -> Any:
         import yaml
 
         return yaml.load(text, Loader=_yaml_loader())
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
     except Exception as e:  # json / yaml errors have many types
         raise ConfigError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML/JSON'} ({e})") from e
 

@@ -8,6 +8,10 @@ only to its own longest prompt; each group's keys and values are then placed int
 greedy decoding continues from it exactly as ``generate`` would. The same tokens as ``generate`` up to float
 rounding of the prefill.
 
+The settings come from the model's :class:`~transformers.GenerationConfig` (``model.generation_config``, saved as
+``generation_config.json`` beside the weights): :func:`default_generation_config` makes it from the LLM's own,
+:func:`generation_settings` applies one call's overrides; nothing in ``generate`` hard-codes a budget.
+
 Only plain greedy decoding is done here (argmax, ``eos_token_id`` stops a row, ``min_new_tokens``); every other
 setting (beams, sampling, repetition penalties, logits processors, streamers, ...) is left to ``generate``:
 :func:`greedy_settings` says why a call cannot take this path.
@@ -24,7 +28,12 @@ from torch import nn
 from mowe.encoders.base import length_groups
 from mowe.merge import MergedInputs
 
-__all__ = ["GreedySettings", "greedy_settings", "grouped_greedy_generate"]
+__all__ = ["DEFAULT_MAX_NEW_TOKENS", "GreedySettings", "default_generation_config", "generation_settings",
+           "greedy_settings", "grouped_greedy_generate"]
+
+#: ``max_new_tokens`` of a new model's generation config when the LLM's own sets none (edit
+#: ``model.generation_config`` or pass ``max_new_tokens=`` to change it; it is saved with the model).
+DEFAULT_MAX_NEW_TOKENS = 32
 
 # GenerationConfig fields that plain greedy decoding reads, or that do not change what it produces.
 _GREEDY_FIELDS = {"max_new_tokens", "min_new_tokens", "eos_token_id", "pad_token_id", "bos_token_id", "use_cache",
@@ -55,12 +64,44 @@ def _full_attention_only(config) -> bool:
     return window is None or getattr(config, "use_sliding_window", True) is False
 
 
-def greedy_settings(llm: nn.Module, **generate_kwargs) -> GreedySettings | str:
-    """The :class:`GreedySettings` of ``llm.generate(**generate_kwargs)``, or a sentence saying why that call is
-    not plain greedy decoding (so it must go through transformers' ``generate``)."""
+def default_generation_config(llm: nn.Module):
+    """A new model's :class:`~transformers.GenerationConfig`: the LLM's own made greedy with one beam (its sampling
+    knobs cleared, other settings such as ``repetition_penalty`` kept), pad falling back to eos, and its
+    ``max_new_tokens`` (else :data:`DEFAULT_MAX_NEW_TOKENS`)."""
+    from transformers import GenerationConfig
+
+    own = getattr(llm, "generation_config", None)
+    cfg = copy.deepcopy(own) if own is not None else GenerationConfig()
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_id
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0] if pad else None
+    cfg.update(do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, min_p=None, typical_p=None,
+               pad_token_id=pad, max_new_tokens=cfg.max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+    return cfg
+
+
+def generation_settings(base, override=None, **kwargs):
+    """One ``generate`` call's settings: ``(GenerationConfig, other_kwargs)``.
+
+    Args:
+        base: the model's :class:`~transformers.GenerationConfig` (not changed).
+        override: a ``GenerationConfig`` for this call instead of ``base``.
+        kwargs: generation-config fields (None values are ignored, so ``max_new_tokens=None`` keeps the
+            config's) and other ``generate`` arguments (``logits_processor``, ``streamer``, ...), returned apart.
+    """
+    cfg = copy.deepcopy(override if override is not None else base)
+    unused = cfg.update(**{k: v for k, v in kwargs.items() if v is not None})
+    cfg.validate()
+    return cfg, unused
+
+
+def greedy_settings(llm: nn.Module, generation_config=None, **generate_kwargs) -> GreedySettings | str:
+    """The :class:`GreedySettings` of ``llm.generate(generation_config=generation_config, **generate_kwargs)``, or a
+    sentence saying why that call is not plain greedy decoding (so it must go through transformers' ``generate``).
+    ``generation_config`` None: the LLM's own."""
     if not _full_attention_only(llm.config):
         return "the LLM has sliding-window or non-causal-LM layers"
-    cfg = copy.deepcopy(llm.generation_config)
+    cfg = copy.deepcopy(generation_config if generation_config is not None else llm.generation_config)
     unused = cfg.update(**generate_kwargs)
     if unused:
         return f"generate arguments {sorted(unused)} are not generation-config fields"

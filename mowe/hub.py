@@ -14,8 +14,32 @@ import torch
 from safetensors import safe_open
 
 from mowe.errors import CheckpointError
+from mowe.io import open_for_reading
 
-__all__ = ["load_prefixed_state_dict", "load_torch_file", "resolve_file"]
+__all__ = ["check_local_source", "load_prefixed_state_dict", "load_torch_file", "looks_like_path", "resolve_file"]
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """True for what can only be meant as a local path: ``/x``, ``./x``, ``../x``, ``~/x``, ``a/b/c`` (hub ids
+    have one slash), or ``dir/x`` where ``dir`` exists here."""
+    s = os.fspath(name_or_path)
+    if s.startswith(("/", "./", "../", "~", ".\\")) or s in (".", "..") or s.count("/") >= 2:
+        return True
+    parent = os.path.dirname(s)
+    return bool(parent) and os.path.isdir(os.path.expanduser(parent))
+
+
+def check_local_source(name_or_path: str, *, what: str) -> None:
+    """A ``name_or_path`` that looks like a local path must exist (otherwise transformers would call it a
+    malformed hub repo id).
+
+    Raises:
+        CheckpointError: ``"<what>: the local folder './models/llm' does not exist"``.
+    """
+    s = os.fspath(name_or_path)
+    if looks_like_path(s) and not os.path.exists(os.path.expanduser(s)):
+        raise CheckpointError(f"{what}: the local folder or file '{s}' does not exist (it looks like a path, not a "
+                              f"hub repo id); check the path")
 
 
 def resolve_file(name_or_path: str, filename: str) -> str | None:
@@ -37,7 +61,7 @@ def _checkpoint_files(name_or_path: str) -> list[str]:
         return [single]
     index = resolve_file(name_or_path, "model.safetensors.index.json")
     if index:
-        with open(index) as f:
+        with open_for_reading(index) as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         files = [resolve_file(name_or_path, s) for s in shards]
         missing = [s for s, f in zip(shards, files) if f is None]
@@ -68,7 +92,9 @@ def load_prefixed_state_dict(name_or_path: str, prefixes: tuple[str, ...]) -> di
         for path in files:
             if path.endswith(".bin"):
                 # Legacy pickles are read with weights_only=True: no code runs from a stranger's file.
-                sd = torch.load(path, map_location="cpu", weights_only=True)
+                sd = load_torch_file(path, what="pytorch_model.bin")
+                if not isinstance(sd, dict):
+                    raise CheckpointError(f"{path}: expected a state dict, got {type(sd).__name__}")
                 out.update({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
                 continue
             try:
@@ -96,5 +122,7 @@ def load_torch_file(path: str | os.PathLike, *, what: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types; all mean "not a usable checkpoint"
-        raise CheckpointError(f"{path}: not a loadable {what} file ({e})") from e
+        from mowe.cli_errors import strip_ansi  # torch colours its weights-only refusal
+
+        raise CheckpointError(f"{path}: not a loadable {what} file ({strip_ansi(str(e))})") from e
 

@@ -31,7 +31,13 @@ from mowe.encoders.base import (
 from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.errors import MoWEInputError
-from mowe.generation import greedy_settings, grouped_greedy_generate
+from mowe.generation import (
+    default_generation_config,
+    generation_settings,
+    greedy_settings,
+    grouped_greedy_generate,
+)
+from mowe.hf.mixin import MoWEHubMixin
 from mowe.merge import (
     MergedInputs,
     cheapest_llm_layout,
@@ -78,7 +84,7 @@ class MoWEOutput:
     labels: torch.Tensor | None
 
 
-class MoWEAudioLLM(nn.Module):
+class MoWEAudioLLM(MoWEHubMixin, nn.Module):
     """An audio LLM built from a strong encoder, an optional routed pool of weak encoders, a connector and an LLM.
 
     Args:
@@ -115,6 +121,7 @@ class MoWEAudioLLM(nn.Module):
         self.audio_token_id = int(audio_token_id)
         self.aux_loss_weight = aux_loss_weight
         self.config = config
+        self.generation_config = default_generation_config(llm)  # saved as generation_config.json
         _check_dims(self)
         self.train(self.training)
 
@@ -313,9 +320,10 @@ class MoWEAudioLLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, *, max_new_tokens: int = 32, num_beams: int = 1,
-                 use_cache: bool = True, audio: AudioEncoding | None = None,
-                 prefill_padding: float | str | None = "auto", **generate_kwargs) -> torch.Tensor:
+                 attention_mask: torch.Tensor | None = None, *, max_new_tokens: int | None = None,
+                 num_beams: int | None = None, use_cache: bool = True, audio: AudioEncoding | None = None,
+                 prefill_padding: float | str | None = "auto", generation_config=None,
+                 **generate_kwargs) -> torch.Tensor:
         """Batched generation (KV cache, greedy or beam search).
 
         Prompts may be padded on either side; they are re-padded on the left after the merge.
@@ -329,7 +337,10 @@ class MoWEAudioLLM(nn.Module):
                 ``bucket_padding``: ``"auto"`` is 0.05 on CPU and 0.25 on accelerators, and settings that are
                 not plain greedy (beams, sampling, logits processors) then go to ``generate``; a number raises
                 for them instead. None: transformers' ``generate`` on the one left-padded batch.
-            generate_kwargs: passed to transformers' ``generate`` (e.g. ``min_new_tokens``, ``eos_token_id``).
+            max_new_tokens, num_beams: override ``model.generation_config`` (None: keep its values).
+            generation_config: a ``GenerationConfig`` for this call instead of ``model.generation_config``.
+            generate_kwargs: more settings (e.g. ``min_new_tokens``, ``eos_token_id``) or transformers ``generate``
+                arguments.
 
         Returns:
             ``(b, new_tokens)`` generated ids (prompt not included), padded with the pad / eos id.
@@ -339,52 +350,21 @@ class MoWEAudioLLM(nn.Module):
             prompt = self.prompt_embeddings(input_ids, attention_mask) if self.needs_prompt else None
             audio = self.encode_audio(waveforms, wave_lengths, prompt)
         merged = self._merge(input_ids, attention_mask, audio, None, "left")
-        gen_cfg = self.llm.generation_config
-        pad = gen_cfg.pad_token_id if gen_cfg.pad_token_id is not None else gen_cfg.eos_token_id
-        kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, use_cache=use_cache,
-                      pad_token_id=pad, do_sample=False)
-        kwargs.update(generate_kwargs)
+        gen, kwargs = generation_settings(self.generation_config, generation_config, max_new_tokens=max_new_tokens,
+                                          num_beams=num_beams, use_cache=use_cache, **generate_kwargs)
         if budget is not None:
-            settings = greedy_settings(self.llm, **kwargs)
+            settings = greedy_settings(self.llm, gen, **kwargs)
             if not isinstance(settings, str):
                 return grouped_greedy_generate(self.llm, merged, settings, max_padding=resolve_bucket_padding(
                     budget, merged.inputs_embeds.device))
             if budget != "auto":
                 raise MoWEInputError(f"generate(prefill_padding={budget}) does plain greedy decoding only: "
                                      f"{settings}; use prefill_padding='auto' or None for these settings")
-        return self.llm.generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
+        return self.llm.generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
+                                 generation_config=gen, **kwargs)
 
     # ------------------------------------------------------------------------------------------- saving
-    def _keys_to_save(self, save_frozen: bool) -> list[str]:
-        return saving.keys_to_save(self, save_frozen=save_frozen)
-
-    def save_pretrained(self, directory: str | os.PathLike, *, save_frozen: bool = False) -> None:
-        """Write ``config.json`` and ``model.safetensors`` atomically (:func:`mowe.saving.save_model`).
-
-        Trainable weights and parts with random initial weights (no source) are saved; frozen towers loaded from a
-        hub id or folder are referenced by that source, not copied, unless ``save_frozen=True``.
-        """
-        saving.save_model(self, directory, save_frozen=save_frozen)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, encoders: Mapping[str, nn.Module] | None = None,
-                        map_location: str | torch.device = "cpu",
-                        allow_components: Sequence[str] | None = None) -> MoWEAudioLLM:
-        """Rebuild from ``config.json`` (frozen towers from their sources) and load the saved weights.
-
-        ``allow_components``: packages (``["my_pkg"]``) whose components the config may name; a component outside
-        mowe and these raises a :class:`~mowe.errors.ConfigError` before its module is imported.
-        """
-        cfg_path, w_path = saving.saved_files(directory)
-        model = cls.from_config(MoWEConfig.from_json(cfg_path), encoders=encoders,
-                                allow_components=list(allow_components or ()))
-        model.load_weights(w_path, map_location=map_location)
-        return model
-
-    def load_weights(self, path: str, *, map_location: str | torch.device = "cpu") -> None:
-        """Load a ``model.safetensors`` written by :meth:`save_pretrained`; every key must fit this model."""
-        saving.load_weights(self, path, map_location=map_location)
-
+    # save_pretrained / from_pretrained (folders, hub ids) / push_to_hub / merge_lora / export_llm: MoWEHubMixin.
     def set_lora_scale(self, factor: float) -> None:
         """Scale every LoRA adapter's output by ``factor`` relative to its configured ``alpha / r``.
 

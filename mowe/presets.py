@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
+from mowe.config import (
+    ConnectorConfig,
+    EncoderConfig,
+    InferenceConfig,
+    LLMConfig,
+    LoRAConfig,
+    MoWEConfig,
+    RouterConfig,
+)
 from mowe.data.templates import PROMPT_TEMPLATES
 
 __all__ = [
@@ -59,6 +67,9 @@ class Preset:
         inference_lora_scale: factor for :meth:`MoWEAudioLLM.set_lora_scale` at test time (1.0 for all three:
             SALMONN's official decoding keeps its training scaling; see :func:`salmonn`).
         reference: the paper.
+
+    ``config.inference`` records ``prompt_template`` and ``inference_lora_scale`` (unless the config already sets
+    its own), so a model built from the preset saves them and ``from_pretrained`` applies them.
     """
 
     name: str
@@ -67,6 +78,11 @@ class Preset:
     prompt_template: str = PROMPT_TEMPLATES["mowe"]
     inference_lora_scale: float = 1.0
     reference: str = ""
+
+    def __post_init__(self):
+        if self.config.inference == InferenceConfig():
+            inference = InferenceConfig(prompt_template=self.prompt_template, lora_scale=self.inference_lora_scale)
+            object.__setattr__(self, "config", self.config.replace(inference=inference))
 
     def build(self, **kwargs):
         """``MoWEAudioLLM.from_config(self.config, **kwargs)``."""

@@ -129,5 +129,8 @@ def test_the_processor_takes_an_audio_clip_from_load_audio(tmp_path):
     by_clip = proc(text="what is it", audio=load_audio(tmp_path / "a.wav"))
     assert torch.equal(by_path["waveforms"], by_clip["waveforms"])
     assert torch.equal(by_path["input_ids"], by_clip["input_ids"])
-    with pytest.raises(MoWEInputError, match="22050 Hz; load it with load_audio"):
-        proc(text="what is it", audio=load_audio(tmp_path / "a.wav", sample_rate=22050))
+    # A clip at another rate is resampled as the file is; a contradicting sampling_rate= is an error.
+    by_22k = proc(text="what is it", audio=load_audio(tmp_path / "a.wav", sample_rate=22050))
+    torch.testing.assert_close(by_22k["waveforms"], by_path["waveforms"], atol=1e-4, rtol=0)
+    with pytest.raises(MoWEInputError, match="is at 22050 Hz but sampling_rate=16000"):
+        proc(text="what is it", audio=load_audio(tmp_path / "a.wav", sample_rate=22050), sampling_rate=16000)

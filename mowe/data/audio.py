@@ -66,6 +66,7 @@ __all__ = [
     "audio_info",
     "load_audio",
     "pad_batch",
+    "stream_audio",
     "validate_waveform",
 ]
 
@@ -178,7 +179,7 @@ def load_audio(
     sample_rate = int(sample_rate)
     name = _check_regular_file(path)
 
-    with _decoder_errors(name), sf.SoundFile(name) as f:
+    with _decoder_errors(name), sf.SoundFile(os.fsencode(name)) as f:
         src_rate, channels, frames = _header(f, name)
         over = max_seconds is not None and frames > max_seconds * src_rate
         limit = None
@@ -251,7 +252,7 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
         AudioLoadError: as :func:`load_audio`; the message names the file.
     """
     name = _check_regular_file(path)
-    with _decoder_errors(name), sf.SoundFile(name) as f:
+    with _decoder_errors(name), sf.SoundFile(os.fsencode(name)) as f:
         src_rate, channels, frames = _header(f, name)
     if frames <= 0:
         raise AudioLoadError(f"audio file '{name}' has no audio frames (header only, or data cut off)")
@@ -316,13 +317,12 @@ def _header(f: sf.SoundFile, name: str) -> tuple[int, int, int]:
     return src_rate, channels, frames
 
 
-def _read_mono(f: sf.SoundFile, name: str, limit: int | None) -> np.ndarray:
-    """Decode up to ``limit`` frames (all if None) block by block; return ``(s,)`` float32 mono.
+def _mono_blocks(f: sf.SoundFile, name: str, limit: int | None) -> Iterator[np.ndarray]:
+    """Decode up to ``limit`` frames (all if None) block by block; yield ``(n,)`` float32 mono blocks.
 
     Reading stops when the decoder returns nothing, so a header that over-states the frame count costs
     nothing; each block is checked for NaN/Inf (naming the first bad frame) and downmixed by averaging.
     """
-    blocks: list[np.ndarray] = []
     done = 0
     while limit is None or done < limit:
         want = _BLOCK_FRAMES if limit is None else min(_BLOCK_FRAMES, limit - done)
@@ -338,8 +338,13 @@ def _read_mono(f: sf.SoundFile, name: str, limit: int | None) -> np.ndarray:
             )
         # Average in float64: a float32 sum of channels near float32's max would overflow to Inf.
         mono = block[:, 0].copy() if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float64)
-        blocks.append(mono.astype(np.float32, copy=False))
+        yield mono.astype(np.float32, copy=False)
         done += block.shape[0]
+
+
+def _read_mono(f: sf.SoundFile, name: str, limit: int | None) -> np.ndarray:
+    """All of :func:`_mono_blocks` as one ``(s,)`` float32 array."""
+    blocks = list(_mono_blocks(f, name, limit))
     if not blocks:
         return np.zeros(0, dtype=np.float32)
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
@@ -439,3 +444,6 @@ def pad_batch(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     for i, c in enumerate(clips):
         out[i, : c.shape[0]] = c
     return out, lengths
+
+
+from mowe.data.audio_stream import stream_audio  # re-export (it uses the helpers above)

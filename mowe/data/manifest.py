@@ -10,6 +10,9 @@ A manifest holds one JSON object per line (blank lines are ignored)::
 * ``id``: optional string (or int), unique in the manifest; default ``"<manifest stem>:<line number>"``.
 * ``meta``: optional, ignored. Any other key is ignored too (corpora carry their own bookkeeping).
 
+The file is UTF-8 (a byte-order mark at its start is accepted); it is read through :mod:`mowe.io`, so a FIFO
+with no writer or a device is refused with an error naming it instead of blocking.
+
 :class:`ManifestDataset` builds its index at construction: every line is parsed and checked, and every audio
 file's *header* is read (so ``lengths`` is known for bucketing and broken files are found before training
 starts). The samples themselves are decoded lazily in ``__getitem__``.
@@ -40,6 +43,7 @@ from torch.utils.data import Dataset
 
 from mowe.data.audio import audio_info, load_audio
 from mowe.errors import AudioLoadError, ConfigError, ManifestError
+from mowe.io import read_bytes
 
 __all__ = [
     "REQUIRED_FIELDS",
@@ -53,6 +57,7 @@ REQUIRED_FIELDS = ("audio", "instruction", "answer", "task")
 _NON_EMPTY = ("audio", "task")
 _ON_BAD = ("error", "skip")
 _POLICIES = ("truncate", "chunk")
+_BOM = b"\xef\xbb\xbf"
 
 
 class ManifestAudioError(ManifestError, AudioLoadError):
@@ -189,10 +194,10 @@ class ManifestDataset(Dataset):
 
     def _build_index(self, keep_tasks: set[str] | None) -> list[_Entry]:
         try:
-            with open(self.manifest_path, "rb") as f:
-                raw = f.read()
+            raw = read_bytes(self.manifest_path)  # mowe.io: a FIFO without a writer or a device cannot hang
         except OSError as e:
-            raise ManifestError(f"cannot read manifest '{self.manifest_path}': {e}") from e
+            raise ManifestError(f"cannot read manifest '{self.manifest_path}': {e.strerror or e}") from e
+        raw = raw.removeprefix(_BOM)  # editors on Windows write one; it is not part of the first line's JSON
         stem = os.path.splitext(os.path.basename(self.manifest_path))[0]
         entries: list[_Entry] = []
         seen: dict[str, int] = {}

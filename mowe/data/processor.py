@@ -29,7 +29,6 @@ Training::
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import string
@@ -41,9 +40,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mowe.config import from_dict
 from mowe.constants import IGNORE_INDEX, MODEL_INPUT_KEYS, SAMPLE_RATE
-from mowe.data.audio import AudioClip, AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
+from mowe.data.audio import (
+    AudioClip,
+    AudioTruncatedWarning,
+    load_audio,
+    pad_batch,
+    stream_audio,
+    validate_waveform,
+)
 from mowe.data.samplers import mix_seed
 from mowe.data.templates import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -155,8 +160,10 @@ class MoWEProcessor:
         """OpenAI-style chat messages -> the prompt text, one audio placeholder per audio part at its place.
 
         A message is ``{"role": "system" | "user" | "assistant", "content": str | [part, ...]}``; a part is
-        ``{"type": "text", "text": ...}`` or ``{"type": "input_audio", ...}`` (the audio itself is not read
-        here). A message's parts are joined with single spaces, so ``[audio, text]`` gives the same prompt as
+        ``{"type": "text", "text": ...}``, ``{"type": "audio", "path" | "array": ...}`` or ``{"type":
+        "input_audio", ...}`` (the audio itself is not read here: :meth:`audio_from_messages` gives the clips, for
+        ``processor(text=prompt, audio=clips, sampling_rate=16000)``; the returned prompt keeps its placeholders
+        there, several clips per turn and several turns alike). A message's parts are joined with single spaces, so ``[audio, text]`` gives the same prompt as
         ``processor(text=text, audio=...)``. The tokenizer's chat template renders the turns (the processor's
         ``system_prompt`` is used unless a system message is given); with a ``prompt_template`` the messages
         must be one user turn (after an optional system message).
@@ -167,6 +174,13 @@ class MoWEProcessor:
         from mowe.data.chat import render_chat
 
         return render_chat(self, messages)
+
+    def audio_from_messages(self, messages: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """The messages' audio clips in placeholder order (paths, or arrays resampled to 16 kHz); see
+        :func:`mowe.data.chat.audio_from_messages`."""
+        from mowe.data.chat import audio_from_messages
+
+        return audio_from_messages(messages)
 
     def paraphrase(self, instruction: str, task: str | None, key: Any, *, epoch: int = 0) -> str:
         """Replace ``instruction`` by one of ``task``'s paraphrases (unchanged if the task has none).
@@ -243,6 +257,8 @@ class MoWEProcessor:
             policy = "truncate"  # one clip, one answer: windows would need one answer each
         max_s = self.max_audio_seconds
         if isinstance(audio, (str, os.PathLike)):
+            if policy == "chunk" and max_s is not None:  # decoded window by window: no whole-file copy first
+                return list(stream_audio(audio, window_seconds=max_s, sample_rate=SAMPLE_RATE))
             clip = load_audio(audio, sample_rate=SAMPLE_RATE, max_seconds=max_s, length_policy=policy)
             return clip.windows()
         if isinstance(audio, AudioClip):
@@ -274,29 +290,42 @@ class MoWEProcessor:
         return pad_tokens(sequences, labels, pad_token_id=self.pad_token_id, padding_side=padding_side)
 
     def __call__(self, text: str | Sequence[str] | None = None, audio: Any = None,
-                 answer: str | Sequence[str] | None = None, *, return_tensors: str = "pt",
-                 padding_side: str | None = None, max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """Encode instruction(s) with one clip each.
+                 answer: str | Sequence[str] | None = None, *, sampling_rate: int | None = None,
+                 return_tensors: str = "pt", padding_side: str | None = None, max_length: int | None = None):
+        """Encode instruction(s) with one clip each, or prompts from :meth:`apply_chat_template` with their clips.
 
         Args:
-            text: an instruction or a list of them.
+            text: an instruction or a list of them, or prompt(s) from :meth:`apply_chat_template` (tokenized as
+                they are, each placeholder taking one clip in reading order).
             audio: one clip per instruction: a path, a 1-D array / tensor, an ``AudioClip`` from
-                :func:`mowe.data.audio.load_audio`, or a list of those.
+                :func:`mowe.data.audio.load_audio`, or a list of those; for a prompt with
+                several placeholders, a list of its clips (or one flat list of every clip, Qwen2-Audio style).
+            sampling_rate: the rate (Hz) of raw arrays, required for them; other rates than 16 kHz are resampled
+                as audio files are. Paths need none.
             answer: optional answer(s) (one per instruction) -> ``labels`` for a training forward.
             return_tensors: only ``"pt"``.
             padding_side: default right with answers, left without (generation).
             max_length: see :meth:`encode`.
 
         Returns:
-            ``{"input_ids" (b, L), "attention_mask" (b, L), ["labels" (b, L)], "waveforms" (c, s),
-            "wave_lengths" (c,)}``; ``c == b`` unless clips were chunked.
+            A ``BatchFeature`` (``.to(device)``) keyed by the model's ``forward`` arguments: ``input_ids`` (b, L),
+            ``attention_mask`` (b, L), [``labels`` (b, L)], ``waveforms`` (c, s), ``wave_lengths`` (c,); ``c`` is
+            the number of clips (more when clips were chunked).
         """
+        from mowe.data.inputs import ChatPrompt, batch_feature, encode_prompts, to_16k
+
         if return_tensors != "pt":
             raise MoWEInputError(f"return_tensors must be 'pt', got {return_tensors!r}")
         if text is None or audio is None:
             raise MoWEInputError("both text and audio are required")
         single = isinstance(text, str)
         texts = [text] if single else list(text)
+        several = (isinstance(audio, (list, tuple)) and (single or len(audio) != len(texts)
+                                                        or any(isinstance(a, (list, tuple)) for a in audio)))
+        if several or any(isinstance(t, ChatPrompt) for t in texts):
+            prompts = [t if isinstance(t, ChatPrompt) else self.build_prompt(t) for t in texts]
+            return encode_prompts(self, prompts, audio, sampling_rate=sampling_rate, answer=answer,
+                                  padding_side=padding_side or "left", max_length=max_length)
         if single:
             audios = [audio]
         elif isinstance(audio, (list, tuple)):
@@ -312,7 +341,7 @@ class MoWEProcessor:
                 raise MoWEInputError(f"got {len(texts)} text(s) but {len(answers)} answer(s)")
         seqs, labs, clips = [], [], []
         for i, (t, a) in enumerate(zip(texts, audios)):
-            windows = self.prepare_audio(a, who=f"audio[{i}]")
+            windows = self.prepare_audio(to_16k(a, sampling_rate, who=f"audio[{i}]"), who=f"audio[{i}]")
             ids, lab = self.encode(t, answer=None if answers is None else answers[i], num_clips=len(windows),
                                    max_length=max_length, who=f"text[{i}]")
             seqs.append(ids)
@@ -321,7 +350,7 @@ class MoWEProcessor:
         side = padding_side or ("right" if answers is not None else "left")
         out = self.pad(seqs, labs if answers is not None else None, padding_side=side)
         out["waveforms"], out["wave_lengths"] = pad_batch(clips)
-        return out
+        return batch_feature(out)
 
     def decode(self, ids: Any) -> list[str]:
         """Token ids ``(b, n)`` (tensor or lists; one ``(n,)`` sequence also works) -> ``b`` stripped strings."""
@@ -340,48 +369,26 @@ class MoWEProcessor:
                 "paraphrases": self.paraphrases, "max_audio_seconds": self.max_audio_seconds,
                 "length_policy": self.length_policy, "seed": self.seed}
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the tokenizer and ``processor_config.json`` to ``directory``."""
-        directory = os.fspath(directory)
-        os.makedirs(directory, exist_ok=True)
-        self.tokenizer.save_pretrained(directory)
-        with open(os.path.join(directory, PROCESSOR_CONFIG_NAME), "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
+    def save_pretrained(self, directory: str | os.PathLike, *, push_to_hub: bool = False, repo_id: str | None = None,
+                        **push_kwargs: Any) -> None:
+        """Write the tokenizer and ``processor_config.json`` to ``directory`` (then upload it with ``push_to_hub``;
+        see :func:`mowe.data.processor_io.save_processor`)."""
+        from mowe.data.processor_io import save_processor
+
+        save_processor(self, directory, push_to_hub=push_to_hub, repo_id=repo_id, **push_kwargs)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, tokenizer: Any = None) -> MoWEProcessor:
-        """Load a processor saved by :meth:`save_pretrained` (``tokenizer`` replaces the saved one).
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, tokenizer: Any = None, **kwargs: Any) -> MoWEProcessor:
+        """Load a processor saved by :meth:`save_pretrained` from a folder or hub id (``tokenizer`` replaces the
+        saved one; ``revision``, ``cache_dir``, ``local_files_only``, ``token`` as in transformers).
 
         Raises:
             ConfigError: ``processor_config.json`` missing, not JSON, or with an unknown key or bad value
-                (naming it).
+                (naming it). CheckpointError: no such folder or hub repository.
         """
-        directory = os.fspath(directory)
-        path = os.path.join(directory, PROCESSOR_CONFIG_NAME)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: missing; is {directory} a folder written by MoWEProcessor.save_pretrained?"
-                              ) from e
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable or not valid JSON ({e})") from e
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
-        data = dict(data)
-        cls_name = data.pop("processor_class", cls.__name__)
-        if cls_name != cls.__name__:
-            raise ConfigError(f"{path}: processor_class is {cls_name!r}, expected {cls.__name__!r}")
-        options = from_dict(ProcessorOptions, data, where=path)
-        if tokenizer is None:
-            from transformers import AutoTokenizer
+        from mowe.data.processor_io import load_processor
 
-            tokenizer = AutoTokenizer.from_pretrained(directory)
-        try:
-            return cls(tokenizer, **{k: getattr(options, k) for k in data})
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
+        return load_processor(cls, name_or_path, tokenizer=tokenizer, **kwargs)
 
     def __repr__(self) -> str:
         return (f"MoWEProcessor(audio_token={self.audio_token!r}, audio_token_id={self.audio_token_id}, "

@@ -80,7 +80,8 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
     for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
         if batch is None:
             continue
-        inputs = {k: batch[k] for k in MODEL_KEYS}
+        device = next(model.parameters()).device
+        inputs = {k: batch[k].to(device) for k in MODEL_KEYS}
         prompt = (model.prompt_embeddings(inputs["input_ids"], inputs["attention_mask"])
                   if getattr(model, "needs_prompt", False) else None)
         audio = model.encode_audio(inputs["waveforms"], inputs["wave_lengths"], prompt)
@@ -116,12 +117,14 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
 
 
 def _cmd_eval(args) -> int:
+    from mowe.cli import place_model
     from mowe.data.manifest import ManifestDataset
     from mowe.data.processor import MoWEProcessor
     from mowe.errors import ConfigError
     from mowe.model import MoWEAudioLLM
 
-    model = MoWEAudioLLM.from_pretrained(args.model, allow_components=getattr(args, "allow_components", None))
+    model = place_model(MoWEAudioLLM.from_pretrained(args.model, allow_components=getattr(args, "allow_components", None)),
+                        device=args.device, dtype=args.dtype)
     proc_dir = args.processor or args.model
     processor = MoWEProcessor.from_pretrained(proc_dir)
     dataset = ManifestDataset(args.manifest, on_bad_example=args.on_bad_example)

@@ -37,6 +37,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mowe.errors import CheckpointError
+from mowe.io import open_for_reading, writing_to
+from mowe.training.resume import check_trainer_state, validate_resume
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -50,6 +52,7 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "torch_load",
+    "validate_resume",
     "write_checkpoint",
 ]
 
@@ -73,11 +76,22 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: str) -> None:
 
 def _write_text_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with writing_to(path), open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
+
+
+def _write(save: Any, obj: Any, path: str) -> None:
+    """``save(obj, path)``; a full disk or a read-only folder raises an OSError naming ``path``."""
+    with writing_to(path):
+        save(obj, path)
 
 
 def _fsync_dir(path: str) -> None:
@@ -141,7 +155,7 @@ def find_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike | Non
     for root in (spec, os.path.join(spec, "checkpoints")):
         pointer = os.path.join(root, "latest")
         if os.path.isfile(pointer):
-            with open(pointer) as f:
+            with open_for_reading(pointer) as f:
                 name = f.read().strip()
             path = os.path.join(root, name)
             if not os.path.isfile(os.path.join(path, "trainer_state.json")):
@@ -153,13 +167,15 @@ def find_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike | Non
 
 
 def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """The ``trainer_state.json`` of a checkpoint folder."""
+    """The ``trainer_state.json`` of a checkpoint folder, its keys and types checked (:mod:`.resume`)."""
     path = os.path.join(os.fspath(checkpoint), "trainer_state.json")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        with open_for_reading(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 errors
         raise CheckpointError(f"{path}: unreadable trainer state ({e})") from e
+    check_trainer_state(state, path)
+    return state
 
 
 def torch_load(path: str) -> Any:
@@ -168,7 +184,9 @@ def torch_load(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle / zip errors have many types
-        raise CheckpointError(f"{path}: unreadable ({e})") from e
+        from mowe.cli_errors import strip_ansi
+
+        raise CheckpointError(f"{path}: unreadable ({strip_ansi(str(e))})") from e
 
 
 def write_checkpoint(*, accelerator: Any, checkpoint_dir: str, name: str, state: dict[str, Any], model: nn.Module,
@@ -190,16 +208,16 @@ def write_checkpoint(*, accelerator: Any, checkpoint_dir: str, name: str, state:
     from mowe.training.distributed import is_sharded
 
     try:
-        _save_torch(rng_state(), os.path.join(tmp, f"rng-{acc.process_index}.pt"))
+        _write(_save_torch, rng_state(), os.path.join(tmp, f"rng-{acc.process_index}.pt"))
         if is_sharded(model):  # every process writes its shards
             _save_sharded(model, keys, optimizer, os.path.join(tmp, SHARDED_DIR))
         if is_main:
             if not is_sharded(model):
                 sd = model.state_dict()
                 tensors = {k: sd[k].detach().to("cpu").contiguous().clone() for k in keys}
-                _save_safetensors(tensors, os.path.join(tmp, "model.safetensors"))
-                _save_torch(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
-            _save_torch(scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
+                _write(_save_safetensors, tensors, os.path.join(tmp, "model.safetensors"))
+                _write(_save_torch, optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+            _write(_save_torch, scheduler.state_dict(), os.path.join(tmp, "scheduler.pt"))
             # Written last: its presence marks a complete checkpoint.
             _write_text_atomic(os.path.join(tmp, "trainer_state.json"), json.dumps(state, indent=1))
     except BaseException:

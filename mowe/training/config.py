@@ -39,6 +39,9 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         on_nonfinite_loss: ``"skip"`` (zero the gradients, skip the update, count it in the logs) or ``"stop"``
             (raise :class:`NonFiniteLossError`).
+        max_nonfinite_fraction: the skip budget under ``"skip"``: once more than this fraction of the run's
+            steps (all stages) has been skipped, the run fails with :class:`NonFiniteLossError`; a run that
+            skipped fewer still says so on stderr at the end.
         keep_last_checkpoints: checkpoints to keep (older ones are deleted; the latest is never deleted).
         save_final: write ``output_dir/final`` with ``model.save_pretrained`` at the end.
         progress: show a tqdm progress bar on the main process.
@@ -56,6 +59,8 @@ class TrainConfig:
             each clip is encoded once per encoder and read back in later epochs; safe to share between ranks
             and runs (entries are keyed by audio content and encoder weights + settings). None: encode live.
         feature_cache_max_bytes: bound on that folder (least recently used entries are evicted).
+        log_with: accelerate trackers mirroring log.jsonl: ``["tensorboard", "wandb", "mlflow"]`` or ``["all"]``
+            (installed ones); None: TensorBoard when installed (:mod:`mowe.training.logging`).
     """
 
     output_dir: str
@@ -73,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     on_nonfinite_loss: Literal["skip", "stop"] = "skip"
+    max_nonfinite_fraction: float = 0.5
     keep_last_checkpoints: int = 2
     save_final: bool = True
     progress: bool = True
@@ -81,6 +87,7 @@ class TrainConfig:
     pack_sequences: bool | Literal["auto", "groups"] = "auto"
     feature_cache_dir: str | None = None
     feature_cache_max_bytes: int | None = None
+    log_with: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.output_dir, os.PathLike):

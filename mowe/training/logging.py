@@ -1,6 +1,9 @@
-"""Run logs of :class:`~mowe.training.trainer.Trainer`: ``log.jsonl`` (+ TensorBoard when installed).
+"""Run logs of :class:`~mowe.training.trainer.Trainer`: ``log.jsonl``, mirrored to accelerate trackers.
 
-Only the main process writes. A :class:`LossWindow` sums the losses of the steps since the last log line, so
+``TrainConfig.log_with`` picks the trackers (accelerate's ``TensorBoardTracker``, ``WandBTracker``,
+``MLflowTracker``): ``["tensorboard", "wandb", "mlflow"]``, ``["all"]`` (every one whose package is installed) or
+None (TensorBoard when installed, as before); a named tracker whose package is missing is skipped with a warning.
+``log.jsonl`` is always written. Only the main process writes. A :class:`LossWindow` sums the losses of the steps since the last log line, so
 the logged loss is the mean over that window across all processes.
 """
 
@@ -10,10 +13,60 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["LossWindow", "RunLog"]
+__all__ = ["TRACKERS", "LossWindow", "RunLog", "make_trackers"]
+
+#: Tracker names ``log_with`` takes.
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
+def _available(name: str) -> bool:
+    from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
+
+    return bool({"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
+                 "mlflow": is_mlflow_available}[name]())
+
+
+def make_trackers(log_with: Sequence[Any] | None, *, output_dir: str, run_name: str = "mowe") -> list[Any]:
+    """Started accelerate trackers for ``log_with`` (names, ``"all"``, or ready ``GeneralTracker`` objects).
+
+    TensorBoard writes to ``output_dir/tensorboard``, MLflow to ``output_dir/mlruns``, W&B to its own project
+    (``run_name``) with files under ``output_dir``.
+
+    Raises:
+        ConfigError: an unknown tracker name (naming it).
+    """
+    from mowe.errors import ConfigError
+
+    names: list[Any] = ["tensorboard"] if log_with is None else list(log_with)
+    if "all" in names:
+        names = [n for n in names if n != "all"] + [t for t in TRACKERS if t not in names and _available(t)]
+    trackers = []
+    for item in names:
+        if not isinstance(item, str):
+            trackers.append(item)  # a GeneralTracker (or anything with start / log / finish)
+            continue
+        if item not in TRACKERS:
+            raise ConfigError(f"train.log_with: unknown tracker {item!r}; choose from {list(TRACKERS)} or 'all'")
+        if not _available(item):
+            if log_with is not None:
+                warnings.warn(f"train.log_with: {item!r} is not installed; logging to log.jsonl without it",
+                              stacklevel=2)
+            continue
+        from accelerate import tracking
+
+        if item == "tensorboard":
+            trackers.append(tracking.TensorBoardTracker("tensorboard", output_dir))
+        elif item == "wandb":
+            trackers.append(tracking.WandBTracker(run_name, dir=output_dir))
+        else:
+            trackers.append(tracking.MLflowTracker(run_name, logging_dir=os.path.join(output_dir, "mlruns")))
+    for t in trackers:
+        t.start()
+    return trackers
 
 
 class RunLog:
@@ -22,24 +75,24 @@ class RunLog:
     Args:
         output_dir: the run folder.
         enabled: False on non-main processes (every call is then a no-op).
+        log_with: trackers to mirror numbers to (see :func:`make_trackers`).
     """
 
-    def __init__(self, output_dir: str, *, enabled: bool):
+    def __init__(self, output_dir: str, *, enabled: bool, log_with: Sequence[Any] | None = None):
         self.output_dir = output_dir
         self.file = os.path.join(output_dir, "log.jsonl")
         self.enabled = enabled
+        self.log_with = log_with
         self._fh = None
-        self._tb = None
+        self._trackers: list[Any] | None = None
 
-    def open_tensorboard(self) -> None:
-        """Start mirroring to ``output_dir/tensorboard`` (skipped without the optional ``tensorboard`` package)."""
-        if not self.enabled or self._tb is not None:
+    def open_trackers(self) -> None:
+        """Start the ``log_with`` trackers (once; nothing on non-main processes)."""
+        if not self.enabled or self._trackers is not None:
             return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            return
-        self._tb = SummaryWriter(os.path.join(self.output_dir, "tensorboard"))
+        self._trackers = make_trackers(self.log_with, output_dir=self.output_dir)
+
+    open_tensorboard = open_trackers  # the name the trainer has always called
 
     def __call__(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -48,18 +101,20 @@ class RunLog:
             os.makedirs(self.output_dir, exist_ok=True)
             self._fh = open(self.file, "a", buffering=1)  # noqa: SIM115 (open for the run)
         self._fh.write(json.dumps(record) + "\n")
-        if self._tb is not None and "step" in record:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step" and v is not None and math.isfinite(v):
-                    self._tb.add_scalar(k, v, record["step"])
+        if self._trackers and "step" in record:
+            values = {k: v for k, v in record.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step" and math.isfinite(v)}
+            if values:
+                for t in self._trackers:
+                    t.log(values, step=record["step"])
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        for t in self._trackers or ():
+            t.finish()
+        self._trackers = None
 
 
 class LossWindow:

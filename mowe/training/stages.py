@@ -233,6 +233,27 @@ def _part_params(model: nn.Module, part: str, groups: Mapping[str, list], stage:
     return params
 
 
+def stage_parameters(model: nn.Module, stage: Stage) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs ``stage`` trains, in ``model.named_parameters()`` order, without changing
+    ``requires_grad`` (the same choice :func:`apply_stage` makes; resume checks an optimizer state against it).
+
+    Raises:
+        ConfigError: a named part with no parameters, an unknown weak encoder, or nothing to train.
+    """
+    frozen_encoders(model)  # remember the build-time state before anything changes it
+    groups = parameter_groups(model)
+    chosen: set[int] = set()
+    for part in stage.train:
+        params = _part_params(model, part, groups, stage)
+        if params is None:
+            continue
+        if not params:
+            hint = " (build the LLM with llm.train='lora')" if part == "lora" else ""
+            raise ConfigError(f"stage {stage.name!r} trains {part!r} but the model has no such parameters{hint}")
+        chosen.update(id(p) for _, p in params)
+    return [(n, p) for n, p in model.named_parameters() if id(p) in chosen]
+
+
 def apply_stage(model: nn.Module, stage: Stage) -> list[str]:
     """Set ``requires_grad`` so that exactly the parts ``stage.train`` names train.
 
@@ -244,17 +265,7 @@ def apply_stage(model: nn.Module, stage: Stage) -> list[str]:
     Returns:
         The qualified names of the trainable parameters, in ``model.named_parameters()`` order.
     """
-    frozen_encoders(model)  # remember the build-time state before changing anything
-    groups = parameter_groups(model)
-    chosen: set[int] = set()
-    for part in stage.train:
-        params = _part_params(model, part, groups, stage)
-        if params is None:
-            continue
-        if not params:
-            hint = " (build the LLM with llm.train='lora')" if part == "lora" else ""
-            raise ConfigError(f"stage {stage.name!r} trains {part!r} but the model has no such parameters{hint}")
-        chosen.update(id(p) for _, p in params)
+    chosen = {id(p) for _, p in stage_parameters(model, stage)}
     names = []
     for name, p in model.named_parameters():
         train = id(p) in chosen

@@ -28,7 +28,6 @@ import functools
 import inspect
 import math
 import os
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -53,6 +52,7 @@ from mowe.training.distributed import (
     place_model,
     verify_sharded,
 )
+from mowe.training.guards import check_nonfinite, report_end_of_run
 from mowe.training.logging import LossWindow, RunLog
 from mowe.training.stages import Stage, apply_stage, eval_due, log_stage_start, set_lora_scale, stages_to_list
 
@@ -213,7 +213,7 @@ class Trainer:
                                        gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp])
         self.output_dir = config.output_dir
         self.checkpoint_dir = os.path.join(self.output_dir, "checkpoints")
-        self.log = RunLog(self.output_dir, enabled=self.is_main)
+        self.log = RunLog(self.output_dir, enabled=self.is_main, log_with=config.log_with)
         self.log_file = self.log.file
         self.global_step = 0
         self.skipped_nonfinite = 0
@@ -315,6 +315,7 @@ class Trainer:
         ckpt.check_compatible(state, path, batch_size=cfg.batch_size, num_processes=acc.num_processes,
                               grad_accum=cfg.grad_accum, seed=cfg.seed, grouped=self._length_list() is not None,
                               length_group_mult=cfg.length_group_mult, stage_names=[s.name for s in self.stages])
+        ckpt.validate_resume(state, path, model=self.model, stages=self.stages, process_index=acc.process_index)
         ckpt.load_model_weights(self.model, path)
         self.global_step = int(state["global_step"])
         self.skipped_nonfinite = int(state["skipped_nonfinite"])
@@ -405,11 +406,8 @@ class Trainer:
             bar.close()
             self.log.close()
         final_dir = self._save_final() if cfg.save_final else None
-        report = getattr(self.train_dataset, "skip_report", None)
-        if callable(report) and self.is_main:
-            text = report()
-            if text:
-                print(text, file=sys.stderr)
+        report_end_of_run(self.train_dataset, skipped_nonfinite=self.skipped_nonfinite, steps=self.global_step,
+                          is_main=self.is_main)
         return TrainResult(self.global_step, self.skipped_nonfinite, final_dir, last_ckpt, self.log_file)
 
     def _run_stage(self, si: int, step0: int, sampler: StageSampler, wrapped: nn.Module,
@@ -428,13 +426,10 @@ class Trainer:
             if not bad:
                 grad_norm = clip_grad_norm(self.accelerator, self.model, params, cfg.max_grad_norm or float("inf"))
                 bad = grad_norm is not None and not math.isfinite(grad_norm)
-            if bad:
+            if bad:  # "stop", or past the skip budget (train.max_nonfinite_fraction): NonFiniteLossError
                 self.skipped_nonfinite += 1
-                if cfg.on_nonfinite_loss == "stop":
-                    raise NonFiniteLossError(
-                        f"non-finite loss or gradient at step {self.global_step + 1} (stage {stage.name!r}, "
-                        f"examples {ids[:8]}); stopping because train.on_nonfinite_loss='stop'. Lower the learning "
-                        f"rate, check those examples, or set on_nonfinite_loss='skip' to skip such steps")
+                check_nonfinite(cfg, skipped=self.skipped_nonfinite, total_steps=self.total_steps,
+                                step=self.global_step + 1, stage=stage.name, ids=ids)
             else:
                 optimizer.step()
             scheduler.step()

@@ -97,7 +97,8 @@ def test_bpe_tokenizer_trains_and_reloads(tmp_path: Path):
 # ----------------------------------------------------------------------------------------------- prompts
 def test_one_audio_token_per_clip_implicit_and_explicit(proc, tok):
     texts = ["Transcribe the speech.", f"Listen {AUDIO_TOKEN} and say the gender.", "What sound is it?"]
-    out = proc(text=texts, audio=[wave(0.2), wave(0.5, 1), wave(0.3, 2).numpy().astype(np.float64)])
+    out = proc(text=texts, audio=[wave(0.2), wave(0.5, 1), wave(0.3, 2).numpy().astype(np.float64)],
+               sampling_rate=SR)
     assert set(out) == {"input_ids", "attention_mask", "waveforms", "wave_lengths"}
     assert ((out["input_ids"] == proc.audio_token_id).sum(1) == 1).all()
     assert out["waveforms"].shape == (3, 8000) and out["wave_lengths"].tolist() == [3200, 8000, 4800]
@@ -118,11 +119,11 @@ def test_prompt_template_overrides_chat_template(tok):
 
 def test_placeholder_errors(proc, tok):
     with pytest.raises(MoWEInputError, match="2 audio placeholders"):
-        proc(text=f"{AUDIO_TOKEN} and {AUDIO_TOKEN}", audio=wave(0.2))
+        proc(text=f"{AUDIO_TOKEN} and {AUDIO_TOKEN}", audio=wave(0.2), sampling_rate=SR)
     with pytest.raises(MoWEInputError, match="one clip per text"):
-        proc(text=["a", "b"], audio=[wave(0.2)])
+        proc(text=["a", "b"], audio=[wave(0.2)], sampling_rate=SR)
     with pytest.raises(MoWEInputError, match="answer contains the audio placeholder"):
-        proc(text="a", audio=wave(0.2), answer=f"x {AUDIO_TOKEN}")
+        proc(text="a", audio=wave(0.2), answer=f"x {AUDIO_TOKEN}", sampling_rate=SR)
     with pytest.raises(ConfigError, match="not one"):
         MoWEProcessor(tok, audio_token="<NotAToken>")
 
@@ -134,10 +135,11 @@ def test_audio_paths_and_length_policies(tok, tmp_path: Path):
     assert out["wave_lengths"].tolist() == [2 * SR, 2 * SR, SR]  # 5 s -> three windows...
     assert out["input_ids"].eq(chunk.audio_token_id).sum() == 3  # ...each with its own placeholder
     with pytest.warns(AudioTruncatedWarning):
-        out = MoWEProcessor(tok, max_audio_seconds=2.0)(text="T.", audio=wave(3.0))
+        out = MoWEProcessor(tok, max_audio_seconds=2.0)(text="T.", audio=wave(3.0), sampling_rate=SR)
     assert out["wave_lengths"].tolist() == [2 * SR]
     with pytest.raises(MoWEInputError, match="max_audio_seconds"):
-        MoWEProcessor(tok, max_audio_seconds=2.0, length_policy="error")(text="T.", audio=wave(3.0))
+        MoWEProcessor(tok, max_audio_seconds=2.0, length_policy="error")(text="T.", audio=wave(3.0),
+                                                                         sampling_rate=SR)
     with pytest.raises(AudioLoadError, match="missing.wav"):
         chunk(text="T.", audio=str(tmp_path / "missing.wav"))
     # A training collator never chunks: one clip, one answer.
@@ -223,8 +225,8 @@ def test_processor_save_load_round_trip(tok, tmp_path: Path):
     p.save_pretrained(tmp_path / "proc")
     q = MoWEProcessor.from_pretrained(tmp_path / "proc")
     assert q.to_dict() == p.to_dict() and q.audio_token_id == p.audio_token_id
-    a = p(text="Transcribe.", audio=wave(0.2), answer="one two")
-    b = q(text="Transcribe.", audio=wave(0.2), answer="one two")
+    a = p(text="Transcribe.", audio=wave(0.2), answer="one two", sampling_rate=SR)
+    b = q(text="Transcribe.", audio=wave(0.2), answer="one two", sampling_rate=SR)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
