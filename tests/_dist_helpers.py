@@ -146,6 +146,18 @@ def finish(proc: subprocess.Popen, *, processes: int = 1, timeout: int = 300) ->
     return out
 
 
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    """Every tensor a run's ``final/`` folder holds: ``model.safetensors`` and, when present, the LoRA adapter that
+    ``save_pretrained`` writes to ``llm_adapter/`` (keys prefixed ``adapter:``)."""
+    from safetensors.torch import load_file
+
+    out = load_file(str(run_dir / "final" / "model.safetensors"))
+    adapter = run_dir / "final" / "llm_adapter" / "adapter_model.safetensors"
+    if adapter.is_file():
+        out.update({f"adapter:{k}": v for k, v in load_file(str(adapter)).items()})
+    return out
+
+
 def shared_dir(tmp_path_factory):
     """A folder shared by the test modules of one session: the one-process reference run is made once."""
     path = tmp_path_factory.getbasetemp() / "dist-shared"

@@ -43,6 +43,7 @@ from mowe.training.resume import check_trainer_state, validate_resume
 __all__ = [
     "CHECKPOINT_FORMAT",
     "check_compatible",
+    "check_sharded_weights",
     "clean_stale_tmp",
     "find_checkpoint",
     "load_model_weights",
@@ -338,6 +339,30 @@ def load_model_weights(model: nn.Module, path: str) -> None:
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
         return
     model.load_state_dict(sd, strict=False)
+
+
+def check_sharded_weights(model: nn.Module, path: str) -> bool:
+    """Check the model entries of a checkpoint's DCP ``sharded/`` folder against ``model`` (global shapes) before
+    anything is loaded; False when the checkpoint has no such folder.
+
+    Raises:
+        CheckpointError: unreadable metadata, or entries that do not fit this model.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+
+    directory = os.path.join(path, SHARDED_DIR)
+    if not os.path.isdir(directory):
+        return False
+    try:
+        meta = FileSystemReader(directory).read_metadata().state_dict_metadata
+    except Exception as e:  # DCP raises several types for a damaged folder
+        raise CheckpointError(f"{directory}: unreadable DCP metadata ({type(e).__name__}: {e})") from e
+    own = model.state_dict()
+    bad = [k for k, m in meta.items() if k.startswith("model.") and (k[6:] not in own or tuple(
+        own[k[6:]].shape) != tuple(getattr(m, "size", ())))]
+    if bad:
+        raise CheckpointError(f"{directory}: does not fit this model (e.g. {bad[:3]})")
+    return True
 
 
 def _sharded_keys(path: str) -> set[str]:

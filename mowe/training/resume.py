@@ -117,7 +117,7 @@ def validate_resume(state: dict[str, Any], path: str, *, model: nn.Module, stage
     Raises:
         CheckpointError: naming the file and what does not match.
     """
-    from mowe.training.checkpoint import torch_load
+    from mowe.training.checkpoint import check_sharded_weights, torch_load
 
     si, step = state["stage_index"], state["step_in_stage"]
     stage = stages[si]
@@ -126,10 +126,13 @@ def validate_resume(state: dict[str, Any], path: str, *, model: nn.Module, stage
                               f"run's stage {si} is {stage.name!r}")
     if step > stage.steps:
         raise CheckpointError(f"{path}: step_in_stage {step} is past stage {stage.name!r}'s {stage.steps} steps")
-    _check_weights(model, os.path.join(path, "model.safetensors"))
+    sharded = check_sharded_weights(model, path)  # an FSDP checkpoint: DCP sharded/ instead of the two files
+    if not sharded:
+        _check_weights(model, os.path.join(path, "model.safetensors"))
     if 0 < step < stage.steps:  # resuming inside the stage: its optimizer and schedule are loaded
         file = os.path.join(path, "optimizer.pt")
-        _check_optimizer(torch_load(file), file, _stage_groups(model, stage), stage.name)
+        if not sharded:
+            _check_optimizer(torch_load(file), file, _stage_groups(model, stage), stage.name)
         sched = torch_load(os.path.join(path, "scheduler.pt"))
         if not isinstance(sched, dict):
             raise CheckpointError(f"{os.path.join(path, 'scheduler.pt')}: not a scheduler state")

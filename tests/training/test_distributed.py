@@ -18,9 +18,8 @@ import sys
 
 import pytest
 import torch
-from _dist_helpers import finish, launch, logs, pad_collate, run_args, shared_dir
+from _dist_helpers import final_weights, finish, launch, logs, pad_collate, run_args, shared_dir
 from _dist_helpers import model as dist_model
-from _trainer_helpers import read_weights
 
 from mowe.training.distributed import (
     DistributedSetupError,
@@ -76,8 +75,7 @@ def varlen_runs(tmp_path_factory):
 
 
 def _assert_same_run(a, b):
-    wa = read_weights(str(a / "final" / "model.safetensors"))
-    wb = read_weights(str(b / "final" / "model.safetensors"))
+    wa, wb = final_weights(a), final_weights(b)
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=TOL, rtol=0, msg=k)
@@ -95,9 +93,11 @@ def _assert_same_run(a, b):
 def test_ddp_with_answers_of_different_lengths_equals_one_process(varlen_runs):
     diff = _assert_same_run(varlen_runs / "single", varlen_runs / "ddp")
     print("max |single - ddp| =", diff)
-    moved = read_weights(str(varlen_runs / "single" / "final" / "model.safetensors"))
+    moved = final_weights(varlen_runs / "single")
     start = dist_model().state_dict()
-    assert any(not torch.equal(moved[k], start[k]) for k in moved if "lora" in k)  # LoRA trained in stage b
+    lora = [k for k in moved if "lora_B" in k]
+    assert lora and all(not torch.equal(moved[k], torch.zeros_like(moved[k])) for k in lora)  # LoRA B starts at 0
+    assert any(not torch.equal(moved[k], start[k]) for k in moved if k.startswith("connector."))
     # the DDP run's checkpoint records its 2 processes and holds both RNG states
     step = varlen_runs / "ddp" / "checkpoints" / "step-4"
     state = json.loads((step / "trainer_state.json").read_text())

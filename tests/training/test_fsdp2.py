@@ -12,8 +12,16 @@ import shutil
 
 import pytest
 import torch
-from _dist_helpers import VarLenDataset, finish, launch, logs, pad_collate, run_args, shared_dir
-from _trainer_helpers import read_weights
+from _dist_helpers import (
+    VarLenDataset,
+    final_weights,
+    finish,
+    launch,
+    logs,
+    pad_collate,
+    run_args,
+    shared_dir,
+)
 
 from mowe import MoWEAudioLLM
 from mowe.errors import CheckpointError
@@ -63,9 +71,9 @@ def test_fsdp_shards_and_writes_sharded_checkpoints(fsdp_runs):
 
 def test_fsdp_with_answers_of_different_lengths_equals_one_process(fsdp_runs):
     tmp, _ = fsdp_runs
-    a = read_weights(str(tmp / "single" / "final" / "model.safetensors"))
-    b = read_weights(str(tmp / "fsdp" / "final" / "model.safetensors"))  # consolidated by the FSDP run
-    assert a.keys() == b.keys()
+    a = final_weights(tmp / "single")
+    b = final_weights(tmp / "fsdp")  # consolidated by the FSDP run
+    assert a.keys() == b.keys() and any(k.startswith("adapter:") for k in a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=TOL, rtol=0, msg=k)
     print("max |single - fsdp| =", max(float((a[k] - b[k]).abs().max()) for k in a))
@@ -79,8 +87,8 @@ def test_fsdp_with_answers_of_different_lengths_equals_one_process(fsdp_runs):
 def test_fsdp_run_resumed_from_a_sharded_checkpoint_equals_the_uninterrupted_run(fsdp_runs):
     tmp, outs = fsdp_runs
     assert outs["resumed"].count("DONE 4") == 2
-    a = read_weights(str(tmp / "fsdp" / "final" / "model.safetensors"))
-    b = read_weights(str(tmp / "resumed" / "final" / "model.safetensors"))
+    a, b = final_weights(tmp / "fsdp"), final_weights(tmp / "resumed")
+    assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=k)
     full = {r["step"]: r["loss"] for r in logs(tmp / "fsdp")}
