@@ -7,6 +7,7 @@ of ``_bad_input_helpers`` (a hang fails instead of blocking CI).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -73,6 +74,23 @@ def test_disk_full_names_the_file_and_keeps_the_previous_save(tiny_mount, capsys
     assert sorted(os.listdir(tiny_mount)) == ["final"]  # no temp folder left behind
     assert run_command("train", _raise(ei.value)) == 5
     assert "no space left on the device while writing" in capsys.readouterr().err
+
+
+def test_disk_full_while_logging_names_log_jsonl(tiny_mount, capsys):
+    from mowe.training.logging import RunLog
+
+    (tiny_mount / "filler").write_bytes(b"\0" * (256 * 1024 - 4096))  # leave one page
+    log = RunLog(str(tiny_mount / "run"), enabled=True)
+    try:
+        with pytest.raises(OSError) as ei:
+            for step in range(2000):  # line buffering: the write that does not fit fails
+                log({"step": step, "loss": 1.0, "note": "x" * 200})
+    finally:
+        with contextlib.suppress(OSError):  # the unwritten line is still buffered
+            log.close()
+    assert ei.value.errno == errno.ENOSPC and ei.value.filename == str(tiny_mount / "run" / "log.jsonl")
+    assert run_command("train", _raise(ei.value)) == 5
+    assert "log.jsonl" in capsys.readouterr().err
 
 
 def test_read_only_folder_names_the_path(tmp_path, capsys):

@@ -97,10 +97,13 @@ class RunLog:
     def __call__(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        if self._fh is None:
-            os.makedirs(self.output_dir, exist_ok=True)
-            self._fh = open(self.file, "a", buffering=1)  # noqa: SIM115 (open for the run)
-        self._fh.write(json.dumps(record) + "\n")
+        from mowe.io import writing_to
+
+        with writing_to(self.file):  # a full disk or read-only folder names log.jsonl
+            if self._fh is None:
+                os.makedirs(self.output_dir, exist_ok=True)
+                self._fh = open(self.file, "a", buffering=1)  # noqa: SIM115 (open for the run)
+            self._fh.write(json.dumps(record) + "\n")
         if self._trackers and "step" in record:
             values = {k: v for k, v in record.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step" and math.isfinite(v)}
