@@ -66,6 +66,9 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
         return custom[name]
     if custom and name in custom:
         return custom[name]
+    if fam == "component":
+        raise ConfigError(f"encoder {name!r} has family 'component' but no component: give its import path, "
+                          f"e.g. {{component: my_pkg.encoders.Conv50}}")
     if cfg.name_or_path:
         check_local_source(cfg.name_or_path, what=f"encoder {name!r} (name_or_path)")
     if fam == "whisper":

@@ -56,8 +56,8 @@ class EncoderConfig:
     """One encoder.
 
     Attributes:
-        family: ``"whisper"``, ``"hubert"`` (HuBERT / wav2vec2 / WavLM), ``"beats"`` or ``"custom"`` (a module
-            you pass in when building).
+        family: ``"whisper"``, ``"hubert"`` (HuBERT / wav2vec2 / WavLM), ``"beats"``, ``"custom"`` (a module
+            you pass in when building), or ``"component"`` (set for you when ``component`` is given).
         name_or_path: hub id or local folder (BEATs: the checkpoint file) to load pretrained weights from.
         preset: size preset for random weights when ``name_or_path`` is unset (e.g. ``"tiny"``, ``"large-v3"``,
             ``"hubert-base"``).
@@ -93,6 +93,11 @@ class EncoderConfig:
     component: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
+
+    def __post_init__(self) -> None:
+        # An entry built by import path says so in its saved config.json, not the default "whisper".
+        if self.component is not None and self.family == "whisper":
+            object.__setattr__(self, "family", "component")
 
 
 @dataclass(frozen=True)

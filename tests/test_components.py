@@ -134,3 +134,15 @@ def test_the_processor_takes_an_audio_clip_from_load_audio(tmp_path):
     torch.testing.assert_close(by_22k["waveforms"], by_path["waveforms"], atol=1e-4, rtol=0)
     with pytest.raises(MoWEInputError, match="is at 22050 Hz but sampling_rate=16000"):
         proc(text="what is it", audio=load_audio(tmp_path / "a.wav", sample_rate=22050), sampling_rate=16000)
+
+
+def test_a_component_encoder_entry_is_saved_as_family_component():
+    from mowe.builders import build_encoder
+    from mowe.config import EncoderConfig, from_dict, to_dict
+
+    cfg = from_dict(EncoderConfig, {"component": "my_parts.Conv", "width": 8}, where="weak.c")
+    assert cfg.family == "component" and cfg.kwargs == {"width": 8}
+    assert from_dict(EncoderConfig, to_dict(cfg), where="weak.c") == cfg  # config.json round trip
+    assert EncoderConfig().family == "whisper"
+    with pytest.raises(ConfigError, match="family 'component' but no component"):
+        build_encoder(EncoderConfig(family="component"), name="c")
