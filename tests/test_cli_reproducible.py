@@ -127,7 +127,10 @@ def _wav(root) -> str:
 
 
 def _weights(root, out: str) -> dict[str, torch.Tensor]:
-    return load_file(str(root / out / "final" / "model.safetensors"))
+    """Every saved tensor of the final model: ``model.safetensors`` and the PEFT adapter in ``llm_adapter/``."""
+    final = root / out / "final"
+    adapter = {f"llm_adapter/{k}": v for k, v in load_file(str(final / "llm_adapter" / "adapter_model.safetensors")).items()}
+    return {**load_file(str(final / "model.safetensors")), **adapter}
 
 
 FRESH = textwrap.dedent('''
