@@ -1,5 +1,6 @@
 """The README's CPU commands of "Training on many devices", run exactly as printed (``accelerate launch ... -m mowe
-train --config run.yaml``): DDP and FSDP2 with 2 processes x batch 2 end with the weights of one process x batch 4.
+train --config run.yaml``): DDP and FSDP2 with 2 processes x batch 2 end with the weights of one process x batch 4; an FSDP2 run SIGKILLed
+after a sharded checkpoint and resumed with ``--resume latest`` ends with the uninterrupted run's weights.
 
 Answers have 1 to 12 words, so the runs only agree when the loss is normalised by the global answer-token count.
 """
@@ -10,9 +11,11 @@ import json
 import math
 import os
 import shlex
+import signal
 import struct
 import subprocess
 import sys
+import time
 import wave
 
 import pytest
@@ -21,7 +24,7 @@ import yaml
 from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-WORDS = "one two three four five six seven eight nine ten eleven twelve".split()
+WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"]
 
 RUN = {
     "model": {
@@ -40,9 +43,9 @@ RUN = {
     },
     "tokenizer": {"train_bpe": {"vocab_size": 280}},
     "data": {"train": "train.jsonl", "max_audio_seconds": 5},
-    "train": {"output_dir": "run", "batch_size": 2, "save_every": 3, "log_every": 1, "seed": 5, "progress": False,
+    "train": {"output_dir": "run", "batch_size": 2, "save_every": 1, "log_every": 1, "seed": 5, "progress": False,
               "group_by_length": False},
-    "stages": [{"name": "all", "train": ["connector", "routers", "lora"], "steps": 3, "lr": 2e-4}],
+    "stages": [{"name": "all", "train": ["connector", "routers", "lora"], "steps": 4, "lr": 2e-4}],
 }
 
 
@@ -90,6 +93,11 @@ def _final(path) -> dict[str, torch.Tensor]:
     return {**load_file(str(final / "model.safetensors")), **{f"adapter/{k}": v for k, v in adapter.items()}}
 
 
+def _log(path) -> list[dict]:
+    with open(path / "log.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
 @pytest.fixture(scope="module")
 def runs(workdir):
     """One process x batch 4, then the README's DDP and FSDP2 rows with 2 processes x batch 2 (one at a time)."""
@@ -109,9 +117,10 @@ def runs(workdir):
                              check=False)
         assert res.returncode == 0, f"{shlex.join(cmd)}\n{res.stderr[-3000:]}"
         out[name] = _final(workdir / name)
-        out[name + "_log"] = [json.loads(line) for line in open(workdir / name / "log.jsonl")]
-        out[name + "_sharded"] = sorted(os.listdir(workdir / name / "checkpoints" / "step-3"))
-    out["one_log"] = [json.loads(line) for line in open(workdir / "one" / "log.jsonl")]
+        out[name + "_log"] = _log(workdir / name)
+        out[name + "_sharded"] = sorted(os.listdir(workdir / name / "checkpoints" / "step-4"))
+        out[name + "_cmd"] = cmd
+    out["one_log"] = _log(workdir / "one")
     return out
 
 
@@ -126,7 +135,32 @@ def test_readme_cpu_commands_equal_one_process(runs, name):
     steps = {r["step"]: r["lm_loss"] for r in runs["one_log"] if "lm_loss" in r and "step" in r}
     theirs = {r["step"]: r["lm_loss"] for r in runs[name + "_log"] if "lm_loss" in r and "step" in r}
     assert steps and steps.keys() == theirs.keys()
-    for s in steps:
-        assert abs(steps[s] - theirs[s]) < 1e-5, (s, steps[s], theirs[s])
+    for s, mine in steps.items():
+        assert abs(mine - theirs[s]) < 1e-5, (s, mine, theirs[s])
     # FSDP2 really sharded: its checkpoint is a DCP folder of shards; DDP's is a plain one.
     assert ("sharded" in runs[name + "_sharded"]) == (name == "fsdp"), runs[name + "_sharded"]
+
+
+def test_readme_fsdp2_command_killed_and_resumed_equals_the_uninterrupted_run(workdir, runs):
+    cmd = [a if not a.startswith("train.output_dir=") else f"train.output_dir={workdir / 'killed'}"
+           for a in runs["fsdp_cmd"]]
+    env = _env(ACCELERATE_USE_CPU="1")
+    latest = workdir / "killed" / "checkpoints" / "latest"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (latest.is_file() and latest.read_text().strip() in ("step-1", "step-2")):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers, mid-run
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    assert not (workdir / "killed" / "final").exists()
+    res = subprocess.run([*cmd, "--resume", "latest"], env=env, capture_output=True, text=True, timeout=400,
+                         check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    full, resumed = runs["fsdp"], _final(workdir / "killed")
+    assert sorted(full) == sorted(resumed)
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], atol=1e-6, rtol=0, msg=k)
