@@ -144,7 +144,7 @@ def _stages(spec: Any):
     return ltu_as_stages(p.steps, closed_ended_tasks=presets.LTU_AS_CLOSED_ENDED_TASKS)
 
 
-def _tokenizer(spec: Any, train_manifest: str, base: str):
+def _tokenizer(spec: Any, train_manifest: str, base: str, train_ds: Any = None):
     if isinstance(spec, str):
         from transformers import AutoTokenizer
 
@@ -157,8 +157,10 @@ def _tokenizer(spec: Any, train_manifest: str, base: str):
     from mowe.data.tokenizer import train_bpe_tokenizer
 
     opts = from_dict(TokenizerSection, spec, where="tokenizer").train_bpe
-    return train_bpe_tokenizer(_manifest_texts(train_manifest), vocab_size=opts.vocab_size,
-                               special_tokens=opts.special_tokens)
+    # A manifest that can be read only once (a FIFO, e.g. bash's <(...)) was consumed by the dataset: use its texts.
+    once = train_ds is not None and not os.path.isfile(train_manifest)
+    texts = train_ds.texts() if once else _manifest_texts(train_manifest)
+    return train_bpe_tokenizer(texts, vocab_size=opts.vocab_size, special_tokens=opts.special_tokens)
 
 
 def _manifest_texts(path: str):
@@ -219,7 +221,7 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
                  "max_audio_seconds": data.get("max_audio_seconds", 30.0)}
     train_ds = ManifestDataset(train_manifest, tasks=data.get("tasks"), **ds_kw)
     dev_ds = ManifestDataset(_resolve(base_dir, data["dev"]), **ds_kw) if data.get("dev") else None
-    tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir)
+    tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir, train_ds)
     proc_opts = {"max_audio_seconds": ds_kw["max_audio_seconds"], **(run.get("processor") or {})}
     from_dict(ProcessorOptions, proc_opts, where="processor")  # unknown key / wrong type: names it
     processor = MoWEProcessor(tokenizer, **proc_opts)

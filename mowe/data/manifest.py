@@ -268,6 +268,10 @@ class ManifestDataset(Dataset):
         return _Entry(entry.line, entry.id, entry.path, entry.instruction, entry.answer, entry.task, duration)
 
     # ------------------------------------------------------------------------------------------- access
+    def texts(self) -> list[str]:
+        """The instruction and answer of every kept example, in order (e.g. to train a tokenizer on)."""
+        return [t for e in self._entries for t in (e.instruction, e.answer)]
+
     def __len__(self) -> int:
         return len(self._entries)
 

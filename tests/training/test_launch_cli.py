@@ -164,3 +164,27 @@ def test_readme_fsdp2_command_killed_and_resumed_equals_the_uninterrupted_run(wo
     assert sorted(full) == sorted(resumed)
     for k in full:
         torch.testing.assert_close(resumed[k], full[k], atol=1e-6, rtol=0, msg=k)
+
+
+def test_a_manifest_given_by_process_substitution_trains_like_the_file(workdir):
+    """``data.train=<(cat train.jsonl)`` (a FIFO, readable once) with a BPE tokenizer trained on the manifest:
+    the run reads it once and builds the same tokenizer and weights as from the file."""
+    with open(workdir / "train.jsonl") as f, open(workdir / "abs.jsonl", "w") as g:
+        for line in f:
+            rec = json.loads(line)
+            g.write(json.dumps({**rec, "audio": str(workdir / rec["audio"])}) + "\n")
+    one_step = "stages=[{name: s, train: [connector], steps: 1, lr: 1e-3}]"
+    base = f"{shlex.quote(sys.executable)} -m mowe train --config {shlex.quote(str(workdir / 'run.yaml'))}"
+    outs = {}
+    for name, manifest in (("file", shlex.quote(str(workdir / "abs.jsonl"))),
+                           ("fifo", f"<(cat {shlex.quote(str(workdir / 'abs.jsonl'))})")):
+        out = workdir / f"bpe-{name}"
+        res = subprocess.run(["bash", "-c", f"{base} --set data.train={manifest} --set train.output_dir={out} "
+                                            f"--set train.save_every=0 --set {shlex.quote(one_step)}"],
+                             env=_env(), capture_output=True, text=True, timeout=300, check=False)
+        assert res.returncode == 0, res.stderr[-3000:]
+        outs[name] = out / "final"
+    with open(outs["file"] / "tokenizer.json") as a, open(outs["fifo"] / "tokenizer.json") as b:
+        assert json.load(a) == json.load(b)
+    a, b = load_file(str(outs["file"] / "model.safetensors")), load_file(str(outs["fifo"] / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
