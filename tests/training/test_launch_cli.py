@@ -179,8 +179,9 @@ def test_a_manifest_given_by_process_substitution_trains_like_the_file(workdir):
     for name, manifest in (("file", shlex.quote(str(workdir / "abs.jsonl"))),
                            ("fifo", f"<(cat {shlex.quote(str(workdir / 'abs.jsonl'))})")):
         out = workdir / f"bpe-{name}"
-        res = subprocess.run(["bash", "-c", f"{base} --set data.train={manifest} --set train.output_dir={out} "
-                                            f"--set train.save_every=0 --set {shlex.quote(one_step)}"],
+        cmd = (f"{base} --set data.train={manifest} --set train.output_dir={out} --set train.save_every=0 "
+               f"--set {shlex.quote(one_step)}")
+        res = subprocess.run(["bash", "-c", cmd],
                              env=_env(), capture_output=True, text=True, timeout=300, check=False)
         assert res.returncode == 0, res.stderr[-3000:]
         outs[name] = out / "final"
