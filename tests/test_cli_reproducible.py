@@ -188,7 +188,13 @@ def test_custom_components_train_from_the_cli_and_reload_in_a_fresh_process(work
         MoWEAudioLLM.from_pretrained(final, allow_components=["my_partsX", "other"])
     model = MoWEAudioLLM.from_pretrained(final, allow_components=["my_parts"]).eval()
     state = model.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in saved.items())
+    def in_model(key: str) -> str:  # a PEFT adapter file's key -> the model's state-dict key
+        if not key.startswith("llm_adapter/"):
+            return key
+        head, _, tail = key[len("llm_adapter/"):].rpartition(".")  # "...lora_A", "weight"
+        return f"llm.{head}.default.{tail}"
+
+    assert all(torch.equal(state[in_model(k)], v) for k, v in saved.items())
     proc = MoWEProcessor.from_pretrained(final)
     batch = proc(text=PROMPT, audio=wav)
     with torch.no_grad():
