@@ -76,12 +76,18 @@ def check_flags(args: argparse.Namespace) -> None:
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     """``--debug`` (print tracebacks) on the parser and on every subcommand, before or after the command."""
     parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    _add_debug_to_subcommands(parser)
+
+
+def _add_debug_to_subcommands(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on every subcommand at any depth (``mowe corpus build --debug``), not overriding the top's."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 if not any("--debug" in a.option_strings for a in sub._actions):
                     sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                      help="print the traceback of a failure")
+                _add_debug_to_subcommands(sub)
 
 
 def _os_message(e: OSError) -> str:

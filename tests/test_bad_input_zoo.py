@@ -425,3 +425,12 @@ def test_debug_flag_adds_the_traceback(capsys, tmp_path):
     assert describe(ConfigError("x"))[0] == 2
 
 
+def test_debug_flag_works_after_a_nested_subcommand(capsys, tmp_path):
+    """``mowe corpus build --debug`` (a subcommand of a subcommand) takes the flag too."""
+    bad = tmp_path / "file"
+    bad.write_text("x")
+    code = main(["corpus", "build", "--out", str(bad / "sub"), "--size", "8", "--debug"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" in err and "unrecognized arguments" not in err
+
+
