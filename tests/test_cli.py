@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 import subprocess
 import sys
-import wave
 from pathlib import Path
 
 import pytest
+from _audio_helpers import write_tone_wav
 
 from mowe.cli import load_run_file, main
 from mowe.errors import ConfigError
@@ -22,13 +20,7 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.en
 
 
 def _write_wav(path: str, freq: float, seconds: float = 0.5, sr: int = 16000) -> None:
-    n = int(seconds * sr)
-    frames = b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * freq * i / sr))) for i in range(n))
-    with wave.open(path, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(frames)
+    write_tone_wav(path, freq, seconds, sr=sr)
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,17 @@ folder that only the subprocesses' ``PYTHONPATH`` (and, where a test says so, ``
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
-import struct
 import subprocess
 import sys
 import textwrap
 import time
-import wave
 
 import pytest
 import torch
 import yaml
+from _audio_helpers import write_tone_wav
 from _component_helpers import PACKAGE, write_package
 from safetensors.torch import load_file
 
@@ -57,14 +55,6 @@ RUN = {
 }
 
 
-def _write_wav(path, freq: float, seconds: float, sr: int = 16000) -> None:
-    frames = b"".join(struct.pack("<h", int(12000 * math.sin(2 * math.pi * freq * i / sr)))
-                      for i in range(int(seconds * sr)))
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(frames)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +65,7 @@ def workdir(tmp_path_factory):
     os.makedirs(root / "audio")
     with open(root / "train.jsonl", "w") as f:
         for i in range(12):
-            _write_wav(root / "audio" / f"{i}.wav", 300 + 400 * (i % 3), seconds=0.3 + 0.1 * i)
+            write_tone_wav(root / "audio" / f"{i}.wav", 300 + 400 * (i % 3), seconds=0.3 + 0.1 * i)
             f.write(json.dumps({"id": f"ex{i}", "audio": f"audio/{i}.wav", "instruction": PROMPT,
                                 "answer": ["low", "mid", "high"][i % 3], "task": "tone"}) + "\n")
     (root / "run.yaml").write_text(yaml.safe_dump(RUN, sort_keys=False))

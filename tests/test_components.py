@@ -3,12 +3,9 @@ what mowe passes to a component's constructor, and the save / reload round trip.
 
 from __future__ import annotations
 
-import math
-import struct
-import wave
-
 import pytest
 import torch
+from _audio_helpers import write_tone_wav
 from _component_helpers import PACKAGE, write_package
 from _trainer_helpers import tiny_config
 
@@ -110,12 +107,7 @@ def test_save_and_reload_a_model_with_components(my_parts, tmp_path):
 
 
 def _write_wav(path, sr: int) -> None:
-    frames = b"".join(struct.pack("<h", int(9000 * math.sin(2 * math.pi * 440 * i / sr))) for i in range(sr // 4))
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sr)
-        w.writeframes(frames)
+    write_tone_wav(path, 440, 0.25, sr=sr, amplitude=9000)
 
 
 def test_the_processor_takes_an_audio_clip_from_load_audio(tmp_path):

@@ -8,19 +8,17 @@ Answers have 1 to 12 words, so the runs only agree when the loss is normalised b
 from __future__ import annotations
 
 import json
-import math
 import os
 import shlex
 import signal
-import struct
 import subprocess
 import sys
 import time
-import wave
 
 import pytest
 import torch
 import yaml
+from _audio_helpers import write_tone_wav
 from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,14 +63,7 @@ def workdir(tmp_path_factory):
     with open(root / "train.jsonl", "w") as f:
         for i in range(8):
             path = root / "audio" / f"{i}.wav"
-            n = int((0.4 + 0.1 * i) * 16000)
-            frames = b"".join(struct.pack("<h", int(9000 * math.sin(2 * math.pi * (250 + 90 * i) * k / 16000)))
-                              for k in range(n))
-            with wave.open(str(path), "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(16000)
-                w.writeframes(frames)
+            write_tone_wav(path, 250 + 90 * i, 0.4 + 0.1 * i, amplitude=9000)
             answer = " ".join(WORDS[: [1, 12, 2, 9, 1, 5, 12, 3][i]])
             f.write(json.dumps({"id": f"ex{i}", "audio": f"audio/{i}.wav", "instruction": "Count.",
                                 "answer": answer, "task": "count"}) + "\n")
