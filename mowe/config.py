@@ -154,6 +154,12 @@ class LLMConfig:
 
     Attributes:
         name_or_path: hub id or local folder for ``AutoModelForCausalLM.from_pretrained``.
+        gguf_file: a GGUF file inside ``name_or_path`` (``from_pretrained(name_or_path, gguf_file=...)``): the
+            model and its tokenizer are read from it and dequantised to ``dtype``; saving references the file
+            instead of copying its weights (:func:`mowe.hub.packaged_smollm2` finds a packaged one).
+        vocab_size: resize the token embeddings (and an untied output layer) to this many rows after loading,
+            for tokens added to the tokenizer such as the ``<|audio|>`` placeholder. New rows are the mean of
+            the existing ones, so a rebuild from the saved config reproduces them exactly. None: as loaded.
         config: a transformers config as a dict (with ``model_type``) to build random weights instead.
         train: ``"lora"``, ``"full"`` or ``"frozen"``.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
@@ -166,6 +172,8 @@ class LLMConfig:
     """
 
     name_or_path: str | None = None
+    gguf_file: str | None = None
+    vocab_size: int | None = None
     config: dict[str, Any] | None = None
     train: Literal["lora", "full", "frozen"] = "lora"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

