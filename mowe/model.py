@@ -12,6 +12,7 @@ Data flow of one forward::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -241,6 +242,35 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         if self.pool is not None:
             self.pool.feature_cache = cache
         return cache
+
+    @contextlib.contextmanager
+    def without_encoders(self, names: Sequence[str]):
+        """Within the block, the router never selects the weak encoders ``names``: an ablation that asks what each
+        encoder adds. Clips that did not choose one of them are computed exactly as before; the others take their
+        next-best encoder (see :meth:`mowe.routers.MixtureRouter.exclude`).
+
+        Example::
+
+            with model.without_encoders(["pitch"]):
+                result = evaluate_model(model, processor, test_set)
+
+        Raises:
+            MoWEInputError: a base-only model, a name not in the pool, or a router without ``exclude``.
+        """
+        if self.pool is None or self.router is None:
+            raise MoWEInputError("without_encoders: this model has no weak pool (base-only)")
+        pool = list(self.pool.names)
+        unknown = [n for n in names if n not in pool]
+        if unknown:
+            raise MoWEInputError(f"without_encoders: {unknown} not in the weak pool {pool}")
+        if not hasattr(self.router, "exclude"):
+            raise MoWEInputError(f"without_encoders: the router {type(self.router).__name__} has no exclude(indices)")
+        before = getattr(self.router, "excluded", frozenset())
+        self.router.exclude([pool.index(n) for n in names])
+        try:
+            yield self
+        finally:
+            self.router.exclude(before)
 
     def _merge(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, audio: AudioEncoding,
                labels: torch.Tensor | None, padding_side: str) -> MergedInputs:

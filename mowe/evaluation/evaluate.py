@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mowe.constants import MODEL_INPUT_KEYS
+from mowe.evaluation.controls import AudioControl
 from mowe.evaluation.metrics import (
     METRICS,
     Metric,
@@ -52,7 +53,8 @@ class EvalResult:
 def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, max_new_tokens: int = 24,
                    num_beams: int = 1, progress: bool = True, desc: str = "eval",
                    task_metrics: Mapping[str, Metric] | None = None, default_metric: Metric = "accuracy",
-                   normalize: Normalizer = normalize_text, feature_cache=None) -> EvalResult:
+                   normalize: Normalizer = normalize_text, feature_cache=None, audio_control: str | None = None,
+                   control_seed: int = 0) -> EvalResult:
     """Generate an answer for every example of ``dataset`` and score it.
 
     Args:
@@ -64,9 +66,14 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
             :func:`~mowe.evaluation.metrics.evaluate_predictions`; default: accuracy for every task).
         feature_cache: a :class:`~mowe.encoders.cache.FeatureCache` or folder for the frozen encoders' features
             (the model keeps using it afterwards); None leaves the model's cache setting as it is.
+        audio_control: ``"shuffled"`` (each example gets another same-task example's clip) or ``"silent"``
+            (zeros): a check that the model listens (:mod:`mowe.evaluation.controls`); None: the real audio.
+        control_seed: the shuffle's seed.
     """
     from mowe.data.processor import MoWECollator
 
+    if audio_control is not None:
+        dataset = AudioControl(dataset, audio_control, seed=control_seed)
     if feature_cache is not None:
         model.use_feature_cache(feature_cache)
     was_training = model.training

@@ -62,6 +62,26 @@ class MixtureRouter(nn.Module):
         self.num_encoders = num_encoders
         self.top_k = top_k
         self.noise_std = noise_std
+        self.excluded: frozenset[int] = frozenset()
+
+    def exclude(self, indices) -> None:
+        """Never select the weak encoders at ``indices`` (an ablation: "this encoder removed"); ``()`` restores.
+
+        Logits and probabilities stay as computed, so a clip whose choice did not involve an excluded encoder gets
+        exactly the same indices and gates; a clip that chose one takes its next-best encoder, gated by that
+        encoder's own probability.
+
+        Raises:
+            MoWEInputError: an index outside the pool, or fewer than ``top_k`` encoders left.
+        """
+        idx = frozenset(int(i) for i in indices)
+        bad = sorted(i for i in idx if not 0 <= i < self.num_encoders)
+        if bad:
+            raise MoWEInputError(f"exclude: encoder indices {bad} are outside the pool of {self.num_encoders}")
+        if self.num_encoders - len(idx) < self.top_k:
+            raise MoWEInputError(f"exclude: {len(idx)} of {self.num_encoders} encoders excluded leaves fewer than "
+                                 f"top_k={self.top_k}")
+        self.excluded = idx
 
     @property
     def needs_prompt(self) -> bool:
@@ -87,7 +107,12 @@ class MixtureRouter(nn.Module):
         if self.training and self.noise_std > 0:
             logits = logits + torch.randn_like(logits) * self.noise_std
         probs = logits.softmax(-1)
-        indices = logits.topk(self.top_k, dim=-1).indices
+        choose = logits
+        if self.excluded:
+            drop = torch.zeros(self.num_encoders, dtype=torch.bool, device=logits.device)
+            drop[list(self.excluded)] = True
+            choose = logits.masked_fill(drop, float("-inf"))
+        indices = choose.topk(self.top_k, dim=-1).indices
         gates = torch.zeros_like(probs).scatter(-1, indices, probs.gather(-1, indices))
         return RouterOutput(logits=logits, probs=probs, gates=gates, indices=indices,
                             aux_loss=load_balance_loss(probs, indices))
