@@ -68,21 +68,25 @@ def _speech_clip(seed: tuple[int, ...], variants: Mapping[str, tuple[str, ...]])
     return C._finish(x, rng, meta), meta
 
 
-def _speech_examples(clip_id: str, rel: str, meta: dict, seed: tuple[int, ...]) -> list[dict]:
+def _speech_examples(clip_id: str, rel: str, meta: dict, seed: tuple[int, ...],
+                     tasks: tuple[str, ...] = SPEECH_TASKS) -> list[dict]:
     rng = np.random.default_rng([*seed, 7])
     answers = {"asr": meta["text"], "gender": meta["gender"], "accent": meta["accent"],
                "speaking_rate": meta["rate_label"], "pitch": meta["pitch_label"]}
     rows = []
-    for task in SPEECH_TASKS:
+    for task in SPEECH_TASKS:  # every task draws its instruction, so a subset keeps the others' wording
         pool = PITCH_INSTRUCTIONS if task == "pitch" else C.INSTRUCTIONS[task]
-        rows.append({"id": f"{clip_id}-{task}", "audio": rel, "instruction": C._pick(rng, pool),
-                     "answer": answers[task], "task": task, "meta": {**meta, "clip": clip_id}})
+        instruction = C._pick(rng, pool)
+        if task in tasks:
+            rows.append({"id": f"{clip_id}-{task}", "audio": rel, "instruction": instruction,
+                         "answer": answers[task], "task": task, "meta": {**meta, "clip": clip_id}})
     return rows
 
 
 def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[str, int],
                           other: Mapping[str, int], seed: int = 0, progress: bool = True,
-                          workers: int | None = None) -> C.CorpusInfo:
+                          workers: int | None = None, speech_tasks: tuple[str, ...] = SPEECH_TASKS,
+                          other_tasks: tuple[str, ...] = OTHER_TASKS) -> C.CorpusInfo:
     """Write the demo corpus: audio files, ``{train,dev,test}.jsonl`` and ``corpus_info.json``.
 
     Args:
@@ -92,6 +96,8 @@ def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[s
         seed: the same seed gives byte-identical manifests.
         progress: show a progress bar.
         workers: synthesis threads (espeak-ng runs as a subprocess).
+        speech_tasks, other_tasks: the subsets of :data:`SPEECH_TASKS` / :data:`OTHER_TASKS` to write (a speech clip
+            is the same whichever of its questions are asked).
 
     Returns:
         The :class:`mowe.demo.corpus.CorpusInfo`; ``counts[split][task]`` counts examples.
@@ -100,14 +106,18 @@ def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[s
         bad = {k: v for k, v in counts.items() if k not in C.SPLITS or not isinstance(v, int) or v < 0}
         if bad:
             raise ValueError(f"{name} must map splits {C.SPLITS} to counts >= 0, got {bad}")
+    for name, chosen, known in (("speech_tasks", speech_tasks, SPEECH_TASKS), ("other_tasks", other_tasks,
+                                                                              OTHER_TASKS)):
+        if not set(chosen) <= set(known):
+            raise ValueError(f"{name}: unknown {sorted(set(chosen) - set(known))}; choose from {known}")
     C.check_voices(b for bases in C.ACCENTS.values() for b in bases)
     out = C.clear_corpus_dir(out_dir)
     jobs = []
     for si, split in enumerate(C.SPLITS):
         (out / "audio" / split).mkdir(parents=True, exist_ok=True)
         jobs += [("speech", split, None, (seed, si, 100, j), f"{split}-speech-{j:06d}")
-                 for j in range(speech_clips.get(split, 0))]
-        for task in OTHER_TASKS:
+                 for j in range(speech_clips.get(split, 0) if speech_tasks else 0)]
+        for task in other_tasks:
             ti = C.TASKS.index(task)
             classes = C._labels(task)
             offset = int(np.random.default_rng([seed, si, ti]).integers(0, len(classes)))
@@ -120,7 +130,7 @@ def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[s
         rel = f"audio/{split}/{ex_id}.wav"
         if kind == "speech":
             x, meta = _speech_clip(ex_seed, variants)
-            rows = _speech_examples(ex_id, rel, meta, ex_seed)
+            rows = _speech_examples(ex_id, rel, meta, ex_seed, tuple(speech_tasks))
         else:
             x, instruction, answer, meta = C._render(kind, label, ex_seed, variants)
             rows = [{"id": ex_id, "audio": rel, "instruction": instruction, "answer": answer, "task": kind,
@@ -149,13 +159,13 @@ def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[s
         if split == "train":  # mixed tasks in training; grouped by clip elsewhere
             order = np.random.default_rng([seed, 99]).permutation(len(split_rows))
             split_rows = [split_rows[i] for i in order]
-        counts[split] = {t: sum(r["task"] == t for r in split_rows) for t in SPEECH_TASKS + OTHER_TASKS}
+        counts[split] = {t: sum(r["task"] == t for r in split_rows) for t in (*speech_tasks, *other_tasks)}
         with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in split_rows)
     info = C.CorpusInfo(
         out_dir=str(out), counts=counts, train_voices=C._voice_pool(C.TRAIN_VARIANTS),
         test_voices=C._voice_pool(C.HELD_OUT_VARIANTS), seed=seed, size=sum(counts["train"].values()),
-        tasks=list(SPEECH_TASKS + OTHER_TASKS),
+        tasks=[*speech_tasks, *other_tasks],
         held_out="dev and test use only the espeak voice variants "
                  + " ".join("+" + v for vs in C.HELD_OUT_VARIANTS.values() for v in vs)
                  + ", never used in train; each speech clip is asked one question per speech task.")

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["markdown_table", "probe_table", "router_table", "summarize", "write_results"]
+__all__ = ["chance_levels", "markdown_table", "probe_table", "router_table", "summarize", "verdict", "write_results"]
 
 
 def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0, normalize=None) -> dict[str, dict[str, Any]]:
@@ -134,37 +134,119 @@ def _plots(out_dir: str, logs: Mapping[str, str], summary: Mapping[str, Any]) ->
     return paths
 
 
-def write_results(out_dir: str, results: Mapping[str, Any], logs: Mapping[str, str], *, baseline: str,
-                  provenance: Mapping[str, str], settings: Mapping[str, Any], timings: Mapping[str, float],
-                  seed: int = 0, probes: Mapping[str, Any] | None = None) -> str:
-    """Write ``results.json``, ``results.md`` and the plots; returns the Markdown table (and the probe table)."""
+def chance_levels(result: Any) -> dict[str, float]:
+    """Per accuracy-scored task, the accuracy of guessing: 1 / the number of distinct reference answers in the test
+    set (the labels are balanced by construction)."""
+    answers: dict[str, set[str]] = {}
+    for r in result.records:
+        answers.setdefault(r["task"], set()).add(str(r["answer"]).strip().lower())
+    return {t: 1.0 / len(a) for t, a in answers.items() if "accuracy" in result.metrics.get(t, {})}
+
+
+def _sig(entry: Mapping[str, Any], *, better: bool) -> bool:
+    cmp = entry.get("vs_baseline") or {}
+    return bool(cmp.get("significant_holm")) and bool(cmp.get("better")) == better
+
+
+def verdict(summary, ablations, controls, chance, *, baseline: str) -> dict[str, Any]:
+    """The demo's claims checked against its numbers (all comparisons paired, Holm-corrected per column).
+
+    Returns ``{"ahead": {system: [tasks]}, "behind": {...}, "encoder_pays": {system: {encoder: [tasks where removing
+    it costs significantly]}}, "shuffled_at_chance": {system: {task: bool}}, "silent_at_chance": {...}}``; a task is
+    at chance when the control's 95 % interval holds the chance level or lies below it.
+    """
+    out: dict[str, Any] = {"ahead": {}, "behind": {}, "encoder_pays": {}, "shuffled_at_chance": {},
+                           "silent_at_chance": {}}
+    for name, s in summary.items():
+        if name == baseline:
+            continue
+        for key, better in (("ahead", True), ("behind", False)):
+            out[key][name] = sorted(t for t, ms in s["tasks"].items() for e in ms.values() if _sig(e, better=better))
+    for name, ab in ablations.items():
+        out["encoder_pays"][name] = {
+            variant.removeprefix("without "): sorted(t for t, ms in v["tasks"].items() for e in ms.values()
+                                                     if _sig(e, better=False))
+            for variant, v in ab.items() if variant != "full"}
+    for name, ctl in controls.items():
+        for variant, v in ctl.items():
+            if variant == "real":
+                continue
+            out[f"{variant}_at_chance"][name] = {
+                t: v["tasks"][t]["accuracy"]["ci95"][0] <= c for t, c in chance.items() if t in v["tasks"]}
+    return out
+
+
+def _variant_section(title: str, blocks: Mapping[str, Mapping[str, Any]], note: str) -> str:
+    if not blocks:
+        return ""
+    parts = [f"\n## {title}\n\n{note}\n"]
+    for name, summary in blocks.items():
+        parts.append(f"\n**{name}**\n\n" + markdown_table(summary) + "\n")
+    return "".join(parts)
+
+
+def write_results(out_dir: str, runs: Mapping[str, Any], *, baseline: str, provenance: Mapping[str, str],
+                  settings: Mapping[str, Any], timings: Mapping[str, float], seed: int = 0,
+                  probes: Mapping[str, Any] | None = None) -> str:
+    """Write ``results.json``, ``results.md`` and the plots; returns the Markdown tables.
+
+    ``runs``: system name -> :class:`mowe.demo.run.SystemRun` (``result``, ``ablations``, ``controls``,
+    ``log_file``, ``timings``, ``model_dir``).
+    """
+    results = {name: r.result for name, r in runs.items()}
     summary = summarize(results, baseline=baseline, seed=seed)
+    ablations = {name: summarize({"full": r.result, **r.ablations}, baseline="full", seed=seed)
+                 for name, r in runs.items() if r.ablations}
+    controls = {name: summarize({"real": r.result, **r.controls}, baseline="real", seed=seed)
+                for name, r in runs.items() if r.controls}
+    chance = chance_levels(next(iter(results.values())))
+    claims = verdict(summary, ablations, controls, chance, baseline=baseline)
     table = markdown_table(summary)
-    plots = _plots(out_dir, logs, summary)
+    plots = _plots(out_dir, {name: r.log_file for name, r in runs.items()}, summary)
     data = {
         "baseline": baseline,
         "systems": summary,
+        "ablations": ablations,
+        "controls": controls,
+        "chance": chance,
+        "verdict": claims,
+        "saved_models": {name: r.model_dir for name, r in runs.items()},
         "encoders": dict(provenance),
         "settings": dict(settings),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "probes": dict(probes or {}),
         "predictions": {name: r.records for name, r in results.items()},
+        "ablation_predictions": {name: {v: x.records for v, x in r.ablations.items()} for name, r in runs.items()},
+        "control_predictions": {name: {v: x.records for v, x in r.controls.items()} for name, r in runs.items()},
     }
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(data, f, indent=1)
+    ablation_md = _variant_section(
+        "Does each weak encoder pay for itself?", ablations,
+        "The same trained system evaluated again with one weak encoder removed (never chosen; clips that chose it "
+        "take their next-best encoder). ▼ marks a significant loss against the full system (paired test, p < 0.05; "
+        "*: after Holm over the column).")
+    chance_txt = ", ".join(f"{t} {c:.2f}" for t, c in sorted(chance.items()))
+    control_md = _variant_section(
+        "Does the model listen?", controls,
+        f"Every test example again with its audio shuffled across examples of the same task, or silenced. A model "
+        f"that uses its audio falls to chance ({chance_txt}); ▼ marks a significant drop against the real audio.")
     with open(os.path.join(out_dir, "results.md"), "w") as f:
         f.write("Per task: metric [95 % bootstrap interval]; ▲ / ▼: significantly better / worse than "
                 f"{baseline} (paired permutation test on the same test examples, p < 0.05); *: still significant "
                 "after Holm's correction over the system's comparisons.\n\n")
         f.write(table + "\n")
-        f.write(router_table(summary) + "\n\n")
+        f.write(router_table(summary) + "\n")
+        f.write(ablation_md + control_md + "\n")
+        f.write("Verdict (Holm-corrected): " + json.dumps(claims) + "\n\n")
         if probes:
             f.write("Linear probes on the frozen encoders' pooled features (test accuracy [95 % interval]; "
                     "mowe.demo.probe):\n\n" + probe_table(probes) + "\n\n")
-        f.write("Encoders:\n\n" + "".join(f"- {k}: {v}\n" for k, v in provenance.items()))
+        f.write("Parts:\n\n" + "".join(f"- {k}: {v}\n" for k, v in provenance.items()))
         f.write(f"\nSettings: {dict(settings)}\n\nTimings (s): {data['timings_s']}\n")
         f.writelines(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots)
-    return table + ("\n\n" + probe_table(probes) if probes else "")
+    return "\n\n".join(x for x in (table, ablation_md.strip(), control_md.strip(),
+                                     probe_table(probes) if probes else "") if x)
 
 
 def probe_table(probes: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:

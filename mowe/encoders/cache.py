@@ -20,7 +20,8 @@ Keys:
   position do not matter;
 * the **encoder fingerprint** hashes the class, every scalar setting of the encoder and its submodules
   (``pad_to_30s``, ``hop``, ``out_dim``, dropout ``p``, ...), a transformers ``config`` when there is one, the
-  device type, the autocast dtype when autocast is on, and the bytes of all parameters and buffers. The weight hash is computed once per encoder and
+  device type and the bytes of all parameters and buffers (not the autocast state: a frozen encoder runs in its
+  own dtype with autocast off, so mixed-precision training and float32 evaluation share its entries). The weight hash is computed once per encoder and
   recomputed only when a tensor's identity, version counter, dtype, shape or device changes (optimizer steps,
   ``load_state_dict`` and ``.to()`` all do); in-place edits through ``param.data`` bypass the version counter:
   call :func:`forget_weight_hash` after those. New weights or settings give a new fingerprint folder, so stale
@@ -129,13 +130,11 @@ def _settings(encoder: nn.Module) -> list:
 
 
 def encoder_fingerprint(encoder: nn.Module) -> str:
-    """A hex digest that changes when the encoder's class, settings, weights, dtype, device type or the autocast
-    state (mixed precision) around the call change."""
+    """A hex digest that changes when the encoder's class, settings, weights, dtype or device type change.
+
+    The autocast state is not part of it: :func:`cached_encode` runs frozen encoders with autocast off."""
     device = next((t.device.type for _, t in _tensors(encoder)), "cpu")
-    # Autocast (the trainer's bf16 mixed precision) changes the encoder's arithmetic, so it is part of the key.
-    autocast = str(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
-    blob = json.dumps({"settings": _settings(encoder), "device": device, "autocast": autocast}, sort_keys=True,
-                      default=str)
+    blob = json.dumps({"settings": _settings(encoder), "device": device}, sort_keys=True, default=str)
     return _digest(blob.encode(), _weight_hash(encoder).encode())
 
 
@@ -325,8 +324,20 @@ def cached_encode(encoder: nn.Module, waveforms: torch.Tensor, lengths: torch.Te
     Returns:
         ``features (b, t, d)`` in the encoder's dtype, ``t`` the longest clip's valid frames, zeros past each
         clip's ``lengths``; ``hidden_states (b, l, t, d)`` when the encoder returns them.
+
+    A frozen, eval-mode encoder runs with autocast off, cache or not: it is a fixed feature extractor, so its
+    features do not depend on the mixed precision the rest of the model trains in (give it
+    ``EncoderConfig.dtype="bfloat16"`` to run it in bf16), and training and evaluation share cache entries.
     """
-    if cache is None or not is_cacheable(encoder) or waveforms.requires_grad:
+    if not is_cacheable(encoder) or waveforms.requires_grad:
+        return encoder(waveforms, lengths)
+    with torch.autocast(waveforms.device.type, enabled=False):
+        return _cached_encode(encoder, waveforms, lengths, cache, name=name)
+
+
+def _cached_encode(encoder: nn.Module, waveforms: torch.Tensor, lengths: torch.Tensor | None,
+                   cache: FeatureCache | None, *, name: str) -> EncoderOutput:
+    if cache is None:
         return encoder(waveforms, lengths)
     lengths = check_waveforms(waveforms, lengths, min_samples=int(getattr(encoder, "min_samples", 0)), name=name)
     host = lengths.tolist()

@@ -194,8 +194,9 @@ class PitchEncoder(nn.Module):
         sel = sel / sel.std(dim=1, keepdim=True).clamp(min=1e-10)  # CREPE's per-frame normalisation
         pick = 0 if self.output == "activations" else 1
         outs = [self.net(chunk)[pick] for chunk in sel.split(CHUNK_FRAMES)]
-        feats = sel.new_zeros(b, t, self.out_dim)
-        feats[valid] = torch.cat(outs)
+        out = torch.cat(outs)
+        feats = out.new_zeros(b, t, self.out_dim)  # the network's dtype (bf16 under autocast when trainable)
+        feats[valid] = out
         return EncoderOutput(features=feats, lengths=n_out)
 
     @staticmethod

@@ -115,9 +115,8 @@ def test_new_weights_or_settings_invalidate_and_the_weight_hash_is_memoised(tmp_
     for changed in settings + [faithful, wide]:
         assert encoder_fingerprint(changed) != fp
     same = _whisper()
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision computes other features: other entries
-        assert encoder_fingerprint(same) != fp
-    assert encoder_fingerprint(same) == fp
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # frozen encoders run with autocast off: same entries
+        assert encoder_fingerprint(same) == fp
 
 
 def test_size_bound_evicts_least_recently_used_and_refuses_oversized_entries(tmp_path):
@@ -259,3 +258,19 @@ def test_trainable_or_train_mode_encoders_always_run_live(tmp_path):
     out.loss.backward()
     assert (out.router.indices == 4).all() and model.pool.encoders["energy"].net.weight.grad is not None
     assert cache.stats.misses["strong"] == 3 and "energy" not in cache.stats.misses
+
+
+def test_frozen_encoders_run_outside_autocast_so_training_and_evaluation_share_entries(tmp_path):
+    enc = _whisper()
+    wav, wl = torch.randn(2, 8000) * 0.1, torch.tensor([8000, 5000])
+    cache = FeatureCache(tmp_path)
+    plain = cached_encode(enc, wav, wl, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        live = cached_encode(enc, wav, wl, None)  # no cache: still float32 arithmetic
+        first = cached_encode(enc, wav, wl, cache)
+    assert live.features.dtype == torch.float32 and torch.equal(live.features, plain.features)
+    again = cached_encode(enc, wav, wl, cache)  # evaluation without autocast reads what training wrote
+    assert torch.equal(again.features, first.features) and cache.stats.hits["encoder"] == 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = enc(wav, wl).features  # the encoder called directly does follow autocast: other numbers
+    assert not torch.equal(raw, plain.features)

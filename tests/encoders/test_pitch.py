@@ -145,3 +145,13 @@ def test_errors_and_builder(tmp_path, monkeypatch):
     torch.testing.assert_close(enc.net.convs[3].weight, net.convs[3].weight)
     with pytest.raises(ConfigError, match="overrides"):
         build_encoder(EncoderConfig(family="pitch", overrides={"hop": 20}), name="f0")
+
+
+@needs_weights
+def test_runs_under_bf16_autocast_when_called_directly(tiny):
+    """A trainable or directly called CREPE under the trainer's bf16 autocast (it used to fail on a dtype clash)."""
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tiny(_sine(220.0)[None])
+    ref = tiny(_sine(220.0)[None]).features
+    assert out.features.shape == ref.shape
+    assert torch.allclose(out.features.float(), ref, atol=0.05)
