@@ -64,3 +64,17 @@ def make_batch(lengths=(16000, 11000, 6000), seed: int = 0):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """``python -m mowe.demo --quick`` once per test session (the tiny random LLM, the real encoders, one
+    non-speech task beside the speech ones): ``(output folder, results.json)``. The demo tests and the
+    serve-the-demo browser test share it."""
+    import json
+
+    from mowe.demo.run import main
+
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["--quick", "--out", str(out), "--no-progress", "--other-tasks", "tempo"]) == 0
+    return out, json.loads((out / "results.json").read_text())

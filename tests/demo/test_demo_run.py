@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from mowe.demo.report import markdown_table
@@ -11,11 +9,8 @@ from mowe.demo.run import SYSTEMS, main
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    # The miniature: the tiny random LLM (--quick), the real encoders, one non-speech task beside the speech ones.
-    assert main(["--quick", "--out", str(out), "--no-progress", "--other-tasks", "tempo"]) == 0
-    return out, json.loads((out / "results.json").read_text())
+def quick_run(quick_demo):
+    return quick_demo
 
 
 def _check_entries(system, *, compared: bool):

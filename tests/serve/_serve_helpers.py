@@ -6,9 +6,11 @@ import base64
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -151,3 +153,65 @@ def servers(tmp_path_factory):
 def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("clips")
     return {f: write_tone(root / f"tone{f}.wav", f, seconds=0.4 + f / 4000) for f in (300, 600, 900, 1200)}
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=900,1100")
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("Chromium and its driver are not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="mowe-chromium-")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def ask_on_page(browser, server: Server, wav: Path, instruction: str, max_tokens: int = 8) -> str:
+    """Drive the page at ``/``: upload ``wav``, ask ``instruction``, wait for the streamed answer; its text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/")
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda d: d.find_element(By.ID, "model-name").text == server.name)  # /v1/models answered
+    browser.find_element(By.ID, "audio-file").send_keys(str(wav))
+    wait.until(lambda d: d.find_element(By.ID, "submit").is_enabled())
+    box = browser.find_element(By.ID, "instruction")
+    box.clear()
+    box.send_keys(instruction)
+    tokens = browser.find_element(By.ID, "max-tokens")
+    tokens.clear()
+    tokens.send_keys(str(max_tokens))
+    browser.find_element(By.ID, "submit").click()
+    wait.until(lambda d: d.find_element(By.ID, "answer").get_attribute("data-done") == "1"
+               or "error" in (d.find_element(By.ID, "answer").get_attribute("class") or ""))
+    answer = browser.find_element(By.ID, "answer")
+    assert "error" not in (answer.get_attribute("class") or ""), answer.text
+    assert "done" in browser.find_element(By.ID, "status").text
+    return answer.get_attribute("textContent")  # exact characters
+
+
+def page_router_choice(browser) -> tuple[str, list[str], int]:
+    """What the page shows of the router: the chosen line, the selected encoders' names, the number of gates."""
+    from selenium.webdriver.common.by import By
+
+    chosen = browser.find_element(By.CSS_SELECTOR, "#router .chosen").text
+    rows = browser.find_elements(By.CSS_SELECTOR, "#router .gate")
+    selected = [r.find_element(By.CSS_SELECTOR, ".name").text for r in rows if "selected" in r.get_attribute("class")]
+    return chosen, selected, len(rows)
