@@ -26,6 +26,7 @@ import re
 import torch
 
 from mowe.errors import CheckpointError
+from mowe.state_dicts import alias_groups, check_aliases, peft_base_key
 
 __all__ = ["add_ltu_as_convert_cli", "from_ltu_as", "load_ltu_as_state_dict", "ltu_as_state_dict", "to_ltu_as"]
 
@@ -105,11 +106,10 @@ def load_ltu_as_state_dict(model, state: dict[str, torch.Tensor], *, where: str 
         if k in used or _IGNORED.search(k):
             continue
         # LLM keys: LoRA as they are; base weights also under peft's ``base_layer`` of a wrapped Linear.
-        for cand in ("llm." + k, "llm." + re.sub(r"\.(weight|bias)$", r".base_layer.\1", k)):
-            if cand in own:
-                mapped[cand] = v
-                used.add(k)
-                break
+        cand = peft_base_key("llm." + k, own)
+        if cand is not None:
+            mapped[cand] = v
+            used.add(k)
     unexpected = sorted(k for k in state if k not in used and not _IGNORED.search(k))
     missing = sorted(k for k in _official_audio_keys() if k not in state)
     missing += sorted(k[len("llm."):] for k in lora_own if k not in mapped)
@@ -120,6 +120,8 @@ def load_ltu_as_state_dict(model, state: dict[str, torch.Tensor], *, where: str 
     if bad:
         shapes = [(k, tuple(mapped[k].shape), tuple(own[k].shape)) for k in bad[:5]]
         raise CheckpointError(f"{where}: shape mismatch (key, checkpoint, model) for {shapes}")
+    # LLM weights the file repeats under several names (tied embeddings) must agree: they load into one tensor.
+    check_aliases(mapped, alias_groups(model), where=where, current=own)
     model.load_state_dict(mapped, strict=False)
 
 

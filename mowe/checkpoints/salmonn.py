@@ -28,6 +28,7 @@ from torch import nn
 
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.state_dicts import check_frozen_copies, peft_base_key
 
 __all__ = ["add_salmonn_convert_cli", "from_salmonn", "salmonn_config", "to_salmonn"]
 
@@ -237,9 +238,50 @@ def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats
     return model.eval()
 
 
+_TOWER_NAMES = {"speech_encoder.": "Whisper", "beats.": "BEATs", _LLM: "LLM"}
+
+
+def _frozen_towers(model: nn.Module) -> dict[str, nn.Module]:
+    """Official key prefix -> the mowe module holding the same frozen tensors under the same inner names."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
+
+    from mowe.encoders.beats import BEATsEncoder
+
+    def find(root: nn.Module, cls: type) -> nn.Module | None:
+        return next((m for m in root.modules() if isinstance(m, cls)), None)
+
+    towers = {"speech_encoder.": find(model.strong_encoder, HFWhisperEncoder), _LLM: model.llm}
+    if model.pool is not None:
+        towers["beats."] = find(model.pool, BEATsEncoder)
+    return {p: m for p, m in towers.items() if m is not None}
+
+
+def _frozen_copies(model: nn.Module, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+                   ) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Sort the file's keys that are not trained parts: ``({prefix: {module key: file key}}, unknown keys)``.
+
+    The official save drops frozen parameters by the names ``named_parameters()`` lists, so the other names of a
+    tied frozen tensor stay in the file (BEATs' relative-position table of layers 1+, an LLM's tied ``lm_head``).
+    """
+    towers = _frozen_towers(model)
+    own = {p: m.state_dict() for p, m in towers.items()}
+    copies: dict[str, dict[str, str]] = {p: {} for p in towers}
+    unknown = []
+    for k in state:
+        if k in expected:
+            continue
+        prefix = next((p for p in towers if k.startswith(p)), None)
+        inner = None if prefix is None else peft_base_key(k[len(prefix):], own[prefix])
+        if inner is None:
+            unknown.append(k)
+        else:
+            copies[prefix][inner] = k
+    return copies, sorted(unknown)
+
+
 def _load_official(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     expected = _official_names(model)
-    unknown = sorted(set(state) - set(expected))
+    copies, unknown = _frozen_copies(model, state, expected)
     missing = sorted(set(expected) - set(state))
     if unknown or missing:
         raise CheckpointError(f"SALMONN checkpoint {where} does not match this model: "
@@ -248,12 +290,16 @@ def _load_official(model: nn.Module, state: dict[str, torch.Tensor], where: str)
              if state[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"SALMONN checkpoint {where}: shapes do not fit the encoders / LLM given: {wrong[:5]}")
+    for prefix, module in _frozen_towers(model).items():
+        check_frozen_copies({inner: state[k] for inner, k in copies[prefix].items()}, module,
+                            where=f"SALMONN checkpoint {where}", names=copies[prefix], prefix=prefix,
+                            what=f"the {_TOWER_NAMES[prefix]} given")
     with torch.no_grad():
         for k, v in _official_to_connector(state, model.connector).items():
             model.connector.get_parameter(k).copy_(v)
-        for k, v in state.items():
+        for k, v in expected.items():
             if k.startswith(_LLM):
-                model.llm.get_parameter(k[len(_LLM):]).copy_(v)
+                model.llm.get_parameter(k[len(_LLM):]).copy_(state[k])
 
 
 # --------------------------------------------------------------------------------------------- writing

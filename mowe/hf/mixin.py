@@ -99,11 +99,13 @@ class MoWEHubMixin:
                                  cache_dir=cache_dir, local_files_only=local_files_only,
                                  allow_components=allow_components, **kwargs)
 
-    def load_weights(self, path: str, *, map_location: str | torch.device = "cpu") -> None:
-        """Load a ``model.safetensors`` written by :meth:`save_pretrained`; every key must fit this model."""
+    def load_weights(self, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> None:
+        """Load what :meth:`save_pretrained` wrote into this model (built with the same config): ``path`` is the
+        folder or its ``model.safetensors``; the LoRA comes from the ``llm_adapter/`` beside it. Every key must fit
+        this model (:func:`mowe.saving.load_saved_weights`)."""
         from mowe import saving
 
-        saving.load_weights(self, path, map_location=map_location)
+        saving.load_saved_weights(self, path, map_location=map_location)
 
     def merge_lora(self):
         """Merge the LLM's LoRA into its weights in place and return the model (:func:`mowe.hf.adapter.merge_lora`)."""

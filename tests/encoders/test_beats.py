@@ -379,6 +379,18 @@ def test_checkpoint_with_only_layer0_bias_table_loads(tmp_path):
         torch.testing.assert_close(back(wav, lens).features, enc(wav, lens).features, atol=0, rtol=0)
 
 
+def test_a_bias_table_copy_that_differs_from_layer0_is_named(tmp_path):
+    path, _ = _official_file(tmp_path)
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    key = "encoder.layers.1.self_attn.relative_attention_bias.weight"
+    raw["model"][key] = raw["model"][key].clone()  # torch.save kept the copies as one storage
+    raw["model"][key][0, 0] += 1.0
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=r"layers\.1\.self_attn\.relative_attention_bias\.weight differs from "
+                                              r"encoder\.layers\.0\.self_attn\.relative_attention_bias\.weight"):
+        BEATsEncoder.from_checkpoint(path)
+
+
 def test_missing_file(tmp_path):
     path = str(tmp_path / "nope.pt")
     with pytest.raises(CheckpointError, match="nope.pt"):
