@@ -10,7 +10,12 @@ The official training code saves ``{"model": state_dict}`` holding only what tra
 * ``llama_model.base_model.model.<module>.lora_{A,B}.default.weight``: PEFT LoRA on the LLM (``q_proj`` and
   ``v_proj`` for LLaMA; files from PEFT before 0.3 lack the ``.default`` adapter name, and load too);
 * buffers the official save keeps but nothing reads: ``speech_Qformer.bert.embeddings.position_ids`` and the
-  LLaMA layers' ``rotary_emb.inv_freq``. They are accepted and ignored.
+  LLaMA layers' ``rotary_emb.inv_freq``. They are accepted and ignored;
+* the other names of frozen tied tensors: the save drops frozen parameters by the names ``named_parameters()``
+  lists, which names a tied tensor once, so BEATs' relative-attention table of layers 1+ (layer 0's, shared)
+  stays as ``beats.encoder.layers.{i}.self_attn.relative_attention_bias.weight`` (11 keys for 12 layers). Such
+  ``beats.*``, ``speech_encoder.*`` and ``llama_model.*`` copies must equal the tensor loaded from the BEATs /
+  Whisper / LLM given (:func:`mowe.state_dicts.check_frozen_copies`); one that does not is an error naming it.
 
 Whisper, BEATs and the base LLM are frozen there and not in the file: :func:`from_salmonn` takes them by path.
 The result is the :func:`mowe.presets.salmonn` ``faithful=True`` layout, sized from the checkpoint.
@@ -183,11 +188,11 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
     targets = tuple(sorted({k.split(".lora_A.")[0].rsplit(".", 1)[-1] for k in lora_a}))
     if dtype not in _DTYPES:
         raise MoWEInputError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    span = dict(min_seconds=1.0, max_seconds=30.0)  # the official loader's clip span
+    span = {"min_seconds": 1.0, "max_seconds": 30.0}  # the official loader's clip span
     whisper, beats, llm = (_where(p) for p in (whisper, beats, llm))
-    qf = dict(hidden_dim=int(queries.shape[2]), num_heads=num_heads, num_layers=len(layers),
-              num_queries=int(queries.shape[1]), window=window, stride=window, ffn_dim=int(ffn),
-              stream_dims=dims, partial_window="drop")
+    qf = {"hidden_dim": int(queries.shape[2]), "num_heads": num_heads, "num_layers": len(layers),
+          "num_queries": int(queries.shape[1]), "window": window, "stride": window, "ffn_dim": int(ffn),
+          "stream_dims": dims, "partial_window": "drop"}
     return MoWEConfig(
         strong=EncoderConfig("whisper", name_or_path=whisper, full_window=True, **span),
         weak={"beats": EncoderConfig("beats", name_or_path=beats, **span)},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("salmonn")
     torch.manual_seed(0)
     WhisperModel(WhisperConfig(**WHISPER)).save_pretrained(root / "whisper")
-    BEATsEncoder.from_preset("tiny").save_checkpoint(root / "beats.pt")
+    BEATsEncoder.from_preset("tiny", encoder_layers=3).save_checkpoint(root / "beats.pt")  # 2 tied-table aliases
     LlamaForCausalLM(LlamaConfig(**LLAMA)).save_pretrained(root / "llm")
     return dict(whisper=str(root / "whisper"), beats=str(root / "beats.pt"), llm=str(root / "llm")), root
 
@@ -102,6 +103,37 @@ def test_official_layout_loads_strictly_and_round_trips_bit_exactly(parts, model
     assert all(torch.equal(a, b) for a, b in zip(again.connector.state_dict().values(),
                                                   model.connector.state_dict().values()))
     assert model.config.lora.r == R and model.config.lora.target_modules == ("q_proj", "v_proj")
+
+
+def official_save(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """SALMONN's ``runner.save_checkpoint`` on a frozen sub-module: ``state_dict()`` minus the parameters that
+    ``named_parameters()`` lists as not requiring grad. A tied tensor is listed there once, so its other names stay."""
+    frozen = {k for k, p in module.named_parameters() if not p.requires_grad}
+    return {prefix + k: v for k, v in module.state_dict().items() if k not in frozen}
+
+
+def test_official_save_keeps_tied_beats_aliases_they_load_and_a_changed_one_is_named(parts, model, tmp_path):
+    from transformers import WhisperModel
+
+    paths, _ = parts
+    beats = BEATsEncoder.from_checkpoint(paths["beats"])  # frozen; layer 0's relative-attention table in every layer
+    whisper = WhisperModel.from_pretrained(paths["whisper"]).encoder.requires_grad_(False)
+    left = official_save(beats, "beats.") | official_save(whisper, "speech_encoder.")
+    aliases = [f"beats.encoder.layers.{i}.self_attn.relative_attention_bias.weight" for i in (1, 2)]
+    assert sorted(left) == aliases  # what the official file holds besides the trained parts and kept buffers
+    state = official_state() | left
+    torch.save({"model": state}, tmp_path / "salmonn.pth")
+    loaded = from_salmonn(tmp_path / "salmonn.pth", **paths, num_heads=HEADS, lora_alpha=16, audio_token_id=AUDIO_ID)
+    for a, b in ((loaded.connector, model.connector), (loaded.llm, model.llm)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    state[aliases[1]] = state[aliases[1]].clone()  # the copies shared one storage in the file
+    state[aliases[1]][0, 0] += 1e-3
+    torch.save({"model": state}, tmp_path / "changed.pth")
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"changed.pth: {aliases[1]} (an alias of beats.encoder.layers.0.self_attn.relative_attention_bias.weight, "
+            f"one tied tensor) differs from the BEATs given (max abs difference 0.001")):
+        from_salmonn(tmp_path / "changed.pth", **paths, num_heads=HEADS, lora_alpha=16, audio_token_id=AUDIO_ID)
 
 
 def test_peft_names_without_the_adapter_name_load_the_same(parts, model):
