@@ -229,10 +229,11 @@ def _check_gguf(cfg: LLMConfig) -> None:
 
 def llm_tokenizer(cfg: LLMConfig, *, audio_token: str | None = "<|audio|>") -> Any:
     """The tokenizer that belongs to ``cfg``'s LLM (from its folder, hub id or GGUF file), with ``audio_token`` added
-    as a special token when it is not one token already.
+    as a special token unless it is one already (:func:`mowe.data.tokenizer.add_audio_token`: an id no text
+    produces; AudioPlaceholderError otherwise).
 
-    The LLM needs as many embedding rows as the tokenizer has tokens: build it with
-    ``dataclasses.replace(cfg, vocab_size=len(tokenizer))`` (see :func:`resize_vocab`).
+    The LLM needs no row for the placeholder (mowe never looks it up); ``dataclasses.replace(cfg,
+    vocab_size=len(tokenizer))`` gives it one anyway, as the mean of the others (see :func:`resize_vocab`).
 
     Example::
 
@@ -249,8 +250,10 @@ def llm_tokenizer(cfg: LLMConfig, *, audio_token: str | None = "<|audio|>") -> A
     _check_gguf(cfg)
     kw = {k: v for k, v in (("gguf_file", cfg.gguf_file), ("revision", cfg.revision)) if v is not None}
     tok = AutoTokenizer.from_pretrained(cfg.name_or_path, **kw)
-    if audio_token is not None and len(tok(audio_token, add_special_tokens=False)["input_ids"]) != 1:
-        tok.add_special_tokens({"additional_special_tokens": [audio_token]}, replace_extra_special_tokens=False)
+    if audio_token is not None:
+        from mowe.data.tokenizer import add_audio_token
+
+        add_audio_token(tok, audio_token)
     return tok
 
 

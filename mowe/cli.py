@@ -224,6 +224,10 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
     tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir, train_ds)
     proc_opts = {"max_audio_seconds": ds_kw["max_audio_seconds"], **(run.get("processor") or {})}
     from_dict(ProcessorOptions, proc_opts, where="processor")  # unknown key / wrong type: names it
+    if isinstance(run["tokenizer"], str):  # an LLM's own tokenizer: the placeholder becomes a special token of it
+        from mowe.data.tokenizer import AUDIO_TOKEN, add_audio_token
+
+        add_audio_token(tokenizer, proc_opts.get("audio_token", AUDIO_TOKEN))
     processor = MoWEProcessor(tokenizer, **proc_opts)
     model = MoWEAudioLLM.from_config(_model_config(run["model"], tokenizer, processor.audio_token_id))
     trainer = Trainer(model, train_ds, config=config, stages=stages, collate_fn=MoWECollator(processor, train=True),

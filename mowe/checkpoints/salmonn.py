@@ -27,16 +27,19 @@ import argparse
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from mowe.checkpoints.placeholder import save_converted, seed_vocabulary
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
 from mowe.errors import CheckpointError, MoWEInputError
 from mowe.state_dicts import check_frozen_copies, peft_base_key
 
 __all__ = ["add_salmonn_convert_cli", "from_salmonn", "salmonn_config", "to_salmonn"]
 
+PAD_TOKEN = "[PAD]"  # the pad token the official code adds to the LLaMA tokenizer (and a row to the LLM)
 _QF = "speech_Qformer.bert."
 _LLM = "llama_model."
 _IGNORED = re.compile(r"(^|\.)position_ids$|(^|\.)rotary_emb\.inv_freq$")
@@ -157,19 +160,21 @@ def _need(state: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Tens
 
 def salmonn_config(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats: str, llm: str,
                    num_heads: int = 12, lora_alpha: int = 32, lora_dropout: float = 0.1, window: int = 17,
-                   audio_token_id: int = 0, dtype: str = "float32") -> MoWEConfig:
+                   audio_token_id: int | None = None, dtype: str = "float32", tokenizer: Any = None) -> MoWEConfig:
     """The :class:`MoWEConfig` of a SALMONN checkpoint: the ``salmonn(faithful=True)`` layout, with the Q-Former
     and LoRA sizes read from the file (``num_heads`` and ``lora_alpha`` are not stored in it: BERT-base's 12 heads
-    and SALMONN's alpha 32 are the defaults). Arguments as :func:`from_salmonn`."""
+    and SALMONN's alpha 32 are the defaults). Arguments as :func:`from_salmonn` (a tokenizer given or found in the
+    LLM folder gets ``[PAD]`` and ``<|audio|>`` added, in place)."""
     state, where = _read_state(checkpoint)
+    _, vocab_size, audio_token_id = seed_vocabulary(llm, tokenizer, audio_token_id, pad_token=PAD_TOKEN)
     return _config_from_state(state, where, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads,
                               lora_alpha=lora_alpha, lora_dropout=lora_dropout, window=window,
-                              audio_token_id=audio_token_id, dtype=dtype)
+                              audio_token_id=audio_token_id, dtype=dtype, vocab_size=vocab_size)
 
 
 def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper: str, beats: str, llm: str,
                        num_heads: int, lora_alpha: int, lora_dropout: float, window: int, audio_token_id: int,
-                       dtype: str) -> MoWEConfig:
+                       dtype: str, vocab_size: int | None) -> MoWEConfig:
     queries = _need(state, "speech_query_tokens", where)
     if queries.dim() != 3 or queries.shape[0] != 1:
         raise CheckpointError(f"SALMONN checkpoint {where}: speech_query_tokens has shape {tuple(queries.shape)}, "
@@ -198,7 +203,7 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
         weak={"beats": EncoderConfig("beats", name_or_path=beats, **span)},
         router=RouterConfig(data_dependent=False, top_k=1, aux_loss_weight=0.0, align="pad"),
         connector=ConnectorConfig("qformer", qf),
-        llm=LLMConfig(name_or_path=llm, dtype=dtype),
+        llm=LLMConfig(name_or_path=llm, dtype=dtype, vocab_size=vocab_size),
         lora=LoRAConfig(r=ranks.pop(), alpha=lora_alpha, dropout=lora_dropout, target_modules=targets),
         audio_token_id=audio_token_id,
     )
@@ -206,7 +211,7 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
 
 def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats: str, llm: str,
                  num_heads: int = 12, lora_alpha: int = 32, lora_dropout: float = 0.1, window: int = 17,
-                 audio_token_id: int = 0, dtype: str = "float32"):
+                 audio_token_id: int | None = None, dtype: str = "float32", tokenizer: Any = None):
     """Load a released SALMONN checkpoint into a :class:`~mowe.MoWEAudioLLM`.
 
     Args:
@@ -217,30 +222,46 @@ def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats
         num_heads: Q-Former attention heads (not stored in the file; 12 as BERT-base).
         lora_alpha: LoRA alpha (not stored in the file; 32 as SALMONN). ``lora_dropout``: 0.1 as SALMONN.
         window: frames per Q-Former window and stride (17 = 0.333333 s at 50 Hz, as SALMONN).
-        audio_token_id: the placeholder token id prompts use for the audio.
+        audio_token_id: the placeholder id prompts use for the audio. Default: ``<|audio|>`` added to the LLM's
+            tokenizer as a special token after ``[PAD]`` (an id past the vocabulary, which no text produces; no
+            LLM row), or the first id past the vocabulary when the LLM folder has no tokenizer.
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` for the LLM and the trained parts.
+        tokenizer: the LLM's tokenizer (or its folder / hub id) when it is not in ``llm``; ``[PAD]`` and
+            ``<|audio|>`` are added to it in place.
+
+    The LLM gets SALMONN's vocabulary: the official code adds ``[PAD]`` to the tokenizer and resizes the LLM to the
+    tokenizer's length, one row more than the base LLM. That row is drawn at random on every official start and is
+    in no file; mowe fills it with the mean of the other rows (:func:`mowe.builders.resize_vocab`), the centre of
+    what transformers' ``mean_resizing`` draws, so a reload reproduces the logits, that column included.
 
     Returns:
         The model, in eval mode, computing what the official code computes (see :func:`mowe.presets.salmonn`).
 
     Raises:
-        CheckpointError: the file is unreadable, a key is missing or not SALMONN's (named), or a shape does not
-            fit the Whisper / BEATs / LLM given.
+        CheckpointError: the file is unreadable, a key is missing or not SALMONN's (named), a frozen tensor it
+            repeats differs from the one given, or a shape does not fit the Whisper / BEATs / LLM given.
+        AudioPlaceholderError: an ``audio_token_id`` that the tokenizer's text produces.
     """
+    return _load(checkpoint, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads, lora_alpha=lora_alpha,
+                 lora_dropout=lora_dropout, window=window, audio_token_id=audio_token_id, dtype=dtype,
+                 tokenizer=tokenizer)[0]
+
+
+def _load(checkpoint, *, audio_token_id, tokenizer, **kw):
+    """``(model, tokenizer or None)``: :func:`from_salmonn`, and the tokenizer holding its placeholder."""
     from mowe.model import MoWEAudioLLM
 
     state, where = _read_state(checkpoint)
-    cfg = _config_from_state(state, where, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads,
-                             lora_alpha=lora_alpha, lora_dropout=lora_dropout, window=window,
-                             audio_token_id=audio_token_id, dtype=dtype)
+    tok, vocab_size, audio_token_id = seed_vocabulary(kw["llm"], tokenizer, audio_token_id, pad_token=PAD_TOKEN)
+    cfg = _config_from_state(state, where, audio_token_id=audio_token_id, vocab_size=vocab_size, **kw)
     try:
         model = MoWEAudioLLM.from_config(cfg)
     except MoWEInputError as e:
         raise CheckpointError(f"SALMONN checkpoint {where} does not fit the encoders / LLM given: {e}") from e
     _load_official(model, state, where)
-    if dtype != "float32":
-        model.connector.to(_DTYPES[dtype])
-    return model.eval()
+    if kw["dtype"] != "float32":
+        model.connector.to(_DTYPES[kw["dtype"]])
+    return model.eval(), tok
 
 
 _TOWER_NAMES = {"speech_encoder.": "Whisper", "beats.": "BEATs", _LLM: "LLM"}
@@ -364,15 +385,19 @@ def add_salmonn_convert_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     p.add_argument("--num-heads", type=int, default=12, help="Q-Former heads (not stored in the file)")
     p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (not stored in the file)")
-    p.add_argument("--audio-token-id", type=int, default=0, help="the prompts' audio placeholder token id")
+    p.add_argument("--tokenizer", default=None, help="the LLM's tokenizer folder / hub id (default: --llm's)")
+    p.add_argument("--audio-token-id", type=int, default=None,
+                   help="placeholder id (default: <|audio|> added to the tokenizer as a special token)")
     p.set_defaults(func=_cmd_convert_salmonn)
     return p
 
 
 def _cmd_convert_salmonn(args: argparse.Namespace) -> int:
-    model = from_salmonn(args.checkpoint, whisper=args.whisper, beats=args.beats, llm=args.llm,
-                         num_heads=args.num_heads, lora_alpha=args.lora_alpha,
-                         audio_token_id=args.audio_token_id, dtype=args.dtype)
-    model.save_pretrained(args.out)
-    print(f"wrote {args.out}")
+    from mowe.data.templates import PROMPT_TEMPLATES
+
+    model, tok = _load(args.checkpoint, whisper=args.whisper, beats=args.beats, llm=args.llm,
+                       num_heads=args.num_heads, lora_alpha=args.lora_alpha, lora_dropout=0.1, window=17,
+                       audio_token_id=args.audio_token_id, dtype=args.dtype, tokenizer=args.tokenizer)
+    note = save_converted(model, args.out, tok, prompt_template=PROMPT_TEMPLATES["salmonn"])
+    print(f"wrote {args.out} ({note})")
     return 0

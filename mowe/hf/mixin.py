@@ -124,6 +124,9 @@ class MoWEHubMixin:
         """A :class:`~mowe.data.processor.MoWEProcessor` with the saved ``config.inference.prompt_template``
         (``kwargs`` win)."""
         from mowe.data.processor import MoWEProcessor
+        from mowe.presets import check_placeholder_agrees
 
         template = self.config.inference.prompt_template if self.config is not None else None
-        return MoWEProcessor(tokenizer, **{"prompt_template": template, **kwargs})
+        proc = MoWEProcessor(tokenizer, **{"prompt_template": template, **kwargs})
+        check_placeholder_agrees(proc, self.audio_token_id, what="this model")
+        return proc

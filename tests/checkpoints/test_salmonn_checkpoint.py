@@ -276,3 +276,55 @@ def test_unreadable_file_is_a_checkpoint_error(parts, tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="bad.pth"):
         from_salmonn(tmp_path / "bad.pth", **parts[0])
+
+
+def test_convert_gives_salmonn_vocabulary_pad_row_included_and_a_placeholder_no_text_produces(parts, tmp_path,
+                                                                                              capsys):
+    """The official code adds [PAD] to the LLaMA tokenizer and resizes the LLM to it (one row more, drawn at random
+    on every start, in no file); mowe rebuilds that row as the mean of the others, so a converted and reloaded model
+    gives the logits of the official LLM holding that row over every column, [PAD]'s included."""
+    from _tokenizer_helpers import LAST_PIECE, llama_style_tokenizer
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mowe.cli import main
+    from mowe.data.processor import MoWEProcessor
+
+    llm = tmp_path / "vicuna"
+    tok = llama_style_tokenizer(llm)
+    n = len(tok)
+    torch.manual_seed(3)
+    LlamaForCausalLM(LlamaConfig(**{**LLAMA, "vocab_size": n})).save_pretrained(llm)
+    torch.save({"model": official_state()}, tmp_path / "salmonn.pth")
+    paths = parts[0]
+    assert main(["convert", "salmonn", str(tmp_path / "salmonn.pth"), "--whisper", paths["whisper"], "--beats",
+                 paths["beats"], "--llm", str(llm), "--out", str(tmp_path / "m"), "--num-heads", str(HEADS),
+                 "--lora-alpha", "16"]) == 0
+    assert "processor saved" in capsys.readouterr().out
+    model, proc = MoWEAudioLLM.from_pretrained(tmp_path / "m").eval(), MoWEProcessor.from_pretrained(tmp_path / "m")
+    assert (proc.tokenizer.pad_token, proc.tokenizer.pad_token_id) == ("[PAD]", n)
+    assert model.audio_token_id == proc.audio_token_id == n + 1 != tok.convert_tokens_to_ids(LAST_PIECE)
+
+    official = LlamaForCausalLM.from_pretrained(llm)  # models/salmonn.py, in order
+    official_tok = AutoTokenizer.from_pretrained(llm)
+    official_tok.add_special_tokens({"pad_token": "[PAD]"})
+    official.resize_token_embeddings(len(official_tok))
+    with torch.no_grad():
+        for w in (official.get_input_embeddings().weight, official.get_output_embeddings().weight):
+            w[n:] = w[:n].mean(0)  # the one value of the random row that a reload can reproduce
+    official = get_peft_model(official, LoraConfig(r=R, lora_alpha=16, lora_dropout=0.1, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for k, v in official_state().items():
+            if ".lora_" in k:
+                official.get_parameter(k[len("llama_model."):]).copy_(v)
+    embeds = torch.randn(1, 7, LLAMA["hidden_size"])
+    with torch.no_grad():
+        want = official.eval()(inputs_embeds=embeds).logits
+        got = model.llm(inputs_embeds=embeds).logits
+    assert got.shape[-1] == n + 1 and torch.equal(got, want)
+
+    wav, _ = clips([1.5])
+    batch = proc(text="what is said by the brown fox", audio=wav[0], sampling_rate=16000)
+    assert batch["input_ids"].eq(model.audio_token_id).sum() == 1  # "brown" holds the last piece, not the placeholder
+    with torch.no_grad():
+        model(**{k: batch[k] for k in ("input_ids", "attention_mask", "waveforms", "wave_lengths")})
