@@ -17,7 +17,7 @@ from torch import nn
 from mowe.components import AllowList, instantiate
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.errors import ConfigError
-from mowe.hub import check_gguf_file, check_local_source, resolve_file
+from mowe.hub import check_gguf_file, check_local_source, naming_refused_pickles, resolve_file
 
 __all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "llm_load_kwargs", "llm_tokenizer",
            "resize_vocab"]
@@ -182,7 +182,8 @@ def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
     if cfg.name_or_path:
         check_local_source(cfg.name_or_path, what="llm.name_or_path")
         _check_gguf(cfg)
-        llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg))
+        with naming_refused_pickles(cfg.name_or_path, what="LLM"):
+            llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg))
     elif cfg.config:
         conf = dict(cfg.config)
         if "model_type" not in conf:

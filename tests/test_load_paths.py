@@ -137,3 +137,12 @@ def test_tied_copies_in_a_saved_file_must_agree(base, tmp_path):
     save_file(sd, str(path), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match=r"llm\.lm_head\.weight differs from llm\.model\.embed_tokens\.weight"):
         MoWEAudioLLM.from_pretrained(tmp_path / "m")
+
+
+def test_an_adapter_that_does_not_fit_names_the_first_key_and_both_shapes(base):
+    model, folder = _saved(base, "lora")
+    other = model.config.replace(lora=dataclasses.replace(model.config.lora, r=model.config.lora.r // 2))
+    with pytest.raises(CheckpointError, match=r"llm_adapter: the adapter does not fit this LLM: base_model\.model\."
+                                              r"model\.layers\.0\.self_attn\.q_proj\.lora_A\.weight is \(8, 64\) in "
+                                              r"the adapter but \(4, 64\) in the model"):
+        MoWEAudioLLM.from_config(other).load_weights(folder)
