@@ -396,8 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     :mod:`mowe.cli_errors` (2 config, 3 data, 4 checkpoint, 5 file system, 6 non-finite loss, 130 interrupt);
     tracebacks only with ``--debug``.
     """
-    from mowe.cli_errors import add_debug_flag, check_flags, run_command
+    from mowe.cli_errors import add_debug_flag, check_flags, quiet_dependency_warnings, run_command
 
+    quiet_dependency_warnings()  # dependencies' internal deprecations; the user's own warnings still show
     parser = build_parser()
     add_debug_flag(parser)
     args = parser.parse_args(argv)
