@@ -343,7 +343,7 @@ API_CASES += [
     Case("weights-only-refusal-bin", _pickled_bin_refused, CheckpointError, r"pytorch_model\.bin: not a loadable"),
     Case("missing-llm-folder", _missing_llm_folder, CheckpointError, r"llm\.name_or_path.*models/llm.*does not exist"),
     Case("missing-llm-dot-path", _missing_llm_dot, CheckpointError, r"\./no-such-llm-folder.*does not exist"),
-    Case("missing-encoder-folder", _missing_encoder_folder, CheckpointError, r"'strong'.*~/no-such-whisper"),
+    Case("missing-encoder-folder", _missing_encoder_folder, CheckpointError, r"model\.strong\.name_or_path: .*~/no-such-whisper"),
 ]
 OK_CASES = [_manifest_with_bom, _config_with_bom, _non_utf8_name_bytes, _non_utf8_name_str,
             _non_utf8_name_in_manifest, _fifo_with_writer, _small_alias_is_fine]
