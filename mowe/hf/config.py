@@ -99,7 +99,7 @@ def read_mowe_config(source: str | os.PathLike | dict[str, Any], *, where: str |
         ConfigError: not JSON, a ``model_type`` other than ``"mowe"``, an unknown key or a wrong type (naming it).
     """
     if isinstance(source, dict):
-        data, where = dict(source), where
+        data = dict(source)
     else:
         from mowe.config import read_config_file
 
