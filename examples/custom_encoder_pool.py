@@ -27,7 +27,7 @@ from torch import nn
 from mowe import MoWEAudioLLM, MoWEConfig
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.data.processor import MoWECollator, MoWEProcessor
-from mowe.data.tokenizer import train_bpe_tokenizer
+from mowe.data.tokenizer import add_audio_token, train_bpe_tokenizer
 from mowe.encoders.base import EncoderOutput
 from mowe.training.stages import mowe_default_stages
 from mowe.training.trainer import TrainConfig, Trainer
@@ -113,7 +113,7 @@ def main() -> None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<|audio|>"]})
+        add_audio_token(tokenizer)  # <|audio|> as a special token; the LLM needs no row for it
     else:
         tokenizer = train_bpe_tokenizer([e["instruction"] + " " + e["answer"] for e in data], vocab_size=args.vocab)
     processor = MoWEProcessor(tokenizer)
@@ -121,8 +121,6 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = MoWEAudioLLM.from_config(config, encoders={"energy": FrameEnergyEncoder()})
-    if args.llm and len(tokenizer) > model.llm.get_input_embeddings().num_embeddings:
-        model.llm.resize_token_embeddings(len(tokenizer))
 
     out_dir = args.output_dir or tempfile.mkdtemp(prefix="mowe-custom-pool-")
     # A plain list has no `lengths` (and every toy clip is as long): no length-grouped batching.

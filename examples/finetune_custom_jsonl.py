@@ -30,7 +30,7 @@ from mowe import MoWEAudioLLM, MoWEConfig
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.data.manifest import ManifestDataset
 from mowe.data.processor import MoWECollator, MoWEProcessor
-from mowe.data.tokenizer import train_bpe_tokenizer
+from mowe.data.tokenizer import add_audio_token, train_bpe_tokenizer
 from mowe.training.stages import mowe_default_stages
 from mowe.training.trainer import TrainConfig, Trainer
 
@@ -88,7 +88,7 @@ def main() -> None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.llm)
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<|audio|>"]})
+        add_audio_token(tokenizer)  # <|audio|> as a special token; the LLM needs no row for it
     else:
         texts = [train_ds.example_info(i)["instruction"] + " " + train_ds.example_info(i)["answer"]
                  for i in range(len(train_ds))]
@@ -113,8 +113,6 @@ def main() -> None:
         audio_token_id=processor.audio_token_id,
     )
     model = MoWEAudioLLM.from_config(config)
-    if len(tokenizer) > model.llm.get_input_embeddings().num_embeddings:
-        model.llm.resize_token_embeddings(len(tokenizer))
 
     out_dir = args.output_dir or tempfile.mkdtemp(prefix="mowe-finetune-")
     cfg = TrainConfig(output_dir=out_dir, batch_size=args.batch_size, grad_accum=args.grad_accum,

@@ -17,10 +17,10 @@ from torch import nn
 from mowe.components import AllowList, instantiate
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.errors import ConfigError
-from mowe.hub import check_gguf_file, check_local_source, resolve_file
+from mowe.hub import check_gguf_file, check_local_source, naming_refused_pickles, resolve_file
 
-__all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "llm_load_kwargs", "llm_tokenizer",
-           "resize_vocab"]
+__all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "encoder_key", "llm_load_kwargs",
+           "llm_tokenizer", "resize_vocab"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,10 +46,16 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
     return enc
 
 
+def encoder_key(name: str) -> str:
+    """The config key path of encoder ``name`` (``"model.strong"``, ``"model.weak.<name>"``): build-time errors name
+    keys as the run-file and ``config.json`` loaders do."""
+    return "model.strong" if name == "strong" else f"model.weak.{name}"
+
+
 def _build_component_encoder(cfg: EncoderConfig, *, name: str, allow: AllowList) -> nn.Module:
     from mowe.encoders.base import set_trainable
 
-    where = "strong" if name == "strong" else f"weak.{name}"
+    where = encoder_key(name)
     enc = instantiate(cfg.component, cfg.kwargs, where=where, allow=allow, offered={"freeze": cfg.freeze})
     if not isinstance(enc, nn.Module):
         raise ConfigError(f"{where}: component {cfg.component!r} built a {type(enc).__name__}, not an nn.Module")
@@ -63,17 +69,17 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
     if fam == "custom":
         if not custom or name not in custom:
             raise ConfigError(
-                f"encoder {name!r} has family 'custom': pass the module itself, e.g. "
+                f"{encoder_key(name)}: family 'custom' needs the module itself, e.g. "
                 f"from_config(cfg, encoders={{{name!r}: MyEncoder()}}) or from_pretrained(path, encoders=...)"
             )
         return custom[name]
     if custom and name in custom:
         return custom[name]
     if fam == "component":
-        raise ConfigError(f"encoder {name!r} has family 'component' but no component: give its import path, "
+        raise ConfigError(f"{encoder_key(name)}: family 'component' but no component: give its import path, "
                           f"e.g. {{component: my_pkg.encoders.Conv50}}")
     if cfg.name_or_path:
-        check_local_source(cfg.name_or_path, what=f"encoder {name!r} (name_or_path)")
+        check_local_source(cfg.name_or_path, what=f"{encoder_key(name)}.name_or_path")
     if fam == "whisper":
         from mowe.encoders.whisper import WhisperEncoder
 
@@ -110,8 +116,9 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
         try:
             return load(where, freeze=cfg.freeze, **cfg.overrides)
         except TypeError as e:
-            raise ConfigError(f"encoder {name!r}: overrides {cfg.overrides} do not fit family {fam!r}: {e}") from e
-    raise ConfigError(f"encoder {name!r}: unknown family {fam!r} (whisper, whisper_ltu, hubert, beats, speaker, pitch, custom)")
+            raise ConfigError(f"{encoder_key(name)}.overrides: {cfg.overrides} do not fit family {fam!r}: {e}") from e
+    raise ConfigError(f"{encoder_key(name)}.family: unknown family {fam!r} (whisper, whisper_ltu, hubert, beats, speaker, "
+                      f"pitch, custom)")
 
 
 def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int, allow: AllowList = True) -> nn.Module:
@@ -119,7 +126,7 @@ def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int, allow: A
     from mowe.connectors import basic
 
     if cfg.component:
-        return instantiate(cfg.component, cfg.kwargs, where="connector", allow=allow,
+        return instantiate(cfg.component, cfg.kwargs, where="model.connector", allow=allow,
                            offered={"in_dim": in_dim, "out_dim": out_dim})
 
     kinds = {
@@ -135,11 +142,12 @@ def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int, allow: A
     elif cfg.kind in kinds:
         cls = kinds[cfg.kind]
     else:
-        raise ConfigError(f"connector.kind {cfg.kind!r} is unknown; choose one of {sorted(kinds) + ['qformer', 'tltr']}")
+        raise ConfigError(f"model.connector.kind: {cfg.kind!r} is unknown; choose one of "
+                          f"{sorted(kinds) + ['qformer', 'tltr']}")
     try:
         return cls(in_dim=in_dim, out_dim=out_dim, **cfg.options)
     except TypeError as e:
-        raise ConfigError(f"connector.options {cfg.options} do not fit {cls.__name__}: {e}") from e
+        raise ConfigError(f"model.connector.options: {cfg.options} do not fit {cls.__name__}: {e}") from e
 
 
 def build_router(cfg: RouterConfig, *, strong_dim: int, num_encoders: int,
@@ -153,7 +161,7 @@ def build_router(cfg: RouterConfig, *, strong_dim: int, num_encoders: int,
     from mowe.routers import DataDependentRouter, DataIndependentRouter, MixtureRouter, PromptAwareRouter
 
     if cfg.component:
-        return instantiate(cfg.component, cfg.kwargs, where="router", allow=allow,
+        return instantiate(cfg.component, cfg.kwargs, where="model.router", allow=allow,
                            offered={"num_encoders": num_encoders, "top_k": cfg.top_k, "in_dim": strong_dim,
                                     "prompt_dim": prompt_dim})
 
@@ -162,13 +170,14 @@ def build_router(cfg: RouterConfig, *, strong_dim: int, num_encoders: int,
         routers.append(DataIndependentRouter(num_encoders=num_encoders))
     if cfg.prompt_aware:
         if prompt_dim is None:
-            raise ConfigError("router.prompt_aware needs the LLM's embedding width: build_router(..., prompt_dim=...)")
+            raise ConfigError("model.router.prompt_aware: needs the LLM's embedding width: "
+                              "build_router(..., prompt_dim=...)")
         routers.append(PromptAwareRouter(in_dim=strong_dim, prompt_dim=prompt_dim, num_encoders=num_encoders,
                                          hidden_dim=cfg.hidden_dim))
     elif cfg.data_dependent:
         routers.append(DataDependentRouter(in_dim=strong_dim, num_encoders=num_encoders, hidden_dim=cfg.hidden_dim))
     if not routers:
-        raise ConfigError("router: enable data_independent, data_dependent and/or prompt_aware")
+        raise ConfigError("model.router: enable data_independent, data_dependent and/or prompt_aware")
     return MixtureRouter(routers=routers, num_encoders=num_encoders, top_k=cfg.top_k, noise_std=cfg.noise_std)
 
 
@@ -177,22 +186,23 @@ def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if cfg.dtype not in DTYPES:
-        raise ConfigError(f"llm.dtype {cfg.dtype!r} is not one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.llm.dtype: {cfg.dtype!r} is not one of {sorted(DTYPES)}")
     dtype = DTYPES[cfg.dtype]
     if cfg.name_or_path:
-        check_local_source(cfg.name_or_path, what="llm.name_or_path")
+        check_local_source(cfg.name_or_path, what="model.llm.name_or_path")
         _check_gguf(cfg)
-        llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg))
+        with naming_refused_pickles(cfg.name_or_path, what="LLM"):
+            llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg))
     elif cfg.config:
         conf = dict(cfg.config)
         if "model_type" not in conf:
-            raise ConfigError("llm.config needs a 'model_type' (e.g. 'llama', 'qwen2', 'gpt2')")
+            raise ConfigError("model.llm.config: needs a 'model_type' (e.g. 'llama', 'qwen2', 'gpt2')")
         extra = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
         llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**conf), dtype=dtype, **extra)
         if isinstance(cfg.device_map, str) and cfg.device_map != "auto":
             llm.to(cfg.device_map)
     else:
-        raise ConfigError("llm: set name_or_path (hub id or folder) or config (a transformers config dict)")
+        raise ConfigError("model.llm: set name_or_path (hub id or folder) or config (a transformers config dict)")
     llm.mowe_source = cfg.name_or_path
     if cfg.vocab_size is not None:
         resize_vocab(llm, cfg.vocab_size)
@@ -215,7 +225,8 @@ def llm_load_kwargs(cfg: LLMConfig) -> dict:
             kw[name] = getattr(cfg, name)
     for key in cfg.from_pretrained_kwargs:
         if key in ("dtype", "torch_dtype", "gguf_file", "attn_implementation", "revision", "device_map"):
-            raise ConfigError(f"llm.from_pretrained_kwargs.{key}: set llm.{key.replace('torch_', '')} instead")
+            raise ConfigError(f"model.llm.from_pretrained_kwargs.{key}: set model.llm.{key.replace('torch_', '')} "
+                              f"instead")
     return {**kw, **cfg.from_pretrained_kwargs}
 
 
@@ -229,10 +240,11 @@ def _check_gguf(cfg: LLMConfig) -> None:
 
 def llm_tokenizer(cfg: LLMConfig, *, audio_token: str | None = "<|audio|>") -> Any:
     """The tokenizer that belongs to ``cfg``'s LLM (from its folder, hub id or GGUF file), with ``audio_token`` added
-    as a special token when it is not one token already.
+    as a special token unless it is one already (:func:`mowe.data.tokenizer.add_audio_token`: an id no text
+    produces; AudioPlaceholderError otherwise).
 
-    The LLM needs as many embedding rows as the tokenizer has tokens: build it with
-    ``dataclasses.replace(cfg, vocab_size=len(tokenizer))`` (see :func:`resize_vocab`).
+    The LLM needs no row for the placeholder (mowe never looks it up); ``dataclasses.replace(cfg,
+    vocab_size=len(tokenizer))`` gives it one anyway, as the mean of the others (see :func:`resize_vocab`).
 
     Example::
 
@@ -244,13 +256,15 @@ def llm_tokenizer(cfg: LLMConfig, *, audio_token: str | None = "<|audio|>") -> A
     from transformers import AutoTokenizer
 
     if not cfg.name_or_path:
-        raise ConfigError("llm.name_or_path: a tokenizer is read from the LLM's folder or hub id; none is set")
-    check_local_source(cfg.name_or_path, what="llm.name_or_path")
+        raise ConfigError("model.llm.name_or_path: a tokenizer is read from the LLM's folder or hub id; none is set")
+    check_local_source(cfg.name_or_path, what="model.llm.name_or_path")
     _check_gguf(cfg)
     kw = {k: v for k, v in (("gguf_file", cfg.gguf_file), ("revision", cfg.revision)) if v is not None}
     tok = AutoTokenizer.from_pretrained(cfg.name_or_path, **kw)
-    if audio_token is not None and len(tok(audio_token, add_special_tokens=False)["input_ids"]) != 1:
-        tok.add_special_tokens({"additional_special_tokens": [audio_token]}, replace_extra_special_tokens=False)
+    if audio_token is not None:
+        from mowe.data.tokenizer import add_audio_token
+
+        add_audio_token(tok, audio_token)
     return tok
 
 
@@ -264,7 +278,7 @@ def resize_vocab(llm: nn.Module, vocab_size: int) -> None:
     """
     old = llm.get_input_embeddings().weight.shape[0]
     if vocab_size < old:
-        raise ConfigError(f"llm.vocab_size: {vocab_size} is smaller than the LLM's {old} token rows")
+        raise ConfigError(f"model.llm.vocab_size: {vocab_size} is smaller than the LLM's {old} token rows")
     if vocab_size == old:
         return
     llm.resize_token_embeddings(vocab_size, mean_resizing=False)
@@ -298,4 +312,4 @@ def apply_training_mode(llm: nn.Module, train: str, lora: LoRAConfig) -> nn.Modu
         for p in llm.parameters():
             p.requires_grad_(train == "full")
         return llm
-    raise ConfigError(f"llm.train must be 'lora', 'full' or 'frozen', got {train!r}")
+    raise ConfigError(f"model.llm.train: must be 'lora', 'full' or 'frozen', got {train!r}")

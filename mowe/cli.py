@@ -35,8 +35,8 @@ from typing import Any, Literal
 from mowe.config import apply_overrides, from_dict, read_config_file
 from mowe.errors import ConfigError
 
-__all__ = ["RUN_SECTIONS", "add_allow_components_arg", "add_generation_args", "build_parser", "load_run_file", "main",
-           "seed_everything"]
+__all__ = ["RUN_SECTIONS", "add_allow_components_arg", "add_generation_args", "build_parser", "load_for_inference",
+           "load_run_file", "main", "place_model", "seed_everything"]
 
 RUN_SECTIONS = ("model", "tokenizer", "processor", "data", "train", "stages")
 # Stage presets by name; "mowe_paper" (the name of the model preset in mowe.presets) and "mowe" are the same.
@@ -224,6 +224,10 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
     tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir, train_ds)
     proc_opts = {"max_audio_seconds": ds_kw["max_audio_seconds"], **(run.get("processor") or {})}
     from_dict(ProcessorOptions, proc_opts, where="processor")  # unknown key / wrong type: names it
+    if isinstance(run["tokenizer"], str):  # an LLM's own tokenizer: the placeholder becomes a special token of it
+        from mowe.data.tokenizer import AUDIO_TOKEN, add_audio_token
+
+        add_audio_token(tokenizer, proc_opts.get("audio_token", AUDIO_TOKEN))
     processor = MoWEProcessor(tokenizer, **proc_opts)
     model = MoWEAudioLLM.from_config(_model_config(run["model"], tokenizer, processor.audio_token_id))
     trainer = Trainer(model, train_ds, config=config, stages=stages, collate_fn=MoWECollator(processor, train=True),
@@ -266,27 +270,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _model_dir(path: str) -> str:
+    """The saved model in ``path`` or ``path/final``; a hub id (``org/name``, no such local folder) as given."""
     from mowe.errors import CheckpointError
+    from mowe.hub import looks_like_path
 
     for cand in (os.path.join(path, "final"), path):
         if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(os.path.join(cand,
                                                                                              "model.safetensors")):
             return cand
+    if not os.path.exists(path) and not looks_like_path(path) and path.count("/") == 1:
+        return path  # from_pretrained resolves hub ids (and names what it cannot find)
     raise CheckpointError(f"{path}: no saved model (config.json + model.safetensors) here or in {path}/final")
+
+
+def load_for_inference(path: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None,
+                       processor: str | os.PathLike | None = None, allow_components: Sequence[str] | None = None):
+    """``(model, processor)`` as ``mowe infer``, ``mowe eval`` and ``mowe serve`` load them: the model of a ``mowe
+    train`` output folder (or its ``final/``, or any folder ``save_pretrained`` wrote) through
+    :meth:`MoWEAudioLLM.from_pretrained` (weights, ``llm_adapter/``, generation config), in eval mode on ``device``
+    (:func:`place_model` casts to ``dtype``), and the processor saved beside it (or in ``processor``).
+
+    Raises:
+        CheckpointError / ConfigError: no saved model or processor there (naming the file).
+    """
+    from mowe.data.processor import MoWEProcessor
+    from mowe.model import MoWEAudioLLM
+
+    model_dir = _model_dir(os.fspath(path))
+    model = MoWEAudioLLM.from_pretrained(model_dir, allow_components=list(allow_components or ()))
+    model = place_model(model, device=device, dtype=dtype).eval()
+    return model, MoWEProcessor.from_pretrained(processor or model_dir)
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
     import torch
 
-    from mowe.data.processor import MODEL_INPUT_KEYS, MoWEProcessor
-    from mowe.model import MoWEAudioLLM
+    from mowe.data.processor import MODEL_INPUT_KEYS
     from mowe.training.stages import set_lora_scale
 
-    model_dir = _model_dir(args.model)
-    model = place_model(MoWEAudioLLM.from_pretrained(model_dir, allow_components=args.allow_components),
-                        device=args.device, dtype=args.dtype)
-    model.eval()
-    processor = MoWEProcessor.from_pretrained(args.processor or model_dir)
+    model, processor = load_for_inference(args.model, device=args.device, dtype=args.dtype,
+                                          processor=args.processor, allow_components=args.allow_components)
     if args.lora_scale is not None:
         set_lora_scale(model, args.lora_scale)
     batch = processor(text=args.prompt, audio=args.audio).to(args.device)
@@ -373,8 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     :mod:`mowe.cli_errors` (2 config, 3 data, 4 checkpoint, 5 file system, 6 non-finite loss, 130 interrupt);
     tracebacks only with ``--debug``.
     """
-    from mowe.cli_errors import add_debug_flag, check_flags, run_command
+    from mowe.cli_errors import add_debug_flag, check_flags, quiet_dependency_warnings, run_command
 
+    quiet_dependency_warnings()  # dependencies' internal deprecations; the user's own warnings still show
     parser = build_parser()
     add_debug_flag(parser)
     args = parser.parse_args(argv)

@@ -34,8 +34,9 @@ from typing import Any
 
 from mowe.errors import AudioLoadError, CheckpointError, ConfigError, ManifestError, MoWEInputError
 
-__all__ = ["EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DATA", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_IO",
-           "EXIT_NONFINITE", "add_debug_flag", "check_flags", "describe", "run_command", "strip_ansi"]
+__all__ = ["DEPENDENCY_WARNINGS", "EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DATA", "EXIT_INTERNAL", "EXIT_INTERRUPTED",
+           "EXIT_IO", "EXIT_NONFINITE", "add_debug_flag", "check_flags", "describe", "quiet_dependency_warnings",
+           "run_command", "strip_ansi"]
 
 EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_IO, EXIT_NONFINITE = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
@@ -48,6 +49,23 @@ _INT_FLAGS = {"max_new_tokens": ("--max-new-tokens", 1), "num_beams": ("--num-be
               "num_heads": ("--num-heads", 1), "lora_alpha": ("--lora-alpha", 1),
               "audio_token_id": ("--audio-token-id", 0), "port": ("--port", 0), "seed": ("--seed", 0)}
 _REAL_FLAGS = {"max_wait_ms": ("--max-wait-ms", 0.0), "lora_scale": ("--lora-scale", 0.0)}
+
+
+# Warnings a user of the command line cannot act on: deprecations inside mowe's dependencies, raised by one
+# dependency reading another's deprecated API. Each is filtered by its category, the module it is attributed to and
+# its message, so nothing else is hidden; mowe's own calls use the current APIs.
+DEPENDENCY_WARNINGS = (
+    # peft's get_peft_model reads transformers' deprecated PreTrainedModel.is_gradient_checkpointing property.
+    (FutureWarning, r"transformers\.modeling_utils", r"`is_gradient_checkpointing` is deprecated"),
+)
+
+
+def quiet_dependency_warnings() -> None:
+    """Ignore :data:`DEPENDENCY_WARNINGS` in this process (the ``mowe`` command calls it; the library does not)."""
+    import warnings
+
+    for category, module, message in DEPENDENCY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def strip_ansi(text: str) -> str:

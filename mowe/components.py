@@ -150,9 +150,9 @@ def _accepts(factory: Callable[..., Any], name: str) -> bool:
 def config_components(config: Any) -> list[tuple[str, str]]:
     """``(key path, import path)`` of every component a :class:`~mowe.config.MoWEConfig` names, in build order."""
     out = []
-    entries: Iterable[tuple[str, Any]] = [("strong", config.strong),
-                                          *((f"weak.{n}", c) for n, c in config.weak.items()),
-                                          ("router", config.router), ("connector", config.connector)]
+    entries: Iterable[tuple[str, Any]] = [("model.strong", config.strong),
+                                          *((f"model.weak.{n}", c) for n, c in config.weak.items()),
+                                          ("model.router", config.router), ("model.connector", config.connector)]
     for where, entry in entries:
         if getattr(entry, "component", None):
             out.append((where, entry.component))

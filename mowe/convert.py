@@ -16,6 +16,7 @@ import torch
 
 from mowe.checkpoints import from_ltu_as, from_salmonn, to_ltu_as, to_salmonn
 from mowe.errors import CheckpointError
+from mowe.hub import naming_refused_pickles
 
 __all__ = ["add_convert_cli", "convert_whisper", "from_ltu_as", "from_salmonn", "to_ltu_as", "to_salmonn"]
 
@@ -70,7 +71,8 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: to
             processor = WhisperProcessor(feature_extractor=fe, tokenizer=tok)
     else:
         try:
-            model = WhisperForConditionalGeneration.from_pretrained(src, dtype=dtype)
+            with naming_refused_pickles(src, what="Whisper"):
+                model = WhisperForConditionalGeneration.from_pretrained(src, dtype=dtype)
         except OSError as e:
             raise CheckpointError(f"{src}: not a CTranslate2 folder, an openai-whisper .pt file or a "
                                   f"transformers Whisper ({e})") from e

@@ -7,7 +7,8 @@ file or manifest line that is wrong.
 
 from __future__ import annotations
 
-__all__ = ["AudioLoadError", "CheckpointError", "ConfigError", "ManifestError", "MoWEInputError"]
+__all__ = ["AudioLoadError", "AudioPlaceholderError", "CheckpointError", "ConfigError", "ManifestError",
+           "MoWEInputError"]
 
 
 class MoWEInputError(ValueError):
@@ -28,3 +29,8 @@ class ConfigError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, truncated or tampered with (names the file)."""
+
+
+class AudioPlaceholderError(ConfigError):
+    """The audio placeholder token is one that text can produce (an ordinary vocabulary piece, or a token the
+    tokenizer inserts itself): a prompt could then hold more placeholders than clips (names the token and id)."""

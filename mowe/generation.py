@@ -156,11 +156,11 @@ def grouped_greedy_generate(llm: nn.Module, merged: MergedInputs, settings: Gree
                   position_ids=merged.position_ids[idx, t - width:], use_cache=True, logits_to_keep=1)
         if logits is None:
             logits = out.logits.new_empty(b, out.logits.shape[-1])
-            for layer in out.past_key_values.layers:
+            for layer in out.cache.layers:
                 keys.append(layer.keys.new_zeros(b, layer.keys.shape[1], t, layer.keys.shape[3]))
                 values.append(layer.values.new_zeros(b, layer.values.shape[1], t, layer.values.shape[3]))
         logits[idx] = out.logits[:, -1]
-        for layer, k, v in zip(out.past_key_values.layers, keys, values):  # right-aligned, as left padding is
+        for layer, k, v in zip(out.cache.layers, keys, values):  # right-aligned, as left padding is
             k[idx, :, t - width:] = layer.keys
             v[idx, :, t - width:] = layer.values
         del out
@@ -185,8 +185,8 @@ def grouped_greedy_generate(llm: nn.Module, merged: MergedInputs, settings: Gree
         if step + 1 == settings.max_new_tokens:
             break
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-        out = llm(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                  use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        out = llm(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                  logits_to_keep=1)
+        cache, logits = out.cache, out.logits[:, -1]
         pos = pos + 1
     return torch.stack(tokens, dim=1)

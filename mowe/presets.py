@@ -30,6 +30,7 @@ __all__ = [
     "SALMONN_PRETRAIN_TASKS",
     "Preset",
     "base_only",
+    "check_placeholder_agrees",
     "ltu_as",
     "mowe_paper",
     "salmonn",
@@ -90,11 +91,45 @@ class Preset:
 
         return MoWEAudioLLM.from_config(self.config, **kwargs)
 
+    def for_tokenizer(self, tokenizer, *, audio_token: str = "<|audio|>") -> Preset:
+        """This preset with ``tokenizer``'s audio placeholder: ``audio_token`` is added to ``tokenizer`` as a
+        special token (in place) unless it is one already, and ``config.audio_token_id`` becomes its id, checked to be
+        one that no text produces (:func:`mowe.data.tokenizer.add_audio_token`). The LLM needs no row for it; a tiny
+        preset's random LLM grows to hold every other token of the tokenizer.
+
+        Raises:
+            AudioPlaceholderError: the tokenizer's text can produce ``audio_token``'s id (names it).
+
+        Example::
+
+            tok = AutoTokenizer.from_pretrained("lmsys/vicuna-7b-v1.1")
+            preset = ltu_as().for_tokenizer(tok)            # <|audio|> = 32000, past LLaMA's vocabulary
+            model, processor = preset.build(), preset.processor(tok)
+        """
+        import dataclasses
+
+        from mowe.data.tokenizer import add_audio_token
+
+        audio_id = add_audio_token(tokenizer, audio_token)
+        cfg = self.config.replace(audio_token_id=audio_id)
+        rows = len(tokenizer) - (audio_id == len(tokenizer) - 1)  # every token but the placeholder needs a row
+        conf = cfg.llm.config
+        if conf is not None and int(conf.get("vocab_size", 0)) < rows:
+            cfg = cfg.replace(llm=dataclasses.replace(cfg.llm, config={**conf, "vocab_size": rows}))
+        return dataclasses.replace(self, config=cfg)
+
     def processor(self, tokenizer, **kwargs):
-        """A :class:`~mowe.data.processor.MoWEProcessor` with this system's ``prompt_template`` (kwargs win)."""
+        """A :class:`~mowe.data.processor.MoWEProcessor` with this system's ``prompt_template`` (kwargs win).
+
+        Raises:
+            ConfigError: the tokenizer's audio placeholder is not ``config.audio_token_id`` (use
+                :meth:`for_tokenizer` first). AudioPlaceholderError: text can produce the placeholder.
+        """
         from mowe.data.processor import MoWEProcessor
 
-        return MoWEProcessor(tokenizer, **{"prompt_template": self.prompt_template, **kwargs})
+        proc = MoWEProcessor(tokenizer, **{"prompt_template": self.prompt_template, **kwargs})
+        check_placeholder_agrees(proc, self.config.audio_token_id, what=f"the {self.name} preset")
+        return proc
 
     def for_inference(self, model):
         """Apply this system's inference-time LoRA scale (SALMONN: 0.5) to a trained ``model``; returns it."""
@@ -255,3 +290,19 @@ def ltu_as(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512
 
 
 PRESETS = {"mowe_paper": mowe_paper, "base_only": base_only, "salmonn": salmonn, "ltu_as": ltu_as}
+
+
+def check_placeholder_agrees(processor, audio_token_id: int, *, what: str) -> None:
+    """A processor's placeholder id must be the model's (``config.audio_token_id``): otherwise every prompt has no
+    placeholder the model looks for.
+
+    Raises:
+        ConfigError: naming both ids and the way to make them agree.
+    """
+    from mowe.errors import ConfigError
+
+    if processor.audio_token_id != audio_token_id:
+        raise ConfigError(f"the processor's audio placeholder {processor.audio_token!r} has id "
+                          f"{processor.audio_token_id}, but {what} uses audio_token_id {audio_token_id}; build "
+                          f"the model for this tokenizer (Preset.for_tokenizer(tokenizer), or set "
+                          f"MoWEConfig.audio_token_id to the processor's audio_token_id)")

@@ -26,8 +26,8 @@ from mowe.io import check_readable_file, writing_to
 if TYPE_CHECKING:
     from mowe.model import MoWEAudioLLM
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "keys_to_save", "load_model", "load_weights", "push_model", "save_model",
-           "saved_files"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "keys_to_save", "load_model", "load_saved_weights", "load_weights",
+           "push_model", "save_model", "saved_files"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -117,12 +117,17 @@ def saved_files(directory: str | os.PathLike) -> tuple[str, str]:
     return paths
 
 
-def load_weights(model: MoWEAudioLLM, path: str, *, map_location: str | torch.device = "cpu",
+def load_weights(model: MoWEAudioLLM, path: str | os.PathLike, *, map_location: str | torch.device = "cpu",
                  loaded: Collection[str] = ()) -> None:
-    """Load a ``model.safetensors`` written by :func:`save_model`; every key must fit ``model``.
+    """Load a ``model.safetensors`` written by :func:`save_model` (or a checkpoint's, with the LoRA inline); every
+    key must fit ``model``.
 
     ``loaded``: keys already loaded from elsewhere (the LoRA from ``llm_adapter/``), so not needed in this file.
+    Keys the file repeats for one tied tensor must agree (:func:`mowe.state_dicts.check_aliases`).
     """
+    from mowe.state_dicts import alias_groups, check_aliases
+
+    path = os.fspath(path)
     try:
         with safe_open(path, framework="pt", device=str(map_location)) as f:
             sd = {k: f.get_tensor(k) for k in f.keys()}
@@ -130,15 +135,47 @@ def load_weights(model: MoWEAudioLLM, path: str, *, map_location: str | torch.de
         raise CheckpointError(f"{path}: unreadable or corrupt safetensors file ({e})") from e
     own = model.state_dict()
     unexpected = [k for k in sd if k not in own]
-    mismatched = [k for k in sd if k in own and own[k].shape != sd[k].shape]
+    mismatched = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in sd
+                  if k in own and own[k].shape != sd[k].shape]
     if unexpected or mismatched:
         raise CheckpointError(f"{path}: does not fit this model (unexpected keys {unexpected[:3]}, "
-                              f"shape mismatches {mismatched[:3]})")
+                              f"shape mismatches (file != model) {mismatched[:3]})")
     # Frozen towers with a source may be absent (referenced, not copied); any other missing key is damage.
     missing = [k for k in keys_to_save(model, save_frozen=False) if k not in sd and k not in loaded]
     if missing:
-        raise CheckpointError(f"{path}: missing weights {missing[:3]} ({len(missing)} in all)")
+        hint = ""
+        if any(".lora_" in k for k in missing):
+            from mowe.hf.adapter import ADAPTER_DIR
+
+            hint = (f"; the LoRA weights are saved in {ADAPTER_DIR}/ beside this file, which is not there (copy the "
+                    f"whole folder written by save_pretrained)")
+        raise CheckpointError(f"{path}: missing weights {missing[:3]} ({len(missing)} in all){hint}")
+    check_aliases(sd, alias_groups(model), where=path, current=own)
     model.load_state_dict(sd, strict=False)
+
+
+def load_saved_weights(model: MoWEAudioLLM, path: str | os.PathLike, *,
+                       map_location: str | torch.device = "cpu") -> None:
+    """Everything :func:`save_model` wrote into ``model``: ``llm_adapter/`` (the LoRA, when the folder has one) and
+    then ``model.safetensors``. ``path``: the model folder or its ``model.safetensors``; a file without an
+    ``llm_adapter/`` beside it (a checkpoint's, LoRA inline, or a folder from before adapters) loads as it is.
+
+    Raises:
+        CheckpointError: a missing or damaged file, an adapter for a model without LoRA (or one that does not fit
+            its LLM), or weights that do not fit (names the file and the keys).
+    """
+    from mowe.hf.adapter import ADAPTER_DIR, adapter_keys, load_adapter
+
+    path = os.fspath(path)
+    file = os.path.join(path, WEIGHTS_NAME) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise CheckpointError(f"{file}: missing; give a folder written by save_pretrained or its {WEIGHTS_NAME}")
+    adapter = os.path.join(os.path.dirname(os.path.abspath(file)), ADAPTER_DIR)
+    loaded: list[str] = []
+    if os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+        load_adapter(model, adapter)
+        loaded = adapter_keys(model)
+    load_weights(model, file, map_location=map_location, loaded=loaded)
 
 
 _AUTO_KWARGS = ("trust_remote_code", "adapter_kwargs", "_from_auto", "proxies", "use_safetensors")
@@ -160,7 +197,7 @@ def load_model(cls: type, name_or_path: str | os.PathLike, *, encoders: Mapping[
         CheckpointError: no such folder / repository, a missing or damaged file (naming it).
         MoWEInputError: a keyword this loader does not take.
     """
-    from mowe.hf.adapter import ADAPTER_DIR, adapter_keys, has_lora, load_adapter
+    from mowe.hf.adapter import has_lora
     from mowe.hf.config import read_mowe_config
     from mowe.hf.hub import resolve_model_dir
 
@@ -176,12 +213,7 @@ def load_model(cls: type, name_or_path: str | os.PathLike, *, encoders: Mapping[
     elif hasattr(config, "to_mowe_config"):
         config = config.to_mowe_config()
     model = cls.from_config(config, encoders=encoders, allow_components=list(allow_components or ()))
-    adapter = os.path.join(directory, ADAPTER_DIR)
-    loaded: list[str] = []
-    if os.path.isfile(os.path.join(adapter, "adapter_config.json")):
-        load_adapter(model, adapter)
-        loaded = adapter_keys(model)
-    load_weights(model, w_path, map_location=map_location, loaded=loaded)
+    load_saved_weights(model, w_path, map_location=map_location)
     if os.path.isfile(os.path.join(directory, "generation_config.json")):
         from transformers import GenerationConfig
 

@@ -306,11 +306,44 @@ def _pickled_bin_refused(tmp):
         raise
 
 
+def _pickled_transformers_folder(tmp, model) -> str:
+    """``model`` saved as a legacy ``pytorch_model.bin`` holding a non-tensor object (no safetensors file)."""
+    d = tmp / "legacy-model"
+    model.save_pretrained(d)
+    (d / "model.safetensors").unlink()
+    torch.save({**model.state_dict(), "extra": argparse.Namespace()}, d / "pytorch_model.bin")
+    return str(d)
+
+
+def _pickled_llm_refused(tmp):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mowe.builders import build_llm
+
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1))
+    build_llm(LLMConfig(name_or_path=_pickled_transformers_folder(tmp, llm)), LoRAConfig())
+
+
+def _pickled_hubert_refused(tmp):
+    from transformers import HubertConfig, HubertModel
+
+    from mowe.encoders.hubert import HubertEncoder
+
+    cfg = HubertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                       conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    HubertEncoder.from_pretrained(_pickled_transformers_folder(tmp, HubertModel(cfg)))
+
+
+_REFUSED = r"legacy-model/pytorch_model\.bin: the {}'s pickle weight file was refused by torch\.load\(weights_only" \
+           r"=True\).*GLOBAL argparse\.Namespace"
 API_CASES += [
+    Case("weights-only-refusal-llm", _pickled_llm_refused, CheckpointError, _REFUSED.format("LLM")),
+    Case("weights-only-refusal-hubert", _pickled_hubert_refused, CheckpointError, _REFUSED.format("hubert encoder")),
     Case("weights-only-refusal-bin", _pickled_bin_refused, CheckpointError, r"pytorch_model\.bin: not a loadable"),
     Case("missing-llm-folder", _missing_llm_folder, CheckpointError, r"llm\.name_or_path.*models/llm.*does not exist"),
     Case("missing-llm-dot-path", _missing_llm_dot, CheckpointError, r"\./no-such-llm-folder.*does not exist"),
-    Case("missing-encoder-folder", _missing_encoder_folder, CheckpointError, r"'strong'.*~/no-such-whisper"),
+    Case("missing-encoder-folder", _missing_encoder_folder, CheckpointError, r"model\.strong\.name_or_path: .*~/no-such-whisper"),
 ]
 OK_CASES = [_manifest_with_bom, _config_with_bom, _non_utf8_name_bytes, _non_utf8_name_str,
             _non_utf8_name_in_manifest, _fifo_with_writer, _small_alias_is_fine]

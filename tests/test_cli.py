@@ -73,6 +73,20 @@ def test_train_then_infer_from_the_command_line(corpus, tmp_path):
         ids = model.generate(batch["input_ids"], batch["waveforms"], batch["wave_lengths"],
                              attention_mask=batch["attention_mask"], max_new_tokens=4, num_beams=2)
     assert res.stdout == proc.decode(ids)[0] + "\n"
+    assert _warnings(res.stderr) == []
+
+    # mowe eval on the same model: no warning either (dependencies' own deprecations are filtered, mowe's calls
+    # use current APIs), only its progress bar on stderr.
+    res = _mowe("eval", "--model", str(out / "final"), "--manifest", str(corpus / "train.jsonl"), "--out",
+                str(tmp_path / "eval"), "--max-new-tokens", "2")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _warnings(res.stderr) == [] and (tmp_path / "eval" / "eval.json").is_file()
+
+
+def _warnings(stderr: str) -> list[str]:
+    """Lines of a command's stderr that report a warning (Python's warnings module, transformers' logger)."""
+    return [ln for ln in stderr.splitlines()
+            if any(w in ln for w in ("Warning", "warnings.warn", "deprecated", "[transformers]", "WARNING"))]
 
 
 def test_unknown_key_in_the_run_file_exits_2_naming_it(tmp_path, capsys):

@@ -174,7 +174,7 @@ def test_custom_components_train_from_the_cli_and_reload_in_a_fresh_process(work
     from mowe import MoWEAudioLLM
     from mowe.data.processor import MoWEProcessor
 
-    with pytest.raises(ConfigError, match=r"weak\.conv25: component 'my_parts\.Conv' is outside mowe"):
+    with pytest.raises(ConfigError, match=r"^model\.weak\.conv25: component 'my_parts\.Conv' is outside mowe"):
         MoWEAudioLLM.from_pretrained(final, allow_components=["my_partsX", "other"])
     model = MoWEAudioLLM.from_pretrained(final, allow_components=["my_parts"]).eval()
     state = model.state_dict()

@@ -97,7 +97,7 @@ def test_save_and_reload_a_model_with_components(my_parts, tmp_path):
     torch.manual_seed(0)
     model = MoWEAudioLLM.from_config(cfg).eval()
     model.save_pretrained(tmp_path / "m")
-    with pytest.raises(ConfigError, match=r"weak\.c: component 'my_parts\.Conv'.*allow_components=\['my_parts'\]"):
+    with pytest.raises(ConfigError, match=r"^model\.weak\.c: component 'my_parts\.Conv'.*allow_components=\['my_parts'\]"):
         MoWEAudioLLM.from_pretrained(tmp_path / "m")
     again = MoWEAudioLLM.from_pretrained(tmp_path / "m", allow_components=[my_parts]).eval()
     ids, wave_ = torch.tensor([[1, 5, 7, 8], [1, 5, 7, 8]]), torch.randn(2, 9000)
@@ -138,3 +138,24 @@ def test_a_component_encoder_entry_is_saved_as_family_component():
     assert EncoderConfig().family == "whisper"
     with pytest.raises(ConfigError, match="family 'component' but no component"):
         build_encoder(EncoderConfig(family="component"), name="c")
+
+
+def test_build_and_load_errors_name_config_keys_in_one_form(my_parts, tmp_path):
+    """Building, the run-file loader and the config.json loader all name a model key as ``model.<path>``."""
+    import json
+
+    from mowe.config import LLMConfig
+    from mowe.hf.config import read_mowe_config
+
+    cfg = tiny_config(weak=1).replace(router=RouterConfig(component=f"{my_parts}.DurationRouter", top_k=1))
+    with pytest.raises(ConfigError, match=r"^model\.router: component 'my_parts\.DurationRouter' is outside mowe"):
+        MoWEAudioLLM.from_config(cfg, allow_components=["other"])
+    with pytest.raises(ConfigError, match=r"^model\.weak\.c: component 'my_parts\.Nope': 'my_parts' has no"):
+        MoWEAudioLLM.from_config(cfg.replace(weak={"c": EncoderConfig(component=f"{my_parts}.Nope")}))
+    with pytest.raises(ConfigError, match=r"^model\.llm: set name_or_path"):
+        MoWEAudioLLM.from_config(tiny_config(weak=False).replace(llm=LLMConfig()))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mowe", "router": {"top_k": "two"}}))
+    with pytest.raises(ConfigError, match=r"config\.json: model\.router\.top_k: expected int"):
+        read_mowe_config(tmp_path / "config.json")
+    with pytest.raises(ConfigError, match=r"^model\.router\.top_k: expected int"):
+        from_dict(MoWEConfig, {"router": {"top_k": "two"}}, where="model")  # the run file's section, as loaded

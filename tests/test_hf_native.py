@@ -216,14 +216,15 @@ def test_inference_settings_are_saved_and_applied_on_load(tmp_path):
 
     preset = salmonn(tiny=True, faithful=False)
     assert preset.config.inference == InferenceConfig(PROMPT_TEMPLATES["salmonn"], 1.0)
-    cfg = tiny_config(weak=False).replace(inference=InferenceConfig(PROMPT_TEMPLATES["salmonn"], 0.5))
+    tok = train_bpe_tokenizer(["what is the sound", "three one four"], vocab_size=300)
+    cfg = tiny_config(weak=False).replace(inference=InferenceConfig(PROMPT_TEMPLATES["salmonn"], 0.5),
+                                          audio_token_id=tok.convert_tokens_to_ids("<|audio|>"))
     model = MoWEAudioLLM.from_config(cfg)
     model.save_pretrained(tmp_path / "m")
     again = MoWEAudioLLM.from_pretrained(tmp_path / "m")
     scales = {m.scaling["default"] for m in again.llm.modules() if isinstance(getattr(m, "scaling", None), dict)}
     alpha_over_r = cfg.lora.alpha / cfg.lora.r
     assert scales == {0.5 * alpha_over_r}
-    tok = train_bpe_tokenizer(["what is the sound", "three one four"], vocab_size=300)
     proc = again.processor_for(tok)
     assert proc.prompt_template == PROMPT_TEMPLATES["salmonn"]
     assert proc.build_prompt("What is it?").endswith("</Speech> What is it?\nASSISTANT:")

@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import AUDIO_ID, make_batch
 
+from mowe.errors import ConfigError
 from mowe.presets import PRESETS, ltu_as, mowe_paper, salmonn
 
 
@@ -87,8 +88,11 @@ def test_set_lora_scale_changes_outputs_and_one_restores_them():
 def test_preset_wires_its_prompt_format_and_inference_lora_scale():
     from mowe.data.tokenizer import train_bpe_tokenizer
 
-    preset = salmonn(tiny=True, audio_token_id=AUDIO_ID, vocab_size=128)
-    proc = preset.processor(train_bpe_tokenizer(["what is the sound"], vocab_size=300))
+    tok = train_bpe_tokenizer(["what is the sound"], vocab_size=300)
+    with pytest.raises(ConfigError, match="for_tokenizer"):  # placeholder id 5 is not the tokenizer's <|audio|>
+        salmonn(tiny=True, audio_token_id=AUDIO_ID, vocab_size=128).processor(tok)
+    preset = salmonn(tiny=True, vocab_size=128).for_tokenizer(tok)
+    proc = preset.processor(tok)
     assert proc.prompt_template == preset.prompt_template and "<Speech>" in proc.build_prompt("what is it")
     def scales(model):
         return {s["default"] for m in model.llm.modules() if isinstance(s := getattr(m, "scaling", None), dict)}

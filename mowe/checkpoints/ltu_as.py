@@ -22,10 +22,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from typing import Any
 
 import torch
 
 from mowe.errors import CheckpointError
+from mowe.state_dicts import alias_groups, check_aliases, peft_base_key
 
 __all__ = ["add_ltu_as_convert_cli", "from_ltu_as", "load_ltu_as_state_dict", "ltu_as_state_dict", "to_ltu_as"]
 
@@ -105,11 +107,10 @@ def load_ltu_as_state_dict(model, state: dict[str, torch.Tensor], *, where: str 
         if k in used or _IGNORED.search(k):
             continue
         # LLM keys: LoRA as they are; base weights also under peft's ``base_layer`` of a wrapped Linear.
-        for cand in ("llm." + k, "llm." + re.sub(r"\.(weight|bias)$", r".base_layer.\1", k)):
-            if cand in own:
-                mapped[cand] = v
-                used.add(k)
-                break
+        cand = peft_base_key("llm." + k, own)
+        if cand is not None:
+            mapped[cand] = v
+            used.add(k)
     unexpected = sorted(k for k in state if k not in used and not _IGNORED.search(k))
     missing = sorted(k for k in _official_audio_keys() if k not in state)
     missing += sorted(k[len("llm."):] for k in lora_own if k not in mapped)
@@ -120,11 +121,13 @@ def load_ltu_as_state_dict(model, state: dict[str, torch.Tensor], *, where: str 
     if bad:
         shapes = [(k, tuple(mapped[k].shape), tuple(own[k].shape)) for k in bad[:5]]
         raise CheckpointError(f"{where}: shape mismatch (key, checkpoint, model) for {shapes}")
+    # LLM weights the file repeats under several names (tied embeddings) must agree: they load into one tensor.
+    check_aliases(mapped, alias_groups(model), where=where, current=own)
     model.load_state_dict(mapped, strict=False)
 
 
 def from_ltu_as(checkpoint: str | os.PathLike, *, whisper: str, llm: str, dtype: torch.dtype = torch.float32,
-                audio_token_id: int | None = None, faithful: bool = True):
+                audio_token_id: int | None = None, faithful: bool = True, tokenizer: Any = None):
     """Build the LTU-AS model (:func:`mowe.presets.ltu_as`) and load the released checkpoint into it.
 
     Args:
@@ -132,14 +135,30 @@ def from_ltu_as(checkpoint: str | os.PathLike, *, whisper: str, llm: str, dtype:
         whisper: openai-whisper ``.pt`` (LTU-AS used ``large-v1.pt``), or a transformers id / folder.
         llm: the LLaMA/Vicuna folder or hub id the checkpoint was trained on.
         dtype: the LLM's and the connector's dtype (float32 by default, as a parity check needs).
-        audio_token_id: the placeholder id in prompts; default the LLM's last vocabulary id (any id your prompts
-            never contain works: its embedding is never read).
+        audio_token_id: the placeholder id in prompts. Default: ``<|audio|>`` added to the LLM's tokenizer as a
+            special token (in place; an id past its vocabulary, which no text produces), or, when the LLM folder
+            has no tokenizer, the first id past the LLM's vocabulary. The LLM gets no row for it (its embedding is
+            never read), so the logits keep LTU-AS's vocabulary.
         faithful: the preset's ``faithful`` switch (see :func:`mowe.presets.ltu_as`).
+        tokenizer: the LLM's tokenizer (or its folder / hub id) when it is not in ``llm``.
 
     Returns:
         A :class:`mowe.MoWEAudioLLM` in eval mode.
+
+    Raises:
+        CheckpointError: the file is unreadable or does not fit (keys named). AudioPlaceholderError: an
+            ``audio_token_id`` that the tokenizer's text produces.
     """
+    return _load(checkpoint, whisper=whisper, llm=llm, dtype=dtype, audio_token_id=audio_token_id, faithful=faithful,
+                 tokenizer=tokenizer)[0]
+
+
+def _load(checkpoint, *, whisper, llm, dtype, audio_token_id, faithful, tokenizer):
+    """``(model, tokenizer or None)``: :func:`from_ltu_as`, and the tokenizer holding the model's placeholder."""
+    from transformers import AutoConfig
+
     from mowe.builders import build_encoder
+    from mowe.checkpoints.placeholder import load_llm_tokenizer, pick_audio_token_id
     from mowe.config import LLMConfig
     from mowe.hub import load_torch_file
     from mowe.model import MoWEAudioLLM
@@ -156,16 +175,15 @@ def from_ltu_as(checkpoint: str | os.PathLike, *, whisper: str, llm: str, dtype:
     layers = int(strong.num_layers)
     # The TLTR takes as many layers as this Whisper has blocks (32 for large); read it from the built encoder.
     connector = dataclasses.replace(cfg.connector, options={**cfg.connector.options, "num_layers_in": layers})
-    if audio_token_id is None:
-        from transformers import AutoConfig
-
-        audio_token_id = AutoConfig.from_pretrained(os.fspath(llm)).vocab_size - 1
-    cfg = cfg.replace(connector=connector, audio_token_id=int(audio_token_id))
+    tok = load_llm_tokenizer(llm, tokenizer)
+    audio_token_id = pick_audio_token_id(tok, audio_token_id,
+                                         vocab_rows=AutoConfig.from_pretrained(os.fspath(llm)).vocab_size)
+    cfg = cfg.replace(connector=connector, audio_token_id=audio_token_id)
     model = MoWEAudioLLM.from_config(cfg, encoders={"strong": strong})
     model.connector.to(dtype)
     load_ltu_as_state_dict(model, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
                            where=path)
-    return model.eval()
+    return model.eval(), tok
 
 
 def add_ltu_as_convert_cli(subparsers) -> None:
@@ -176,16 +194,22 @@ def add_ltu_as_convert_cli(subparsers) -> None:
     p.add_argument("--llm", required=True, help="the Vicuna/LLaMA folder or hub id LTU-AS was trained on")
     p.add_argument("--out", required=True, help="output folder, loadable by MoWEAudioLLM.from_pretrained")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--audio-token-id", type=int, default=None)
+    p.add_argument("--tokenizer", default=None, help="the LLM's tokenizer folder / hub id (default: --llm's)")
+    p.add_argument("--audio-token-id", type=int, default=None,
+                   help="placeholder id (default: <|audio|> added to the tokenizer as a special token)")
     p.set_defaults(func=_convert_main)
 
 
 def _convert_main(args) -> int:
     from mowe.builders import DTYPES
+    from mowe.checkpoints.placeholder import save_converted
+    from mowe.data.templates import PROMPT_TEMPLATES
 
-    model = from_ltu_as(args.checkpoint, whisper=args.whisper, llm=args.llm, dtype=DTYPES[args.dtype],
-                        audio_token_id=args.audio_token_id)
-    model.save_pretrained(args.out)
+    model, tok = _load(args.checkpoint, whisper=args.whisper, llm=args.llm, dtype=DTYPES[args.dtype],
+                       audio_token_id=args.audio_token_id, faithful=True, tokenizer=args.tokenizer)
+    # The processor's prompt: LTU-AS's alpaca format, audio first; the released model's exact prompt (with Whisper's
+    # transcript as its input) is built by mowe.data.ltu_as_prompt.ltu_as_batch.
+    note = save_converted(model, args.out, tok, prompt_template=PROMPT_TEMPLATES["ltu_as"])
     print(f"wrote {args.out} (LTU-AS from {args.checkpoint}; {model.num_parameters(trainable_only=True):,} "
-          f"trainable parameters)")
+          f"trainable parameters; {note})")
     return 0

@@ -10,7 +10,12 @@ The official training code saves ``{"model": state_dict}`` holding only what tra
 * ``llama_model.base_model.model.<module>.lora_{A,B}.default.weight``: PEFT LoRA on the LLM (``q_proj`` and
   ``v_proj`` for LLaMA; files from PEFT before 0.3 lack the ``.default`` adapter name, and load too);
 * buffers the official save keeps but nothing reads: ``speech_Qformer.bert.embeddings.position_ids`` and the
-  LLaMA layers' ``rotary_emb.inv_freq``. They are accepted and ignored.
+  LLaMA layers' ``rotary_emb.inv_freq``. They are accepted and ignored;
+* the other names of frozen tied tensors: the save drops frozen parameters by the names ``named_parameters()``
+  lists, which names a tied tensor once, so BEATs' relative-attention table of layers 1+ (layer 0's, shared)
+  stays as ``beats.encoder.layers.{i}.self_attn.relative_attention_bias.weight`` (11 keys for 12 layers). Such
+  ``beats.*``, ``speech_encoder.*`` and ``llama_model.*`` copies must equal the tensor loaded from the BEATs /
+  Whisper / LLM given (:func:`mowe.state_dicts.check_frozen_copies`); one that does not is an error naming it.
 
 Whisper, BEATs and the base LLM are frozen there and not in the file: :func:`from_salmonn` takes them by path.
 The result is the :func:`mowe.presets.salmonn` ``faithful=True`` layout, sized from the checkpoint.
@@ -22,15 +27,19 @@ import argparse
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from mowe.checkpoints.placeholder import save_converted, seed_vocabulary
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.state_dicts import check_frozen_copies, peft_base_key
 
 __all__ = ["add_salmonn_convert_cli", "from_salmonn", "salmonn_config", "to_salmonn"]
 
+PAD_TOKEN = "[PAD]"  # the pad token the official code adds to the LLaMA tokenizer (and a row to the LLM)
 _QF = "speech_Qformer.bert."
 _LLM = "llama_model."
 _IGNORED = re.compile(r"(^|\.)position_ids$|(^|\.)rotary_emb\.inv_freq$")
@@ -151,19 +160,21 @@ def _need(state: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Tens
 
 def salmonn_config(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats: str, llm: str,
                    num_heads: int = 12, lora_alpha: int = 32, lora_dropout: float = 0.1, window: int = 17,
-                   audio_token_id: int = 0, dtype: str = "float32") -> MoWEConfig:
+                   audio_token_id: int | None = None, dtype: str = "float32", tokenizer: Any = None) -> MoWEConfig:
     """The :class:`MoWEConfig` of a SALMONN checkpoint: the ``salmonn(faithful=True)`` layout, with the Q-Former
     and LoRA sizes read from the file (``num_heads`` and ``lora_alpha`` are not stored in it: BERT-base's 12 heads
-    and SALMONN's alpha 32 are the defaults). Arguments as :func:`from_salmonn`."""
+    and SALMONN's alpha 32 are the defaults). Arguments as :func:`from_salmonn` (a tokenizer given or found in the
+    LLM folder gets ``[PAD]`` and ``<|audio|>`` added, in place)."""
     state, where = _read_state(checkpoint)
+    _, vocab_size, audio_token_id = seed_vocabulary(llm, tokenizer, audio_token_id, pad_token=PAD_TOKEN)
     return _config_from_state(state, where, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads,
                               lora_alpha=lora_alpha, lora_dropout=lora_dropout, window=window,
-                              audio_token_id=audio_token_id, dtype=dtype)
+                              audio_token_id=audio_token_id, dtype=dtype, vocab_size=vocab_size)
 
 
 def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper: str, beats: str, llm: str,
                        num_heads: int, lora_alpha: int, lora_dropout: float, window: int, audio_token_id: int,
-                       dtype: str) -> MoWEConfig:
+                       dtype: str, vocab_size: int | None) -> MoWEConfig:
     queries = _need(state, "speech_query_tokens", where)
     if queries.dim() != 3 or queries.shape[0] != 1:
         raise CheckpointError(f"SALMONN checkpoint {where}: speech_query_tokens has shape {tuple(queries.shape)}, "
@@ -182,17 +193,17 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
     targets = tuple(sorted({k.split(".lora_A.")[0].rsplit(".", 1)[-1] for k in lora_a}))
     if dtype not in _DTYPES:
         raise MoWEInputError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    span = dict(min_seconds=1.0, max_seconds=30.0)  # the official loader's clip span
+    span = {"min_seconds": 1.0, "max_seconds": 30.0}  # the official loader's clip span
     whisper, beats, llm = (_where(p) for p in (whisper, beats, llm))
-    qf = dict(hidden_dim=int(queries.shape[2]), num_heads=num_heads, num_layers=len(layers),
-              num_queries=int(queries.shape[1]), window=window, stride=window, ffn_dim=int(ffn),
-              stream_dims=dims, partial_window="drop")
+    qf = {"hidden_dim": int(queries.shape[2]), "num_heads": num_heads, "num_layers": len(layers),
+          "num_queries": int(queries.shape[1]), "window": window, "stride": window, "ffn_dim": int(ffn),
+          "stream_dims": dims, "partial_window": "drop"}
     return MoWEConfig(
         strong=EncoderConfig("whisper", name_or_path=whisper, full_window=True, **span),
         weak={"beats": EncoderConfig("beats", name_or_path=beats, **span)},
         router=RouterConfig(data_dependent=False, top_k=1, aux_loss_weight=0.0, align="pad"),
         connector=ConnectorConfig("qformer", qf),
-        llm=LLMConfig(name_or_path=llm, dtype=dtype),
+        llm=LLMConfig(name_or_path=llm, dtype=dtype, vocab_size=vocab_size),
         lora=LoRAConfig(r=ranks.pop(), alpha=lora_alpha, dropout=lora_dropout, target_modules=targets),
         audio_token_id=audio_token_id,
     )
@@ -200,7 +211,7 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
 
 def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats: str, llm: str,
                  num_heads: int = 12, lora_alpha: int = 32, lora_dropout: float = 0.1, window: int = 17,
-                 audio_token_id: int = 0, dtype: str = "float32"):
+                 audio_token_id: int | None = None, dtype: str = "float32", tokenizer: Any = None):
     """Load a released SALMONN checkpoint into a :class:`~mowe.MoWEAudioLLM`.
 
     Args:
@@ -211,35 +222,92 @@ def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats
         num_heads: Q-Former attention heads (not stored in the file; 12 as BERT-base).
         lora_alpha: LoRA alpha (not stored in the file; 32 as SALMONN). ``lora_dropout``: 0.1 as SALMONN.
         window: frames per Q-Former window and stride (17 = 0.333333 s at 50 Hz, as SALMONN).
-        audio_token_id: the placeholder token id prompts use for the audio.
+        audio_token_id: the placeholder id prompts use for the audio. Default: ``<|audio|>`` added to the LLM's
+            tokenizer as a special token after ``[PAD]`` (an id past the vocabulary, which no text produces; no
+            LLM row), or the first id past the vocabulary when the LLM folder has no tokenizer.
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` for the LLM and the trained parts.
+        tokenizer: the LLM's tokenizer (or its folder / hub id) when it is not in ``llm``; ``[PAD]`` and
+            ``<|audio|>`` are added to it in place.
+
+    The LLM gets SALMONN's vocabulary: the official code adds ``[PAD]`` to the tokenizer and resizes the LLM to the
+    tokenizer's length, one row more than the base LLM. That row is drawn at random on every official start and is
+    in no file; mowe fills it with the mean of the other rows (:func:`mowe.builders.resize_vocab`), the centre of
+    what transformers' ``mean_resizing`` draws, so a reload reproduces the logits, that column included.
 
     Returns:
         The model, in eval mode, computing what the official code computes (see :func:`mowe.presets.salmonn`).
 
     Raises:
-        CheckpointError: the file is unreadable, a key is missing or not SALMONN's (named), or a shape does not
-            fit the Whisper / BEATs / LLM given.
+        CheckpointError: the file is unreadable, a key is missing or not SALMONN's (named), a frozen tensor it
+            repeats differs from the one given, or a shape does not fit the Whisper / BEATs / LLM given.
+        AudioPlaceholderError: an ``audio_token_id`` that the tokenizer's text produces.
     """
+    return _load(checkpoint, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads, lora_alpha=lora_alpha,
+                 lora_dropout=lora_dropout, window=window, audio_token_id=audio_token_id, dtype=dtype,
+                 tokenizer=tokenizer)[0]
+
+
+def _load(checkpoint, *, audio_token_id, tokenizer, **kw):
+    """``(model, tokenizer or None)``: :func:`from_salmonn`, and the tokenizer holding its placeholder."""
     from mowe.model import MoWEAudioLLM
 
     state, where = _read_state(checkpoint)
-    cfg = _config_from_state(state, where, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads,
-                             lora_alpha=lora_alpha, lora_dropout=lora_dropout, window=window,
-                             audio_token_id=audio_token_id, dtype=dtype)
+    tok, vocab_size, audio_token_id = seed_vocabulary(kw["llm"], tokenizer, audio_token_id, pad_token=PAD_TOKEN)
+    cfg = _config_from_state(state, where, audio_token_id=audio_token_id, vocab_size=vocab_size, **kw)
     try:
         model = MoWEAudioLLM.from_config(cfg)
     except MoWEInputError as e:
         raise CheckpointError(f"SALMONN checkpoint {where} does not fit the encoders / LLM given: {e}") from e
     _load_official(model, state, where)
-    if dtype != "float32":
-        model.connector.to(_DTYPES[dtype])
-    return model.eval()
+    if kw["dtype"] != "float32":
+        model.connector.to(_DTYPES[kw["dtype"]])
+    return model.eval(), tok
+
+
+_TOWER_NAMES = {"speech_encoder.": "Whisper", "beats.": "BEATs", _LLM: "LLM"}
+
+
+def _frozen_towers(model: nn.Module) -> dict[str, nn.Module]:
+    """Official key prefix -> the mowe module holding the same frozen tensors under the same inner names."""
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
+
+    from mowe.encoders.beats import BEATsEncoder
+
+    def find(root: nn.Module, cls: type) -> nn.Module | None:
+        return next((m for m in root.modules() if isinstance(m, cls)), None)
+
+    towers = {"speech_encoder.": find(model.strong_encoder, HFWhisperEncoder), _LLM: model.llm}
+    if model.pool is not None:
+        towers["beats."] = find(model.pool, BEATsEncoder)
+    return {p: m for p, m in towers.items() if m is not None}
+
+
+def _frozen_copies(model: nn.Module, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+                   ) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Sort the file's keys that are not trained parts: ``({prefix: {module key: file key}}, unknown keys)``.
+
+    The official save drops frozen parameters by the names ``named_parameters()`` lists, so the other names of a
+    tied frozen tensor stay in the file (BEATs' relative-position table of layers 1+, an LLM's tied ``lm_head``).
+    """
+    towers = _frozen_towers(model)
+    own = {p: m.state_dict() for p, m in towers.items()}
+    copies: dict[str, dict[str, str]] = {p: {} for p in towers}
+    unknown = []
+    for k in state:
+        if k in expected:
+            continue
+        prefix = next((p for p in towers if k.startswith(p)), None)
+        inner = None if prefix is None else peft_base_key(k[len(prefix):], own[prefix])
+        if inner is None:
+            unknown.append(k)
+        else:
+            copies[prefix][inner] = k
+    return copies, sorted(unknown)
 
 
 def _load_official(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     expected = _official_names(model)
-    unknown = sorted(set(state) - set(expected))
+    copies, unknown = _frozen_copies(model, state, expected)
     missing = sorted(set(expected) - set(state))
     if unknown or missing:
         raise CheckpointError(f"SALMONN checkpoint {where} does not match this model: "
@@ -248,12 +316,16 @@ def _load_official(model: nn.Module, state: dict[str, torch.Tensor], where: str)
              if state[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"SALMONN checkpoint {where}: shapes do not fit the encoders / LLM given: {wrong[:5]}")
+    for prefix, module in _frozen_towers(model).items():
+        check_frozen_copies({inner: state[k] for inner, k in copies[prefix].items()}, module,
+                            where=f"SALMONN checkpoint {where}", names=copies[prefix], prefix=prefix,
+                            what=f"the {_TOWER_NAMES[prefix]} given")
     with torch.no_grad():
         for k, v in _official_to_connector(state, model.connector).items():
             model.connector.get_parameter(k).copy_(v)
-        for k, v in state.items():
+        for k, v in expected.items():
             if k.startswith(_LLM):
-                model.llm.get_parameter(k[len(_LLM):]).copy_(v)
+                model.llm.get_parameter(k[len(_LLM):]).copy_(state[k])
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -313,15 +385,19 @@ def add_salmonn_convert_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
     p.add_argument("--num-heads", type=int, default=12, help="Q-Former heads (not stored in the file)")
     p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (not stored in the file)")
-    p.add_argument("--audio-token-id", type=int, default=0, help="the prompts' audio placeholder token id")
+    p.add_argument("--tokenizer", default=None, help="the LLM's tokenizer folder / hub id (default: --llm's)")
+    p.add_argument("--audio-token-id", type=int, default=None,
+                   help="placeholder id (default: <|audio|> added to the tokenizer as a special token)")
     p.set_defaults(func=_cmd_convert_salmonn)
     return p
 
 
 def _cmd_convert_salmonn(args: argparse.Namespace) -> int:
-    model = from_salmonn(args.checkpoint, whisper=args.whisper, beats=args.beats, llm=args.llm,
-                         num_heads=args.num_heads, lora_alpha=args.lora_alpha,
-                         audio_token_id=args.audio_token_id, dtype=args.dtype)
-    model.save_pretrained(args.out)
-    print(f"wrote {args.out}")
+    from mowe.data.templates import PROMPT_TEMPLATES
+
+    model, tok = _load(args.checkpoint, whisper=args.whisper, beats=args.beats, llm=args.llm,
+                       num_heads=args.num_heads, lora_alpha=args.lora_alpha, lora_dropout=0.1, window=17,
+                       audio_token_id=args.audio_token_id, dtype=args.dtype, tokenizer=args.tokenizer)
+    note = save_converted(model, args.out, tok, prompt_template=PROMPT_TEMPLATES["salmonn"])
+    print(f"wrote {args.out} ({note})")
     return 0

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mowe.errors import MoWEInputError
+from mowe.errors import AudioPlaceholderError, MoWEInputError
 
 __all__ = ["LTU_AS_PROMPT", "LTU_AS_PROMPT_NO_INPUT", "clean_transcript", "ltu_as_batch", "ltu_as_input_ids",
            "ltu_as_prompt"]
@@ -46,8 +46,23 @@ def ltu_as_prompt(instruction: str, transcript: str | None) -> str:
 
 
 def ltu_as_input_ids(tokenizer, instruction: str, transcript: str | None, *, audio_token_id: int) -> list[int]:
-    """``[audio_token_id] + tokenizer(prompt).input_ids``: the official order (audio, BOS, prompt)."""
-    return [int(audio_token_id)] + list(tokenizer(ltu_as_prompt(instruction, transcript)).input_ids)
+    """``[audio_token_id] + tokenizer(prompt).input_ids``: the official order (audio, BOS, prompt).
+
+    Raises:
+        AudioPlaceholderError: the prompt's text produced ``audio_token_id`` too (a placeholder text can produce;
+            :func:`mowe.data.tokenizer.check_audio_placeholder` says why).
+    """
+    ids = list(tokenizer(ltu_as_prompt(instruction, transcript)).input_ids)
+    if int(audio_token_id) in ids:
+        from mowe.data.tokenizer import check_audio_placeholder
+
+        try:  # the full check says why text produces it (a real tokenizer; stand-ins lack its methods)
+            check_audio_placeholder(tokenizer, int(audio_token_id))
+        except (AttributeError, TypeError):
+            pass
+        raise AudioPlaceholderError(f"audio placeholder id {audio_token_id} occurs in the tokenized prompt text for "
+                                    f"instruction {instruction!r}; use an added special token as the placeholder")
+    return [int(audio_token_id)] + ids
 
 
 def ltu_as_batch(tokenizer, instructions: Sequence[str], *, audio_token_id: int,

@@ -110,6 +110,8 @@ class MoWEProcessor:
     Raises:
         ConfigError: an invalid option, a template with a field other than audio/instruction/system or without
             audio/instruction, an audio token that the tokenizer splits, or a tokenizer without eos.
+        AudioPlaceholderError: text can produce the audio token's id (an ordinary vocabulary piece, or bos / eos /
+            pad / unk): :func:`mowe.data.tokenizer.add_audio_token` gives a safe one.
     """
 
     def __init__(self, tokenizer: Any, *, audio_token: str = "<|audio|>",
@@ -421,18 +423,15 @@ def pad_tokens(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int
 
 def _token_ids(tokenizer: Any, audio_token: str) -> tuple[int, int]:
     """(audio placeholder id, pad id) of ``tokenizer``; ConfigError if the placeholder is not one token or there
-    is no eos token (answers end with it; it also pads when the tokenizer has no pad token)."""
-    ids = tokenizer(audio_token, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise ConfigError(
-            f"audio_token {audio_token!r} is {len(ids)} tokens for this tokenizer, not one; add it first "
-            f"(tokenizer.add_special_tokens({{'additional_special_tokens': [{audio_token!r}]}}) and resize the "
-            f"LLM's embeddings) or train one with mowe.data.tokenizer.train_bpe_tokenizer"
-        )
+    is no eos token (answers end with it; it also pads when the tokenizer has no pad token), AudioPlaceholderError
+    if text can produce the placeholder (:func:`mowe.data.tokenizer.audio_placeholder_id`)."""
+    from mowe.data.tokenizer import audio_placeholder_id
+
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos token; answers must end with one")
+    audio_id = audio_placeholder_id(tokenizer, audio_token)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(ids[0]), int(pad)
+    return audio_id, int(pad)
 
 
 def _check_options(*, audio_token, system_prompt, prompt_template, paraphrases, max_audio_seconds, length_policy,

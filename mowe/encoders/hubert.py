@@ -26,6 +26,7 @@ from mowe.encoders.base import (
     set_trainable,
 )
 from mowe.errors import MoWEInputError
+from mowe.hub import naming_refused_pickles
 
 __all__ = ["HUBERT_PRESETS", "HubertEncoder"]
 
@@ -119,7 +120,8 @@ class HubertEncoder(nn.Module):
         config = AutoConfig.from_pretrained(name_or_path)
         if config.model_type not in ("hubert", "wav2vec2", "wavlm"):
             raise MoWEInputError(f"{name_or_path}: model_type {config.model_type!r} is not hubert/wav2vec2/wavlm")
-        model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
+        with naming_refused_pickles(name_or_path, what=f"{config.model_type} encoder"):
+            model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
         if normalize_waveform is None:
             normalize_waveform = _reads_normalize_flag(name_or_path)
         return cls(model, freeze=freeze, normalize_waveform=normalize_waveform, bucket_padding=bucket_padding,

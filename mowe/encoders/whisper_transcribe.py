@@ -75,7 +75,10 @@ class WhisperTranscriber(nn.Module):
         if str(name_or_path).endswith(".pt"):
             model = load_openai_whisper(name_or_path, model=True)
         else:
-            model = WhisperForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
+            from mowe.hub import naming_refused_pickles
+
+            with naming_refused_pickles(name_or_path, what="Whisper"):
+                model = WhisperForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
         tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else \
             WhisperTokenizer.from_pretrained(tokenizer or name_or_path)
         names = ["<|startoftranscript|>"]

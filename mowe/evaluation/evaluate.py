@@ -124,16 +124,12 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
 
 
 def _cmd_eval(args) -> int:
-    from mowe.cli import place_model
+    from mowe.cli import load_for_inference
     from mowe.data.manifest import ManifestDataset
-    from mowe.data.processor import MoWEProcessor
     from mowe.errors import ConfigError
-    from mowe.model import MoWEAudioLLM
 
-    model = place_model(MoWEAudioLLM.from_pretrained(args.model, allow_components=getattr(args, "allow_components", None)),
-                        device=args.device, dtype=args.dtype)
-    proc_dir = args.processor or args.model
-    processor = MoWEProcessor.from_pretrained(proc_dir)
+    model, processor = load_for_inference(args.model, device=args.device, dtype=args.dtype, processor=args.processor,
+                                          allow_components=getattr(args, "allow_components", None))
     dataset = ManifestDataset(args.manifest, on_bad_example=args.on_bad_example)
     task_metrics = {}
     for item in args.metric or ():

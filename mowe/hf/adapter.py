@@ -57,13 +57,22 @@ def load_adapter(model: MoWEAudioLLM, folder: str) -> None:
     if not has_lora(model.llm):
         raise CheckpointError(f"{folder}: an LLM adapter was saved but this model's LLM has no LoRA "
                               f"(llm.train is not 'lora')")
-    from peft.utils import load_peft_weights, set_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 
     try:
         weights = load_peft_weights(folder, device="cpu")
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{folder}: unreadable adapter weights ({type(e).__name__}: {e})") from e
+    own = get_peft_model_state_dict(model.llm)  # the adapter's keys, as saved
+    for key, value in weights.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"{folder}: the adapter does not fit this LLM: {key} is {tuple(value.shape)} in the adapter but "
+                f"{tuple(own[key].shape)} in the model (another LoRA rank, target or LLM width)")
+    try:
         result = set_peft_model_state_dict(model.llm, weights)
-    except Exception as e:  # safetensors / size-mismatch errors come in several types
-        raise CheckpointError(f"{folder}: unreadable adapter or one that does not fit this LLM ({e})") from e
+    except Exception as e:  # what the shape check above cannot see
+        raise CheckpointError(f"{folder}: an adapter that does not fit this LLM ({e})") from e
     if result.unexpected_keys:
         raise CheckpointError(f"{folder}: adapter weights that fit no LoRA module: {result.unexpected_keys[:3]}")
 

@@ -72,7 +72,7 @@ class MoWEPretrainedConfig(PreTrainedConfig):
     def to_mowe_config(self) -> MoWEConfig:
         """The :class:`MoWEConfig` these parts describe, through the strict loader."""
         parts = {k: getattr(self, k) for k in _PARTS if getattr(self, k, None) is not None}
-        return from_dict(MoWEConfig, parts, where="config")
+        return from_dict(MoWEConfig, parts, where="model")
 
     @property
     def mowe(self) -> MoWEConfig:
@@ -99,7 +99,7 @@ def read_mowe_config(source: str | os.PathLike | dict[str, Any], *, where: str |
         ConfigError: not JSON, a ``model_type`` other than ``"mowe"``, an unknown key or a wrong type (naming it).
     """
     if isinstance(source, dict):
-        data, where = dict(source), where or "config"
+        data = dict(source)
     else:
         from mowe.config import read_config_file
 
@@ -109,5 +109,12 @@ def read_mowe_config(source: str | os.PathLike | dict[str, Any], *, where: str |
             raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
     kind = data.get("model_type", "mowe")
     if kind != "mowe":
-        raise ConfigError(f"{where}: model_type is {kind!r}, not 'mowe'; is this a mowe model folder?")
-    return from_dict(MoWEConfig, {k: v for k, v in data.items() if k not in HF_KEYS or k in _PARTS}, where=where)
+        raise ConfigError(f"{where or 'config'}: model_type is {kind!r}, not 'mowe'; is this a mowe model folder?")
+    # Keys are named as everywhere else (model.router.top_k), after the file: "<file>: model.router.top_k: ...".
+    parts = {k: v for k, v in data.items() if k not in HF_KEYS or k in _PARTS}
+    try:
+        return from_dict(MoWEConfig, parts, where="model")
+    except ConfigError as e:
+        if where is None:
+            raise
+        raise ConfigError(f"{where}: {e}") from e

@@ -99,11 +99,13 @@ class MoWEHubMixin:
                                  cache_dir=cache_dir, local_files_only=local_files_only,
                                  allow_components=allow_components, **kwargs)
 
-    def load_weights(self, path: str, *, map_location: str | torch.device = "cpu") -> None:
-        """Load a ``model.safetensors`` written by :meth:`save_pretrained`; every key must fit this model."""
+    def load_weights(self, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> None:
+        """Load what :meth:`save_pretrained` wrote into this model (built with the same config): ``path`` is the
+        folder or its ``model.safetensors``; the LoRA comes from the ``llm_adapter/`` beside it. Every key must fit
+        this model (:func:`mowe.saving.load_saved_weights`)."""
         from mowe import saving
 
-        saving.load_weights(self, path, map_location=map_location)
+        saving.load_saved_weights(self, path, map_location=map_location)
 
     def merge_lora(self):
         """Merge the LLM's LoRA into its weights in place and return the model (:func:`mowe.hf.adapter.merge_lora`)."""
@@ -122,6 +124,9 @@ class MoWEHubMixin:
         """A :class:`~mowe.data.processor.MoWEProcessor` with the saved ``config.inference.prompt_template``
         (``kwargs`` win)."""
         from mowe.data.processor import MoWEProcessor
+        from mowe.presets import check_placeholder_agrees
 
         template = self.config.inference.prompt_template if self.config is not None else None
-        return MoWEProcessor(tokenizer, **{"prompt_template": template, **kwargs})
+        proc = MoWEProcessor(tokenizer, **{"prompt_template": template, **kwargs})
+        check_placeholder_agrees(proc, self.audio_token_id, what="this model")
+        return proc

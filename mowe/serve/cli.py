@@ -21,18 +21,9 @@ def load_for_serving(path: str, *, device: str = "cpu", dtype: str | None = None
     Raises:
         CheckpointError / ConfigError: no saved model or processor there (naming the file).
     """
-    import torch
+    from mowe.cli import load_for_inference
 
-    from mowe.data.processor import MoWEProcessor
-    from mowe.model import MoWEAudioLLM
-
-    final = os.path.join(path, "final")
-    directory = final if os.path.isfile(os.path.join(final, "config.json")) else path
-    model = MoWEAudioLLM.from_pretrained(directory, allow_components=allow_components).eval().to(device)
-    if dtype is not None and dtype != "float32":
-        for part in (model.llm, model.connector):
-            part.to(getattr(torch, dtype))
-    return model, MoWEProcessor.from_pretrained(directory)
+    return load_for_inference(path, device=device, dtype=dtype, allow_components=allow_components)
 
 
 def _positive(kind):

@@ -38,6 +38,7 @@ from torch import nn
 
 from mowe.errors import CheckpointError
 from mowe.io import open_for_reading, writing_to
+from mowe.state_dicts import alias_groups, check_aliases
 from mowe.training.resume import check_trainer_state, validate_resume
 
 __all__ = [
@@ -338,6 +339,7 @@ def load_model_weights(model: nn.Module, path: str) -> None:
 
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
         return
+    check_aliases(sd, alias_groups(model), where=file, current=own)  # one tied tensor saved under several keys
     model.load_state_dict(sd, strict=False)
 
 

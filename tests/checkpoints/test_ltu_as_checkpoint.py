@@ -101,7 +101,7 @@ def clips(lengths, seed=0):
 
 
 def test_official_layout_loads_strictly_and_round_trips_bit_exactly(files, model, tmp_path):
-    assert model.connector.proj.weight.dtype == torch.float32 and model.audio_token_id == VOCAB - 1
+    assert model.connector.proj.weight.dtype == torch.float32 and model.audio_token_id == VOCAB  # past the vocabulary: this LLM folder has no tokenizer
     to_ltu_as(model, tmp_path / "back.bin")
     back = torch.load(tmp_path / "back.bin", weights_only=True)
     kept = {k: v for k, v in files["state"].items() if not k.endswith("rotary_emb.inv_freq")}
@@ -260,3 +260,25 @@ def test_tltr_equals_the_official_math_on_the_official_weights(files, model):
     with torch.no_grad():
         got = model.connector(feats, torch.tensor([500, 500])).embeds
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_llm_weights_in_the_file_load_and_tied_copies_must_agree(files, tmp_path):
+    """A full save (HF Trainer's pytorch_model.bin) also holds the LLM's weights; a tied LLM's embedding appears
+    under both names, which must agree since they load into one tensor."""
+    llm_cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=D_LLM, intermediate_size=192, num_hidden_layers=LLM_LAYERS,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                          tie_word_embeddings=True)
+    torch.manual_seed(1)
+    LlamaForCausalLM(llm_cfg).save_pretrained(tmp_path / "tied")
+    g = torch.Generator().manual_seed(5)
+    emb = torch.randn(VOCAB, D_LLM, generator=g)
+    state = {**files["state"], f"{P}embed_tokens.weight": emb, "base_model.model.lm_head.weight": emb.clone()}
+    torch.save(state, tmp_path / "full.bin")
+    model = from_ltu_as(tmp_path / "full.bin", whisper=files["whisper"], llm=str(tmp_path / "tied"))
+    assert torch.equal(model.llm.get_input_embeddings().weight, emb)
+    assert model.llm.get_output_embeddings().weight is model.llm.get_input_embeddings().weight
+    state["base_model.model.lm_head.weight"] = emb + 1e-3
+    torch.save(state, tmp_path / "bad.bin")
+    with pytest.raises(CheckpointError, match=r"bad\.bin: llm\.base_model\.model\.lm_head\.weight differs from "
+                                              r"llm\.base_model\.model\.model\.embed_tokens\.weight"):
+        from_ltu_as(tmp_path / "bad.bin", whisper=files["whisper"], llm=str(tmp_path / "tied"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 import pytest
 import torch
@@ -37,7 +38,7 @@ def parts(tmp_path_factory):
     root = tmp_path_factory.mktemp("salmonn")
     torch.manual_seed(0)
     WhisperModel(WhisperConfig(**WHISPER)).save_pretrained(root / "whisper")
-    BEATsEncoder.from_preset("tiny").save_checkpoint(root / "beats.pt")
+    BEATsEncoder.from_preset("tiny", encoder_layers=3).save_checkpoint(root / "beats.pt")  # 2 tied-table aliases
     LlamaForCausalLM(LlamaConfig(**LLAMA)).save_pretrained(root / "llm")
     return dict(whisper=str(root / "whisper"), beats=str(root / "beats.pt"), llm=str(root / "llm")), root
 
@@ -102,6 +103,37 @@ def test_official_layout_loads_strictly_and_round_trips_bit_exactly(parts, model
     assert all(torch.equal(a, b) for a, b in zip(again.connector.state_dict().values(),
                                                   model.connector.state_dict().values()))
     assert model.config.lora.r == R and model.config.lora.target_modules == ("q_proj", "v_proj")
+
+
+def official_save(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """SALMONN's ``runner.save_checkpoint`` on a frozen sub-module: ``state_dict()`` minus the parameters that
+    ``named_parameters()`` lists as not requiring grad. A tied tensor is listed there once, so its other names stay."""
+    frozen = {k for k, p in module.named_parameters() if not p.requires_grad}
+    return {prefix + k: v for k, v in module.state_dict().items() if k not in frozen}
+
+
+def test_official_save_keeps_tied_beats_aliases_they_load_and_a_changed_one_is_named(parts, model, tmp_path):
+    from transformers import WhisperModel
+
+    paths, _ = parts
+    beats = BEATsEncoder.from_checkpoint(paths["beats"])  # frozen; layer 0's relative-attention table in every layer
+    whisper = WhisperModel.from_pretrained(paths["whisper"]).encoder.requires_grad_(False)
+    left = official_save(beats, "beats.") | official_save(whisper, "speech_encoder.")
+    aliases = [f"beats.encoder.layers.{i}.self_attn.relative_attention_bias.weight" for i in (1, 2)]
+    assert sorted(left) == aliases  # what the official file holds besides the trained parts and kept buffers
+    state = official_state() | left
+    torch.save({"model": state}, tmp_path / "salmonn.pth")
+    loaded = from_salmonn(tmp_path / "salmonn.pth", **paths, num_heads=HEADS, lora_alpha=16, audio_token_id=AUDIO_ID)
+    for a, b in ((loaded.connector, model.connector), (loaded.llm, model.llm)):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+    state[aliases[1]] = state[aliases[1]].clone()  # the copies shared one storage in the file
+    state[aliases[1]][0, 0] += 1e-3
+    torch.save({"model": state}, tmp_path / "changed.pth")
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"changed.pth: {aliases[1]} (an alias of beats.encoder.layers.0.self_attn.relative_attention_bias.weight, "
+            f"one tied tensor) differs from the BEATs given (max abs difference 0.001")):
+        from_salmonn(tmp_path / "changed.pth", **paths, num_heads=HEADS, lora_alpha=16, audio_token_id=AUDIO_ID)
 
 
 def test_peft_names_without_the_adapter_name_load_the_same(parts, model):
@@ -244,3 +276,55 @@ def test_unreadable_file_is_a_checkpoint_error(parts, tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="bad.pth"):
         from_salmonn(tmp_path / "bad.pth", **parts[0])
+
+
+def test_convert_gives_salmonn_vocabulary_pad_row_included_and_a_placeholder_no_text_produces(parts, tmp_path,
+                                                                                              capsys):
+    """The official code adds [PAD] to the LLaMA tokenizer and resizes the LLM to it (one row more, drawn at random
+    on every start, in no file); mowe rebuilds that row as the mean of the others, so a converted and reloaded model
+    gives the logits of the official LLM holding that row over every column, [PAD]'s included."""
+    from _tokenizer_helpers import LAST_PIECE, llama_style_tokenizer
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mowe.cli import main
+    from mowe.data.processor import MoWEProcessor
+
+    llm = tmp_path / "vicuna"
+    tok = llama_style_tokenizer(llm)
+    n = len(tok)
+    torch.manual_seed(3)
+    LlamaForCausalLM(LlamaConfig(**{**LLAMA, "vocab_size": n})).save_pretrained(llm)
+    torch.save({"model": official_state()}, tmp_path / "salmonn.pth")
+    paths = parts[0]
+    assert main(["convert", "salmonn", str(tmp_path / "salmonn.pth"), "--whisper", paths["whisper"], "--beats",
+                 paths["beats"], "--llm", str(llm), "--out", str(tmp_path / "m"), "--num-heads", str(HEADS),
+                 "--lora-alpha", "16"]) == 0
+    assert "processor saved" in capsys.readouterr().out
+    model, proc = MoWEAudioLLM.from_pretrained(tmp_path / "m").eval(), MoWEProcessor.from_pretrained(tmp_path / "m")
+    assert (proc.tokenizer.pad_token, proc.tokenizer.pad_token_id) == ("[PAD]", n)
+    assert model.audio_token_id == proc.audio_token_id == n + 1 != tok.convert_tokens_to_ids(LAST_PIECE)
+
+    official = LlamaForCausalLM.from_pretrained(llm)  # models/salmonn.py, in order
+    official_tok = AutoTokenizer.from_pretrained(llm)
+    official_tok.add_special_tokens({"pad_token": "[PAD]"})
+    official.resize_token_embeddings(len(official_tok))
+    with torch.no_grad():
+        for w in (official.get_input_embeddings().weight, official.get_output_embeddings().weight):
+            w[n:] = w[:n].mean(0)  # the one value of the random row that a reload can reproduce
+    official = get_peft_model(official, LoraConfig(r=R, lora_alpha=16, lora_dropout=0.1, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for k, v in official_state().items():
+            if ".lora_" in k:
+                official.get_parameter(k[len("llama_model."):]).copy_(v)
+    embeds = torch.randn(1, 7, LLAMA["hidden_size"])
+    with torch.no_grad():
+        want = official.eval()(inputs_embeds=embeds).logits
+        got = model.llm(inputs_embeds=embeds).logits
+    assert got.shape[-1] == n + 1 and torch.equal(got, want)
+
+    wav, _ = clips([1.5])
+    batch = proc(text="what is said by the brown fox", audio=wav[0], sampling_rate=16000)
+    assert batch["input_ids"].eq(model.audio_token_id).sum() == 1  # "brown" holds the last piece, not the placeholder
+    with torch.no_grad():
+        model(**{k: batch[k] for k in ("input_ids", "attention_mask", "waveforms", "wave_lengths")})

@@ -368,15 +368,19 @@ def test_checkpoint_round_trip(tmp_path):
     assert all(p.requires_grad for p in trainable.parameters())
 
 
-def test_checkpoint_with_only_layer0_bias_table_loads(tmp_path):
+def test_checkpoint_with_only_layer0_bias_table_loads_and_a_differing_copy_is_named(tmp_path):
     path, enc = _official_file(tmp_path)
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    del raw["model"]["encoder.layers.1.self_attn.relative_attention_bias.weight"]
+    raw, key = torch.load(path, map_location="cpu", weights_only=True), "layers.1.self_attn.relative_attention_bias"
+    copy = raw["model"].pop(f"encoder.{key}.weight").clone()  # torch.save kept the copies as one storage
     torch.save(raw, path)
     back = BEATsEncoder.from_checkpoint(path).eval()
     wav, lens = _batch([9000])
     with torch.no_grad():
         torch.testing.assert_close(back(wav, lens).features, enc(wav, lens).features, atol=0, rtol=0)
+    raw["model"][f"encoder.{key}.weight"] = copy.index_fill_(0, torch.tensor([0]), 1.0)
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match=rf"{key}\.weight differs from encoder\.layers\.0\.self_attn\."):
+        BEATsEncoder.from_checkpoint(path)
 
 
 def test_missing_file(tmp_path):

@@ -21,6 +21,30 @@ def test_frontend_matches_transformers_feature_extractor(n_mels):
     torch.testing.assert_close(mine, ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filters_are_openai_whispers_to_one_float32_ulp(n_mels):
+    """openai-whisper's mel_filters.npz is librosa.filters.mel(sr=16000, n_fft=400, n_mels) (checked bit-equal by
+    benchmarks/mel_filters.py --npz); mowe's filters (transformers' slaney filterbank) differ from it by at most one
+    float32 rounding (118 of 16080 entries for 80 mels), which moves the log-mel by <= 1.2e-7 on speech."""
+    import importlib.util
+    from pathlib import Path
+
+    import librosa  # the test extra
+    import numpy as np
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "mel_filters.py"
+    spec = importlib.util.spec_from_file_location("mel_filters_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    librosa_mel = bench.librosa_mel
+    ref = librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels)
+    assert np.array_equal(librosa_mel(n_mels), ref)  # the benchmark's exact copy of librosa's algorithm
+    ours = LogMelFrontend(n_mels).filters.numpy()
+    assert np.array_equal(ours == 0, ref == 0)  # the same triangles
+    assert np.all(np.abs(ours.astype(np.float64) - ref) <= np.abs(ref) * 2.0 ** -23)
+    assert not np.array_equal(ours, ref)  # not bit-equal: float noise, kept (see README, "mel filters")
+
+
 def test_faithful_path_equals_transformers_forward():
     enc = WhisperEncoder.from_preset("tiny", **WHISPER_TINY).eval()
     wav = _wave(16000 * 2)

@@ -26,6 +26,7 @@ from mowe.encoders.beats.config import (
 from mowe.encoders.beats.fbank import KaldiFbank
 from mowe.encoders.beats.layers import _init_weights, _TransformerEncoder
 from mowe.errors import CheckpointError, ConfigError
+from mowe.state_dicts import alias_groups, check_aliases
 
 __all__ = ["BEATsEncoder"]
 
@@ -137,21 +138,9 @@ class BEATsEncoder(nn.Module):
 
     def _load_official_state(self, state: dict[str, Any], path: str) -> None:
         expected = self.state_dict()
-        if self.config.relative_position_embedding:
-            # Every layer's key names the same shared table; accept files that kept only layer 0's copy.
-            keys = [
-                f"encoder.layers.{i}.self_attn.relative_attention_bias.weight"
-                for i in range(self.config.encoder_layers)
-            ]
-            if keys[0] in state and isinstance(state[keys[0]], torch.Tensor):
-                for k in keys[1:]:
-                    if k not in state:
-                        state[k] = state[keys[0]]
-                    elif isinstance(state[k], torch.Tensor) and not torch.equal(state[k], state[keys[0]]):
-                        raise CheckpointError(
-                            f"BEATs checkpoint {path}: {k} differs from layer 0's copy, but the "
-                            f"relative position table is shared by all layers"
-                        )
+        # Every layer's key names layer 0's shared relative-position table: each copy the file holds must equal
+        # layer 0's, and files that kept only layer 0's copy load too.
+        state = check_aliases(state, alias_groups(self), where=f"BEATs checkpoint {path}", fill=True)
         missing = [k for k in expected if k not in state]
         if missing:
             raise CheckpointError(
