@@ -20,7 +20,7 @@ from mowe.errors import ConfigError
 from mowe.hub import check_gguf_file, check_local_source, resolve_file
 
 __all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "llm_load_kwargs", "llm_tokenizer",
-           "resize_vocab"]
+           "llm_vocab_size", "resize_vocab"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -77,8 +77,8 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
     if fam == "whisper":
         from mowe.encoders.whisper import WhisperEncoder
 
-        kw = dict(pad_to_30s=cfg.pad_to_30s, output_all_layers=cfg.output_all_layers, freeze=cfg.freeze,
-                  bucket_padding=cfg.bucket_padding, full_window=cfg.full_window)
+        kw = {"pad_to_30s": cfg.pad_to_30s, "output_all_layers": cfg.output_all_layers, "freeze": cfg.freeze,
+              "bucket_padding": cfg.bucket_padding, "full_window": cfg.full_window}
         if cfg.name_or_path:
             return WhisperEncoder.from_pretrained(cfg.name_or_path, **kw)
         return WhisperEncoder.from_preset(cfg.preset or "tiny", **kw, **cfg.overrides)
@@ -182,7 +182,7 @@ def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
     if cfg.name_or_path:
         check_local_source(cfg.name_or_path, what="llm.name_or_path")
         _check_gguf(cfg)
-        llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg))
+        llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg), **_gguf_kwargs(cfg))
     elif cfg.config:
         conf = dict(cfg.config)
         if "model_type" not in conf:
@@ -219,6 +219,18 @@ def llm_load_kwargs(cfg: LLMConfig) -> dict:
     return {**kw, **cfg.from_pretrained_kwargs}
 
 
+def _gguf_kwargs(cfg: LLMConfig) -> dict:
+    """Ask transformers to dequantise a GGUF file's weights fully: LoRA, training, ``save_pretrained`` and
+    ``export_llm`` need plain weights (transformers may otherwise keep them packed, which it cannot train or save)."""
+    if cfg.gguf_file is None or "quantization_config" in cfg.from_pretrained_kwargs:
+        return {}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # a transformers without the GGUF quantizer dequantises every GGUF model on load
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
 def _check_gguf(cfg: LLMConfig) -> None:
     """A GGUF file named by ``cfg`` must be a whole GGUF file (CheckpointError naming it otherwise)."""
     if cfg.gguf_file is None:
@@ -252,6 +264,22 @@ def llm_tokenizer(cfg: LLMConfig, *, audio_token: str | None = "<|audio|>") -> A
     if audio_token is not None and len(tok(audio_token, add_special_tokens=False)["input_ids"]) != 1:
         tok.add_special_tokens({"additional_special_tokens": [audio_token]}, replace_extra_special_tokens=False)
     return tok
+
+
+def llm_vocab_size(cfg: LLMConfig) -> int:
+    """How many token rows the LLM that ``cfg`` names has, read from its config (a GGUF file's metadata) without
+    loading its weights; ``cfg.vocab_size`` when set."""
+    if cfg.vocab_size is not None:
+        return cfg.vocab_size
+    if not cfg.name_or_path:
+        return int((cfg.config or {}).get("vocab_size", 0))
+    from transformers import AutoConfig
+
+    check_local_source(cfg.name_or_path, what="llm.name_or_path")
+    _check_gguf(cfg)
+    kw = {k: v for k, v in (("gguf_file", cfg.gguf_file), ("revision", cfg.revision)) if v is not None}
+    conf = AutoConfig.from_pretrained(cfg.name_or_path, **kw)
+    return int(conf.get_text_config(decoder=True).vocab_size)
 
 
 @torch.no_grad()
