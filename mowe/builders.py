@@ -17,7 +17,7 @@ from torch import nn
 from mowe.components import AllowList, instantiate
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 from mowe.errors import ConfigError
-from mowe.hub import check_gguf_file, check_local_source, resolve_file
+from mowe.hub import GGUFHeader, check_gguf_file, check_local_source, resolve_file
 
 __all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "llm_load_kwargs", "llm_tokenizer",
            "llm_vocab_size", "resize_vocab"]
@@ -231,12 +231,12 @@ def _gguf_kwargs(cfg: LLMConfig) -> dict:
     return {"quantization_config": GgufConfig(dequantize=True)}
 
 
-def _check_gguf(cfg: LLMConfig) -> None:
-    """A GGUF file named by ``cfg`` must be a whole GGUF file (CheckpointError naming it otherwise)."""
+def _check_gguf(cfg: LLMConfig) -> GGUFHeader | None:
+    """A GGUF file named by ``cfg`` must be a whole GGUF file (CheckpointError naming it otherwise); its header."""
     if cfg.gguf_file is None:
-        return
+        return None
     path = resolve_file(cfg.name_or_path, cfg.gguf_file)
-    check_gguf_file(path if path is not None else os.path.join(cfg.name_or_path, cfg.gguf_file))
+    return check_gguf_file(path if path is not None else os.path.join(cfg.name_or_path, cfg.gguf_file))
 
 
 def llm_tokenizer(cfg: LLMConfig, *, audio_token: str | None = "<|audio|>") -> Any:
@@ -276,7 +276,9 @@ def llm_vocab_size(cfg: LLMConfig) -> int:
     from transformers import AutoConfig
 
     check_local_source(cfg.name_or_path, what="llm.name_or_path")
-    _check_gguf(cfg)
+    header = _check_gguf(cfg)
+    if header is not None and header.vocab_size is not None:  # transformers' config reader parses every token
+        return int(header.vocab_size)
     kw = {k: v for k, v in (("gguf_file", cfg.gguf_file), ("revision", cfg.revision)) if v is not None}
     conf = AutoConfig.from_pretrained(cfg.name_or_path, **kw)
     return int(conf.get_text_config(decoder=True).vocab_size)

@@ -169,3 +169,17 @@ def test_without_the_gguf_package_the_error_says_to_install_it(gguf_dir, monkeyp
     with pytest.raises(CheckpointError, match=r"needs the 'gguf' package \(pip install gguf\)") as e:
         MoWEAudioLLM.from_config(cfg)
     assert str(folder / UNTIED) in str(e.value)
+
+
+def test_the_header_reader_agrees_with_the_gguf_package(gguf_dir):
+    from gguf import GGUFReader
+
+    from mowe.hub import check_gguf_file
+
+    folder, _ = gguf_dir
+    header, reader = check_gguf_file(str(folder / UNTIED)), GGUFReader(folder / UNTIED)
+    assert header.tensors == tuple((t.name, int(t.tensor_type), int(t.n_elements), int(t.data_offset) -
+                                    header.data_start) for t in reader.tensors)
+    assert header.data_start == reader.data_offset
+    assert header.metadata["general.architecture"] == "llama" and header.metadata["tokenizer.ggml.tokens"] == 275
+    assert header.metadata["llama.attention.head_count_kv"] == 2 and header.vocab_size == 275
