@@ -7,6 +7,8 @@ may be imported for that (``True``: any, for configs the caller wrote).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -182,7 +184,8 @@ def build_llm(cfg: LLMConfig, lora: LoRAConfig) -> nn.Module:
     if cfg.name_or_path:
         check_local_source(cfg.name_or_path, what="llm.name_or_path")
         _check_gguf(cfg)
-        llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg), **_gguf_kwargs(cfg))
+        with _memoised_gguf_reading(cfg):
+            llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **llm_load_kwargs(cfg), **_gguf_kwargs(cfg))
     elif cfg.config:
         conf = dict(cfg.config)
         if "model_type" not in conf:
@@ -229,6 +232,28 @@ def _gguf_kwargs(cfg: LLMConfig) -> dict:
     except ImportError:  # a transformers without the GGUF quantizer dequantises every GGUF model on load
         return {}
     return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+@contextlib.contextmanager
+def _memoised_gguf_reading(cfg: LLMConfig):
+    """During one GGUF load, memoise two pure functions of the ``gguf`` package that transformers' GGUF loader (the
+    one it uses for Llama, Mistral, Qwen2, ...) calls over and over: ``get_tensor_name_map(arch, n_blocks)``, built
+    anew for every module of the model (~400 times for SmolLM2), and ``GGUFReader(path)``, which parses the whole
+    header (every token) once for the config and again for the weights. Measured on SmolLM2-135M, one thread: 15.2 s
+    of CPU per load -> 7.7 s, same weights. The ``gguf`` module is restored on exit."""
+    try:
+        import gguf
+    except ImportError:  # _check_gguf has named the missing package already
+        gguf = None
+    names = [n for n in ("get_tensor_name_map", "GGUFReader") if cfg.gguf_file is not None and hasattr(gguf, n)]
+    saved = {n: getattr(gguf, n) for n in names}
+    for n, f in saved.items():
+        setattr(gguf, n, functools.lru_cache(maxsize=8)(f))
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(gguf, n, f)
 
 
 def _check_gguf(cfg: LLMConfig) -> GGUFHeader | None:

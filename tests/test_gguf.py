@@ -40,8 +40,12 @@ def gguf_dir(tmp_path_factory):
 def test_mowe_llm_gives_transformers_logits_and_the_written_weights(gguf_dir, name):
     from transformers import AutoModelForCausalLM
 
+    import gguf
+
     folder, written = gguf_dir
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
     llm = build_llm(LLMConfig(name_or_path=str(folder), gguf_file=name, train="frozen"), LoRAConfig()).eval()
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)  # memoised only during the load
     ref = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).eval()
     assert llm.config.tie_word_embeddings == (name == TIED)
     assert not getattr(llm, "is_quantized", False)  # plain weights: LoRA, .to(dtype), save_pretrained all work
