@@ -100,7 +100,7 @@ def test_tokenizer_llm_needs_an_llm_with_a_source(setup, capsys):
     assert code == 2 and "tokenizer: 'llm'" in err and "model.llm.name_or_path" in err, err
 
 
-def test_infer_after_the_gguf_file_was_damaged_is_one_line_exit_4(setup, tmp_path):
+def test_infer_and_serve_after_the_gguf_file_was_damaged_are_one_line_exit_4(setup, tmp_path):
     llm = tmp_path / "llm"
     shutil.copytree(setup / "llm", llm)
     assert main(["train", "--config", str(setup / "run.yaml"), "--set", f"model.llm.name_or_path={llm}",
@@ -108,9 +108,10 @@ def test_infer_after_the_gguf_file_was_damaged_is_one_line_exit_4(setup, tmp_pat
                  "--set", "stages=[{name: c, train: [connector], steps: 1, lr: 1e-3}]"]) == 0
     data = (llm / GGUF_NAME).read_bytes()
     (llm / GGUF_NAME).write_bytes(data[: len(data) // 3])
-    res = subprocess.run([sys.executable, "-m", "mowe", "infer", "--model", str(tmp_path / "run"), "--audio",
-                          str(setup / "audio" / "0.wav"), "--prompt", PROMPT], capture_output=True, text=True,
-                         env=ENV, timeout=300, check=False)
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == 4 and len(lines) == 1, res.stderr[-2000:]
-    assert lines[0].startswith("mowe infer: error: ") and f"{llm / GGUF_NAME}: a truncated GGUF file" in lines[0]
+    for command in (["infer", "--model", str(tmp_path / "run"), "--audio", str(setup / "audio" / "0.wav"),
+                     "--prompt", PROMPT], ["serve", str(tmp_path / "run" / "final"), "--port", "0"]):
+        res = subprocess.run([sys.executable, "-m", "mowe", *command], capture_output=True, text=True, env=ENV,
+                             timeout=300, check=False)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 4 and len(lines) == 1, res.stderr[-2000:]
+        assert lines[0].startswith(f"mowe {command[0]}: error: {llm / GGUF_NAME}: a truncated GGUF file (")
