@@ -38,9 +38,8 @@ def gguf_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("name", [UNTIED, TIED])
 def test_mowe_llm_gives_transformers_logits_and_the_written_weights(gguf_dir, name):
-    from transformers import AutoModelForCausalLM
-
     import gguf
+    from transformers import AutoModelForCausalLM
 
     folder, written = gguf_dir
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
