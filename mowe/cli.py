@@ -5,8 +5,12 @@ error that names it (exit code 2, message on stderr, no traceback)::
 
     model:        a MoWEConfig as a dict (see mowe.config). llm.config.vocab_size defaults to the tokenizer's
                   size; audio_token_id defaults to the processor's placeholder id.
-    tokenizer:    a tokenizer folder / hub id, or {train_bpe: {vocab_size: 400}} to train a byte-level BPE on
-                  the training manifest's instructions and answers.
+    tokenizer:    a tokenizer folder / hub id; ``llm``: the LLM's own tokenizer (from model.llm.name_or_path, its
+                  GGUF file too, with the audio placeholder added; a folder named llm is ``./llm``); or
+                  {train_bpe: {vocab_size: 400}} to train a byte-level BPE on the training manifest's instructions
+                  and answers. An LLM loaded by name_or_path gets llm.vocab_size = len(tokenizer) when the
+                  tokenizer has tokens past the LLM's rows other than a trailing audio placeholder (which
+                  needs no row: its embedding is never looked up).
     processor:    optional MoWEProcessor options (system_prompt, prompt_template, paraphrases, ...).
     data:         train: manifest.jsonl (required); dev: manifest.jsonl (optional: its loss is logged);
                   on_bad_example: error | skip; max_audio_seconds: 30; tasks: [...] (keep only these).
@@ -39,6 +43,7 @@ __all__ = ["RUN_SECTIONS", "add_allow_components_arg", "add_generation_args", "b
            "load_run_file", "main", "place_model", "seed_everything"]
 
 RUN_SECTIONS = ("model", "tokenizer", "processor", "data", "train", "stages")
+LLM_TOKENIZER = "llm"  # `tokenizer: llm`: the LLM's own tokenizer (mowe.builders.llm_tokenizer)
 # Stage presets by name; "mowe_paper" (the name of the model preset in mowe.presets) and "mowe" are the same.
 _PRESETS = ("mowe", "mowe_paper", "salmonn", "ltu_as")
 
@@ -114,8 +119,11 @@ def _check_sections(run: dict[str, Any]) -> None:
     from mowe.config import MoWEConfig
     from mowe.data.processor import ProcessorOptions
 
-    from_dict(MoWEConfig, {k: v for k, v in run["model"].items() if not (k == "audio_token_id" and v is None)},
-              where="model")
+    cfg = from_dict(MoWEConfig, {k: v for k, v in run["model"].items() if not (k == "audio_token_id" and v is None)},
+                    where="model")
+    if run["tokenizer"] == LLM_TOKENIZER and not cfg.llm.name_or_path:
+        raise ConfigError("tokenizer: 'llm' takes the LLM's own tokenizer, but model.llm.name_or_path is not set "
+                          "(a random-weight LLM has none); give a tokenizer folder or {train_bpe: ...}")
     if run.get("processor"):
         from_dict(ProcessorOptions, run["processor"], where="processor")
 
@@ -144,7 +152,14 @@ def _stages(spec: Any):
     return ltu_as_stages(p.steps, closed_ended_tasks=presets.LTU_AS_CLOSED_ENDED_TASKS)
 
 
-def _tokenizer(spec: Any, train_manifest: str, base: str, train_ds: Any = None):
+def _tokenizer(spec: Any, train_manifest: str, base: str, train_ds: Any = None, *, model: Any = None,
+               audio_token: str = "<|audio|>"):
+    if spec == LLM_TOKENIZER:
+        from mowe.builders import llm_tokenizer
+        from mowe.config import LLMConfig
+
+        return llm_tokenizer(from_dict(LLMConfig, (model or {}).get("llm") or {}, where="model.llm"),
+                             audio_token=audio_token)
     if isinstance(spec, str):
         from transformers import AutoTokenizer
 
@@ -194,12 +209,29 @@ def _model_config(model_spec: Any, tokenizer: Any, audio_token_id: int):
             llm["config"]["vocab_size"] = len(tokenizer)
         elif vocab < len(tokenizer):
             raise ConfigError(f"model.llm.config.vocab_size is {vocab} but the tokenizer has {len(tokenizer)} tokens")
+    elif isinstance(llm, dict) and llm.get("name_or_path"):
+        # the audio placeholder needs no row (mowe never looks its embedding up): only other added tokens count
+        _fit_vocab(llm, len(tokenizer) - int(audio_token_id == len(tokenizer) - 1))
     if spec.get("audio_token_id") is None:
         spec["audio_token_id"] = audio_token_id
     elif spec["audio_token_id"] != audio_token_id:
         raise ConfigError(f"model.audio_token_id is {spec['audio_token_id']} but the tokenizer's audio placeholder "
                           f"has id {audio_token_id}; leave it out to use the tokenizer's")
     return from_dict(MoWEConfig, spec, where="model")
+
+
+def _fit_vocab(llm: dict[str, Any], n_tokens: int) -> None:
+    """An LLM loaded by name_or_path gets ``vocab_size = n_tokens`` when the tokenizer's tokens that need rows (all
+    but a trailing audio placeholder) outnumber the LLM's rows; a ``vocab_size`` set too small is an error."""
+    from mowe.builders import llm_vocab_size
+    from mowe.config import LLMConfig
+
+    if llm.get("vocab_size") is not None:
+        if llm["vocab_size"] < n_tokens:
+            raise ConfigError(f"model.llm.vocab_size is {llm['vocab_size']} but the tokenizer has {n_tokens} tokens")
+        return
+    if llm_vocab_size(from_dict(LLMConfig, llm, where="model.llm")) < n_tokens:
+        llm["vocab_size"] = n_tokens
 
 
 def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = None) -> str:
@@ -221,8 +253,9 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
                  "max_audio_seconds": data.get("max_audio_seconds", 30.0)}
     train_ds = ManifestDataset(train_manifest, tasks=data.get("tasks"), **ds_kw)
     dev_ds = ManifestDataset(_resolve(base_dir, data["dev"]), **ds_kw) if data.get("dev") else None
-    tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir, train_ds)
     proc_opts = {"max_audio_seconds": ds_kw["max_audio_seconds"], **(run.get("processor") or {})}
+    tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir, train_ds, model=run["model"],
+                           audio_token=proc_opts.get("audio_token", "<|audio|>"))
     from_dict(ProcessorOptions, proc_opts, where="processor")  # unknown key / wrong type: names it
     if isinstance(run["tokenizer"], str):  # an LLM's own tokenizer: the placeholder becomes a special token of it
         from mowe.data.tokenizer import AUDIO_TOKEN, add_audio_token

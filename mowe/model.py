@@ -349,7 +349,7 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
                           attention_mask=merged.attention_mask, labels=merged.labels)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
+    def generate(self, input_ids: torch.Tensor, waveforms: torch.Tensor | None = None, wave_lengths: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, *, max_new_tokens: int | None = None,
                  num_beams: int | None = None, use_cache: bool = True, audio: AudioEncoding | None = None,
                  prefill_padding: float | str | None = "auto", generation_config=None,
@@ -359,6 +359,8 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         Prompts may be padded on either side; they are re-padded on the left after the merge.
 
         Args:
+            waveforms: ``(c, s)`` clips, one per placeholder; None (and no ``audio``) for text-only prompts, which
+                then hold no placeholder: the LLM answers them as it is (e.g. a chat before any audio).
             audio: the clips' :meth:`encode_audio` result when the caller already has it (skips re-encoding).
             prefill_padding: greedy decoding runs its prefill in groups of similarly long prompts, each padded
                 only to its own longest, then decodes from one left-padded KV cache (:mod:`mowe.generation`):
@@ -376,7 +378,9 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
             ``(b, new_tokens)`` generated ids (prompt not included), padded with the pad / eos id.
         """
         budget = check_bucket_padding(prefill_padding, name="prefill_padding")
-        if audio is None:
+        if audio is None and waveforms is None:
+            audio = self._no_audio(input_ids)
+        elif audio is None:
             prompt = self.prompt_embeddings(input_ids, attention_mask) if self.needs_prompt else None
             audio = self.encode_audio(waveforms, wave_lengths, prompt)
         merged = self._merge(input_ids, attention_mask, audio, None, "left")
@@ -392,6 +396,15 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
                                      f"{settings}; use prefill_padding='auto' or None for these settings")
         return self.llm.generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
                                  generation_config=gen, **kwargs)
+
+    def _no_audio(self, input_ids: torch.Tensor) -> AudioEncoding:
+        """Zero clips, for text-only prompts (which must then hold no placeholder)."""
+        if input_ids is not None and bool((input_ids == self.audio_token_id).any()):
+            raise MoWEInputError("generate: the prompts hold audio placeholders but no waveforms (or audio) were "
+                                 "given; pass one clip per placeholder, or leave the placeholders out")
+        weight = self.llm.get_input_embeddings().weight
+        return AudioEncoding(weight.new_zeros(0, 0, weight.shape[1]),
+                             torch.zeros(0, dtype=torch.long, device=weight.device), None)
 
     # ------------------------------------------------------------------------------------------- saving
     # save_pretrained / from_pretrained (folders, hub ids) / push_to_hub / merge_lora / export_llm: MoWEHubMixin.

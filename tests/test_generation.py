@@ -135,3 +135,18 @@ def test_right_padded_merge_is_refused():
     merged = m._merge(ids, am, m.encode_audio(wav, wl), None, "right")
     with pytest.raises(ValueError, match="left-padded"):
         grouped_greedy_generate(m.llm, merged, greedy_settings(m.llm, max_new_tokens=2), max_padding=0.0)
+
+
+@pytest.mark.parametrize("budget", ["auto", None])
+def test_text_only_prompts_generate_what_the_llm_alone_does(budget):
+    """No waveforms and no placeholder: the LLM answers the text (padded prompts of different lengths)."""
+    m = _model(LLAMA_TINY)
+    ids = torch.tensor([[1, 7, 8, 9, 10, 11], [1, 12, 13, 0, 0, 0]])
+    am = (ids != 0).long()
+    out = m.generate(ids, attention_mask=am, max_new_tokens=6, prefill_padding=budget)
+    for row, n in zip(range(2), am.sum(1).tolist()):  # one prompt at a time, unpadded, by transformers itself
+        alone = m.llm.generate(ids[row:row + 1, :n], generation_config=m.generation_config, max_new_tokens=6)
+        new = alone[0, n:].tolist()
+        assert len(new) >= 1 and out[row, :len(new)].tolist() == new
+    with pytest.raises(MoWEInputError, match="audio placeholders but no waveforms"):
+        m.generate(torch.tensor([[1, AUDIO_ID, 7]]), max_new_tokens=2)
