@@ -126,6 +126,7 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
 def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int, allow: AllowList = True) -> nn.Module:
     """A connector of ``cfg.kind`` (or ``cfg.component``) from ``in_dim`` features to the LLM width ``out_dim``."""
     from mowe.connectors import basic
+    from mowe.connectors.pooled import StatsPoolConnector
 
     if cfg.component:
         return instantiate(cfg.component, cfg.kwargs, where="model.connector", allow=allow,
@@ -136,6 +137,7 @@ def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int, allow: A
         "mlp": basic.MLPConnector,
         "stack": basic.FrameStackConnector,
         "conv": basic.ConvConnector,
+        "stats": StatsPoolConnector,
     }
     if cfg.kind == "qformer":
         from mowe.connectors.qformer import WindowQFormerConnector as cls

@@ -129,10 +129,10 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class ConnectorConfig:
-    """Connector kind (``linear``, ``mlp``, ``stack``, ``conv``, ``qformer``, ``tltr``) and its keyword options,
+    """Connector kind (``linear``, ``mlp``, ``stack``, ``conv``, ``stats``, ``qformer``, ``tltr``) and its keyword options,
     or ``component``: the import path of your own connector, built with ``kwargs`` (see :mod:`mowe.components`)."""
 
-    kind: Literal["linear", "mlp", "stack", "conv", "qformer", "tltr"] = "stack"
+    kind: Literal["linear", "mlp", "stack", "conv", "stats", "qformer", "tltr"] = "stack"
     options: dict[str, Any] = field(default_factory=dict)
     component: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)

@@ -2,6 +2,7 @@
 
 from mowe.connectors.base import ConnectorOutput
 from mowe.connectors.basic import ConvConnector, FrameStackConnector, LinearConnector, MLPConnector
+from mowe.connectors.pooled import StatsPoolConnector
 from mowe.connectors.qformer import WindowQFormerConnector
 from mowe.connectors.tltr import TLTRConnector
 
@@ -11,6 +12,7 @@ __all__ = [
            "FrameStackConnector",
            "LinearConnector",
            "MLPConnector",
+           "StatsPoolConnector",
            "TLTRConnector",
            "WindowQFormerConnector",
 ]

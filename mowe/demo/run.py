@@ -41,6 +41,7 @@ from mowe.demo.report import write_results
 from mowe.demo.systems import (
     SYSTEMS,
     build_system,
+    connector_config,
     demo_encoder_configs,
     demo_encoders,
     load_llm,
@@ -160,7 +161,7 @@ def _evaluate(model, prep: Prepared, *, desc: str, batch_size: int, bf16: bool, 
 
 
 def run_system(name: str, *, prep: Prepared, steps: int, batch_size: int, lr: float, seed: int, out_dir: str,
-               stack: int, bf16: bool = True, eval_batch_size: int = 32, ablation: bool = True,
+               connector, bf16: bool = True, eval_batch_size: int = 32, ablation: bool = True,
                controls: bool = True, save: bool = True, progress: bool = True) -> SystemRun:
     """Build system ``name`` around the shared parts, train one stage, evaluate it on the test split, then with
     each weak encoder removed and with the audio controls; save it (with its processor) to ``out_dir/<slug>``.
@@ -172,7 +173,7 @@ def run_system(name: str, *, prep: Prepared, steps: int, batch_size: int, lr: fl
     t0 = time.time()
     weak, prompt_aware = SYSTEMS[name]
     config = system_config(encoders=prep.encoder_configs, weak=weak, prompt_aware=prompt_aware, llm=prep.llm,
-                           audio_token_id=prep.processor.audio_token_id, stack=stack)
+                           audio_token_id=prep.processor.audio_token_id, connector=connector)
     model = build_system(config, encoders=prep.encoders, llm=prep.llm, seed=seed)
     model.use_feature_cache(prep.cache)
     parts = ("connector", "lora" if config.llm.train == "lora" else "llm")
@@ -236,7 +237,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pitch-hop-ms", type=float, default=100.0, help="CREPE's cost is per frame: 100 ms halves "
                     "the encoding time of its 50 ms default")
-    ap.add_argument("--stack", type=int, default=16, help="frames per audio token in the connector (50 Hz frames)")
+    ap.add_argument("--connector", choices=("stats", "stack"), default="stats", help="stats: a clip's pooled mean/std "
+                    "as --audio-tokens tokens; stack: --stack frames per token plus a statistics token")
+    ap.add_argument("--audio-tokens", type=int, default=4, help="tokens per clip of the stats connector")
+    ap.add_argument("--stack", type=int, default=16, help="frames per token of the stack connector (50 Hz frames)")
     ap.add_argument("--control-encoder", action="store_true", help="add a random-init frozen HuBERT-shaped weak "
                     "encoder that ought to earn no traffic (costs one more ablation pass per routed system)")
     ap.add_argument("--no-bf16", action="store_true", help="train and evaluate in float32 (about 2x slower here)")
@@ -281,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, SystemRun] = {}
     for name in systems:
         runs[name] = run_system(name, prep=prep, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                seed=args.seed, out_dir=args.out, stack=args.stack, bf16=not args.no_bf16,
+                                seed=args.seed, out_dir=args.out, bf16=not args.no_bf16,
+                                connector=connector_config(args.connector, tokens=args.audio_tokens, stack=args.stack),
                                 eval_batch_size=args.eval_batch_size, ablation=not args.no_ablation,
                                 controls=not args.no_controls, save=not args.no_save, progress=progress)
         _log(_summary_line(name, runs[name]))

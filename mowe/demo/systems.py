@@ -23,7 +23,8 @@ from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, M
 from mowe.hub import packaged_smollm2
 from mowe.model import MoWEAudioLLM
 
-__all__ = ["CONTROL_SIZE", "SYSTEMS", "DemoLLM", "build_system", "demo_encoder_configs", "demo_encoders",
+__all__ = ["CONTROL_SIZE", "SYSTEMS", "DemoLLM", "build_system", "connector_config", "demo_encoder_configs",
+           "demo_encoders",
            "load_llm", "system_config", "system_slug"]
 
 #: system name -> (uses the weak pool, prompt-aware routing)
@@ -122,16 +123,26 @@ def load_llm(kind: str, *, texts=None, lora_r: int = 8, lora_alpha: int = 16, ou
     raise ValueError(f"llm must be 'smollm2' or 'tiny', got {kind!r}")
 
 
+def connector_config(kind: str, *, tokens: int = 4, stack: int = 16) -> ConnectorConfig:
+    """``"stats"``: :class:`~mowe.connectors.StatsPoolConnector`, ``tokens`` per clip from the clip's pooled mean and
+    std (the demo's clip-level questions); ``"stack"``: ``stack`` frames per token plus one statistics token."""
+    if kind == "stats":
+        return ConnectorConfig("stats", {"tokens": tokens})
+    if kind == "stack":
+        return ConnectorConfig("stack", {"stack": stack, "stats_token": True})
+    raise ValueError(f"connector must be 'stats' or 'stack', got {kind!r}")
+
+
 def system_config(*, encoders: dict[str, EncoderConfig], weak: bool, prompt_aware: bool, llm: DemoLLM,
-                  audio_token_id: int, stack: int, stats_token: bool = True) -> MoWEConfig:
+                  audio_token_id: int, connector: ConnectorConfig) -> MoWEConfig:
     """The :class:`~mowe.MoWEConfig` of one demo system: the strong encoder, the weak pool (routed top-1 by the
-    paper's data-independent + data-dependent routers, plus the prompt-aware one if asked), a frame-stacking
-    connector with a mean/std statistics token, and the LLM."""
+    paper's data-independent + data-dependent routers, plus the prompt-aware one if asked), the connector and the
+    LLM."""
     return MoWEConfig(
         strong=encoders["strong"],
         weak={n: c for n, c in encoders.items() if n != "strong"} if weak else {},
         router=RouterConfig(top_k=1, aux_loss_weight=0.1, prompt_aware=prompt_aware),
-        connector=ConnectorConfig("stack", {"stack": stack, "stats_token": stats_token}),
+        connector=connector,
         llm=llm.config,
         lora=llm.lora,
         audio_token_id=audio_token_id,
