@@ -161,13 +161,17 @@ def _evaluate(model, prep: Prepared, *, desc: str, batch_size: int, bf16: bool, 
 
 
 def run_system(name: str, *, prep: Prepared, steps: int, batch_size: int, lr: float, seed: int, out_dir: str,
-               connector, bf16: bool = True, eval_batch_size: int = 32, ablation: bool = True,
-               controls: bool = True, save: bool = True, progress: bool = True) -> SystemRun:
-    """Build system ``name`` around the shared parts, train one stage, evaluate it on the test split, then with
-    each weak encoder removed and with the audio controls; save it (with its processor) to ``out_dir/<slug>``.
+               connector, align_steps: int = 0, align_lr: float = 1e-2, bf16: bool = True,
+               eval_batch_size: int = 32, ablation: bool = True, controls: bool = True, save: bool = True,
+               progress: bool = True) -> SystemRun:
+    """Build system ``name`` around the shared parts, train, evaluate it on the test split, then with each weak
+    encoder removed and with the audio controls; save it (with its processor) to ``out_dir/<slug>``.
 
-    Every system gets the same data order (seed), steps, batch size and learning rate; what trains is the
-    connector, the routers (if any) and the LLM's LoRA (or the whole tiny LLM with ``--llm tiny``).
+    Every system gets the same data order (seed), steps, batch size and learning rates. Training is a two-stage
+    curriculum (LTU-AS's first stage, LLaVA's alignment stage): ``align_steps`` of the connector and routers alone
+    at ``align_lr`` (the connector's output is a soft prompt to a frozen LLM, which learns at rates far above
+    LoRA's), then ``steps - align_steps`` of the connector, routers and the LLM's LoRA (or the whole tiny LLM with
+    ``--llm tiny``) at ``lr``.
     """
     timings: dict[str, float] = {}
     t0 = time.time()
@@ -176,15 +180,18 @@ def run_system(name: str, *, prep: Prepared, steps: int, batch_size: int, lr: fl
                            audio_token_id=prep.processor.audio_token_id, connector=connector)
     model = build_system(config, encoders=prep.encoders, llm=prep.llm, seed=seed)
     model.use_feature_cache(prep.cache)
-    parts = ("connector", "lora" if config.llm.train == "lora" else "llm")
-    parts += ("routers",) if model.pool is not None else ()
-    stage = Stage(name, parts, steps, lr, warmup_steps=max(1, steps // 20))
+    routers = ("routers",) if model.pool is not None else ()
+    parts = ("connector", "lora" if config.llm.train == "lora" else "llm", *routers)
+    align = min(align_steps, steps)
+    stages = [Stage("align", ("connector", *routers), align, align_lr, warmup_steps=max(1, align // 10))] if align else []
+    if steps > align:
+        stages.append(Stage("all", parts, steps - align, lr, warmup_steps=max(1, (steps - align) // 20)))
     tcfg = TrainConfig(output_dir=os.path.join(out_dir, "runs", system_slug(name)), batch_size=batch_size, log_every=5,
                        seed=seed, save_every=0, save_final=False, progress=progress, group_by_length=False,
                        mixed_precision="bf16" if bf16 else "no")
     _log(f"training {name}: {model.num_parameters(trainable_only=True):,} trainable parameters, "
-         f"{steps} steps of {batch_size}")
-    trainer = Trainer(model, prep.train, config=tcfg, stages=[stage], collate_fn=MoWECollator(prep.processor))
+         f"{steps} steps of {batch_size} ({align} aligning the connector)")
+    trainer = Trainer(model, prep.train, config=tcfg, stages=stages, collate_fn=MoWECollator(prep.processor))
     trainer.train()
     timings["train_s"] = time.time() - t0
 
@@ -228,10 +235,12 @@ def _parser() -> argparse.ArgumentParser:
                     help=f"comma-separated speech tasks, from {list(SPEECH_TASKS)}")
     ap.add_argument("--other-tasks", default="", help=f"comma-separated non-speech tasks, from {list(OTHER_TASKS)}")
     ap.add_argument("--speech-clips", type=int, default=300, help="training speech clips (one question per task)")
-    ap.add_argument("--test-speech-clips", type=int, default=60)
+    ap.add_argument("--test-speech-clips", type=int, default=40)
     ap.add_argument("--other", type=int, default=150, help="training examples per non-speech task")
     ap.add_argument("--test-other", type=int, default=60, help="test examples per non-speech task")
-    ap.add_argument("--steps", type=int, default=150, help="training steps for each system")
+    ap.add_argument("--steps", type=int, default=100, help="training steps for each system, both stages")
+    ap.add_argument("--align-steps", type=int, default=40, help="first stage: connector and routers alone")
+    ap.add_argument("--align-lr", type=float, default=1e-2, help="learning rate of the first stage")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -244,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--control-encoder", action="store_true", help="add a random-init frozen HuBERT-shaped weak "
                     "encoder that ought to earn no traffic (costs one more ablation pass per routed system)")
     ap.add_argument("--no-bf16", action="store_true", help="train and evaluate in float32 (about 2x slower here)")
-    ap.add_argument("--eval-batch-size", type=int, default=32)
+    ap.add_argument("--eval-batch-size", type=int, default=64)
     ap.add_argument("--no-ablation", action="store_true", help="skip the encoder-removal passes")
     ap.add_argument("--no-controls", action="store_true", help="skip the shuffled and silent audio passes")
     ap.add_argument("--no-save", action="store_true", help="do not save the trained systems")
@@ -270,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{list(OTHER_TASKS)}")
     if args.quick:
         args.speech_clips, args.test_speech_clips, args.other, args.test_other, args.steps = 16, 6, 4, 3, 6
+        args.align_steps = 2
         if "--llm" not in (argv or []):
             args.llm = "tiny"
     progress = not args.no_progress
@@ -285,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, SystemRun] = {}
     for name in systems:
         runs[name] = run_system(name, prep=prep, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                seed=args.seed, out_dir=args.out, bf16=not args.no_bf16,
+                                seed=args.seed, out_dir=args.out, bf16=not args.no_bf16, align_steps=args.align_steps,
+                                align_lr=args.align_lr,
                                 connector=connector_config(args.connector, tokens=args.audio_tokens, stack=args.stack),
                                 eval_batch_size=args.eval_batch_size, ablation=not args.no_ablation,
                                 controls=not args.no_controls, save=not args.no_save, progress=progress)
