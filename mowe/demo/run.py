@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 
 import torch
@@ -280,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.speech_clips, args.test_speech_clips, args.other, args.test_other, args.steps = 16, 6, 4, 3, 6
         args.align_steps = 2
-        if "--llm" not in (argv or []):
+        given = sys.argv[1:] if argv is None else argv
+        if not any(a == "--llm" or a.startswith("--llm=") for a in given):
             args.llm = "tiny"
     progress = not args.no_progress
     t0 = time.time()
