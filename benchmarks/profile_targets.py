@@ -133,7 +133,7 @@ def profile_phases() -> None:
     import bench_e2e as E
 
     from mowe.encoders import WhisperEncoder
-    from mowe.encoders.base import resolve_bucket_padding
+    from mowe.tensors import resolve_bucket_padding
     from mowe.generation import greedy_settings, grouped_greedy_generate
 
     n, window = 8, 7.5

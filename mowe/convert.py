@@ -14,7 +14,15 @@ import os
 
 import torch
 
-from mowe.checkpoints import from_ltu_as, from_salmonn, to_ltu_as, to_salmonn
+from mowe.checkpoints import (
+    add_ltu_as_convert_cli,
+    add_salmonn_convert_cli,
+    from_ltu_as,
+    from_salmonn,
+    to_ltu_as,
+    to_salmonn,
+)
+from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
 from mowe.errors import CheckpointError
 from mowe.hub import naming_refused_pickles
 
@@ -44,12 +52,6 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: to
         WhisperForConditionalGeneration,
         WhisperProcessor,
         WhisperTokenizer,
-    )
-
-    from mowe.encoders.whisper_formats import (
-        is_ctranslate2_dir,
-        is_openai_whisper_file,
-        load_whisper_checkpoint,
     )
 
     src, dst = os.fspath(src), os.fspath(dst)
@@ -95,8 +97,6 @@ def _cmd_convert_whisper(args: argparse.Namespace) -> int:
 
 def add_convert_cli(subparsers) -> None:
     """Add ``mowe convert {whisper,salmonn,ltu-as} ...`` to the ``mowe`` command's subparsers."""
-    from mowe.checkpoints import add_ltu_as_convert_cli, add_salmonn_convert_cli
-
     p = subparsers.add_parser("convert", help="convert a released checkpoint (Whisper, SALMONN, LTU-AS)")
     kinds = p.add_subparsers(dest="kind", metavar="kind")
     kinds.required = True

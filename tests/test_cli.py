@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from _audio_helpers import write_tone_wav
 
-from mowe.cli import load_run_file, main
+from mowe.cli import main
+from mowe.training.run_file import load_run_file
 from mowe.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

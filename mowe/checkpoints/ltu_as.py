@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
+from mowe.builders import DTYPES, build_encoder
+from mowe.checkpoints.placeholder import load_llm_tokenizer, pick_audio_token_id, save_converted
+from mowe.config import LLMConfig
+from mowe.data.templates import PROMPT_TEMPLATES
 from mowe.errors import CheckpointError
+from mowe.hub import load_torch_file
+from mowe.model import MoWEAudioLLM
+from mowe.presets import ltu_as
 from mowe.state_dicts import alias_groups, check_aliases, peft_base_key
 
 __all__ = ["add_ltu_as_convert_cli", "from_ltu_as", "load_ltu_as_state_dict", "ltu_as_state_dict", "to_ltu_as"]
@@ -157,12 +164,6 @@ def _load(checkpoint, *, whisper, llm, dtype, audio_token_id, faithful, tokenize
     """``(model, tokenizer or None)``: :func:`from_ltu_as`, and the tokenizer holding the model's placeholder."""
     from transformers import AutoConfig
 
-    from mowe.builders import build_encoder
-    from mowe.checkpoints.placeholder import load_llm_tokenizer, pick_audio_token_id
-    from mowe.config import LLMConfig
-    from mowe.hub import load_torch_file
-    from mowe.model import MoWEAudioLLM
-    from mowe.presets import ltu_as
 
     path = os.fspath(checkpoint)
     state = load_torch_file(path, what="LTU-AS checkpoint")
@@ -201,9 +202,6 @@ def add_ltu_as_convert_cli(subparsers) -> None:
 
 
 def _convert_main(args) -> int:
-    from mowe.builders import DTYPES
-    from mowe.checkpoints.placeholder import save_converted
-    from mowe.data.templates import PROMPT_TEMPLATES
 
     model, tok = _load(args.checkpoint, whisper=args.whisper, llm=args.llm, dtype=DTYPES[args.dtype],
                        audio_token_id=args.audio_token_id, faithful=True, tokenizer=args.tokenizer)

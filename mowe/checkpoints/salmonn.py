@@ -34,7 +34,12 @@ from torch import nn
 
 from mowe.checkpoints.placeholder import save_converted, seed_vocabulary
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
+from mowe.connectors.norm import PerStreamNorm
+from mowe.connectors.qformer import WindowQFormerConnector
+from mowe.data.templates import PROMPT_TEMPLATES
+from mowe.encoders.beats import BEATsEncoder
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.model import MoWEAudioLLM
 from mowe.state_dicts import check_frozen_copies, peft_base_key
 
 __all__ = ["add_salmonn_convert_cli", "from_salmonn", "salmonn_config", "to_salmonn"]
@@ -249,8 +254,6 @@ def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats
 
 def _load(checkpoint, *, audio_token_id, tokenizer, **kw):
     """``(model, tokenizer or None)``: :func:`from_salmonn`, and the tokenizer holding its placeholder."""
-    from mowe.model import MoWEAudioLLM
-
     state, where = _read_state(checkpoint)
     tok, vocab_size, audio_token_id = seed_vocabulary(kw["llm"], tokenizer, audio_token_id, pad_token=PAD_TOKEN)
     cfg = _config_from_state(state, where, audio_token_id=audio_token_id, vocab_size=vocab_size, **kw)
@@ -270,8 +273,6 @@ _TOWER_NAMES = {"speech_encoder.": "Whisper", "beats.": "BEATs", _LLM: "LLM"}
 def _frozen_towers(model: nn.Module) -> dict[str, nn.Module]:
     """Official key prefix -> the mowe module holding the same frozen tensors under the same inner names."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
-
-    from mowe.encoders.beats import BEATsEncoder
 
     def find(root: nn.Module, cls: type) -> nn.Module | None:
         return next((m for m in root.modules() if isinstance(m, cls)), None)
@@ -330,8 +331,6 @@ def _load_official(model: nn.Module, state: dict[str, torch.Tensor], where: str)
 
 # --------------------------------------------------------------------------------------------- writing
 def _check_layout(model: nn.Module) -> None:
-    from mowe.connectors.norm import PerStreamNorm
-    from mowe.connectors.qformer import WindowQFormerConnector
 
     con = model.connector
     problems = []
@@ -393,8 +392,6 @@ def add_salmonn_convert_cli(subparsers) -> argparse.ArgumentParser:
 
 
 def _cmd_convert_salmonn(args: argparse.Namespace) -> int:
-    from mowe.data.templates import PROMPT_TEMPLATES
-
     model, tok = _load(args.checkpoint, whisper=args.whisper, beats=args.beats, llm=args.llm,
                        num_heads=args.num_heads, lora_alpha=args.lora_alpha, lora_dropout=0.1, window=17,
                        audio_token_id=args.audio_token_id, dtype=args.dtype, tokenizer=args.tokenizer)

@@ -29,7 +29,7 @@ from torch import nn
 
 from mowe.connectors.base import ConnectorOutput, check_features
 from mowe.connectors.norm import PerStreamNorm
-from mowe.encoders.base import lengths_to_mask
+from mowe.tensors import lengths_to_mask
 from mowe.errors import MoWEInputError
 
 __all__ = ["WindowQFormerConnector", "window_count"]

@@ -26,7 +26,7 @@ from einops import rearrange, reduce, repeat
 from torch import nn
 
 from mowe.connectors.base import ConnectorOutput, check_features
-from mowe.encoders.base import lengths_to_mask
+from mowe.tensors import lengths_to_mask
 from mowe.errors import MoWEInputError
 
 __all__ = ["TLTRConnector"]

@@ -70,7 +70,7 @@ import numpy as np
 import soundfile as sf
 
 from mowe.constants import SAMPLE_RATE
-from mowe.demo.info import SPLITS, CorpusInfo
+from mowe.demo.info import CorpusInfo, SPLITS
 from mowe.demo.sounds import (
     CHORD_QUALITIES,
     SOUND_EVENTS,
@@ -80,7 +80,8 @@ from mowe.demo.sounds import (
     synthesize_sound_event,
 )
 from mowe.demo.speech import _speak, available_voices, check_voices
-from mowe.demo.texts import _ASR_TEMPLATES, _CO_QUESTIONS, _DIGITS, _WORDS, INSTRUCTIONS
+from mowe.demo.texts import INSTRUCTIONS, _ASR_TEMPLATES, _CO_QUESTIONS, _DIGITS, _WORDS
+from mowe.evaluation.metrics import normalize_text
 
 __all__ = [
     "ACCENTS",
@@ -108,8 +109,6 @@ TASK_METRICS = {"asr": "wer", "co_reasoning": "parts"}
 
 def score_normalize(text: str) -> str:
     """The text normaliser the corpus is scored with: digits spelled out, as espeak-ng reads digit strings."""
-    from mowe.evaluation.metrics import normalize_text
-
     return normalize_text(text, spell_digits=True)
 
 

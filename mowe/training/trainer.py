@@ -41,7 +41,8 @@ from mowe.data.samplers import StageSampler, mix_seed, task_list_of
 from mowe.errors import ConfigError
 from mowe.training import checkpoint as ckpt
 from mowe.training.checkpoint import find_checkpoint, load_trainer_state
-from mowe.training.config import NonFiniteLossError, TrainConfig, TrainResult
+from mowe.training.config import TrainConfig, TrainResult
+from mowe.errors import NonFiniteLossError
 from mowe.training.distributed import (
     clip_grad_norm,
     count_label_tokens,
@@ -54,7 +55,9 @@ from mowe.training.distributed import (
 )
 from mowe.training.guards import check_nonfinite, report_end_of_run
 from mowe.training.logging import LossWindow, RunLog
-from mowe.training.stages import Stage, apply_stage, eval_due, log_stage_start, set_lora_scale, stages_to_list
+from mowe.training.stages import apply_stage, eval_due, log_stage_start
+from mowe.hf.adapter import set_lora_scale
+from mowe.curriculum import Stage, stages_to_list
 
 __all__ = [
     "MODEL_INPUT_KEYS",

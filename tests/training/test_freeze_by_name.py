@@ -15,7 +15,8 @@ from _trainer_helpers import SyntheticDataset, changed, collate, snapshot, tiny_
 
 from mowe import MoWEAudioLLM
 from mowe.errors import ConfigError
-from mowe.training.stages import Stage, apply_stage, stages_from_list, trainable_summary
+from mowe.training.stages import apply_stage, trainable_summary
+from mowe.curriculum import Stage, stages_from_list
 from mowe.training.trainer import TrainConfig, Trainer
 
 

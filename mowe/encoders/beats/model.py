@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, set_trainable
+from mowe.tensors import lengths_to_mask
 from mowe.encoders.beats.config import (
     BEATS_PRESETS,
     FBANK_MEAN,
