@@ -44,12 +44,12 @@ import torch
 from mowe import MoWEAudioLLM, MoWEConfig
 from mowe.builders import llm_tokenizer
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
+from mowe.curriculum import mowe_default_stages
+from mowe.data.collator import MoWECollator
 from mowe.data.manifest import ManifestDataset
 from mowe.data.processor import MoWEProcessor
-from mowe.data.collator import MoWECollator
 from mowe.evaluation.evaluate import evaluate_model
 from mowe.gguf import packaged_smollm2
-from mowe.curriculum import mowe_default_stages
 from mowe.training.trainer import TrainConfig, Trainer
 
 

@@ -66,7 +66,7 @@ class Preset:
     Attributes:
         name: ``"mowe_paper"``, ``"salmonn"``, ``"ltu_as"`` or ``"base_only"``.
         config: what to build (``MoWEAudioLLM.from_config(preset.config)`` or ``preset.build()``).
-        stages: the training curriculum (see :mod:`mowe.training.stages`).
+        stages: the training curriculum (see :mod:`mowe.curriculum`).
         prompt_template: the system's prompt format with ``{audio}`` and ``{instruction}``.
         inference_lora_scale: factor for :meth:`MoWEAudioLLM.set_lora_scale` at test time (1.0 for all three:
             SALMONN's official decoding keeps its training scaling; see :func:`salmonn`).

@@ -37,14 +37,13 @@ from _bad_input_helpers import (  # noqa: F401 (per_case_timeout: an autouse fix
 )
 
 from mowe.cli import main
-from mowe.training.run_file import load_run_file
 from mowe.cli_errors import describe, run_command
 from mowe.config import LLMConfig, LoRAConfig, MoWEConfig, from_dict, read_config_file
 from mowe.data.audio import load_audio
 from mowe.data.manifest import ManifestDataset
-from mowe.errors import AudioLoadError, CheckpointError, ConfigError, ManifestError
+from mowe.errors import AudioLoadError, CheckpointError, ConfigError, ManifestError, NonFiniteLossError
 from mowe.training.config import TrainConfig
-from mowe.errors import NonFiniteLossError
+from mowe.training.run_file import load_run_file
 
 
 # ================================================================================ 1. special files

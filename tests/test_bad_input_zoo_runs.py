@@ -33,9 +33,8 @@ from _trainer_helpers import SyntheticDataset, collate, tiny_model
 
 from mowe.cli_errors import run_command
 from mowe.config import LLMConfig, MoWEConfig, parse_value
-from mowe.errors import CheckpointError, ConfigError
+from mowe.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mowe.training.config import TrainConfig
-from mowe.errors import NonFiniteLossError
 
 
 # ================================================================================ 7. full / read-only disks

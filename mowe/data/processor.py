@@ -41,16 +41,16 @@ import torch
 from mowe.constants import IGNORE_INDEX, SAMPLE_RATE
 from mowe.data.audio import AudioClip, AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
 from mowe.data.audio_stream import stream_audio
+from mowe.data.chat import audio_from_messages, render_chat
+from mowe.data.inputs import ChatPrompt, batch_feature, encode_prompts, to_16k
 from mowe.data.processor_io import load_processor, save_processor
+from mowe.data.processor_options import check_options
 from mowe.data.samplers import mix_seed
 from mowe.data.templates import (
     DEFAULT_PROMPT_TEMPLATE,
 )
-from mowe.errors import ConfigError, MoWEInputError
-from mowe.data.chat import audio_from_messages, render_chat
-from mowe.data.inputs import ChatPrompt, batch_feature, encode_prompts, to_16k
-from mowe.data.processor_options import check_options
 from mowe.data.tokenizer import audio_placeholder_id
+from mowe.errors import ConfigError, MoWEInputError
 
 __all__ = ["MoWEProcessor", "pad_tokens"]
 

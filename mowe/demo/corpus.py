@@ -70,7 +70,7 @@ import numpy as np
 import soundfile as sf
 
 from mowe.constants import SAMPLE_RATE
-from mowe.demo.info import CorpusInfo, SPLITS
+from mowe.demo.info import SPLITS, CorpusInfo
 from mowe.demo.sounds import (
     CHORD_QUALITIES,
     SOUND_EVENTS,
@@ -80,7 +80,7 @@ from mowe.demo.sounds import (
     synthesize_sound_event,
 )
 from mowe.demo.speech import _speak, available_voices, check_voices
-from mowe.demo.texts import INSTRUCTIONS, _ASR_TEMPLATES, _CO_QUESTIONS, _DIGITS, _WORDS
+from mowe.demo.texts import _ASR_TEMPLATES, _CO_QUESTIONS, _DIGITS, _WORDS, INSTRUCTIONS
 from mowe.evaluation.metrics import normalize_text
 
 __all__ = [

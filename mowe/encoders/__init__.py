@@ -6,8 +6,8 @@ from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.encoders.hubert import HubertEncoder
 from mowe.encoders.pitch import PitchEncoder
 from mowe.encoders.pool import WeakEncoderPool
-from mowe.encoders.speaker import SpeakerEncoder
 from mowe.encoders.span import ClipSpan
+from mowe.encoders.speaker import SpeakerEncoder
 from mowe.encoders.whisper import LogMelFrontend, WhisperEncoder
 
 __all__ = [

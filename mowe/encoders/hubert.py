@@ -16,8 +16,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, HubertConfig, PreTrainedModel, Wav2Vec2Config, WavLMConfig
 
 from mowe.encoders.base import (
-    EncoderOutput,
     SAMPLE_RATE,
+    EncoderOutput,
     check_waveforms,
     encode_in_length_groups,
     set_trainable,

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, set_trainable
-from mowe.tensors import lengths_to_mask
 from mowe.errors import CheckpointError, MoWEInputError
 from mowe.hub import load_torch_file
+from mowe.tensors import lengths_to_mask
 
 __all__ = ["CrepeNet", "PitchEncoder", "bins_to_hz"]
 

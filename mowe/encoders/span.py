@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms
-from mowe.tensors import lengths_to_mask
 from mowe.errors import MoWEInputError
+from mowe.tensors import lengths_to_mask
 
 __all__ = ["ClipSpan"]
 

@@ -37,8 +37,8 @@ from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
 from mowe.encoders.base import (
-    EncoderOutput,
     SAMPLE_RATE,
+    EncoderOutput,
     check_waveforms,
     encode_in_length_groups,
     set_trainable,

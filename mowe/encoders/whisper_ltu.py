@@ -22,14 +22,13 @@ transformers ``WhisperForConditionalGeneration``; its decoder fills LTU-AS's tra
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
-from mowe.encoders.base import EncoderOutput, SAMPLE_RATE, check_waveforms, set_trainable
-from mowe.encoders.whisper import HOP, LogMelFrontend, N_FFT, WHISPER_PRESETS, load_hf_whisper_encoder
+from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, set_trainable
+from mowe.encoders.whisper import HOP, N_FFT, WHISPER_PRESETS, LogMelFrontend, load_hf_whisper_encoder
 from mowe.errors import MoWEInputError
 from mowe.tensors import lengths_to_mask
 

@@ -24,9 +24,9 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from mowe.data.ltu_as_prompt import clean_transcript
 from mowe.encoders.base import check_waveforms
-from mowe.encoders.whisper import LogMelFrontend, N_FFT
-from mowe.encoders.whisper_ltu import ltu_log_mel
+from mowe.encoders.whisper import N_FFT, LogMelFrontend
 from mowe.encoders.whisper_formats import load_openai_whisper
+from mowe.encoders.whisper_ltu import ltu_log_mel
 from mowe.errors import MoWEInputError
 from mowe.hub import naming_refused_pickles
 

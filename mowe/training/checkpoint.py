@@ -40,7 +40,13 @@ from mowe.errors import CheckpointError
 from mowe.io import open_for_reading, writing_to
 from mowe.state_dicts import alias_groups, check_aliases
 from mowe.training.distributed import is_sharded
-from mowe.training.resume import SHARDED_DIR, check_sharded_weights, check_trainer_state, torch_load, validate_resume
+from mowe.training.resume import (
+    SHARDED_DIR,
+    check_sharded_weights,
+    check_trainer_state,
+    torch_load,
+    validate_resume,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -42,9 +42,9 @@ from mowe import presets
 from mowe.builders import llm_tokenizer, llm_vocab_size
 from mowe.config import LLMConfig, MoWEConfig, apply_overrides, from_dict, read_config_file
 from mowe.curriculum import ltu_as_stages, mowe_default_stages, salmonn_stages, stages_from_list
+from mowe.data.collator import MoWECollator
 from mowe.data.manifest import ManifestDataset
 from mowe.data.processor import MoWEProcessor
-from mowe.data.collator import MoWECollator
 from mowe.data.processor_options import ProcessorOptions
 from mowe.data.tokenizer import AUDIO_TOKEN, add_audio_token, train_bpe_tokenizer
 from mowe.errors import ConfigError

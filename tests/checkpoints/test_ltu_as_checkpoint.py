@@ -14,8 +14,8 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhi
 
 from mowe.checkpoints.ltu_as import add_ltu_as_convert_cli, from_ltu_as, to_ltu_as
 from mowe.data.ltu_as_prompt import ltu_as_input_ids, ltu_as_prompt
-from mowe.encoders.whisper_ltu import LTUWhisperEncoder
 from mowe.encoders.whisper_formats import load_openai_whisper
+from mowe.encoders.whisper_ltu import LTUWhisperEncoder
 from mowe.errors import CheckpointError
 from mowe.model import MoWEAudioLLM
 

@@ -7,8 +7,8 @@ import torch
 from conftest import HUBERT_TINY, WHISPER_TINY
 
 from mowe.encoders import HubertEncoder, WhisperEncoder
-from mowe.tensors import length_groups
 from mowe.errors import MoWEInputError
+from mowe.tensors import length_groups
 
 SECONDS = [4.0, 0.3, 2.9, 1.1, 0.45, 3.7, 1.0]
 

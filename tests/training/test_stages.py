@@ -15,10 +15,6 @@ import yaml
 from _trainer_helpers import SyntheticDataset, changed, collate, snapshot, tiny_model
 
 from mowe.config import parse_value
-from mowe.errors import ConfigError
-from mowe.presets import LTU_AS_CLOSED_ENDED_TASKS, SALMONN_PRETRAIN_TASKS
-from mowe.training.stages import apply_stage, parameter_groups
-from mowe.hf.adapter import set_lora_scale
 from mowe.curriculum import (
     PARTS,
     Stage,
@@ -28,6 +24,10 @@ from mowe.curriculum import (
     stages_from_list,
     stages_to_list,
 )
+from mowe.errors import ConfigError
+from mowe.hf.adapter import set_lora_scale
+from mowe.presets import LTU_AS_CLOSED_ENDED_TASKS, SALMONN_PRETRAIN_TASKS
+from mowe.training.stages import apply_stage, parameter_groups
 from mowe.training.trainer import TrainConfig, Trainer
 
 
