@@ -112,7 +112,6 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
             return BEATsEncoder.from_checkpoint(cfg.name_or_path, freeze=cfg.freeze)
         return BEATsEncoder.from_preset(cfg.preset or "base", freeze=cfg.freeze, **cfg.overrides)
     if fam in ("speaker", "pitch"):  # pretrained only: name_or_path is a weight file (pitch: or "tiny"/"full")
-
         load = SpeakerEncoder.from_pretrained if fam == "speaker" else PitchEncoder.from_pretrained
         where = cfg.name_or_path or (None if fam == "speaker" else cfg.preset or "tiny")
         try:
