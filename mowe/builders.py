@@ -34,11 +34,11 @@ from mowe.errors import ConfigError
 from mowe.gguf import GGUFHeader, check_gguf_file
 from mowe.hub import check_local_source, naming_refused_pickles, resolve_file
 from mowe.routers import DataDependentRouter, DataIndependentRouter, MixtureRouter, PromptAwareRouter
+from mowe.tensors import DTYPES
 
-__all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "encoder_key", "llm_load_kwargs",
+__all__ = ["build_connector", "build_encoder", "build_llm", "build_router", "encoder_key", "llm_load_kwargs",
            "llm_tokenizer", "llm_vocab_size", "resize_vocab"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Module] | None = None,

@@ -40,6 +40,7 @@ from mowe.errors import (
     NonFiniteLossError,
 )
 from mowe.io import strip_ansi
+from mowe.tensors import DTYPES
 
 __all__ = ["DEPENDENCY_WARNINGS", "EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DATA", "EXIT_INTERNAL", "EXIT_INTERRUPTED",
            "EXIT_IO", "EXIT_NONFINITE", "add_debug_flag", "check_flags", "describe", "quiet_dependency_warnings",
@@ -195,5 +196,5 @@ def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int | Non
                    help="default: the model's generation config" if max_new_tokens is None else None)
     p.add_argument("--num-beams", type=int, default=None, help="default: the model's generation config")
     p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda:0 (default: cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default=None, choices=list(DTYPES),
                    help="cast the LLM and the connector (default: as saved)")

@@ -25,10 +25,10 @@ from mowe.checkpoints import (
 from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
 from mowe.errors import CheckpointError
 from mowe.hub import naming_refused_pickles
+from mowe.tensors import DTYPES
 
 __all__ = ["add_convert_cli", "convert_whisper", "from_ltu_as", "from_salmonn", "to_ltu_as", "to_salmonn"]
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> str:
@@ -90,7 +90,7 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: to
 
 
 def _cmd_convert_whisper(args: argparse.Namespace) -> int:
-    out = convert_whisper(args.src, args.dst, dtype=_DTYPES[args.dtype])
+    out = convert_whisper(args.src, args.dst, dtype=DTYPES[args.dtype])
     print(f"wrote a transformers Whisper to {out}")
     return 0
 
@@ -104,7 +104,7 @@ def add_convert_cli(subparsers) -> None:
     w.add_argument("src", help="CTranslate2 Whisper folder (model.bin), openai-whisper .pt file, "
                                "or transformers folder")
     w.add_argument("dst", help="output folder")
-    w.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weights dtype (default float32)")
+    w.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights dtype (default float32)")
     w.set_defaults(func=_cmd_convert_whisper)
     add_salmonn_convert_cli(kinds)
     add_ltu_as_convert_cli(kinds)

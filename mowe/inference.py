@@ -6,12 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import torch
-
 from mowe.data.processor import MoWEProcessor
 from mowe.errors import CheckpointError
 from mowe.hub import looks_like_path
 from mowe.model import MoWEAudioLLM
+from mowe.tensors import DTYPES
 
 __all__ = ["load_for_inference", "place_model"]
 
@@ -49,5 +48,5 @@ def place_model(model, *, device: str = "cpu", dtype: str | None = None):
     model = model.to(device)
     if dtype is not None and dtype != "float32":
         for part in (model.llm, model.connector):
-            part.to(getattr(torch, dtype))
+            part.to(DTYPES[dtype])
     return model

@@ -9,8 +9,11 @@ import torch
 
 from mowe.errors import MoWEInputError
 
-__all__ = ["AUTO_BUCKET_PADDING", "check_bucket_padding", "length_groups", "lengths_to_mask",
+__all__ = ["AUTO_BUCKET_PADDING", "DTYPES", "check_bucket_padding", "length_groups", "lengths_to_mask",
            "resolve_bucket_padding"]
+
+#: The dtypes a config, a flag or a converter may name, by name: the one map of them.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mowe.builders import DTYPES, build_encoder
+from mowe.builders import build_encoder
 from mowe.checkpoints.placeholder import load_llm_tokenizer, pick_audio_token_id, save_converted
 from mowe.config import LLMConfig
 from mowe.data.templates import PROMPT_TEMPLATES
@@ -35,6 +35,7 @@ from mowe.hub import load_torch_file
 from mowe.model import MoWEAudioLLM
 from mowe.presets import ltu_as
 from mowe.state_dicts import alias_groups, check_aliases, peft_base_key
+from mowe.tensors import DTYPES
 
 __all__ = ["add_ltu_as_convert_cli", "from_ltu_as", "load_ltu_as_state_dict", "ltu_as_state_dict", "to_ltu_as"]
 

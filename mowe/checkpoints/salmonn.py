@@ -41,6 +41,7 @@ from mowe.encoders.beats import BEATsEncoder
 from mowe.errors import CheckpointError, MoWEInputError
 from mowe.model import MoWEAudioLLM
 from mowe.state_dicts import check_frozen_copies, peft_base_key
+from mowe.tensors import DTYPES
 
 __all__ = ["add_salmonn_convert_cli", "from_salmonn", "salmonn_config", "to_salmonn"]
 
@@ -50,7 +51,6 @@ _LLM = "llama_model."
 _IGNORED = re.compile(r"(^|\.)position_ids$|(^|\.)rotary_emb\.inv_freq$")
 _LORA_NO_ADAPTER = re.compile(r"\.(lora_[AB])\.weight$")
 _LAYER = re.compile(re.escape(_QF) + r"encoder\.layer\.(\d+)\.")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Per Q-Former layer: official sub-module -> mowe sub-module, for the parts that map one to one.
 _LAYER_PARTS = {
@@ -196,8 +196,8 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
     if len(ranks) != 1:
         raise CheckpointError(f"SALMONN checkpoint {where}: LoRA ranks differ across modules: {sorted(ranks)}")
     targets = tuple(sorted({k.split(".lora_A.")[0].rsplit(".", 1)[-1] for k in lora_a}))
-    if dtype not in _DTYPES:
-        raise MoWEInputError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise MoWEInputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     span = {"min_seconds": 1.0, "max_seconds": 30.0}  # the official loader's clip span
     whisper, beats, llm = (_where(p) for p in (whisper, beats, llm))
     qf = {"hidden_dim": int(queries.shape[2]), "num_heads": num_heads, "num_layers": len(layers),
@@ -263,7 +263,7 @@ def _load(checkpoint, *, audio_token_id, tokenizer, **kw):
         raise CheckpointError(f"SALMONN checkpoint {where} does not fit the encoders / LLM given: {e}") from e
     _load_official(model, state, where)
     if kw["dtype"] != "float32":
-        model.connector.to(_DTYPES[kw["dtype"]])
+        model.connector.to(DTYPES[kw["dtype"]])
     return model.eval(), tok
 
 
@@ -381,7 +381,7 @@ def add_salmonn_convert_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--beats", required=True, help="official BEATs file (BEATs_iter3_plus_AS2M_finetuned_*.pt)")
     p.add_argument("--llm", required=True, help="base LLM hub id or folder (e.g. lmsys/vicuna-13b-v1.1)")
     p.add_argument("--out", required=True, help="output folder, loadable by MoWEAudioLLM.from_pretrained")
-    p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--num-heads", type=int, default=12, help="Q-Former heads (not stored in the file)")
     p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (not stored in the file)")
     p.add_argument("--tokenizer", default=None, help="the LLM's tokenizer folder / hub id (default: --llm's)")

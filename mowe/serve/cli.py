@@ -10,10 +10,10 @@ from mowe.cli_errors import add_allow_components_arg
 from mowe.inference import load_for_inference
 from mowe.serve.app import create_app
 from mowe.serve.schemas import Limits
+from mowe.tensors import DTYPES
 
 __all__ = ["add_serve_cli", "load_for_serving"]
 
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def load_for_serving(path: str, *, device: str = "cpu", dtype: str | None = None,
@@ -77,7 +77,7 @@ def add_serve_cli(subparsers) -> None:
     p.add_argument("--max-queue", type=_positive(int), default=256, help="waiting requests before 503")
     p.add_argument("--timeout", type=_positive(float), default=120.0, help="seconds a request may take in all")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--dtype", choices=_DTYPES, default=None, help="precision of the LLM and connector")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None, help="precision of the LLM and connector")
     p.add_argument("--max-body-mb", type=_positive(float), default=25.0, help="request body limit (413 above)")
     p.add_argument("--max-audio-seconds", type=_positive(float), default=None,
                    help="longest clip (default: the processor's max_audio_seconds)")
