@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from mowe.cli_convert import add_convert_cli
 from mowe.cli_errors import (
     add_allow_components_arg,
     add_debug_flag,
@@ -24,7 +25,6 @@ from mowe.cli_errors import (
     run_command,
 )
 from mowe.constants import MODEL_INPUT_KEYS
-from mowe.convert import add_convert_cli
 from mowe.data.manifest import ManifestDataset
 from mowe.demo.corpus import add_corpus_cli
 from mowe.errors import ConfigError
