@@ -35,8 +35,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-lint:
-	$(BIN)/pip install -q ruff && $(BIN)/ruff check mowe tests examples benchmarks
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check mowe tests examples benchmarks
 
 clean:
 	rm -rf $(VENV) demo_out *.egg-info

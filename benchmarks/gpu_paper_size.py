@@ -142,7 +142,7 @@ def main(argv=None) -> dict | None:
         return None
 
     from mowe import MoWEAudioLLM
-    from mowe.training.stages import Stage
+    from mowe.curriculum import Stage
     from mowe.training.trainer import TrainConfig, Trainer
 
     torch.manual_seed(0)

@@ -133,8 +133,8 @@ def profile_phases() -> None:
     import bench_e2e as E
 
     from mowe.encoders import WhisperEncoder
-    from mowe.encoders.base import resolve_bucket_padding
     from mowe.generation import greedy_settings, grouped_greedy_generate
+    from mowe.tensors import resolve_bucket_padding
 
     n, window = 8, 7.5
     enc_kw = {"d_model": 512, "encoder_layers": 6, "encoder_attention_heads": 8, "encoder_ffn_dim": 2048,

@@ -26,10 +26,11 @@ from torch import nn
 
 from mowe import MoWEAudioLLM, MoWEConfig
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
-from mowe.data.processor import MoWECollator, MoWEProcessor
+from mowe.curriculum import mowe_default_stages
+from mowe.data.collator import MoWECollator
+from mowe.data.processor import MoWEProcessor
 from mowe.data.tokenizer import add_audio_token, train_bpe_tokenizer
 from mowe.encoders.base import EncoderOutput
-from mowe.training.stages import mowe_default_stages
 from mowe.training.trainer import TrainConfig, Trainer
 
 TINY_WHISPER = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128}

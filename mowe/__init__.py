@@ -39,13 +39,6 @@ _LAZY = {
 
 __all__ = [*sorted(_LAZY), "__version__"]  # noqa: PLE0604, PLE0605 (built from _LAZY, all str)
 
-# AutoConfig / AutoModel / AutoProcessor learn model_type "mowe" when transformers loads them (no transformers import
-# here, so `import mowe` stays cheap; see mowe.hf.lazy).
-from mowe.hf.lazy import install as _install_auto_registration
-
-_install_auto_registration()
-
-
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from mowe.tensors import lengths_to_mask
+
 __all__ = ["ALIGNMENTS", "align_to_grid", "pad_to_grid"]
 
 
@@ -31,8 +33,6 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
     """
     # Imported here: mowe.encoders imports this module (the pool aligns weak streams), so a top-level import of
     # mowe.encoders.base would be circular when mowe.align is imported first.
-    from mowe.encoders.base import lengths_to_mask
-
     b, t, d = features.shape
     if t == dst_len and src_rate == dst_rate and torch.equal(lengths, dst_lengths):
         return features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)
@@ -62,8 +62,6 @@ def pad_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, dst_len: int) 
     Returns:
         ``(b, u, d)``.
     """
-    from mowe.encoders.base import lengths_to_mask  # at call time: mowe.encoders imports this module
-
     t = features.shape[1]
     out = features[:, :dst_len] * lengths_to_mask(lengths, min(t, dst_len))[..., None].to(features.dtype)
     return torch.nn.functional.pad(out, (0, 0, 0, dst_len - out.shape[1]))

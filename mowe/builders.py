@@ -18,13 +18,28 @@ from torch import nn
 
 from mowe.components import AllowList, instantiate
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
+from mowe.connectors import basic
+from mowe.connectors.pooled import StatsPoolConnector
+from mowe.connectors.qformer import WindowQFormerConnector
+from mowe.connectors.tltr import TLTRConnector
+from mowe.data.tokenizer import add_audio_token
+from mowe.encoders.base import set_trainable
+from mowe.encoders.beats import BEATsEncoder
+from mowe.encoders.hubert import HubertEncoder
+from mowe.encoders.pitch import PitchEncoder
+from mowe.encoders.span import ClipSpan
+from mowe.encoders.speaker import SpeakerEncoder
+from mowe.encoders.whisper import WhisperEncoder
+from mowe.encoders.whisper_ltu import LTUWhisperEncoder
 from mowe.errors import ConfigError
-from mowe.hub import GGUFHeader, check_gguf_file, check_local_source, naming_refused_pickles, resolve_file
+from mowe.gguf import GGUFHeader, check_gguf_file
+from mowe.hub import check_local_source, naming_refused_pickles, resolve_file
+from mowe.routers import DataDependentRouter, DataIndependentRouter, MixtureRouter, PromptAwareRouter
+from mowe.tensors import DTYPES
 
-__all__ = ["DTYPES", "build_connector", "build_encoder", "build_llm", "build_router", "encoder_key", "llm_load_kwargs",
+__all__ = ["build_connector", "build_encoder", "build_llm", "build_router", "encoder_key", "llm_load_kwargs",
            "llm_tokenizer", "llm_vocab_size", "resize_vocab"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Module] | None = None,
@@ -39,8 +54,6 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
     else:
         enc = _build_bare_encoder(cfg, name=name, custom=custom)
     if cfg.min_seconds > 0 or cfg.max_seconds is not None:
-        from mowe.encoders.span import ClipSpan
-
         enc = ClipSpan(encoder=enc, min_seconds=cfg.min_seconds, max_seconds=cfg.max_seconds)
     if cfg.dtype is not None:
         for p in enc.parameters():  # weights only: buffers such as mel filters stay float32
@@ -55,8 +68,6 @@ def encoder_key(name: str) -> str:
 
 
 def _build_component_encoder(cfg: EncoderConfig, *, name: str, allow: AllowList) -> nn.Module:
-    from mowe.encoders.base import set_trainable
-
     where = encoder_key(name)
     enc = instantiate(cfg.component, cfg.kwargs, where=where, allow=allow, offered={"freeze": cfg.freeze})
     if not isinstance(enc, nn.Module):
@@ -83,36 +94,25 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
     if cfg.name_or_path:
         check_local_source(cfg.name_or_path, what=f"{encoder_key(name)}.name_or_path")
     if fam == "whisper":
-        from mowe.encoders.whisper import WhisperEncoder
-
         kw = {"pad_to_30s": cfg.pad_to_30s, "output_all_layers": cfg.output_all_layers, "freeze": cfg.freeze,
               "bucket_padding": cfg.bucket_padding, "full_window": cfg.full_window}
         if cfg.name_or_path:
             return WhisperEncoder.from_pretrained(cfg.name_or_path, **kw)
         return WhisperEncoder.from_preset(cfg.preset or "tiny", **kw, **cfg.overrides)
     if fam == "whisper_ltu":  # LTU-AS's Whisper features (mowe.encoders.whisper_ltu)
-        from mowe.encoders.whisper_ltu import LTUWhisperEncoder
-
         if cfg.name_or_path:
             return LTUWhisperEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze)
         return LTUWhisperEncoder.from_preset(cfg.preset or "tiny", freeze=cfg.freeze, **cfg.overrides)
     if fam == "hubert":
-        from mowe.encoders.hubert import HubertEncoder
-
         if cfg.name_or_path:
             return HubertEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze, bucket_padding=cfg.bucket_padding)
         return HubertEncoder.from_preset(cfg.preset or "hubert-base", freeze=cfg.freeze,
                                          bucket_padding=cfg.bucket_padding, **cfg.overrides)
     if fam == "beats":
-        from mowe.encoders.beats import BEATsEncoder
-
         if cfg.name_or_path:
             return BEATsEncoder.from_checkpoint(cfg.name_or_path, freeze=cfg.freeze)
         return BEATsEncoder.from_preset(cfg.preset or "base", freeze=cfg.freeze, **cfg.overrides)
     if fam in ("speaker", "pitch"):  # pretrained only: name_or_path is a weight file (pitch: or "tiny"/"full")
-        from mowe.encoders.pitch import PitchEncoder
-        from mowe.encoders.speaker import SpeakerEncoder
-
         load = SpeakerEncoder.from_pretrained if fam == "speaker" else PitchEncoder.from_pretrained
         where = cfg.name_or_path or (None if fam == "speaker" else cfg.preset or "tiny")
         try:
@@ -125,9 +125,6 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
 
 def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int, allow: AllowList = True) -> nn.Module:
     """A connector of ``cfg.kind`` (or ``cfg.component``) from ``in_dim`` features to the LLM width ``out_dim``."""
-    from mowe.connectors import basic
-    from mowe.connectors.pooled import StatsPoolConnector
-
     if cfg.component:
         return instantiate(cfg.component, cfg.kwargs, where="model.connector", allow=allow,
                            offered={"in_dim": in_dim, "out_dim": out_dim})
@@ -140,9 +137,9 @@ def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int, allow: A
         "stats": StatsPoolConnector,
     }
     if cfg.kind == "qformer":
-        from mowe.connectors.qformer import WindowQFormerConnector as cls
+        cls = WindowQFormerConnector
     elif cfg.kind == "tltr":
-        from mowe.connectors.tltr import TLTRConnector as cls
+        cls = TLTRConnector
     elif cfg.kind in kinds:
         cls = kinds[cfg.kind]
     else:
@@ -162,8 +159,6 @@ def build_router(cfg: RouterConfig, *, strong_dim: int, num_encoders: int,
     takes the data-dependent router's place). A component gets ``num_encoders``, ``top_k``, ``in_dim``
     (``strong_dim``) and ``prompt_dim`` when its constructor names them (router contract: :mod:`mowe.components`).
     """
-    from mowe.routers import DataDependentRouter, DataIndependentRouter, MixtureRouter, PromptAwareRouter
-
     if cfg.component:
         return instantiate(cfg.component, cfg.kwargs, where="model.router", allow=allow,
                            offered={"num_encoders": num_encoders, "top_k": cfg.top_k, "in_dim": strong_dim,
@@ -286,7 +281,7 @@ def llm_tokenizer(cfg: LLMConfig, *, audio_token: str | None = "<|audio|>") -> A
 
     Example::
 
-        folder, file = mowe.hub.packaged_smollm2()
+        folder, file = mowe.gguf.packaged_smollm2()
         cfg = LLMConfig(name_or_path=folder, gguf_file=file)
         tok = llm_tokenizer(cfg)                       # SmolLM2's tokenizer + <|audio|>
         cfg = dataclasses.replace(cfg, vocab_size=len(tok))
@@ -300,8 +295,6 @@ def llm_tokenizer(cfg: LLMConfig, *, audio_token: str | None = "<|audio|>") -> A
     kw = {k: v for k, v in (("gguf_file", cfg.gguf_file), ("revision", cfg.revision)) if v is not None}
     tok = AutoTokenizer.from_pretrained(cfg.name_or_path, **kw)
     if audio_token is not None:
-        from mowe.data.tokenizer import add_audio_token
-
         add_audio_token(tok, audio_token)
     return tok
 

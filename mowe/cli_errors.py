@@ -26,22 +26,28 @@ import errno
 import math
 import os
 import pickle
-import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from mowe.errors import AudioLoadError, CheckpointError, ConfigError, ManifestError, MoWEInputError
+from mowe.errors import (
+    AudioLoadError,
+    CheckpointError,
+    ConfigError,
+    ManifestError,
+    MoWEInputError,
+    NonFiniteLossError,
+)
+from mowe.io import strip_ansi
+from mowe.tensors import DTYPES
 
 __all__ = ["DEPENDENCY_WARNINGS", "EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DATA", "EXIT_INTERNAL", "EXIT_INTERRUPTED",
            "EXIT_IO", "EXIT_NONFINITE", "add_debug_flag", "check_flags", "describe", "quiet_dependency_warnings",
-           "run_command", "strip_ansi"]
+           "run_command", "add_allow_components_arg", "add_generation_args"]
 
 EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_IO, EXIT_NONFINITE = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 # Integer / number flags of the subcommands: attribute -> (flag, smallest allowed value).
 _INT_FLAGS = {"max_new_tokens": ("--max-new-tokens", 1), "num_beams": ("--num-beams", 1),
@@ -66,11 +72,6 @@ def quiet_dependency_warnings() -> None:
 
     for category, module, message in DEPENDENCY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
-
-
-def strip_ansi(text: str) -> str:
-    """``text`` without terminal colour codes (torch's weights-only refusal carries some)."""
-    return _ANSI.sub("", text)
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -127,8 +128,6 @@ def _os_message(e: OSError) -> str:
 
 def describe(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one-line message for ``exc`` (see the module docstring for the codes)."""
-    from mowe.training.config import NonFiniteLossError
-
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
     msg = strip_ansi(str(exc)).strip() or type(exc).__name__
@@ -180,3 +179,22 @@ def exit_codes_table() -> Sequence[tuple[int, str]]:
             (EXIT_DATA, "manifest or audio"), (EXIT_CHECKPOINT, "checkpoint or saved model"),
             (EXIT_IO, "file system (disk full, read-only, permission, special file)"),
             (EXIT_NONFINITE, "non-finite loss / skip budget"), (EXIT_INTERRUPTED, "interrupted")]
+
+
+def add_allow_components_arg(p: argparse.ArgumentParser) -> None:
+    """``--allow-components PKG`` (repeatable): packages outside mowe a saved model's config may name."""
+    p.add_argument("--allow-components", action="append", metavar="PKG", default=None,
+                   help="allow the saved model's config to build components from this package (and its "
+                        "submodules); importing it runs its code. Repeatable")
+
+
+def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int | None) -> None:
+    """The options ``mowe infer`` and ``mowe eval`` share: --processor, --max-new-tokens, --num-beams, --device,
+    --dtype (generation settings left unset come from the model's saved generation_config.json)."""
+    p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help="default: the model's generation config" if max_new_tokens is None else None)
+    p.add_argument("--num-beams", type=int, default=None, help="default: the model's generation config")
+    p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda:0 (default: cpu)")
+    p.add_argument("--dtype", default=None, choices=list(DTYPES),
+                   help="cast the LLM and the connector (default: as saved)")

@@ -156,7 +156,7 @@ class LLMConfig:
         name_or_path: hub id or local folder for ``AutoModelForCausalLM.from_pretrained``.
         gguf_file: a GGUF file inside ``name_or_path`` (``from_pretrained(name_or_path, gguf_file=...)``): the
             model and its tokenizer are read from it and dequantised to ``dtype``; saving references the file
-            instead of copying its weights (:func:`mowe.hub.packaged_smollm2` finds a packaged one).
+            instead of copying its weights (:func:`mowe.gguf.packaged_smollm2` finds a packaged one).
         vocab_size: resize the token embeddings (and an untied output layer) to this many rows after loading,
             for tokens added to the tokenizer such as the ``<|audio|>`` placeholder. New rows are the mean of
             the existing ones, so a rebuild from the saved config reproduces them exactly. None: as loaded.
@@ -222,21 +222,24 @@ class MoWEConfig:
     def from_json(cls, path_or_text: str | os.PathLike) -> MoWEConfig:
         """Read a config from a JSON file path or a JSON string; unknown keys are an error naming the key.
 
-        A saved model's ``config.json`` works too: the keys transformers adds (``model_type``,
-        ``architectures``, ``transformers_version``, ...) are set aside (:func:`mowe.hf.config.read_mowe_config`).
+        A saved model's ``config.json`` also holds transformers' keys (``model_type``, ``architectures``, ...):
+        read it with :func:`mowe.hf.config.read_mowe_config`, which sets them aside.
         """
-        from mowe.hf.config import read_mowe_config
-
         s = str(path_or_text)
-        if s.lstrip().startswith("{"):
+        where = "<string>" if s.lstrip().startswith("{") else s
+        if where == "<string>":
             try:
                 data = json.loads(s)
             except json.JSONDecodeError as e:
                 raise ConfigError(f"<string>: not valid JSON ({e})") from e
-            if not isinstance(data, dict):
-                raise ConfigError(f"<string>: expected a JSON object, got {type(data).__name__}")
-            return read_mowe_config(data, where="<string>")
-        return read_mowe_config(s)
+        else:
+            data = read_config_file(s)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        try:
+            return from_dict(cls, data, where="model")
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from e
 
     def replace(self, **changes) -> MoWEConfig:
         return dataclasses.replace(self, **changes)

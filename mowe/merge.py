@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from mowe.constants import IGNORE_INDEX
-from mowe.encoders.base import length_groups
 from mowe.errors import MoWEInputError
+from mowe.tensors import length_groups, resolve_bucket_padding
 
 __all__ = ["MergedInputs", "PackedInputs", "cheapest_llm_layout", "grouped_llm_pass", "llm_pass_flops", "llm_sizes",
            "merge_audio_features", "pack_merged"]
@@ -245,8 +245,6 @@ def grouped_llm_pass(llm, merged: MergedInputs, padding_side: str, *, num_items_
     summed loss is divided by the batch's label count, or by ``num_items_in_batch`` when given: the count of a
     larger global batch this one is part of) and logits ``(b, T, V)``, zeros on padding.
     """
-    from mowe.encoders.base import resolve_bucket_padding
-
     mask, labels = merged.attention_mask, merged.labels
     b, t = mask.shape
     host = mask.sum(1).tolist()

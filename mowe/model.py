@@ -20,15 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mowe import saving
 from mowe.builders import build_connector, build_encoder, build_llm, build_router
-from mowe.config import MoWEConfig
-from mowe.encoders.base import (
-    check_bucket_padding,
-    check_encoder_output,
-    check_waveforms,
-    resolve_bucket_padding,
-)
+from mowe.components import check_allowed, config_components
+from mowe.config import MoWEConfig, RouterConfig
+from mowe.encoders.base import check_encoder_output, check_waveforms
 from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.encoders.pool import WeakEncoderPool
 from mowe.errors import MoWEInputError
@@ -38,6 +33,9 @@ from mowe.generation import (
     greedy_settings,
     grouped_greedy_generate,
 )
+from mowe.hf import saving
+from mowe.hf.adapter import set_lora_scale
+from mowe.hf.auto import register_auto_classes
 from mowe.hf.mixin import MoWEHubMixin
 from mowe.merge import (
     MergedInputs,
@@ -48,6 +46,8 @@ from mowe.merge import (
     pack_merged,
 )
 from mowe.routers.base import RouterOutput
+from mowe.routers.prompt import clip_prompt_embeddings
+from mowe.tensors import check_bucket_padding, resolve_bucket_padding
 
 __all__ = ["AudioEncoding", "MoWEAudioLLM", "MoWEOutput"]
 
@@ -112,8 +112,6 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
             weak_encoders = WeakEncoderPool(encoders=weak_encoders)
         self.pool = weak_encoders
         if self.pool is not None and router is None:
-            from mowe.config import RouterConfig
-
             router = build_router(RouterConfig(top_k=self.pool.top_k), strong_dim=int(strong_encoder.out_dim),
                          num_encoders=len(self.pool))
         self.router = router if self.pool is not None else None
@@ -148,8 +146,6 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         for ``family="custom"`` entries or to replace built ones, ``llm`` an already built LLM.
         ``allow_components``: packages outside mowe whose ``component`` entries may be imported (True: any;
         see :mod:`mowe.components`)."""
-        from mowe.components import check_allowed, config_components
-
         allow = allow_components
         for where, path in config_components(config):  # refuse before importing or building anything
             if not (encoders and where.split(".")[-1] in encoders):
@@ -190,8 +186,6 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         """Each clip's pooled, detached prompt embedding ``(c, d_llm)`` for a prompt-aware router: the mean LLM
         input embedding of its sample's real tokens that are neither placeholders nor answer tokens
         (``labels != -100``); see :func:`mowe.routers.prompt.clip_prompt_embeddings`."""
-        from mowe.routers.prompt import clip_prompt_embeddings
-
         return clip_prompt_embeddings(embedding=self.llm.get_input_embeddings(), input_ids=input_ids,
                                       audio_token_id=self.audio_token_id, attention_mask=attention_mask,
                                       labels=labels)
@@ -414,8 +408,6 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         SALMONN trains with scaling 4.0 and tests with 2.0 (``factor=0.5``) to undo task over-fitting
         (arXiv 2310.13289, sec. 3.3); ``1.0`` restores the trained behaviour.
         """
-        from mowe.training.stages import set_lora_scale
-
         if not set_lora_scale(self.llm, factor):
             raise MoWEInputError("set_lora_scale: this model's LLM has no LoRA adapters (llm.train is not 'lora')")
 
@@ -442,3 +434,6 @@ def _check_dims(model: MoWEAudioLLM) -> None:
     d_llm = model.llm.get_input_embeddings().embedding_dim
     if int(model.connector.out_dim) != d_llm:
         raise MoWEInputError(f"connector.out_dim is {model.connector.out_dim} but the LLM width is {d_llm}")
+
+
+register_auto_classes(MoWEAudioLLM)  # AutoConfig / AutoModel / AutoProcessor learn "mowe"

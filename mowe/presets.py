@@ -20,7 +20,11 @@ from mowe.config import (
     MoWEConfig,
     RouterConfig,
 )
+from mowe.curriculum import ltu_as_stages, mowe_default_stages, salmonn_stages
+from mowe.data.processor import MoWEProcessor
 from mowe.data.templates import PROMPT_TEMPLATES
+from mowe.data.tokenizer import add_audio_token, check_placeholder_agrees
+from mowe.model import MoWEAudioLLM
 
 __all__ = [
     "LTU_AS_CLOSED_ENDED_TASKS",
@@ -30,7 +34,6 @@ __all__ = [
     "SALMONN_PRETRAIN_TASKS",
     "Preset",
     "base_only",
-    "check_placeholder_agrees",
     "ltu_as",
     "mowe_paper",
     "salmonn",
@@ -63,7 +66,7 @@ class Preset:
     Attributes:
         name: ``"mowe_paper"``, ``"salmonn"``, ``"ltu_as"`` or ``"base_only"``.
         config: what to build (``MoWEAudioLLM.from_config(preset.config)`` or ``preset.build()``).
-        stages: the training curriculum (see :mod:`mowe.training.stages`).
+        stages: the training curriculum (see :mod:`mowe.curriculum`).
         prompt_template: the system's prompt format with ``{audio}`` and ``{instruction}``.
         inference_lora_scale: factor for :meth:`MoWEAudioLLM.set_lora_scale` at test time (1.0 for all three:
             SALMONN's official decoding keeps its training scaling; see :func:`salmonn`).
@@ -87,8 +90,6 @@ class Preset:
 
     def build(self, **kwargs):
         """``MoWEAudioLLM.from_config(self.config, **kwargs)``."""
-        from mowe.model import MoWEAudioLLM
-
         return MoWEAudioLLM.from_config(self.config, **kwargs)
 
     def for_tokenizer(self, tokenizer, *, audio_token: str = "<|audio|>") -> Preset:
@@ -108,8 +109,6 @@ class Preset:
         """
         import dataclasses
 
-        from mowe.data.tokenizer import add_audio_token
-
         audio_id = add_audio_token(tokenizer, audio_token)
         cfg = self.config.replace(audio_token_id=audio_id)
         rows = len(tokenizer) - (audio_id == len(tokenizer) - 1)  # every token but the placeholder needs a row
@@ -125,8 +124,6 @@ class Preset:
             ConfigError: the tokenizer's audio placeholder is not ``config.audio_token_id`` (use
                 :meth:`for_tokenizer` first). AudioPlaceholderError: text can produce the placeholder.
         """
-        from mowe.data.processor import MoWEProcessor
-
         proc = MoWEProcessor(tokenizer, **{"prompt_template": self.prompt_template, **kwargs})
         check_placeholder_agrees(proc, self.config.audio_token_id, what=f"the {self.name} preset")
         return proc
@@ -145,8 +142,6 @@ def mowe_paper(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int =
 
     ``prompt_aware=True`` (beyond the paper; PaM, arXiv 2502.15178): the data-dependent router also sees the
     instruction (:class:`~mowe.routers.PromptAwareRouter`); everything else is unchanged."""
-    from mowe.training.stages import mowe_default_stages
-
     if tiny:
         strong = EncoderConfig("whisper", preset="tiny", overrides=_TINY_WHISPER, pad_to_30s=False)
         weak = {
@@ -215,8 +210,6 @@ def salmonn(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 51
     ``BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt``; it is not a transformers model on the hub).
     The released SALMONN checkpoint loads with :func:`mowe.checkpoints.from_salmonn`.
     """
-    from mowe.training.stages import salmonn_stages
-
     span = dict(min_seconds=1.0, max_seconds=30.0) if faithful else {}
     if tiny:
         strong = EncoderConfig("whisper", preset="tiny", overrides=_TINY_WHISPER, pad_to_30s=faithful,
@@ -263,8 +256,6 @@ def ltu_as(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512
 
     ``whisper``: hub id, folder or openai-whisper ``.pt`` file (LTU-AS used ``large-v1.pt``).
     """
-    from mowe.training.stages import ltu_as_stages
-
     if tiny:
         llm_cfg = LLMConfig(config=_tiny_llm(vocab_size))
     else:
@@ -290,19 +281,3 @@ def ltu_as(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512
 
 
 PRESETS = {"mowe_paper": mowe_paper, "base_only": base_only, "salmonn": salmonn, "ltu_as": ltu_as}
-
-
-def check_placeholder_agrees(processor, audio_token_id: int, *, what: str) -> None:
-    """A processor's placeholder id must be the model's (``config.audio_token_id``): otherwise every prompt has no
-    placeholder the model looks for.
-
-    Raises:
-        ConfigError: naming both ids and the way to make them agree.
-    """
-    from mowe.errors import ConfigError
-
-    if processor.audio_token_id != audio_token_id:
-        raise ConfigError(f"the processor's audio placeholder {processor.audio_token!r} has id "
-                          f"{processor.audio_token_id}, but {what} uses audio_token_id {audio_token_id}; build "
-                          f"the model for this tokenizer (Preset.for_tokenizer(tokenizer), or set "
-                          f"MoWEConfig.audio_token_id to the processor's audio_token_id)")

@@ -164,11 +164,11 @@ RULES: dict[str, list[Rule]] = {
         real_in("max_nonfinite_fraction", 0, 1),
         Rule("output_dir", _folder_ok, "a folder path, not an existing file (nor a path under one)"),
     ],
-    "mowe.training.stages.Stage": [real_in("lr", 0, 10, lo_open=True), real_in("lora_scale", 0, _INF, optional=True)],
-    "mowe.data.processor.ProcessorOptions": [
+    "mowe.curriculum.Stage": [real_in("lr", 0, 10, lo_open=True), real_in("lora_scale", 0, _INF, optional=True)],
+    "mowe.data.processor_options.ProcessorOptions": [
         real_in("max_audio_seconds", 0, _INF, lo_open=True, optional=True), int_in("seed", 0, MAX_SEED)],
-    "mowe.cli.DataSection": [real_in("max_audio_seconds", 0, _INF, lo_open=True, optional=True)],
-    "mowe.cli.BPEOptions": [int_at_least("vocab_size", 1)],
+    "mowe.training.run_file.DataSection": [real_in("max_audio_seconds", 0, _INF, lo_open=True, optional=True)],
+    "mowe.training.run_file.BPEOptions": [int_at_least("vocab_size", 1)],
 }
 
 # Whole-object checks (cross-field or dict-valued fields), after the per-field rules.

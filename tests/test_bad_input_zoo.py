@@ -36,13 +36,14 @@ from _bad_input_helpers import (  # noqa: F401 (per_case_timeout: an autouse fix
     per_case_timeout,
 )
 
-from mowe.cli import load_run_file, main
+from mowe.cli import main
 from mowe.cli_errors import describe, run_command
 from mowe.config import LLMConfig, LoRAConfig, MoWEConfig, from_dict, read_config_file
 from mowe.data.audio import load_audio
 from mowe.data.manifest import ManifestDataset
-from mowe.errors import AudioLoadError, CheckpointError, ConfigError, ManifestError
-from mowe.training.config import NonFiniteLossError, TrainConfig
+from mowe.errors import AudioLoadError, CheckpointError, ConfigError, ManifestError, NonFiniteLossError
+from mowe.training.config import TrainConfig
+from mowe.training.run_file import load_run_file
 
 
 # ================================================================================ 1. special files
@@ -168,7 +169,7 @@ def _train_case(**kw) -> Callable[[Path], object]:
 
 
 def _stage_case(**kw) -> Callable[[Path], object]:
-    from mowe.training.stages import stages_from_list
+    from mowe.curriculum import stages_from_list
 
     return lambda tmp: stages_from_list([{"name": "s", "train": ["connector"], "steps": 2, "lr": 1e-3, **kw}])
 

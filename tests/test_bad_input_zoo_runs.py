@@ -33,8 +33,8 @@ from _trainer_helpers import SyntheticDataset, collate, tiny_model
 
 from mowe.cli_errors import run_command
 from mowe.config import LLMConfig, MoWEConfig, parse_value
-from mowe.errors import CheckpointError, ConfigError
-from mowe.training.config import NonFiniteLossError, TrainConfig
+from mowe.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mowe.training.config import TrainConfig
 
 
 # ================================================================================ 7. full / read-only disks
@@ -142,7 +142,7 @@ def test_checkpoint_disk_full_names_the_file_and_keeps_latest(tmp_path, monkeypa
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A finished 2-stage run with a checkpoint after every step (stage a: steps 1-2, stage b: steps 3-4)."""
-    from mowe.training.stages import Stage
+    from mowe.curriculum import Stage
     from mowe.training.trainer import Trainer
 
     out = tmp_path_factory.mktemp("run")
@@ -225,7 +225,7 @@ def _nan_at(model, calls: set[int]):
 
 
 def _train_with_nans(tmp, calls: set[int], steps: int):
-    from mowe.training.stages import Stage
+    from mowe.curriculum import Stage
     from mowe.training.trainer import Trainer
 
     model = tiny_model(weak=0)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from _audio_helpers import write_tone_wav
 
-from mowe.cli import load_run_file, main
+from mowe.cli import main
 from mowe.errors import ConfigError
+from mowe.training.run_file import load_run_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TINY = os.path.join(ROOT, "examples", "run_tiny.yaml")

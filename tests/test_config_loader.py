@@ -5,13 +5,13 @@ import json
 
 import pytest
 
-from mowe.cli import load_run_file
 from mowe.config import MoWEConfig, apply_overrides, from_dict, parse_value, read_config_file
-from mowe.data.processor import ProcessorOptions
+from mowe.curriculum import Stage
+from mowe.data.processor_options import ProcessorOptions
 from mowe.encoders.beats import BEATsConfig
 from mowe.errors import ConfigError
 from mowe.training.config import TrainConfig
-from mowe.training.stages import Stage
+from mowe.training.run_file import load_run_file
 
 CASES = [  # (build, data, key path, kind of mistake)
     (lambda d: from_dict(MoWEConfig, d, where="model"), {"router": {"top_kk": 2}}, r"model\.router\.top_kk", "unknown"),

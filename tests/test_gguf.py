@@ -177,7 +177,7 @@ def test_without_the_gguf_package_the_error_says_to_install_it(gguf_dir, monkeyp
 def test_the_header_reader_agrees_with_the_gguf_package(gguf_dir):
     from gguf import GGUFReader
 
-    from mowe.hub import check_gguf_file
+    from mowe.gguf import check_gguf_file
 
     folder, _ = gguf_dir
     header, reader = check_gguf_file(str(folder / UNTIED)), GGUFReader(folder / UNTIED)

@@ -15,7 +15,7 @@ from conftest import tiny_config
 from mowe import MoWEAudioLLM
 from mowe.builders import llm_tokenizer
 from mowe.config import LLMConfig, LoRAConfig
-from mowe.hub import check_gguf_file, packaged_smollm2
+from mowe.gguf import check_gguf_file, packaged_smollm2
 
 QUESTIONS = ["What is the capital of France?", "What is 2 + 2?"]
 NEW = 16

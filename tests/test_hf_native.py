@@ -280,7 +280,8 @@ def test_llm_config_forwards_from_pretrained_keywords(tmp_path):
 
 
 def test_infer_and_eval_take_device_and_dtype(model):
-    from mowe.cli import build_parser, place_model
+    from mowe.cli import build_parser
+    from mowe.inference import place_model
 
     for cmd in (["infer", "--audio", "a.wav", "--prompt", "p"], ["eval", "--manifest", "m.jsonl"]):
         args = build_parser().parse_args([*cmd, "--model", "m", "--device", "cpu", "--dtype", "bfloat16"])

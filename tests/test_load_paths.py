@@ -14,11 +14,12 @@ import torch
 from conftest import tiny_config
 from safetensors.torch import load_file, save_file
 
-from mowe.cli import load_for_inference, main
+from mowe.cli import main
 from mowe.config import LLMConfig
 from mowe.data.processor import MoWEProcessor
 from mowe.data.tokenizer import train_bpe_tokenizer
 from mowe.errors import CheckpointError
+from mowe.inference import load_for_inference
 from mowe.model import MoWEAudioLLM
 from mowe.serve.cli import load_for_serving
 

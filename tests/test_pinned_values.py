@@ -1,4 +1,5 @@
-"""Pinned regression values (torchtune style): a router, two connectors and the merge, after a fixed seed.
+"""Pinned regression values (torchtune style): a router, two connectors, the merge, one encoder per family and one
+whole-model forward, after a fixed seed.
 
 Each module is built after ``torch.manual_seed(0)`` and fed inputs from its own seeded generator; the numbers
 below were recorded from the implementation at the time of writing. A change that silently moves them (a new
@@ -78,3 +79,71 @@ def test_merge_pinned():
     assert m.attention_mask.tolist() == [[1] * 8, [0, 0, 0, 0, 0, 1, 1, 1]]
     assert m.labels.tolist() == [[5, -100, -100, -100, -100, -100, 7, 0], [-100] * 5 + [5, -100, 7]]
     assert m.position_ids.tolist() == [list(range(8)), [0, 0, 0, 0, 0, 0, 1, 2]]
+
+
+# ----------------------------------------------------------------------------------------------- encoders
+# One encoder per family, built from its config entry after torch.manual_seed(0) (random toy weights; the GE2E
+# speaker encoder and CREPE tiny load the weights shipped in their wheels), on two seeded clips (1 s, 0.6 s).
+# Pinned: output shape and lengths, the sum of |features| and a seeded random projection of the features (any
+# change of any value moves it).
+def _encoder_configs():
+    from mowe.config import EncoderConfig
+    from mowe.presets import _TINY_BEATS, _TINY_HUBERT, _TINY_WEAK_WHISPER
+
+    return {
+        "whisper": EncoderConfig("whisper", preset="tiny", overrides=_TINY_WEAK_WHISPER, pad_to_30s=False),
+        "whisper_ltu": EncoderConfig("whisper_ltu", preset="tiny", overrides=_TINY_WEAK_WHISPER),
+        "hubert": EncoderConfig("hubert", preset="hubert-base", overrides=_TINY_HUBERT),
+        "beats": EncoderConfig("beats", overrides=_TINY_BEATS),
+        "speaker": EncoderConfig("speaker"),
+        "pitch": EncoderConfig("pitch", preset="tiny"),
+    }
+
+
+ENCODER_PINS = {  # family: (shape, lengths, sum |features|, projection)
+    "whisper": ((2, 50, 32), [50, 30], 2250.552, 25.65014),
+    "whisper_ltu": ((2, 500, 32), [500, 500], 19525.11, 11.97035),
+    "hubert": ((2, 49, 32), [49, 29], 2020.224, -76.16156),
+    "beats": ((2, 48, 64), [48, 24], 3744.419, -6.90958),
+    "speaker": ((2, 2, 256), [2, 2], 37.2878, -0.9019254),
+    "pitch": ((2, 20, 360), [20, 12], 131.6535, 2.160924),
+}
+
+
+def _projection(t: torch.Tensor) -> float:
+    return (t * torch.randn(t.shape, generator=torch.Generator().manual_seed(2))).sum().item()
+
+
+@pytest.mark.parametrize("family", sorted(ENCODER_PINS))
+def test_encoder_family_pinned(family):
+    from mowe.builders import build_encoder
+
+    torch.manual_seed(0)
+    enc = build_encoder(_encoder_configs()[family], name=family).eval()
+    waves = 0.1 * _inputs(2, 16000)
+    waves[1, 9600:] = 0
+    with torch.no_grad():
+        out = enc(waves, torch.tensor([16000, 9600]))
+    shape, lengths, abs_sum, proj = ENCODER_PINS[family]
+    assert tuple(out.features.shape) == shape and out.lengths.tolist() == lengths
+    assert out.features.abs().sum().item() == pytest.approx(abs_sum, rel=1e-5)
+    assert _projection(out.features) == pytest.approx(proj, abs=1e-3 + 1e-5 * abs_sum)
+
+
+def test_whole_model_forward_pinned():
+    """Strong Whisper + a pool of two Whisper and two HuBERT weak encoders, routers, frame stacking, a tiny Llama
+    with LoRA (tests/conftest.py's tiny_config): logits, loss and routing of one forward on three clips."""
+    from conftest import make_batch, tiny_config
+
+    from mowe.model import MoWEAudioLLM
+
+    torch.manual_seed(0)
+    model = MoWEAudioLLM.from_config(tiny_config()).eval()
+    wav, wl, ids, am, labels = make_batch()
+    with torch.no_grad():
+        out = model(ids, wav, wl, attention_mask=am, labels=labels)
+    assert tuple(out.logits.shape) == (3, 17, 128)
+    assert out.router.indices.tolist() == [[3], [3], [3]]
+    assert out.loss.item() == pytest.approx(4.954642, abs=1e-4)
+    assert out.logits.abs().sum().item() == pytest.approx(836.4879, rel=1e-5)
+    assert _projection(out.logits) == pytest.approx(24.66671, abs=1e-3)

@@ -26,10 +26,16 @@ from typing import Any
 
 import torch
 
+from mowe.builders import build_encoder
+from mowe.checkpoints.placeholder import load_llm_tokenizer, pick_audio_token_id
+from mowe.config import LLMConfig
 from mowe.errors import CheckpointError
+from mowe.hub import load_torch_file
+from mowe.model import MoWEAudioLLM
+from mowe.presets import ltu_as
 from mowe.state_dicts import alias_groups, check_aliases, peft_base_key
 
-__all__ = ["add_ltu_as_convert_cli", "from_ltu_as", "load_ltu_as_state_dict", "ltu_as_state_dict", "to_ltu_as"]
+__all__ = ["from_ltu_as", "load_ltu_as", "load_ltu_as_state_dict", "ltu_as_state_dict", "to_ltu_as"]
 
 PREFIX = "base_model.model.model."
 _TLTR = {"time_tr": "connector.time_block.", "layer_tr": "connector.layer_block."}
@@ -149,20 +155,15 @@ def from_ltu_as(checkpoint: str | os.PathLike, *, whisper: str, llm: str, dtype:
         CheckpointError: the file is unreadable or does not fit (keys named). AudioPlaceholderError: an
             ``audio_token_id`` that the tokenizer's text produces.
     """
-    return _load(checkpoint, whisper=whisper, llm=llm, dtype=dtype, audio_token_id=audio_token_id, faithful=faithful,
+    return load_ltu_as(checkpoint, whisper=whisper, llm=llm, dtype=dtype, audio_token_id=audio_token_id, faithful=faithful,
                  tokenizer=tokenizer)[0]
 
 
-def _load(checkpoint, *, whisper, llm, dtype, audio_token_id, faithful, tokenizer):
-    """``(model, tokenizer or None)``: :func:`from_ltu_as`, and the tokenizer holding the model's placeholder."""
+def load_ltu_as(checkpoint, *, whisper, llm, dtype, audio_token_id, faithful, tokenizer):
+    """``(model, tokenizer or None)``: :func:`from_ltu_as`, and the tokenizer holding the model's placeholder (what
+    ``mowe convert ltu-as`` saves beside the model)."""
     from transformers import AutoConfig
 
-    from mowe.builders import build_encoder
-    from mowe.checkpoints.placeholder import load_llm_tokenizer, pick_audio_token_id
-    from mowe.config import LLMConfig
-    from mowe.hub import load_torch_file
-    from mowe.model import MoWEAudioLLM
-    from mowe.presets import ltu_as
 
     path = os.fspath(checkpoint)
     state = load_torch_file(path, what="LTU-AS checkpoint")
@@ -184,32 +185,3 @@ def _load(checkpoint, *, whisper, llm, dtype, audio_token_id, faithful, tokenize
     load_ltu_as_state_dict(model, {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()},
                            where=path)
     return model.eval(), tok
-
-
-def add_ltu_as_convert_cli(subparsers) -> None:
-    """Register ``ltu-as`` under ``mowe convert``: ``mowe convert ltu-as CKPT --whisper W --llm L --out DIR``."""
-    p = subparsers.add_parser("ltu-as", help="load a released LTU-AS checkpoint and save it as a mowe model")
-    p.add_argument("checkpoint", help="the official LTU-AS .bin (e.g. ltuas_long_noqa_a6.bin)")
-    p.add_argument("--whisper", required=True, help="openai-whisper .pt (large-v1.pt) or a transformers id/folder")
-    p.add_argument("--llm", required=True, help="the Vicuna/LLaMA folder or hub id LTU-AS was trained on")
-    p.add_argument("--out", required=True, help="output folder, loadable by MoWEAudioLLM.from_pretrained")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--tokenizer", default=None, help="the LLM's tokenizer folder / hub id (default: --llm's)")
-    p.add_argument("--audio-token-id", type=int, default=None,
-                   help="placeholder id (default: <|audio|> added to the tokenizer as a special token)")
-    p.set_defaults(func=_convert_main)
-
-
-def _convert_main(args) -> int:
-    from mowe.builders import DTYPES
-    from mowe.checkpoints.placeholder import save_converted
-    from mowe.data.templates import PROMPT_TEMPLATES
-
-    model, tok = _load(args.checkpoint, whisper=args.whisper, llm=args.llm, dtype=DTYPES[args.dtype],
-                       audio_token_id=args.audio_token_id, faithful=True, tokenizer=args.tokenizer)
-    # The processor's prompt: LTU-AS's alpaca format, audio first; the released model's exact prompt (with Whisper's
-    # transcript as its input) is built by mowe.data.ltu_as_prompt.ltu_as_batch.
-    note = save_converted(model, args.out, tok, prompt_template=PROMPT_TEMPLATES["ltu_as"])
-    print(f"wrote {args.out} (LTU-AS from {args.checkpoint}; {model.num_parameters(trainable_only=True):,} "
-          f"trainable parameters; {note})")
-    return 0

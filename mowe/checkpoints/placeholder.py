@@ -13,6 +13,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from mowe.data.processor import MoWEProcessor
+from mowe.data.tokenizer import AUDIO_TOKEN, add_audio_token, check_audio_placeholder
+from mowe.hub import resolve_file
+
 __all__ = ["load_llm_tokenizer", "pick_audio_token_id", "save_converted", "seed_vocabulary"]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -22,8 +26,6 @@ def load_llm_tokenizer(llm: str | os.PathLike, tokenizer: Any = None) -> Any:
     """``tokenizer`` (a tokenizer, or a folder / hub id to load one from), else the tokenizer in the LLM folder or
     hub repository ``llm``; None when ``llm`` holds none."""
     from transformers import AutoTokenizer
-
-    from mowe.hub import resolve_file
 
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
         return tokenizer
@@ -40,8 +42,6 @@ def pick_audio_token_id(tokenizer: Any, audio_token_id: int | None, *, vocab_row
     Raises:
         AudioPlaceholderError: the given id is one that text produces with this tokenizer (names it).
     """
-    from mowe.data.tokenizer import add_audio_token, check_audio_placeholder
-
     if audio_token_id is not None:
         if tokenizer is not None:
             check_audio_placeholder(tokenizer, int(audio_token_id))
@@ -75,8 +75,6 @@ def seed_vocabulary(llm: str | os.PathLike, tokenizer: Any, audio_token_id: int 
 def save_converted(model: Any, out: str | os.PathLike, tokenizer: Any, *, prompt_template: str | None) -> str:
     """``model.save_pretrained(out)``, with a processor (``tokenizer`` + ``prompt_template``) when there is a
     tokenizer; returns a note for the command line."""
-    from mowe.data.processor import MoWEProcessor
-    from mowe.data.tokenizer import AUDIO_TOKEN
 
     if tokenizer is None or model.audio_token_id >= len(tokenizer) or \
             tokenizer.convert_ids_to_tokens(model.audio_token_id) != AUDIO_TOKEN:

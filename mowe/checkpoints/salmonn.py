@@ -23,7 +23,6 @@ The result is the :func:`mowe.presets.salmonn` ``faithful=True`` layout, sized f
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from collections.abc import Mapping
@@ -32,12 +31,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from mowe.checkpoints.placeholder import save_converted, seed_vocabulary
+from mowe.checkpoints.placeholder import seed_vocabulary
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
+from mowe.connectors.norm import PerStreamNorm
+from mowe.connectors.qformer import WindowQFormerConnector
+from mowe.encoders.beats import BEATsEncoder
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.model import MoWEAudioLLM
 from mowe.state_dicts import check_frozen_copies, peft_base_key
+from mowe.tensors import DTYPES
 
-__all__ = ["add_salmonn_convert_cli", "from_salmonn", "salmonn_config", "to_salmonn"]
+__all__ = ["from_salmonn", "load_salmonn", "salmonn_config", "to_salmonn"]
 
 PAD_TOKEN = "[PAD]"  # the pad token the official code adds to the LLaMA tokenizer (and a row to the LLM)
 _QF = "speech_Qformer.bert."
@@ -45,7 +49,6 @@ _LLM = "llama_model."
 _IGNORED = re.compile(r"(^|\.)position_ids$|(^|\.)rotary_emb\.inv_freq$")
 _LORA_NO_ADAPTER = re.compile(r"\.(lora_[AB])\.weight$")
 _LAYER = re.compile(re.escape(_QF) + r"encoder\.layer\.(\d+)\.")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Per Q-Former layer: official sub-module -> mowe sub-module, for the parts that map one to one.
 _LAYER_PARTS = {
@@ -191,8 +194,8 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
     if len(ranks) != 1:
         raise CheckpointError(f"SALMONN checkpoint {where}: LoRA ranks differ across modules: {sorted(ranks)}")
     targets = tuple(sorted({k.split(".lora_A.")[0].rsplit(".", 1)[-1] for k in lora_a}))
-    if dtype not in _DTYPES:
-        raise MoWEInputError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise MoWEInputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     span = {"min_seconds": 1.0, "max_seconds": 30.0}  # the official loader's clip span
     whisper, beats, llm = (_where(p) for p in (whisper, beats, llm))
     qf = {"hidden_dim": int(queries.shape[2]), "num_heads": num_heads, "num_layers": len(layers),
@@ -242,15 +245,14 @@ def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats
             repeats differs from the one given, or a shape does not fit the Whisper / BEATs / LLM given.
         AudioPlaceholderError: an ``audio_token_id`` that the tokenizer's text produces.
     """
-    return _load(checkpoint, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads, lora_alpha=lora_alpha,
+    return load_salmonn(checkpoint, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads, lora_alpha=lora_alpha,
                  lora_dropout=lora_dropout, window=window, audio_token_id=audio_token_id, dtype=dtype,
                  tokenizer=tokenizer)[0]
 
 
-def _load(checkpoint, *, audio_token_id, tokenizer, **kw):
-    """``(model, tokenizer or None)``: :func:`from_salmonn`, and the tokenizer holding its placeholder."""
-    from mowe.model import MoWEAudioLLM
-
+def load_salmonn(checkpoint, *, audio_token_id, tokenizer, **kw):
+    """``(model, tokenizer or None)``: :func:`from_salmonn`, and the tokenizer holding its placeholder (what
+    ``mowe convert salmonn`` saves beside the model)."""
     state, where = _read_state(checkpoint)
     tok, vocab_size, audio_token_id = seed_vocabulary(kw["llm"], tokenizer, audio_token_id, pad_token=PAD_TOKEN)
     cfg = _config_from_state(state, where, audio_token_id=audio_token_id, vocab_size=vocab_size, **kw)
@@ -260,7 +262,7 @@ def _load(checkpoint, *, audio_token_id, tokenizer, **kw):
         raise CheckpointError(f"SALMONN checkpoint {where} does not fit the encoders / LLM given: {e}") from e
     _load_official(model, state, where)
     if kw["dtype"] != "float32":
-        model.connector.to(_DTYPES[kw["dtype"]])
+        model.connector.to(DTYPES[kw["dtype"]])
     return model.eval(), tok
 
 
@@ -270,8 +272,6 @@ _TOWER_NAMES = {"speech_encoder.": "Whisper", "beats.": "BEATs", _LLM: "LLM"}
 def _frozen_towers(model: nn.Module) -> dict[str, nn.Module]:
     """Official key prefix -> the mowe module holding the same frozen tensors under the same inner names."""
     from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
-
-    from mowe.encoders.beats import BEATsEncoder
 
     def find(root: nn.Module, cls: type) -> nn.Module | None:
         return next((m for m in root.modules() if isinstance(m, cls)), None)
@@ -330,8 +330,6 @@ def _load_official(model: nn.Module, state: dict[str, torch.Tensor], where: str)
 
 # --------------------------------------------------------------------------------------------- writing
 def _check_layout(model: nn.Module) -> None:
-    from mowe.connectors.norm import PerStreamNorm
-    from mowe.connectors.qformer import WindowQFormerConnector
 
     con = model.connector
     problems = []
@@ -370,34 +368,3 @@ def to_salmonn(model: nn.Module, path: str | os.PathLike) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     torch.save({"model": state}, tmp)
     os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------- command line
-def add_salmonn_convert_cli(subparsers) -> argparse.ArgumentParser:
-    """Add ``salmonn`` to a ``convert`` sub-command's subparsers:
-    ``mowe convert salmonn CHECKPOINT --whisper W --beats B --llm L --out DIR``."""
-    p = subparsers.add_parser("salmonn", help="a released SALMONN checkpoint -> a mowe model folder")
-    p.add_argument("checkpoint", help="the official .pth file, e.g. salmonn_v1.pth")
-    p.add_argument("--whisper", required=True, help="Whisper hub id or folder (openai/whisper-large-v2)")
-    p.add_argument("--beats", required=True, help="official BEATs file (BEATs_iter3_plus_AS2M_finetuned_*.pt)")
-    p.add_argument("--llm", required=True, help="base LLM hub id or folder (e.g. lmsys/vicuna-13b-v1.1)")
-    p.add_argument("--out", required=True, help="output folder, loadable by MoWEAudioLLM.from_pretrained")
-    p.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
-    p.add_argument("--num-heads", type=int, default=12, help="Q-Former heads (not stored in the file)")
-    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (not stored in the file)")
-    p.add_argument("--tokenizer", default=None, help="the LLM's tokenizer folder / hub id (default: --llm's)")
-    p.add_argument("--audio-token-id", type=int, default=None,
-                   help="placeholder id (default: <|audio|> added to the tokenizer as a special token)")
-    p.set_defaults(func=_cmd_convert_salmonn)
-    return p
-
-
-def _cmd_convert_salmonn(args: argparse.Namespace) -> int:
-    from mowe.data.templates import PROMPT_TEMPLATES
-
-    model, tok = _load(args.checkpoint, whisper=args.whisper, beats=args.beats, llm=args.llm,
-                       num_heads=args.num_heads, lora_alpha=args.lora_alpha, lora_dropout=0.1, window=17,
-                       audio_token_id=args.audio_token_id, dtype=args.dtype, tokenizer=args.tokenizer)
-    note = save_converted(model, args.out, tok, prompt_template=PROMPT_TEMPLATES["salmonn"])
-    print(f"wrote {args.out} ({note})")
-    return 0

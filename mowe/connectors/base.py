@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mowe.errors import MoWEInputError
+
 __all__ = ["ConnectorOutput", "check_features", "check_frame_lengths"]
 
 
@@ -36,8 +38,6 @@ def check_frame_lengths(lengths, *, batch: int, frames: int, device: torch.devic
 
     Returns int64 lengths on ``device``; raises :class:`~mowe.errors.MoWEInputError` naming the clip.
     """
-    from mowe.errors import MoWEInputError
-
     if batch == 0 or frames == 0:
         raise MoWEInputError(f"features is empty ({batch} clips, {frames} frames)")
     lengths = torch.as_tensor(lengths, device=device)
@@ -63,8 +63,6 @@ def check_features(features: torch.Tensor, lengths, *, in_dim: int, num_layers: 
     Raises:
         MoWEInputError: naming the expected shape, the argument and (for a bad length) the clip.
     """
-    from mowe.errors import MoWEInputError
-
     rank = 3 if num_layers is None else 4
     expected = f"(batch, frames, {in_dim})" if num_layers is None else f"(batch, {num_layers} layers, frames, {in_dim})"
     if not isinstance(features, torch.Tensor) or features.dim() != rank:

@@ -14,8 +14,8 @@ from einops import rearrange
 from torch import nn
 
 from mowe.connectors.base import ConnectorOutput, check_features
-from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
+from mowe.tensors import lengths_to_mask
 
 __all__ = ["ConvConnector", "FrameStackConnector", "LinearConnector", "MLPConnector", "masked_mean_std"]
 

@@ -29,8 +29,8 @@ from torch import nn
 
 from mowe.connectors.base import ConnectorOutput, check_features
 from mowe.connectors.norm import PerStreamNorm
-from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
+from mowe.tensors import lengths_to_mask
 
 __all__ = ["WindowQFormerConnector", "window_count"]
 

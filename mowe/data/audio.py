@@ -66,7 +66,6 @@ __all__ = [
     "audio_info",
     "load_audio",
     "pad_batch",
-    "stream_audio",
     "validate_waveform",
 ]
 
@@ -446,4 +445,3 @@ def pad_batch(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     return out, lengths
 
 
-from mowe.data.audio_stream import stream_audio  # re-export (it uses the helpers above)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mowe.data.inputs import ChatPrompt
+from mowe.data.inputs import ChatPrompt, to_16k
 from mowe.data.templates import DEFAULT_PROMPT_TEMPLATE
 from mowe.errors import MoWEInputError
 
@@ -82,8 +82,6 @@ def audio_from_messages(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
         MoWEInputError: an audio part with neither ``path`` nor ``array``, an array without ``sampling_rate``, or
             an ``input_audio`` part (base64 data; decode it first), naming the part.
     """
-    from mowe.data.inputs import to_16k
-
     clips = []
     for i, m in enumerate(messages):
         content = m.get("content") if isinstance(m, Mapping) else None

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mowe.data.tokenizer import check_audio_placeholder
 from mowe.errors import AudioPlaceholderError, MoWEInputError
 
 __all__ = ["LTU_AS_PROMPT", "LTU_AS_PROMPT_NO_INPUT", "clean_transcript", "ltu_as_batch", "ltu_as_input_ids",
@@ -54,8 +55,6 @@ def ltu_as_input_ids(tokenizer, instruction: str, transcript: str | None, *, aud
     """
     ids = list(tokenizer(ltu_as_prompt(instruction, transcript)).input_ids)
     if int(audio_token_id) in ids:
-        from mowe.data.tokenizer import check_audio_placeholder
-
         try:  # the full check says why text produces it (a real tokenizer; stand-ins lack its methods)
             check_audio_placeholder(tokenizer, int(audio_token_id))
         except (AttributeError, TypeError):

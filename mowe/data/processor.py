@@ -31,63 +31,28 @@ from __future__ import annotations
 
 import math
 import os
-import string
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from mowe.constants import IGNORE_INDEX, MODEL_INPUT_KEYS, SAMPLE_RATE
-from mowe.data.audio import (
-    AudioClip,
-    AudioTruncatedWarning,
-    load_audio,
-    pad_batch,
-    stream_audio,
-    validate_waveform,
-)
+from mowe.constants import IGNORE_INDEX, SAMPLE_RATE
+from mowe.data.audio import AudioClip, AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
+from mowe.data.audio_stream import stream_audio
+from mowe.data.chat import audio_from_messages, render_chat
+from mowe.data.inputs import ChatPrompt, batch_feature, encode_prompts, to_16k
+from mowe.data.processor_io import load_processor, save_processor
+from mowe.data.processor_options import check_options
 from mowe.data.samplers import mix_seed
 from mowe.data.templates import (
     DEFAULT_PROMPT_TEMPLATE,
-    LTU_AS_PROMPT_TEMPLATE,
-    SALMONN_PROMPT_TEMPLATE,
-    TEMPLATE_FIELDS,
 )
+from mowe.data.tokenizer import audio_placeholder_id
 from mowe.errors import ConfigError, MoWEInputError
 
-__all__ = [
-    "DEFAULT_PROMPT_TEMPLATE",
-    "IGNORE_INDEX",
-    "LTU_AS_PROMPT_TEMPLATE",
-    "MODEL_INPUT_KEYS",
-    "PROCESSOR_CONFIG_NAME",
-    "SALMONN_PROMPT_TEMPLATE",
-    "SAMPLE_RATE",
-    "MoWECollator",
-    "MoWEProcessor",
-    "ProcessorOptions",
-]
-
-PROCESSOR_CONFIG_NAME = "processor_config.json"
-
-_POLICIES = ("truncate", "chunk", "error")
-
-
-@dataclass(frozen=True)
-class ProcessorOptions:
-    """What ``processor_config.json`` may hold (read with the one strict loader, :func:`mowe.config.from_dict`)."""
-
-    audio_token: str = "<|audio|>"
-    system_prompt: str | None = None
-    prompt_template: str | None = None
-    paraphrases: dict[str, list[str]] | None = None
-    max_audio_seconds: float | None = 30.0
-    length_policy: Literal["truncate", "chunk", "error"] = "truncate"
-    seed: int = 0
-
+__all__ = ["MoWEProcessor", "pad_tokens"]
 
 class MoWEProcessor:
     """Turns instructions (+ answers) and audio into the inputs of :class:`~mowe.model.MoWEAudioLLM`.
@@ -118,7 +83,7 @@ class MoWEProcessor:
                  system_prompt: str | None = "You are a helpful assistant that listens to audio.",
                  prompt_template: str | None = None, paraphrases: Mapping[str, Sequence[str]] | None = None,
                  max_audio_seconds: float | None = 30.0, length_policy: str = "truncate", seed: int = 0):
-        _check_options(audio_token=audio_token, system_prompt=system_prompt, prompt_template=prompt_template,
+        check_options(audio_token=audio_token, system_prompt=system_prompt, prompt_template=prompt_template,
                        paraphrases=paraphrases, max_audio_seconds=max_audio_seconds, length_policy=length_policy,
                        seed=seed)
         self.tokenizer = tokenizer
@@ -173,14 +138,12 @@ class MoWEProcessor:
         Raises:
             MoWEInputError: a malformed message or part (naming it), or several turns for a ``prompt_template``.
         """
-        from mowe.data.chat import render_chat
 
         return render_chat(self, messages)
 
     def audio_from_messages(self, messages: Sequence[Mapping[str, Any]]) -> list[Any]:
         """The messages' audio clips in placeholder order (paths, or arrays resampled to 16 kHz); see
         :func:`mowe.data.chat.audio_from_messages`."""
-        from mowe.data.chat import audio_from_messages
 
         return audio_from_messages(messages)
 
@@ -314,7 +277,6 @@ class MoWEProcessor:
             ``attention_mask`` (b, L), [``labels`` (b, L)], ``waveforms`` (c, s), ``wave_lengths`` (c,); ``c`` is
             the number of clips (more when clips were chunked).
         """
-        from mowe.data.inputs import ChatPrompt, batch_feature, encode_prompts, to_16k
 
         if return_tensors != "pt":
             raise MoWEInputError(f"return_tensors must be 'pt', got {return_tensors!r}")
@@ -375,7 +337,6 @@ class MoWEProcessor:
                         **push_kwargs: Any) -> None:
         """Write the tokenizer and ``processor_config.json`` to ``directory`` (then upload it with ``push_to_hub``;
         see :func:`mowe.data.processor_io.save_processor`)."""
-        from mowe.data.processor_io import save_processor
 
         save_processor(self, directory, push_to_hub=push_to_hub, repo_id=repo_id, **push_kwargs)
 
@@ -388,7 +349,6 @@ class MoWEProcessor:
             ConfigError: ``processor_config.json`` missing, not JSON, or with an unknown key or bad value
                 (naming it). CheckpointError: no such folder or hub repository.
         """
-        from mowe.data.processor_io import load_processor
 
         return load_processor(cls, name_or_path, tokenizer=tokenizer, **kwargs)
 
@@ -425,53 +385,9 @@ def _token_ids(tokenizer: Any, audio_token: str) -> tuple[int, int]:
     """(audio placeholder id, pad id) of ``tokenizer``; ConfigError if the placeholder is not one token or there
     is no eos token (answers end with it; it also pads when the tokenizer has no pad token), AudioPlaceholderError
     if text can produce the placeholder (:func:`mowe.data.tokenizer.audio_placeholder_id`)."""
-    from mowe.data.tokenizer import audio_placeholder_id
 
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no eos token; answers must end with one")
     audio_id = audio_placeholder_id(tokenizer, audio_token)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return audio_id, int(pad)
-
-
-def _check_options(*, audio_token, system_prompt, prompt_template, paraphrases, max_audio_seconds, length_policy,
-                   seed) -> None:
-    if not isinstance(audio_token, str) or not audio_token:
-        raise ConfigError(f"audio_token must be a non-empty string, got {audio_token!r}")
-    if system_prompt is not None and not isinstance(system_prompt, str):
-        raise ConfigError(f"system_prompt must be a string or None, got {system_prompt!r}")
-    if system_prompt and audio_token in system_prompt:
-        raise ConfigError("system_prompt must not contain the audio token")
-    if prompt_template is not None:
-        if not isinstance(prompt_template, str):
-            raise ConfigError(f"prompt_template must be a string or None, got {prompt_template!r}")
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(prompt_template) if f is not None}
-        except ValueError as e:
-            raise ConfigError(f"prompt_template is not a valid format string: {e}") from e
-        bad = sorted(fields - TEMPLATE_FIELDS)
-        if bad:
-            raise ConfigError(f"prompt_template has unknown field {{{bad[0]}}}; allowed: audio, instruction, system")
-        for need in ("audio", "instruction"):
-            if need not in fields:
-                raise ConfigError(f"prompt_template must contain {{{need}}}")
-    if paraphrases is not None:
-        if not isinstance(paraphrases, Mapping):
-            raise ConfigError(f"paraphrases must map task -> list of strings, got {type(paraphrases).__name__}")
-        for task, opts in paraphrases.items():
-            if (not isinstance(task, str) or isinstance(opts, str) or not isinstance(opts, Sequence) or not opts
-                    or not all(isinstance(o, str) for o in opts)):
-                raise ConfigError(f"paraphrases[{task!r}] must be a non-empty list of strings")
-    if max_audio_seconds is not None and (
-        isinstance(max_audio_seconds, bool) or not isinstance(max_audio_seconds, (int, float))
-        or not math.isfinite(max_audio_seconds) or max_audio_seconds <= 0
-    ):
-        raise ConfigError(f"max_audio_seconds must be a positive number or None, got {max_audio_seconds!r}")
-    if length_policy not in _POLICIES:
-        raise ConfigError(f"length_policy must be one of {_POLICIES}, got {length_policy!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an int, got {seed!r}")
-
-
-# The collator lives in mowe.data.collator; imported here so `from mowe.processor import MoWECollator` works.
-from mowe.data.collator import MoWECollator

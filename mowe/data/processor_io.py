@@ -12,7 +12,9 @@ import os
 from typing import Any
 
 from mowe.config import from_dict
+from mowe.data.processor_options import PROCESSOR_CONFIG_NAME, ProcessorOptions
 from mowe.errors import ConfigError
+from mowe.hub import push_folder, resolve_model_dir
 from mowe.io import open_for_reading
 
 __all__ = ["load_processor", "save_processor"]
@@ -24,9 +26,7 @@ _AUTO_KWARGS = ("trust_remote_code", "_from_auto", "proxies", "return_unused_kwa
 def save_processor(processor: Any, directory: str | os.PathLike, *, push_to_hub: bool = False,
                    repo_id: str | None = None, **push_kwargs: Any) -> None:
     """Write the tokenizer and ``processor_config.json``; with ``push_to_hub``, upload the folder to ``repo_id``
-    (default: the folder's name; ``push_kwargs`` as :func:`mowe.hf.hub.push_folder`)."""
-    from mowe.data.processor import PROCESSOR_CONFIG_NAME
-
+    (default: the folder's name; ``push_kwargs`` as :func:`mowe.hub.push_folder`)."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     processor.tokenizer.save_pretrained(directory)
@@ -34,8 +34,6 @@ def save_processor(processor: Any, directory: str | os.PathLike, *, push_to_hub:
         json.dump(processor.to_dict(), f, indent=2)
         f.write("\n")
     if push_to_hub:
-        from mowe.hf.hub import push_folder
-
         push_folder(directory, repo_id or os.path.basename(os.path.abspath(directory)), **push_kwargs)
 
 
@@ -44,8 +42,6 @@ def load_processor(cls: type, name_or_path: str | os.PathLike, *, tokenizer: Any
                    local_files_only: bool = False, token: str | bool | None = None, subfolder: str | None = None,
                    **kwargs: Any) -> Any:
     """``cls.from_pretrained``: see :meth:`MoWEProcessor.from_pretrained <mowe.data.processor.MoWEProcessor>`."""
-    from mowe.data.processor import PROCESSOR_CONFIG_NAME, ProcessorOptions
-    from mowe.hf.hub import resolve_model_dir
 
     unknown = sorted(k for k in kwargs if k not in _AUTO_KWARGS)
     if unknown:

@@ -43,7 +43,7 @@ from typing import Any
 from mowe.errors import AudioPlaceholderError, ConfigError, MoWEInputError
 
 __all__ = ["AUDIO_TOKEN", "BOS_TOKEN", "CHAT_TEMPLATE", "EOS_TOKEN", "PAD_TOKEN", "add_audio_token",
-           "audio_placeholder_id", "check_audio_placeholder", "train_bpe_tokenizer"]
+           "audio_placeholder_id", "check_audio_placeholder", "check_placeholder_agrees", "train_bpe_tokenizer"]
 
 PAD_TOKEN = "<|pad|>"
 BOS_TOKEN = "<|bos|>"
@@ -218,3 +218,17 @@ def check_audio_placeholder(tokenizer: Any, token_id: int, *, audio_token: str |
         raise AudioPlaceholderError(
             f"{said}: {content!r} is also an ordinary piece of the tokenizer's vocabulary, so text holding "
             f"{content!r} produces it; {fix}")
+
+
+def check_placeholder_agrees(processor, audio_token_id: int, *, what: str) -> None:
+    """A processor's placeholder id must be the model's (``config.audio_token_id``): otherwise every prompt has no
+    placeholder the model looks for.
+
+    Raises:
+        ConfigError: naming both ids and the way to make them agree.
+    """
+    if processor.audio_token_id != audio_token_id:
+        raise ConfigError(f"the processor's audio placeholder {processor.audio_token!r} has id "
+                          f"{processor.audio_token_id}, but {what} uses audio_token_id {audio_token_id}; build "
+                          f"the model for this tokenizer (Preset.for_tokenizer(tokenizer), or set "
+                          f"MoWEConfig.audio_token_id to the processor's audio_token_id)")

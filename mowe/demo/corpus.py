@@ -81,6 +81,7 @@ from mowe.demo.sounds import (
 )
 from mowe.demo.speech import _speak, available_voices, check_voices
 from mowe.demo.texts import _ASR_TEMPLATES, _CO_QUESTIONS, _DIGITS, _WORDS, INSTRUCTIONS
+from mowe.evaluation.metrics import normalize_text
 
 __all__ = [
     "ACCENTS",
@@ -108,8 +109,6 @@ TASK_METRICS = {"asr": "wer", "co_reasoning": "parts"}
 
 def score_normalize(text: str) -> str:
     """The text normaliser the corpus is scored with: digits spelled out, as espeak-ng reads digit strings."""
-    from mowe.evaluation.metrics import normalize_text
-
     return normalize_text(text, spell_digits=True)
 
 

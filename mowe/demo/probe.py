@@ -15,6 +15,11 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from mowe.connectors.basic import masked_mean_std
+from mowe.data.audio import pad_batch
+from mowe.encoders.cache import cached_encode
+from mowe.evaluation.stats import bootstrap_interval, clip_statistics
+
 __all__ = ["pooled_features", "probe_accuracy", "run_probes"]
 
 
@@ -23,9 +28,6 @@ def pooled_features(encoders: Mapping[str, torch.nn.Module], cache, dataset, *, 
                     ) -> tuple[dict[str, torch.Tensor], list[dict[str, str]], list[str]]:
     """Per distinct clip of ``dataset``: ``(c, 2 d)`` pooled features per encoder, the clip's labels
     (task -> answer) and its id (the audio path)."""
-    from mowe.connectors.basic import masked_mean_std
-    from mowe.data.audio import pad_batch
-    from mowe.encoders.cache import cached_encode
 
     labels: dict[str, dict[str, str]] = {}
     first: dict[str, int] = {}
@@ -77,8 +79,6 @@ def run_probes(encoders: Mapping[str, torch.nn.Module], cache, train, test, *, t
         sets: set name -> encoder names whose pooled features are concatenated (e.g. ``{"strong": ["strong"],
             "strong + speaker": ["strong", "speaker"]}``).
     """
-    from mowe.evaluation.stats import bootstrap_interval, clip_statistics
-
     xtr, ytr, _ = pooled_features(encoders, cache, train)
     xte, yte, ids = pooled_features(encoders, cache, test)
     out: dict[str, dict[str, dict]] = {}

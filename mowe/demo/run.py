@@ -33,9 +33,11 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from mowe.curriculum import Stage
 from mowe.data.audio import pad_batch
+from mowe.data.collator import MoWECollator
 from mowe.data.manifest import ManifestDataset
-from mowe.data.processor import MoWECollator, MoWEProcessor
+from mowe.data.processor import MoWEProcessor
 from mowe.demo.probe import run_probes
 from mowe.demo.questions import OTHER_TASKS, SPEECH_TASKS, build_question_corpus
 from mowe.demo.report import write_results
@@ -52,7 +54,6 @@ from mowe.demo.systems import (
 from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.evaluation.controls import CONTROLS
 from mowe.evaluation.evaluate import evaluate_model
-from mowe.training.stages import Stage
 from mowe.training.trainer import TrainConfig, Trainer
 
 __all__ = ["PROBE_TASKS", "SYSTEMS", "Prepared", "SystemRun", "main", "prepare", "run_system", "warm_cache"]

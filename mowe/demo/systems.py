@@ -21,7 +21,7 @@ from torch import nn
 from mowe.builders import apply_training_mode, build_encoder, build_llm, llm_tokenizer
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, MoWEConfig, RouterConfig
 from mowe.data.tokenizer import train_bpe_tokenizer
-from mowe.hub import packaged_smollm2
+from mowe.gguf import packaged_smollm2
 from mowe.model import MoWEAudioLLM
 
 __all__ = ["CONTROL_SIZE", "SYSTEMS", "DemoLLM", "build_system", "connector_config", "demo_encoder_configs",

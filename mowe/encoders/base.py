@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from mowe.constants import SAMPLE_RATE
 from mowe.errors import MoWEInputError
+from mowe.tensors import length_groups, lengths_to_mask
 
 __all__ = [
     "SAMPLE_RATE",
@@ -47,8 +48,6 @@ __all__ = [
     "check_encoder_output",
     "check_waveforms",
     "encode_in_length_groups",
-    "length_groups",
-    "lengths_to_mask",
     "set_trainable",
 ]
 
@@ -79,11 +78,6 @@ class AudioEncoder(Protocol):
     # Optional, not part of the structural check: ``source: str | None`` (see the module docstring).
 
     def __call__(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput: ...
-
-
-def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """``(b,)`` lengths -> ``(b, max_len)`` bool mask, True on valid positions."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def check_waveforms(
@@ -156,28 +150,6 @@ def check_encoder_output(out: object, *, batch: int, out_dim: int, who: str) -> 
     return out
 
 
-def length_groups(lengths: list[int], max_padding: float) -> list[list[int]]:
-    """Split clips into groups of similar length: each group, padded to its longest clip, wastes at most
-    ``max_padding`` of its real samples on padding.
-
-    Clips are taken longest first; a group grows while ``n * longest <= (1 + max_padding) * sum(lengths)``.
-    Returns lists of clip indices (longest group first). ``max_padding=inf`` gives one group.
-
-    Example:
-        >>> length_groups([100, 10, 95, 12], 0.25)
-        [[0, 2], [3, 1]]
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    groups: list[list[int]] = []
-    for i in order:
-        g = groups[-1] if groups else None
-        if g is not None and (len(g) + 1) * lengths[g[0]] <= (1 + max_padding) * (sum(lengths[j] for j in g) + lengths[i]):
-            g.append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
 def encode_in_length_groups(
     encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutput], waveforms: torch.Tensor, lengths: torch.Tensor,
     *, max_padding: float,
@@ -216,29 +188,6 @@ def encode_in_length_groups(
         hidden = torch.cat([F.pad(o.hidden_states, (0, 0, 0, t - o.hidden_states.shape[2]))
                             for o in outs])[inverse]
     return EncoderOutput(features=feats, lengths=out_len, hidden_states=hidden)
-
-
-# bucket_padding="auto": on CPU a GEMM runs as fast on one clip's frames as on a batch's, so groups are kept
-# tight (benchmarks: 0.05 encodes a mixed 1-30 s batch ~15% faster than 0.25, and no slower on short clips);
-# accelerators keep wider groups, where fewer, larger launches pay (not yet measured on a GPU here).
-AUTO_BUCKET_PADDING = {"cpu": 0.05, "other": 0.25}
-
-
-def check_bucket_padding(value: float | str | None, *, name: str = "bucket_padding") -> float | str | None:
-    """Validate a length-group padding budget (``name`` for the error): a fraction >= 0, ``"auto"`` or None
-    (one padded batch)."""
-    if value is None or value == "auto":
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise MoWEInputError(f"{name} must be a fraction >= 0, 'auto' or None, got {value!r}")
-    return float(value)
-
-
-def resolve_bucket_padding(value: float | str | None, device: torch.device) -> float | None:
-    """The padding budget of :func:`encode_in_length_groups` for a batch on ``device``."""
-    if value == "auto":
-        return AUTO_BUCKET_PADDING["cpu" if device.type == "cpu" else "other"]
-    return value
 
 
 def set_trainable(module: torch.nn.Module, trainable: bool) -> torch.nn.Module:

@@ -18,15 +18,13 @@ from transformers import AutoConfig, AutoModel, HubertConfig, PreTrainedModel, W
 from mowe.encoders.base import (
     SAMPLE_RATE,
     EncoderOutput,
-    check_bucket_padding,
     check_waveforms,
     encode_in_length_groups,
-    lengths_to_mask,
-    resolve_bucket_padding,
     set_trainable,
 )
 from mowe.errors import MoWEInputError
-from mowe.hub import naming_refused_pickles
+from mowe.hub import naming_refused_pickles, resolve_file
+from mowe.tensors import check_bucket_padding, lengths_to_mask, resolve_bucket_padding
 
 __all__ = ["HUBERT_PRESETS", "HubertEncoder"]
 
@@ -177,8 +175,6 @@ class HubertEncoder(nn.Module):
 def _reads_normalize_flag(name_or_path: str) -> bool:
     """``do_normalize`` from the checkpoint's preprocessor config, False if there is none."""
     import json
-
-    from mowe.hub import resolve_file
 
     path = resolve_file(name_or_path, "preprocessor_config.json")
     if path is None:

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask
+from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms
 from mowe.errors import MoWEInputError
+from mowe.tensors import lengths_to_mask
 
 __all__ = ["ClipSpan"]
 

@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, set_trainable
 from mowe.errors import CheckpointError, MoWEInputError
 from mowe.hub import load_torch_file
+from mowe.tensors import lengths_to_mask
 
 __all__ = ["GE2EMelFrontend", "SpeakerEncoder", "slaney_mel_filters"]
 

@@ -39,15 +39,14 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhi
 from mowe.encoders.base import (
     SAMPLE_RATE,
     EncoderOutput,
-    check_bucket_padding,
     check_waveforms,
     encode_in_length_groups,
-    lengths_to_mask,
-    resolve_bucket_padding,
     set_trainable,
 )
+from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
 from mowe.errors import CheckpointError, MoWEInputError
 from mowe.hub import load_prefixed_state_dict
+from mowe.tensors import check_bucket_padding, lengths_to_mask, resolve_bucket_padding
 
 __all__ = ["WHISPER_PRESETS", "LogMelFrontend", "WhisperEncoder", "load_hf_whisper_encoder"]
 
@@ -140,12 +139,6 @@ def load_hf_whisper_encoder(name_or_path: str | os.PathLike, *, dtype: torch.dty
         CheckpointError: unreadable, truncated or incomplete weights, or weights that do not fit the config
             (names the file and the keys).
     """
-    from mowe.encoders.whisper_formats import (
-        is_ctranslate2_dir,
-        is_openai_whisper_file,
-        load_whisper_checkpoint,
-    )
-
     name_or_path = os.fspath(name_or_path)
     if is_ctranslate2_dir(name_or_path) or is_openai_whisper_file(name_or_path):
         ckpt = load_whisper_checkpoint(name_or_path, encoder_only=True)

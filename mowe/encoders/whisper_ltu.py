@@ -22,19 +22,17 @@ transformers ``WhisperForConditionalGeneration``; its decoder fills LTU-AS's tra
 
 from __future__ import annotations
 
-import os
-import re
-
 import torch
 from torch import nn
-from transformers import WhisperConfig, WhisperForConditionalGeneration
+from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
-from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
-from mowe.encoders.whisper import HOP, N_FFT, WHISPER_PRESETS, LogMelFrontend
-from mowe.errors import CheckpointError, MoWEInputError
+from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, set_trainable
+from mowe.encoders.whisper import HOP, N_FFT, WHISPER_PRESETS, LogMelFrontend, load_hf_whisper_encoder
+from mowe.errors import MoWEInputError
+from mowe.tensors import lengths_to_mask
 
-__all__ = ["LTUWhisperEncoder", "load_openai_whisper", "ltu_log_mel", "openai_whisper_to_hf"]
+__all__ = ["LTUWhisperEncoder", "ltu_log_mel"]
 
 LTU_CLIP_SECONDS = 10  # LTU-AS's window: 1000 mel frames -> 500 encoder frames -> 25 audio tokens
 _EDGE = N_FFT // 2  # torch.stft(center=True) reflect-pads each side by this many samples
@@ -129,8 +127,6 @@ class LTUWhisperEncoder(nn.Module):
 
         The positional table is the one the file stores (LTU-AS computed with it), never recomputed.
         """
-        from mowe.encoders.whisper import load_hf_whisper_encoder
-
         hf = load_hf_whisper_encoder(name_or_path, dtype=dtype, stored_positions=True)
         return cls(hf, freeze=freeze, source=str(name_or_path))
 
@@ -160,82 +156,3 @@ class LTUWhisperEncoder(nn.Module):
             states.append(x)  # raw block output: LTU-AS skips the embedding output and the final LayerNorm
         hidden = torch.stack(states, dim=1)  # (b, l, t, d)
         return EncoderOutput(features=x, lengths=self.out_lengths(lengths).to(lengths.device), hidden_states=hidden)
-
-
-# ------------------------------------------------------------------------------------ openai-whisper .pt files
-_DIMS = {"n_mels": "num_mel_bins", "n_audio_ctx": "max_source_positions", "n_audio_state": "d_model",
-         "n_audio_head": "encoder_attention_heads", "n_audio_layer": "encoder_layers", "n_vocab": "vocab_size",
-         "n_text_ctx": "max_target_positions", "n_text_head": "decoder_attention_heads",
-         "n_text_layer": "decoder_layers"}
-# openai module names -> transformers module names (the block-level part of a key).
-_RENAMES = [
-    (r"^(encoder|decoder)\.blocks\.(\d+)\.", r"model.\1.layers.\2."),
-    (r"\.attn\.query\.", ".self_attn.q_proj."), (r"\.attn\.key\.", ".self_attn.k_proj."),
-    (r"\.attn\.value\.", ".self_attn.v_proj."), (r"\.attn\.out\.", ".self_attn.out_proj."),
-    (r"\.cross_attn\.query\.", ".encoder_attn.q_proj."), (r"\.cross_attn\.key\.", ".encoder_attn.k_proj."),
-    (r"\.cross_attn\.value\.", ".encoder_attn.v_proj."), (r"\.cross_attn\.out\.", ".encoder_attn.out_proj."),
-    (r"\.attn_ln\.", ".self_attn_layer_norm."), (r"\.cross_attn_ln\.", ".encoder_attn_layer_norm."),
-    (r"\.mlp\.0\.", ".fc1."), (r"\.mlp\.2\.", ".fc2."), (r"\.mlp_ln\.", ".final_layer_norm."),
-    (r"^encoder\.conv(\d)\.", r"model.encoder.conv\1."), (r"^encoder\.ln_post\.", "model.encoder.layer_norm."),
-    (r"^encoder\.positional_embedding$", "model.encoder.embed_positions.weight"),
-    (r"^decoder\.positional_embedding$", "model.decoder.embed_positions.weight"),
-    (r"^decoder\.token_embedding\.", "model.decoder.embed_tokens."), (r"^decoder\.ln\.", "model.decoder.layer_norm."),
-]
-
-
-def openai_whisper_to_hf(checkpoint: dict, *, where: str = "checkpoint") -> tuple[WhisperConfig, dict]:
-    """An openai-whisper checkpoint ``{"dims": ..., "model_state_dict": ...}`` -> transformers config and keys.
-
-    Tensors keep their stored values and dtype (the positional tables included); ``where`` names the file in errors.
-    """
-    if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
-        raise CheckpointError(f"{where}: not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
-    dims = dict(checkpoint["dims"])
-    text_state = dims.pop("n_text_state", dims.get("n_audio_state"))
-    if text_state != dims.get("n_audio_state"):  # transformers' Whisper has one width for both halves
-        raise CheckpointError(f"{where}: n_text_state {text_state} != n_audio_state {dims.get('n_audio_state')}")
-    unknown = sorted(set(dims) - set(_DIMS))
-    if unknown:
-        raise CheckpointError(f"{where}: unknown dims {unknown}")
-    kw = {_DIMS[k]: int(v) for k, v in dims.items()}
-    kw.update(encoder_ffn_dim=4 * kw["d_model"], decoder_ffn_dim=4 * kw["d_model"])
-    n_vocab = kw["vocab_size"]
-    # Special-token ids of openai's two vocabularies (English-only 51864, multilingual 51865 and up).
-    eot = 50256 if n_vocab == 51864 else 50257
-    kw.update(eos_token_id=eot, pad_token_id=eot, bos_token_id=eot, decoder_start_token_id=eot + 1)
-    config = WhisperConfig(**kw)
-    state = {}
-    for key, value in checkpoint["model_state_dict"].items():
-        new = key
-        for pattern, repl in _RENAMES:
-            new = re.sub(pattern, repl, new)
-        if not new.startswith("model."):
-            raise CheckpointError(f"{where}: unknown openai-whisper key {key!r}")
-        state[new] = value
-    return config, state
-
-
-def load_openai_whisper(path: str | os.PathLike, *, model: bool = False):
-    """Read an openai-whisper ``.pt`` (``weights_only=True``).
-
-    Returns ``(WhisperConfig, state dict in transformers naming)``, or with ``model=True`` a float32
-    ``WhisperForConditionalGeneration`` holding every stored tensor (decoder included).
-    """
-    from mowe.hub import load_torch_file
-
-    path = os.fspath(path)
-    ckpt = load_torch_file(path, what="openai-whisper checkpoint")
-    config, state = openai_whisper_to_hf(ckpt, where=path)
-    if not model:
-        return config, state
-    hf = WhisperForConditionalGeneration(config)
-    try:
-        missing, unexpected = hf.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{path}: weights do not match its dims ({e})") from e
-    missing = [k for k in missing if k != "proj_out.weight"]  # tied to the token embedding
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match its dims (missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]})")
-    hf.tie_weights()
-    return hf.float().eval()

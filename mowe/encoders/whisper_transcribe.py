@@ -25,8 +25,10 @@ from transformers.modeling_outputs import BaseModelOutput
 from mowe.data.ltu_as_prompt import clean_transcript
 from mowe.encoders.base import check_waveforms
 from mowe.encoders.whisper import N_FFT, LogMelFrontend
-from mowe.encoders.whisper_ltu import load_openai_whisper, ltu_log_mel
+from mowe.encoders.whisper_formats import load_openai_whisper
+from mowe.encoders.whisper_ltu import ltu_log_mel
 from mowe.errors import MoWEInputError
+from mowe.hub import naming_refused_pickles
 
 __all__ = ["WhisperTranscriber"]
 
@@ -75,8 +77,6 @@ class WhisperTranscriber(nn.Module):
         if str(name_or_path).endswith(".pt"):
             model = load_openai_whisper(name_or_path, model=True)
         else:
-            from mowe.hub import naming_refused_pickles
-
             with naming_refused_pickles(name_or_path, what="Whisper"):
                 model = WhisperForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
         tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else \

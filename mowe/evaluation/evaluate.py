@@ -1,6 +1,6 @@
 """Evaluation harness: batched generation over a manifest, per-task metrics, JSON + Markdown reports.
 
-``mowe eval --model DIR --manifest test.jsonl`` is the command-line form.
+``mowe eval --model DIR --manifest test.jsonl`` is the command-line form (:mod:`mowe.cli`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from mowe.constants import MODEL_INPUT_KEYS
+from mowe.data.collator import MoWECollator
 from mowe.evaluation.controls import AudioControl
 from mowe.evaluation.metrics import (
-    METRICS,
     Metric,
     Normalizer,
     evaluate_predictions,
@@ -26,7 +26,7 @@ from mowe.evaluation.metrics import (
     normalize_text,
 )
 
-__all__ = ["EvalResult", "add_eval_cli", "evaluate_model", "write_report"]
+__all__ = ["EvalResult", "evaluate_model", "write_report"]
 
 # Generation takes the model inputs without labels.
 MODEL_KEYS = tuple(k for k in MODEL_INPUT_KEYS if k != "labels")
@@ -70,8 +70,6 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
             (zeros): a check that the model listens (:mod:`mowe.evaluation.controls`); None: the real audio.
         control_seed: the shuffle's seed.
     """
-    from mowe.data.processor import MoWECollator
-
     if audio_control is not None:
         dataset = AudioControl(dataset, audio_control, seed=control_seed)
     if feature_cache is not None:
@@ -121,55 +119,3 @@ def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, 
     with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
         f.write(table + "\n")
     return table
-
-
-def _cmd_eval(args) -> int:
-    from mowe.cli import load_for_inference
-    from mowe.data.manifest import ManifestDataset
-    from mowe.errors import ConfigError
-
-    model, processor = load_for_inference(args.model, device=args.device, dtype=args.dtype, processor=args.processor,
-                                          allow_components=getattr(args, "allow_components", None))
-    dataset = ManifestDataset(args.manifest, on_bad_example=args.on_bad_example)
-    task_metrics = {}
-    for item in args.metric or ():
-        task, sep, metric = item.partition("=")
-        if not sep or metric not in METRICS:
-            raise ConfigError(f"--metric {item!r}: expected TASK=METRIC with METRIC one of {list(METRICS)}")
-        task_metrics[task] = metric
-    spell = args.spell_digits
-
-    def normalize(s: str) -> str:
-        return normalize_text(s, spell_digits=spell)
-
-    result = evaluate_model(model, processor, dataset, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                            task_metrics=task_metrics, normalize=normalize)
-    out = args.out or os.path.join(args.model, "eval")
-    table = write_report({os.path.basename(os.path.normpath(args.model)): result}, out)
-    print(table)
-    print(f"wrote {os.path.join(out, 'eval.json')} and {os.path.join(out, 'eval.md')}")
-    if getattr(dataset, "skipped", None):
-        print(dataset.skip_report())
-    return 0
-
-
-def add_eval_cli(subparsers: Any) -> Any:
-    """Register ``mowe eval --model DIR --manifest test.jsonl [--out DIR]``."""
-    from mowe.cli import add_allow_components_arg, add_generation_args
-
-    p = subparsers.add_parser("eval", help="evaluate a saved model on a JSONL manifest (per-task metrics)")
-    p.add_argument("--model", required=True, help="folder written by save_pretrained / mowe train")
-    p.add_argument("--manifest", required=True, help="JSONL manifest (audio, instruction, answer, task)")
-    add_generation_args(p, max_new_tokens=24)
-    p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--on-bad-example", choices=["error", "skip"], default="error")
-    p.add_argument("--metric", action="append", metavar="TASK=METRIC",
-                   help=f"score TASK with METRIC ({', '.join(METRICS)}); repeatable; other tasks: accuracy "
-                        "(the README lists the demo corpus's settings)")
-    p.add_argument("--spell-digits", action="store_true",
-                   help="spell digits as words before scoring (references written as a voice reads digits)")
-    add_allow_components_arg(p)
-    p.set_defaults(func=_cmd_eval)
-    return p

@@ -1,9 +1,9 @@
 """mowe the transformers way: a ``PreTrainedConfig`` (model_type ``"mowe"``), Auto-class registration, hub ids,
 ``push_to_hub``, the LLM's LoRA as a PEFT adapter folder and LLM export.
 
-``import mowe`` arranges that :class:`~transformers.AutoConfig`, :class:`~transformers.AutoModel` and
-:class:`~transformers.AutoProcessor` know ``"mowe"`` (no ``trust_remote_code``) without importing transformers itself
-(:mod:`mowe.hf.lazy`): the registration runs when transformers' auto modules are first imported.
+Importing :mod:`mowe.model` registers ``"mowe"`` with :class:`~transformers.AutoConfig`,
+:class:`~transformers.AutoModel` and :class:`~transformers.AutoProcessor` through their public ``register`` API
+(:mod:`mowe.hf.auto`); no ``trust_remote_code`` is needed.
 
 Nothing here imports transformers at import time; the submodules do.
 """
@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["ADAPTER_DIR", "MoWEPretrainedConfig", "export_llm", "merge_lora", "push_folder", "read_mowe_config",
-           "register_auto_classes", "resolve_model_dir"]
+__all__ = ["ADAPTER_DIR", "MoWEPretrainedConfig", "export_llm", "merge_lora", "read_mowe_config",
+           "register_auto_classes"]
 
 _LAZY = {
     "MoWEPretrainedConfig": "mowe.hf.config",
     "read_mowe_config": "mowe.hf.config",
-    "resolve_model_dir": "mowe.hf.hub",
-    "push_folder": "mowe.hf.hub",
     "ADAPTER_DIR": "mowe.hf.adapter",
     "export_llm": "mowe.hf.adapter",
     "merge_lora": "mowe.hf.adapter",
-    "register_auto_classes": "mowe.hf.lazy",
+    "register_auto_classes": "mowe.hf.auto",
 }
 
 

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from typing import TYPE_CHECKING, Any
+
+from torch import nn
 
 from mowe.errors import CheckpointError, MoWEInputError
 
 if TYPE_CHECKING:
     from mowe.model import MoWEAudioLLM
 
-__all__ = ["ADAPTER_DIR", "adapter_keys", "export_llm", "has_lora", "load_adapter", "merge_lora", "save_adapter"]
+__all__ = ["ADAPTER_DIR", "adapter_keys", "export_llm", "has_lora", "load_adapter", "merge_lora", "save_adapter",
+           "set_lora_scale"]
 
 ADAPTER_DIR = "llm_adapter"
 
@@ -122,3 +126,26 @@ def export_llm(model: MoWEAudioLLM, directory: str | os.PathLike, *, tokenizer: 
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
+
+
+def set_lora_scale(model: nn.Module, factor: float) -> dict[str, float]:
+    """Multiply every peft LoRA layer's scaling by ``factor`` relative to its configured ``alpha / r``.
+
+    Calling it with ``1.0`` restores the configured scaling. SALMONN lowers the LoRA scaling at inference to
+    "activate" abilities that task over-fitting suppressed (arXiv 2310.13289, sec. 3.3).
+
+    Returns:
+        module name -> the new scaling of its default adapter (for logging and tests).
+    """
+    out = {}
+    for name, mod in model.named_modules():
+        scaling = getattr(mod, "scaling", None)
+        if not isinstance(scaling, dict) or not hasattr(mod, "lora_alpha") or not hasattr(mod, "r"):
+            continue
+        for adapter in scaling:
+            r = mod.r[adapter]
+            alpha = mod.lora_alpha[adapter]
+            base = alpha / math.sqrt(r) if getattr(mod, "use_rslora", {}).get(adapter, False) else alpha / r
+            scaling[adapter] = base * factor
+            out[name] = scaling[adapter]
+    return out

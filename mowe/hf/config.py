@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from mowe.config import MoWEConfig, from_dict, to_dict
+from mowe.config import MoWEConfig, from_dict, read_config_file, to_dict
 from mowe.errors import ConfigError
 
 __all__ = ["HF_KEYS", "MoWEPretrainedConfig", "mowe_config_json", "read_mowe_config"]
@@ -80,7 +80,7 @@ class MoWEPretrainedConfig(PreTrainedConfig):
 
 
 def mowe_config_json(config: MoWEConfig) -> str:
-    """The ``config.json`` text :func:`mowe.saving.save_model` writes: the MoWEConfig's keys, plus ``model_type``,
+    """The ``config.json`` text :func:`mowe.hf.saving.save_model` writes: the MoWEConfig's keys, plus ``model_type``,
     ``architectures`` and ``transformers_version`` so that ``AutoConfig`` / ``AutoModel`` recognise the folder."""
     import transformers
 
@@ -101,8 +101,6 @@ def read_mowe_config(source: str | os.PathLike | dict[str, Any], *, where: str |
     if isinstance(source, dict):
         data = dict(source)
     else:
-        from mowe.config import read_config_file
-
         where = where or os.fspath(source)
         data = read_config_file(source)
         if not isinstance(data, dict):

@@ -1,6 +1,6 @@
 """The transformers-style saving / loading API of :class:`~mowe.model.MoWEAudioLLM`, as a mixin.
 
-Kept apart from the model's forward logic; every method delegates to :mod:`mowe.saving` or :mod:`mowe.hf.adapter`.
+Kept apart from the model's forward logic; every method delegates to :mod:`mowe.hf.saving` or :mod:`mowe.hf.adapter`.
 """
 
 from __future__ import annotations
@@ -12,38 +12,26 @@ from typing import Any
 import torch
 from torch import nn
 
+from mowe.data.processor import MoWEProcessor
+from mowe.data.tokenizer import check_placeholder_agrees
+from mowe.hf import saving
+from mowe.hf.adapter import export_llm, merge_lora
+from mowe.hf.config import MoWEPretrainedConfig
+
 __all__ = ["MoWEHubMixin"]
-
-
-class _PretrainedConfigClass:
-    """``config_class`` (:class:`~mowe.hf.config.MoWEPretrainedConfig`), imported only when asked for."""
-
-    def __get__(self, obj, owner=None):
-        from mowe.hf.config import MoWEPretrainedConfig
-
-        return MoWEPretrainedConfig
 
 
 class MoWEHubMixin:
     """``save_pretrained`` / ``from_pretrained`` (folders and hub ids) / ``push_to_hub``, LoRA merge and LLM export."""
 
-    config_class = _PretrainedConfigClass()  # what transformers' Auto classes pair the model with
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if cls.__module__ == "mowe.model" and cls.__name__ == "MoWEAudioLLM":
-            from mowe.hf.lazy import register_model_class
-
-            register_model_class(cls)  # AutoModel maps "mowe" to the class itself from now on
+    config_class = MoWEPretrainedConfig  # what transformers' Auto classes pair the model with
 
     def _keys_to_save(self, save_frozen: bool) -> list[str]:
-        from mowe import saving
-
         return saving.keys_to_save(self, save_frozen=save_frozen)
 
     def save_pretrained(self, directory: str | os.PathLike, *, save_frozen: bool = False, processor: Any = None,
                         push_to_hub: bool = False, repo_id: str | None = None, **push_kwargs: Any) -> None:
-        """Write the model folder atomically (:func:`mowe.saving.save_model`).
+        """Write the model folder atomically (:func:`mowe.hf.saving.save_model`).
 
         ``config.json`` (``model_type: "mowe"``), ``model.safetensors``, ``llm_adapter/`` (the LoRA as a PEFT
         adapter), ``generation_config.json`` and, with ``processor``, its tokenizer and ``processor_config.json``.
@@ -53,8 +41,6 @@ class MoWEHubMixin:
         ``push_to_hub=True`` then uploads the folder to ``repo_id`` (default: the folder's name);
         ``push_kwargs`` as :meth:`push_to_hub`.
         """
-        from mowe import saving
-
         saving.save_model(self, directory, save_frozen=save_frozen, processor=processor)
         if push_to_hub:
             repo = repo_id or os.path.basename(os.path.abspath(os.fspath(directory)))
@@ -68,8 +54,6 @@ class MoWEHubMixin:
         Returns:
             huggingface_hub's ``CommitInfo``.
         """
-        from mowe import saving
-
         return saving.push_model(self, repo_id, processor=processor, save_frozen=save_frozen,
                                  commit_message=commit_message, private=private, token=token, revision=revision,
                                  create_pr=create_pr)
@@ -93,8 +77,6 @@ class MoWEHubMixin:
                 mowe and these raises a :class:`~mowe.errors.ConfigError` before its module is imported.
             kwargs: ``token``, ``force_download``, ``subfolder``, ``config``; what ``AutoModel`` adds is accepted.
         """
-        from mowe import saving
-
         return saving.load_model(cls, name_or_path, encoders=encoders, map_location=map_location, revision=revision,
                                  cache_dir=cache_dir, local_files_only=local_files_only,
                                  allow_components=allow_components, **kwargs)
@@ -102,29 +84,21 @@ class MoWEHubMixin:
     def load_weights(self, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> None:
         """Load what :meth:`save_pretrained` wrote into this model (built with the same config): ``path`` is the
         folder or its ``model.safetensors``; the LoRA comes from the ``llm_adapter/`` beside it. Every key must fit
-        this model (:func:`mowe.saving.load_saved_weights`)."""
-        from mowe import saving
-
+        this model (:func:`mowe.hf.saving.load_saved_weights`)."""
         saving.load_saved_weights(self, path, map_location=map_location)
 
     def merge_lora(self):
         """Merge the LLM's LoRA into its weights in place and return the model (:func:`mowe.hf.adapter.merge_lora`)."""
-        from mowe.hf.adapter import merge_lora
-
         return merge_lora(self)
 
     def export_llm(self, directory: str | os.PathLike, *, tokenizer: Any = None, merged: bool = True) -> str:
         """Write the LLM as a plain transformers folder (merged, or the base without LoRA with ``merged=False``)
         that ``AutoModelForCausalLM.from_pretrained`` loads without mowe (:func:`mowe.hf.adapter.export_llm`)."""
-        from mowe.hf.adapter import export_llm
-
         return export_llm(self, directory, tokenizer=tokenizer, merged=merged)
 
     def processor_for(self, tokenizer: Any, **kwargs: Any):
         """A :class:`~mowe.data.processor.MoWEProcessor` with the saved ``config.inference.prompt_template``
         (``kwargs`` win)."""
-        from mowe.data.processor import MoWEProcessor
-        from mowe.presets import check_placeholder_agrees
 
         template = self.config.inference.prompt_template if self.config is not None else None
         proc = MoWEProcessor(tokenizer, **{"prompt_template": template, **kwargs})

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mowe.encoders.base import lengths_to_mask
 from mowe.errors import MoWEInputError
 from mowe.routers.base import RouterOutput
+from mowe.tensors import lengths_to_mask
 
 __all__ = ["MixtureRouter", "load_balance_loss", "masked_mean"]
 

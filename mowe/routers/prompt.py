@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mowe.constants import IGNORE_INDEX
 from mowe.errors import MoWEInputError
-from mowe.merge import IGNORE_INDEX
 
 __all__ = ["PromptAwareRouter", "clip_prompt_embeddings", "pool_prompt_embeddings", "prompt_token_mask"]
 

@@ -6,6 +6,7 @@ the server modules load when used.
 
 from __future__ import annotations
 
+from mowe.serve.app import create_app
 from mowe.serve.cli import add_serve_cli
 
 __all__ = ["add_serve_cli", "create_app"]
@@ -13,7 +14,5 @@ __all__ = ["add_serve_cli", "create_app"]
 
 def __getattr__(name: str):
     if name == "create_app":
-        from mowe.serve.app import create_app
-
         return create_app
     raise AttributeError(f"module 'mowe.serve' has no attribute {name!r}")

@@ -6,9 +6,14 @@ import argparse
 import os
 import sys
 
+from mowe.cli_errors import add_allow_components_arg
+from mowe.inference import load_for_inference
+from mowe.serve.app import create_app
+from mowe.serve.schemas import Limits
+from mowe.tensors import DTYPES
+
 __all__ = ["add_serve_cli", "load_for_serving"]
 
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def load_for_serving(path: str, *, device: str = "cpu", dtype: str | None = None,
@@ -21,8 +26,6 @@ def load_for_serving(path: str, *, device: str = "cpu", dtype: str | None = None
     Raises:
         CheckpointError / ConfigError: no saved model or processor there (naming the file).
     """
-    from mowe.cli import load_for_inference
-
     return load_for_inference(path, device=device, dtype=dtype, allow_components=allow_components)
 
 
@@ -39,8 +42,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from mowe.serve.app import create_app
-        from mowe.serve.schemas import Limits
     except ImportError as e:
         print(f"mowe serve: error: {e.name} is missing; install the serving extra: pip install 'mowe[serve]'",
               file=sys.stderr)
@@ -65,8 +66,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve_cli(subparsers) -> None:
     """Add the ``serve`` command to the ``mowe`` argument parser's subparsers."""
-    from mowe.cli import add_allow_components_arg
-
     p = subparsers.add_parser("serve", help="serve a trained model: OpenAI-compatible audio chat API + web page")
     p.add_argument("model_dir", metavar="MODEL_DIR", help="a `mowe train` output folder, or its final/ folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: localhost only)")
@@ -78,7 +77,7 @@ def add_serve_cli(subparsers) -> None:
     p.add_argument("--max-queue", type=_positive(int), default=256, help="waiting requests before 503")
     p.add_argument("--timeout", type=_positive(float), default=120.0, help="seconds a request may take in all")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--dtype", choices=_DTYPES, default=None, help="precision of the LLM and connector")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None, help="precision of the LLM and connector")
     p.add_argument("--max-body-mb", type=_positive(float), default=25.0, help="request body limit (413 above)")
     p.add_argument("--max-audio-seconds", type=_positive(float), default=None,
                    help="longest clip (default: the processor's max_audio_seconds)")

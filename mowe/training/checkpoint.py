@@ -39,7 +39,14 @@ from torch import nn
 from mowe.errors import CheckpointError
 from mowe.io import open_for_reading, writing_to
 from mowe.state_dicts import alias_groups, check_aliases
-from mowe.training.resume import check_trainer_state, validate_resume
+from mowe.training.distributed import is_sharded
+from mowe.training.resume import (
+    SHARDED_DIR,
+    check_sharded_weights,
+    check_trainer_state,
+    torch_load,
+    validate_resume,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -180,17 +187,6 @@ def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def torch_load(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: missing")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle / zip errors have many types
-        from mowe.cli_errors import strip_ansi
-
-        raise CheckpointError(f"{path}: unreadable ({strip_ansi(str(e))})") from e
-
-
 def write_checkpoint(*, accelerator: Any, checkpoint_dir: str, name: str, state: dict[str, Any], model: nn.Module,
                      keys: Sequence[str], optimizer: Any, scheduler: Any, keep_last: int) -> str:
     """Write ``checkpoint_dir/name`` atomically (all processes call it), point ``latest`` at it, prune old ones.
@@ -207,8 +203,6 @@ def write_checkpoint(*, accelerator: Any, checkpoint_dir: str, name: str, state:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     acc.wait_for_everyone()
-    from mowe.training.distributed import is_sharded
-
     try:
         _write(_save_torch, rng_state(), os.path.join(tmp, f"rng-{acc.process_index}.pt"))
         if is_sharded(model):  # every process writes its shards
@@ -260,9 +254,6 @@ def clean_stale_tmp(checkpoint_dir: str) -> None:
                 shutil.rmtree(os.path.join(checkpoint_dir, entry), ignore_errors=True)
 
 
-SHARDED_DIR = "sharded"
-
-
 def _raw_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
 
@@ -306,8 +297,6 @@ def load_model_weights(model: nn.Module, path: str) -> None:
 
     Reads ``model.safetensors``, or ``sharded/`` (DCP) into an FSDP2-sharded model.
     """
-    from mowe.training.distributed import is_sharded
-
     if os.path.isdir(os.path.join(path, SHARDED_DIR)):
         if not is_sharded(model):
             raise CheckpointError(f"{path}: written by an FSDP run (sharded/); resume it under FSDP with the same "
@@ -341,30 +330,6 @@ def load_model_weights(model: nn.Module, path: str) -> None:
         return
     check_aliases(sd, alias_groups(model), where=file, current=own)  # one tied tensor saved under several keys
     model.load_state_dict(sd, strict=False)
-
-
-def check_sharded_weights(model: nn.Module, path: str) -> bool:
-    """Check the model entries of a checkpoint's DCP ``sharded/`` folder against ``model`` (global shapes) before
-    anything is loaded; False when the checkpoint has no such folder.
-
-    Raises:
-        CheckpointError: unreadable metadata, or entries that do not fit this model.
-    """
-    from torch.distributed.checkpoint import FileSystemReader
-
-    directory = os.path.join(path, SHARDED_DIR)
-    if not os.path.isdir(directory):
-        return False
-    try:
-        meta = FileSystemReader(directory).read_metadata().state_dict_metadata
-    except Exception as e:  # DCP raises several types for a damaged folder
-        raise CheckpointError(f"{directory}: unreadable DCP metadata ({type(e).__name__}: {e})") from e
-    own = model.state_dict()
-    bad = [k for k, m in meta.items() if k.startswith("model.") and (k[6:] not in own or tuple(
-        own[k[6:]].shape) != tuple(getattr(m, "size", ())))]
-    if bad:
-        raise CheckpointError(f"{directory}: does not fit this model (e.g. {bad[:3]})")
-    return True
 
 
 def _sharded_keys(path: str) -> set[str]:

@@ -10,11 +10,7 @@ from typing import Any, Literal
 from mowe.config import check_fields, from_dict, to_dict
 from mowe.errors import ConfigError
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult"]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training met a NaN/Inf loss or gradient norm with ``on_nonfinite_loss="stop"``."""
+__all__ = ["TrainConfig", "TrainResult"]
 
 
 @dataclass(frozen=True)

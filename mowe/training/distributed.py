@@ -37,6 +37,7 @@ from torch import nn
 
 from mowe.constants import IGNORE_INDEX
 from mowe.errors import ConfigError, MoWEInputError
+from mowe.hf import saving
 
 __all__ = [
     "DistributedSetupError",
@@ -337,8 +338,6 @@ def export_final(accelerator: Any, model: nn.Module, directory: str, *, ever_tra
     A sharded model is consolidated first (:func:`full_state_dict`), so the folder loads with
     ``MoWEAudioLLM.from_pretrained`` in one process. False for a model that cannot save itself.
     """
-    from mowe import saving
-
     if getattr(model, "save_pretrained", None) is None or getattr(model, "config", None) is None:
         return False
     keys_fn = getattr(model, "_keys_to_save", None)

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mowe.training.config import NonFiniteLossError, TrainConfig
+from mowe.errors import NonFiniteLossError
+from mowe.training.config import TrainConfig
 
 __all__ = ["check_nonfinite", "report_end_of_run", "skip_budget"]
 

@@ -17,6 +17,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mowe.errors import ConfigError
+from mowe.io import writing_to
+
 __all__ = ["TRACKERS", "LossWindow", "RunLog", "make_trackers"]
 
 #: Tracker names ``log_with`` takes.
@@ -39,8 +42,6 @@ def make_trackers(log_with: Sequence[Any] | None, *, output_dir: str, run_name: 
     Raises:
         ConfigError: an unknown tracker name (naming it).
     """
-    from mowe.errors import ConfigError
-
     names: list[Any] = ["tensorboard"] if log_with is None else list(log_with)
     if "all" in names:
         names = [n for n in names if n != "all"] + [t for t in TRACKERS if t not in names and _available(t)]
@@ -97,8 +98,6 @@ class RunLog:
     def __call__(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        from mowe.io import writing_to
-
         with writing_to(self.file):  # a full disk or read-only folder names log.jsonl
             if self._fh is None:
                 os.makedirs(self.output_dir, exist_ok=True)

@@ -14,11 +14,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from mowe.errors import CheckpointError
+from mowe.io import strip_ansi
+from mowe.training.stages import stage_parameters
 
-__all__ = ["check_trainer_state", "validate_resume"]
+__all__ = ["SHARDED_DIR", "check_sharded_weights", "check_trainer_state", "torch_load", "validate_resume"]
 
 # key -> (type, smallest value or None)
 _STATE_KEYS: dict[str, tuple[type | tuple[type, ...], int | None]] = {
@@ -27,6 +30,44 @@ _STATE_KEYS: dict[str, tuple[type | tuple[type, ...], int | None]] = {
     "batch_size": (int, 1), "grad_accum": (int, 1), "seed": (int, 0), "stages": (list, None),
     "ever_trained": (list, None),
 }
+
+
+SHARDED_DIR = "sharded"
+
+
+
+
+def torch_load(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle / zip errors have many types
+        raise CheckpointError(f"{path}: unreadable ({strip_ansi(str(e))})") from e
+
+
+def check_sharded_weights(model: nn.Module, path: str) -> bool:
+    """Check the model entries of a checkpoint's DCP ``sharded/`` folder against ``model`` (global shapes) before
+    anything is loaded; False when the checkpoint has no such folder.
+
+    Raises:
+        CheckpointError: unreadable metadata, or entries that do not fit this model.
+    """
+    from torch.distributed.checkpoint import FileSystemReader
+
+    directory = os.path.join(path, SHARDED_DIR)
+    if not os.path.isdir(directory):
+        return False
+    try:
+        meta = FileSystemReader(directory).read_metadata().state_dict_metadata
+    except Exception as e:  # DCP raises several types for a damaged folder
+        raise CheckpointError(f"{directory}: unreadable DCP metadata ({type(e).__name__}: {e})") from e
+    own = model.state_dict()
+    bad = [k for k, m in meta.items() if k.startswith("model.") and (k[6:] not in own or tuple(
+        own[k[6:]].shape) != tuple(getattr(m, "size", ())))]
+    if bad:
+        raise CheckpointError(f"{directory}: does not fit this model (e.g. {bad[:3]})")
+    return True
 
 
 def check_trainer_state(state: Any, path: str) -> None:
@@ -57,8 +98,6 @@ def check_trainer_state(state: Any, path: str) -> None:
 
 def _stage_groups(model: nn.Module, stage: Any) -> list[list[tuple[int, ...]]]:
     """Parameter shapes per AdamW group (decay, no decay) for ``stage``, without changing ``requires_grad``."""
-    from mowe.training.stages import stage_parameters
-
     params = [p for _, p in stage_parameters(model, stage)]
     decay = [tuple(p.shape) for p in params if p.ndim >= 2]
     no_decay = [tuple(p.shape) for p in params if p.ndim < 2]
@@ -117,8 +156,6 @@ def validate_resume(state: dict[str, Any], path: str, *, model: nn.Module, stage
     Raises:
         CheckpointError: naming the file and what does not match.
     """
-    from mowe.training.checkpoint import check_sharded_weights, torch_load
-
     si, step = state["stage_index"], state["step_in_stage"]
     stage = stages[si]
     if state["stage_name"] != stage.name:

@@ -1,6 +1,6 @@
 """Multi-stage training on accelerate: one loop for CPU, one GPU, DDP, FSDP and DeepSpeed.
 
-The trainer runs a list of :class:`~mowe.training.stages.Stage` objects in order. Each stage freezes everything but its
+The trainer runs a list of :class:`~mowe.curriculum.Stage` objects in order. Each stage freezes everything but its
 parts, builds a fresh AdamW over the trainable parameters with a linear warm-up + cosine schedule, and draws
 batches from its own deterministic :class:`~mowe.data.samplers.StageSampler` (a seeded shuffle, or a per-task
 weighted draw; with ``group_by_length``, global batches of similar-length clips).
@@ -37,11 +37,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from mowe.constants import MODEL_INPUT_KEYS
+from mowe.curriculum import Stage, stages_to_list
 from mowe.data.samplers import StageSampler, mix_seed, task_list_of
-from mowe.errors import ConfigError
+from mowe.errors import ConfigError, NonFiniteLossError
+from mowe.hf.adapter import set_lora_scale
 from mowe.training import checkpoint as ckpt
 from mowe.training.checkpoint import find_checkpoint, load_trainer_state
-from mowe.training.config import NonFiniteLossError, TrainConfig, TrainResult
+from mowe.training.config import TrainConfig, TrainResult
 from mowe.training.distributed import (
     clip_grad_norm,
     count_label_tokens,
@@ -54,7 +56,7 @@ from mowe.training.distributed import (
 )
 from mowe.training.guards import check_nonfinite, report_end_of_run
 from mowe.training.logging import LossWindow, RunLog
-from mowe.training.stages import Stage, apply_stage, eval_due, log_stage_start, set_lora_scale, stages_to_list
+from mowe.training.stages import apply_stage, eval_due, log_stage_start
 
 __all__ = [
     "MODEL_INPUT_KEYS",
@@ -198,7 +200,7 @@ class Trainer:
         from accelerate.utils import DistributedDataParallelKwargs
 
         if not stages or not all(isinstance(s, Stage) for s in stages):
-            raise ConfigError("stages: expected a non-empty list of mowe.training.stages.Stage")
+            raise ConfigError("stages: expected a non-empty list of mowe.curriculum.Stage")
         self.model, self.train_dataset, self.config, self.stages = model, train_dataset, config, list(stages)
         if config.feature_cache_dir is not None:
             model.use_feature_cache(config.feature_cache_dir, max_bytes=config.feature_cache_max_bytes)

@@ -4,7 +4,6 @@ Everything is built at tiny sizes with random weights. The official LTU-AS keys 
 written here from their documented names, not produced by mowe's own mapping.
 """
 
-import argparse
 import math
 
 import pytest
@@ -12,9 +11,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
-from mowe.checkpoints.ltu_as import add_ltu_as_convert_cli, from_ltu_as, to_ltu_as
+from mowe.checkpoints.ltu_as import from_ltu_as, to_ltu_as
+from mowe.cli import main as mowe_main
 from mowe.data.ltu_as_prompt import ltu_as_input_ids, ltu_as_prompt
-from mowe.encoders.whisper_ltu import LTUWhisperEncoder, load_openai_whisper
+from mowe.encoders.whisper_formats import load_openai_whisper
+from mowe.encoders.whisper_ltu import LTUWhisperEncoder
 from mowe.errors import CheckpointError
 from mowe.model import MoWEAudioLLM
 
@@ -210,11 +211,8 @@ def test_tltr_key_bias_stays_zero_in_training(model):
 
 
 def test_convert_cli_writes_a_folder_from_pretrained_loads(files, model, tmp_path):
-    parser = argparse.ArgumentParser()
-    add_ltu_as_convert_cli(parser.add_subparsers())
-    args = parser.parse_args(["ltu-as", files["ckpt"], "--whisper", files["whisper"], "--llm", files["llm"],
-                              "--out", str(tmp_path / "out")])
-    assert args.func(args) == 0
+    assert mowe_main(["convert", "ltu-as", files["ckpt"], "--whisper", files["whisper"], "--llm", files["llm"],
+                      "--out", str(tmp_path / "out")]) == 0
     loaded = MoWEAudioLLM.from_pretrained(tmp_path / "out").eval()
     wav, wl = clips([16000, 24000])
     ids = torch.tensor([[model.audio_token_id, 1, 5, 6], [model.audio_token_id, 1, 7, 8]])

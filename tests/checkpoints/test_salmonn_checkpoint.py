@@ -6,7 +6,6 @@ the Q-Former reference below is BERT's arithmetic written from those names, inde
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 
@@ -14,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mowe.checkpoints import add_salmonn_convert_cli, from_salmonn, to_salmonn
+from mowe.checkpoints import from_salmonn, to_salmonn
+from mowe.cli import main as mowe_main
 from mowe.encoders.beats import BEATsEncoder
 from mowe.errors import CheckpointError, MoWEInputError
 from mowe.model import MoWEAudioLLM
@@ -249,13 +249,10 @@ def test_batched_clips_equal_each_clip_alone(model):
 
 def test_convert_cli_writes_a_folder_from_pretrained_loads(parts, model, tmp_path):
     torch.save({"model": official_state()}, tmp_path / "salmonn.pth")
-    parser = argparse.ArgumentParser()
-    add_salmonn_convert_cli(parser.add_subparsers(dest="format"))
     paths = parts[0]
-    args = parser.parse_args(["salmonn", str(tmp_path / "salmonn.pth"), "--whisper", paths["whisper"], "--beats",
-                              paths["beats"], "--llm", paths["llm"], "--out", str(tmp_path / "m"),
-                              "--num-heads", str(HEADS), "--lora-alpha", "16", "--audio-token-id", str(AUDIO_ID)])
-    assert args.func(args) == 0
+    assert mowe_main(["convert", "salmonn", str(tmp_path / "salmonn.pth"), "--whisper", paths["whisper"], "--beats",
+                      paths["beats"], "--llm", paths["llm"], "--out", str(tmp_path / "m"), "--num-heads", str(HEADS),
+                      "--lora-alpha", "16", "--audio-token-id", str(AUDIO_ID)]) == 0
     loaded = MoWEAudioLLM.from_pretrained(tmp_path / "m").eval()
     wav, lengths = clips([1.5])
     with torch.no_grad():

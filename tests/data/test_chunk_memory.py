@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mowe.data.audio import load_audio, stream_audio
+from mowe.data.audio import load_audio
+from mowe.data.audio_stream import stream_audio
 from mowe.errors import AudioLoadError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,7 +24,7 @@ _SCRIPT = textwrap.dedent("""
     import json, resource, struct, sys
     import numpy as np
     import soundfile as sf
-    from mowe.data.audio import stream_audio
+    from mowe.data.audio_stream import stream_audio
 
     big, small = sys.argv[1], sys.argv[2]
     rate, seconds = 8000, 7200

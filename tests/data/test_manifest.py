@@ -297,7 +297,8 @@ def test_length_grouped_batches_feed_a_dataloader(corpus: Path):
 
 
 def test_skipped_examples_are_dropped_by_the_collator(tmp_path: Path):
-    from mowe.data.processor import MoWECollator, MoWEProcessor
+    from mowe.data.collator import MoWECollator
+    from mowe.data.processor import MoWEProcessor
     from mowe.data.tokenizer import train_bpe_tokenizer
 
     proc = MoWEProcessor(train_bpe_tokenizer(["transcribe hi"], vocab_size=300))

@@ -12,14 +12,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from mowe.constants import IGNORE_INDEX, MODEL_INPUT_KEYS
 from mowe.data.audio import AudioTruncatedWarning
-from mowe.data.processor import (
-    IGNORE_INDEX,
-    MODEL_INPUT_KEYS,
-    SALMONN_PROMPT_TEMPLATE,
-    MoWECollator,
-    MoWEProcessor,
-)
+from mowe.data.collator import MoWECollator
+from mowe.data.processor import MoWEProcessor
+from mowe.data.templates import SALMONN_PROMPT_TEMPLATE
 from mowe.data.tokenizer import AUDIO_TOKEN, CHAT_TEMPLATE, train_bpe_tokenizer
 from mowe.errors import AudioLoadError, ConfigError, MoWEInputError
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mowe.data.processor import SALMONN_PROMPT_TEMPLATE, MoWEProcessor
+from mowe.data.processor import MoWEProcessor
+from mowe.data.templates import SALMONN_PROMPT_TEMPLATE
 from mowe.data.tokenizer import AUDIO_TOKEN, train_bpe_tokenizer
 from mowe.errors import MoWEInputError
 

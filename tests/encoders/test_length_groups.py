@@ -7,8 +7,8 @@ import torch
 from conftest import HUBERT_TINY, WHISPER_TINY
 
 from mowe.encoders import HubertEncoder, WhisperEncoder
-from mowe.encoders.base import length_groups
 from mowe.errors import MoWEInputError
+from mowe.tensors import length_groups
 
 SECONDS = [4.0, 0.3, 2.9, 1.1, 0.45, 3.7, 1.0]
 
@@ -122,7 +122,7 @@ def test_bad_bucket_padding_is_named(bad):
 
 
 def test_auto_bucket_padding_is_tight_on_cpu_and_wider_elsewhere():
-    from mowe.encoders.base import AUTO_BUCKET_PADDING, resolve_bucket_padding
+    from mowe.tensors import AUTO_BUCKET_PADDING, resolve_bucket_padding
 
     assert resolve_bucket_padding("auto", torch.device("cpu")) == AUTO_BUCKET_PADDING["cpu"] == 0.05
     assert resolve_bucket_padding("auto", torch.device("cuda")) == AUTO_BUCKET_PADDING["other"] == 0.25

@@ -7,7 +7,8 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from mowe.data.ltu_as_prompt import clean_transcript, ltu_as_batch
-from mowe.encoders.whisper_ltu import ltu_log_mel, openai_whisper_to_hf
+from mowe.encoders.whisper_formats import openai_whisper_to_hf
+from mowe.encoders.whisper_ltu import ltu_log_mel
 from mowe.encoders.whisper_transcribe import WhisperTranscriber
 from mowe.errors import MoWEInputError
 

@@ -10,7 +10,8 @@ from conftest import HUBERT_TINY, LLAMA_TINY, WHISPER_TINY, WHISPER_WEAK
 from mowe import MoWEAudioLLM, MoWEConfig
 from mowe.builders import build_router
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, RouterConfig
-from mowe.data.processor import MoWECollator, MoWEProcessor
+from mowe.data.collator import MoWECollator
+from mowe.data.processor import MoWEProcessor
 from mowe.data.tokenizer import train_bpe_tokenizer
 from mowe.errors import ConfigError, MoWEInputError
 from mowe.routers import (

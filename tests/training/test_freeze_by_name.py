@@ -14,8 +14,9 @@ import torch
 from _trainer_helpers import SyntheticDataset, changed, collate, snapshot, tiny_config
 
 from mowe import MoWEAudioLLM
+from mowe.curriculum import Stage, stages_from_list
 from mowe.errors import ConfigError
-from mowe.training.stages import Stage, apply_stage, stages_from_list, trainable_summary
+from mowe.training.stages import apply_stage, trainable_summary
 from mowe.training.trainer import TrainConfig, Trainer
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from _trainer_helpers import SyntheticDataset, collate, tiny_model
 
-from mowe.training.stages import Stage
+from mowe.curriculum import Stage
 from mowe.training.trainer import TrainConfig, Trainer, eval_due
 
 

@@ -15,20 +15,19 @@ import yaml
 from _trainer_helpers import SyntheticDataset, changed, collate, snapshot, tiny_model
 
 from mowe.config import parse_value
-from mowe.errors import ConfigError
-from mowe.presets import LTU_AS_CLOSED_ENDED_TASKS, SALMONN_PRETRAIN_TASKS
-from mowe.training.stages import (
+from mowe.curriculum import (
     PARTS,
     Stage,
-    apply_stage,
     ltu_as_stages,
     mowe_default_stages,
-    parameter_groups,
     salmonn_stages,
-    set_lora_scale,
     stages_from_list,
     stages_to_list,
 )
+from mowe.errors import ConfigError
+from mowe.hf.adapter import set_lora_scale
+from mowe.presets import LTU_AS_CLOSED_ENDED_TASKS, SALMONN_PRETRAIN_TASKS
+from mowe.training.stages import apply_stage, parameter_groups
 from mowe.training.trainer import TrainConfig, Trainer
 
 

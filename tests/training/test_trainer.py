@@ -16,16 +16,9 @@ from _trainer_helpers import TRAIN_SCRIPT, SyntheticDataset, collate, read_weigh
 
 import mowe.training.checkpoint as checkpoint_mod
 from mowe.config import parse_value
-from mowe.errors import CheckpointError, ConfigError
-from mowe.training.stages import Stage
-from mowe.training.trainer import (
-    NonFiniteLossError,
-    StageSampler,
-    TrainConfig,
-    Trainer,
-    find_checkpoint,
-    load_trainer_state,
-)
+from mowe.curriculum import Stage
+from mowe.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mowe.training.trainer import StageSampler, TrainConfig, Trainer, find_checkpoint, load_trainer_state
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, where _trainer_helpers.py is
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, lengths_to_mask, set_trainable
+from mowe.encoders.base import SAMPLE_RATE, EncoderOutput, check_waveforms, set_trainable
 from mowe.encoders.beats.config import (
     BEATS_PRESETS,
     FBANK_MEAN,
@@ -27,6 +27,7 @@ from mowe.encoders.beats.fbank import KaldiFbank
 from mowe.encoders.beats.layers import _init_weights, _TransformerEncoder
 from mowe.errors import CheckpointError, ConfigError
 from mowe.state_dicts import alias_groups, check_aliases
+from mowe.tensors import lengths_to_mask
 
 __all__ = ["BEATsEncoder"]
 

@@ -21,7 +21,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mowe.errors import CheckpointError, MoWEInputError
+from mowe.hf.adapter import ADAPTER_DIR, adapter_keys, has_lora, load_adapter, save_adapter
+from mowe.hf.config import mowe_config_json, read_mowe_config
+from mowe.hub import push_folder, resolve_model_dir
 from mowe.io import check_readable_file, writing_to
+from mowe.state_dicts import alias_groups, check_aliases
 
 if TYPE_CHECKING:
     from mowe.model import MoWEAudioLLM
@@ -62,8 +66,6 @@ def save_model(model: MoWEAudioLLM, directory: str | os.PathLike, *, save_frozen
 
     ``state_dict``: the weights to write instead of ``model.state_dict()`` (e.g. an FSDP model's consolidated
     one, :func:`mowe.training.distributed.full_state_dict`)."""
-    from mowe.hf.adapter import adapter_keys, save_adapter
-    from mowe.hf.config import mowe_config_json
 
     if model.config is None:
         raise MoWEInputError("this model was built from modules without a MoWEConfig; build it with "
@@ -125,8 +127,6 @@ def load_weights(model: MoWEAudioLLM, path: str | os.PathLike, *, map_location: 
     ``loaded``: keys already loaded from elsewhere (the LoRA from ``llm_adapter/``), so not needed in this file.
     Keys the file repeats for one tied tensor must agree (:func:`mowe.state_dicts.check_aliases`).
     """
-    from mowe.state_dicts import alias_groups, check_aliases
-
     path = os.fspath(path)
     try:
         with safe_open(path, framework="pt", device=str(map_location)) as f:
@@ -145,8 +145,6 @@ def load_weights(model: MoWEAudioLLM, path: str | os.PathLike, *, map_location: 
     if missing:
         hint = ""
         if any(".lora_" in k for k in missing):
-            from mowe.hf.adapter import ADAPTER_DIR
-
             hint = (f"; the LoRA weights are saved in {ADAPTER_DIR}/ beside this file, which is not there (copy the "
                     f"whole folder written by save_pretrained)")
         raise CheckpointError(f"{path}: missing weights {missing[:3]} ({len(missing)} in all){hint}")
@@ -164,8 +162,6 @@ def load_saved_weights(model: MoWEAudioLLM, path: str | os.PathLike, *,
         CheckpointError: a missing or damaged file, an adapter for a model without LoRA (or one that does not fit
             its LLM), or weights that do not fit (names the file and the keys).
     """
-    from mowe.hf.adapter import ADAPTER_DIR, adapter_keys, load_adapter
-
     path = os.fspath(path)
     file = os.path.join(path, WEIGHTS_NAME) if os.path.isdir(path) else path
     if not os.path.isfile(file):
@@ -197,9 +193,6 @@ def load_model(cls: type, name_or_path: str | os.PathLike, *, encoders: Mapping[
         CheckpointError: no such folder / repository, a missing or damaged file (naming it).
         MoWEInputError: a keyword this loader does not take.
     """
-    from mowe.hf.adapter import has_lora
-    from mowe.hf.config import read_mowe_config
-    from mowe.hf.hub import resolve_model_dir
 
     unknown = sorted(k for k in kwargs if k not in _AUTO_KWARGS)
     if unknown:
@@ -228,11 +221,9 @@ def push_model(model: MoWEAudioLLM, repo_id: str, *, folder: str | os.PathLike |
                save_frozen: bool = False, processor: Any = None, **push_kwargs: Any) -> Any:
     """Upload a saved model folder (``folder``; None: saved to a temporary one first) to the hub repo ``repo_id``.
 
-    ``push_kwargs``: :func:`mowe.hf.hub.push_folder`'s (``commit_message``, ``private``, ``token``, ``revision``,
+    ``push_kwargs``: :func:`mowe.hub.push_folder`'s (``commit_message``, ``private``, ``token``, ``revision``,
     ``create_pr``). Returns huggingface_hub's ``CommitInfo``.
     """
-    from mowe.hf.hub import push_folder
-
     if folder is not None:
         return push_folder(folder, repo_id, **push_kwargs)
     with tempfile.TemporaryDirectory(prefix="mowe-push-") as tmp:
