@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mowe.demo.corpus import score_normalize
+from mowe.demo.systems import system_slug
 from mowe.evaluation.metrics import METRIC_LABELS
 from mowe.evaluation.plots import plot_router_heatmap
 from mowe.evaluation.stats import compare_to_base, task_intervals
@@ -128,8 +129,7 @@ def _plots(out_dir: str, logs: Mapping[str, str], summary: Mapping[str, Any]) ->
     for name, s in summary.items():
         if not s["router_counts"]:
             continue
-        slug = name.lower().replace("-", "_").replace("+", "_")
-        paths.append(os.path.join(out_dir, f"router_heatmap_{slug}.png"))
+        paths.append(os.path.join(out_dir, f"router_heatmap_{system_slug(name)}.png"))
         plot_router_heatmap(s["router_counts"], s["encoder_names"], paths[-1],
                             title=f"{name}: weak encoder selected, per task (test)")
     return paths
