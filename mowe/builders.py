@@ -30,7 +30,7 @@ from mowe.encoders.pitch import PitchEncoder
 from mowe.encoders.span import ClipSpan
 from mowe.encoders.speaker import SpeakerEncoder
 from mowe.encoders.whisper import WhisperEncoder
-from mowe.encoders.whisper_ltu import LTUWhisperEncoder
+from mowe.encoders.whisper_window import WindowedWhisperEncoder
 from mowe.errors import ConfigError
 from mowe.gguf import GGUFHeader, check_gguf_file
 from mowe.hub import check_local_source, naming_refused_pickles, resolve_file
@@ -99,10 +99,10 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
         if cfg.name_or_path:
             return WhisperEncoder.from_pretrained(cfg.name_or_path, **kw)
         return WhisperEncoder.from_preset(cfg.preset or "tiny", **kw, **cfg.overrides)
-    if fam == "whisper_ltu":  # LTU-AS's Whisper features (mowe.encoders.whisper_ltu)
+    if fam == "whisper_window":  # a fixed window, every block's raw output (mowe.encoders.whisper_window)
         if cfg.name_or_path:
-            return LTUWhisperEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze)
-        return LTUWhisperEncoder.from_preset(cfg.preset or "tiny", freeze=cfg.freeze, **cfg.overrides)
+            return WindowedWhisperEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze)
+        return WindowedWhisperEncoder.from_preset(cfg.preset or "tiny", freeze=cfg.freeze, **cfg.overrides)
     if fam == "hubert":
         if cfg.name_or_path:
             return HubertEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze, bucket_padding=cfg.bucket_padding)
@@ -119,8 +119,8 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
             return load(where, freeze=cfg.freeze, **cfg.overrides)
         except TypeError as e:
             raise ConfigError(f"{encoder_key(name)}.overrides: {cfg.overrides} do not fit family {fam!r}: {e}") from e
-    raise ConfigError(f"{encoder_key(name)}.family: unknown family {fam!r} (whisper, whisper_ltu, hubert, beats, speaker, "
-                      f"pitch, custom)")
+    raise ConfigError(f"{encoder_key(name)}.family: unknown family {fam!r} (whisper, whisper_window, hubert, "
+                      f"beats, speaker, pitch, custom)")
 
 
 def build_connector(cfg: ConnectorConfig, *, in_dim: int, out_dim: int, allow: AllowList = True) -> nn.Module:

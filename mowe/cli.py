@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="instruction, e.g. 'Transcribe the speech.'")
     add_generation_args(p, max_new_tokens=None)
     p.add_argument("--lora-scale", type=float, default=None,
-                   help="multiply the LoRA scaling (SALMONN's activation trick, e.g. 0.5)")
+                   help="multiply the LoRA scaling (the activation-tuning trick, e.g. 0.5)")
     add_allow_components_arg(p)
     p.set_defaults(func=_cmd_infer)
 

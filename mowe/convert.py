@@ -1,7 +1,8 @@
-"""Converting checkpoints from the formats they ship in (``mowe convert whisper | salmonn | ltu-as``).
+"""Converting Whisper checkpoints from the formats they ship in (``mowe convert whisper``).
 
-The seed systems' released checkpoints (:mod:`mowe.checkpoints`: ``from_salmonn``, ``from_ltu_as`` and their
-inverses) are re-exported here. ``convert_whisper(src, dst)`` turns a CTranslate2 Whisper folder (faster-whisper's format) or an openai-whisper
+The seed systems' released checkpoints convert in their own packages (``mowe.salmonn.from_salmonn``,
+``mowe.ltu_as.from_ltu_as`` and their inverses; listed in :data:`mowe.presets.CONVERTERS`).
+``convert_whisper(src, dst)`` turns a CTranslate2 Whisper folder (faster-whisper's format) or an openai-whisper
 ``.pt`` file into a folder that ``transformers.WhisperForConditionalGeneration.from_pretrained(dst)`` loads
 without mowe: weights (encoder and decoder), ``config.json``, ``generation_config.json`` and, when the source
 ships a ``tokenizer.json``, a ``WhisperProcessor`` (feature extractor + tokenizer).
@@ -13,18 +14,11 @@ import os
 
 import torch
 
-from mowe.checkpoints import (
-    from_ltu_as,
-    from_salmonn,
-    to_ltu_as,
-    to_salmonn,
-)
 from mowe.encoders.whisper_formats import is_ctranslate2_dir, is_openai_whisper_file, load_whisper_checkpoint
 from mowe.errors import CheckpointError
 from mowe.hub import naming_refused_pickles
 
-__all__ = ["convert_whisper", "from_ltu_as", "from_salmonn", "to_ltu_as", "to_salmonn"]
-
+__all__ = ["convert_whisper"]
 
 
 def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> str:

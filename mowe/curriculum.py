@@ -5,13 +5,13 @@ the parts that train (everything else is frozen), its step count and peak learni
 cosine decay within the stage), and optionally per-task sampling weights. :mod:`mowe.training.stages` applies
 them to a model (which parameters each part names).
 
-Presets reproduce the curricula of the three papers on top of these parts:
-:func:`mowe_default_stages`, :func:`salmonn_stages`, :func:`ltu_as_stages`.
+Presets reproduce the curricula of the papers on top of these parts: :func:`mowe_default_stages` here, the seed
+systems' own in their packages (:func:`mowe.salmonn.salmonn_stages`, :func:`mowe.ltu_as.ltu_as_stages`).
 
 Example:
-    >>> stages = ltu_as_stages(steps=(100, 200, 300))
+    >>> stages = mowe_default_stages(100)
     >>> [s.name for s in stages]
-    ['projector', 'closed_ended', 'all']
+    ['mowe']
     >>> stages_from_list(stages_to_list(stages)) == stages
     True
 """
@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mowe.config import from_dict
 from mowe.errors import ConfigError
 
-__all__ = ["MEMBER_PREFIX", "PARTS", "Stage", "ltu_as_stages", "mowe_default_stages", "salmonn_stages",
-           "stages_from_list", "stages_to_list"]
+__all__ = ["MEMBER_PREFIX", "PARTS", "Stage", "mowe_default_stages", "per_stage_steps", "stages_from_list",
+           "stages_to_list"]
 
 PARTS = ("connector", "routers", "weak_encoders", "strong_encoder", "lora", "llm")
 MEMBER_PREFIX = "weak_encoders."  # + a weak encoder's name: that member alone
@@ -117,77 +117,21 @@ def stages_from_list(data: Any, *, where: str = "stages") -> list[Stage]:
 
 
 # ----------------------------------------------------------------------------------------------- presets
-def _three(steps: int | Sequence[int], what: str) -> tuple[int, int, int]:
+def per_stage_steps(steps: int | Sequence[int], what: str, *, stages: int = 3) -> tuple[int, ...]:
+    """One step count for each of ``stages`` stages: ``steps`` as one int (the same for all) or one per stage.
+
+    Raises:
+        ConfigError: a sequence of another length (names ``what``).
+    """
     if isinstance(steps, int):
-        return steps, steps, steps
+        return (steps,) * stages
     steps = tuple(steps)
-    if len(steps) != 3:
-        raise ConfigError(f"{what}: steps must be one int or three (one per stage), got {steps}")
-    return steps  # type: ignore[return-value]
+    if len(steps) != stages:
+        raise ConfigError(f"{what}: steps must be one int or {stages} (one per stage), got {steps}")
+    return steps
 
 
 def mowe_default_stages(steps: int, *, lr: float = 1e-4, warmup_steps: int | None = None) -> list[Stage]:
     """MoWE-Audio (arXiv 2409.06635): one stage training connector, routers and LoRA on all data."""
     warm = min(steps, max(0, steps // 20)) if warmup_steps is None else warmup_steps
     return [Stage("mowe", ("connector", "routers", "lora"), steps, lr, warmup_steps=warm)]
-
-
-def salmonn_stages(steps: int | Sequence[int] = (1000, 1000, 12), *, lr: float = 3e-5,
-                   pretrain_tasks: Mapping[str, float] | None = None,
-                   activation_tasks: Mapping[str, float] | None = None,
-                   activation_lora_scale: float = 0.5) -> list[Stage]:
-    """SALMONN's three stages (arXiv 2310.13289, sec. 3.3).
-
-    1. ``pretrain``: connector (window Q-Former) + LoRA on ``pretrain_tasks`` (SALMONN: speech recognition and
-       audio captioning).
-    2. ``instruction``: the same parts on all tasks.
-    3. ``activation``: a short stage on ``activation_tasks`` (a small set of long-answer, QA-like tasks) with the
-       LoRA scaling reduced.
-
-    How the activation trick is modelled: SALMONN found that the instruction-tuned model over-fits to short
-    ASR/caption-style answers and that *lowering the LoRA scaling factor* brings back the LLM's own abilities;
-    it then fine-tunes briefly on a few long, diverse responses (obtained with the discounted scaling) so the
-    model answers well at full scale. Here the activation stage trains LoRA with its scaling multiplied by
-    ``activation_lora_scale`` (the trainer restores the configured scaling afterwards). To use the discounted
-    scaling at inference as well, call :func:`mowe.hf.adapter.set_lora_scale` (``mowe infer --lora-scale``).
-
-    Args:
-        steps: one count for all three stages or three counts.
-        lr: peak learning rate (SALMONN: 3e-5).
-        pretrain_tasks: task weights of stage 1; None: all data. Your data's names for ASR and captioning go
-            here (:func:`mowe.presets.salmonn` passes the demo corpus's).
-        activation_tasks: task weights of stage 3; None: all data.
-        activation_lora_scale: multiplier of the LoRA scaling in the activation stage.
-    """
-    s1, s2, s3 = _three(steps, "salmonn_stages")
-    parts = ("connector", "lora")
-
-    def weights(tasks: Mapping[str, float] | None) -> dict[str, float] | None:
-        return None if tasks is None else dict(tasks)
-
-    return [
-        Stage("pretrain", parts, s1, lr, tasks=weights(pretrain_tasks), warmup_steps=min(s1, 100) // 10),
-        Stage("instruction", parts, s2, lr, warmup_steps=min(s2, 100) // 10),
-        Stage("activation", parts, s3, lr, tasks=weights(activation_tasks), lora_scale=activation_lora_scale),
-    ]
-
-
-def ltu_as_stages(steps: int | Sequence[int] = (1000, 1000, 1000), *,
-                  closed_ended_tasks: Sequence[str] | None = None,
-                  lrs: tuple[float, float, float] = (1e-3, 1e-4, 1e-4)) -> list[Stage]:
-    """LTU-AS's three-stage curriculum (arXiv 2309.14405, sec. 4, table 2).
-
-    1. ``projector``: the connector (TLTR + projection) alone, lr 1e-3, on all data.
-    2. ``closed_ended``: every trainable part (connector + LoRA + routers if the model has them), lr 1e-4, on the
-       closed-ended (classification-style) tasks ``closed_ended_tasks``, equally weighted (None: all data;
-       :func:`mowe.presets.ltu_as` passes the demo corpus's classification tasks).
-    3. ``all``: every trainable part on all data, lr 1e-4.
-    """
-    s1, s2, s3 = _three(steps, "ltu_as_stages")
-    every = ("connector", "routers", "lora")
-    closed = None if closed_ended_tasks is None else {t: 1.0 for t in closed_ended_tasks}
-    return [
-        Stage("projector", ("connector",), s1, lrs[0], warmup_steps=min(s1, 100) // 10),
-        Stage("closed_ended", every, s2, lrs[1], tasks=closed, warmup_steps=min(s2, 100) // 10),
-        Stage("all", every, s3, lrs[2], warmup_steps=min(s3, 100) // 10),
-    ]

@@ -210,9 +210,8 @@ def test_inference_settings_are_saved_and_applied_on_load(tmp_path):
     from conftest import tiny_config
     from transformers import PreTrainedTokenizerFast  # noqa: F401
 
-    from mowe.data.templates import PROMPT_TEMPLATES
     from mowe.data.tokenizer import train_bpe_tokenizer
-    from mowe.presets import salmonn
+    from mowe.presets import PROMPT_TEMPLATES, salmonn
 
     preset = salmonn(tiny=True, faithful=False)
     assert preset.config.inference == InferenceConfig(PROMPT_TEMPLATES["salmonn"], 1.0)

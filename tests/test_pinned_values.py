@@ -88,13 +88,13 @@ def test_merge_pinned():
 # change of any value moves it).
 def _encoder_configs():
     from mowe.config import EncoderConfig
-    from mowe.presets import _TINY_BEATS, _TINY_HUBERT, _TINY_WEAK_WHISPER
+    from mowe.recipes import TINY_BEATS, TINY_HUBERT, TINY_WEAK_WHISPER
 
     return {
-        "whisper": EncoderConfig("whisper", preset="tiny", overrides=_TINY_WEAK_WHISPER, pad_to_30s=False),
-        "whisper_ltu": EncoderConfig("whisper_ltu", preset="tiny", overrides=_TINY_WEAK_WHISPER),
-        "hubert": EncoderConfig("hubert", preset="hubert-base", overrides=_TINY_HUBERT),
-        "beats": EncoderConfig("beats", overrides=_TINY_BEATS),
+        "whisper": EncoderConfig("whisper", preset="tiny", overrides=TINY_WEAK_WHISPER, pad_to_30s=False),
+        "whisper_window": EncoderConfig("whisper_window", preset="tiny", overrides=TINY_WEAK_WHISPER),
+        "hubert": EncoderConfig("hubert", preset="hubert-base", overrides=TINY_HUBERT),
+        "beats": EncoderConfig("beats", overrides=TINY_BEATS),
         "speaker": EncoderConfig("speaker"),
         "pitch": EncoderConfig("pitch", preset="tiny"),
     }
@@ -102,7 +102,7 @@ def _encoder_configs():
 
 ENCODER_PINS = {  # family: (shape, lengths, sum |features|, projection)
     "whisper": ((2, 50, 32), [50, 30], 2250.552, 25.65014),
-    "whisper_ltu": ((2, 500, 32), [500, 500], 19525.11, 11.97035),
+    "whisper_window": ((2, 500, 32), [500, 500], 19525.11, 11.97035),
     "hubert": ((2, 49, 32), [49, 29], 2020.224, -76.16156),
     "beats": ((2, 48, 64), [48, 24], 3744.419, -6.90958),
     "speaker": ((2, 2, 256), [2, 2], 37.2878, -0.9019254),

@@ -17,8 +17,8 @@ error that names it (exit code 2, message on stderr, no traceback)::
                   on_bad_example: error | skip; max_audio_seconds: 30; tasks: [...] (keep only these).
     train:        a TrainConfig (output_dir, batch_size, grad_accum, save_every, ...).
     stages:       a list of stages ({name, train, steps, lr, tasks, warmup_steps, lora_scale}) or a preset:
-                  {preset: mowe | salmonn | ltu_as, steps: N or [N1, N2, N3]} (``mowe_paper``, the name of the
-                  model preset in mowe.presets, is accepted for ``mowe``).
+                  {preset: NAME, steps: N or [N1, N2, N3]}, NAME one of mowe.presets.STAGE_PRESETS: mowe | salmonn
+                  | ltu_as (``mowe_paper``, the name of the model preset in mowe.presets, is accepted for ``mowe``).
 
 Relative paths in the run file are relative to the run file's folder. ``--set section.key=value`` overrides
 one entry (the value is parsed as YAML). The file and the overrides go through the one strict loader of
@@ -38,10 +38,9 @@ from typing import Any, Literal
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
-from mowe import presets
 from mowe.builders import llm_tokenizer, llm_vocab_size
 from mowe.config import LLMConfig, MoWEConfig, apply_overrides, from_dict, read_config_file
-from mowe.curriculum import ltu_as_stages, mowe_default_stages, salmonn_stages, stages_from_list
+from mowe.curriculum import stages_from_list
 from mowe.data.collator import MoWECollator
 from mowe.data.manifest import ManifestDataset
 from mowe.data.processor import MoWEProcessor
@@ -51,14 +50,13 @@ from mowe.errors import ConfigError
 from mowe.hub import check_local_source
 from mowe.io import open_for_reading
 from mowe.model import MoWEAudioLLM
+from mowe.presets import STAGE_PRESETS
 from mowe.training.trainer import TrainConfig, Trainer
 
 __all__ = ["LLM_TOKENIZER", "RUN_SECTIONS", "RunFile", "load_run_file", "run_training", "seed_everything"]
 
 RUN_SECTIONS = ("model", "tokenizer", "processor", "data", "train", "stages")
 LLM_TOKENIZER = "llm"  # `tokenizer: llm`: the LLM's own tokenizer (mowe.builders.llm_tokenizer)
-# Stage presets by name; "mowe_paper" (the name of the model preset in mowe.presets) and "mowe" are the same.
-_PRESETS = ("mowe", "mowe_paper", "salmonn", "ltu_as")
 
 
 # ----------------------------------------------------------------------------------------------- run file
@@ -90,9 +88,9 @@ class TokenizerSection:
 
 @dataclass(frozen=True)
 class StagePreset:
-    """``stages: {preset: ..., steps: ...}``."""
+    """``stages: {preset: ..., steps: ...}``: ``preset`` names an entry of :data:`mowe.presets.STAGE_PRESETS`."""
 
-    preset: Literal["mowe", "mowe_paper", "salmonn", "ltu_as"]
+    preset: str
     steps: int | list[int]
 
 
@@ -136,6 +134,9 @@ def _check_sections(run: dict[str, Any]) -> None:
                           "(a random-weight LLM has none); give a tokenizer folder or {train_bpe: ...}")
     if run.get("processor"):
         from_dict(ProcessorOptions, run["processor"], where="processor")
+    stages = run["stages"]
+    if isinstance(stages, dict) and stages.get("preset") not in STAGE_PRESETS:
+        raise ConfigError(f"stages.preset: {stages.get('preset')!r} is not one of {sorted(STAGE_PRESETS)}")
 
 
 def _resolve(base: str, p: str | None) -> str | None:
@@ -149,14 +150,9 @@ def _stages(spec: Any):
     if not isinstance(spec, dict):
         return stages_from_list(spec)
     p = from_dict(StagePreset, spec, where="stages")
-    if p.preset in ("mowe", "mowe_paper"):
-        if not isinstance(p.steps, int):
-            raise ConfigError("stages.steps: the mowe preset has one stage; give one integer")
-        return mowe_default_stages(p.steps)
-    if p.preset == "salmonn":  # the presets' task lists (mowe.presets), named after the demo corpus's tasks
-        return salmonn_stages(p.steps, pretrain_tasks=presets.SALMONN_PRETRAIN_TASKS,
-                              activation_tasks=presets.SALMONN_ACTIVATION_TASKS)
-    return ltu_as_stages(p.steps, closed_ended_tasks=presets.LTU_AS_CLOSED_ENDED_TASKS)
+    if p.preset not in STAGE_PRESETS:
+        raise ConfigError(f"stages.preset: {p.preset!r} is not one of {sorted(STAGE_PRESETS)}")
+    return STAGE_PRESETS[p.preset](p.steps)  # the presets' task lists, named after the demo corpus's tasks
 
 
 def _tokenizer(spec: Any, train_manifest: str, base: str, train_ds: Any = None, *, model: Any = None,

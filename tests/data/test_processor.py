@@ -16,9 +16,9 @@ from mowe.constants import IGNORE_INDEX, MODEL_INPUT_KEYS
 from mowe.data.audio import AudioTruncatedWarning
 from mowe.data.collator import MoWECollator
 from mowe.data.processor import MoWEProcessor
-from mowe.data.templates import SALMONN_PROMPT_TEMPLATE
 from mowe.data.tokenizer import AUDIO_TOKEN, CHAT_TEMPLATE, train_bpe_tokenizer
 from mowe.errors import AudioLoadError, ConfigError, MoWEInputError
+from mowe.salmonn import PROMPT_TEMPLATE as SALMONN_PROMPT_TEMPLATE
 
 SR = 16_000
 TEXTS = ["transcribe the speech", "three one four one five nine two six", "what is the gender of the speaker",

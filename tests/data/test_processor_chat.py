@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mowe.data.processor import MoWEProcessor
-from mowe.data.templates import SALMONN_PROMPT_TEMPLATE
 from mowe.data.tokenizer import AUDIO_TOKEN, train_bpe_tokenizer
 from mowe.errors import MoWEInputError
+from mowe.salmonn import PROMPT_TEMPLATE as SALMONN_PROMPT_TEMPLATE
 
 AUDIO = {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}
 

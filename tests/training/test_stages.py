@@ -15,18 +15,11 @@ import yaml
 from _trainer_helpers import SyntheticDataset, changed, collate, snapshot, tiny_model
 
 from mowe.config import parse_value
-from mowe.curriculum import (
-    PARTS,
-    Stage,
-    ltu_as_stages,
-    mowe_default_stages,
-    salmonn_stages,
-    stages_from_list,
-    stages_to_list,
-)
+from mowe.curriculum import PARTS, Stage, mowe_default_stages, stages_from_list, stages_to_list
 from mowe.errors import ConfigError
 from mowe.hf.adapter import set_lora_scale
-from mowe.presets import LTU_AS_CLOSED_ENDED_TASKS, SALMONN_PRETRAIN_TASKS
+from mowe.ltu_as import LTU_AS_CLOSED_ENDED_TASKS, ltu_as_stages
+from mowe.salmonn import SALMONN_PRETRAIN_TASKS, salmonn_stages
 from mowe.training.stages import apply_stage, parameter_groups
 from mowe.training.trainer import TrainConfig, Trainer
 

@@ -11,12 +11,12 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder as HFWhisperEncoder
 
-from mowe.checkpoints.ltu_as import from_ltu_as, to_ltu_as
 from mowe.cli import main as mowe_main
-from mowe.data.ltu_as_prompt import ltu_as_input_ids, ltu_as_prompt
 from mowe.encoders.whisper_formats import load_openai_whisper
-from mowe.encoders.whisper_ltu import LTUWhisperEncoder
+from mowe.encoders.whisper_window import WindowedWhisperEncoder
 from mowe.errors import CheckpointError
+from mowe.ltu_as.checkpoint import from_ltu_as, to_ltu_as
+from mowe.ltu_as.prompt import ltu_as_input_ids, ltu_as_prompt
 from mowe.model import MoWEAudioLLM
 
 D, LAYERS, HEADS, D_LLM, LLM_LAYERS, VOCAB, R = 64, 2, 2, 96, 2, 128, 8
@@ -141,7 +141,7 @@ def test_25_audio_tokens_for_any_clip_and_batched_equals_alone(model):
 
 
 def test_features_are_the_raw_block_outputs(files):
-    enc = LTUWhisperEncoder.from_pretrained(files["whisper"])
+    enc = WindowedWhisperEncoder.from_pretrained(files["whisper"])
     stored = torch.load(files["whisper"], weights_only=True)["model_state_dict"]["encoder.positional_embedding"]
     # The positional table is the file's fp16 one, not a recomputed fp32 sinusoid.
     assert torch.equal(enc.encoder.embed_positions.weight, stored.float())
@@ -170,7 +170,7 @@ def openai_log_mel(clip, filters):
 
 
 def test_log_mel_is_zero_padded_and_floored_over_the_whole_clip(files):
-    enc = LTUWhisperEncoder.from_pretrained(files["whisper"])
+    enc = WindowedWhisperEncoder.from_pretrained(files["whisper"])
     wav, wl = clips([16000 * 3 + 50, 16000 * 13])
     wav[1, 16000 * 11: 16000 * 13] *= 30  # the loudest part lies beyond 10 s: it still sets the floor
     mel = enc.log_mel(wav, wl)

@@ -1,6 +1,6 @@
 """SALMONN's released checkpoint format and the faithful preset (issue 15), on tiny random weights.
 
-The official key layout is written out here from its documented names (see ``mowe/checkpoints/salmonn.py``);
+The official key layout is written out here from its documented names (see ``mowe/salmonn/checkpoint.py``);
 the Q-Former reference below is BERT's arithmetic written from those names, independent of mowe's modules.
 """
 
@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mowe.checkpoints import from_salmonn, to_salmonn
 from mowe.cli import main as mowe_main
 from mowe.encoders.beats import BEATsEncoder
 from mowe.errors import CheckpointError, MoWEInputError
 from mowe.model import MoWEAudioLLM
+from mowe.salmonn import from_salmonn, to_salmonn
 
 AUDIO_ID = 5
 WHISPER = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128, decoder_layers=1,

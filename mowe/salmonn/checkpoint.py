@@ -18,7 +18,7 @@ The official training code saves ``{"model": state_dict}`` holding only what tra
   Whisper / LLM given (:func:`mowe.state_dicts.check_frozen_copies`); one that does not is an error naming it.
 
 Whisper, BEATs and the base LLM are frozen there and not in the file: :func:`from_salmonn` takes them by path.
-The result is the :func:`mowe.presets.salmonn` ``faithful=True`` layout, sized from the checkpoint.
+The result is the :func:`mowe.salmonn.salmonn` ``faithful=True`` layout, sized from the checkpoint.
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats
     what transformers' ``mean_resizing`` draws, so a reload reproduces the logits, that column included.
 
     Returns:
-        The model, in eval mode, computing what the official code computes (see :func:`mowe.presets.salmonn`).
+        The model, in eval mode, computing what the official code computes (see :func:`mowe.salmonn.salmonn`).
 
     Raises:
         CheckpointError: the file is unreadable, a key is missing or not SALMONN's (named), a frozen tensor it
@@ -348,7 +348,7 @@ def _check_layout(model: nn.Module) -> None:
         problems.append("the LLM has no LoRA adapters")
     if problems:
         raise MoWEInputError("to_salmonn: this model has no SALMONN equivalent: " + "; ".join(problems)
-                             + " (build it with mowe.presets.salmonn(faithful=True) or from_salmonn)")
+                             + " (build it with mowe.salmonn.salmonn(faithful=True) or from_salmonn)")
 
 
 def _official_names(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from mowe.data.ltu_as_prompt import clean_transcript, ltu_as_batch
 from mowe.encoders.whisper_formats import openai_whisper_to_hf
-from mowe.encoders.whisper_ltu import ltu_log_mel
-from mowe.encoders.whisper_transcribe import WhisperTranscriber
+from mowe.encoders.whisper_window import clip_log_mel
 from mowe.errors import MoWEInputError
+from mowe.ltu_as.prompt import clean_transcript, ltu_as_batch
+from mowe.ltu_as.transcribe import WhisperTranscriber
 
 
 def tiny_whisper():
@@ -35,7 +35,7 @@ def test_greedy_tokens_match_a_hand_loop_and_batching_does_not_change_them():
     batch = tr.generate(wav, wl)
     for i in range(3):
         n = int(wl[i])
-        mel, _ = ltu_log_mel(wav[i:i + 1, :n], wl[i:i + 1], filters=tr.frontend.filters, window=tr.frontend.window,
+        mel, _ = clip_log_mel(wav[i:i + 1, :n], wl[i:i + 1], filters=tr.frontend.filters, window=tr.frontend.window,
                              num_frames=3000)
         ids = [50257, 50362]
         with torch.no_grad():

@@ -14,9 +14,9 @@ from test_ltu_as_checkpoint import D_LLM, LLM_LAYERS, clips, files  # noqa: F401
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from mowe.cli import main
-from mowe.data.ltu_as_prompt import ltu_as_batch
 from mowe.data.processor import MoWEProcessor
 from mowe.errors import AudioPlaceholderError
+from mowe.ltu_as.prompt import ltu_as_batch
 from mowe.model import MoWEAudioLLM
 from mowe.presets import PRESETS, ltu_as
 

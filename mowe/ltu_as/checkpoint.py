@@ -31,8 +31,8 @@ from mowe.checkpoints.placeholder import load_llm_tokenizer, pick_audio_token_id
 from mowe.config import LLMConfig
 from mowe.errors import CheckpointError
 from mowe.hub import load_torch_file
+from mowe.ltu_as.preset import ltu_as
 from mowe.model import MoWEAudioLLM
-from mowe.presets import ltu_as
 from mowe.state_dicts import alias_groups, check_aliases, peft_base_key
 
 __all__ = ["from_ltu_as", "load_ltu_as", "load_ltu_as_state_dict", "ltu_as_state_dict", "to_ltu_as"]
@@ -55,7 +55,7 @@ def _official_audio_keys() -> list[str]:
 
 
 def ltu_as_state_dict(model) -> dict[str, torch.Tensor]:
-    """The official keys of ``model`` (a faithful :func:`mowe.presets.ltu_as` model): TLTR, projection, LoRA.
+    """The official keys of ``model`` (a faithful :func:`mowe.ltu_as.ltu_as` model): TLTR, projection, LoRA.
 
     Raises:
         CheckpointError: the model has parts the official format cannot hold (a TLTR bottleneck, a key bias).
@@ -134,7 +134,7 @@ def load_ltu_as_state_dict(model, state: dict[str, torch.Tensor], *, where: str 
 
 def from_ltu_as(checkpoint: str | os.PathLike, *, whisper: str, llm: str, dtype: torch.dtype = torch.float32,
                 audio_token_id: int | None = None, faithful: bool = True, tokenizer: Any = None):
-    """Build the LTU-AS model (:func:`mowe.presets.ltu_as`) and load the released checkpoint into it.
+    """Build the LTU-AS model (:func:`mowe.ltu_as.ltu_as`) and load the released checkpoint into it.
 
     Args:
         checkpoint: the official ``.bin`` (read with ``weights_only=True``).
@@ -145,7 +145,7 @@ def from_ltu_as(checkpoint: str | os.PathLike, *, whisper: str, llm: str, dtype:
             special token (in place; an id past its vocabulary, which no text produces), or, when the LLM folder
             has no tokenizer, the first id past the LLM's vocabulary. The LLM gets no row for it (its embedding is
             never read), so the logits keep LTU-AS's vocabulary.
-        faithful: the preset's ``faithful`` switch (see :func:`mowe.presets.ltu_as`).
+        faithful: the preset's ``faithful`` switch (see :func:`mowe.ltu_as.ltu_as`).
         tokenizer: the LLM's tokenizer (or its folder / hub id) when it is not in ``llm``.
 
     Returns:

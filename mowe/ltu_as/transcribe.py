@@ -5,7 +5,7 @@ Shape legend: ``b`` batch, ``s`` samples, ``m`` mel bins, ``f`` mel frames, ``n`
 The official pipeline transcribes each clip with Whisper and writes the text into the prompt.
 :class:`WhisperTranscriber` runs a Whisper checkpoint's own decoder greedily (temperature 0) on the clip's first
 30 s, the log-mel computed as openai-whisper does (whole-clip floor, zero-padded log-mel, see
-:func:`mowe.encoders.whisper_ltu.ltu_log_mel`), and cleans the text as the official demo does.
+:func:`mowe.encoders.whisper_window.clip_log_mel`), and cleans the text as the official demo does.
 
 Where it differs from the official demo, on purpose or for lack of parts: the demo transcribes with a second
 model (whisper-at ``large-v2``) and openai's full ``transcribe`` (temperature fallback, 30 s windows sliding over
@@ -22,13 +22,13 @@ from torch import nn
 from transformers import WhisperForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
-from mowe.data.ltu_as_prompt import clean_transcript
 from mowe.encoders.base import check_waveforms
 from mowe.encoders.whisper import N_FFT, LogMelFrontend
 from mowe.encoders.whisper_formats import load_openai_whisper
-from mowe.encoders.whisper_ltu import ltu_log_mel
+from mowe.encoders.whisper_window import clip_log_mel
 from mowe.errors import MoWEInputError
 from mowe.hub import naming_refused_pickles
+from mowe.ltu_as.prompt import clean_transcript
 
 __all__ = ["WhisperTranscriber"]
 
@@ -94,7 +94,7 @@ class WhisperTranscriber(nn.Module):
     def generate(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy token ids ``(b, n)`` after the prefix, ``eos_token_id`` once a clip has ended."""
         lengths = check_waveforms(waveforms, lengths, min_samples=N_FFT // 2 + 1)
-        mel, _ = ltu_log_mel(waveforms, lengths, filters=self.frontend.filters, window=self.frontend.window,
+        mel, _ = clip_log_mel(waveforms, lengths, filters=self.frontend.filters, window=self.frontend.window,
                              num_frames=self.mel_frames)
         dtype = self.model.model.encoder.conv1.weight.dtype
         enc = self.model.model.encoder(input_features=mel.to(dtype)).last_hidden_state

@@ -1,10 +1,11 @@
-"""Whisper as LTU-AS runs it: 10 s log-mel windows and the raw outputs of every block.
+"""Whisper over a fixed log-mel window, returning the raw output of every block (LTU-AS's features).
 
 Shape legend: ``b`` batch, ``s`` samples, ``m`` mel bins, ``f`` mel frames, ``t`` encoder frames (50 Hz),
 ``d`` width, ``l`` blocks.
 
-LTU-AS (arXiv 2309.14405, sec. 3) feeds its TLTR with Whisper-large's hidden states. Read from the official
-pipeline (YuanGongND/ltu, its Whisper fork), the features differ from :class:`mowe.encoders.WhisperEncoder`'s:
+:class:`WindowedWhisperEncoder` computes what openai-whisper's own pipeline computes for a clip cut to a window
+(LTU-AS, arXiv 2309.14405, sec. 3, feeds its TLTR with these features from Whisper-large; read from the official
+pipeline, YuanGongND/ltu and its Whisper fork). They differ from :class:`mowe.encoders.WhisperEncoder`'s:
 
 * the log-mel is computed over the *whole* clip (STFT reflect-padded at the clip's own ends, Whisper's
   ``max - 8`` floor taken over every frame of the clip), and only then cut to 10 s (1000 mel frames) or, for a
@@ -17,7 +18,7 @@ Every clip is computed on its own (nothing crosses the batch), so a batch gives 
 
 :func:`load_openai_whisper` reads openai-whisper ``.pt`` files (what LTU-AS used: ``large-v1.pt``) into a
 transformers ``WhisperForConditionalGeneration``; its decoder fills LTU-AS's transcript (see
-:mod:`mowe.encoders.whisper_transcribe`).
+:mod:`mowe.ltu_as.transcribe`).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from mowe.encoders.whisper import HOP, N_FFT, WHISPER_PRESETS, LogMelFrontend, l
 from mowe.errors import MoWEInputError
 from mowe.tensors import lengths_to_mask
 
-__all__ = ["LTUWhisperEncoder", "ltu_log_mel"]
+__all__ = ["DEFAULT_WINDOW_SECONDS", "WindowedWhisperEncoder", "clip_log_mel"]
 
-LTU_CLIP_SECONDS = 10  # LTU-AS's window: 1000 mel frames -> 500 encoder frames -> 25 audio tokens
+DEFAULT_WINDOW_SECONDS = 10  # LTU-AS's window: 1000 mel frames -> 500 encoder frames -> 25 audio tokens
 _EDGE = N_FFT // 2  # torch.stft(center=True) reflect-pads each side by this many samples
 
 
-def ltu_log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, *, filters: torch.Tensor, window: torch.Tensor,
+def clip_log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, *, filters: torch.Tensor, window: torch.Tensor,
                 num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """openai-whisper's ``log_mel_spectrogram`` of each clip alone, then ``pad_or_trim`` to ``num_frames``.
 
@@ -75,8 +76,10 @@ def ltu_log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, *, filters: torc
     return nn.functional.pad(log_spec, (0, num_frames - f_all)), n_clip
 
 
-class LTUWhisperEncoder(nn.Module):
-    """Whisper encoder computing LTU-AS's features (see the module docstring); mowe's encoder protocol.
+class WindowedWhisperEncoder(nn.Module):
+    """Whisper encoder over a fixed window, all blocks' raw outputs (see the module docstring); mowe's encoder protocol.
+
+    The family ``"whisper_window"`` in configs (LTU-AS's ``faithful=True`` strong encoder).
 
     Args:
         encoder: a transformers ``WhisperEncoder`` (its modules and its stored positional table are used as is).
@@ -89,7 +92,7 @@ class LTUWhisperEncoder(nn.Module):
     ``(b, l, t, d)``, the raw outputs of all ``l`` blocks.
 
     Example:
-        >>> enc = LTUWhisperEncoder.from_preset("tiny", d_model=64, encoder_layers=2, encoder_attention_heads=2)
+        >>> enc = WindowedWhisperEncoder.from_preset("tiny", d_model=64, encoder_layers=2, encoder_attention_heads=2)
         >>> out = enc(torch.zeros(2, 16000), torch.tensor([16000, 8000]))
         >>> out.hidden_states.shape, out.lengths.tolist()
         (torch.Size([2, 2, 500, 64]), [500, 500])
@@ -98,7 +101,7 @@ class LTUWhisperEncoder(nn.Module):
     frame_rate: float = SAMPLE_RATE / (2 * HOP)
     min_samples: int = _EDGE + 1
 
-    def __init__(self, encoder: HFWhisperEncoder, *, clip_seconds: int = LTU_CLIP_SECONDS, freeze: bool = True,
+    def __init__(self, encoder: HFWhisperEncoder, *, clip_seconds: int = DEFAULT_WINDOW_SECONDS, freeze: bool = True,
                  source: str | None = None):
         super().__init__()
         self.encoder = encoder
@@ -114,7 +117,7 @@ class LTUWhisperEncoder(nn.Module):
         set_trainable(self, not freeze)
 
     @classmethod
-    def from_preset(cls, size: str = "tiny", *, freeze: bool = True, **overrides) -> LTUWhisperEncoder:
+    def from_preset(cls, size: str = "tiny", *, freeze: bool = True, **overrides) -> WindowedWhisperEncoder:
         """Random weights at a published size; ``overrides`` change config fields."""
         if size not in WHISPER_PRESETS:
             raise MoWEInputError(f"unknown Whisper size {size!r}; choose one of {sorted(WHISPER_PRESETS)}")
@@ -122,7 +125,7 @@ class LTUWhisperEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, freeze: bool = True,
-                        dtype: torch.dtype | None = None) -> LTUWhisperEncoder:
+                        dtype: torch.dtype | None = None) -> WindowedWhisperEncoder:
         """The encoder of an openai-whisper ``.pt`` file or a transformers checkpoint (hub id or folder).
 
         The positional table is the one the file stores (LTU-AS computed with it), never recomputed.
@@ -135,8 +138,8 @@ class LTUWhisperEncoder(nn.Module):
         return torch.full_like(torch.as_tensor(lengths), self.mel_frames // 2)
 
     def log_mel(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``(b, s)`` clips -> ``(b, m, mel_frames)`` LTU-AS log-mel (see :func:`ltu_log_mel`)."""
-        return ltu_log_mel(waveforms, lengths, filters=self.frontend.filters, window=self.frontend.window,
+        """``(b, s)`` clips -> ``(b, m, mel_frames)`` LTU-AS log-mel (see :func:`clip_log_mel`)."""
+        return clip_log_mel(waveforms, lengths, filters=self.frontend.filters, window=self.frontend.window,
                            num_frames=self.mel_frames)[0]
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
