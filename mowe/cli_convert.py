@@ -1,6 +1,7 @@
 """``mowe convert {whisper,...}``: the argument parsers and commands. Whisper's conversion is
-:func:`mowe.convert.convert_whisper`; every other format is a :class:`~mowe.checkpoints.converter.Converter` listed in
-:data:`mowe.presets.CONVERTERS` (the seed systems' released checkpoints), turned into a sub-command here."""
+:func:`mowe.convert.convert_whisper`; every other format is a :class:`~mowe.checkpoints.converter.Converter`
+listed in :data:`mowe.presets.CONVERTERS` (the seed systems' released checkpoints), turned into a sub-command
+here."""
 
 from __future__ import annotations
 
@@ -22,17 +23,22 @@ def _cmd_convert_whisper(args: argparse.Namespace) -> int:
 
 
 def add_convert_cli(subparsers) -> None:
-    """Add ``mowe convert {whisper,...} ...`` to the ``mowe`` command's subparsers: ``whisper`` and one sub-command
-    per entry of :data:`mowe.presets.CONVERTERS`."""
+    """Add ``mowe convert {whisper,...} ...`` to the ``mowe`` command's subparsers: ``whisper`` and one
+    sub-command per entry of :data:`mowe.presets.CONVERTERS`."""
     titles = ", ".join(["Whisper", *(c.title for c in CONVERTERS.values())])
     p = subparsers.add_parser("convert", help=f"convert a released checkpoint ({titles})")
     kinds = p.add_subparsers(dest="kind", metavar="kind")
     kinds.required = True
-    w = kinds.add_parser("whisper", help="CTranslate2 folder / openai-whisper .pt -> transformers Whisper folder")
-    w.add_argument("src", help="CTranslate2 Whisper folder (model.bin), openai-whisper .pt file, "
-                               "or transformers folder")
+    w = kinds.add_parser(
+        "whisper", help="CTranslate2 folder / openai-whisper .pt -> transformers Whisper folder"
+    )
+    w.add_argument(
+        "src", help="CTranslate2 Whisper folder (model.bin), openai-whisper .pt file, or transformers folder"
+    )
     w.add_argument("dst", help="output folder")
-    w.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights dtype (default float32)")
+    w.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="weights dtype (default float32)"
+    )
     w.set_defaults(func=_cmd_convert_whisper)
     for converter in CONVERTERS.values():
         _add_converter(kinds, converter)
@@ -46,8 +52,10 @@ def _add_converter(subparsers, converter: Converter) -> argparse.ArgumentParser:
     def run(args: argparse.Namespace) -> int:
         model, tok = converter.load(**{d: getattr(args, d) for d in dests if d != "out"})
         note = save_converted(model, args.out, tok, prompt_template=converter.prompt_template)
-        print(f"wrote {args.out} ({converter.title} from {args.checkpoint}; "
-              f"{model.num_parameters(trainable_only=True):,} trainable parameters; {note})")
+        print(
+            f"wrote {args.out} ({converter.title} from {args.checkpoint}; "
+            f"{model.num_parameters(trainable_only=True):,} trainable parameters; {note})"
+        )
         return 0
 
     p.set_defaults(func=run)

@@ -105,8 +105,8 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         renamed = RENAMED_FAMILIES.get(self.family)
         if renamed is not None:  # a config saved before the family was renamed
-            warnings.warn(f"encoder family {self.family!r} is now called {renamed!r}; the saved config loads, "
-                          f"save it again to write the new name", DeprecationWarning, stacklevel=3)
+            warnings.warn(f"encoder family {self.family!r} is now called {renamed!r}; the saved config "
+                          f"loads, save it again to write the new name", DeprecationWarning, stacklevel=3)
             object.__setattr__(self, "family", renamed)
         # An entry built by import path says so in its saved config.json, not the default "whisper".
         if self.component is not None and self.family == "whisper":

@@ -5,8 +5,8 @@ the parts that train (everything else is frozen), its step count and peak learni
 cosine decay within the stage), and optionally per-task sampling weights. :mod:`mowe.training.stages` applies
 them to a model (which parameters each part names).
 
-Presets reproduce the curricula of the papers on top of these parts: :func:`mowe_default_stages` here, the seed
-systems' own in their packages (:func:`mowe.salmonn.salmonn_stages`, :func:`mowe.ltu_as.ltu_as_stages`).
+Presets reproduce the curricula of the papers on top of these parts: :func:`mowe_default_stages` here, the
+seed systems' own in their packages (:func:`mowe.salmonn.salmonn_stages`, :func:`mowe.ltu_as.ltu_as_stages`).
 
 Example:
     >>> stages = mowe_default_stages(100)

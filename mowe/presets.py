@@ -1,12 +1,13 @@
-"""The preset registry: every preset by name, and what the command line and run files reach the seed systems by.
+"""The preset registry: every preset by name, and all that the command line and run files reach the seed
+systems through.
 
-A preset returns a :class:`~mowe.recipes.Preset`: the :class:`~mowe.config.MoWEConfig`, its training curriculum,
-the prompt format the system used and the LoRA scale it uses at inference. Real sizes and hub ids are the
-defaults; ``tiny=True`` swaps in random-weight toy sizes that train on a CPU in seconds.
+A preset returns a :class:`~mowe.recipes.Preset`: the :class:`~mowe.config.MoWEConfig`, its training
+curriculum, the prompt format the system used and the LoRA scale it uses at inference. Real sizes and hub ids
+are the defaults; ``tiny=True`` swaps in random-weight toy sizes that train on a CPU in seconds.
 
 MoWE-Audio's own presets (:func:`mowe_paper`, :func:`base_only`) are defined here; each seed system's preset,
-curriculum, prompt format and checkpoint converter live in its package (:mod:`mowe.salmonn`, :mod:`mowe.ltu_as`),
-and this module is the one place that lists them:
+curriculum, prompt format and checkpoint converter live in its package (:mod:`mowe.salmonn`,
+:mod:`mowe.ltu_as`), and this module is the one place that lists them:
 
 * :data:`PRESETS`: preset builders by name (``mowe.presets.salmonn(tiny=True)`` works as well);
 * :data:`STAGE_PRESETS`: curricula by the name a run file's ``stages: {preset: NAME, steps: ...}`` gives;
@@ -87,8 +88,8 @@ def _mowe_stages(steps: int | Sequence[int]) -> list[Stage]:
 
 PRESETS = {"mowe_paper": mowe_paper, "base_only": base_only, "salmonn": salmonn, "ltu_as": ltu_as}
 
-#: Curricula by name (``mowe_paper``, the name of the model preset, is the same as ``mowe``); each takes ``steps``
-#: (one int, or one per stage).
+#: Curricula by name (``mowe_paper``, the name of the model preset, is the same as ``mowe``); each takes
+#: ``steps`` (one int, or one per stage).
 STAGE_PRESETS = {"mowe": _mowe_stages, "mowe_paper": _mowe_stages, "salmonn": _salmonn.preset_stages,
                  "ltu_as": _ltu_as.preset_stages}
 

@@ -38,8 +38,9 @@ class Preset:
         config: what to build (``MoWEAudioLLM.from_config(preset.config)`` or ``preset.build()``).
         stages: the training curriculum (see :mod:`mowe.curriculum`).
         prompt_template: the system's prompt format with ``{audio}`` and ``{instruction}``.
-        inference_lora_scale: factor for :meth:`MoWEAudioLLM.set_lora_scale` at test time (1.0 for every preset
-            mowe ships: SALMONN's official decoding keeps its training scaling; see :func:`mowe.salmonn.salmonn`).
+        inference_lora_scale: factor for :meth:`MoWEAudioLLM.set_lora_scale` at test time (1.0 for every
+            preset mowe ships: SALMONN's official decoding keeps its training scaling; see
+            :func:`mowe.salmonn.salmonn`).
         reference: the paper.
 
     ``config.inference`` records ``prompt_template`` and ``inference_lora_scale`` (unless the config already sets

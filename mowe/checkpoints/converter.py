@@ -1,8 +1,8 @@
 """What ``mowe convert NAME`` needs to know about a released checkpoint format, as data.
 
-A system's package describes its converter with a :class:`Converter` (its command-line arguments and a loader);
-:mod:`mowe.presets` lists them by name and :mod:`mowe.cli_convert` turns each into an ``argparse`` sub-command, so
-the command line reaches the systems only through that list.
+A system's package describes its converter with a :class:`Converter` (its command-line arguments and a
+loader); :mod:`mowe.presets` lists them by name and :mod:`mowe.cli_convert` turns each into an ``argparse``
+sub-command, so the command line reaches the systems only through that list.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Converter:
         name: the sub-command (``mowe convert <name> ...``).
         title: the system's name in messages.
         help: one line for ``mowe convert --help``.
-        arguments: the sub-command's arguments; one of them has the destination ``checkpoint`` (the file read).
+        arguments: the sub-command's arguments; one has the destination ``checkpoint`` (the file read).
         load: called with every argument's parsed value by its destination name except ``out``; returns
             ``(model, tokenizer or None)``, the tokenizer holding the model's audio placeholder.
         prompt_template: the processor's prompt format saved beside the model.

@@ -1,8 +1,8 @@
 """Prompt templates of mowe's own presets: ``{audio}`` is where the audio placeholder token(s) go.
 
 Used by :class:`~mowe.data.processor.MoWEProcessor` (``prompt_template=PROMPT_TEMPLATES["mowe"]``) and by the
-presets (``Preset.prompt_template``). The seed systems' own formats live in their packages and join this table in
-:data:`mowe.presets.PROMPT_TEMPLATES`. A template may also hold ``{system}``.
+presets (``Preset.prompt_template``). The seed systems' own formats live in their packages and join this table
+in :data:`mowe.presets.PROMPT_TEMPLATES`. A template may also hold ``{system}``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Three sources give one :class:`WhisperCheckpoint` (a ``WhisperConfig`` plus a st
 
 * a **CTranslate2** folder (``model.bin`` + ``config.json`` [+ ``tokenizer.json``]), the faster-whisper format;
 * an **openai-whisper** ``.pt`` file (``{"dims": ..., "model_state_dict": ...}``), the format LTU-AS used
-  (read by :func:`mowe.encoders.whisper_window.load_openai_whisper`);
+  (read by :func:`load_openai_whisper`);
 * a **transformers** folder or hub id (read by ``transformers`` itself; only routed here for ``convert``).
 
 Layout notes (CTranslate2's Whisper spec): attention projections are stacked. Self-attention keeps
@@ -206,7 +206,7 @@ def _load_ctranslate2(folder: str, *, dtype: torch.dtype, encoder_only: bool) ->
 
 # --------------------------------------------------------------------------------------------- openai-whisper
 def _load_openai(path: str, *, dtype: torch.dtype, encoder_only: bool) -> WhisperCheckpoint:
-    # The key mapping lives with LTU-AS's encoder (mowe.encoders.whisper_window), which introduced the format.
+    # openai-whisper's key names -> transformers' (load_openai_whisper, below).
     config, state = load_openai_whisper(path)
     state = {k: v.to(dtype) for k, v in state.items() if not encoder_only or k.startswith(_ENC)}
     return WhisperCheckpoint(config, state, _generation_fields(config.vocab_size, None, {}), None, "openai")

@@ -3,9 +3,10 @@
 Shape legend: ``b`` batch, ``s`` samples, ``m`` mel bins, ``f`` mel frames, ``t`` encoder frames (50 Hz),
 ``d`` width, ``l`` blocks.
 
-:class:`WindowedWhisperEncoder` computes what openai-whisper's own pipeline computes for a clip cut to a window
-(LTU-AS, arXiv 2309.14405, sec. 3, feeds its TLTR with these features from Whisper-large; read from the official
-pipeline, YuanGongND/ltu and its Whisper fork). They differ from :class:`mowe.encoders.WhisperEncoder`'s:
+:class:`WindowedWhisperEncoder` computes what openai-whisper's own pipeline computes for a clip cut to a
+window (LTU-AS, arXiv 2309.14405, sec. 3, feeds its TLTR with these features from Whisper-large; read from the
+official pipeline, YuanGongND/ltu and its Whisper fork). They differ from
+:class:`mowe.encoders.WhisperEncoder`'s:
 
 * the log-mel is computed over the *whole* clip (STFT reflect-padded at the clip's own ends, Whisper's
   ``max - 8`` floor taken over every frame of the clip), and only then cut to 10 s (1000 mel frames) or, for a
@@ -16,9 +17,9 @@ pipeline, YuanGongND/ltu and its Whisper fork). They differ from :class:`mowe.en
 
 Every clip is computed on its own (nothing crosses the batch), so a batch gives each clip's lone result.
 
-:func:`load_openai_whisper` reads openai-whisper ``.pt`` files (what LTU-AS used: ``large-v1.pt``) into a
-transformers ``WhisperForConditionalGeneration``; its decoder fills LTU-AS's transcript (see
-:mod:`mowe.ltu_as.transcribe`).
+:func:`mowe.encoders.whisper_formats.load_openai_whisper` reads openai-whisper ``.pt`` files (what LTU-AS used:
+``large-v1.pt``) into a transformers ``WhisperForConditionalGeneration``; its decoder fills LTU-AS's transcript
+(see :mod:`mowe.ltu_as.transcribe`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def clip_log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, *, filters: tor
 
 
 class WindowedWhisperEncoder(nn.Module):
-    """Whisper encoder over a fixed window, all blocks' raw outputs (see the module docstring); mowe's encoder protocol.
+    """Whisper encoder over a fixed window, all blocks' raw outputs (see the module docstring); mowe's encoder
+    protocol.
 
     The family ``"whisper_window"`` in configs (LTU-AS's ``faithful=True`` strong encoder).
 

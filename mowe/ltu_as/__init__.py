@@ -2,9 +2,10 @@
 transcript), the transcriber, and its released checkpoint's format both ways (``mowe convert ltu-as``).
 
 Its parts are mowe's generic ones: the windowed all-block Whisper
-(:class:`~mowe.encoders.whisper_window.WindowedWhisperEncoder`, family ``"whisper_window"``) and the time-and-layer
-transformer (:class:`~mowe.connectors.tltr.TLTRConnector`). Importing this package registers the Whisper family's
-old name, which configs saved by mowe before the rename hold, in :data:`mowe.config.RENAMED_FAMILIES`.
+(:class:`~mowe.encoders.whisper_window.WindowedWhisperEncoder`, family ``"whisper_window"``) and the
+time-and-layer transformer (:class:`~mowe.connectors.tltr.TLTRConnector`). Importing this package registers
+the Whisper family's old name, which configs saved by mowe before the rename hold, in
+:data:`mowe.config.RENAMED_FAMILIES`.
 
 Example:
     >>> from mowe.ltu_as import ltu_as

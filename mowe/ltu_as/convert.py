@@ -12,8 +12,15 @@ __all__ = ["CONVERTER"]
 
 
 def _load(*, checkpoint, whisper, llm, dtype, tokenizer, audio_token_id):
-    return load_ltu_as(checkpoint, whisper=whisper, llm=llm, dtype=DTYPES[dtype], audio_token_id=audio_token_id,
-                       faithful=True, tokenizer=tokenizer)
+    return load_ltu_as(
+        checkpoint,
+        whisper=whisper,
+        llm=llm,
+        dtype=DTYPES[dtype],
+        audio_token_id=audio_token_id,
+        faithful=True,
+        tokenizer=tokenizer,
+    )
 
 
 CONVERTER = Converter(
@@ -22,18 +29,32 @@ CONVERTER = Converter(
     help="load a released LTU-AS checkpoint and save it as a mowe model",
     arguments=(
         Argument(("checkpoint",), {"help": "the official LTU-AS .bin (e.g. ltuas_long_noqa_a6.bin)"}),
-        Argument(("--whisper",), {"required": True,
-                                  "help": "openai-whisper .pt (large-v1.pt) or a transformers id/folder"}),
-        Argument(("--llm",), {"required": True, "help": "the Vicuna/LLaMA folder or hub id LTU-AS was trained on"}),
-        Argument(("--out",), {"required": True, "help": "output folder, loadable by MoWEAudioLLM.from_pretrained"}),
+        Argument(
+            ("--whisper",),
+            {"required": True, "help": "openai-whisper .pt (large-v1.pt) or a transformers id/folder"},
+        ),
+        Argument(
+            ("--llm",), {"required": True, "help": "the Vicuna/LLaMA folder or hub id LTU-AS was trained on"}
+        ),
+        Argument(
+            ("--out",), {"required": True, "help": "output folder, loadable by MoWEAudioLLM.from_pretrained"}
+        ),
         Argument(("--dtype",), {"default": "float32", "choices": sorted(DTYPES)}),
-        Argument(("--tokenizer",), {"default": None,
-                                    "help": "the LLM's tokenizer folder / hub id (default: --llm's)"}),
-        Argument(("--audio-token-id",), {"type": int, "default": None, "help": "placeholder id (default: <|audio|> "
-                                         "added to the tokenizer as a special token)"}),
+        Argument(
+            ("--tokenizer",),
+            {"default": None, "help": "the LLM's tokenizer folder / hub id (default: --llm's)"},
+        ),
+        Argument(
+            ("--audio-token-id",),
+            {
+                "type": int,
+                "default": None,
+                "help": "placeholder id (default: <|audio|> added to the tokenizer as a special token)",
+            },
+        ),
     ),
     load=_load,
-    # The processor's prompt: the Alpaca format, audio first; the released model's exact prompt (with Whisper's
-    # transcript as its input) is built by mowe.ltu_as.prompt.ltu_as_batch.
+    # The processor's prompt: the Alpaca format, audio first; the released model's exact prompt (with
+    # Whisper's transcript as its input) is built by mowe.ltu_as.prompt.ltu_as_batch.
     prompt_template=PROMPT_TEMPLATE,
 )

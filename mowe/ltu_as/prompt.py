@@ -20,9 +20,8 @@ import torch
 from mowe.data.tokenizer import check_audio_placeholder
 from mowe.errors import AudioPlaceholderError, MoWEInputError
 
-__all__ = ["FAITHFUL_PROMPT_TEMPLATE", "LTU_AS_PROMPT", "LTU_AS_PROMPT_NO_INPUT", "PROMPT_TEMPLATE", "clean_transcript",
-           "ltu_as_batch", "ltu_as_input_ids",
-           "ltu_as_prompt"]
+__all__ = ["FAITHFUL_PROMPT_TEMPLATE", "LTU_AS_PROMPT", "LTU_AS_PROMPT_NO_INPUT", "PROMPT_TEMPLATE",
+           "clean_transcript", "ltu_as_batch", "ltu_as_input_ids", "ltu_as_prompt"]
 
 # The processor's form (mowe.data.templates fields): LTU-AS (arXiv 2309.14405) prompts its LLaMA in the Alpaca
 # format; its code puts the audio tokens before the prompt text.
@@ -31,7 +30,8 @@ PROMPT_TEMPLATE = ("{audio}Below is an instruction that describes a task. Write 
 # As released (templates/alpaca_short.json): the audio tokens before the whole prompt (before BOS too) and
 # Whisper's transcript of the clip as the input; built by ltu_as_input_ids / ltu_as_batch, not the processor
 # (which knows no {transcript} field).
-FAITHFUL_PROMPT_TEMPLATE = "{audio}### Instruction:\n{instruction}\n\n### Input:\n{transcript}\n\n### Response:\n"
+FAITHFUL_PROMPT_TEMPLATE = ("{audio}### Instruction:\n{instruction}\n\n### Input:\n{transcript}\n\n"
+                            "### Response:\n")
 LTU_AS_PROMPT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 LTU_AS_PROMPT_NO_INPUT = "### Instruction:\n{instruction}\n\n### Response:\n"
 

@@ -1,5 +1,5 @@
-"""SALMONN (Tang et al., arXiv 2310.13289) in one place: its preset, curriculum, prompt format, and its released
-checkpoint's format both ways (``mowe convert salmonn``).
+"""SALMONN (Tang et al., arXiv 2310.13289) in one place: its preset, curriculum, prompt format, and its
+released checkpoint's format both ways (``mowe convert salmonn``).
 
 Its parts are mowe's generic ones: Whisper and BEATs (:mod:`mowe.encoders`), per-stream LayerNorms
 (:class:`~mowe.connectors.norm.PerStreamNorm`) and the window-level Q-Former

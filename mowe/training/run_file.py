@@ -17,8 +17,9 @@ error that names it (exit code 2, message on stderr, no traceback)::
                   on_bad_example: error | skip; max_audio_seconds: 30; tasks: [...] (keep only these).
     train:        a TrainConfig (output_dir, batch_size, grad_accum, save_every, ...).
     stages:       a list of stages ({name, train, steps, lr, tasks, warmup_steps, lora_scale}) or a preset:
-                  {preset: NAME, steps: N or [N1, N2, N3]}, NAME one of mowe.presets.STAGE_PRESETS: mowe | salmonn
-                  | ltu_as (``mowe_paper``, the name of the model preset in mowe.presets, is accepted for ``mowe``).
+                  {preset: NAME, steps: N or [N1, N2, N3]}, NAME one of mowe.presets.STAGE_PRESETS: mowe |
+                  salmonn | ltu_as (``mowe_paper``, the name of the model preset in mowe.presets, is accepted
+                  for ``mowe``).
 
 Relative paths in the run file are relative to the run file's folder. ``--set section.key=value`` overrides
 one entry (the value is parsed as YAML). The file and the overrides go through the one strict loader of
@@ -88,7 +89,8 @@ class TokenizerSection:
 
 @dataclass(frozen=True)
 class StagePreset:
-    """``stages: {preset: ..., steps: ...}``: ``preset`` names an entry of :data:`mowe.presets.STAGE_PRESETS`."""
+    """``stages: {preset: ..., steps: ...}``: ``preset`` names an entry of
+    :data:`mowe.presets.STAGE_PRESETS`."""
 
     preset: str
     steps: int | list[int]

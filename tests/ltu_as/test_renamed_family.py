@@ -1,5 +1,5 @@
-"""The windowed Whisper's family was renamed (``whisper_ltu`` -> ``whisper_window``): configs saved with the old name
-still load, with a DeprecationWarning, and give the same model."""
+"""The windowed Whisper's family was renamed (``whisper_ltu`` -> ``whisper_window``): configs saved with the
+old name still load, with a DeprecationWarning, and give the same model."""
 
 import os
 import subprocess
@@ -44,16 +44,20 @@ def test_a_saved_model_with_the_old_family_loads_and_computes_the_same(tmp_path)
     assert again.config.strong.family == "whisper_window"
     wav, wl, ids, am, _ = make_batch()
     with torch.no_grad():
-        assert torch.equal(model(ids, wav, wl, attention_mask=am).logits, again(ids, wav, wl, attention_mask=am).logits)
+        assert torch.equal(
+            model(ids, wav, wl, attention_mask=am).logits, again(ids, wav, wl, attention_mask=am).logits
+        )
 
 
 def test_the_public_class_loads_it_in_a_fresh_interpreter(tmp_path):
     """``from mowe import MoWEAudioLLM`` alone (no seed package imported by hand) knows the old name."""
     _old_folder(tmp_path)
-    code = ("import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
-            "from mowe import MoWEAudioLLM\n"
-            "try:\n    MoWEAudioLLM.from_pretrained(r'%s')\n"
-            "except DeprecationWarning as e:\n    print('warned:', e)\n" % tmp_path)
+    code = (
+        "import warnings; warnings.simplefilter('error', DeprecationWarning)\n"
+        "from mowe import MoWEAudioLLM\n"
+        "try:\n    MoWEAudioLLM.from_pretrained(r'%s')\n"
+        "except DeprecationWarning as e:\n    print('warned:', e)\n" % tmp_path
+    )
     repo = str(Path(__file__).resolve().parents[2])  # this checkout's mowe, whatever the installed one is
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
