@@ -7,7 +7,7 @@ import torch
 from conftest import AUDIO_ID, make_batch
 
 from mowe.errors import ConfigError
-from mowe.presets import PRESETS, mowe_paper, salmonn
+from mowe.presets import PRESETS, PROMPT_TEMPLATES, STAGE_PRESETS, ltu_as, mowe_paper, salmonn
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -65,3 +65,15 @@ def test_preset_wires_its_prompt_format_and_inference_lora_scale():
     assert preset.inference_lora_scale == 1.0 and scales(preset.for_inference(preset.build())) == {32 / 8}
     halved = dataclasses.replace(preset, inference_lora_scale=0.5)
     assert scales(halved.for_inference(halved.build())) == {0.5 * 32 / 8}
+
+
+def test_the_registry_lists_each_system_once():
+    # run files' `stages: {preset: NAME}` give the presets' own curricula
+    assert tuple(STAGE_PRESETS["salmonn"]((3, 4, 5))) == salmonn(steps=(3, 4, 5)).stages
+    assert tuple(STAGE_PRESETS["ltu_as"](2)) == ltu_as(steps=2).stages
+    assert tuple(STAGE_PRESETS["mowe"](7)) == tuple(STAGE_PRESETS["mowe_paper"](7)) == mowe_paper(steps=7).stages
+    with pytest.raises(ConfigError, match="one stage"):
+        STAGE_PRESETS["mowe"]([1, 2])
+    assert PROMPT_TEMPLATES["salmonn"] == salmonn().prompt_template
+    assert PROMPT_TEMPLATES["ltu_as_faithful"] == ltu_as().prompt_template
+    assert PROMPT_TEMPLATES["ltu_as"] == ltu_as(faithful=False).prompt_template
