@@ -39,14 +39,8 @@ _LAZY = {
 
 __all__ = [*sorted(_LAZY), "__version__"]  # noqa: PLE0604, PLE0605 (built from _LAZY, all str)
 
-# The model's loader reads configs an older mowe saved: the preset registry imports the packages that register
-# the encoder families they renamed (mowe.config.RENAMED_FAMILIES) before `mowe.MoWEAudioLLM` is handed out.
-_REGISTRY_FIRST = {"MoWEAudioLLM"}
-
 
 def __getattr__(name: str):
     if name in _LAZY:
-        if name in _REGISTRY_FIRST:
-            importlib.import_module("mowe.presets")
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mowe' has no attribute {name!r}")

@@ -26,7 +26,6 @@ import os
 import re
 import types
 import typing
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,7 +41,6 @@ __all__ = [
     "LLMConfig",
     "LoRAConfig",
     "MoWEConfig",
-    "RENAMED_FAMILIES",
     "RouterConfig",
     "apply_overrides",
     "check_fields",
@@ -52,11 +50,6 @@ __all__ = [
     "to_dict",
 ]
 
-
-#: Encoder families renamed since a config was saved: old name -> today's. The package that renamed a family
-#: registers it here when it is imported (the seed systems' packages, which :mod:`mowe.presets` imports); an
-#: :class:`EncoderConfig` given an old name takes the new one with a DeprecationWarning.
-RENAMED_FAMILIES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -103,11 +96,6 @@ class EncoderConfig:
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
 
     def __post_init__(self) -> None:
-        renamed = RENAMED_FAMILIES.get(self.family)
-        if renamed is not None:  # a config saved before the family was renamed
-            warnings.warn(f"encoder family {self.family!r} is now called {renamed!r}; the saved config "
-                          f"loads, save it again to write the new name", DeprecationWarning, stacklevel=3)
-            object.__setattr__(self, "family", renamed)
         # An entry built by import path says so in its saved config.json, not the default "whisper".
         if self.component is not None and self.family == "whisper":
             object.__setattr__(self, "family", "component")

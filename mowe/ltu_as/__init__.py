@@ -3,9 +3,7 @@ transcript), the transcriber, and its released checkpoint's format both ways (``
 
 Its parts are mowe's generic ones: the windowed all-block Whisper
 (:class:`~mowe.encoders.whisper_window.WindowedWhisperEncoder`, family ``"whisper_window"``) and the
-time-and-layer transformer (:class:`~mowe.connectors.tltr.TLTRConnector`). Importing this package registers
-the Whisper family's old name, which configs saved by mowe before the rename hold, in
-:data:`mowe.config.RENAMED_FAMILIES`.
+time-and-layer transformer (:class:`~mowe.connectors.tltr.TLTRConnector`).
 
 Example:
     >>> from mowe.ltu_as import ltu_as
@@ -13,7 +11,6 @@ Example:
     'whisper_window'
 """
 
-from mowe.config import RENAMED_FAMILIES
 from mowe.ltu_as.checkpoint import (
     from_ltu_as,
     load_ltu_as,
@@ -53,5 +50,3 @@ __all__ = [
     "preset_stages",
     "to_ltu_as",
 ]
-
-RENAMED_FAMILIES["whisper_ltu"] = "whisper_window"  # the windowed Whisper's family name before its rename
