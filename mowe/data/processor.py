@@ -29,8 +29,11 @@ Training::
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import os
+import typing
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -44,7 +47,7 @@ from mowe.data.audio_stream import stream_audio
 from mowe.data.chat import audio_from_messages, render_chat
 from mowe.data.inputs import ChatPrompt, batch_feature, encode_prompts, to_16k
 from mowe.data.processor_io import load_processor, save_processor
-from mowe.data.processor_options import check_options
+from mowe.data.processor_options import ProcessorOptions
 from mowe.data.samplers import mix_seed
 from mowe.data.templates import (
     DEFAULT_PROMPT_TEMPLATE,
@@ -60,41 +63,29 @@ class MoWEProcessor:
     Args:
         tokenizer: a transformers tokenizer that knows ``audio_token`` as one token and has an eos token
             (e.g. from :func:`mowe.data.tokenizer.train_bpe_tokenizer`).
-        audio_token: the placeholder, one per clip.
-        system_prompt: system turn of the chat template (or ``{system}`` of a template); None for none.
-        prompt_template: a format string with ``{audio}`` and ``{instruction}`` (``{system}`` optional);
-            overrides the tokenizer's chat template.
-        paraphrases: task -> alternative instructions; a training collator replaces an example's instruction
-            by one of its task's paraphrases (deterministic per ``(seed, epoch, example id)``).
-        max_audio_seconds: longest clip (None: no limit).
-        length_policy: for longer clips: ``"truncate"`` (warn and keep the start), ``"chunk"`` (inference:
-            split into windows of ``max_audio_seconds``, one placeholder each; training truncates instead)
-            or ``"error"``.
-        seed: seed of the paraphrase choice.
+        options: a :class:`~mowe.data.processor_options.ProcessorOptions`; keyword arguments override its fields.
+        **kwargs: the options by name: ``audio_token``, ``system_prompt``, ``prompt_template``, ``paraphrases``,
+            ``max_audio_seconds``, ``length_policy``, ``seed`` (see :class:`ProcessorOptions`, the one place they
+            are defined, with their defaults; each is also a read-only attribute of the processor).
 
     Raises:
-        ConfigError: an invalid option, a template with a field other than audio/instruction/system or without
-            audio/instruction, an audio token that the tokenizer splits, or a tokenizer without eos.
+        ConfigError: an unknown or invalid option (naming it), a template with a field other than
+            audio/instruction/system or without audio/instruction, an audio token that the tokenizer splits, or a
+            tokenizer without eos.
         AudioPlaceholderError: text can produce the audio token's id (an ordinary vocabulary piece, or bos / eos /
             pad / unk): :func:`mowe.data.tokenizer.add_audio_token` gives a safe one.
     """
 
-    def __init__(self, tokenizer: Any, *, audio_token: str = "<|audio|>",
-                 system_prompt: str | None = "You are a helpful assistant that listens to audio.",
-                 prompt_template: str | None = None, paraphrases: Mapping[str, Sequence[str]] | None = None,
-                 max_audio_seconds: float | None = 30.0, length_policy: str = "truncate", seed: int = 0):
-        check_options(audio_token=audio_token, system_prompt=system_prompt, prompt_template=prompt_template,
-                       paraphrases=paraphrases, max_audio_seconds=max_audio_seconds, length_policy=length_policy,
-                       seed=seed)
+    def __init__(self, tokenizer: Any, *, options: ProcessorOptions | None = None, **kwargs: Any):
+        if options is not None and not isinstance(options, ProcessorOptions):
+            raise ConfigError(f"processor.options: expected ProcessorOptions, got {type(options).__name__}")
+        if options is None:
+            options = ProcessorOptions.from_kwargs(**kwargs)
+        elif kwargs:
+            options = options.replace(**kwargs)
         self.tokenizer = tokenizer
-        self.audio_token = audio_token
-        self.system_prompt = system_prompt
-        self.prompt_template = prompt_template
-        self.paraphrases = {t: list(v) for t, v in (paraphrases or {}).items()}
-        self.max_audio_seconds = max_audio_seconds
-        self.length_policy = length_policy
-        self.seed = seed
-        self._audio_token_id, self.pad_token_id = _token_ids(tokenizer, audio_token)
+        self.options = options
+        self._audio_token_id, self.pad_token_id = _token_ids(tokenizer, options.audio_token)
 
     @property
     def audio_token_id(self) -> int:
@@ -153,7 +144,7 @@ class MoWEProcessor:
         The choice is a pure function of ``(seed, epoch, task, key)`` (``key``: the example id), so it is the
         same in every process and DataLoader worker.
         """
-        options = self.paraphrases.get(task) if task is not None else None
+        options = (self.paraphrases or {}).get(task) if task is not None else None
         if not options:
             return instruction
         return options[mix_seed(self.seed, epoch, task, key) % len(options)]
@@ -328,10 +319,8 @@ class MoWEProcessor:
 
     # ------------------------------------------------------------------------------------------- saving
     def to_dict(self) -> dict[str, Any]:
-        return {"processor_class": type(self).__name__, "audio_token": self.audio_token,
-                "system_prompt": self.system_prompt, "prompt_template": self.prompt_template,
-                "paraphrases": self.paraphrases, "max_audio_seconds": self.max_audio_seconds,
-                "length_policy": self.length_policy, "seed": self.seed}
+        """What ``processor_config.json`` holds: the class name and every option."""
+        return {"processor_class": type(self).__name__, **self.options.to_dict()}
 
     def save_pretrained(self, directory: str | os.PathLike, *, push_to_hub: bool = False, repo_id: str | None = None,
                         **push_kwargs: Any) -> None:
@@ -355,9 +344,29 @@ class MoWEProcessor:
     def __repr__(self) -> str:
         return (f"MoWEProcessor(audio_token={self.audio_token!r}, audio_token_id={self.audio_token_id}, "
                 f"template={'prompt_template' if self.prompt_template else 'chat'}, "
-                f"paraphrases={sorted(self.paraphrases)}, max_audio_seconds={self.max_audio_seconds}, "
+                f"paraphrases={sorted(self.paraphrases or {})}, max_audio_seconds={self.max_audio_seconds}, "
                 f"length_policy={self.length_policy!r})")
 
+
+
+# The options are ProcessorOptions' fields: each is a read-only attribute (``proc.max_audio_seconds``) and a keyword
+# of the constructor, with the dataclass's default (so help() and IDEs show them); nothing here names one option.
+def _option_attribute(name: str) -> property:
+    return property(lambda self: getattr(self.options, name),
+                    doc=f"The ``{name}`` option (:class:`~mowe.data.processor_options.ProcessorOptions`).")
+
+
+for _f in dataclasses.fields(ProcessorOptions):
+    setattr(MoWEProcessor, _f.name, _option_attribute(_f.name))
+_hints = typing.get_type_hints(ProcessorOptions)
+MoWEProcessor.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+     inspect.Parameter("tokenizer", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Any),
+     inspect.Parameter("options", inspect.Parameter.KEYWORD_ONLY, default=None,
+                       annotation=ProcessorOptions | None)]
+    + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=_hints[f.name])
+       for f in dataclasses.fields(ProcessorOptions)])
+del _f, _hints
 
 def pad_tokens(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, *,
                pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:

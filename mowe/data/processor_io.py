@@ -65,12 +65,15 @@ def load_processor(cls: type, name_or_path: str | os.PathLike, *, tokenizer: Any
     cls_name = data.pop("processor_class", cls.__name__)
     if cls_name != cls.__name__:
         raise ConfigError(f"{path}: processor_class is {cls_name!r}, expected {cls.__name__!r}")
-    options = from_dict(ProcessorOptions, data, where=path)
+    try:  # the one definition of the options: their types, values and the defaults of options not in the file
+        options = from_dict(ProcessorOptions, data, where="processor")
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
     if tokenizer is None:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(directory)
     try:
-        return cls(tokenizer, **{k: getattr(options, k) for k in data})
+        return cls(tokenizer, options=options)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e

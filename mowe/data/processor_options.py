@@ -1,71 +1,107 @@
-"""The options of a :class:`~mowe.data.processor.MoWEProcessor`: what ``processor_config.json`` may hold, and their
-checks."""
+"""The options of a :class:`~mowe.data.processor.MoWEProcessor`, defined once.
+
+:class:`ProcessorOptions` is the one place an option is spelled: its fields (names, types, defaults) are the
+processor's keyword arguments (the constructor's signature is built from them), its checks run whenever options are
+built (keywords in Python, ``processor_config.json``, a run file's ``processor`` section), and
+:meth:`ProcessorOptions.to_dict` is what ``processor_config.json`` holds. Adding an option is one field here (plus
+its line in the docstring, and the code that uses it).
+"""
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from mowe.config import check_fields
 from mowe.data.templates import TEMPLATE_FIELDS
+from mowe.data.tokenizer import AUDIO_TOKEN
 from mowe.errors import ConfigError
 
-__all__ = ["PROCESSOR_CONFIG_NAME", "ProcessorOptions", "check_options"]
+__all__ = ["DEFAULT_SYSTEM_PROMPT", "PROCESSOR_CONFIG_NAME", "ProcessorOptions"]
 
 PROCESSOR_CONFIG_NAME = "processor_config.json"
-
-_POLICIES = ("truncate", "chunk", "error")
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant that listens to audio."
 
 
 @dataclass(frozen=True)
 class ProcessorOptions:
-    """What ``processor_config.json`` may hold (read with the one strict loader, :func:`mowe.config.from_dict`)."""
+    """Everything a :class:`~mowe.data.processor.MoWEProcessor` is configured with, besides its tokenizer.
 
-    audio_token: str = "<|audio|>"
-    system_prompt: str | None = None
+    Attributes:
+        audio_token: the placeholder, one per clip.
+        system_prompt: system turn of the chat template (or ``{system}`` of a template); None for none.
+        prompt_template: a format string with ``{audio}`` and ``{instruction}`` (``{system}`` optional);
+            overrides the tokenizer's chat template.
+        paraphrases: task -> alternative instructions; a training collator replaces an example's instruction
+            by one of its task's paraphrases (deterministic per ``(seed, epoch, example id)``).
+        max_audio_seconds: longest clip (None: no limit).
+        length_policy: for longer clips: ``"truncate"`` (warn and keep the start), ``"chunk"`` (inference:
+            split into windows of ``max_audio_seconds``, one placeholder each; training truncates instead)
+            or ``"error"``.
+        seed: seed of the paraphrase choice.
+
+    Raises:
+        ConfigError: a wrong type or value, naming the option (``processor.length_policy: ...``): the same checks
+            and messages for keywords, ``processor_config.json`` and a run file.
+    """
+
+    audio_token: str = AUDIO_TOKEN
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
     prompt_template: str | None = None
     paraphrases: dict[str, list[str]] | None = None
     max_audio_seconds: float | None = 30.0
     length_policy: Literal["truncate", "chunk", "error"] = "truncate"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.paraphrases, Mapping) and not isinstance(self.paraphrases, dict):
+            object.__setattr__(self, "paraphrases", dict(self.paraphrases))
+        # Types and Literal choices by the one config loader, then the value rules of mowe.validation
+        # (max_audio_seconds, seed); then the checks that need more than one field.
+        check_fields(self, where="processor")
+        _check_values(self)
 
-def check_options(*, audio_token, system_prompt, prompt_template, paraphrases, max_audio_seconds, length_policy,
-                   seed) -> None:
-    if not isinstance(audio_token, str) or not audio_token:
-        raise ConfigError(f"audio_token must be a non-empty string, got {audio_token!r}")
-    if system_prompt is not None and not isinstance(system_prompt, str):
-        raise ConfigError(f"system_prompt must be a string or None, got {system_prompt!r}")
-    if system_prompt and audio_token in system_prompt:
-        raise ConfigError("system_prompt must not contain the audio token")
-    if prompt_template is not None:
-        if not isinstance(prompt_template, str):
-            raise ConfigError(f"prompt_template must be a string or None, got {prompt_template!r}")
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> ProcessorOptions:
+        """The options from keyword arguments; an unknown keyword is a :class:`ConfigError` naming it."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(k for k in kwargs if k not in names)
+        if unknown:
+            raise ConfigError(f"processor.{unknown[0]}: unknown option {unknown[0]!r} (known: {names})")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option, as ``processor_config.json`` holds them (copies of the containers)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if d["paraphrases"] is not None:
+            d["paraphrases"] = {t: list(v) for t, v in d["paraphrases"].items()}
+        return d
+
+    def replace(self, **changes: Any) -> ProcessorOptions:
+        """A copy with some options changed (checked like new ones)."""
+        return type(self).from_kwargs(**{**self.to_dict(), **changes})
+
+
+def _check_values(o: ProcessorOptions) -> None:
+    if not o.audio_token:
+        raise ConfigError("processor.audio_token: must be a non-empty string, got ''")
+    if o.system_prompt and o.audio_token in o.system_prompt:
+        raise ConfigError(f"processor.system_prompt: must not contain the audio token {o.audio_token!r}")
+    if o.prompt_template is not None:
         try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(prompt_template) if f is not None}
+            fields = {f for _, f, _, _ in string.Formatter().parse(o.prompt_template) if f is not None}
         except ValueError as e:
-            raise ConfigError(f"prompt_template is not a valid format string: {e}") from e
+            raise ConfigError(f"processor.prompt_template: not a valid format string: {e}") from e
         bad = sorted(fields - TEMPLATE_FIELDS)
         if bad:
-            raise ConfigError(f"prompt_template has unknown field {{{bad[0]}}}; allowed: audio, instruction, system")
+            raise ConfigError(f"processor.prompt_template: unknown field {{{bad[0]}}}; allowed: audio, instruction, "
+                              "system")
         for need in ("audio", "instruction"):
             if need not in fields:
-                raise ConfigError(f"prompt_template must contain {{{need}}}")
-    if paraphrases is not None:
-        if not isinstance(paraphrases, Mapping):
-            raise ConfigError(f"paraphrases must map task -> list of strings, got {type(paraphrases).__name__}")
-        for task, opts in paraphrases.items():
-            if (not isinstance(task, str) or isinstance(opts, str) or not isinstance(opts, Sequence) or not opts
-                    or not all(isinstance(o, str) for o in opts)):
-                raise ConfigError(f"paraphrases[{task!r}] must be a non-empty list of strings")
-    if max_audio_seconds is not None and (
-        isinstance(max_audio_seconds, bool) or not isinstance(max_audio_seconds, (int, float))
-        or not math.isfinite(max_audio_seconds) or max_audio_seconds <= 0
-    ):
-        raise ConfigError(f"max_audio_seconds must be a positive number or None, got {max_audio_seconds!r}")
-    if length_policy not in _POLICIES:
-        raise ConfigError(f"length_policy must be one of {_POLICIES}, got {length_policy!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed must be an int, got {seed!r}")
+                raise ConfigError(f"processor.prompt_template: must contain {{{need}}}")
+    for task, opts in (o.paraphrases or {}).items():
+        if not opts:
+            raise ConfigError(f"processor.paraphrases.{task}: must be a non-empty list of strings")

@@ -46,7 +46,7 @@ from mowe.data.collator import MoWECollator
 from mowe.data.manifest import ManifestDataset
 from mowe.data.processor import MoWEProcessor
 from mowe.data.processor_options import ProcessorOptions
-from mowe.data.tokenizer import AUDIO_TOKEN, add_audio_token, train_bpe_tokenizer
+from mowe.data.tokenizer import add_audio_token, train_bpe_tokenizer
 from mowe.errors import ConfigError
 from mowe.hub import check_local_source
 from mowe.io import open_for_reading
@@ -70,7 +70,7 @@ class DataSection:
     train: str
     dev: str | None = None
     on_bad_example: Literal["error", "skip"] = "error"
-    max_audio_seconds: float | None = 30.0
+    max_audio_seconds: float | None = ProcessorOptions.max_audio_seconds  # the processor's default
     tasks: list[str] | None = None
 
 
@@ -136,9 +136,8 @@ def _check_sections(run: dict[str, Any]) -> None:
                           "(a random-weight LLM has none); give a tokenizer folder or {train_bpe: ...}")
     if run.get("processor"):
         from_dict(ProcessorOptions, run["processor"], where="processor")
-    stages = run["stages"]
-    if isinstance(stages, dict) and stages.get("preset") not in STAGE_PRESETS:
-        raise ConfigError(f"stages.preset: {stages.get('preset')!r} is not one of {sorted(STAGE_PRESETS)}")
+    _stages(run["stages"])  # each stage's values by Stage's own checks (those a Stage built in Python gets), or
+    # the preset's name
 
 
 def _resolve(base: str, p: str | None) -> str | None:
@@ -235,16 +234,16 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
     stages = _stages(run["stages"])
     train_manifest = _resolve(base_dir, data["train"])
     ds_kw = {"on_bad_example": data.get("on_bad_example", "error"),
-                 "max_audio_seconds": data.get("max_audio_seconds", 30.0)}
+                 "max_audio_seconds": data.get("max_audio_seconds", DataSection.max_audio_seconds)}
     train_ds = ManifestDataset(train_manifest, tasks=data.get("tasks"), **ds_kw)
     dev_ds = ManifestDataset(_resolve(base_dir, data["dev"]), **ds_kw) if data.get("dev") else None
-    proc_opts = {"max_audio_seconds": ds_kw["max_audio_seconds"], **(run.get("processor") or {})}
+    proc_opts = from_dict(ProcessorOptions, {"max_audio_seconds": ds_kw["max_audio_seconds"],
+                                             **(run.get("processor") or {})}, where="processor")
     tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir, train_ds, model=run["model"],
-                           audio_token=proc_opts.get("audio_token", "<|audio|>"))
-    from_dict(ProcessorOptions, proc_opts, where="processor")  # unknown key / wrong type: names it
+                           audio_token=proc_opts.audio_token)
     if isinstance(run["tokenizer"], str):  # an LLM's own tokenizer: the placeholder becomes a special token of it
-        add_audio_token(tokenizer, proc_opts.get("audio_token", AUDIO_TOKEN))
-    processor = MoWEProcessor(tokenizer, **proc_opts)
+        add_audio_token(tokenizer, proc_opts.audio_token)
+    processor = MoWEProcessor(tokenizer, options=proc_opts)
     model = MoWEAudioLLM.from_config(_model_config(run["model"], tokenizer, processor.audio_token_id))
     trainer = Trainer(model, train_ds, config=config, stages=stages, collate_fn=MoWECollator(processor, train=True),
                       eval_dataset=dev_ds)
