@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mowe.config import from_dict
+from mowe.config import check_fields, from_dict
 from mowe.errors import ConfigError
 
 __all__ = ["MEMBER_PREFIX", "PARTS", "Stage", "mowe_default_stages", "per_stage_steps", "stages_from_list",
@@ -63,29 +63,26 @@ class Stage:
         if isinstance(self.train, str) or not isinstance(self.train, Iterable):
             raise ConfigError(f"stage {self.name!r}: 'train' must be a list of parts, got {self.train!r}")
         object.__setattr__(self, "train", tuple(self.train))
+        # Types by the one config loader, then the value rules of mowe.validation (steps, warmup_steps, lr,
+        # lora_scale): the same checks, and messages, as a run file's stage.
+        where = f"stage {self.name!r}"
+        check_fields(self, where=where)
         for part in self.train:
             if part not in PARTS and not (part.startswith(MEMBER_PREFIX) and len(part) > len(MEMBER_PREFIX)):
                 raise ConfigError(f"stage {self.name!r}: unknown part {part!r} in 'train' (known: {list(PARTS)} "
                                   f"and 'weak_encoders.<name>')")
         if not self.train:
             raise ConfigError(f"stage {self.name!r}: 'train' names no part")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            raise ConfigError(f"stage {self.name!r}: 'steps' must be a positive integer, got {self.steps!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"stage {self.name!r}: 'lr' must be a positive number, got {self.lr!r}")
-        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps <= self.steps:
-            raise ConfigError(f"stage {self.name!r}: 'warmup_steps' must be in [0, steps={self.steps}], "
-                              f"got {self.warmup_steps!r}")
+        if self.warmup_steps > self.steps:
+            raise ConfigError(f"{where}.warmup_steps: must be in [0, steps={self.steps}], got {self.warmup_steps!r}")
         if self.tasks is not None:
-            if not isinstance(self.tasks, dict) or not self.tasks:
-                raise ConfigError(f"stage {self.name!r}: 'tasks' must be a non-empty mapping task -> weight")
+            if not self.tasks:
+                raise ConfigError(f"{where}.tasks: must be a non-empty mapping task -> weight or null")
             for task, w in self.tasks.items():
-                if not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
-                    raise ConfigError(f"stage {self.name!r}: weight of task {task!r} must be >= 0, got {w!r}")
+                if not math.isfinite(w) or w < 0:
+                    raise ConfigError(f"{where}.tasks.{task}: weight must be a finite number >= 0, got {w!r}")
             if not any(w > 0 for w in self.tasks.values()):
-                raise ConfigError(f"stage {self.name!r}: every task weight is 0")
-        if self.lora_scale is not None and not (isinstance(self.lora_scale, (int, float)) and self.lora_scale >= 0):
-            raise ConfigError(f"stage {self.name!r}: 'lora_scale' must be >= 0, got {self.lora_scale!r}")
+                raise ConfigError(f"{where}.tasks: every task weight is 0")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-able dict (``train`` as a list)."""
@@ -109,11 +106,18 @@ def stages_from_list(data: Any, *, where: str = "stages") -> list[Stage]:
     """List of dicts -> stages; unknown keys raise :class:`ConfigError` naming the key and the stage."""
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{where}: expected a non-empty list of stages")
-    stages = [Stage.from_dict(d, where=f"{where}[{i}]") for i, d in enumerate(data)]
+    stages = [Stage.from_dict(d, where=_stage_where(d, f"{where}[{i}]")) for i, d in enumerate(data)]
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: stage names must be unique, got {names}")
     return stages
+
+
+def _stage_where(data: Any, fallback: str) -> str:
+    """A stage is named by its name in errors (``stage 'warm'.lr``), as :class:`Stage` itself names it, so a run
+    file's stage and a ``Stage(...)`` built in Python get the same message; by its index when it has no name."""
+    name = data.get("name") if isinstance(data, dict) else None
+    return f"stage {name!r}" if isinstance(name, str) else fallback
 
 
 # ----------------------------------------------------------------------------------------------- presets

@@ -24,7 +24,7 @@ from typing import Any
 
 from mowe.errors import ConfigError
 
-__all__ = ["MAX_SEED", "RULES", "YAML_EXPANSION_BUDGET", "Rule", "check_flag", "check_yaml_expansion",
+__all__ = ["MAX_AUDIO_SECONDS", "MAX_SEED", "RULES", "YAML_EXPANSION_BUDGET", "Rule", "check_flag", "check_yaml_expansion",
            "validate"]
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch and python take it too
@@ -74,6 +74,8 @@ def real_in(name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: 
 
 
 _INF = math.inf
+#: The longest clip, wherever it is set (processor options, a run file's data section, ManifestDataset).
+MAX_AUDIO_SECONDS = real_in("max_audio_seconds", 0, _INF, lo_open=True, optional=True)
 
 # Transformers-style config dicts: sizes that must be positive integers, and (width, heads) pairs whose
 # second entry must divide the first.
@@ -157,6 +159,9 @@ RULES: dict[str, list[Rule]] = {
     ],
     "mowe.config.MoWEConfig": [int_at_least("audio_token_id", 0)],
     "mowe.training.config.TrainConfig": [
+        *(int_at_least(n, 1) for n in ("batch_size", "grad_accum", "log_every", "keep_last_checkpoints",
+                                       "length_group_mult")),
+        *(int_at_least(n, 0) for n in ("eval_every", "save_every", "num_workers")),
         int_in("seed", 0, MAX_SEED), real_in("adam_eps", 0, 1, lo_open=True),
         Rule("adam_betas", lambda b: all(_num(x) and 0 <= x < 1 for x in b), "two numbers in [0, 1)"),
         real_in("weight_decay", 0, _INF), real_in("max_grad_norm", 0, _INF, lo_open=True, optional=True),
@@ -164,10 +169,11 @@ RULES: dict[str, list[Rule]] = {
         real_in("max_nonfinite_fraction", 0, 1),
         Rule("output_dir", _folder_ok, "a folder path, not an existing file (nor a path under one)"),
     ],
-    "mowe.curriculum.Stage": [real_in("lr", 0, 10, lo_open=True), real_in("lora_scale", 0, _INF, optional=True)],
-    "mowe.data.processor_options.ProcessorOptions": [
-        real_in("max_audio_seconds", 0, _INF, lo_open=True, optional=True), int_in("seed", 0, MAX_SEED)],
-    "mowe.training.run_file.DataSection": [real_in("max_audio_seconds", 0, _INF, lo_open=True, optional=True)],
+    # The one check of each stage value, for a run file's stage and a Stage built in Python alike.
+    "mowe.curriculum.Stage": [int_at_least("steps", 1), int_at_least("warmup_steps", 0),
+                              real_in("lr", 0, 10, lo_open=True), real_in("lora_scale", 0, _INF, optional=True)],
+    "mowe.data.processor_options.ProcessorOptions": [MAX_AUDIO_SECONDS, int_in("seed", 0, MAX_SEED)],
+    "mowe.training.run_file.DataSection": [MAX_AUDIO_SECONDS],
     "mowe.training.run_file.BPEOptions": [int_at_least("vocab_size", 1)],
 }
 

@@ -32,7 +32,6 @@ Shape legend: ``s`` samples.
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from torch.utils.data import Dataset
 from mowe.data.audio import audio_info, load_audio
 from mowe.errors import AudioLoadError, ConfigError, ManifestError
 from mowe.io import read_bytes
+from mowe.validation import MAX_AUDIO_SECONDS
 
 __all__ = [
     "REQUIRED_FIELDS",
@@ -148,11 +148,7 @@ class ManifestDataset(Dataset):
             raise ConfigError(f"length_policy must be one of {_POLICIES}, got {length_policy!r}")
         if on_bad_example not in _ON_BAD:
             raise ConfigError(f"on_bad_example must be one of {_ON_BAD}, got {on_bad_example!r}")
-        if max_audio_seconds is not None and not (
-            isinstance(max_audio_seconds, (int, float)) and not isinstance(max_audio_seconds, bool)
-            and math.isfinite(max_audio_seconds) and max_audio_seconds > 0
-        ):
-            raise ConfigError(f"max_audio_seconds must be a positive number or None, got {max_audio_seconds!r}")
+        MAX_AUDIO_SECONDS.check(max_audio_seconds, "max_audio_seconds")  # the processor's and run file's rule
         if isinstance(tasks, str):
             tasks = [tasks]
         self.manifest_path = os.fspath(manifest_path)

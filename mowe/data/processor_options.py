@@ -13,9 +13,10 @@ import dataclasses
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from mowe.config import check_fields
+from mowe.data.audio import LengthPolicy
 from mowe.data.templates import TEMPLATE_FIELDS
 from mowe.data.tokenizer import AUDIO_TOKEN
 from mowe.errors import ConfigError
@@ -53,7 +54,7 @@ class ProcessorOptions:
     prompt_template: str | None = None
     paraphrases: dict[str, list[str]] | None = None
     max_audio_seconds: float | None = 30.0
-    length_policy: Literal["truncate", "chunk", "error"] = "truncate"
+    length_policy: LengthPolicy = "truncate"
     seed: int = 0
 
     def __post_init__(self) -> None:

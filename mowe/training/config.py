@@ -88,18 +88,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.output_dir, os.PathLike):
             object.__setattr__(self, "output_dir", os.fspath(self.output_dir))
-        check_fields(self, where="train")  # types and Literal choices, by the one config loader
+        # Types and Literal choices by the one config loader, then every value rule of mowe.validation (once).
+        check_fields(self, where="train")
         if not self.output_dir:
             raise ConfigError("train.output_dir: must be a non-empty path")
-        for name, minimum in (("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("keep_last_checkpoints", 1),
-                              ("length_group_mult", 1), ("eval_every", 0), ("save_every", 0), ("num_workers", 0),
-                              ("seed", 0)):
-            if getattr(self, name) < minimum:
-                raise ConfigError(f"train.{name}: must be an integer >= {minimum}, got {getattr(self, name)!r}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise ConfigError(f"train.max_grad_norm: must be > 0 or null, got {self.max_grad_norm!r}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay!r}")
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "train") -> TrainConfig:

@@ -67,7 +67,7 @@ def test_stage_serialisation_round_trip_and_unknown_key():
     assert stages_from_list(as_yaml) == stages
     bad = stages_to_list(stages)
     bad[1]["learning_rate"] = 1e-3
-    with pytest.raises(ConfigError, match=r"stages\[1\].*'learning_rate'"):
+    with pytest.raises(ConfigError, match=r"stage 'instruction1'\.learning_rate: unknown key"):
         stages_from_list(bad)
     # The loader's YAML reads 1e-4 (no dot) as a number; a string in a dict is a type error naming the key.
     assert Stage.from_dict(parse_value("{name: a, train: [lora], steps: 1, lr: 1e-4}")).lr == 1e-4
