@@ -1,7 +1,8 @@
 """Putting audio tokens into the text sequence at the audio placeholders.
 
-Shape legend: ``b`` samples, ``L`` prompt tokens, ``c`` clips (all samples together), ``n`` audio tokens,
-``T`` merged length, ``d`` LLM width.
+Shape legend: ``b`` the batch (``input_ids`` etc.: one row per sample; audio tensors: one row per clip, all
+samples' clips together, so more rows than samples when a sample holds several placeholders), ``L`` prompt
+tokens, ``n`` audio tokens, ``T`` merged length, ``d`` LLM width.
 
 Each sample's prompt holds one placeholder token per clip; clip ``i`` (in reading order across the batch)
 replaces the ``i``-th placeholder by its ``n_i`` audio embeddings. The merged batch is re-padded on the
@@ -59,8 +60,8 @@ def merge_audio_features(
         input_ids: ``(b, L)`` token ids with one ``audio_token_id`` per clip; either padding side.
         inputs_embeds: ``(b, L, d)`` text embeddings of ``input_ids``.
         attention_mask: ``(b, L)``; 0 marks padding (on any side).
-        audio_embeds: ``(c, n, d)`` connector output; tokens past ``audio_lengths[i]`` are ignored.
-        audio_lengths: ``(c,)`` tokens per clip.
+        audio_embeds: ``(b, n, d)`` connector output; tokens past ``audio_lengths[i]`` are ignored.
+        audio_lengths: ``(b,)`` tokens per clip.
         audio_token_id: the placeholder id.
         labels: optional ``(b, L)`` targets; placeholders become -100.
         padding_side: ``"right"`` or ``"left"`` for the merged batch.
@@ -128,7 +129,7 @@ def merge_audio_features(
         n = audio_embeds.shape[1]
         j = torch.arange(n, device=device)
         lens = audio_lengths.to(device)
-        valid = j[None, :] < lens[:, None]  # (c, n)
+        valid = j[None, :] < lens[:, None]  # (b, n)
         clip, tok = valid.nonzero(as_tuple=True)
         r = a_rows[clip]
         p = start[a_rows, a_cols][clip] + tok

@@ -1,12 +1,14 @@
 """MoWEAudioLLM: strong encoder + routed weak pool + connector + causal LM.
 
-Shape legend: ``b`` samples, ``c`` clips, ``s`` samples of audio, ``t`` strong frames, ``n`` audio tokens,
-``L`` prompt tokens, ``T`` merged length, ``V`` vocabulary, ``e`` weak encoders, ``k`` selected per clip.
+Shape legend: ``b`` the batch (one row per clip in audio tensors, per sample in text tensors: they differ
+only when ``length_policy="chunk"`` splits a long clip), ``s`` samples of audio, ``t`` strong frames, ``n``
+audio tokens, ``L`` prompt tokens, ``T`` merged length, ``V`` vocabulary, ``e`` weak encoders, ``k`` selected
+per clip.
 
 Data flow of one forward::
 
-    waveforms (c, s) -> strong encoder (c, t, d_s) -> routers -> selected weak encoders (sparse)
-      -> aligned to the strong grid, gated, slotted (c, t, d_s + d_pool) -> connector (c, n, d_llm)
+    waveforms (b, s) -> strong encoder (b, t, d_s) -> routers -> selected weak encoders (sparse)
+      -> aligned to the strong grid, gated, slotted (b, t, d_s + d_pool) -> connector (b, n, d_llm)
       -> merged into the prompt at the placeholders (b, T, d_llm) -> causal LM (+ LoRA)
 """
 
@@ -56,7 +58,7 @@ WEIGHTS_NAME, CONFIG_NAME = saving.WEIGHTS_NAME, saving.CONFIG_NAME  # kept here
 
 @dataclass
 class AudioEncoding:
-    """Audio tokens for a batch of clips: ``embeds`` ``(c, n, d_llm)``, ``lengths`` ``(c,)``, routing (or None)."""
+    """Audio tokens for a batch of clips: ``embeds`` ``(b, n, d_llm)``, ``lengths`` ``(b,)``, routing (or None)."""
 
     embeds: torch.Tensor
     lengths: torch.Tensor
@@ -72,7 +74,7 @@ class MoWEOutput:
         lm_loss: next-token loss on the answer tokens only (labels -100 elsewhere).
         aux_loss: the router's load-balance loss (None for a base-only model).
         logits: ``(b, T, V)`` over the merged sequence.
-        router: per-clip gates ``(c, e)``, selected indices ``(c, k)``, probabilities, aux loss.
+        router: per-clip gates ``(b, e)``, selected indices ``(b, k)``, probabilities, aux loss.
         attention_mask: ``(b, T)`` of the merged sequence; labels: ``(b, T)`` merged labels.
     """
 
@@ -91,7 +93,7 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
     Args:
         strong_encoder: any encoder module (``out_dim``, ``frame_rate``, ``min_samples``; see
             :mod:`mowe.encoders.base`), typically a frozen :class:`~mowe.encoders.WhisperEncoder`.
-        connector: maps ``(c, t, strong.out_dim + pool.out_dim)`` to ``(c, n, d_llm)``.
+        connector: maps ``(b, t, strong.out_dim + pool.out_dim)`` to ``(b, n, d_llm)``.
         llm: a transformers causal LM (optionally wrapped by peft).
         audio_token_id: the placeholder token id in prompts (one per clip).
         weak_encoders: name -> encoder, or a ready :class:`WeakEncoderPool`; None for a base-only model.
@@ -183,7 +185,7 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
 
     def prompt_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Each clip's pooled, detached prompt embedding ``(c, d_llm)`` for a prompt-aware router: the mean LLM
+        """Each clip's pooled, detached prompt embedding ``(b, d_llm)`` for a prompt-aware router: the mean LLM
         input embedding of its sample's real tokens that are neither placeholders nor answer tokens
         (``labels != -100``); see :func:`mowe.routers.prompt.clip_prompt_embeddings`."""
         return clip_prompt_embeddings(embedding=self.llm.get_input_embeddings(), input_ids=input_ids,
@@ -192,9 +194,9 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
 
     def encode_audio(self, waveforms: torch.Tensor, wave_lengths: torch.Tensor | None = None,
                      prompt_embeds: torch.Tensor | None = None) -> AudioEncoding:
-        """Waveforms ``(c, s)`` (16 kHz, right-padded) and lengths ``(c,)`` -> audio tokens ``(c, n, d_llm)``.
+        """Waveforms ``(b, s)`` (16 kHz, right-padded) and lengths ``(b,)`` -> audio tokens ``(b, n, d_llm)``.
 
-        ``prompt_embeds``: ``(c, d_llm)`` from :meth:`prompt_embeddings`; required when :attr:`needs_prompt`,
+        ``prompt_embeds``: ``(b, d_llm)`` from :meth:`prompt_embeddings`; required when :attr:`needs_prompt`,
         ignored otherwise.
         """
         lengths = check_waveforms(waveforms, wave_lengths, min_samples=self.min_samples)
@@ -290,7 +292,7 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
 
         Args:
             input_ids: ``(b, L)`` prompts (+ answers for training), one placeholder per clip.
-            waveforms: ``(c, s)`` clips in placeholder reading order; ``wave_lengths`` ``(c,)``.
+            waveforms: ``(b, s)`` clips in placeholder reading order; ``wave_lengths`` ``(b,)``.
             attention_mask: ``(b, L)``; labels ``(b, L)`` with -100 on tokens that carry no loss.
             padding_side: padding of the merged sequence.
             pack: how the LLM runs the merged batch; every choice gives the same loss and logits (on real
@@ -353,7 +355,7 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         Prompts may be padded on either side; they are re-padded on the left after the merge.
 
         Args:
-            waveforms: ``(c, s)`` clips, one per placeholder; None (and no ``audio``) for text-only prompts, which
+            waveforms: ``(b, s)`` clips, one per placeholder; None (and no ``audio``) for text-only prompts, which
                 then hold no placeholder: the LLM answers them as it is (e.g. a chat before any audio).
             audio: the clips' :meth:`encode_audio` result when the caller already has it (skips re-encoding).
             prefill_padding: greedy decoding runs its prefill in groups of similarly long prompts, each padded

@@ -1,7 +1,8 @@
 """The collator: :class:`~mowe.data.ManifestDataset` examples -> one model batch, through a
 :class:`~mowe.data.processor.MoWEProcessor`.
 
-Shape legend: ``b`` samples, ``c`` clips, ``s`` audio samples, ``L`` text tokens.
+Shape legend: ``b`` the batch (one row per sample in text tensors, per clip in audio tensors), ``s`` audio
+samples, ``L`` text tokens.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ class MoWECollator:
     ``collator(examples)`` drops None examples (unreadable in ``"skip"`` mode) and returns::
 
         {"input_ids": (b, L) long, "attention_mask": (b, L) long, "labels": (b, L) long   # train only
-         "waveforms": (c, s) float32 right-zero-padded, "wave_lengths": (c,) long,
+         "waveforms": (b, s) float32 right-zero-padded, "wave_lengths": (b,) long,
          "task": list[str], "id": list[str], "instruction": list[str] (as used), "answer": list[str],
          "num_dropped": int}
 
-    ``c == b`` except at inference with ``length_policy="chunk"``. Pass only :data:`MODEL_INPUT_KEYS` to the
-    model. When every example was dropped it returns None: skip that step.
+    The audio tensors have one row per clip: as many as samples, except at inference with
+    ``length_policy="chunk"`` (a long clip's windows are adjacent rows). Pass only :data:`MODEL_INPUT_KEYS` to
+    the model. When every example was dropped it returns None: skip that step.
     """
 
     def __init__(self, processor: MoWEProcessor, *, train: bool = True, padding_side: str | None = None,

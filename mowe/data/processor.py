@@ -1,6 +1,7 @@
 """Prompts, tokens and padded audio for :class:`~mowe.model.MoWEAudioLLM`: the processor and the collator.
 
-Shape legend: ``b`` samples, ``c`` clips (one per sample, more when a long clip is chunked), ``s`` audio
+Shape legend: ``b`` the batch (text tensors: one row per sample; audio tensors: one row per clip, which is one
+per sample except when a long clip is chunked), ``s`` audio
 samples, ``L`` text tokens.
 
 A prompt is built from an instruction and one audio placeholder token per clip, either with the tokenizer's
@@ -265,8 +266,8 @@ class MoWEProcessor:
 
         Returns:
             A ``BatchFeature`` (``.to(device)``) keyed by the model's ``forward`` arguments: ``input_ids`` (b, L),
-            ``attention_mask`` (b, L), [``labels`` (b, L)], ``waveforms`` (c, s), ``wave_lengths`` (c,); ``c`` is
-            the number of clips (more when clips were chunked).
+            ``attention_mask`` (b, L), [``labels`` (b, L)], ``waveforms`` (b, s), ``wave_lengths`` (b,); the
+            audio tensors have one row per clip (more rows than samples when clips were chunked).
         """
 
         if return_tensors != "pt":

@@ -26,8 +26,8 @@ __all__ = ["pooled_features", "probe_accuracy", "run_probes"]
 @torch.no_grad()
 def pooled_features(encoders: Mapping[str, torch.nn.Module], cache, dataset, *, batch_size: int = 32
                     ) -> tuple[dict[str, torch.Tensor], list[dict[str, str]], list[str]]:
-    """Per distinct clip of ``dataset``: ``(c, 2 d)`` pooled features per encoder, the clip's labels
-    (task -> answer) and its id (the audio path)."""
+    """Per distinct clip of ``dataset`` (``n`` of them): ``(n, 2 d)`` pooled features per encoder, the clip's
+    labels (task -> answer) and its id (the audio path)."""
 
     labels: dict[str, dict[str, str]] = {}
     first: dict[str, int] = {}

@@ -7,7 +7,8 @@ both: it maps the pooled audio features **and** the pooled LLM input embeddings 
 to logits over the weak pool, as one more router inside :class:`~mowe.routers.MixtureRouter`, so its output
 is the same :class:`~mowe.routers.RouterOutput`.
 
-Shape legend: ``b`` samples, ``L`` tokens, ``c`` clips (placeholder reading order), ``d`` width,
+Shape legend: ``b`` the batch (``input_ids``: one row per sample; outputs: one row per clip, in placeholder
+reading order), ``L`` tokens, ``d`` width,
 ``e`` weak encoders.
 
 What "the prompt" is (:func:`prompt_token_mask`): the real tokens of the sample (``attention_mask`` 1) that
@@ -69,7 +70,7 @@ def pool_prompt_embeddings(inputs_embeds: torch.Tensor, input_ids: torch.Tensor,
         audio_token_id: the placeholder id.
 
     Returns:
-        ``(c, d)`` float32; the zero vector for a sample without prompt tokens.
+        ``(b, d)`` float32; the zero vector for a sample without prompt tokens.
     """
     if inputs_embeds.shape[:2] != input_ids.shape or prompt_mask.shape != input_ids.shape:
         raise MoWEInputError(f"inputs_embeds {tuple(inputs_embeds.shape)}, input_ids {tuple(input_ids.shape)} and "
@@ -94,7 +95,7 @@ def clip_prompt_embeddings(*, embedding: nn.Module, input_ids: torch.Tensor, aud
         audio_token_id: the placeholder id.
 
     Returns:
-        ``(c, d)`` float32, clips in placeholder reading order.
+        ``(b, d)`` float32, clips in placeholder reading order.
     """
     is_audio = input_ids == audio_token_id
     with torch.no_grad():

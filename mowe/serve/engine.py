@@ -1,6 +1,7 @@
 """One batched model call for a group of requests: encode every clip once, generate, hand back tokens and routing.
 
-Shape legend: ``b`` rows (a request with ``n`` choices is ``n`` rows), ``c`` clips, ``s`` samples, ``n`` audio tokens.
+Shape legend: ``b`` the batch (text: one row per choice, so a request with ``n`` choices is ``n`` rows;
+audio: one row per clip), ``s`` samples, ``n`` audio tokens.
 
 Greedy batches that nobody streams go through :meth:`MoWEAudioLLM.generate` as it is (its prefill runs in
 length groups), so a served answer is exactly what ``model.generate`` gives for that prompt. Streamed or
