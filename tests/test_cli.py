@@ -12,8 +12,6 @@ import pytest
 from _audio_helpers import write_tone_wav
 
 from mowe.cli import main
-from mowe.errors import ConfigError
-from mowe.training.run_file import load_run_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TINY = os.path.join(ROOT, "examples", "run_tiny.yaml")
@@ -106,15 +104,6 @@ def test_unknown_key_in_the_run_file_exits_2_naming_it(tmp_path, capsys):
     bad.write_text(yaml.safe_dump(run))
     res = _mowe("train", "--config", str(bad), timeout=120)
     assert res.returncode == 2 and "'optimizer'" in res.stderr and "Traceback" not in res.stderr
-
-
-def test_run_file_details(tmp_path):
-    run = load_run_file(RUN_TINY, ["train.batch_size=3", "stages=[{name: a, train: [lora], steps: 1, lr: 2e-4}]"])
-    assert run["train"]["batch_size"] == 3 and run["stages"][0]["lr"] == 2e-4  # 2e-4 is a float, not a string
-    with pytest.raises(ConfigError, match="'sampler'"):
-        load_run_file(RUN_TINY, ["data.sampler=1"])
-    with pytest.raises(ConfigError, match="section.key=value"):
-        load_run_file(RUN_TINY, ["nonsense"])
 
 
 def test_example_custom_encoder_pool_runs():

@@ -1,6 +1,5 @@
-"""Length-grouped encoding: same features as one padded batch, at a cost that follows the clips' lengths."""
-
-import math
+"""Length-grouped encoding: same features as one padded batch, at a cost that follows the clips' lengths (the
+grouping itself: tests/test_tensors.py)."""
 
 import pytest
 import torch
@@ -8,7 +7,6 @@ from conftest import HUBERT_TINY, WHISPER_TINY
 
 from mowe.encoders import HubertEncoder, WhisperEncoder
 from mowe.errors import MoWEInputError
-from mowe.tensors import length_groups
 
 SECONDS = [4.0, 0.3, 2.9, 1.1, 0.45, 3.7, 1.0]
 
@@ -20,27 +18,6 @@ def _batch(seconds, seed=0):
     for i, n in enumerate(lens.tolist()):
         wav[i, :n] = torch.randn(n, generator=g) * 0.1
     return wav, lens
-
-
-@pytest.mark.parametrize("max_padding", [0.0, 0.1, 0.25, 1.0])
-def test_groups_cover_every_clip_once_and_respect_the_padding_budget(max_padding):
-    g = torch.Generator().manual_seed(1)
-    lengths = torch.randint(1, 1000, (50,), generator=g).tolist()
-    groups = length_groups(lengths, max_padding)
-    assert sorted(i for grp in groups for i in grp) == list(range(50))
-    for grp in groups:
-        real = sum(lengths[i] for i in grp)
-        assert len(grp) * max(lengths[i] for i in grp) <= (1 + max_padding) * real + 1e-9
-    padded = sum(len(grp) * max(lengths[i] for i in grp) for grp in groups)
-    assert padded <= (1 + max_padding) * sum(lengths)
-    # Longest clip first, so an out-of-memory shows on the first group.
-    assert groups[0][0] == max(range(50), key=lambda i: lengths[i])
-
-
-def test_group_edge_cases():
-    assert length_groups([5, 5, 5], 0.0) == [[0, 1, 2]]
-    assert length_groups([7, 3, 9], math.inf) == [[2, 0, 1]]
-    assert length_groups([7, 3, 9], 0.0) == [[2], [0], [1]]
 
 
 def _layer_input_frames(enc, layer):
