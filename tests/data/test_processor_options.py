@@ -17,14 +17,13 @@ from mowe.config import from_dict
 from mowe.data.processor import MoWEProcessor
 from mowe.data.processor_io import load_processor, save_processor
 from mowe.data.processor_options import DEFAULT_SYSTEM_PROMPT, PROCESSOR_CONFIG_NAME, ProcessorOptions
-from mowe.data.templates import SALMONN_PROMPT_TEMPLATE
 from mowe.data.tokenizer import train_bpe_tokenizer
 from mowe.errors import ConfigError
 from mowe.training.run_file import load_run_file
 
 FIELDS = [f.name for f in dataclasses.fields(ProcessorOptions)]
 # A value other than the default for every option (the test below fails until a new option has one here).
-NON_DEFAULT = {"audio_token": "<|clip|>", "system_prompt": None, "prompt_template": SALMONN_PROMPT_TEMPLATE,
+NON_DEFAULT = {"audio_token": "<|clip|>", "system_prompt": None, "prompt_template": "Q: {audio} {instruction}\nA:",
                "paraphrases": {"asr": ["Write it down.", "What is said?"]}, "max_audio_seconds": 12.5,
                "length_policy": "chunk", "seed": 7}
 # Bad values, each refused naming its option, whichever way the options come in.
