@@ -41,6 +41,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from mowe.data.audio import audio_info, load_audio
+from mowe.data.processor_options import ProcessorOptions
 from mowe.errors import AudioLoadError, ConfigError, ManifestError
 from mowe.io import read_bytes
 from mowe.validation import MAX_AUDIO_SECONDS
@@ -139,7 +140,7 @@ class ManifestDataset(Dataset):
         manifest_path: str | os.PathLike,
         *,
         sample_rate: int = 16_000,
-        max_audio_seconds: float | None = 30.0,
+        max_audio_seconds: float | None = ProcessorOptions.max_audio_seconds,  # the processor's default
         length_policy: str = "truncate",
         on_bad_example: str = "error",
         tasks: Sequence[str] | None = None,

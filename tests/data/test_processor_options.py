@@ -14,12 +14,13 @@ import pytest
 import yaml
 
 from mowe.config import from_dict
+from mowe.data.manifest import ManifestDataset
 from mowe.data.processor import MoWEProcessor
 from mowe.data.processor_io import load_processor, save_processor
 from mowe.data.processor_options import DEFAULT_SYSTEM_PROMPT, PROCESSOR_CONFIG_NAME, ProcessorOptions
 from mowe.data.tokenizer import train_bpe_tokenizer
 from mowe.errors import ConfigError
-from mowe.training.run_file import load_run_file
+from mowe.training.run_file import DataSection, load_run_file
 
 FIELDS = [f.name for f in dataclasses.fields(ProcessorOptions)]
 # A value other than the default for every option (the test below fails until a new option has one here).
@@ -61,11 +62,14 @@ def test_constructor_keywords_and_attributes_are_the_fields(tok):
 
 
 def test_defaults_agree_everywhere(tok, tmp_path: Path):
-    """Constructor, dataclass, a processor_config.json that omits every option, and a run file's empty section."""
+    """Constructor, dataclass, a processor_config.json that omits every option, a run file's empty section."""
     assert ProcessorOptions().system_prompt == DEFAULT_SYSTEM_PROMPT
     expected = ProcessorOptions().to_dict()
     assert MoWEProcessor(tok).options.to_dict() == expected
     assert from_dict(ProcessorOptions, {}, where="processor").to_dict() == expected
+    # the clip limit of the datasets the processor is paired with: the same default
+    assert inspect.signature(ManifestDataset).parameters["max_audio_seconds"].default == expected["max_audio_seconds"]
+    assert DataSection(train="t.jsonl").max_audio_seconds == expected["max_audio_seconds"]
     MoWEProcessor(tok).save_pretrained(tmp_path)
     (tmp_path / PROCESSOR_CONFIG_NAME).write_text(json.dumps({"processor_class": "MoWEProcessor"}))
     assert MoWEProcessor.from_pretrained(tmp_path).options.to_dict() == expected
