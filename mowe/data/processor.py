@@ -65,9 +65,9 @@ class MoWEProcessor:
         tokenizer: a transformers tokenizer that knows ``audio_token`` as one token and has an eos token
             (e.g. from :func:`mowe.data.tokenizer.train_bpe_tokenizer`).
         options: a :class:`~mowe.data.processor_options.ProcessorOptions`; keyword arguments override its fields.
-        **kwargs: the options by name: ``audio_token``, ``system_prompt``, ``prompt_template``, ``paraphrases``,
-            ``max_audio_seconds``, ``length_policy``, ``seed`` (see :class:`ProcessorOptions`, the one place they
-            are defined, with their defaults; each is also a read-only attribute of the processor).
+        **kwargs: the options by name: the fields of :class:`ProcessorOptions`, the one place they are defined and
+            documented, with their defaults (``help(MoWEProcessor)`` lists them too); each is also a read-only
+            attribute of the processor (``processor.max_audio_seconds``).
 
     Raises:
         ConfigError: an unknown or invalid option (naming it), a template with a field other than
@@ -347,7 +347,6 @@ class MoWEProcessor:
                 f"template={'prompt_template' if self.prompt_template else 'chat'}, "
                 f"paraphrases={sorted(self.paraphrases or {})}, max_audio_seconds={self.max_audio_seconds}, "
                 f"length_policy={self.length_policy!r})")
-
 
 
 # The options are ProcessorOptions' fields: each is a read-only attribute (``proc.max_audio_seconds``) and a keyword

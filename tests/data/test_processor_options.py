@@ -121,3 +121,8 @@ def test_an_unknown_option_is_named(tok, tmp_path: Path):
         MoWEProcessor(tok, sample_rate=16000)
     with pytest.raises(ConfigError, match=r"processor\.options: expected ProcessorOptions"):
         MoWEProcessor(tok, options={"seed": 1})
+
+
+def test_the_readme_documents_every_option():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert [n for n in FIELDS if f"`{n}`" not in readme] == []
