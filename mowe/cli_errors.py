@@ -41,6 +41,7 @@ from mowe.errors import (
 )
 from mowe.io import strip_ansi
 from mowe.tensors import DTYPES
+from mowe.validation import LORA_SCALE, MAX_SEED, int_at_least, int_in, real_in
 
 __all__ = ["DEPENDENCY_WARNINGS", "EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DATA", "EXIT_INTERNAL", "EXIT_INTERRUPTED",
            "EXIT_IO", "EXIT_NONFINITE", "add_debug_flag", "check_flags", "describe", "quiet_dependency_warnings",
@@ -49,12 +50,16 @@ __all__ = ["DEPENDENCY_WARNINGS", "EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DATA",
 EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_IO, EXIT_NONFINITE = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
 
-# Integer / number flags of the subcommands: attribute -> (flag, smallest allowed value).
-_INT_FLAGS = {"max_new_tokens": ("--max-new-tokens", 1), "num_beams": ("--num-beams", 1),
-              "batch_size": ("--batch-size", 1), "workers": ("--workers", 1), "size": ("--size", 1),
-              "num_heads": ("--num-heads", 1), "lora_alpha": ("--lora-alpha", 1),
-              "audio_token_id": ("--audio-token-id", 0), "port": ("--port", 0), "seed": ("--seed", 0)}
-_REAL_FLAGS = {"max_wait_ms": ("--max-wait-ms", 0.0), "lora_scale": ("--lora-scale", 0.0)}
+# The subcommands' numeric flags, checked by the rules of mowe.validation (the same rule where a config holds the
+# same value: --seed as train.seed, --lora-scale as a stage's lora_scale).
+_FLAG_RULES = {
+    **{attr: (flag, int_at_least(attr, lo)) for attr, (flag, lo) in {
+        "max_new_tokens": ("--max-new-tokens", 1), "num_beams": ("--num-beams", 1), "batch_size": ("--batch-size", 1),
+        "workers": ("--workers", 1), "size": ("--size", 1), "num_heads": ("--num-heads", 1),
+        "lora_alpha": ("--lora-alpha", 1), "audio_token_id": ("--audio-token-id", 0)}.items()},
+    "port": ("--port", int_in("port", 0, 65535)), "seed": ("--seed", int_in("seed", 0, MAX_SEED)),
+    "max_wait_ms": ("--max-wait-ms", real_in("max_wait_ms", 0, math.inf)), "lora_scale": ("--lora-scale", LORA_SCALE),
+}
 
 
 # Warnings a user of the command line cannot act on: deprecations inside mowe's dependencies, raised by one
@@ -80,16 +85,10 @@ def check_flags(args: argparse.Namespace) -> None:
     Raises:
         ConfigError: ``"--num-beams: must be an integer >= 1, got 0"``.
     """
-    for attr, (flag, lo) in _INT_FLAGS.items():
-        v = getattr(args, attr, None)
-        if isinstance(v, int) and not isinstance(v, bool) and v < lo:
-            raise ConfigError(f"{flag}: must be an integer >= {lo}, got {v}")
-    if isinstance(getattr(args, "port", None), int) and args.port > 65535:
-        raise ConfigError(f"--port: must be an integer in [0, 65535], got {args.port}")
-    for attr, (flag, lo) in _REAL_FLAGS.items():
-        v = getattr(args, attr, None)
-        if isinstance(v, float) and not (math.isfinite(v) and v >= lo):
-            raise ConfigError(f"{flag}: must be a finite number >= {lo:g}, got {v}")
+    for attr, (flag, rule) in _FLAG_RULES.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            rule.check(value, flag)
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:

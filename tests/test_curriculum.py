@@ -1,8 +1,10 @@
 """One validation of each stage value: a run file's stage, a list of stage dicts and a ``Stage(...)`` built in Python
-are refused by the same rule (``mowe.validation.RULES`` + ``Stage.__post_init__``) with the same message."""
+are refused by the same rule (``mowe.validation.RULES`` + ``Stage.__post_init__``) with the same message; values
+that a stage shares with other places (lora_scale) use the same rule there too."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import math
@@ -12,8 +14,11 @@ from pathlib import Path
 import pytest
 
 import mowe.curriculum
+from mowe.cli_errors import check_flags
+from mowe.config import InferenceConfig, from_dict
 from mowe.curriculum import Stage, stages_from_list
 from mowe.errors import ConfigError
+from mowe.training.config import TrainConfig
 from mowe.training.run_file import load_run_file
 from mowe.validation import RULES
 
@@ -65,3 +70,19 @@ def test_lr_has_one_rule():
 def test_a_stage_without_a_name_is_named_by_its_index():
     with pytest.raises(ConfigError, match=r"stages\[0\]\.name: missing key"):
         stages_from_list([{k: v for k, v in GOOD.items() if k != "name"}])
+
+
+def test_lora_scale_and_seed_have_one_rule_wherever_they_are_set():
+    """A stage's lora_scale, a saved model's inference.lora_scale and ``--lora-scale`` share mowe.validation's rule;
+    so do train.seed and ``--seed``."""
+    rule = "must be a finite number in [0, inf)"
+    messages = [_message(lambda: Stage(**{**GOOD, "lora_scale": -1.0})),
+                _message(lambda: from_dict(InferenceConfig, {"lora_scale": -1.0}, where="model.inference")),
+                _message(lambda: check_flags(argparse.Namespace(lora_scale=-1.0)))]
+    assert [m.split(": ", 1)[0] for m in messages] == ["stage 'warm'.lora_scale", "model.inference.lora_scale",
+                                                       "--lora-scale"]
+    assert all(m.split(": ", 1)[1].startswith(rule) for m in messages), messages
+    seed = 2**40
+    by_config = _message(lambda: TrainConfig(output_dir="x", seed=seed))
+    by_flag = _message(lambda: check_flags(argparse.Namespace(seed=seed)))
+    assert by_config.split(": ", 1)[1] == by_flag.split(": ", 1)[1] == f"must be an integer in [0, {2**32 - 1}], got {seed}"
