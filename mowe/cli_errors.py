@@ -50,15 +50,17 @@ __all__ = ["DEPENDENCY_WARNINGS", "EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DATA",
 EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_IO, EXIT_NONFINITE = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
 
-# The subcommands' numeric flags, checked by the rules of mowe.validation (the same rule where a config holds the
-# same value: --seed as train.seed, --lora-scale as a stage's lora_scale).
+# The subcommands' numeric flags, checked by the rules of mowe.validation (the same rule where a config holds
+# the same value: --seed as train.seed, --lora-scale as a stage's lora_scale).
 _FLAG_RULES = {
     **{attr: (flag, int_at_least(attr, lo)) for attr, (flag, lo) in {
-        "max_new_tokens": ("--max-new-tokens", 1), "num_beams": ("--num-beams", 1), "batch_size": ("--batch-size", 1),
-        "workers": ("--workers", 1), "size": ("--size", 1), "num_heads": ("--num-heads", 1),
-        "lora_alpha": ("--lora-alpha", 1), "audio_token_id": ("--audio-token-id", 0)}.items()},
+        "max_new_tokens": ("--max-new-tokens", 1), "num_beams": ("--num-beams", 1),
+        "batch_size": ("--batch-size", 1), "workers": ("--workers", 1), "size": ("--size", 1),
+        "num_heads": ("--num-heads", 1), "lora_alpha": ("--lora-alpha", 1),
+        "audio_token_id": ("--audio-token-id", 0)}.items()},
     "port": ("--port", int_in("port", 0, 65535)), "seed": ("--seed", int_in("seed", 0, MAX_SEED)),
-    "max_wait_ms": ("--max-wait-ms", real_in("max_wait_ms", 0, math.inf)), "lora_scale": ("--lora-scale", LORA_SCALE),
+    "max_wait_ms": ("--max-wait-ms", real_in("max_wait_ms", 0, math.inf)),
+    "lora_scale": ("--lora-scale", LORA_SCALE),
 }
 
 

@@ -74,7 +74,8 @@ class Stage:
         if not self.train:
             raise ConfigError(f"stage {self.name!r}: 'train' names no part")
         if self.warmup_steps > self.steps:
-            raise ConfigError(f"{where}.warmup_steps: must be in [0, steps={self.steps}], got {self.warmup_steps!r}")
+            raise ConfigError(f"{where}.warmup_steps: must be in [0, steps={self.steps}], "
+                              f"got {self.warmup_steps!r}")
         if self.tasks is not None:
             if not self.tasks:
                 raise ConfigError(f"{where}.tasks: must be a non-empty mapping task -> weight or null")
@@ -114,8 +115,8 @@ def stages_from_list(data: Any, *, where: str = "stages") -> list[Stage]:
 
 
 def _stage_where(data: Any, fallback: str) -> str:
-    """A stage is named by its name in errors (``stage 'warm'.lr``), as :class:`Stage` itself names it, so a run
-    file's stage and a ``Stage(...)`` built in Python get the same message; by its index when it has no name."""
+    """A stage is named by its name in errors (``stage 'warm'.lr``), as :class:`Stage` itself names it, so a
+    run file's stage and a ``Stage(...)`` built in Python get the same message; by its index if it has none."""
     name = data.get("name") if isinstance(data, dict) else None
     return f"stage {name!r}" if isinstance(name, str) else fallback
 

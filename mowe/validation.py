@@ -25,8 +25,8 @@ from typing import Any
 
 from mowe.errors import ConfigError
 
-__all__ = ["LORA_SCALE", "MAX_AUDIO_SECONDS", "MAX_SEED", "RULES", "YAML_EXPANSION_BUDGET", "Rule", "check_flag",
-           "check_yaml_expansion", "int_at_least", "int_in", "real_in", "validate"]
+__all__ = ["LORA_SCALE", "MAX_AUDIO_SECONDS", "MAX_SEED", "RULES", "YAML_EXPANSION_BUDGET", "Rule",
+           "check_flag", "check_yaml_expansion", "int_at_least", "int_in", "real_in", "validate"]
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch and python take it too
 #: Extra YAML nodes aliases may add by expansion (a billion-laughs file is refused before it is built).
@@ -77,7 +77,8 @@ def real_in(name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: 
 _INF = math.inf
 #: The longest clip, wherever it is set (processor options, a run file's data section, ManifestDataset).
 MAX_AUDIO_SECONDS = real_in("max_audio_seconds", 0, _INF, lo_open=True, optional=True)
-#: A LoRA scaling multiplier, wherever it is set (a stage, a saved model's inference settings, ``--lora-scale``).
+#: A LoRA scaling multiplier, wherever it is set (a stage, a saved model's inference settings,
+#: ``--lora-scale``).
 LORA_SCALE = real_in("lora_scale", 0, _INF)
 
 # Transformers-style config dicts: sizes that must be positive integers, and (width, heads) pairs whose
@@ -174,7 +175,8 @@ RULES: dict[str, list[Rule]] = {
     ],
     # The one check of each stage value, for a run file's stage and a Stage built in Python alike.
     "mowe.curriculum.Stage": [int_at_least("steps", 1), int_at_least("warmup_steps", 0),
-                              real_in("lr", 0, 10, lo_open=True), dataclasses.replace(LORA_SCALE, optional=True)],
+                              real_in("lr", 0, 10, lo_open=True),
+                              dataclasses.replace(LORA_SCALE, optional=True)],
     "mowe.config.InferenceConfig": [LORA_SCALE],
     "mowe.data.processor_options.ProcessorOptions": [MAX_AUDIO_SECONDS, int_in("seed", 0, MAX_SEED)],
     "mowe.training.run_file.DataSection": [MAX_AUDIO_SECONDS],

@@ -1,7 +1,8 @@
-"""One batch-axis letter in docs and legends: shapes write the batch axis as ``b`` everywhere (trainer, processor,
-model, encoders); a tensor batched by clip is ``(b, s)`` with its legend saying rows are clips. This test scans every
-docstring, comment and string of ``mowe/`` and the README for a shape tuple led by another batch letter (the
-``(c, s)`` the processor and model once used), so the two spellings cannot drift apart again."""
+"""One batch-axis letter in docs and legends: shapes write the batch axis as ``b`` everywhere (trainer,
+processor, model, encoders); a tensor batched by clip is ``(b, s)`` with its legend saying rows are clips.
+This test scans every docstring, comment and string of ``mowe/`` and the README for a shape tuple led by
+another batch letter (the ``(c, s)`` the processor and model once used), so the two spellings cannot drift
+apart again."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _text_of(path: Path) -> list[tuple[int, str]]:
     """(line, text) of each comment and string literal (docstrings included) of a Python file."""
     out = []
     for tok in tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline):
-        if tok.type in (tokenize.COMMENT, tokenize.STRING) or tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1):
+        if tok.type in (tokenize.COMMENT, tokenize.STRING, getattr(tokenize, "FSTRING_MIDDLE", -1)):
             out.append((tok.start[0], tok.string))
     return out
 
@@ -31,7 +32,8 @@ def offenders(files: list[Path]) -> list[str]:
         chunks = _text_of(path) if path.suffix == ".py" else list(enumerate(path.read_text().splitlines(), 1))
         for line, text in chunks:
             for m in OTHER_BATCH_LETTER.finditer(text):
-                found.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{line}: {m.group()}")
+                name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                found.append(f"{name}:{line}: {m.group()}")
     return found
 
 
@@ -43,8 +45,10 @@ def test_docs_and_legends_use_b_for_the_batch_axis():
 
 def test_the_scan_finds_a_planted_other_letter(tmp_path: Path):
     planted = tmp_path / "m.py"
-    planted.write_text('"""Shape legend: ``c`` clips."""\n\n\ndef f(x):\n    """``x`` ``(c, s)`` waveforms."""\n'
-                       "    return x.sum(-1)  # (c,)\n\n\nY = '(c, n)'\nZ = (c, 1)  # code, not a doc: not scanned\n")
+    planted.write_text('"""Shape legend: ``c`` clips."""\n\n\n'
+                       'def f(x):\n    """``x`` ``(c, s)`` waveforms."""\n'
+                       "    return x.sum(-1)  # (c,)\n\n\n"
+                       "Y = '(c, n)'\nZ = (c, 1)  # code, not a doc: not scanned\n")
     found = [f.split(": ", 1)[1] for f in offenders([planted])]
     assert found == ["``c`` clips", "(c, s)", "(c,)", "(c, n)"]
     # channels or conv widths inside a shape are not the batch axis

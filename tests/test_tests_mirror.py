@@ -1,15 +1,16 @@
-"""``tests/`` mirrors ``mowe/``: every subpackage has its test folder, and every module is tested in the mirrored place.
+"""``tests/`` mirrors ``mowe/``: every subpackage has its test folder, and every module is tested in the
+mirrored place.
 
 The rule, for a module ``mowe/<p>/<m>.py`` (``<p>`` empty for a top-level module; ``__init__.py`` and
 ``__main__.py`` excepted) and its mirror folder ``tests/<p>/``:
 
 1. every subpackage ``mowe/<p>/`` has a folder ``tests/<p>/`` holding at least one ``test_*.py``;
-2. the module is covered by a file of ``tests/<p>/`` (a ``test_*.py``, or a ``_*helpers.py`` the tests there share)
-   that either is named for it (``test_<m>.py``, ``test_<m>_*.py`` or ``test_*_<m>.py``) or imports it:
+2. the module is covered by a file of ``tests/<p>/`` (a ``test_*.py``, or a ``_*helpers.py`` the tests there
+   share) that either is named for it (``test_<m>.py``, ``test_<m>_*.py`` or ``test_*_<m>.py``) or imports it:
    ``import mowe.<p>.<m>``, ``from mowe.<p>.<m> import ...``, ``from mowe.<p> import <m>``, or
    ``from mowe.<p> import Name`` where ``Name`` is defined in ``mowe.<p>.<m>``;
-3. otherwise the module is in :data:`COVERED_ELSEWHERE` with where it is tested and why there, and every entry there
-   is a module that exists and really fails rule 2 (no stale entries).
+3. otherwise the module is in :data:`COVERED_ELSEWHERE` with where it is tested and why there, and every entry
+   there is a module that exists and really fails rule 2 (no stale entries).
 """
 
 from __future__ import annotations
@@ -24,26 +25,27 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mowe"
 TESTS = ROOT / "tests"
 
-# Modules tested, but not from their mirror folder by import or name; keep this short. Each entry says where they
-# are tested and why not so. ``pkg.*`` stands for every module of ``pkg`` that fails rule 2.
+# Modules tested, but not from their mirror folder by import or name; keep this short. Each entry says where
+# they are tested and why not so. ``pkg.*`` stands for every module of ``pkg`` that fails rule 2.
 COVERED_ELSEWHERE = {
-    # `mowe convert`'s sub-commands: each seed system's Converter, tested through the registry that lists them.
+    # `mowe convert`'s sub-commands: each seed system's Converter, tested through the registry listing them.
     "mowe.checkpoints.converter": "tests/test_cli_convert.py, through mowe.presets.CONVERTERS",
-    "mowe.ltu_as.convert": "tests/test_cli_convert.py and tests/ltu_as/test_ltu_as_checkpoint.py (`mowe convert`)",
-    "mowe.salmonn.convert": "tests/test_cli_convert.py and tests/salmonn/test_salmonn_checkpoint.py (`mowe convert`)",
+    "mowe.ltu_as.convert": "tests/test_cli_convert.py, tests/ltu_as/test_ltu_as_checkpoint.py",
+    "mowe.salmonn.convert": "tests/test_cli_convert.py, tests/salmonn/test_salmonn_checkpoint.py",
     # The windowed Whisper (LTU-AS's encoder, generic in name) is pinned against LTU-AS's checkpoint format.
-    "mowe.encoders.whisper_window": "tests/ltu_as/test_ltu_as_checkpoint.py and tests/ltu_as/test_transcribe.py",
+    "mowe.encoders.whisper_window": "tests/ltu_as/test_ltu_as_checkpoint.py, tests/ltu_as/test_transcribe.py",
     # Plain constants read by every layer; a test of their own would only repeat their values.
     "mowe.constants": "every test that builds a batch (MODEL_INPUT_KEYS, SAMPLE_RATE, IGNORE_INDEX)",
     # The processor's helpers, reached only through MoWEProcessor's own methods.
-    "mowe.data.inputs": "tests/data/test_processor*.py, through MoWEProcessor.__call__ (rates, clips, BatchFeature)",
-    # BEATs' transformer blocks: only meaningful inside the model, whose features are pinned against the official.
+    "mowe.data.inputs": "tests/data/test_processor*.py, through MoWEProcessor.__call__ (rates, BatchFeature)",
+    # BEATs' transformer blocks: only meaningful inside the model, whose features are pinned against the
+    # official code's.
     "mowe.encoders.beats.layers": "tests/encoders/beats/test_beats.py, through BEATsEncoder",
     # The CTranslate2 reader is one of the formats WhisperEncoder.from_pretrained recognises.
     "mowe.encoders.ctranslate2": "tests/encoders/test_whisper_pretrained.py, a real CTranslate2 folder",
-    # mowe.hf implements MoWEAudioLLM's transformers-style methods (save/load, push_to_hub, LoRA merge and export,
-    # the Auto classes); the tests call those methods, as users do.
-    "mowe.hf.*": "tests/hf/test_hf_native.py, through MoWEAudioLLM.save_pretrained / from_pretrained / AutoModel ...",
+    # mowe.hf implements MoWEAudioLLM's transformers-style methods (save/load, push_to_hub, LoRA merge and
+    # export, the Auto classes); the tests call those methods, as users do.
+    "mowe.hf.*": "tests/hf/test_hf_native.py, via MoWEAudioLLM.save_pretrained, from_pretrained, AutoModel",
     # The server runs as a real `mowe serve` subprocess, spoken to over HTTP (and with the openai client).
     "mowe.serve.*": "tests/serve/test_serve_*.py, `mowe serve` subprocesses on 127.0.0.1",
     # The trainer's skip budget and resume checks, exercised by training runs that hit them.
@@ -74,8 +76,8 @@ def mirror_folder(module_path: Path) -> Path:
 
 
 def _defined_in(module: str, name: str) -> str | None:
-    """The mowe module that defines ``module.name``: a submodule, a function's or class's module, or the module
-    whose ``__all__`` exports that very object."""
+    """The mowe module that defines ``module.name``: a submodule, a function's or class's module, or the
+    module whose ``__all__`` exports that very object."""
     try:
         obj = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
@@ -86,7 +88,8 @@ def _defined_in(module: str, name: str) -> str | None:
         return obj.__module__
     for other in modules():  # a constant: the module that exports it in its __all__
         mod = sys.modules.get(other)
-        if other != module and mod is not None and name in getattr(mod, "__all__", ()) and getattr(mod, name) is obj:
+        exported = mod is not None and name in getattr(mod, "__all__", ())
+        if other != module and exported and getattr(mod, name) is obj:
             return other
     return module
 
@@ -94,8 +97,8 @@ def _defined_in(module: str, name: str) -> str | None:
 def imported_modules(test_file: Path) -> set[str]:
     """Every ``mowe`` module a file imports or uses (at any depth, so function-level imports count):
     ``import mowe.a.b``, ``from mowe.a.b import X``, ``from mowe.a import b``, ``from mowe.a import X`` (``X``
-    defined in ``mowe.a.b``), and ``alias.X`` for a module imported as ``alias`` (``from mowe.demo import corpus as
-    C``, then ``C.SOUND_EVENTS`` uses the module that defines it)."""
+    defined in ``mowe.a.b``), and ``alias.X`` for a module imported as ``alias`` (``from mowe.demo import
+    corpus as C``, then ``C.SOUND_EVENTS`` uses the module that defines it)."""
     found: set[str] = set()
     aliases: dict[str, str] = {}
     tree = ast.parse(test_file.read_text(encoding="utf-8"))
@@ -105,7 +108,8 @@ def imported_modules(test_file: Path) -> set[str]:
                 if a.name.split(".")[0] == "mowe":
                     found.add(a.name)
                     aliases[a.asname or a.name] = a.name
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "mowe":
+        elif (isinstance(node, ast.ImportFrom) and node.level == 0
+              and (node.module or "").split(".")[0] == "mowe"):
             found.add(node.module)
             for a in node.names:
                 where = _defined_in(node.module, a.name)

@@ -64,14 +64,15 @@ class MoWEProcessor:
     Args:
         tokenizer: a transformers tokenizer that knows ``audio_token`` as one token and has an eos token
             (e.g. from :func:`mowe.data.tokenizer.train_bpe_tokenizer`).
-        options: a :class:`~mowe.data.processor_options.ProcessorOptions`; keyword arguments override its fields.
-        **kwargs: the options by name: the fields of :class:`ProcessorOptions`, the one place they are defined and
-            documented, with their defaults (``help(MoWEProcessor)`` lists them too); each is also a read-only
-            attribute of the processor (``processor.max_audio_seconds``).
+        options: a :class:`~mowe.data.processor_options.ProcessorOptions`; keyword arguments override its
+            fields.
+        **kwargs: the options by name: the fields of :class:`ProcessorOptions`, the one place they are defined
+            and documented, with their defaults (``help(MoWEProcessor)`` lists them too); each is also a
+            read-only attribute of the processor (``processor.max_audio_seconds``).
 
     Raises:
         ConfigError: an unknown or invalid option (naming it), a template with a field other than
-            audio/instruction/system or without audio/instruction, an audio token that the tokenizer splits, or a
+            audio/instruction/system or without audio/instruction, an audio token the tokenizer splits, or a
             tokenizer without eos.
         AudioPlaceholderError: text can produce the audio token's id (an ordinary vocabulary piece, or bos / eos /
             pad / unk): :func:`mowe.data.tokenizer.add_audio_token` gives a safe one.
@@ -349,8 +350,9 @@ class MoWEProcessor:
                 f"length_policy={self.length_policy!r})")
 
 
-# The options are ProcessorOptions' fields: each is a read-only attribute (``proc.max_audio_seconds``) and a keyword
-# of the constructor, with the dataclass's default (so help() and IDEs show them); nothing here names one option.
+# The options are ProcessorOptions' fields: each is a read-only attribute (``proc.max_audio_seconds``) and
+# a keyword of the constructor, with the dataclass's default (so help() and IDEs show them); nothing here
+# names one option.
 def _option_attribute(name: str) -> property:
     return property(lambda self: getattr(self.options, name),
                     doc=f"The ``{name}`` option (:class:`~mowe.data.processor_options.ProcessorOptions`).")

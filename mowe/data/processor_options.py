@@ -1,10 +1,10 @@
 """The options of a :class:`~mowe.data.processor.MoWEProcessor`, defined once.
 
 :class:`ProcessorOptions` is the one place an option is spelled: its fields (names, types, defaults) are the
-processor's keyword arguments (the constructor's signature is built from them), its checks run whenever options are
-built (keywords in Python, ``processor_config.json``, a run file's ``processor`` section), and
-:meth:`ProcessorOptions.to_dict` is what ``processor_config.json`` holds. Adding an option is one field here (plus
-its line in the docstring, and the code that uses it).
+processor's keyword arguments (the constructor's signature is built from them), its checks run whenever
+options are built (keywords in Python, ``processor_config.json``, a run file's ``processor`` section), and
+:meth:`ProcessorOptions.to_dict` is what ``processor_config.json`` holds. Adding an option is one field here
+(plus its line in the docstring, and the code that uses it).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class ProcessorOptions:
         seed: seed of the paraphrase choice.
 
     Raises:
-        ConfigError: a wrong type or value, naming the option (``processor.length_policy: ...``): the same checks
-            and messages for keywords, ``processor_config.json`` and a run file.
+        ConfigError: a wrong type or value, naming the option (``processor.length_policy: ...``): the same
+            checks and messages for keywords, ``processor_config.json`` and a run file.
     """
 
     audio_token: str = AUDIO_TOKEN
@@ -98,8 +98,8 @@ def _check_values(o: ProcessorOptions) -> None:
             raise ConfigError(f"processor.prompt_template: not a valid format string: {e}") from e
         bad = sorted(fields - TEMPLATE_FIELDS)
         if bad:
-            raise ConfigError(f"processor.prompt_template: unknown field {{{bad[0]}}}; allowed: audio, instruction, "
-                              "system")
+            raise ConfigError(f"processor.prompt_template: unknown field {{{bad[0]}}}; allowed: audio, "
+                              "instruction, system")
         for need in ("audio", "instruction"):
             if need not in fields:
                 raise ConfigError(f"processor.prompt_template: must contain {{{need}}}")

@@ -136,8 +136,8 @@ def _check_sections(run: dict[str, Any]) -> None:
                           "(a random-weight LLM has none); give a tokenizer folder or {train_bpe: ...}")
     if run.get("processor"):
         from_dict(ProcessorOptions, run["processor"], where="processor")
-    _stages(run["stages"])  # each stage's values by Stage's own checks (those a Stage built in Python gets), or
-    # the preset's name
+    # each stage's values by Stage's own checks (those a Stage built in Python gets), or the preset's name
+    _stages(run["stages"])
 
 
 def _resolve(base: str, p: str | None) -> str | None:

@@ -21,7 +21,8 @@ def _llm_folder(path, *, with_tokenizer: bool):
 def test_the_placeholder_is_added_past_the_vocabulary_or_taken_as_given_and_checked():
     tok = llama_style_tokenizer()
     rows = len(tok)
-    assert pick_audio_token_id(None, None, vocab_rows=rows) == rows  # no tokenizer: the first id past the LLM's
+    # no tokenizer: the first id past the LLM's
+    assert pick_audio_token_id(None, None, vocab_rows=rows) == rows
     added = pick_audio_token_id(tok, None, vocab_rows=rows)
     assert added == rows and tok.convert_ids_to_tokens(added) == AUDIO_TOKEN
     assert pick_audio_token_id(tok, added, vocab_rows=rows) == added

@@ -1,6 +1,6 @@
-"""The processor's options are defined once (:class:`ProcessorOptions`): the constructor's keywords and defaults, the
-read-only attributes, the checks, ``processor_config.json`` and a run file's ``processor`` section all come from
-its fields, so a new option is one field there."""
+"""The processor's options are defined once (:class:`ProcessorOptions`): the constructor's keywords and
+defaults, the read-only attributes, the checks, ``processor_config.json`` and a run file's ``processor``
+section all come from its fields, so a new option is one field there."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from mowe.training.run_file import DataSection, load_run_file
 
 FIELDS = [f.name for f in dataclasses.fields(ProcessorOptions)]
 # A value other than the default for every option (the test below fails until a new option has one here).
-NON_DEFAULT = {"audio_token": "<|clip|>", "system_prompt": None, "prompt_template": "Q: {audio} {instruction}\nA:",
+NON_DEFAULT = {"audio_token": "<|clip|>", "system_prompt": None,
+               "prompt_template": "Q: {audio} {instruction}\nA:",
                "paraphrases": {"asr": ["Write it down.", "What is said?"]}, "max_audio_seconds": 12.5,
                "length_policy": "chunk", "seed": 7}
 # Bad values, each refused naming its option, whichever way the options come in.
@@ -68,7 +69,8 @@ def test_defaults_agree_everywhere(tok, tmp_path: Path):
     assert MoWEProcessor(tok).options.to_dict() == expected
     assert from_dict(ProcessorOptions, {}, where="processor").to_dict() == expected
     # the clip limit of the datasets the processor is paired with: the same default
-    assert inspect.signature(ManifestDataset).parameters["max_audio_seconds"].default == expected["max_audio_seconds"]
+    dataset_default = inspect.signature(ManifestDataset).parameters["max_audio_seconds"].default
+    assert dataset_default == expected["max_audio_seconds"]
     assert DataSection(train="t.jsonl").max_audio_seconds == expected["max_audio_seconds"]
     MoWEProcessor(tok).save_pretrained(tmp_path)
     (tmp_path / PROCESSOR_CONFIG_NAME).write_text(json.dumps({"processor_class": "MoWEProcessor"}))
@@ -83,12 +85,14 @@ def test_every_option_round_trips_through_save_and_load(tok, tmp_path: Path):
     loaded = load_processor(MoWEProcessor, tmp_path)
     assert loaded.options == proc.options and loaded.audio_token_id == proc.audio_token_id
     # options + keywords: the keywords win, and are checked like the rest
-    assert MoWEProcessor(tok, options=proc.options, seed=1).options == dataclasses.replace(proc.options, seed=1)
+    both = MoWEProcessor(tok, options=proc.options, seed=1)
+    assert both.options == dataclasses.replace(proc.options, seed=1)
 
 
 def _run_file(tmp_path: Path, processor: dict) -> Path:
     run = {"model": {}, "tokenizer": {"train_bpe": {"vocab_size": 300}}, "data": {"train": "train.jsonl"},
-           "train": {"output_dir": "out"}, "stages": [{"name": "s", "train": ["lora"], "steps": 1, "lr": 1e-3}],
+           "train": {"output_dir": "out"},
+           "stages": [{"name": "s", "train": ["lora"], "steps": 1, "lr": 1e-3}],
            "processor": processor}
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(run))

@@ -1,5 +1,5 @@
-"""mowe.data.templates: every template the table (and the preset registry) holds is one the processor accepts, and
-the default one is what a tokenizer without a chat template gets."""
+"""mowe.data.templates: every template the table (and the preset registry) holds is one the processor accepts,
+and the default one is what a tokenizer without a chat template gets."""
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -13,8 +13,10 @@ from mowe.presets import PROMPT_TEMPLATES as ALL_TEMPLATES
 
 
 def test_every_template_passes_the_processors_check():
-    assert set(PROMPT_TEMPLATES) <= set(ALL_TEMPLATES) and TEMPLATE_FIELDS == {"audio", "instruction", "system"}
-    # LTU-AS as released puts Whisper's transcript in the prompt: ltu_as_input_ids builds that one, not the processor.
+    assert set(PROMPT_TEMPLATES) <= set(ALL_TEMPLATES)
+    assert TEMPLATE_FIELDS == {"audio", "instruction", "system"}
+    # LTU-AS as released puts Whisper's transcript in the prompt: ltu_as_input_ids builds that one, not the
+    # processor.
     not_for_the_processor = {"ltu_as_faithful"}
     for name, template in ALL_TEMPLATES.items():
         if name in not_for_the_processor:
@@ -34,5 +36,5 @@ def test_a_tokenizer_without_chat_template_gets_the_default_template():
     tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     assert not tok.chat_template
     proc = MoWEProcessor(tok, system_prompt="S")
-    assert proc.build_prompt("hi") == "<|bos|>" + DEFAULT_PROMPT_TEMPLATE.format(system="S", audio="<|audio|>",
-                                                                               instruction="hi")
+    expected = DEFAULT_PROMPT_TEMPLATE.format(system="S", audio="<|audio|>", instruction="hi")
+    assert proc.build_prompt("hi") == "<|bos|>" + expected

@@ -17,5 +17,7 @@ def test_salmonn_stages_shape():
 
 def test_salmonn_prompt_puts_the_audio_inside_speech_tags():
     assert salmonn().prompt_template == PROMPT_TEMPLATE
-    proc = MoWEProcessor(train_bpe_tokenizer(["what is said"] * 4, vocab_size=300), prompt_template=PROMPT_TEMPLATE)
-    assert proc.build_prompt("What is said?") == "<|bos|>USER: <Speech><|audio|></Speech> What is said?\nASSISTANT:"
+    tok = train_bpe_tokenizer(["what is said"] * 4, vocab_size=300)
+    proc = MoWEProcessor(tok, prompt_template=PROMPT_TEMPLATE)
+    expected = "<|bos|>USER: <Speech><|audio|></Speech> What is said?\nASSISTANT:"
+    assert proc.build_prompt("What is said?") == expected

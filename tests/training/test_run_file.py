@@ -1,4 +1,5 @@
-"""The run file of ``mowe train`` (mowe.training.run_file): overrides, strict sections, errors naming the key."""
+"""The run file of ``mowe train`` (mowe.training.run_file): overrides, strict sections, errors naming the
+key."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ RUN_TINY = str(Path(__file__).resolve().parents[2] / "examples" / "run_tiny.yaml
 
 
 def test_run_file_details(tmp_path):
-    run = load_run_file(RUN_TINY, ["train.batch_size=3", "stages=[{name: a, train: [lora], steps: 1, lr: 2e-4}]"])
+    stage = "stages=[{name: a, train: [lora], steps: 1, lr: 2e-4}]"
+    run = load_run_file(RUN_TINY, ["train.batch_size=3", stage])
     assert run["train"]["batch_size"] == 3 and run["stages"][0]["lr"] == 2e-4  # 2e-4 is a float, not a string
     with pytest.raises(ConfigError, match="'sampler'"):
         load_run_file(RUN_TINY, ["data.sampler=1"])
