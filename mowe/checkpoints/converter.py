@@ -11,7 +11,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Argument", "Converter"]
+from mowe.tensors import DTYPES
+
+__all__ = ["COMMON_ARGUMENTS", "Argument", "Converter"]
 
 
 @dataclass(frozen=True)
@@ -47,3 +49,15 @@ class Converter:
     arguments: tuple[Argument, ...]
     load: Callable[..., tuple[Any, Any]]
     prompt_template: str
+
+
+#: The arguments every converter takes after its own: where to write, the dtype, the tokenizer and the
+#: placeholder id (``load`` receives all but ``out``).
+COMMON_ARGUMENTS: tuple[Argument, ...] = (
+    Argument(("--out",), {"required": True, "help": "output folder, loadable by MoWEAudioLLM.from_pretrained"}),
+    Argument(("--dtype",), {"default": "float32", "choices": sorted(DTYPES)}),
+    Argument(("--tokenizer",), {"default": None, "help": "the LLM's tokenizer folder / hub id (default: --llm's)"}),
+    Argument(("--audio-token-id",), {"type": int, "default": None,
+                                     "help": "placeholder id (default: <|audio|> added to the tokenizer as a "
+                                             "special token)"}),
+)

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mowe.checkpoints.converter import Argument, Converter
+from mowe.checkpoints.converter import COMMON_ARGUMENTS, Argument, Converter
 from mowe.ltu_as.checkpoint import load_ltu_as
 from mowe.ltu_as.prompt import PROMPT_TEMPLATE
 from mowe.tensors import DTYPES
@@ -36,22 +36,7 @@ CONVERTER = Converter(
         Argument(
             ("--llm",), {"required": True, "help": "the Vicuna/LLaMA folder or hub id LTU-AS was trained on"}
         ),
-        Argument(
-            ("--out",), {"required": True, "help": "output folder, loadable by MoWEAudioLLM.from_pretrained"}
-        ),
-        Argument(("--dtype",), {"default": "float32", "choices": sorted(DTYPES)}),
-        Argument(
-            ("--tokenizer",),
-            {"default": None, "help": "the LLM's tokenizer folder / hub id (default: --llm's)"},
-        ),
-        Argument(
-            ("--audio-token-id",),
-            {
-                "type": int,
-                "default": None,
-                "help": "placeholder id (default: <|audio|> added to the tokenizer as a special token)",
-            },
-        ),
+        *COMMON_ARGUMENTS,
     ),
     load=_load,
     # The processor's prompt: the Alpaca format, audio first; the released model's exact prompt (with

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from mowe.checkpoints.converter import Argument, Converter
+from mowe.checkpoints.converter import COMMON_ARGUMENTS, Argument, Converter
 from mowe.salmonn.checkpoint import load_salmonn
 from mowe.salmonn.prompt import PROMPT_TEMPLATE
-from mowe.tensors import DTYPES
 
 __all__ = ["CONVERTER"]
 
@@ -44,27 +43,12 @@ CONVERTER = Converter(
             ("--llm",), {"required": True, "help": "base LLM hub id or folder (e.g. lmsys/vicuna-13b-v1.1)"}
         ),
         Argument(
-            ("--out",), {"required": True, "help": "output folder, loadable by MoWEAudioLLM.from_pretrained"}
-        ),
-        Argument(("--dtype",), {"default": "float32", "choices": sorted(DTYPES)}),
-        Argument(
             ("--num-heads",), {"type": int, "default": 12, "help": "Q-Former heads (not stored in the file)"}
         ),
         Argument(
             ("--lora-alpha",), {"type": int, "default": 32, "help": "LoRA alpha (not stored in the file)"}
         ),
-        Argument(
-            ("--tokenizer",),
-            {"default": None, "help": "the LLM's tokenizer folder / hub id (default: --llm's)"},
-        ),
-        Argument(
-            ("--audio-token-id",),
-            {
-                "type": int,
-                "default": None,
-                "help": "placeholder id (default: <|audio|> added to the tokenizer as a special token)",
-            },
-        ),
+        *COMMON_ARGUMENTS,
     ),
     load=_load,
     prompt_template=PROMPT_TEMPLATE,
