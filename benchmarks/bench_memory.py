@@ -68,8 +68,8 @@ def child(mode: str, quick: bool) -> dict:
                                             "labels": labels}.items()}
     step = C.train_step_fn(model, batch, autocast=cuda)
     model.strong_encoder.eval()
-    if model.pool is not None:
-        model.pool.encoders.eval()
+    if model.weak_encoders is not None:
+        model.weak_encoders.encoders.eval()
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if cuda:

@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
     step = C.train_step_fn(model, {"input_ids": ids, "waveforms": wav, "wave_lengths": lens, "attention_mask": am,
                                        "labels": labels}, autocast=True)
     model.strong_encoder.eval()
-    model.pool.encoders.eval()  # frozen towers: no dropout / layerdrop (repeatable FLOPs and time)
+    model.weak_encoders.encoders.eval()  # frozen towers: no dropout / layerdrop (repeatable FLOPs and time)
     flops = C.count_flops(step)  # also the warm-up
     repeats = 2 if quick else args.repeats
     times = C.timed_rounds({"step": step}, repeats=repeats, warmup=0)["step"]

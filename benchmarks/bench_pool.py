@@ -47,8 +47,8 @@ def dense_pool(pool, waveforms, lengths, route, *, frame_rate, frame_lengths, nu
 def freeze_towers_eval(model) -> None:
     """Frozen encoders in eval mode (no dropout / HuBERT layerdrop on frozen features; repeatable timing)."""
     model.strong_encoder.eval()
-    if model.pool is not None:
-        model.pool.encoders.eval()
+    if model.weak_encoders is not None:
+        model.weak_encoders.encoders.eval()
 
 
 def step_overhead(size: str, *, weak, wav, lens, assign, repeats: int, quick: bool) -> dict:
@@ -69,8 +69,9 @@ def step_overhead(size: str, *, weak, wav, lens, assign, repeats: int, quick: bo
     with torch.no_grad():
         s_out = strong(wav, lens)
         route_m = mowe.router(s_out.features, s_out.lengths)
-        f_weak = C.count_flops(lambda: mowe.pool(wav, lens, route_m, frame_rate=50.0, frame_lengths=s_out.lengths,
-                                                 num_frames=s_out.features.shape[1]))
+        f_weak = C.count_flops(lambda: mowe.weak_encoders(wav, lens, route_m, frame_rate=50.0,
+                                                          frame_lengths=s_out.lengths,
+                                                          num_frames=s_out.features.shape[1]))
     t = C.timed_rounds(steps, repeats=repeats, warmup=0)
     overhead = C.finite(C.paired_ratio(t["mowe"], t["base"]))
     share = f_weak / flops["mowe"]

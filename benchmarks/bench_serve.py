@@ -61,9 +61,9 @@ def build_model(directory: str, quick: bool) -> None:
                                          "num_attention_heads": 12, "num_key_value_heads": 4}
     cfg = MoWEConfig(
         strong=EncoderConfig("whisper", preset="tiny", overrides=strong, pad_to_30s=False),
-        weak={"whisper_tiny": EncoderConfig("whisper", preset="tiny", overrides=C.QUICK_WEAK_WHISPER,
-                                            pad_to_30s=False),
-              "hubert": EncoderConfig("hubert", preset="hubert-base", overrides=C.QUICK_HUBERT)},
+        weak_encoders={"whisper_tiny": EncoderConfig("whisper", preset="tiny", overrides=C.QUICK_WEAK_WHISPER,
+                                                     pad_to_30s=False),
+                       "hubert": EncoderConfig("hubert", preset="hubert-base", overrides=C.QUICK_HUBERT)},
         router=RouterConfig(top_k=1), connector=ConnectorConfig("stack", {"stack": 4}),
         llm=LLMConfig(config={"model_type": "llama", "vocab_size": len(tok), "max_position_embeddings": 1024, **llm}),
         audio_token_id=proc.audio_token_id)

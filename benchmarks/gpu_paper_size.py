@@ -58,7 +58,7 @@ def paper_config(llm: str, *, tiny: bool):
             "whisper_tiny_b": EncoderConfig("whisper", preset="tiny"),
             "hubert_a": EncoderConfig("hubert", preset="hubert-base"),
             "hubert_b": EncoderConfig("hubert", preset="hubert-base")}
-    return dataclasses.replace(cfg, strong=EncoderConfig("whisper", preset="large-v3"), weak=weak,
+    return dataclasses.replace(cfg, strong=EncoderConfig("whisper", preset="large-v3"), weak_encoders=weak,
                                llm=LLMConfig(config=LLMS[llm], dtype="bfloat16"))
 
 

@@ -75,10 +75,10 @@ def profile_step() -> None:
                                        "labels": labels})
     freeze_towers_eval(model)
     named = {"strong_encoder": model.strong_encoder, "router": model.router, "connector": model.connector,
-             "llm": model.llm, **{f"weak.{k}": e for k, e in model.pool.encoders.items()}}
+             "llm": model.llm, **{f"weak.{k}": e for k, e in model.weak_encoders.encoders.items()}}
     times = module_times(model, named, step)
     fl = flops_by_module(step, {"strong_encoder": "strong_encoder", "connector": "connector", "llm": "llm",
-                                **{f"weak.{k}": f"encoders.{k}" for k in model.pool.encoders}})
+                                **{f"weak.{k}": f"encoders.{k}" for k in model.weak_encoders.encoders}})
     print("MoWE train step (bench_pool batch): forward time and FLOPs (fwd+bwd) per module")
     fwd = sum(v for k, v in times.items() if not k.startswith("("))
     for k in list(named) + ["(whole call)"]:

@@ -73,7 +73,7 @@ def build_config(args) -> MoWEConfig:
 
     return MoWEConfig(
         strong=enc("whisper", args.strong, "tiny", TINY_WHISPER, pad_to_30s=False),
-        weak={
+        weak_encoders={
             "whisper": enc("whisper", args.whisper, "tiny", TINY_WEAK_WHISPER, pad_to_30s=False),
             "hubert": enc("hubert", args.hubert, "hubert-base", TINY_HUBERT),
             "energy": EncoderConfig("custom"),  # the module is passed to from_config / from_pretrained

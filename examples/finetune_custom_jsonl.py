@@ -105,7 +105,7 @@ def main() -> None:
     weak_hubs = args.weak or [None]
     config = MoWEConfig(
         strong=encoder(args.strong, TINY_WHISPER),
-        weak={f"weak{i}": encoder(h, TINY_WEAK) for i, h in enumerate(weak_hubs)},
+        weak_encoders={f"weak{i}": encoder(h, TINY_WEAK) for i, h in enumerate(weak_hubs)},
         router=RouterConfig(top_k=1, hidden_dim=32 if not args.strong else 256),
         connector=ConnectorConfig("stack", {"stack": 4}),
         llm=LLMConfig(name_or_path=args.llm, config=None if args.llm else dict(TINY_LLM, vocab_size=len(tokenizer)),

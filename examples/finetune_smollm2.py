@@ -69,7 +69,7 @@ def build(args: argparse.Namespace) -> tuple[MoWEAudioLLM, MoWEProcessor]:
     processor = MoWEProcessor(tokenizer, max_audio_seconds=args.max_audio_seconds)
     config = MoWEConfig(
         strong=EncoderConfig("whisper", name_or_path=whisper_tiny_en(), pad_to_30s=False),
-        weak={"speaker": EncoderConfig("speaker"),
+        weak_encoders={"speaker": EncoderConfig("speaker"),
               "pitch": EncoderConfig("pitch", preset="tiny", overrides={"hop_ms": args.pitch_hop_ms})},
         router=RouterConfig(top_k=1, hidden_dim=64),
         connector=ConnectorConfig("stack", {"stack": 4}),

@@ -62,9 +62,9 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
 
 
 def encoder_key(name: str) -> str:
-    """The config key path of encoder ``name`` (``"model.strong"``, ``"model.weak.<name>"``): build-time errors name
-    keys as the run-file and ``config.json`` loaders do."""
-    return "model.strong" if name == "strong" else f"model.weak.{name}"
+    """The config key path of encoder ``name`` (``"model.strong"``, ``"model.weak_encoders.<name>"``): build-time
+    errors name keys as the run-file and ``config.json`` loaders do."""
+    return "model.strong" if name == "strong" else f"model.weak_encoders.{name}"
 
 
 def _build_component_encoder(cfg: EncoderConfig, *, name: str, allow: AllowList) -> nn.Module:

@@ -6,7 +6,7 @@ An encoder, router or connector entry may be ``{"component": "my_pkg.module.Clas
 ``top_k``, ``aux_loss_weight``, ``layout``, ...) keep their meaning; every other key is a keyword argument of the
 component (stored under ``kwargs``, so a saved ``config.json`` rebuilds the same module)::
 
-    weak:
+    weak_encoders:
       conv50: {component: my_pkg.encoders.Conv50, out_dim: 16, freeze: false}
     router: {component: my_pkg.routers.DurationRouter, top_k: 1, buckets: 4}
     connector: {component: my_pkg.connectors.Pool2, stride: 2}
@@ -151,7 +151,8 @@ def config_components(config: Any) -> list[tuple[str, str]]:
     """``(key path, import path)`` of every component a :class:`~mowe.config.MoWEConfig` names, in build order."""
     out = []
     entries: Iterable[tuple[str, Any]] = [("model.strong", config.strong),
-                                          *((f"model.weak.{n}", c) for n, c in config.weak.items()),
+                                          *((f"model.weak_encoders.{n}", c)
+                                            for n, c in config.weak_encoders.items()),
                                           ("model.router", config.router), ("model.connector", config.connector)]
     for where, entry in entries:
         if getattr(entry, "component", None):

@@ -14,8 +14,10 @@ message starts with the key path (``train.seed``, ``model.router.top_k``) for ea
 
 YAML is read with a resolver that also takes ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do.
 
-Naming: the weak pool is ``MoWEConfig.weak`` in configs (saved configs use that key), ``model.pool`` on the
-module, and ``"weak_encoders"`` as a trainable part; all three name the same encoders.
+Renamed keys: a dataclass may list old key names in a ``RENAMED_KEYS`` class attribute (old -> new); the loader
+reads an old key as the new one and warns (``DeprecationWarning`` naming the new key). The weak pool is
+``weak_encoders`` everywhere (``MoWEConfig.weak_encoders``, ``model.weak_encoders``, the stage part
+``"weak_encoders"``); configs saved with the old key ``weak`` still load.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import os
 import re
 import types
 import typing
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from mowe.errors import ConfigError
 from mowe.io import read_text
@@ -201,10 +204,15 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class MoWEConfig:
-    """A whole MoWE audio LLM. ``weak`` maps names to encoders, in pool order (empty: base-only model)."""
+    """A whole MoWE audio LLM. ``weak_encoders`` maps names to encoders, in pool order (empty: base-only model).
+
+    Configs saved before the rename hold the key ``weak``; it is read as ``weak_encoders``, with a warning.
+    """
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"weak": "weak_encoders"}
 
     strong: EncoderConfig = field(default_factory=EncoderConfig)
-    weak: dict[str, EncoderConfig] = field(default_factory=dict)
+    weak_encoders: dict[str, EncoderConfig] = field(default_factory=dict)
     router: RouterConfig = field(default_factory=RouterConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -277,6 +285,7 @@ def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = 
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     names = [f.name for f in fields]
+    data = _rename_keys(cls, data, where)
     data = _fold_component_kwargs(data, names, where)
     for key in data:
         if key not in names:
@@ -288,6 +297,23 @@ def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = 
     obj = cls(**kwargs)
     validate(obj, where)  # value domains: ranges, positivity, divisibility, finiteness (mowe.validation)
     return obj
+
+
+def _rename_keys(cls: type, data: dict, where: str) -> dict:
+    """Old key names (``cls.RENAMED_KEYS``, old -> new) read as the new ones, in place, with a DeprecationWarning."""
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    if not any(old in data for old in renamed):
+        return data
+    out = {}
+    for key, value in data.items():
+        new = renamed.get(key, key)
+        if new != key:
+            if new in data:
+                raise ConfigError(f"{_join(where, key)}: the old name of {new!r}, which is given too; keep only {new!r}")
+            warnings.warn(f"{_join(where, key)}: the key {key!r} is deprecated; use {new!r} (read as {new!r} now)",
+                          DeprecationWarning, stacklevel=4)
+        out[new] = value
+    return out
 
 
 def _fold_component_kwargs(data: dict, names: list[str], where: str) -> dict:

@@ -49,6 +49,7 @@ from mowe.merge import (
 )
 from mowe.routers.base import RouterOutput
 from mowe.routers.prompt import clip_prompt_embeddings
+from mowe.state_dicts import rename_legacy_keys
 from mowe.tensors import check_bucket_padding, resolve_bucket_padding
 
 __all__ = ["AudioEncoding", "MoWEAudioLLM", "MoWEOutput"]
@@ -93,10 +94,11 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
     Args:
         strong_encoder: any encoder module (``out_dim``, ``frame_rate``, ``min_samples``; see
             :mod:`mowe.encoders.base`), typically a frozen :class:`~mowe.encoders.WhisperEncoder`.
-        connector: maps ``(b, t, strong.out_dim + pool.out_dim)`` to ``(b, n, d_llm)``.
+        connector: maps ``(b, t, strong.out_dim + weak_encoders.out_dim)`` to ``(b, n, d_llm)``.
         llm: a transformers causal LM (optionally wrapped by peft).
         audio_token_id: the placeholder token id in prompts (one per clip).
-        weak_encoders: name -> encoder, or a ready :class:`WeakEncoderPool`; None for a base-only model.
+        weak_encoders: name -> encoder, or a ready :class:`WeakEncoderPool` (``model.weak_encoders``); None for a
+            base-only model.
         router: routes clips over the pool; by default both MoWE routers with top-1.
         aux_loss_weight: weight of the load-balance loss (MoWE-Audio: 0.1).
         config: the :class:`MoWEConfig` that built this model, if any (needed to reload by path alone).
@@ -112,17 +114,19 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         self.strong_encoder = strong_encoder
         if weak_encoders is not None and not isinstance(weak_encoders, WeakEncoderPool):
             weak_encoders = WeakEncoderPool(encoders=weak_encoders)
-        self.pool = weak_encoders
-        if self.pool is not None and router is None:
-            router = build_router(RouterConfig(top_k=self.pool.top_k), strong_dim=int(strong_encoder.out_dim),
-                         num_encoders=len(self.pool))
-        self.router = router if self.pool is not None else None
+        self.weak_encoders = weak_encoders
+        if self.weak_encoders is not None and router is None:
+            router = build_router(RouterConfig(top_k=self.weak_encoders.top_k),
+                                  strong_dim=int(strong_encoder.out_dim), num_encoders=len(self.weak_encoders))
+        self.router = router if self.weak_encoders is not None else None
         self.connector = connector
         self.llm = llm
         self.audio_token_id = int(audio_token_id)
         self.aux_loss_weight = aux_loss_weight
         self.config = config
         self.generation_config = default_generation_config(llm)  # saved as generation_config.json
+        # A state dict from before the weak pool's rename (``pool.`` keys) loads through load_state_dict too.
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
         _check_dims(self)
         self.train(self.training)
 
@@ -133,7 +137,8 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         layer drop to its features, making them noisy and step times uneven for nothing.
         """
         super().train(mode)
-        encoders = [self.strong_encoder] + (list(self.pool.encoders.values()) if self.pool is not None else [])
+        pool = self.weak_encoders
+        encoders = [self.strong_encoder] + (list(pool.encoders.values()) if pool is not None else [])
         for enc in encoders:
             if not any(p.requires_grad for p in enc.parameters()):
                 enc.eval()
@@ -154,8 +159,9 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
                 check_allowed(path, allow, where=where)
         strong = build_encoder(config.strong, name="strong", custom=encoders, allow=allow)
         pool = None
-        if config.weak:
-            weak = {n: build_encoder(c, name=n, custom=encoders, allow=allow) for n, c in config.weak.items()}
+        if config.weak_encoders:
+            weak = {n: build_encoder(c, name=n, custom=encoders, allow=allow)
+                    for n, c in config.weak_encoders.items()}
             pool = WeakEncoderPool(encoders=weak, layout=config.router.layout, top_k=config.router.top_k,
                                    slot_dim=config.router.slot_dim, align=config.router.align)
         if llm is None:
@@ -175,7 +181,7 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
     @property
     def min_samples(self) -> int:
         """Shortest clip every encoder can take (HuBERT: 400 samples)."""
-        weak = self.pool.min_samples if self.pool is not None else 0
+        weak = self.weak_encoders.min_samples if self.weak_encoders is not None else 0
         return max(int(self.strong_encoder.min_samples), weak)
 
     @property
@@ -209,9 +215,9 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
                 raise MoWEInputError("the connector needs all layers: build the strong encoder with "
                                      "output_all_layers=True")
             feats = strong.hidden_states
-        elif self.pool is not None:
+        elif self.weak_encoders is not None:
             route = self.router(feats, flens, prompt_embeds) if self.needs_prompt else self.router(feats, flens)
-            weak = self.pool(waveforms, lengths, route, frame_rate=float(self.strong_encoder.frame_rate),
+            weak = self.weak_encoders(waveforms, lengths, route, frame_rate=float(self.strong_encoder.frame_rate),
                              frame_lengths=flens, num_frames=feats.shape[1])
             feats = torch.cat([feats.float(), weak], dim=-1)
         dtype = next(self.connector.parameters()).dtype
@@ -235,8 +241,8 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         if cache is not None and not isinstance(cache, FeatureCache):
             cache = FeatureCache(cache, max_bytes=max_bytes)
         self.feature_cache = cache
-        if self.pool is not None:
-            self.pool.feature_cache = cache
+        if self.weak_encoders is not None:
+            self.weak_encoders.feature_cache = cache
         return cache
 
     @contextlib.contextmanager
@@ -253,9 +259,9 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         Raises:
             MoWEInputError: a base-only model, a name not in the pool, or a router without ``exclude``.
         """
-        if self.pool is None or self.router is None:
+        if self.weak_encoders is None or self.router is None:
             raise MoWEInputError("without_encoders: this model has no weak pool (base-only)")
-        pool = list(self.pool.names)
+        pool = list(self.weak_encoders.names)
         unknown = [n for n in names if n not in pool]
         if unknown:
             raise MoWEInputError(f"without_encoders: {unknown} not in the weak pool {pool}")
@@ -417,22 +423,31 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
+def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
+    """``load_state_dict`` pre-hook: keys under an old prefix (``pool.``) take their current name, in place."""
+    renamed = rename_legacy_keys(state_dict, where="load_state_dict", prefix=prefix)
+    if list(renamed) != list(state_dict):
+        state_dict.clear()
+        state_dict.update(renamed)
+
+
 def _check_dims(model: MoWEAudioLLM) -> None:
     """The connector must take the encoders' feature width and give the LLM's embedding width."""
     for attr in ("in_dim", "out_dim"):
         if not hasattr(model.connector, attr):
             raise MoWEInputError(f"the connector ({type(model.connector).__name__}) lacks the attribute {attr!r}; "
                                  f"connector.in_dim / out_dim are part of the connector protocol")
-    want = int(model.strong_encoder.out_dim) + (model.pool.out_dim if model.pool is not None else 0)
+    pool = model.weak_encoders
+    want = int(model.strong_encoder.out_dim) + (pool.out_dim if pool is not None else 0)
     if getattr(model.connector, "needs_all_layers", False):
-        if model.pool is not None:
+        if pool is not None:
             raise MoWEInputError("a connector that needs all layers (TLTR) takes the strong encoder alone; "
                                  "it cannot be combined with a weak pool")
         want = int(model.strong_encoder.out_dim)
     if int(model.connector.in_dim) != want:
         raise MoWEInputError(f"connector.in_dim is {model.connector.in_dim} but the encoders give {want} features "
                              f"(strong {model.strong_encoder.out_dim}"
-                             f"{' + pool ' + str(model.pool.out_dim) if model.pool is not None else ''})")
+                             f"{' + weak_encoders ' + str(pool.out_dim) if pool is not None else ''})")
     d_llm = model.llm.get_input_embeddings().embedding_dim
     if int(model.connector.out_dim) != d_llm:
         raise MoWEInputError(f"connector.out_dim is {model.connector.out_dim} but the LLM width is {d_llm}")

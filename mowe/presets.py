@@ -66,7 +66,7 @@ def mowe_paper(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int =
         }
         llm_cfg = LLMConfig(name_or_path=llm, dtype="bfloat16")
     router = RouterConfig(top_k=top_k, aux_loss_weight=0.1, prompt_aware=prompt_aware)
-    cfg = MoWEConfig(strong=strong, weak=weak, router=router,
+    cfg = MoWEConfig(strong=strong, weak_encoders=weak, router=router,
                      connector=ConnectorConfig("stack", {"stack": 4}), llm=llm_cfg, lora=LoRAConfig(r=8, alpha=16),
                      audio_token_id=audio_token_id)
     return Preset("mowe_paper", cfg, tuple(mowe_default_stages(steps)), PROMPT_TEMPLATES["mowe"], 1.0,
@@ -77,7 +77,7 @@ def base_only(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 
               llm: str = "Qwen/Qwen2.5-1.5B-Instruct") -> Preset:
     """The MoWE paper configuration without the weak pool: the baseline MoWE is compared against."""
     p = mowe_paper(tiny=tiny, audio_token_id=audio_token_id, vocab_size=vocab_size, steps=steps, llm=llm)
-    return Preset("base_only", p.config.replace(weak={}), p.stages, p.prompt_template, 1.0, p.reference)
+    return Preset("base_only", p.config.replace(weak_encoders={}), p.stages, p.prompt_template, 1.0, p.reference)
 
 
 def _mowe_stages(steps: int | Sequence[int]) -> list[Stage]:

@@ -28,7 +28,7 @@ def tiny_config(*, weak: int = 1, top_k: int = 1, lora_dropout: float = 0.05, ll
                 for i in range(weak)}
     return MoWEConfig(
         strong=EncoderConfig("whisper", preset="tiny", overrides=w, pad_to_30s=False),
-        weak=weak_cfg,
+        weak_encoders=weak_cfg,
         router=RouterConfig(top_k=top_k, hidden_dim=32),
         connector=ConnectorConfig("stack", {"stack": 4}),
         llm=LLMConfig(config={"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,

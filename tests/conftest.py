@@ -38,7 +38,7 @@ def tiny_config(*, weak: bool = True, top_k: int = 1, pad_to_30s: bool = False, 
         }
     return MoWEConfig(
         strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=pad_to_30s),
-        weak=pool,
+        weak_encoders=pool,
         router=RouterConfig(top_k=top_k),
         connector=ConnectorConfig("stack", {"stack": 4}),
         llm=LLMConfig(config={**LLAMA_TINY, **llm}),

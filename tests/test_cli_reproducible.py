@@ -33,7 +33,7 @@ RUN = {
         "strong": {"family": "whisper", "preset": "tiny", "pad_to_30s": False,
                    "overrides": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2,
                                  "encoder_ffn_dim": 64}},
-        "weak": {
+        "weak_encoders": {
             "conv25": {"component": f"{PACKAGE}.Conv", "hop": 640, "out_dim": 8, "freeze": False},
             "conv50": {"component": f"{PACKAGE}.Conv", "out_dim": 8, "freeze": False},
             "whisper": {"family": "whisper", "preset": "tiny", "pad_to_30s": False,
@@ -150,7 +150,7 @@ def test_custom_components_train_from_the_cli_and_reload_in_a_fresh_process(work
     # The saved config names the components with their keyword arguments; common keys stay regular fields.
     assert cfg["router"]["component"] == "my_parts.DurationRouter" and cfg["router"]["kwargs"] == {
         "buckets": 3, "frames_per_bucket": 12}
-    assert cfg["weak"]["conv25"]["kwargs"] == {"hop": 640, "out_dim": 8} and cfg["weak"]["conv25"]["freeze"] is False
+    assert cfg["weak_encoders"]["conv25"]["kwargs"] == {"hop": 640, "out_dim": 8} and cfg["weak_encoders"]["conv25"]["freeze"] is False
     saved = _weights(workdir, "a")
     assert "router.table.weight" in saved and saved["router.table.weight"].shape == (3, 3)
     # The stage log says what trained: both conv encoders by name, never the frozen built-in Whisper.
@@ -174,7 +174,7 @@ def test_custom_components_train_from_the_cli_and_reload_in_a_fresh_process(work
     from mowe import MoWEAudioLLM
     from mowe.data.processor import MoWEProcessor
 
-    with pytest.raises(ConfigError, match=r"^model\.weak\.conv25: component 'my_parts\.Conv' is outside mowe"):
+    with pytest.raises(ConfigError, match=r"^model\.weak_encoders\.conv25: component 'my_parts\.Conv' is outside mowe"):
         MoWEAudioLLM.from_pretrained(final, allow_components=["my_partsX", "other"])
     model = MoWEAudioLLM.from_pretrained(final, allow_components=["my_parts"]).eval()
     state = model.state_dict()

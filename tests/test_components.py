@@ -22,15 +22,15 @@ def my_parts(tmp_path, monkeypatch):
 
 
 def test_extra_keys_fold_into_kwargs_only_for_components_and_round_trip():
-    cfg = from_dict(MoWEConfig, {"weak": {"c": {"component": "a.B", "width": 3, "freeze": False}},
+    cfg = from_dict(MoWEConfig, {"weak_encoders": {"c": {"component": "a.B", "width": 3, "freeze": False}},
                                  "router": {"component": "a.R", "top_k": 2, "buckets": 4},
                                  "connector": {"component": "a.C", "kwargs": {"stride": 2}, "depth": 1}})
-    assert cfg.weak["c"] == EncoderConfig(component="a.B", kwargs={"width": 3}, freeze=False)
+    assert cfg.weak_encoders["c"] == EncoderConfig(component="a.B", kwargs={"width": 3}, freeze=False)
     assert cfg.router == RouterConfig(component="a.R", kwargs={"buckets": 4}, top_k=2)
     assert cfg.connector.kwargs == {"stride": 2, "depth": 1}
     assert MoWEConfig.from_json(cfg.to_json()) == cfg
-    with pytest.raises(ConfigError, match=r"^model\.weak\.c\.width: unknown key 'width'"):
-        from_dict(MoWEConfig, {"weak": {"c": {"family": "whisper", "width": 3}}}, where="model")
+    with pytest.raises(ConfigError, match=r"^model\.weak_encoders\.c\.width: unknown key 'width'"):
+        from_dict(MoWEConfig, {"weak_encoders": {"c": {"family": "whisper", "width": 3}}}, where="model")
     with pytest.raises(ConfigError, match=r"^model\.router\.top_k: expected int"):
         from_dict(MoWEConfig, {"router": {"component": "a.R", "top_k": "two"}}, where="model")
     with pytest.raises(ConfigError, match=r"^model\.router\.n: given both as a key and in 'kwargs'"):
@@ -76,13 +76,13 @@ def test_allowance_rules():
 
 def test_mowe_passes_only_the_arguments_a_constructor_names(my_parts):
     cfg = tiny_config(weak=2, top_k=1)
-    cfg = cfg.replace(weak={**cfg.weak, "c": EncoderConfig(component=f"{my_parts}.Conv", kwargs={"out_dim": 4})},
+    cfg = cfg.replace(weak_encoders={**cfg.weak_encoders, "c": EncoderConfig(component=f"{my_parts}.Conv", kwargs={"out_dim": 4})},
                       router=RouterConfig(component=f"{my_parts}.DurationRouter", top_k=2, kwargs={"buckets": 2}),
                       connector=ConnectorConfig(component="mowe.connectors.basic.LinearConnector"))
     torch.manual_seed(0)
     model = MoWEAudioLLM.from_config(cfg)
     assert (model.router.num_encoders, model.router.top_k, model.router.buckets) == (3, 2, 2)
-    enc = model.pool.encoders["c"]
+    enc = model.weak_encoders.encoders["c"]
     assert enc.out_dim == 4 and not any(p.requires_grad for p in enc.parameters())  # freeze: true by default
     d_llm = model.llm.get_input_embeddings().embedding_dim
     assert (model.connector.in_dim, model.connector.out_dim) == (64 + 32 + 32 + 4, d_llm)
@@ -91,13 +91,13 @@ def test_mowe_passes_only_the_arguments_a_constructor_names(my_parts):
 
 def test_save_and_reload_a_model_with_components(my_parts, tmp_path):
     cfg = tiny_config(weak=1, top_k=1).replace(
-        weak={"c": EncoderConfig(component=f"{my_parts}.Conv", kwargs={"hop": 640}, freeze=False),
-              "d": EncoderConfig(component=f"{my_parts}.Conv", kwargs={"out_dim": 6})},
+        weak_encoders={"c": EncoderConfig(component=f"{my_parts}.Conv", kwargs={"hop": 640}, freeze=False),
+                       "d": EncoderConfig(component=f"{my_parts}.Conv", kwargs={"out_dim": 6})},
         router=RouterConfig(component=f"{my_parts}.DurationRouter", top_k=1, kwargs={"buckets": 3}))
     torch.manual_seed(0)
     model = MoWEAudioLLM.from_config(cfg).eval()
     model.save_pretrained(tmp_path / "m")
-    with pytest.raises(ConfigError, match=r"^model\.weak\.c: component 'my_parts\.Conv'.*allow_components=\['my_parts'\]"):
+    with pytest.raises(ConfigError, match=r"^model\.weak_encoders\.c: component 'my_parts\.Conv'.*allow_components=\['my_parts'\]"):
         MoWEAudioLLM.from_pretrained(tmp_path / "m")
     again = MoWEAudioLLM.from_pretrained(tmp_path / "m", allow_components=[my_parts]).eval()
     ids, wave_ = torch.tensor([[1, 5, 7, 8], [1, 5, 7, 8]]), torch.randn(2, 9000)
@@ -150,8 +150,8 @@ def test_build_and_load_errors_name_config_keys_in_one_form(my_parts, tmp_path):
     cfg = tiny_config(weak=1).replace(router=RouterConfig(component=f"{my_parts}.DurationRouter", top_k=1))
     with pytest.raises(ConfigError, match=r"^model\.router: component 'my_parts\.DurationRouter' is outside mowe"):
         MoWEAudioLLM.from_config(cfg, allow_components=["other"])
-    with pytest.raises(ConfigError, match=r"^model\.weak\.c: component 'my_parts\.Nope': 'my_parts' has no"):
-        MoWEAudioLLM.from_config(cfg.replace(weak={"c": EncoderConfig(component=f"{my_parts}.Nope")}))
+    with pytest.raises(ConfigError, match=r"^model\.weak_encoders\.c: component 'my_parts\.Nope': 'my_parts' has no"):
+        MoWEAudioLLM.from_config(cfg.replace(weak_encoders={"c": EncoderConfig(component=f"{my_parts}.Nope")}))
     with pytest.raises(ConfigError, match=r"^model\.llm: set name_or_path"):
         MoWEAudioLLM.from_config(tiny_config(weak=False).replace(llm=LLMConfig()))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mowe", "router": {"top_k": "two"}}))

@@ -18,7 +18,7 @@ CASES = [  # (build, data, key path, kind of mistake)
     (lambda d: from_dict(MoWEConfig, d, where="model"), {"router": {"top_k": "2"}}, r"model\.router\.top_k", "type"),
     (lambda d: from_dict(MoWEConfig, d, where="model"), {"router": {"layout": "dense"}}, r"model\.router\.layout",
      "choice"),
-    (lambda d: from_dict(MoWEConfig, d, where="model"), {"weak": {"a": {"freeze": "no"}}}, r"model\.weak\.a\.freeze",
+    (lambda d: from_dict(MoWEConfig, d, where="model"), {"weak_encoders": {"a": {"freeze": "no"}}}, r"model\.weak_encoders\.a\.freeze",
      "type"),
     (lambda d: from_dict(MoWEConfig, d, where="model"), {"llm": {"dtype": "fp8"}}, r"model\.llm\.dtype", "choice"),
     (TrainConfig.from_dict, {"output_dir": "x", "sed": 1}, r"train\.sed", "unknown"),

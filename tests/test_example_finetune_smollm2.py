@@ -34,7 +34,7 @@ def test_finetune_smollm2_example_trains_evaluates_reloads_and_serves(tmp_path):
     assert summary["reloaded_answer"] == summary["served_answer"]  # one clip, greedy, in-process and served
     config = json.loads((final / "config.json").read_text())
     assert config["llm"]["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and config["llm"]["vocab_size"] == 49153
-    assert set(config["weak"]) == {"speaker", "pitch"} and config["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert set(config["weak_encoders"]) == {"speaker", "pitch"} and config["lora"]["target_modules"] == ["q_proj", "v_proj"]
     assert (final / "llm_adapter" / "adapter_config.json").is_file() and (final / "processor_config.json").is_file()
     assert not list(final.rglob("*.gguf"))
     logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

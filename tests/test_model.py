@@ -36,7 +36,7 @@ def test_gradients_reach_routers_and_connector_not_frozen_towers(model):
         assert named[part].grad is not None and named[part].grad.abs().sum() > 0, part
     lora = [p for n, p in named.items() if "lora_B" in n]
     assert lora and all(p.grad is not None for p in lora)
-    frozen = [p for n, p in named.items() if n.startswith(("strong_encoder.", "pool.encoders."))]
+    frozen = [p for n, p in named.items() if n.startswith(("strong_encoder.", "weak_encoders.encoders."))]
     assert frozen and all(p.grad is None and not p.requires_grad for p in frozen)
     base = [p for n, p in named.items() if n.startswith("llm.") and "lora_" not in n]
     assert all(p.grad is None for p in base)
@@ -75,7 +75,7 @@ def test_frozen_pretrained_towers_are_referenced_not_copied(tmp_path):
     llama = {k: v for k, v in LLAMA_TINY.items() if k != "model_type"}
     AutoModelForCausalLM.from_config(LlamaConfig(**llama)).save_pretrained(tmp_path / "llama")
     cfg = MoWEConfig(strong=EncoderConfig("whisper", name_or_path=str(tmp_path / "whisper"), pad_to_30s=False),
-                     weak={"hub": EncoderConfig("hubert", name_or_path=str(tmp_path / "hubert"))},
+                     weak_encoders={"hub": EncoderConfig("hubert", name_or_path=str(tmp_path / "hubert"))},
                      connector=ConnectorConfig("linear"), llm=LLMConfig(name_or_path=str(tmp_path / "llama")),
                      audio_token_id=AUDIO_ID)
     m = MoWEAudioLLM.from_config(cfg).eval()
@@ -150,7 +150,7 @@ class EnergyEncoder(nn.Module):
 
 def test_user_encoder_joins_pool_trains_saves_and_reloads(tmp_path):
     cfg = tiny_config()
-    cfg = cfg.replace(weak={**cfg.weak, "energy": EncoderConfig("custom", freeze=False)})
+    cfg = cfg.replace(weak_encoders={**cfg.weak_encoders, "energy": EncoderConfig("custom", freeze=False)})
     mine = EnergyEncoder()
     m = MoWEAudioLLM.from_config(cfg, encoders={"energy": mine})
     with torch.no_grad():  # route everything to the user's encoder so it must train
@@ -224,7 +224,7 @@ def test_bad_inputs_get_clear_errors(model):
     with pytest.raises(MoWEInputError, match=r"sample 0: 1, sample 1: 1\) but 3 audio clip"):
         model(ids[:2], wav, wl, attention_mask=am[:2])
     cfg = tiny_config()
-    cfg = cfg.replace(weak={"bad": EncoderConfig("custom")})
+    cfg = cfg.replace(weak_encoders={"bad": EncoderConfig("custom")})
     m = MoWEAudioLLM.from_config(cfg, encoders={"bad": WrongWidth()})
     with pytest.raises(MoWEInputError, match=r"encoder 'bad' returned features of shape \(3, 100, 3\)"):
         m(ids, wav, wl, attention_mask=am)
@@ -242,10 +242,10 @@ def test_frozen_encoders_stay_in_eval_mode_when_training():
     m = MoWEAudioLLM.from_config(tiny_config())
     m.train()
     assert m.training and m.connector.training and m.llm.training
-    assert not m.strong_encoder.training and not any(e.training for e in m.pool.encoders.values())
+    assert not m.strong_encoder.training and not any(e.training for e in m.weak_encoders.encoders.values())
     # Frozen features are deterministic in training: HuBERT's dropout / layer drop are off.
     wav, wl, *_ = make_batch()
-    enc = m.pool.encoders["hubert_a"]
+    enc = m.weak_encoders.encoders["hubert_a"]
     torch.testing.assert_close(enc(wav, wl).features, enc(wav, wl).features)
     # An encoder that trains follows the model's mode.
     for p in m.strong_encoder.parameters():

@@ -28,7 +28,7 @@ def test_tiny_preset_forward_train_step_generate(name):
 
 def test_mowe_paper_real_config():
     cfg = mowe_paper().config
-    assert cfg.strong.name_or_path == "openai/whisper-large-v3" and len(cfg.weak) == 4
+    assert cfg.strong.name_or_path == "openai/whisper-large-v3" and len(cfg.weak_encoders) == 4
     assert cfg.router.data_independent and cfg.router.data_dependent and cfg.router.aux_loss_weight == 0.1
 
 

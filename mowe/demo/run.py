@@ -182,7 +182,7 @@ def run_system(name: str, *, prep: Prepared, steps: int, batch_size: int, lr: fl
                            audio_token_id=prep.processor.audio_token_id, connector=connector)
     model = build_system(config, encoders=prep.encoders, llm=prep.llm, seed=seed)
     model.use_feature_cache(prep.cache)
-    routers = ("routers",) if model.pool is not None else ()
+    routers = ("routers",) if model.weak_encoders is not None else ()
     parts = ("connector", "lora" if config.llm.train == "lora" else "llm", *routers)
     align = min(align_steps, steps)
     stages = [Stage("align", ("connector", *routers), align, align_lr, warmup_steps=max(1, align // 10))] if align else []
@@ -203,8 +203,8 @@ def run_system(name: str, *, prep: Prepared, steps: int, batch_size: int, lr: fl
     timings["eval_s"] = time.time() - t
     ablations = {}
     t = time.time()
-    if ablation and model.pool is not None:
-        for enc in model.pool.names:
+    if ablation and model.weak_encoders is not None:
+        for enc in model.weak_encoders.names:
             with model.without_encoders([enc]):
                 ablations[f"without {enc}"] = _evaluate(model, prep, desc=f"{name} without {enc}", **ev)
     timings["ablation_s"] = time.time() - t

@@ -139,7 +139,7 @@ def system_config(*, encoders: dict[str, EncoderConfig], weak: bool, prompt_awar
     LLM."""
     return MoWEConfig(
         strong=encoders["strong"],
-        weak={n: c for n, c in encoders.items() if n != "strong"} if weak else {},
+        weak_encoders={n: c for n, c in encoders.items() if n != "strong"} if weak else {},
         router=RouterConfig(top_k=1, aux_loss_weight=0.1, prompt_aware=prompt_aware),
         connector=connector,
         llm=llm.config,

@@ -79,7 +79,7 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
     collate = MoWECollator(processor, train=False)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     records: list[dict[str, Any]] = []
-    names = list(model.pool.names) if getattr(model, "pool", None) is not None else []
+    names = list(model.weak_encoders.names) if getattr(model, "weak_encoders", None) is not None else []
     counts: dict[str, list[int]] = {}
     eos = processor.tokenizer.eos_token_id
     for batch in tqdm(loader, desc=desc, disable=not progress, unit="batch"):

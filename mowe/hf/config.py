@@ -6,7 +6,7 @@ Why a wrapper and not ``class MoWEConfig(PreTrainedConfig)``: transformers 5 con
 *frozen*, hashable-by-value dataclass read by mowe's one strict loader, where an unknown key or a wrong type is an
 error naming its key path; a subclass could not stay frozen (a frozen dataclass cannot inherit a mutable one), and
 its ``dataclasses.fields`` / ``to_dict`` / ``replace`` / ``==`` would all change. So ``MoWEConfig`` stays the one
-source of truth and this class carries it for the Auto classes: its parts are plain JSON (``strong``, ``weak``,
+source of truth and this class carries it for the Auto classes: its parts are plain JSON (``strong``, ``weak_encoders``,
 ``router``, ``connector``, ``llm``, ``lora``, ``audio_token_id``, ``inference``), checked by the strict loader on
 construction, and :meth:`MoWEPretrainedConfig.to_mowe_config` (or ``.mowe``) gives the ``MoWEConfig`` back.
 """
@@ -48,7 +48,7 @@ class MoWEPretrainedConfig(PreTrainedConfig):
     model_type = "mowe"
 
     strong: dict[str, Any] | None = None
-    weak: dict[str, Any] | None = None
+    weak_encoders: dict[str, Any] | None = None
     router: dict[str, Any] | None = None
     connector: dict[str, Any] | None = None
     llm: dict[str, Any] | None = None
@@ -63,6 +63,9 @@ class MoWEPretrainedConfig(PreTrainedConfig):
         mowe = self.to_mowe_config()  # strict: raises ConfigError naming the key
         for name, value in to_dict(mowe).items():  # defaults filled in, so every part is explicit
             object.__setattr__(self, name, value)
+        for old in MoWEConfig.RENAMED_KEYS:  # read under its new name above; not written back under the old one
+            if old in self.__dict__:
+                delattr(self, old)
 
     @classmethod
     def from_mowe(cls, config: MoWEConfig, **kwargs) -> MoWEPretrainedConfig:
@@ -72,6 +75,9 @@ class MoWEPretrainedConfig(PreTrainedConfig):
     def to_mowe_config(self) -> MoWEConfig:
         """The :class:`MoWEConfig` these parts describe, through the strict loader."""
         parts = {k: getattr(self, k) for k in _PARTS if getattr(self, k, None) is not None}
+        # A config.json from before a rename (``weak``): transformers keeps unknown keys as attributes.
+        parts.update({old: self.__dict__[old] for old, new in MoWEConfig.RENAMED_KEYS.items()
+                      if self.__dict__.get(old) is not None and new not in parts})
         return from_dict(MoWEConfig, parts, where="model")
 
     @property

@@ -25,7 +25,7 @@ from mowe.hf.adapter import ADAPTER_DIR, adapter_keys, has_lora, load_adapter, s
 from mowe.hf.config import mowe_config_json, read_mowe_config
 from mowe.hub import push_folder, resolve_model_dir
 from mowe.io import check_readable_file, writing_to
-from mowe.state_dicts import alias_groups, check_aliases
+from mowe.state_dicts import alias_groups, check_aliases, rename_legacy_keys
 
 if TYPE_CHECKING:
     from mowe.model import MoWEAudioLLM
@@ -40,9 +40,9 @@ CONFIG_NAME = "config.json"
 def _sources(model: MoWEAudioLLM) -> dict[str, str | None]:
     """Component prefix -> where its pretrained weights come from (None: nowhere, so they must be saved)."""
     out = {"strong_encoder.": getattr(model.strong_encoder, "source", None)}
-    if model.pool is not None:
-        for n, e in model.pool.encoders.items():
-            out[f"pool.encoders.{n}."] = getattr(e, "source", None)
+    if model.weak_encoders is not None:
+        for n, e in model.weak_encoders.encoders.items():
+            out[f"weak_encoders.encoders.{n}."] = getattr(e, "source", None)
     out["llm."] = getattr(model.llm, "mowe_source", None)
     return out
 
@@ -133,6 +133,7 @@ def load_weights(model: MoWEAudioLLM, path: str | os.PathLike, *, map_location: 
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable or corrupt safetensors file ({e})") from e
+    sd = rename_legacy_keys(sd, where=path)  # files from before the weak pool's rename (pool. -> weak_encoders.)
     own = model.state_dict()
     unexpected = [k for k in sd if k not in own]
     mismatched = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in sd

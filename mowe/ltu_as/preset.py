@@ -55,7 +55,7 @@ def ltu_as(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512
                   else EncoderConfig("whisper", name_or_path=whisper, output_all_layers=True))
         options.update(num_layers_in=TINY_WHISPER["encoder_layers"] + 1 if tiny else 33)  # + the embedding output
         template = PROMPT_TEMPLATE
-    cfg = MoWEConfig(strong=strong, weak={}, connector=ConnectorConfig("tltr", options),
+    cfg = MoWEConfig(strong=strong, weak_encoders={}, connector=ConnectorConfig("tltr", options),
                      llm=llm_cfg, lora=LoRAConfig(r=8, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj")),
                      audio_token_id=audio_token_id)
     return Preset("ltu_as", cfg, tuple(preset_stages(steps)), template, 1.0,

@@ -203,7 +203,7 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
           "stream_dims": dims, "partial_window": "drop"}
     return MoWEConfig(
         strong=EncoderConfig("whisper", name_or_path=whisper, full_window=True, **span),
-        weak={"beats": EncoderConfig("beats", name_or_path=beats, **span)},
+        weak_encoders={"beats": EncoderConfig("beats", name_or_path=beats, **span)},
         router=RouterConfig(data_dependent=False, top_k=1, aux_loss_weight=0.0, align="pad"),
         connector=ConnectorConfig("qformer", qf),
         llm=LLMConfig(name_or_path=llm, dtype=dtype, vocab_size=vocab_size),
@@ -277,8 +277,8 @@ def _frozen_towers(model: nn.Module) -> dict[str, nn.Module]:
         return next((m for m in root.modules() if isinstance(m, cls)), None)
 
     towers = {"speech_encoder.": find(model.strong_encoder, HFWhisperEncoder), _LLM: model.llm}
-    if model.pool is not None:
-        towers["beats."] = find(model.pool, BEATsEncoder)
+    if model.weak_encoders is not None:
+        towers["beats."] = find(model.weak_encoders, BEATsEncoder)
     return {p: m for p, m in towers.items() if m is not None}
 
 
@@ -342,7 +342,8 @@ def _check_layout(model: nn.Module) -> None:
             problems.append("the Q-Former keeps partial windows (SALMONN drops them: partial_window='drop')")
         if con.window != con.stride:
             problems.append(f"window {con.window} != stride {con.stride}")
-    if model.pool is None or len(model.pool) != 1 or model.pool.align != "pad" or model.pool.layout != "fixed":
+    pool = model.weak_encoders
+    if pool is None or len(pool) != 1 or pool.align != "pad" or pool.layout != "fixed":
         problems.append("the weak pool must be one encoder (BEATs) with layout='fixed' and align='pad'")
     if not any("lora_" in k for k in model.llm.state_dict()):
         problems.append("the LLM has no LoRA adapters")

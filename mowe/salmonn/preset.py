@@ -75,7 +75,7 @@ def salmonn(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 51
     # SALMONN concatenates BEATs to every Whisper frame: a one-encoder pool that every clip selects (gate 1.0).
     router = RouterConfig(data_dependent=False, top_k=1, aux_loss_weight=0.0,
                           align="pad" if faithful else "interpolate")
-    cfg = MoWEConfig(strong=strong, weak={"beats": beats}, router=router,
+    cfg = MoWEConfig(strong=strong, weak_encoders={"beats": beats}, router=router,
                      connector=ConnectorConfig("qformer", qf), llm=llm_cfg,
                      lora=LoRAConfig(r=8, alpha=32, dropout=0.1, target_modules=("q_proj", "v_proj")),
                      audio_token_id=audio_token_id)

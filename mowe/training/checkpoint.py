@@ -38,7 +38,7 @@ from torch import nn
 
 from mowe.errors import CheckpointError
 from mowe.io import open_for_reading, writing_to
-from mowe.state_dicts import alias_groups, check_aliases
+from mowe.state_dicts import alias_groups, check_aliases, legacy_key, rename_legacy_keys
 from mowe.training.distributed import is_sharded
 from mowe.training.resume import (
     SHARDED_DIR,
@@ -270,13 +270,42 @@ def _save_sharded(model: nn.Module, keys: Sequence[str], optimizer: Any, directo
 
 
 def _load_sharded(path: str, what: str, template: dict[str, Any]) -> None:
+    """DCP-load ``template`` (``what``: ``"model"``, parameter name -> tensor, or ``"optim"``, with ``state`` and
+    ``param_groups`` keyed by parameter name) in place. A folder written before the weak pool's rename holds the
+    old names (``pool.``): the template is loaded under those, with a ``DeprecationWarning``."""
     import torch.distributed.checkpoint as dcp
 
     directory = os.path.join(path, SHARDED_DIR)
+    legacy = what == "model" and any(legacy_key(k) != k and f"model.{legacy_key(k)}" in _sharded_meta(path)
+                                     for k in template)
+    legacy = legacy or (what == "optim" and any(legacy_key(k) != k and f"optim.state.{legacy_key(k)}"
+                                                in {m.rsplit(".", 1)[0] for m in _sharded_meta(path)}
+                                                for k in template.get("state", {})))
+    names = (lambda d: {legacy_key(k): v for k, v in d.items()}) if legacy else (lambda d: d)
+    inner = template
+    if legacy and what == "model":
+        inner = names(template)
+    elif legacy:
+        inner = {**template, "state": names(template["state"]),
+                 "param_groups": [{**g, "params": [legacy_key(n) for n in g["params"]]}
+                                  for g in template["param_groups"]]}
     try:
-        dcp.load({what: template}, checkpoint_id=directory)
+        dcp.load({what: inner}, checkpoint_id=directory)
     except Exception as e:  # DCP raises several types (CheckpointException, RuntimeError, KeyError)
         raise CheckpointError(f"{directory}: cannot load its {what!r} state ({type(e).__name__}: {e})") from e
+    if legacy:  # loaded in place under the old names; hand the values back under the current ones
+        rename_legacy_keys(inner if what == "model" else inner["state"], where=directory)
+        if what == "model":
+            template.update({k: inner[legacy_key(k)] for k in template})
+        else:
+            template["state"].update({k: inner["state"][legacy_key(k)] for k in template["state"]})
+
+
+def _sharded_meta(path: str) -> set[str]:
+    """Every entry name of a DCP ``sharded/`` folder."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return set(FileSystemReader(os.path.join(path, SHARDED_DIR)).read_metadata().state_dict_metadata)
 
 
 def load_optimizer_state(optimizer: Any, model: nn.Module, path: str) -> None:
@@ -308,7 +337,7 @@ def load_model_weights(model: nn.Module, path: str) -> None:
         )
 
         meta = _sharded_keys(path)
-        msd = {k: v for k, v in get_model_state_dict(model).items() if k in meta}
+        msd = {k: v for k, v in get_model_state_dict(model).items() if k in meta or legacy_key(k) in meta}
         _load_sharded(path, "model", msd)
         set_model_state_dict(model, msd, options=StateDictOptions(strict=False))
         return
@@ -319,6 +348,7 @@ def load_model_weights(model: nn.Module, path: str) -> None:
         sd = load_file(file, device="cpu")
     except Exception as e:
         raise CheckpointError(f"{file}: unreadable or corrupt ({e})") from e
+    sd = rename_legacy_keys(sd, where=file)  # checkpoints from before the weak pool's rename
     own = model.state_dict()
     bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
     if bad:

@@ -230,7 +230,7 @@ def is_sharded(model: nn.Module) -> bool:
 
 def _encoder_params(model: nn.Module) -> set[nn.Parameter]:
     encoders = [getattr(model, "strong_encoder", None)]
-    pool = getattr(model, "pool", None)
+    pool = getattr(model, "weak_encoders", None)
     if pool is not None:
         encoders += list(pool.encoders.values())
     return {p for enc in encoders if enc is not None for p in enc.parameters()}

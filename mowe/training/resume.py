@@ -19,6 +19,7 @@ from torch import nn
 
 from mowe.errors import CheckpointError
 from mowe.io import strip_ansi
+from mowe.state_dicts import rename_legacy_keys
 from mowe.training.stages import stage_parameters
 
 __all__ = ["SHARDED_DIR", "check_sharded_weights", "check_trainer_state", "torch_load", "validate_resume"]
@@ -63,6 +64,7 @@ def check_sharded_weights(model: nn.Module, path: str) -> bool:
     except Exception as e:  # DCP raises several types for a damaged folder
         raise CheckpointError(f"{directory}: unreadable DCP metadata ({type(e).__name__}: {e})") from e
     own = model.state_dict()
+    meta = rename_legacy_keys(meta, where=directory, prefix="model.", warn=False)  # the load warns
     bad = [k for k, m in meta.items() if k.startswith("model.") and (k[6:] not in own or tuple(
         own[k[6:]].shape) != tuple(getattr(m, "size", ())))]
     if bad:
@@ -137,6 +139,7 @@ def _check_weights(model: nn.Module, file: str) -> None:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open, not a dict)
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{file}: unreadable or corrupt ({e})") from e
+    shapes = rename_legacy_keys(shapes, where=file, warn=False)  # the load warns
     bad = [k for k, s in shapes.items() if k not in own or tuple(own[k].shape) != s]
     if bad:
         raise CheckpointError(f"{file}: does not fit this model (e.g. {bad[:3]})")

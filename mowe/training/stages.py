@@ -5,7 +5,7 @@ curricula of the presets are in :mod:`mowe.curriculum`.
 Parts (see :func:`parameter_groups`):
 * ``"connector"``      ``model.connector``
 * ``"routers"``        ``model.router`` (absent in a base-only model: then skipped)
-* ``"weak_encoders"``  ``model.pool``: its members that are not frozen and, for the ``"topk"`` layout, the slot
+* ``"weak_encoders"``  ``model.weak_encoders``: its members that are not frozen and, for the ``"topk"`` layout, the slot
   adapters (absent in a base-only model: then skipped)
 * ``"weak_encoders.<name>"`` one member of the pool by its config name (and its slot adapter), frozen or not
 * ``"strong_encoder"`` ``model.strong_encoder``
@@ -58,7 +58,7 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
     return {
         "connector": of("connector"),
         "routers": of("router"),
-        "weak_encoders": of("pool"),
+        "weak_encoders": of("weak_encoders"),
         "strong_encoder": of("strong_encoder"),
         "lora": _llm_params(model, lora=True),
         "llm": _llm_params(model, lora=False),
@@ -66,7 +66,7 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
 
 
 # Parts a base-only model (SALMONN, LTU-AS) legitimately lacks: a stage naming them trains the rest.
-_OPTIONAL_PARTS = {"routers": "router", "weak_encoders": "pool"}
+_OPTIONAL_PARTS = {"routers": "router", "weak_encoders": "weak_encoders"}
 
 
 def frozen_encoders(model: nn.Module) -> frozenset[str]:
@@ -78,7 +78,7 @@ def frozen_encoders(model: nn.Module) -> frozenset[str]:
     known = model.__dict__.get("_mowe_frozen_encoders")
     if known is None:
         mods = {"strong_encoder": getattr(model, "strong_encoder", None)}
-        pool = getattr(model, "pool", None)
+        pool = getattr(model, "weak_encoders", None)
         if pool is not None:
             mods.update({MEMBER_PREFIX + n: e for n, e in pool.encoders.items()})
         known = frozenset(k for k, m in mods.items() if m is not None and _all_frozen(m))
@@ -93,16 +93,16 @@ def _all_frozen(module: nn.Module) -> bool:
 
 def _member_params(model: nn.Module, name: str) -> list[tuple[str, nn.Parameter]]:
     """The parameters of pool member ``name`` (and of its ``"topk"`` slot adapter)."""
-    pool = model.pool
-    out = [(f"pool.encoders.{name}.{n}", p) for n, p in pool.encoders[name].named_parameters()]
+    pool = model.weak_encoders
+    out = [(f"weak_encoders.encoders.{name}.{n}", p) for n, p in pool.encoders[name].named_parameters()]
     if getattr(pool, "adapters", None) is not None and name in pool.adapters:
-        out += [(f"pool.adapters.{name}.{n}", p) for n, p in pool.adapters[name].named_parameters()]
+        out += [(f"weak_encoders.adapters.{name}.{n}", p) for n, p in pool.adapters[name].named_parameters()]
     return out
 
 
 def _part_params(model: nn.Module, part: str, groups: Mapping[str, list], stage: Stage) -> list | None:
     """Parameters a stage's part names; None for a part this model legitimately lacks."""
-    pool = getattr(model, "pool", None)
+    pool = getattr(model, "weak_encoders", None)
     if part.startswith(MEMBER_PREFIX):
         name = part[len(MEMBER_PREFIX):]
         if pool is None or name not in pool.encoders:
@@ -174,7 +174,7 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
     (``"weak_encoders.<name>"``, with its ``"topk"`` slot adapter); parts with none left out."""
     out: dict[str, int] = {}
     member = {}
-    pool = getattr(model, "pool", None)
+    pool = getattr(model, "weak_encoders", None)
     if pool is not None:
         for n in pool.encoders:
             member.update({id(p): MEMBER_PREFIX + n for _, p in _member_params(model, n)})

@@ -55,7 +55,7 @@ def tiny_model(tok, proc):
            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048}
     cfg = MoWEConfig(
         strong=EncoderConfig("whisper", preset="tiny", overrides=W, pad_to_30s=False),
-        weak={"w": EncoderConfig("whisper", preset="tiny", overrides={**W, "d_model": 32}, pad_to_30s=False)},
+        weak_encoders={"w": EncoderConfig("whisper", preset="tiny", overrides={**W, "d_model": 32}, pad_to_30s=False)},
         connector=ConnectorConfig("stack", {"stack": 4}),
         llm=LLMConfig(config=llm),
         audio_token_id=proc.audio_token_id)

@@ -37,12 +37,12 @@ def _saved_keys(model, path):
 
 def test_frozen_custom_encoder_with_source_is_referenced_and_without_is_copied(tmp_path):
     cfg = tiny_config()
-    cfg = cfg.replace(weak={**cfg.weak, "frames": EncoderConfig("custom")})
+    cfg = cfg.replace(weak_encoders={**cfg.weak_encoders, "frames": EncoderConfig("custom")})
     with_src = MoWEAudioLLM.from_config(cfg, encoders={"frames": _Frames(source="/models/frames.pt")}).eval()
     without = MoWEAudioLLM.from_config(cfg, encoders={"frames": _Frames()}).eval()
     ref = _saved_keys(with_src, tmp_path / "a")
     cop = _saved_keys(without, tmp_path / "b")
-    mine = {"pool.encoders.frames.net.weight", "pool.encoders.frames.net.bias"}
+    mine = {"weak_encoders.encoders.frames.net.weight", "weak_encoders.encoders.frames.net.bias"}
     assert not (mine & ref) and mine <= cop
     assert ref - cop == set() and cop - ref == mine  # nothing else differs
     # Reloading with the module the source promises gives the same model.
@@ -52,5 +52,5 @@ def test_frozen_custom_encoder_with_source_is_referenced_and_without_is_copied(t
         torch.testing.assert_close(with_src(ids, wav, wl, attention_mask=am).logits,
                                    again.eval()(ids, wav, wl, attention_mask=am).logits, atol=0, rtol=0)
     # A source does not hide trainable weights: those are always saved.
-    with_src.pool.encoders["frames"].net.weight.requires_grad_(True)
-    assert "pool.encoders.frames.net.weight" in _saved_keys(with_src, tmp_path / "c")
+    with_src.weak_encoders.encoders["frames"].net.weight.requires_grad_(True)
+    assert "weak_encoders.encoders.frames.net.weight" in _saved_keys(with_src, tmp_path / "c")

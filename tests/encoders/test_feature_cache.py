@@ -51,19 +51,19 @@ def test_model_with_cache_equals_live_bit_for_bit_on_mixed_hits_and_misses(tmp_p
     with torch.no_grad():
         live = model.encode_audio(wav, wl)
         cache = model.use_feature_cache(tmp_path / "feats")
-        assert model.feature_cache is cache and model.pool.feature_cache is cache
+        assert model.feature_cache is cache and model.weak_encoders.feature_cache is cache
         assert list(model.state_dict()) == keys  # the cache is not a module: checkpoints do not change
         model.encode_audio(wav[[0, 2]], wl[[0, 2]])  # warm two of the three clips
         mixed = model.encode_audio(wav, wl)  # clip 1 misses, clips 0 and 2 hit, for every encoder
         warm = model.encode_audio(wav, wl)
     assert cache.stats.hits["strong"] == 2 + 3 and cache.stats.misses["strong"] == 2 + 1
     used = set(live.router.indices.flatten().tolist())
-    assert len(used) >= 2 and all(cache.stats.hits[model.pool.names[e]] > 0 for e in used)
+    assert len(used) >= 2 and all(cache.stats.hits[model.weak_encoders.names[e]] > 0 for e in used)
     for got in (mixed, warm):
         assert torch.equal(got.embeds, live.embeds) and torch.equal(got.lengths, live.lengths)
         assert torch.equal(got.router.gates, live.router.gates)
     model.use_feature_cache(None)
-    assert model.feature_cache is None and model.pool.feature_cache is None
+    assert model.feature_cache is None and model.weak_encoders.feature_cache is None
 
 
 def test_cached_encode_keeps_dtype_lengths_and_all_layer_hidden_states(tmp_path):
@@ -248,7 +248,7 @@ def test_trainable_or_train_mode_encoders_always_run_live(tmp_path):
     cfg = tiny_config()
     from mowe.config import EncoderConfig
 
-    cfg = cfg.replace(weak={**cfg.weak, "energy": EncoderConfig("custom", freeze=False)})
+    cfg = cfg.replace(weak_encoders={**cfg.weak_encoders, "energy": EncoderConfig("custom", freeze=False)})
     model = MoWEAudioLLM.from_config(cfg, encoders={"energy": _Energy()}).train()
     with torch.no_grad():
         model.router.routers[0].logits.copy_(torch.tensor([0, 0, 0, 0, 10.0]))
@@ -256,7 +256,7 @@ def test_trainable_or_train_mode_encoders_always_run_live(tmp_path):
     wav, wl, ids, am, labels = make_batch()
     out = model(ids, wav, wl, attention_mask=am, labels=labels)
     out.loss.backward()
-    assert (out.router.indices == 4).all() and model.pool.encoders["energy"].net.weight.grad is not None
+    assert (out.router.indices == 4).all() and model.weak_encoders.encoders["energy"].net.weight.grad is not None
     assert cache.stats.misses["strong"] == 3 and "energy" not in cache.stats.misses
 
 

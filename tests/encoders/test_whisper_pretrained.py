@@ -224,7 +224,7 @@ def test_mowe_preset_runs_frozen_weak_whisper_on_the_faithful_path():
     from mowe.config import EncoderConfig
     from mowe.presets import mowe_paper
 
-    weak = [c for c in mowe_paper().config.weak.values() if c.family == "whisper"]
+    weak = [c for c in mowe_paper().config.weak_encoders.values() if c.family == "whisper"]
     assert len(weak) == 2 and all(c.pad_to_30s and c.freeze and not c.full_window for c in weak)
     enc = build_encoder(EncoderConfig("whisper", preset="tiny", overrides=dict(d_model=16, encoder_layers=1,
                                       encoder_attention_heads=2, encoder_ffn_dim=32), full_window=True), name="w")

@@ -32,7 +32,7 @@ def _model_and_processor(rows, tmp_path):
     tok = train_bpe_tokenizer([r["instruction"] + " " + r["answer"] for r in rows] * 5, vocab_size=300)
     proc = MoWEProcessor(tok)
     cfg = MoWEConfig(strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
-                     weak={"w": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False)},
+                     weak_encoders={"w": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False)},
                      connector=ConnectorConfig("stack", {"stack": 4}),
                      llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(tok)}), audio_token_id=proc.audio_token_id)
     return MoWEAudioLLM.from_config(cfg), proc

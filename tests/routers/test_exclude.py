@@ -50,11 +50,11 @@ def test_model_without_encoders_by_name_restores_afterwards():
     wav, lens, ids, am, _ = make_batch()
     with torch.no_grad():
         base = model.encode_audio(wav, lens)
-        chosen = model.pool.names[int(base.router.indices[0, 0])]
+        chosen = model.weak_encoders.names[int(base.router.indices[0, 0])]
         with model.without_encoders([chosen]):
             cut = model.encode_audio(wav, lens)
         after = model.encode_audio(wav, lens)
-    assert model.pool.names.index(chosen) not in cut.router.indices.flatten().tolist()
+    assert model.weak_encoders.names.index(chosen) not in cut.router.indices.flatten().tolist()
     assert not torch.equal(cut.embeds[0], base.embeds[0])  # clip 0 now hears another encoder
     assert torch.equal(after.embeds, base.embeds) and model.router.excluded == frozenset()
     with pytest.raises(MoWEInputError, match=r"\['nope'\] not in the weak pool"), model.without_encoders(["nope"]):

@@ -40,7 +40,7 @@ def _config(processor, *, prompt_aware: bool, train: str = "lora") -> MoWEConfig
             "whisper_b": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=False),
             "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY)}
     return MoWEConfig(strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
-                      weak=pool, router=RouterConfig(prompt_aware=prompt_aware, hidden_dim=32),
+                      weak_encoders=pool, router=RouterConfig(prompt_aware=prompt_aware, hidden_dim=32),
                       connector=ConnectorConfig("stack", {"stack": 4}),
                       llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(processor.tokenizer)}, train=train),
                       audio_token_id=processor.audio_token_id)

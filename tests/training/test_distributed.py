@@ -185,7 +185,7 @@ def test_gpu_paper_size_script_builds_the_paper_config_and_runs_tiny_on_cpu(tmp_
 
     gpu = _gpu_script()
     cfg = gpu.paper_config("8b", tiny=False)
-    assert cfg.strong.preset == "large-v3" and sorted(e.preset for e in cfg.weak.values()) == \
+    assert cfg.strong.preset == "large-v3" and sorted(e.preset for e in cfg.weak_encoders.values()) == \
         ["hubert-base", "hubert-base", "tiny", "tiny"]
     with torch.device("meta"):
         llm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg.llm.config))

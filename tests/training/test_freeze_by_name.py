@@ -23,9 +23,9 @@ from mowe.training.trainer import TrainConfig, Trainer
 def _model(freeze: dict[str, bool]) -> MoWEAudioLLM:
     """Two weak encoders, top_k=2 (both run on every clip, so both get gradients when trainable)."""
     cfg = tiny_config(weak=2, top_k=2, lora_dropout=0.0)
-    weak = {n: dataclasses.replace(c, freeze=freeze[n]) for n, c in cfg.weak.items()}
+    weak = {n: dataclasses.replace(c, freeze=freeze[n]) for n, c in cfg.weak_encoders.items()}
     torch.manual_seed(0)
-    return MoWEAudioLLM.from_config(cfg.replace(weak=weak))
+    return MoWEAudioLLM.from_config(cfg.replace(weak_encoders=weak))
 
 
 def _train(model, parts, tmp_path) -> tuple[set[str], list[dict]]:
@@ -38,7 +38,7 @@ def _train(model, parts, tmp_path) -> tuple[set[str], list[dict]]:
 
 
 def _of(names, member: str) -> set[str]:
-    return {n for n in names if n.startswith(f"pool.encoders.{member}.")}
+    return {n for n in names if n.startswith(f"weak_encoders.encoders.{member}.")}
 
 
 def test_group_trains_only_unfrozen_members_and_a_name_trains_a_frozen_one(tmp_path):
@@ -49,7 +49,7 @@ def test_group_trains_only_unfrozen_members_and_a_name_trains_a_frozen_one(tmp_p
     assert _of(moved, "w1") == _of(params, "w1")  # the unfrozen member: every tensor changed
     assert moved == _of(params, "w1")  # and nothing else trained
     (start,) = [r for r in log if r.get("event") == "stage_start"]
-    n_w1 = sum(p.numel() for n, p in model.named_parameters() if n.startswith("pool.encoders.w1."))
+    n_w1 = sum(p.numel() for n, p in model.named_parameters() if n.startswith("weak_encoders.encoders.w1."))
     assert start["trains"] == {"weak_encoders.w1": n_w1} and start["trainable_parameters"] == n_w1
 
     # Naming the frozen member itself trains it (and only it), on the same model, after the first stage.
@@ -59,7 +59,7 @@ def test_group_trains_only_unfrozen_members_and_a_name_trains_a_frozen_one(tmp_p
 
 def test_a_module_frozen_by_hand_stays_frozen_under_the_group(tmp_path):
     model = _model({"w0": False, "w1": False})
-    model.pool.encoders["w0"].requires_grad_(False)  # frozen through the API, not the config
+    model.weak_encoders.encoders["w0"].requires_grad_(False)  # frozen through the API, not the config
     moved, _ = _train(model, ["weak_encoders", "connector"], tmp_path)
     params = {n for n, _ in model.named_parameters()}
     assert not _of(moved, "w0") and _of(moved, "w1") == _of(params, "w1")

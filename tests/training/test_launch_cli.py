@@ -29,7 +29,7 @@ RUN = {
         "strong": {"family": "whisper", "preset": "tiny", "pad_to_30s": False,
                    "overrides": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2,
                                  "encoder_ffn_dim": 64}},
-        "weak": {"w": {"family": "whisper", "preset": "tiny", "pad_to_30s": False,
+        "weak_encoders": {"w": {"family": "whisper", "preset": "tiny", "pad_to_30s": False,
                        "overrides": {"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2,
                                      "encoder_ffn_dim": 32}}},
         "router": {"top_k": 1, "aux_loss_weight": 0.0, "hidden_dim": 16},

@@ -34,7 +34,7 @@ def _expected(model, parts) -> set[str]:
     groups = parameter_groups(model)
     member = [p.split(".", 1)[1] for p in parts if p.startswith("weak_encoders.")]  # one named weak encoder
     return ({n for p in parts if p in groups for n, _ in groups[p]}
-            | {n for m in member for n, _ in groups["weak_encoders"] if n.startswith(f"pool.encoders.{m}.")})
+            | {n for m in member for n, _ in groups["weak_encoders"] if n.startswith(f"weak_encoders.encoders.{m}.")})
 
 
 def _train_two_steps(model, stage: Stage, tmp_path, dataset=None, collate_fn=collate) -> set[str]:
