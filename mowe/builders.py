@@ -31,7 +31,8 @@ from mowe.encoders.span import ClipSpan
 from mowe.encoders.speaker import SpeakerEncoder
 from mowe.encoders.whisper import WhisperEncoder
 from mowe.encoders.whisper_window import WindowedWhisperEncoder
-from mowe.errors import ConfigError
+from mowe.encoders.windows import check_window_seconds
+from mowe.errors import ConfigError, MoWEInputError
 from mowe.gguf import GGUFHeader, check_gguf_file
 from mowe.hub import check_local_source, naming_refused_pickles, resolve_file
 from mowe.routers import DataDependentRouter, DataIndependentRouter, MixtureRouter, PromptAwareRouter
@@ -53,6 +54,13 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
         enc = _build_component_encoder(cfg, name=name, allow=allow)
     else:
         enc = _build_bare_encoder(cfg, name=name, custom=custom)
+    if cfg.window_seconds is not None and cfg.family != "hubert":  # the HuBERT family takes it when built
+        try:
+            check_window_seconds(enc, cfg.window_seconds, who=f"encoder {name!r}",
+                                 what=f"{encoder_key(name)}.window_seconds")
+        except MoWEInputError as e:
+            raise ConfigError(str(e)) from e
+        enc.window_seconds = float(cfg.window_seconds)  # mowe cuts longer clips into windows of it
     if cfg.min_seconds > 0 or cfg.max_seconds is not None:
         enc = ClipSpan(encoder=enc, min_seconds=cfg.min_seconds, max_seconds=cfg.max_seconds)
     if cfg.dtype is not None:
@@ -104,10 +112,12 @@ def _build_bare_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, n
             return WindowedWhisperEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze)
         return WindowedWhisperEncoder.from_preset(cfg.preset or "tiny", freeze=cfg.freeze, **cfg.overrides)
     if fam == "hubert":
+        kw = {"freeze": cfg.freeze, "bucket_padding": cfg.bucket_padding}
+        if cfg.window_seconds is not None:
+            kw["window_seconds"] = cfg.window_seconds
         if cfg.name_or_path:
-            return HubertEncoder.from_pretrained(cfg.name_or_path, freeze=cfg.freeze, bucket_padding=cfg.bucket_padding)
-        return HubertEncoder.from_preset(cfg.preset or "hubert-base", freeze=cfg.freeze,
-                                         bucket_padding=cfg.bucket_padding, **cfg.overrides)
+            return HubertEncoder.from_pretrained(cfg.name_or_path, **kw)
+        return HubertEncoder.from_preset(cfg.preset or "hubert-base", **kw, **cfg.overrides)
     if fam == "beats":
         if cfg.name_or_path:
             return BEATsEncoder.from_checkpoint(cfg.name_or_path, freeze=cfg.freeze)

@@ -81,6 +81,9 @@ class EncoderConfig:
             that are not fields here become ``kwargs``.
         kwargs: keyword arguments of ``component``.
         dtype: cast the built encoder's weights to ``"float32"``, ``"bfloat16"`` or ``"float16"``; None: as built.
+        window_seconds: HuBERT family: clips longer than this are encoded in windows of this many seconds, their
+            frames stitched in time, so attention memory stays bounded (None: the family's default, 30 s; see
+            "Long audio" in the README). Routing per window (``RouterConfig.window_seconds``) replaces it.
     """
 
     family: str = "whisper"
@@ -97,6 +100,7 @@ class EncoderConfig:
     component: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    window_seconds: float | None = None
 
     def __post_init__(self) -> None:
         # An entry built by import path says so in its saved config.json, not the default "whisper".
@@ -115,6 +119,10 @@ class RouterConfig:
     ``component``: import path of your own router (``{"component": "my_pkg.DurationRouter", ...kwargs}``) in
     place of the built-in ones; ``top_k``, ``aux_loss_weight``, ``layout``, ``slot_dim`` and ``align`` still
     apply (see :mod:`mowe.components` for the router contract).
+    ``window_seconds``: route each window of this many seconds on its own (pooled strong features per window,
+    top-k per window, the weak encoders run only on the windows that chose them); None (default): one decision
+    per clip. It must be a multiple of the strong encoder's frame hop and fit every encoder's maximum input
+    (see "Long audio" in the README).
     """
 
     data_independent: bool = True
@@ -129,17 +137,29 @@ class RouterConfig:
     align: Literal["interpolate", "pad"] = "interpolate"
     component: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    window_seconds: float | None = None
 
 
 @dataclass(frozen=True)
 class ConnectorConfig:
     """Connector kind (``linear``, ``mlp``, ``stack``, ``conv``, ``stats``, ``qformer``, ``tltr``) and its keyword options,
-    or ``component``: the import path of your own connector, built with ``kwargs`` (see :mod:`mowe.components`)."""
+    or ``component``: the import path of your own connector, built with ``kwargs`` (see :mod:`mowe.components`).
+
+    Token budget (:class:`~mowe.connectors.TokenBudget`; None: no cap): the frames are average-pooled in time
+    before the connector, by the smallest factor that keeps the audio tokens within the cap, so the pooling
+    grows with the audio and an hour fits a chosen LLM context.
+
+    * ``max_tokens``: at most this many audio tokens per clip.
+    * ``max_tokens_per_window``: at most this many per window of ``RouterConfig.window_seconds`` (30 s when
+      routing is per clip); a clip then gets at most ``windows * max_tokens_per_window``.
+    """
 
     kind: Literal["linear", "mlp", "stack", "conv", "stats", "qformer", "tltr"] = "stack"
     options: dict[str, Any] = field(default_factory=dict)
     component: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int | None = None
+    max_tokens_per_window: int | None = None
 
 
 @dataclass(frozen=True)

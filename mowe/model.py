@@ -25,10 +25,18 @@ from torch import nn
 from mowe.builders import build_connector, build_encoder, build_llm, build_router
 from mowe.components import check_allowed, config_components
 from mowe.config import MoWEConfig, RouterConfig
-from mowe.encoders.base import check_encoder_output, check_waveforms
+from mowe.connectors.budget import TokenBudget
+from mowe.constants import SAMPLE_RATE
+from mowe.encoders.base import EncoderOutput, check_encoder_output, check_waveforms
 from mowe.encoders.cache import FeatureCache, cached_encode
 from mowe.encoders.pool import WeakEncoderPool
-from mowe.errors import MoWEInputError
+from mowe.encoders.windows import (
+    check_window_seconds,
+    encode_in_windows,
+    encoder_window_seconds,
+    seconds_to_frames,
+)
+from mowe.errors import ConfigError, MoWEInputError
 from mowe.generation import (
     default_generation_config,
     generation_settings,
@@ -49,6 +57,7 @@ from mowe.merge import (
 )
 from mowe.routers.base import RouterOutput
 from mowe.routers.prompt import clip_prompt_embeddings
+from mowe.routers.windows import route_per_window
 from mowe.state_dicts import rename_legacy_keys
 from mowe.tensors import check_bucket_padding, resolve_bucket_padding
 
@@ -102,6 +111,10 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         router: routes clips over the pool; by default both MoWE routers with top-1.
         aux_loss_weight: weight of the load-balance loss (MoWE-Audio: 0.1).
         config: the :class:`MoWEConfig` that built this model, if any (needed to reload by path alone).
+        window_seconds: route each window of this many seconds on its own (:func:`mowe.routers.route_per_window`);
+            encoders that window (:mod:`mowe.encoders.windows`) then run in these windows. None: one decision per
+            clip. Settable later (``model.window_seconds = 30``); checked against every encoder.
+        token_budget: caps on audio tokens per clip / per window (:class:`~mowe.connectors.TokenBudget`).
 
     Example:
         See the README quickstart, which a test runs as it is.
@@ -109,7 +122,8 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
 
     def __init__(self, *, strong_encoder: nn.Module, connector: nn.Module, llm: nn.Module, audio_token_id: int,
                  weak_encoders: Mapping[str, nn.Module] | WeakEncoderPool | None = None,
-                 router: nn.Module | None = None, aux_loss_weight: float = 0.1, config: MoWEConfig | None = None):
+                 router: nn.Module | None = None, aux_loss_weight: float = 0.1, config: MoWEConfig | None = None,
+                 window_seconds: float | None = None, token_budget: TokenBudget | None = None):
         super().__init__()
         self.strong_encoder = strong_encoder
         if weak_encoders is not None and not isinstance(weak_encoders, WeakEncoderPool):
@@ -128,6 +142,11 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         # A state dict from before the weak pool's rename (``pool.`` keys) loads through load_state_dict too.
         self.register_load_state_dict_pre_hook(_rename_legacy_keys)
         _check_dims(self)
+        self.window_seconds = window_seconds  # checked against every encoder (the property below)
+        self.token_budget = token_budget
+        if token_budget is not None and token_budget.active:
+            _connector_out_lengths(self)  # a connector without out_lengths cannot take a budget
+            token_budget.check(self.connector.out_lengths, who=f"the connector ({type(self.connector).__name__})")
         self.train(self.training)
 
     def train(self, mode: bool = True) -> MoWEAudioLLM:
@@ -173,9 +192,23 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         if pool is not None:
             router = build_router(config.router, strong_dim=int(strong.out_dim), num_encoders=len(pool),
                                   prompt_dim=d_llm, allow=allow)
-        return cls(strong_encoder=strong, weak_encoders=pool, router=router, connector=connector, llm=llm,
-                   audio_token_id=config.audio_token_id, aux_loss_weight=config.router.aux_loss_weight,
-                   config=config)
+        window = config.router.window_seconds
+        budget = None
+        if config.connector.max_tokens is not None or config.connector.max_tokens_per_window is not None:
+            try:
+                frames = seconds_to_frames(window or BUDGET_WINDOW_SECONDS, float(strong.frame_rate),
+                                           who="the strong encoder", what="the token budget's window")
+                budget = TokenBudget(max_tokens=config.connector.max_tokens,
+                                     max_tokens_per_window=config.connector.max_tokens_per_window, window_frames=frames)
+                budget.check(_connector_out_lengths_of(connector), who=f"the connector ({type(connector).__name__})")
+            except MoWEInputError as e:
+                raise ConfigError(f"model.connector: {e}") from e
+        try:
+            return cls(strong_encoder=strong, weak_encoders=pool, router=router, connector=connector, llm=llm,
+                       audio_token_id=config.audio_token_id, aux_loss_weight=config.router.aux_loss_weight,
+                       config=config, window_seconds=window, token_budget=budget)
+        except WindowSettingError as e:
+            raise ConfigError(f"model.router.window_seconds: {e}") from e
 
     # ------------------------------------------------------------------------------------------- running
     @property
@@ -206,9 +239,7 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         ignored otherwise.
         """
         lengths = check_waveforms(waveforms, wave_lengths, min_samples=self.min_samples)
-        strong = check_encoder_output(cached_encode(self.strong_encoder, waveforms, lengths, self.feature_cache,
-                                                    name="strong"), batch=waveforms.shape[0],
-                                      out_dim=int(self.strong_encoder.out_dim), who="strong")
+        strong = self.encode_strong(waveforms, lengths)
         feats, flens, route = strong.features, strong.lengths, None
         if getattr(self.connector, "needs_all_layers", False):
             if strong.hidden_states is None:
@@ -216,13 +247,48 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
                                      "output_all_layers=True")
             feats = strong.hidden_states
         elif self.weak_encoders is not None:
-            route = self.router(feats, flens, prompt_embeds) if self.needs_prompt else self.router(feats, flens)
+            prompt = prompt_embeds if self.needs_prompt else None
+            if self.window_frames is not None:
+                route = route_per_window(self.router, feats, flens, window_frames=self.window_frames, prompt=prompt)
+            else:
+                route = self.router(feats, flens, prompt) if self.needs_prompt else self.router(feats, flens)
             weak = self.weak_encoders(waveforms, lengths, route, frame_rate=float(self.strong_encoder.frame_rate),
-                             frame_lengths=flens, num_frames=feats.shape[1])
+                                      frame_lengths=flens, num_frames=feats.shape[1])
             feats = torch.cat([feats.float(), weak], dim=-1)
+        if self.token_budget is not None and self.token_budget.active:
+            feats, flens = self.token_budget(feats, flens, out_lengths=_connector_out_lengths(self),
+                                             who=f"the connector ({type(self.connector).__name__})")
         dtype = next(self.connector.parameters()).dtype
         out = self.connector(feats.to(dtype), flens)
         return AudioEncoding(out.embeds, out.lengths, route)
+
+    def encode_strong(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        """The strong encoder's output for ``(c, s)`` waveforms and ``(c,)`` lengths: the frame grid everything is
+        aligned to. An encoder that windows (:mod:`mowe.encoders.windows`) sees a clip longer than its window
+        (:attr:`window_seconds` where routing is per window) in windows, their frames stitched in time."""
+        enc = self.strong_encoder
+
+        def run(wav: torch.Tensor, lens: torch.Tensor) -> EncoderOutput:
+            return check_encoder_output(cached_encode(enc, wav, lens, self.feature_cache, name="strong"),
+                                        batch=wav.shape[0], out_dim=int(enc.out_dim), who="strong")
+
+        seconds = encoder_window_seconds(enc, self.window_seconds)
+        if seconds is not None:
+            window = round(seconds * SAMPLE_RATE)
+            if int(lengths.max()) > window:
+                return encode_in_windows(run, waveforms, lengths, window=window,
+                                         min_samples=int(getattr(enc, "min_samples", 0)))
+        return run(waveforms, lengths)
+
+    @property
+    def window_seconds(self) -> float | None:
+        """Seconds per routing window (None: routing per clip); see the constructor."""
+        return self._window_seconds
+
+    @window_seconds.setter
+    def window_seconds(self, seconds: float | None) -> None:
+        self.window_frames = _check_windows(self, seconds)
+        self._window_seconds = None if seconds is None else float(seconds)
 
     feature_cache: FeatureCache | None = None
 
@@ -429,6 +495,54 @@ def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
     if list(renamed) != list(state_dict):
         state_dict.clear()
         state_dict.update(renamed)
+
+
+#: The window of ``ConnectorConfig.max_tokens_per_window`` when routing is per clip (seconds).
+BUDGET_WINDOW_SECONDS = 30.0
+
+
+class WindowSettingError(MoWEInputError):
+    """A window setting that does not fit an encoder (names the encoder and the value)."""
+
+
+def _check_windows(model: MoWEAudioLLM, seconds: float | None) -> int | None:
+    """Strong frames per routing window of ``seconds`` (None: routing per clip); raises WindowSettingError naming
+    the encoder and the value when the windows do not fit it (longer than its maximum input, or not a whole
+    number of its frames)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise WindowSettingError(f"window_seconds must be a number of seconds > 0 or None, got {seconds!r}")
+    seconds = float(seconds)
+    strong = model.strong_encoder
+    try:
+        frames = seconds_to_frames(seconds, float(strong.frame_rate), who="the strong encoder")
+        if getattr(strong, "full_window", False) and seconds != getattr(strong, "max_input_seconds", seconds):
+            raise MoWEInputError(f"window_seconds={seconds:g} does not fit the strong encoder: with full_window it "
+                                 f"gives a whole {strong.max_input_seconds:g} s window of frames whatever the audio; "
+                                 f"choose {strong.max_input_seconds:g}")
+        encoders = [("the strong encoder", strong)]
+        if model.weak_encoders is not None:
+            encoders += [(f"weak encoder {n!r}", e) for n, e in model.weak_encoders.encoders.items()]
+        for who, enc in encoders:
+            check_window_seconds(enc, seconds, who=who, what="window_seconds")
+    except WindowSettingError:
+        raise
+    except MoWEInputError as e:
+        raise WindowSettingError(str(e)) from e
+    return frames
+
+
+def _connector_out_lengths(model: MoWEAudioLLM):
+    return _connector_out_lengths_of(model.connector)
+
+
+def _connector_out_lengths_of(connector: nn.Module):
+    fn = getattr(connector, "out_lengths", None)
+    if fn is None:
+        raise MoWEInputError(f"a token budget needs connector.out_lengths(frames) -> tokens; the connector "
+                             f"{type(connector).__name__} has none")
+    return fn
 
 
 def _check_dims(model: MoWEAudioLLM) -> None:

@@ -1,6 +1,6 @@
 """Small tensor helpers shared by every layer: masks from lengths, length groups, padding budgets.
 
-Shape legend: ``b`` batch, ``t`` frames.
+Shape legend: ``b`` batch, ``t`` frames, ``w`` windows.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from mowe.errors import MoWEInputError
 
 __all__ = ["AUTO_BUCKET_PADDING", "DTYPES", "check_bucket_padding", "length_groups", "lengths_to_mask",
-           "resolve_bucket_padding"]
+           "resolve_bucket_padding", "window_lengths"]
 
 #: The dtypes a config, a flag or a converter may name, by name: the one map of them.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -19,6 +19,21 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """``(b,)`` lengths -> ``(b, max_len)`` bool mask, True on valid positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def window_lengths(lengths: torch.Tensor, window: int, num_windows: int | None = None) -> torch.Tensor:
+    """Cut each clip of ``lengths`` (frames or samples) into consecutive windows of ``window``: ``(b,)`` ->
+    ``(b, w)`` valid positions per window (``window`` for every full window, the rest in a clip's last one, 0 for
+    windows past its end). ``num_windows``: ``w`` (default: enough for the longest clip, at least 1).
+
+    Example:
+        >>> window_lengths(torch.tensor([5, 2]), 2).tolist()
+        [[2, 2, 1], [2, 0, 0]]
+    """
+    if num_windows is None:
+        num_windows = max(1, -(-int(lengths.max()) // window)) if lengths.numel() else 1
+    starts = torch.arange(num_windows, device=lengths.device) * window
+    return (lengths[:, None] - starts[None, :]).clamp(min=0, max=window)
 
 
 def length_groups(lengths: list[int], max_padding: float) -> list[list[int]]:

@@ -152,10 +152,15 @@ RULES: dict[str, list[Rule]] = {
     "mowe.config.EncoderConfig": [
         real_in("min_seconds", 0, _INF), real_in("max_seconds", 0, _INF, lo_open=True, optional=True),
         Rule("bucket_padding", _bucket, "a finite number >= 0, 'auto'", optional=True),
+        real_in("window_seconds", 0, _INF, lo_open=True, optional=True),
     ],
     "mowe.config.RouterConfig": [
         int_at_least("hidden_dim", 1), int_at_least("top_k", 1), real_in("noise_std", 0, _INF),
         real_in("aux_loss_weight", 0, _INF), int_at_least("slot_dim", 1, optional=True),
+        real_in("window_seconds", 0, _INF, lo_open=True, optional=True),
+    ],
+    "mowe.config.ConnectorConfig": [
+        int_at_least("max_tokens", 1, optional=True), int_at_least("max_tokens_per_window", 1, optional=True),
     ],
     "mowe.config.LLMConfig": [int_at_least("vocab_size", 1, optional=True)],
     "mowe.config.LoRAConfig": [

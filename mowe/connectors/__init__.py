@@ -2,6 +2,7 @@
 
 from mowe.connectors.base import ConnectorOutput
 from mowe.connectors.basic import ConvConnector, FrameStackConnector, LinearConnector, MLPConnector
+from mowe.connectors.budget import TokenBudget
 from mowe.connectors.pooled import StatsPoolConnector
 from mowe.connectors.qformer import WindowQFormerConnector
 from mowe.connectors.tltr import TLTRConnector
@@ -14,5 +15,6 @@ __all__ = [
            "MLPConnector",
            "StatsPoolConnector",
            "TLTRConnector",
+           "TokenBudget",
            "WindowQFormerConnector",
 ]

@@ -5,6 +5,9 @@ Shape legend: ``b`` batch, ``s`` samples, ``c`` conv channels, ``t`` frames (~50
 Batching with padding is exact here: the base models normalise their first conv layer with a GroupNorm
 over *time*, which would let a clip's padding change its features; we compute that norm over each clip's
 valid frames only, so a clip gives the same features alone or in any batch.
+
+Long clips: attention is quadratic in length, so clips longer than ``window_seconds`` (30 s by default) are encoded
+in windows of that length and their frames stitched (:mod:`mowe.encoders.windows`).
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ from mowe.encoders.base import (
     encode_in_length_groups,
     set_trainable,
 )
+from mowe.encoders.windows import check_window_seconds, encode_in_windows, window_samples
 from mowe.errors import MoWEInputError
 from mowe.hub import naming_refused_pickles, resolve_file
 from mowe.tensors import check_bucket_padding, lengths_to_mask, resolve_bucket_padding
 
-__all__ = ["HUBERT_PRESETS", "HubertEncoder"]
+__all__ = ["DEFAULT_WINDOW_SECONDS", "HUBERT_PRESETS", "HubertEncoder"]
+
+#: Clips longer than this are encoded in windows of it (``HubertEncoder(window_seconds=...)``).
+DEFAULT_WINDOW_SECONDS = 30.0
 
 # Published base sizes; the transformers config defaults are the base models.
 HUBERT_PRESETS: dict[str, tuple[type, dict]] = {
@@ -74,6 +81,10 @@ class HubertEncoder(nn.Module):
             to its longest clip; ``"auto"`` (default): 0.05 on CPU, 0.25 on accelerators. Features are the
             same either way (masked normalisation and attention).
         source: hub id or folder the weights came from (None for random weights).
+        window_seconds: clips longer than this are encoded in windows of this many seconds, their frames stitched
+            in time (:func:`mowe.encoders.windows.encode_in_windows`), so attention memory stays bounded rather than
+            growing with the square of the length; None: every clip whole. Default 30 s (the length HuBERT-family
+            models were pre-trained on is far shorter, so a window loses little context).
 
     Example:
         >>> enc = HubertEncoder.from_preset("hubert-base", hidden_size=32, num_hidden_layers=1,
@@ -83,7 +94,8 @@ class HubertEncoder(nn.Module):
     """
 
     def __init__(self, model: PreTrainedModel, *, normalize_waveform: bool = False, freeze: bool = True,
-                 bucket_padding: float | str | None = "auto", source: str | None = None):
+                 bucket_padding: float | str | None = "auto", source: str | None = None,
+                 window_seconds: float | None = DEFAULT_WINDOW_SECONDS):
         super().__init__()
         self.bucket_padding = check_bucket_padding(bucket_padding)
         self.model = model
@@ -98,22 +110,27 @@ class HubertEncoder(nn.Module):
         self.min_samples = rf
         self.normalize_waveform = normalize_waveform
         self.source = source
+        self.window_seconds = window_seconds
+        if window_seconds is not None:
+            check_window_seconds(self, window_seconds, who="this HuBERT-family encoder", what="window_seconds")
         set_trainable(self, not freeze)
 
     @classmethod
     def from_preset(cls, name: str = "hubert-base", *, freeze: bool = True, normalize_waveform: bool = False,
-                    bucket_padding: float | str | None = "auto", **overrides) -> HubertEncoder:
+                    bucket_padding: float | str | None = "auto",
+                    window_seconds: float | None = DEFAULT_WINDOW_SECONDS, **overrides) -> HubertEncoder:
         """Random weights at a published size (``hubert-base``, ``hubert-large``, ``wav2vec2-base``, ``wavlm-base``)."""
         if name not in HUBERT_PRESETS:
             raise MoWEInputError(f"unknown HuBERT-family preset {name!r}; choose one of {sorted(HUBERT_PRESETS)}")
         config_cls, base = HUBERT_PRESETS[name]
         cfg = config_cls(**{**base, **overrides})
         return cls(AutoModel.from_config(cfg), freeze=freeze, normalize_waveform=normalize_waveform,
-                   bucket_padding=bucket_padding)
+                   bucket_padding=bucket_padding, window_seconds=window_seconds)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, freeze: bool = True, normalize_waveform: bool | None = None,
-                        bucket_padding: float | str | None = "auto", dtype: torch.dtype | None = None) -> HubertEncoder:
+                        bucket_padding: float | str | None = "auto", dtype: torch.dtype | None = None,
+                        window_seconds: float | None = DEFAULT_WINDOW_SECONDS) -> HubertEncoder:
         """Load by hub id or local folder (a checkpoint with a CTC head loads its base model)."""
         config = AutoConfig.from_pretrained(name_or_path)
         if config.model_type not in ("hubert", "wav2vec2", "wavlm"):
@@ -123,7 +140,7 @@ class HubertEncoder(nn.Module):
         if normalize_waveform is None:
             normalize_waveform = _reads_normalize_flag(name_or_path)
         return cls(model, freeze=freeze, normalize_waveform=normalize_waveform, bucket_padding=bucket_padding,
-                   source=name_or_path)
+                   source=name_or_path, window_seconds=window_seconds)
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         out = lengths
@@ -134,6 +151,14 @@ class HubertEncoder(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
         """Encode ``(b, s)`` 16 kHz waveforms; returns features ``(b, t, d)`` at ~50 Hz and frame lengths."""
         lengths = check_waveforms(waveforms, lengths, min_samples=self.min_samples)
+        if self.window_seconds is not None:
+            window = window_samples(self.window_seconds, who="this HuBERT-family encoder")
+            if waveforms.shape[1] > window:
+                return encode_in_windows(self._encode_grouped, waveforms, lengths, window=window,
+                                         min_samples=self.min_samples)
+        return self._encode_grouped(waveforms, lengths)
+
+    def _encode_grouped(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         if self.bucket_padding is None or waveforms.shape[0] == 1:
             return self._encode(waveforms, lengths)
         return encode_in_length_groups(self._encode, waveforms, lengths,

@@ -4,7 +4,9 @@ Shape legend: ``b`` batch, ``s`` samples, ``t`` strong frames, ``e`` weak encode
 ``d`` width.
 
 Sparse execution: each weak encoder runs once per batch, on only the clips that selected it, trimmed to the
-longest of *those* clips. With ``k=1`` over 4 encoders a batch costs about one encoder's compute.
+longest of *those* clips. With ``k=1`` over 4 encoders a batch costs about one encoder's compute. Routed per
+window (:func:`mowe.routers.route_per_window`), it runs on only the *windows* that selected it, each cut from its
+clip; their frames are stitched back on the strong encoder's grid, window by window, gated per window.
 
 Slot layouts (the connector sees ``(b, t, d_strong + out_dim)``):
 
@@ -22,10 +24,13 @@ import torch
 from torch import nn
 
 from mowe.align import ALIGNMENTS, align_to_grid, pad_to_grid
-from mowe.encoders.base import check_encoder_output
+from mowe.constants import SAMPLE_RATE
+from mowe.encoders.base import EncoderOutput, check_encoder_output
 from mowe.encoders.cache import FeatureCache, cached_encode
+from mowe.encoders.windows import encoder_window_seconds, seconds_to_frames
 from mowe.errors import MoWEInputError
 from mowe.routers.base import RouterOutput
+from mowe.tensors import window_lengths
 
 __all__ = ["WeakEncoderPool"]
 
@@ -93,46 +98,123 @@ class WeakEncoderPool(nn.Module):
 
         Args:
             waveforms: ``(b, s)``; lengths ``(b,)`` samples.
-            route: the router's decision (``indices`` ``(b, k)``, ``gates`` ``(b, e)``).
+            route: the router's decision (``indices`` ``(b, k)``, ``gates`` ``(b, e)``; or, routed per window, its
+                ``window_*`` fields, :meth:`~mowe.routers.RouterOutput.per_window`).
             frame_rate, frame_lengths, num_frames: the strong stream's grid (Hz, ``(b,)``, ``t``).
 
         Returns:
             ``(b, t, out_dim)`` gated features; zeros where no encoder was selected.
+
+        Routed per window, an encoder runs on only the windows that chose it, each cut from its clip and trimmed
+        to the longest of them, and each window's frames are aligned onto its own stretch of the strong grid and
+        scaled by that window's gate. Routed per clip, an encoder that windows (:mod:`mowe.encoders.windows`)
+        sees a selected clip longer than its window the same way, in windows (all gated by the clip's gate).
         """
         b = waveforms.shape[0]
         out = waveforms.new_zeros(b, num_frames, self.out_dim, dtype=torch.float32)
-        # One host transfer for the whole dispatch plan (which clips go to which encoder).
-        plan = route.indices.cpu()
+        win = route.per_window()
+        # One host transfer for the whole dispatch plan (which clips / windows go to which encoder).
+        plan, inside = win.indices.cpu(), win.mask.cpu()
         lengths_cpu = lengths.cpu()
         for e, name in enumerate(self.names):
-            hit = plan == e  # (b, k)
-            clips = hit.any(-1).nonzero().flatten()
-            if clips.numel() == 0:
+            hit = plan == e  # (b, w, k)
+            chosen = hit.any(-1) & inside  # (b, w)
+            if not bool(chosen.any()):
                 continue
-            idx = clips.to(waveforms.device)
-            sub_len = lengths[idx]
-            s_max = int(lengths_cpu[clips].max())  # trim to the longest selected clip
             enc = self.encoders[name]
-            res = check_encoder_output(cached_encode(enc, waveforms[idx, :s_max], sub_len, self.feature_cache,
-                                                     name=name), batch=len(clips),
-                                       out_dim=int(enc.out_dim), who=repr(name))
-            if self.align == "pad":
-                feats = pad_to_grid(res.features.float(), res.lengths.to(idx.device), dst_len=num_frames)
-            else:
-                feats = align_to_grid(res.features.float(), res.lengths.to(idx.device),
-                                      src_rate=float(enc.frame_rate), dst_rate=frame_rate,
-                                      dst_lengths=frame_lengths[idx], dst_len=num_frames)
-            if self.adapters is not None:
-                feats = self.adapters[name](feats)
-            # Gate (gradient path to the routers) and re-zero padded frames the adapter's bias filled.
-            keep = (torch.arange(num_frames, device=idx.device)[None, :] < frame_lengths[idx][:, None])
-            feats = feats * (route.gates[idx, e][:, None] * keep).to(feats.dtype)[..., None]
-            if self.layout == "fixed":
-                lo = self.offsets[e]
-                out[idx, :, lo:lo + feats.shape[-1]] = feats
-            else:
-                slot = hit[clips].float().argmax(-1).to(idx.device)  # which of the k choices this was
-                cols = slot[:, None] * self.slot_dim + torch.arange(self.slot_dim, device=idx.device)[None, :]
-                out[idx[:, None, None], torch.arange(num_frames, device=idx.device)[None, :, None],
-                    cols[:, None, :]] = feats
+            if win.frames is not None:
+                self._run_windows(out, e, waveforms, lengths, chosen, hit, win.gates[..., e],
+                                  frames=win.frames, frame_rate=frame_rate, frame_lengths=frame_lengths)
+                continue
+            clips = chosen[:, 0].nonzero().flatten()
+            seconds = encoder_window_seconds(enc)
+            if seconds is not None and int(lengths_cpu[clips].max()) > round(seconds * SAMPLE_RATE):
+                frames = seconds_to_frames(seconds, frame_rate, who=f"weak encoder {name!r} on the strong grid")
+                wl = window_lengths(frame_lengths, frames)  # its own windows, on the strong grid
+                sel = chosen[:, :1].expand(-1, wl.shape[1]) & (wl > 0).cpu()
+                self._run_windows(out, e, waveforms, lengths, sel, hit.expand(-1, wl.shape[1], -1),
+                                  route.gates[:, None, e].expand(-1, wl.shape[1]), frames=frames,
+                                  frame_rate=frame_rate, frame_lengths=frame_lengths)
+                continue
+            self._run_clips(out, e, waveforms, lengths, clips, hit[:, 0], route.gates[:, e],
+                            lengths_cpu=lengths_cpu, frame_rate=frame_rate, frame_lengths=frame_lengths,
+                            num_frames=num_frames)
         return out
+
+    def _encode(self, name: str, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
+        enc = self.encoders[name]
+        return check_encoder_output(cached_encode(enc, waveforms, lengths, self.feature_cache, name=name),
+                                    batch=waveforms.shape[0], out_dim=int(enc.out_dim), who=repr(name))
+
+    def _aligned(self, name: str, res, *, frame_rate: float, dst_lengths: torch.Tensor, dst_len: int) -> torch.Tensor:
+        """An encoder's output on ``dst_len`` strong frames (``dst_lengths`` valid), through its slot adapter."""
+        enc = self.encoders[name]
+        if self.align == "pad":
+            feats = pad_to_grid(res.features.float(), res.lengths.to(dst_lengths.device), dst_len=dst_len)
+        else:
+            feats = align_to_grid(res.features.float(), res.lengths.to(dst_lengths.device),
+                                  src_rate=float(enc.frame_rate), dst_rate=frame_rate, dst_lengths=dst_lengths,
+                                  dst_len=dst_len)
+        if self.adapters is not None:
+            feats = self.adapters[name](feats)
+        return feats
+
+    def _run_clips(self, out: torch.Tensor, e: int, waveforms: torch.Tensor, lengths: torch.Tensor,
+                   clips: torch.Tensor, hit: torch.Tensor, gates: torch.Tensor, *, lengths_cpu: torch.Tensor,
+                   frame_rate: float, frame_lengths: torch.Tensor, num_frames: int) -> None:
+        """Encoder ``e`` on whole ``clips`` (host indices), trimmed to the longest of them, into ``out``."""
+        name = self.names[e]
+        idx = clips.to(waveforms.device)
+        s_max = int(lengths_cpu[clips].max())  # trim to the longest selected clip
+        res = self._encode(name, waveforms[idx, :s_max], lengths[idx])
+        feats = self._aligned(name, res, frame_rate=frame_rate, dst_lengths=frame_lengths[idx], dst_len=num_frames)
+        # Gate (gradient path to the routers) and re-zero padded frames the adapter's bias filled.
+        keep = (torch.arange(num_frames, device=idx.device)[None, :] < frame_lengths[idx][:, None])
+        feats = feats * (gates[idx][:, None] * keep).to(feats.dtype)[..., None]
+        if self.layout == "fixed":
+            lo = self.offsets[e]
+            out[idx, :, lo:lo + feats.shape[-1]] = feats
+        else:
+            slot = hit[clips].float().argmax(-1).to(idx.device)  # which of the k choices this was
+            cols = slot[:, None] * self.slot_dim + torch.arange(self.slot_dim, device=idx.device)[None, :]
+            out[idx[:, None, None], torch.arange(num_frames, device=idx.device)[None, :, None],
+                cols[:, None, :]] = feats
+
+    def _run_windows(self, out: torch.Tensor, e: int, waveforms: torch.Tensor, lengths: torch.Tensor,
+                     chosen: torch.Tensor, hit: torch.Tensor, gates: torch.Tensor, *, frames: int,
+                     frame_rate: float, frame_lengths: torch.Tensor) -> None:
+        """Encoder ``e`` on the windows of ``frames`` strong frames that ``chosen`` ``(b, w)`` (host) marks, each
+        cut from its clip, aligned onto its own stretch of the strong grid and scaled by ``gates[clip, window]``.
+
+        ``hit``: ``(b, w, k)`` host, which of the ``k`` choices selected ``e`` (the ``"topk"`` slot)."""
+        name = self.names[e]
+        enc = self.encoders[name]
+        device = waveforms.device
+        window = seconds_to_frames(frames / frame_rate, SAMPLE_RATE, who=f"weak encoder {name!r}",
+                                   what="the window (samples)")
+        pairs = chosen.nonzero()  # (n, 2) host: clip, window
+        c, j = pairs[:, 0].to(device), pairs[:, 1].to(device)
+        seg_len = (lengths[c] - j * window).clamp(min=0, max=window)
+        seg_frames = (frame_lengths[c] - j * frames).clamp(min=0, max=frames)
+        width = max(int(seg_len.max()), 1)
+        pos = j[:, None] * window + torch.arange(width, device=device)[None, :]
+        valid = torch.arange(width, device=device)[None, :] < seg_len[:, None]
+        seg = waveforms[c[:, None], pos.clamp(max=waveforms.shape[1] - 1)] * valid.to(waveforms.dtype)
+        need = int(getattr(enc, "min_samples", 0))
+        seg_len = seg_len.clamp(min=max(need, 1))  # a short last window is padded with silence to what it needs
+        if seg.shape[1] < int(seg_len.max()):
+            seg = torch.nn.functional.pad(seg, (0, int(seg_len.max()) - seg.shape[1]))
+        res = self._encode(name, seg, seg_len)
+        feats = self._aligned(name, res, frame_rate=frame_rate, dst_lengths=seg_frames, dst_len=frames)
+        t = torch.arange(frames, device=device)
+        keep = t[None, :] < seg_frames[:, None]  # (n, frames)
+        feats = feats * (gates.to(device)[c, j][:, None] * keep).to(feats.dtype)[..., None]
+        rows, cols_t = c[:, None].expand(-1, frames)[keep], (j[:, None] * frames + t[None, :])[keep]
+        if self.layout == "fixed":
+            lo = self.offsets[e]
+            out[rows, cols_t, lo:lo + feats.shape[-1]] = feats[keep]
+        else:
+            slot = hit[pairs[:, 0], pairs[:, 1]].float().argmax(-1).to(device)  # (n,)
+            cols = slot[:, None] * self.slot_dim + torch.arange(self.slot_dim, device=device)[None, :]
+            cols = cols[:, None, :].expand(-1, frames, -1)[keep]  # (m, slot_dim)
+            out[rows[:, None], cols_t[:, None], cols] = feats[keep]

@@ -55,6 +55,16 @@ class ClipSpan(nn.Module):
         self.min_samples = 1
         self.source = getattr(encoder, "source", None)
 
+    @property
+    def max_input_seconds(self) -> float | None:
+        """The wrapped encoder's (:mod:`mowe.encoders.windows`); None when clips are cut (any length is taken)."""
+        return None if self.max_len is not None else getattr(self.encoder, "max_input_seconds", None)
+
+    @property
+    def window_seconds(self) -> float | None:
+        """The wrapped encoder's (:mod:`mowe.encoders.windows`); None when clips are cut (any length is taken)."""
+        return None if self.max_len is not None else getattr(self.encoder, "window_seconds", None)
+
     def span(self, lengths: torch.Tensor) -> torch.Tensor:
         """``(b,)`` clip lengths -> the lengths the wrapped encoder sees."""
         return lengths.clamp(min=self.min_len, max=self.max_len)

@@ -14,7 +14,9 @@ Two ways to run it:
   clips; right when the encoder is trained (or was trained this way) and for weak encoders whose features
   are re-learnt by the connector anyway.
 
-Clips longer than 30 s are split into 30 s windows, encoded in one batch and the features concatenated.
+Clips longer than 30 s are split into 30 s windows, encoded in one batch and the features concatenated. The
+encoder declares that limit as ``max_input_seconds`` (:mod:`mowe.encoders.windows`), so the model and the weak
+pool cut long clips into windows themselves (the routing windows, where routing is per window).
 
 ``full_window=True`` (with ``pad_to_30s``) returns every frame of the 30 s window (1500 frames, all counted
 valid) instead of cutting each clip to its own frames: SALMONN's encoder output, which its window Q-Former cuts
@@ -208,6 +210,8 @@ class WhisperEncoder(nn.Module):
         self.source = source
         self.max_frames = self.config.max_source_positions  # 1500 for real checkpoints
         self.window_samples = self.max_frames * 2 * HOP
+        # The longest input one call takes (mowe.encoders.windows): mowe cuts longer clips into windows of it.
+        self.max_input_seconds = self.window_samples / SAMPLE_RATE
         set_trainable(self, not freeze)
 
     # ----------------------------------------------------------------------------------------- building

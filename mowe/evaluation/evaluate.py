@@ -39,7 +39,8 @@ class EvalResult:
     Attributes:
         records: one dict per example: id, task, instruction, answer, prediction.
         metrics: task -> {"n": count, metric: value} (see :func:`~mowe.evaluation.metrics.evaluate_predictions`).
-        router_counts: task -> per-weak-encoder selection counts (MoWE models only).
+        router_counts: task -> per-weak-encoder selection counts (MoWE models only), one per routing window (a clip
+            routed per clip counts once; routed per window, each of its windows counts).
         encoder_names: the weak pool's encoder names, in index order.
     """
 
@@ -90,11 +91,13 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
         prompt = (model.prompt_embeddings(inputs["input_ids"], inputs["attention_mask"])
                   if getattr(model, "needs_prompt", False) else None)
         audio = model.encode_audio(inputs["waveforms"], inputs["wave_lengths"], prompt)
-        if audio.router is not None:
-            for task, row in zip(batch["task"], audio.router.indices.tolist()):
+        if audio.router is not None:  # one count per routing window (a clip routed per clip is one window)
+            win = audio.router.per_window()
+            for task, rows, inside in zip(batch["task"], win.indices.tolist(), win.mask.tolist()):
                 c = counts.setdefault(task, [0] * len(names))
-                for e in row:
-                    c[e] += 1
+                for row, ok in zip(rows, inside):
+                    for e in row if ok else ():
+                        c[e] += 1
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, eos_token_id=eos,
                              audio=audio)
         preds = processor.decode(out)

@@ -1,12 +1,14 @@
-"""Plots of an evaluation: which weak encoder the router chose for each task.
+"""Plots of an evaluation: which weak encoder the router chose for each task, and for each window of a clip.
 
-Shape legend: ``e`` weak encoders in the pool.
+Shape legend: ``e`` weak encoders in the pool, ``w`` routing windows of a clip.
 
 Needs matplotlib (imported when a figure is drawn, with the non-interactive ``Agg`` backend).
 
 Example:
     >>> result = evaluate_model(model, processor, dataset)                         # doctest: +SKIP
     >>> plot_router_heatmap(result.router_counts, result.encoder_names, "router.png")  # doctest: +SKIP
+    >>> audio = model.encode_audio(waveforms, lengths)  # a model routed per window          # doctest: +SKIP
+    >>> plot_router_windows(audio.router, model.weak_encoders.names, "windows.png", window_seconds=30)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mowe.errors import MoWEInputError
+from mowe.routers.base import RouterOutput
 
-__all__ = ["plot_router_heatmap", "router_usage"]
+__all__ = ["plot_router_heatmap", "plot_router_windows", "router_usage", "window_usage"]
 
 
 def router_usage(counts: Mapping[str, Sequence[float]], num_encoders: int | None = None
@@ -74,6 +77,61 @@ def plot_router_heatmap(counts: Mapping[str, Sequence[float]], encoder_names: Se
             for j in range(m.shape[1]):
                 ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w" if m[i, j] < 0.6 else "k",
                         fontsize=8)
+        ax.set_title(title)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        fig.savefig(os.fspath(path), dpi=110)
+    finally:
+        plt.close(fig)
+    return m
+
+
+def window_usage(route: RouterOutput, clip: int = 0) -> np.ndarray:
+    """One clip's routing over time: ``(w, e)`` gates per window (zero for encoders a window did not select), its
+    windows only. A clip routed per clip is one window."""
+    win = route.per_window()
+    if not 0 <= clip < win.gates.shape[0]:
+        raise MoWEInputError(f"clip {clip} is not in this batch of {win.gates.shape[0]} clips")
+    inside = win.mask[clip].detach().cpu().numpy()
+    return win.gates[clip].detach().float().cpu().numpy()[inside]
+
+
+def plot_router_windows(route: RouterOutput, encoder_names: Sequence[str], path: str | os.PathLike, *,
+                        clip: int = 0, window_seconds: float | None = None,
+                        title: str = "weak encoder gate, per window") -> np.ndarray:
+    """Draw an encoders x windows heatmap of one clip's gates (time runs left to right) into ``path``.
+
+    Args:
+        route: the router's output for a batch (``MoWEAudioLLM.encode_audio(...).router``).
+        encoder_names: the pool's encoder names (rows).
+        path: the image file to write.
+        clip: which clip of the batch.
+        window_seconds: the window length, to label the time axis in minutes:seconds (None: window numbers).
+
+    Returns:
+        The ``(w, e)`` gates drawn.
+    """
+    m = window_usage(route, clip)
+    if m.shape[1] != len(encoder_names):
+        raise MoWEInputError(f"the route has {m.shape[1]} encoders but encoder_names has {len(encoder_names)}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2.0 + 0.35 * m.shape[0], 0.9 + 0.45 * m.shape[1]))
+    try:
+        im = ax.imshow(m.T, cmap="viridis", vmin=0, vmax=max(float(m.max()), 1e-6), aspect="auto")
+        ax.set_yticks(range(m.shape[1]), list(encoder_names))
+        step = max(1, m.shape[0] // 12)
+        ticks = list(range(0, m.shape[0], step))
+        if window_seconds is None:
+            labels = [str(i) for i in ticks]
+            ax.set_xlabel("window")
+        else:
+            labels = [f"{int(i * window_seconds // 60)}:{int(i * window_seconds % 60):02d}" for i in ticks]
+            ax.set_xlabel("window start (min:s)")
+        ax.set_xticks(ticks, labels)
         ax.set_title(title)
         fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
