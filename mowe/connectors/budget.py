@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from mowe.errors import MoWEInputError
 from mowe.tensors import lengths_to_mask, window_lengths
 
-__all__ = ["TokenBudget", "pool_frames", "tokens_per_minute"]
+__all__ = ["TokenBudget", "audio_tokens", "pool_frames"]
 
 OutLengths = Callable[[torch.Tensor], torch.Tensor]
 
@@ -175,11 +175,11 @@ def _pool_windows(features: torch.Tensor, lengths: torch.Tensor, window: int, fa
     return pooled[..., :t_out, :] * keep, total
 
 
-def tokens_per_minute(out_lengths: OutLengths, *, frame_rate: float = 50.0, minutes: float = 1.0,
-                      budget: TokenBudget | None = None) -> float:
-    """Audio tokens a connector gives for ``minutes`` of audio at ``frame_rate`` frames/s (after ``budget``),
-    divided by ``minutes``: the figure the README's table reports."""
-    frames = round(minutes * 60 * frame_rate)
+def audio_tokens(out_lengths: OutLengths, *, seconds: float, frame_rate: float = 50.0,
+                 budget: TokenBudget | None = None) -> int:
+    """Audio tokens a connector (its ``out_lengths``) gives for ``seconds`` of audio at ``frame_rate`` frames/s, after
+    ``budget``, without running anything: the figures of the README's table (``benchmarks/tokens_per_minute.py``)."""
+    frames = round(seconds * frame_rate)
     n = torch.tensor([frames])
     if budget is not None and budget.active:
         p = budget.window_factor(out_lengths)
@@ -189,4 +189,4 @@ def tokens_per_minute(out_lengths: OutLengths, *, frame_rate: float = 50.0, minu
         if budget.max_tokens is not None:
             f = _smallest_factor(int(n[0]), budget.max_tokens, out_lengths, who="connector", what="max_tokens")
             n = torch.div(n + f - 1, f, rounding_mode="floor")
-    return int(out_lengths(n)[0]) / minutes
+    return int(out_lengths(n)[0])
