@@ -10,6 +10,11 @@ Data flow of one forward::
     waveforms (b, s) -> strong encoder (b, t, d_s) -> routers -> selected weak encoders (sparse)
       -> aligned to the strong grid, gated, slotted (b, t, d_s + d_pool) -> connector (b, n, d_llm)
       -> merged into the prompt at the placeholders (b, T, d_llm) -> causal LM (+ LoRA)
+
+Long audio (README "Long audio"): with ``window_seconds`` each window of a clip is routed on its own
+(:func:`mowe.routers.route_per_window`) and the weak encoders run per window; encoders that declare a maximum
+input or a window (:mod:`mowe.encoders.windows`) see long clips in windows; a :class:`~mowe.connectors.TokenBudget`
+pools frames before the connector to cap the audio tokens.
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ WEIGHTS_NAME, CONFIG_NAME = saving.WEIGHTS_NAME, saving.CONFIG_NAME  # kept here
 
 @dataclass
 class AudioEncoding:
-    """Audio tokens for a batch of clips: ``embeds`` ``(b, n, d_llm)``, ``lengths`` ``(b,)``, routing (or None)."""
+    """Audio tokens for a batch of clips: ``embeds`` ``(b, n, d_llm)``, ``lengths`` ``(b,)``, routing (or None;
+    its ``window_*`` fields are set when routing is per window, :class:`~mowe.routers.RouterOutput`)."""
 
     embeds: torch.Tensor
     lengths: torch.Tensor
@@ -84,7 +90,9 @@ class MoWEOutput:
         lm_loss: next-token loss on the answer tokens only (labels -100 elsewhere).
         aux_loss: the router's load-balance loss (None for a base-only model).
         logits: ``(b, T, V)`` over the merged sequence.
-        router: per-clip gates ``(b, e)``, selected indices ``(b, k)``, probabilities, aux loss.
+        router: per-clip gates ``(b, e)``, selected indices ``(b, k)``, probabilities, aux loss; routed per
+            window, also per window (``window_gates`` ``(b, w, e)``, ...,
+            :meth:`~mowe.routers.RouterOutput.per_window`).
         attention_mask: ``(b, T)`` of the merged sequence; labels: ``(b, T)`` merged labels.
     """
 

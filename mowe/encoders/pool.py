@@ -27,7 +27,12 @@ from mowe.align import ALIGNMENTS, align_to_grid, pad_to_grid
 from mowe.constants import SAMPLE_RATE
 from mowe.encoders.base import EncoderOutput, check_encoder_output
 from mowe.encoders.cache import FeatureCache, cached_encode
-from mowe.encoders.windows import encoder_window_seconds, seconds_to_frames
+from mowe.encoders.windows import (
+    encode_in_chunks,
+    encoder_window_seconds,
+    seconds_to_frames,
+    windows_per_call,
+)
 from mowe.errors import MoWEInputError
 from mowe.routers.base import RouterOutput
 from mowe.tensors import window_lengths
@@ -204,7 +209,7 @@ class WeakEncoderPool(nn.Module):
         seg_len = seg_len.clamp(min=max(need, 1))  # a short last window is padded with silence to what it needs
         if seg.shape[1] < int(seg_len.max()):
             seg = torch.nn.functional.pad(seg, (0, int(seg_len.max()) - seg.shape[1]))
-        res = self._encode(name, seg, seg_len)
+        res = encode_in_chunks(lambda w, n: self._encode(name, w, n), seg, seg_len, windows_per_call(window))
         feats = self._aligned(name, res, frame_rate=frame_rate, dst_lengths=seg_frames, dst_len=frames)
         t = torch.arange(frames, device=device)
         keep = t[None, :] < seg_frames[:, None]  # (n, frames)

@@ -126,3 +126,16 @@ def test_any_encoder_that_declares_a_maximum_is_run_in_windows_as_strong_and_as_
         audio = model.encode_audio(wav, lens)
     assert audio.lengths.tolist() == [-(-265 // 4), -(-50 // 4)]
     assert strong.calls and weak.calls and max(strong.calls + weak.calls) <= 2 * SR
+
+
+def test_windows_encoded_a_few_per_call_give_the_same_frames():
+    enc = HubertEncoder.from_preset("hubert-base", window_seconds=None, **HUBERT_TINY).eval()
+    sizes = []
+    wav, lens = _wav((3.5, 1.2))
+    with torch.no_grad():
+        at_once = encode_in_windows(enc, wav, lens, window=SR, per_call=None)
+        chunked = encode_in_windows(lambda w, n: (sizes.append(w.shape[0]), enc(w, n))[1], wav, lens, window=SR,
+                                    per_call=2)
+    assert sizes == [2, 2, 2]  # 4 + 2 windows, two per call
+    assert torch.equal(at_once.lengths, chunked.lengths)
+    torch.testing.assert_close(at_once.features, chunked.features)

@@ -84,3 +84,13 @@ def test_mowe_eval_command_on_a_saved_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mowe", "eval", "--model", str(tmp_path / "model"), "--manifest",
                         str(man), "--metric", "asr=cer"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "asr=cer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_router_counts_count_windows_when_routing_is_per_window(tmp_path, monkeypatch):
+    man, rows = _corpus(tmp_path)
+    model, proc = _model_and_processor(rows, tmp_path)
+    model.window_seconds = 0.5  # 25 strong frames: clips of 1.0-1.4 s have 2 or 3 windows
+    monkeypatch.setattr(model, "generate", lambda *a, **k: proc.pad([[1]] * k["input_ids"].shape[0],
+                                                                     padding_side="right")["input_ids"])
+    res = evaluate_model(model, proc, ManifestDataset(man), batch_size=2, progress=False)
+    assert sum(sum(c) for c in res.router_counts.values()) == 2 + 3 + 3 + 3 + 3
