@@ -1,7 +1,9 @@
-"""The weak pool has one name, ``weak_encoders`` (issue 25): config key, module attribute, stage part. Files written
-under the old names -- a config with the key ``weak``, weights with ``pool.`` keys -- still load through the code a
-user runs (``from_pretrained``, ``load_weights``, the transformers Auto classes, ``load_state_dict``, resume), with a
-``DeprecationWarning`` naming the new name. The old-format files are made here by renaming a freshly saved one."""
+"""The weak pool has one name, ``weak_encoders`` (issue 25): config key, module attribute, stage part.
+
+Files written under the old names -- a config with the key ``weak``, weights with ``pool.`` keys -- still load
+through the code a user runs (``from_pretrained``, ``load_weights``, the transformers Auto classes,
+``load_state_dict``, resume), with a ``DeprecationWarning`` naming the new name. The old-format files are made
+here by renaming a freshly saved one."""
 
 from __future__ import annotations
 
@@ -138,3 +140,41 @@ def test_resume_from_a_checkpoint_with_old_keys(tmp_path):
     assert res.global_step == 4
     want, got = model.state_dict(), fresh.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_an_fsdp_checkpoint_with_old_names_loads_model_and_optimizer_state(tmp_path):
+    """The DCP ``sharded/`` folder of an FSDP run is keyed by parameter names too; one written before the
+    rename loads into the current names (in one process, as DCP allows without a process group)."""
+    import torch.distributed.checkpoint as dcp
+    from torch import nn
+
+    from mowe.training.checkpoint import SHARDED_DIR, _load_sharded
+    from mowe.training.resume import check_sharded_weights
+
+    key = "pool.encoders.a.weight"
+    old = {"model": {key: torch.arange(4.0).reshape(2, 2), "connector.bias": torch.ones(2)},
+           "optim": {"state": {key: {"exp_avg": torch.full((2, 2), 2.0), "step": torch.tensor(3.0)}},
+                     "param_groups": [{"lr": 0.1, "params": [key]}]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "torch.distributed ... uninitialized": one process
+        dcp.save(old, checkpoint_id=str(tmp_path / SHARDED_DIR))
+    model = nn.Module()
+    model.weak_encoders = nn.Module()
+    model.weak_encoders.encoders = nn.ModuleDict({"a": nn.Linear(2, 2, bias=False)})
+    model.connector = nn.Linear(2, 2)
+    model.connector.weight.requires_grad_(False)
+    assert check_sharded_weights(model, str(tmp_path))  # the old names fit this model
+    new = "weak_encoders.encoders.a.weight"
+    template = {new: torch.zeros(2, 2), "connector.bias": torch.zeros(2)}
+    optim = {"state": {new: {"exp_avg": torch.zeros(2, 2), "step": torch.tensor(0.0)}},
+             "param_groups": [{"lr": 0.1, "params": [new]}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.warns(DeprecationWarning, match=r"sharded: state-dict keys under 'pool\.'"):
+            _load_sharded(str(tmp_path), "model", template)
+        with pytest.warns(DeprecationWarning):
+            _load_sharded(str(tmp_path), "optim", optim)
+    assert torch.equal(template[new], old["model"][key])
+    assert torch.equal(template["connector.bias"], torch.ones(2))
+    state = optim["state"][new]
+    assert torch.equal(state["exp_avg"], torch.full((2, 2), 2.0)) and float(state["step"]) == 3.0
