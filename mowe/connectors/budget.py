@@ -1,17 +1,18 @@
-"""A token budget: at most so many audio tokens per clip or per window, by pooling frames harder as audio grows.
+"""A token budget: at most so many audio tokens per clip or per window, pooling frames harder as audio grows.
 
 Shape legend: ``b`` clips, ``l`` layers (TLTR's input), ``t`` frames, ``w`` windows, ``F`` frames per window,
 ``d`` width, ``n`` audio tokens.
 
-A connector turns ``t`` frames into ``connector.out_lengths(t)`` tokens: 750 a minute for frame stacking by 4 at
-50 Hz, 45,000 for an hour. :class:`TokenBudget` sits in front of the connector and average-pools each clip's frames
-in time (groups of ``p`` consecutive valid frames become their mean) by the smallest whole factor ``p`` that keeps
-the connector's output within the budget:
+A connector turns ``t`` frames into ``connector.out_lengths(t)`` tokens: 750 a minute for frame stacking by 4
+at 50 Hz, 45,000 for an hour. :class:`TokenBudget` sits in front of the connector and average-pools each
+clip's frames in time (groups of ``p`` consecutive valid frames become their mean) by the smallest whole
+factor ``p`` that keeps the connector's output within the budget:
 
-* ``max_tokens``: at most this many tokens per clip; ``p`` grows with the clip, so an hour fits a chosen context.
+* ``max_tokens``: at most this many tokens per clip; ``p`` grows with the clip, so an hour fits a chosen
+  context.
 * ``max_tokens_per_window``: at most this many tokens per window of ``window_frames`` frames; every window is
-  pooled by the same ``p`` (the one a full window needs), so tokens grow linearly with the audio, and a clip of
-  ``w`` windows gets at most ``w * max_tokens_per_window``.
+  pooled by the same ``p`` (the one a full window needs), so tokens grow linearly with the audio, and a clip
+  of ``w`` windows gets at most ``w * max_tokens_per_window``.
 
 Both may be set (the window budget first, then the clip budget on its result). A clip within budget is left
 exactly as it is (``p = 1``), and a clip's tokens do not depend on what it is batched with.
@@ -33,7 +34,8 @@ __all__ = ["TokenBudget", "audio_tokens", "pool_frames"]
 OutLengths = Callable[[torch.Tensor], torch.Tensor]
 
 
-def pool_frames(features: torch.Tensor, lengths: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_frames(features: torch.Tensor, lengths: torch.Tensor, factor: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Average groups of ``factor`` consecutive valid frames (a clip's last group: its valid frames only).
 
     Args:
@@ -41,8 +43,8 @@ def pool_frames(features: torch.Tensor, lengths: torch.Tensor, factor: int) -> t
         factor: ``p >= 1``.
 
     Returns:
-        ``(b, ceil(t / p), d)`` (or with ``l``) pooled features, zero past each clip's ``ceil(lengths / p)``, and
-        those lengths.
+        ``(b, ceil(t / p), d)`` (or with ``l``) pooled features, zero past each clip's
+        ``ceil(lengths / p)``, and those lengths.
     """
     if factor == 1:
         return features, lengths
@@ -65,8 +67,8 @@ def _smallest_factor(frames: int, cap: int, out_lengths: OutLengths, *, who: str
     if tokens(1) <= cap:
         return 1
     if tokens(frames) > cap:
-        raise MoWEInputError(f"{what}={cap} cannot be met: {who} gives {tokens(frames)} tokens even from a single "
-                             f"pooled frame; raise {what}")
+        raise MoWEInputError(f"{what}={cap} cannot be met: {who} gives {tokens(frames)} tokens even from a "
+                             f"single pooled frame; raise {what}")
     lo, hi = 1, frames  # tokens(lo) > cap >= tokens(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -81,7 +83,8 @@ class TokenBudget:
     Args:
         max_tokens: tokens per clip.
         max_tokens_per_window: tokens per window of ``window_frames`` frames.
-        window_frames: frames per window (the routing window on the strong grid; 30 s when routing is per clip).
+        window_frames: frames per window (the routing window on the strong grid; 30 s when routing is per
+            clip).
     """
 
     max_tokens: int | None = None
@@ -132,7 +135,8 @@ class TokenBudget:
         if self.max_tokens is None:
             return features, lengths
         host = lengths.tolist()
-        factors = [_smallest_factor(n, self.max_tokens, out_lengths, who=who, what="max_tokens") for n in host]
+        factors = [_smallest_factor(n, self.max_tokens, out_lengths, who=who, what="max_tokens")
+                   for n in host]
         if all(f == 1 for f in factors):
             return features, lengths
         parts, order = [], []
@@ -145,15 +149,16 @@ class TokenBudget:
         t = max(x.shape[-2] for x, _ in parts)
         x = torch.cat([F.pad(x, (0, 0, 0, t - x.shape[-2])) for x, _ in parts])
         n = torch.cat([n for _, n in parts])
-        inverse = torch.empty(len(order), dtype=torch.long, device=features.device)
-        inverse[torch.tensor(order, device=features.device)] = torch.arange(len(order), device=features.device)
+        device = features.device
+        inverse = torch.empty(len(order), dtype=torch.long, device=device)
+        inverse[torch.tensor(order, device=device)] = torch.arange(len(order), device=device)
         return x[inverse], n[inverse]
 
 
 def _pool_windows(features: torch.Tensor, lengths: torch.Tensor, window: int, factor: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pool each window of ``window`` frames by ``factor`` on its own, then lay the windows end to end (every window
-    but a clip's last is full, so the pooled frames stay contiguous)."""
+    """Pool each window of ``window`` frames by ``factor`` on its own, then lay the windows end to end (every
+    window but a clip's last is full, so the pooled frames stay contiguous)."""
     b, t = features.shape[0], features.shape[-2]
     wl = window_lengths(lengths, window)  # (b, w)
     w = wl.shape[1]
@@ -177,8 +182,9 @@ def _pool_windows(features: torch.Tensor, lengths: torch.Tensor, window: int, fa
 
 def audio_tokens(out_lengths: OutLengths, *, seconds: float, frame_rate: float = 50.0,
                  budget: TokenBudget | None = None) -> int:
-    """Audio tokens a connector (its ``out_lengths``) gives for ``seconds`` of audio at ``frame_rate`` frames/s, after
-    ``budget``, without running anything: the figures of the README's table (``benchmarks/tokens_per_minute.py``)."""
+    """Audio tokens a connector (its ``out_lengths``) gives for ``seconds`` of audio at ``frame_rate``
+    frames/s, after ``budget``, without running anything: the figures of the README's table
+    (``benchmarks/tokens_per_minute.py``)."""
     frames = round(seconds * frame_rate)
     n = torch.tensor([frames])
     if budget is not None and budget.active:
@@ -187,6 +193,7 @@ def audio_tokens(out_lengths: OutLengths, *, seconds: float, frame_rate: float =
             wl = window_lengths(n, budget.window_frames)
             n = torch.div(wl + p - 1, p, rounding_mode="floor").sum(1)
         if budget.max_tokens is not None:
-            f = _smallest_factor(int(n[0]), budget.max_tokens, out_lengths, who="connector", what="max_tokens")
+            f = _smallest_factor(int(n[0]), budget.max_tokens, out_lengths, who="connector",
+                                 what="max_tokens")
             n = torch.div(n + f - 1, f, rounding_mode="floor")
     return int(out_lengths(n)[0])

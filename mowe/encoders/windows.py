@@ -1,25 +1,27 @@
 """Encoders on audio of any length: the window settings an encoder declares, running it window by window, and
 checking that a window length fits it.
 
-Shape legend: ``b`` clips, ``s`` samples, ``n`` windows (over the batch), ``t`` frames, ``d`` width, ``l`` layers.
+Shape legend: ``b`` clips, ``s`` samples, ``n`` windows (over the batch), ``t`` frames, ``d`` width, ``l``
+layers.
 
-Two optional encoder attributes (beside the protocol of :mod:`mowe.encoders.base`) say how an encoder meets long
-audio:
+Two optional encoder attributes (beside the protocol of :mod:`mowe.encoders.base`) say how an encoder meets
+long audio:
 
-* ``max_input_seconds: float`` -- the longest clip it takes in one call (Whisper: 30 s, the length of its position
-  table). A longer clip is cut into windows of at most this, and a window setting above it is an error.
-* ``window_seconds: float`` -- clips longer than this are cut into windows of this length (HuBERT family: 30 s by
-  default, so attention memory stays bounded instead of growing with the square of the length). Unset: the
+* ``max_input_seconds: float`` -- the longest clip it takes in one call (Whisper: 30 s, the length of its
+  position table). A longer clip is cut into windows of at most this, and a window setting above it is an
+  error.
+* ``window_seconds: float`` -- clips longer than this are cut into windows of this length (HuBERT family: 30 s
+  by default, so attention memory stays bounded instead of growing with the square of the length). Unset: the
   encoder's ``max_input_seconds``.
 
 An encoder with neither sees every clip whole. Where the model routes per window
-(``RouterConfig(window_seconds=W)``), every encoder that windows at all runs in windows of ``W`` instead, so its
-windows are the routing windows; ``W`` must then fit each of them (:func:`check_window_seconds`).
+(``RouterConfig(window_seconds=W)``), every encoder that windows at all runs in windows of ``W`` instead, so
+its windows are the routing windows; ``W`` must then fit each of them (:func:`check_window_seconds`).
 
-The frames of a clip's windows are stitched in time: window ``j``'s valid frames follow window ``j - 1``'s. Every
-window but a clip's last is full, so a clip's valid frames stay contiguous. The weak pool stitches each window
-onto the strong encoder's frame grid instead (:class:`~mowe.encoders.WeakEncoderPool`), so an encoder whose
-window is not a whole number of its own frames cannot drift.
+The frames of a clip's windows are stitched in time: window ``j``'s valid frames follow window ``j - 1``'s.
+Every window but a clip's last is full, so a clip's valid frames stay contiguous. The weak pool stitches each
+window onto the strong encoder's frame grid instead (:class:`~mowe.encoders.WeakEncoderPool`), so an encoder
+whose window is not a whole number of its own frames cannot drift.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ __all__ = ["SECONDS_PER_CALL", "check_window_seconds", "encode_in_chunks", "enco
 _TOL = 1e-6
 
 #: Audio per call of an encoder when it runs in windows (as many whole windows as fit, at least one): its
-#: activations then stay bounded whatever the duration (measured, a 4-layer HuBERT of width 384 on one thread:
-#: 4 minutes whole raise peak RSS by 4.5 GB, in 30 s windows two per call by 1.3 GB); only the stitched output grows.
+#: activations then stay bounded whatever the duration (measured, a 4-layer HuBERT of width 384 on one
+#: thread: 4 minutes whole raise peak RSS by 4.5 GB, in 30 s windows two per call by 1.3 GB); only the
+#: stitched output grows.
 SECONDS_PER_CALL = 60.0
 
 
 def windows_per_call(window: int) -> int:
-    """Windows of ``window`` samples encoded per call: :data:`SECONDS_PER_CALL` of audio, at least one window."""
+    """Windows of ``window`` samples encoded per call: :data:`SECONDS_PER_CALL` of audio, at least one."""
     return max(1, int(SECONDS_PER_CALL * SAMPLE_RATE) // window)
 
 
@@ -64,12 +67,14 @@ def seconds_to_frames(seconds: float, frame_rate: float, *, who: str, what: str 
     """``seconds * frame_rate`` as a whole number of frames.
 
     Raises:
-        MoWEInputError: not a whole, positive number of frames (naming ``what``, the value, ``who`` and its hop).
+        MoWEInputError: not a whole, positive number of frames (naming ``what``, the value, ``who`` and its
+            hop).
     """
     frames = seconds * float(frame_rate)
     if round(frames) < 1 or abs(frames - round(frames)) > _TOL * max(1.0, frames):
+        hop = f"{1 / float(frame_rate):g} s = 1/{float(frame_rate):g} Hz"
         raise MoWEInputError(f"{what}={seconds:g} does not fit {who}: it is not a multiple of its frame hop "
-                             f"({1 / float(frame_rate):g} s = 1/{float(frame_rate):g} Hz); choose a multiple of it")
+                             f"({hop}); choose a multiple of it")
     return int(round(frames))
 
 
@@ -80,8 +85,8 @@ def window_samples(seconds: float, *, who: str, what: str = "window_seconds") ->
 
 def check_window_seconds(encoder: nn.Module, seconds: float, *, who: str,
                          what: str = "model.router.window_seconds") -> None:
-    """Whether windows of ``seconds`` fit ``encoder``: at most its ``max_input_seconds`` and a whole number of its
-    frames (and of samples).
+    """Whether windows of ``seconds`` fit ``encoder``: at most its ``max_input_seconds`` and a whole number of
+    its frames (and of samples).
 
     Raises:
         MoWEInputError: naming ``what``, the value and the encoder (``who``).
@@ -104,7 +109,8 @@ def encode_in_windows(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutp
         encode: ``(waveforms (n, s'), lengths (n,)) -> EncoderOutput`` (e.g. the encoder itself).
         waveforms: ``(b, s)`` zero-padded clips; ``lengths``: ``(b,)`` valid samples.
         window: samples per window.
-        min_samples: a clip's last window shorter than this is zero-padded to it (the encoder's shortest input).
+        min_samples: a clip's last window shorter than this is zero-padded to it (the encoder's shortest
+            input).
 
     Returns:
         ``features (b, t, d)``, ``lengths (b,)`` (the windows' valid frames, summed) and ``hidden_states``
@@ -127,7 +133,8 @@ def encode_in_windows(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutp
     frames = torch.zeros(b * w, dtype=torch.long, device=lengths.device)
     frames[used] = out.lengths.to(lengths.device)
     frames = frames.reshape(b, w)
-    # Window j of clip i starts at the frames of its earlier (full) windows: a cumulative sum, exact for the last.
+    # Window j of clip i starts at the frames of its earlier (full) windows: a cumulative sum, exact for the
+    # last.
     starts = torch.cumsum(frames, 1) - frames  # (b, w)
     total = frames.sum(1)
     t = int(total.max())
