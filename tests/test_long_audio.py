@@ -253,3 +253,20 @@ def test_the_token_budget_caps_tokens_per_clip_and_per_window():
                                           r"\(StatsPoolConnector\) gives 4 tokens"):
         MoWEAudioLLM.from_config(dataclasses.replace(tiny_config(weak=False), connector=ConnectorConfig(
             "stats", {"tokens": 4}, max_tokens=2)))
+
+
+def test_window_and_budget_settings_survive_save_and_load_and_the_forward_trains(tmp_path):
+    model = long_model(10.0, max_tokens_per_window=40)
+    wav, lens = clips((25.0, 8.0))
+    ids = torch.tensor([[1, AUDIO_ID, 7, 8], [1, AUDIO_ID, 9, 0]])
+    labels = torch.tensor([[-100, -100, 7, 8], [-100, -100, 9, -100]])
+    out = model.train()(input_ids=ids, waveforms=wav, wave_lengths=lens, attention_mask=(ids != 0).long(),
+                        labels=labels)
+    assert torch.isfinite(out.loss) and out.router.window_indices.shape == (2, 3, 1)
+    out.loss.backward()
+    model.eval().save_pretrained(tmp_path / "m")
+    loaded = MoWEAudioLLM.from_pretrained(tmp_path / "m").eval()
+    assert loaded.window_seconds == 10.0 and loaded.token_budget.max_tokens_per_window == 40
+    with torch.no_grad():
+        a, b = model.encode_audio(wav, lens), loaded.encode_audio(wav, lens)
+    assert torch.equal(a.embeds, b.embeds) and torch.equal(a.router.window_indices, b.router.window_indices)
