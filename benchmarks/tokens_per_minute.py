@@ -1,9 +1,10 @@
-"""Audio tokens per audio minute for each connector kind, with and without a token budget (the README's table).
+"""Audio tokens per audio minute for each connector kind, with and without a token budget (the README's
+table).
 
 Nothing is run or timed: each connector's ``out_lengths`` maps frame counts to tokens, at the strong encoder's
-50 frames/s (Whisper), and :class:`mowe.connectors.TokenBudget` gives the pooling a budget applies. The options
-are each kind's defaults (``qformer``: SALMONN's 17-frame windows, one query; ``tltr``: LTU-AS's pooling by 20).
-``tests/connectors/test_budget.py`` checks that the README holds exactly these rows.
+50 frames/s (Whisper), and :class:`mowe.connectors.TokenBudget` gives the pooling a budget applies. The
+options are each kind's defaults (``qformer``: SALMONN's 17-frame windows, one query; ``tltr``: LTU-AS's
+pooling by 20). ``tests/connectors/test_budget.py`` checks that the README holds exactly these rows.
 
     python benchmarks/tokens_per_minute.py
 """
@@ -32,9 +33,8 @@ def rows() -> list[str]:
     for kind, options in KINDS.items():
         connector = build_connector(ConnectorConfig(kind, options), in_dim=8, out_dim=8)
         n = connector.out_lengths
-        cells = [audio_tokens(n, seconds=60, frame_rate=FRAME_RATE), audio_tokens(n, seconds=3600, frame_rate=FRAME_RATE),
-                 audio_tokens(n, seconds=3600, frame_rate=FRAME_RATE, budget=window),
-                 audio_tokens(n, seconds=3600, frame_rate=FRAME_RATE, budget=clip)]
+        cells = [audio_tokens(n, seconds=s, frame_rate=FRAME_RATE, budget=b)
+                 for s, b in ((60, None), (3600, None), (3600, window), (3600, clip))]
         out.append(f"| `{kind}` | " + " | ".join(f"{c:,}" for c in cells) + " |")
     return out
 

@@ -70,8 +70,8 @@ def build_encoder(cfg: EncoderConfig, *, name: str, custom: Mapping[str, nn.Modu
 
 
 def encoder_key(name: str) -> str:
-    """The config key path of encoder ``name`` (``"model.strong"``, ``"model.weak_encoders.<name>"``): build-time
-    errors name keys as the run-file and ``config.json`` loaders do."""
+    """The config key path of encoder ``name`` (``"model.strong"``, ``"model.weak_encoders.<name>"``):
+    build-time errors name keys as the run-file and ``config.json`` loaders do."""
     return "model.strong" if name == "strong" else f"model.weak_encoders.{name}"
 
 

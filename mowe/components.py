@@ -30,9 +30,9 @@ of each weak encoder's features, zero where not selected; gradient flows to the 
 ``indices`` ``(b, k)`` long (the selected encoders, ``k == top_k``, most probable first; the pool runs only
 those) and ``aux_loss`` (a scalar added to the loss times ``router.aux_loss_weight``; return a zero tensor
 when there is none). ``features`` are the strong encoder's frames, valid up to ``lengths`` per clip (so clip
-duration is ``lengths / strong.frame_rate``). With routing per window (``window_seconds``), the router is called
-once on the windows of the batch as if they were clips (:func:`mowe.routers.route_per_window`), so the same
-contract routes per window.
+duration is ``lengths / strong.frame_rate``). With routing per window (``window_seconds``), the router is
+called once on the windows of the batch as if they were clips (:func:`mowe.routers.route_per_window`), so the
+same contract routes per window.
 
 Trust: building a component imports its module, which runs its code. ``mowe train`` and
 :meth:`~mowe.model.MoWEAudioLLM.from_config` build what the config names (you wrote it); loading a saved model

@@ -14,8 +14,8 @@ message starts with the key path (``train.seed``, ``model.router.top_k``) for ea
 
 YAML is read with a resolver that also takes ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do.
 
-Renamed keys: a dataclass may list old key names in a ``RENAMED_KEYS`` class attribute (old -> new); the loader
-reads an old key as the new one and warns (``DeprecationWarning`` naming the new key). The weak pool is
+Renamed keys: a dataclass may list old key names in a ``RENAMED_KEYS`` class attribute (old -> new); the
+loader reads an old key as the new one and warns (``DeprecationWarning`` naming the new key). The weak pool is
 ``weak_encoders`` everywhere (``MoWEConfig.weak_encoders``, ``model.weak_encoders``, the stage part
 ``"weak_encoders"``); configs saved with the old key ``weak`` still load.
 """
@@ -81,9 +81,10 @@ class EncoderConfig:
             that are not fields here become ``kwargs``.
         kwargs: keyword arguments of ``component``.
         dtype: cast the built encoder's weights to ``"float32"``, ``"bfloat16"`` or ``"float16"``; None: as built.
-        window_seconds: HuBERT family: clips longer than this are encoded in windows of this many seconds, their
-            frames stitched in time, so attention memory stays bounded (None: the family's default, 30 s; see
-            "Long audio" in the README). Routing per window (``RouterConfig.window_seconds``) replaces it.
+        window_seconds: HuBERT family: clips longer than this are encoded in windows of this many seconds,
+            their frames stitched in time, so attention memory stays bounded (None: the family's default, 30
+            s; see "Long audio" in the README). Routing per window (``RouterConfig.window_seconds``) replaces
+            it.
     """
 
     family: str = "whisper"
@@ -143,7 +144,8 @@ class RouterConfig:
 @dataclass(frozen=True)
 class ConnectorConfig:
     """Connector kind (``linear``, ``mlp``, ``stack``, ``conv``, ``stats``, ``qformer``, ``tltr``) and its keyword options,
-    or ``component``: the import path of your own connector, built with ``kwargs`` (see :mod:`mowe.components`).
+    or ``component``: the import path of your own connector, built with ``kwargs`` (see
+    :mod:`mowe.components`).
 
     Token budget (:class:`~mowe.connectors.TokenBudget`; None: no cap): the frames are average-pooled in time
     before the connector, by the smallest factor that keeps the audio tokens within the cap, so the pooling
@@ -224,7 +226,8 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class MoWEConfig:
-    """A whole MoWE audio LLM. ``weak_encoders`` maps names to encoders, in pool order (empty: base-only model).
+    """A whole MoWE audio LLM. ``weak_encoders`` maps names to encoders, in pool order (empty: base-only
+    model).
 
     Configs saved before the rename hold the key ``weak``; it is read as ``weak_encoders``, with a warning.
     """
@@ -320,7 +323,8 @@ def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = 
 
 
 def _rename_keys(cls: type, data: dict, where: str) -> dict:
-    """Old key names (``cls.RENAMED_KEYS``, old -> new) read as the new ones, in place, with a DeprecationWarning."""
+    """Old key names (``cls.RENAMED_KEYS``, old -> new) read as the new ones, in place, with a
+    DeprecationWarning."""
     renamed = getattr(cls, "RENAMED_KEYS", {})
     if not any(old in data for old in renamed):
         return data
@@ -329,9 +333,10 @@ def _rename_keys(cls: type, data: dict, where: str) -> dict:
         new = renamed.get(key, key)
         if new != key:
             if new in data:
-                raise ConfigError(f"{_join(where, key)}: the old name of {new!r}, which is given too; keep only {new!r}")
-            warnings.warn(f"{_join(where, key)}: the key {key!r} is deprecated; use {new!r} (read as {new!r} now)",
-                          DeprecationWarning, stacklevel=4)
+                raise ConfigError(f"{_join(where, key)}: the old name of {new!r}, which is given too; keep "
+                                  f"only {new!r}")
+            warnings.warn(f"{_join(where, key)}: the key {key!r} is deprecated; use {new!r} (read as {new!r} "
+                          f"now)", DeprecationWarning, stacklevel=4)
         out[new] = value
     return out
 

@@ -13,8 +13,8 @@ Data flow of one forward::
 
 Long audio (README "Long audio"): with ``window_seconds`` each window of a clip is routed on its own
 (:func:`mowe.routers.route_per_window`) and the weak encoders run per window; encoders that declare a maximum
-input or a window (:mod:`mowe.encoders.windows`) see long clips in windows; a :class:`~mowe.connectors.TokenBudget`
-pools frames before the connector to cap the audio tokens.
+input or a window (:mod:`mowe.encoders.windows`) see long clips in windows; a
+:class:`~mowe.connectors.TokenBudget` pools frames before the connector to cap the audio tokens.
 """
 
 from __future__ import annotations
@@ -114,14 +114,15 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         connector: maps ``(b, t, strong.out_dim + weak_encoders.out_dim)`` to ``(b, n, d_llm)``.
         llm: a transformers causal LM (optionally wrapped by peft).
         audio_token_id: the placeholder token id in prompts (one per clip).
-        weak_encoders: name -> encoder, or a ready :class:`WeakEncoderPool` (``model.weak_encoders``); None for a
-            base-only model.
+        weak_encoders: name -> encoder, or a ready :class:`WeakEncoderPool` (``model.weak_encoders``); None
+            for a base-only model.
         router: routes clips over the pool; by default both MoWE routers with top-1.
         aux_loss_weight: weight of the load-balance loss (MoWE-Audio: 0.1).
         config: the :class:`MoWEConfig` that built this model, if any (needed to reload by path alone).
-        window_seconds: route each window of this many seconds on its own (:func:`mowe.routers.route_per_window`);
-            encoders that window (:mod:`mowe.encoders.windows`) then run in these windows. None: one decision per
-            clip. Settable later (``model.window_seconds = 30``); checked against every encoder.
+        window_seconds: route each window of this many seconds on its own
+            (:func:`mowe.routers.route_per_window`); encoders that window (:mod:`mowe.encoders.windows`) then
+            run in these windows. None: one decision per clip. Settable later (``model.window_seconds = 30``);
+            checked against every encoder.
         token_budget: caps on audio tokens per clip / per window (:class:`~mowe.connectors.TokenBudget`).
 
     Example:
@@ -130,16 +131,18 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
 
     def __init__(self, *, strong_encoder: nn.Module, connector: nn.Module, llm: nn.Module, audio_token_id: int,
                  weak_encoders: Mapping[str, nn.Module] | WeakEncoderPool | None = None,
-                 router: nn.Module | None = None, aux_loss_weight: float = 0.1, config: MoWEConfig | None = None,
-                 window_seconds: float | None = None, token_budget: TokenBudget | None = None):
+                 router: nn.Module | None = None, aux_loss_weight: float = 0.1,
+                 config: MoWEConfig | None = None, window_seconds: float | None = None,
+                 token_budget: TokenBudget | None = None):
         super().__init__()
         self.strong_encoder = strong_encoder
         if weak_encoders is not None and not isinstance(weak_encoders, WeakEncoderPool):
             weak_encoders = WeakEncoderPool(encoders=weak_encoders)
         self.weak_encoders = weak_encoders
         if self.weak_encoders is not None and router is None:
-            router = build_router(RouterConfig(top_k=self.weak_encoders.top_k),
-                                  strong_dim=int(strong_encoder.out_dim), num_encoders=len(self.weak_encoders))
+            pool = self.weak_encoders
+            router = build_router(RouterConfig(top_k=pool.top_k), strong_dim=int(strong_encoder.out_dim),
+                                  num_encoders=len(pool))
         self.router = router if self.weak_encoders is not None else None
         self.connector = connector
         self.llm = llm
@@ -154,7 +157,7 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         self.token_budget = token_budget
         if token_budget is not None and token_budget.active:
             _connector_out_lengths(self)  # a connector without out_lengths cannot take a budget
-            token_budget.check(self.connector.out_lengths, who=f"the connector ({type(self.connector).__name__})")
+            token_budget.check(self.connector.out_lengths, who=_connector_name(self.connector))
         self.train(self.training)
 
     def train(self, mode: bool = True) -> MoWEAudioLLM:
@@ -206,9 +209,9 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
             try:
                 frames = seconds_to_frames(window or BUDGET_WINDOW_SECONDS, float(strong.frame_rate),
                                            who="the strong encoder", what="the token budget's window")
-                budget = TokenBudget(max_tokens=config.connector.max_tokens,
-                                     max_tokens_per_window=config.connector.max_tokens_per_window, window_frames=frames)
-                budget.check(_connector_out_lengths_of(connector), who=f"the connector ({type(connector).__name__})")
+                budget = TokenBudget(max_tokens=config.connector.max_tokens, window_frames=frames,
+                                     max_tokens_per_window=config.connector.max_tokens_per_window)
+                budget.check(_connector_out_lengths_of(connector), who=_connector_name(connector))
             except MoWEInputError as e:
                 raise ConfigError(f"model.connector: {e}") from e
         try:
@@ -257,23 +260,26 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         elif self.weak_encoders is not None:
             prompt = prompt_embeds if self.needs_prompt else None
             if self.window_frames is not None:
-                route = route_per_window(self.router, feats, flens, window_frames=self.window_frames, prompt=prompt)
+                route = route_per_window(self.router, feats, flens, window_frames=self.window_frames,
+                                         prompt=prompt)
             else:
                 route = self.router(feats, flens, prompt) if self.needs_prompt else self.router(feats, flens)
-            weak = self.weak_encoders(waveforms, lengths, route, frame_rate=float(self.strong_encoder.frame_rate),
-                                      frame_lengths=flens, num_frames=feats.shape[1])
+            rate = float(self.strong_encoder.frame_rate)
+            weak = self.weak_encoders(waveforms, lengths, route, frame_rate=rate, frame_lengths=flens,
+                                      num_frames=feats.shape[1])
             feats = torch.cat([feats.float(), weak], dim=-1)
         if self.token_budget is not None and self.token_budget.active:
             feats, flens = self.token_budget(feats, flens, out_lengths=_connector_out_lengths(self),
-                                             who=f"the connector ({type(self.connector).__name__})")
+                                             who=_connector_name(self.connector))
         dtype = next(self.connector.parameters()).dtype
         out = self.connector(feats.to(dtype), flens)
         return AudioEncoding(out.embeds, out.lengths, route)
 
     def encode_strong(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        """The strong encoder's output for ``(c, s)`` waveforms and ``(c,)`` lengths: the frame grid everything is
-        aligned to. An encoder that windows (:mod:`mowe.encoders.windows`) sees a clip longer than its window
-        (:attr:`window_seconds` where routing is per window) in windows, their frames stitched in time."""
+        """The strong encoder's output for ``(c, s)`` waveforms and ``(c,)`` lengths: the frame grid
+        everything is aligned to. An encoder that windows (:mod:`mowe.encoders.windows`) sees a clip longer
+        than its window (:attr:`window_seconds` where routing is per window) in windows, their frames stitched
+        in time."""
         enc = self.strong_encoder
 
         def run(wav: torch.Tensor, lens: torch.Tensor) -> EncoderOutput:
@@ -498,7 +504,8 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
 
 
 def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
-    """``load_state_dict`` pre-hook: keys under an old prefix (``pool.``) take their current name, in place."""
+    """``load_state_dict`` pre-hook: keys under an old prefix (``pool.``) take their current name, in
+    place."""
     renamed = rename_legacy_keys(state_dict, where="load_state_dict", prefix=prefix)
     if list(renamed) != list(state_dict):
         state_dict.clear()
@@ -514,9 +521,9 @@ class WindowSettingError(MoWEInputError):
 
 
 def _check_windows(model: MoWEAudioLLM, seconds: float | None) -> int | None:
-    """Strong frames per routing window of ``seconds`` (None: routing per clip); raises WindowSettingError naming
-    the encoder and the value when the windows do not fit it (longer than its maximum input, or not a whole
-    number of its frames)."""
+    """Strong frames per routing window of ``seconds`` (None: routing per clip); raises WindowSettingError
+    naming the encoder and the value when the windows do not fit it (longer than its maximum input, or not a
+    whole number of its frames)."""
     if seconds is None:
         return None
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
@@ -526,9 +533,10 @@ def _check_windows(model: MoWEAudioLLM, seconds: float | None) -> int | None:
     try:
         frames = seconds_to_frames(seconds, float(strong.frame_rate), who="the strong encoder")
         if getattr(strong, "full_window", False) and seconds != getattr(strong, "max_input_seconds", seconds):
-            raise MoWEInputError(f"window_seconds={seconds:g} does not fit the strong encoder: with full_window it "
-                                 f"gives a whole {strong.max_input_seconds:g} s window of frames whatever the audio; "
-                                 f"choose {strong.max_input_seconds:g}")
+            whole = strong.max_input_seconds
+            raise MoWEInputError(f"window_seconds={seconds:g} does not fit the strong encoder: with "
+                                 f"full_window it gives a whole {whole:g} s window of frames whatever the audio; "
+                                 f"choose {whole:g}")
         encoders = [("the strong encoder", strong)]
         if model.weak_encoders is not None:
             encoders += [(f"weak encoder {n!r}", e) for n, e in model.weak_encoders.encoders.items()]
@@ -539,6 +547,10 @@ def _check_windows(model: MoWEAudioLLM, seconds: float | None) -> int | None:
     except MoWEInputError as e:
         raise WindowSettingError(str(e)) from e
     return frames
+
+
+def _connector_name(connector: nn.Module) -> str:
+    return f"the connector ({type(connector).__name__})"
 
 
 def _connector_out_lengths(model: MoWEAudioLLM):

@@ -77,7 +77,8 @@ def base_only(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 
               llm: str = "Qwen/Qwen2.5-1.5B-Instruct") -> Preset:
     """The MoWE paper configuration without the weak pool: the baseline MoWE is compared against."""
     p = mowe_paper(tiny=tiny, audio_token_id=audio_token_id, vocab_size=vocab_size, steps=steps, llm=llm)
-    return Preset("base_only", p.config.replace(weak_encoders={}), p.stages, p.prompt_template, 1.0, p.reference)
+    return Preset("base_only", p.config.replace(weak_encoders={}), p.stages, p.prompt_template, 1.0,
+                  p.reference)
 
 
 def _mowe_stages(steps: int | Sequence[int]) -> list[Stage]:

@@ -33,21 +33,24 @@ from torch import nn
 
 from mowe.errors import CheckpointError
 
-__all__ = ["RENAMED_PREFIXES", "alias_groups", "check_aliases", "check_frozen_copies", "legacy_key", "peft_base_key",
-           "rename_legacy_keys", "tensors_equal"]
+__all__ = ["RENAMED_PREFIXES", "alias_groups", "check_aliases", "check_frozen_copies", "legacy_key",
+           "peft_base_key", "rename_legacy_keys", "tensors_equal"]
 
-#: State-dict prefixes that were renamed, old -> current. Files written before a rename still load (every loader
-#: passes what it read through :func:`rename_legacy_keys`), with a ``DeprecationWarning`` naming the new prefix.
-#: ``pool.`` was the weak pool's attribute; it is ``weak_encoders`` everywhere now (config key, module, stage part).
+#: State-dict prefixes that were renamed, old -> current. Files written before a rename still load (every
+#: loader passes what it read through :func:`rename_legacy_keys`), with a ``DeprecationWarning`` naming the
+#: new prefix. ``pool.`` was the weak pool's attribute; it is ``weak_encoders`` everywhere now (config key,
+#: module, stage part).
 RENAMED_PREFIXES = {"pool.": "weak_encoders."}
 
 V = TypeVar("V")
 
 
-def rename_legacy_keys(state: Mapping[str, V], *, where: str, prefix: str = "", warn: bool = True) -> dict[str, V]:
+def rename_legacy_keys(state: Mapping[str, V], *, where: str, prefix: str = "",
+                       warn: bool = True) -> dict[str, V]:
     """``state`` with every key under a renamed prefix (:data:`RENAMED_PREFIXES`, after ``prefix``) given its
-    current name, in the same order; warns once (``DeprecationWarning``, naming ``where`` and the new prefix) when
-    there was one (``warn=False``: a check that runs before the load, which warns). A file holding both the old and the new name of one key is refused.
+    current name, in the same order; warns once (``DeprecationWarning``, naming ``where`` and the new prefix)
+    when there was one (``warn=False``: a check that runs before the load, which warns). A file holding both
+    the old and the new name of one key is refused.
 
     Raises:
         CheckpointError: a key present under both names.
@@ -62,11 +65,13 @@ def rename_legacy_keys(state: Mapping[str, V], *, where: str, prefix: str = "", 
                 renamed[old] = cur
                 break
         if new in out or (new != key and new in state):
-            raise CheckpointError(f"{where}: holds {key!r} and {new!r}, the old and the new name of one weight")
+            raise CheckpointError(f"{where}: holds {key!r} and {new!r}, the old and the new name of one "
+                                  f"weight")
         out[new] = value
     for old, cur in renamed.items() if warn else ():
         warnings.warn(f"{where}: state-dict keys under {old!r} are deprecated; they now start with {cur!r} "
-                      f"(loaded as such; save again to write the new names)", DeprecationWarning, stacklevel=3)
+                      f"(loaded as such; save again to write the new names)", DeprecationWarning,
+                      stacklevel=3)
     return out
 
 

@@ -23,8 +23,8 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 def window_lengths(lengths: torch.Tensor, window: int, num_windows: int | None = None) -> torch.Tensor:
     """Cut each clip of ``lengths`` (frames or samples) into consecutive windows of ``window``: ``(b,)`` ->
-    ``(b, w)`` valid positions per window (``window`` for every full window, the rest in a clip's last one, 0 for
-    windows past its end). ``num_windows``: ``w`` (default: enough for the longest clip, at least 1).
+    ``(b, w)`` valid positions per window (``window`` for every full window, the rest in a clip's last one, 0
+    for windows past its end). ``num_windows``: ``w`` (default: enough for the longest clip, at least 1).
 
     Example:
         >>> window_lengths(torch.tensor([5, 2]), 2).tolist()

@@ -6,8 +6,8 @@ Batching with padding is exact here: the base models normalise their first conv 
 over *time*, which would let a clip's padding change its features; we compute that norm over each clip's
 valid frames only, so a clip gives the same features alone or in any batch.
 
-Long clips: attention is quadratic in length, so clips longer than ``window_seconds`` (30 s by default) are encoded
-in windows of that length and their frames stitched (:mod:`mowe.encoders.windows`).
+Long clips: attention is quadratic in length, so clips longer than ``window_seconds`` (30 s by default) are
+encoded in windows of that length and their frames stitched (:mod:`mowe.encoders.windows`).
 """
 
 from __future__ import annotations
@@ -81,10 +81,11 @@ class HubertEncoder(nn.Module):
             to its longest clip; ``"auto"`` (default): 0.05 on CPU, 0.25 on accelerators. Features are the
             same either way (masked normalisation and attention).
         source: hub id or folder the weights came from (None for random weights).
-        window_seconds: clips longer than this are encoded in windows of this many seconds, their frames stitched
-            in time (:func:`mowe.encoders.windows.encode_in_windows`), so attention memory stays bounded rather than
-            growing with the square of the length; None: every clip whole. Default 30 s (the length HuBERT-family
-            models were pre-trained on is far shorter, so a window loses little context).
+        window_seconds: clips longer than this are encoded in windows of this many seconds, their frames
+            stitched in time (:func:`mowe.encoders.windows.encode_in_windows`), so attention memory stays
+            bounded rather than growing with the square of the length; None: every clip whole. Default 30 s
+            (the length HuBERT-family models were pre-trained on is far shorter, so a window loses little
+            context).
 
     Example:
         >>> enc = HubertEncoder.from_preset("hubert-base", hidden_size=32, num_hidden_layers=1,
@@ -112,7 +113,8 @@ class HubertEncoder(nn.Module):
         self.source = source
         self.window_seconds = window_seconds
         if window_seconds is not None:
-            check_window_seconds(self, window_seconds, who="this HuBERT-family encoder", what="window_seconds")
+            check_window_seconds(self, window_seconds, who="this HuBERT-family encoder",
+                                 what="window_seconds")
         set_trainable(self, not freeze)
 
     @classmethod

@@ -5,8 +5,8 @@ Shape legend: ``b`` batch, ``s`` samples, ``t`` strong frames, ``e`` weak encode
 
 Sparse execution: each weak encoder runs once per batch, on only the clips that selected it, trimmed to the
 longest of *those* clips. With ``k=1`` over 4 encoders a batch costs about one encoder's compute. Routed per
-window (:func:`mowe.routers.route_per_window`), it runs on only the *windows* that selected it, each cut from its
-clip; their frames are stitched back on the strong encoder's grid, window by window, gated per window.
+window (:func:`mowe.routers.route_per_window`), it runs on only the *windows* that selected it, each cut from
+its clip; their frames are stitched back on the strong encoder's grid, window by window, gated per window.
 
 Slot layouts (the connector sees ``(b, t, d_strong + out_dim)``):
 
@@ -103,17 +103,18 @@ class WeakEncoderPool(nn.Module):
 
         Args:
             waveforms: ``(b, s)``; lengths ``(b,)`` samples.
-            route: the router's decision (``indices`` ``(b, k)``, ``gates`` ``(b, e)``; or, routed per window, its
-                ``window_*`` fields, :meth:`~mowe.routers.RouterOutput.per_window`).
+            route: the router's decision (``indices`` ``(b, k)``, ``gates`` ``(b, e)``; or, routed per window,
+                its ``window_*`` fields, :meth:`~mowe.routers.RouterOutput.per_window`).
             frame_rate, frame_lengths, num_frames: the strong stream's grid (Hz, ``(b,)``, ``t``).
 
         Returns:
             ``(b, t, out_dim)`` gated features; zeros where no encoder was selected.
 
-        Routed per window, an encoder runs on only the windows that chose it, each cut from its clip and trimmed
-        to the longest of them, and each window's frames are aligned onto its own stretch of the strong grid and
-        scaled by that window's gate. Routed per clip, an encoder that windows (:mod:`mowe.encoders.windows`)
-        sees a selected clip longer than its window the same way, in windows (all gated by the clip's gate).
+        Routed per window, an encoder runs on only the windows that chose it, each cut from its clip and
+        trimmed to the longest of them, and each window's frames are aligned onto its own stretch of the
+        strong grid and scaled by that window's gate. Routed per clip, an encoder that windows
+        (:mod:`mowe.encoders.windows`) sees a selected clip longer than its window the same way, in windows
+        (all gated by the clip's gate).
         """
         b = waveforms.shape[0]
         out = waveforms.new_zeros(b, num_frames, self.out_dim, dtype=torch.float32)
@@ -134,7 +135,8 @@ class WeakEncoderPool(nn.Module):
             clips = chosen[:, 0].nonzero().flatten()
             seconds = encoder_window_seconds(enc)
             if seconds is not None and int(lengths_cpu[clips].max()) > round(seconds * SAMPLE_RATE):
-                frames = seconds_to_frames(seconds, frame_rate, who=f"weak encoder {name!r} on the strong grid")
+                frames = seconds_to_frames(seconds, frame_rate,
+                                           who=f"weak encoder {name!r} on the strong grid")
                 wl = window_lengths(frame_lengths, frames)  # its own windows, on the strong grid
                 sel = chosen[:, :1].expand(-1, wl.shape[1]) & (wl > 0).cpu()
                 self._run_windows(out, e, waveforms, lengths, sel, hit.expand(-1, wl.shape[1], -1),
@@ -151,15 +153,17 @@ class WeakEncoderPool(nn.Module):
         return check_encoder_output(cached_encode(enc, waveforms, lengths, self.feature_cache, name=name),
                                     batch=waveforms.shape[0], out_dim=int(enc.out_dim), who=repr(name))
 
-    def _aligned(self, name: str, res, *, frame_rate: float, dst_lengths: torch.Tensor, dst_len: int) -> torch.Tensor:
-        """An encoder's output on ``dst_len`` strong frames (``dst_lengths`` valid), through its slot adapter."""
+    def _aligned(self, name: str, res: EncoderOutput, *, frame_rate: float, dst_lengths: torch.Tensor,
+                 dst_len: int) -> torch.Tensor:
+        """An encoder's output on ``dst_len`` strong frames (``dst_lengths`` valid), through its slot
+        adapter."""
         enc = self.encoders[name]
         if self.align == "pad":
             feats = pad_to_grid(res.features.float(), res.lengths.to(dst_lengths.device), dst_len=dst_len)
         else:
             feats = align_to_grid(res.features.float(), res.lengths.to(dst_lengths.device),
-                                  src_rate=float(enc.frame_rate), dst_rate=frame_rate, dst_lengths=dst_lengths,
-                                  dst_len=dst_len)
+                                  src_rate=float(enc.frame_rate), dst_rate=frame_rate,
+                                  dst_lengths=dst_lengths, dst_len=dst_len)
         if self.adapters is not None:
             feats = self.adapters[name](feats)
         return feats
@@ -172,7 +176,8 @@ class WeakEncoderPool(nn.Module):
         idx = clips.to(waveforms.device)
         s_max = int(lengths_cpu[clips].max())  # trim to the longest selected clip
         res = self._encode(name, waveforms[idx, :s_max], lengths[idx])
-        feats = self._aligned(name, res, frame_rate=frame_rate, dst_lengths=frame_lengths[idx], dst_len=num_frames)
+        feats = self._aligned(name, res, frame_rate=frame_rate, dst_lengths=frame_lengths[idx],
+                              dst_len=num_frames)
         # Gate (gradient path to the routers) and re-zero padded frames the adapter's bias filled.
         keep = (torch.arange(num_frames, device=idx.device)[None, :] < frame_lengths[idx][:, None])
         feats = feats * (gates[idx][:, None] * keep).to(feats.dtype)[..., None]
@@ -188,8 +193,9 @@ class WeakEncoderPool(nn.Module):
     def _run_windows(self, out: torch.Tensor, e: int, waveforms: torch.Tensor, lengths: torch.Tensor,
                      chosen: torch.Tensor, hit: torch.Tensor, gates: torch.Tensor, *, frames: int,
                      frame_rate: float, frame_lengths: torch.Tensor) -> None:
-        """Encoder ``e`` on the windows of ``frames`` strong frames that ``chosen`` ``(b, w)`` (host) marks, each
-        cut from its clip, aligned onto its own stretch of the strong grid and scaled by ``gates[clip, window]``.
+        """Encoder ``e`` on the windows of ``frames`` strong frames that ``chosen`` ``(b, w)`` (host) marks,
+        each cut from its clip, aligned onto its own stretch of the strong grid and scaled by ``gates[clip,
+        window]``.
 
         ``hit``: ``(b, w, k)`` host, which of the ``k`` choices selected ``e`` (the ``"topk"`` slot)."""
         name = self.names[e]
@@ -206,7 +212,7 @@ class WeakEncoderPool(nn.Module):
         valid = torch.arange(width, device=device)[None, :] < seg_len[:, None]
         seg = waveforms[c[:, None], pos.clamp(max=waveforms.shape[1] - 1)] * valid.to(waveforms.dtype)
         need = int(getattr(enc, "min_samples", 0))
-        seg_len = seg_len.clamp(min=max(need, 1))  # a short last window is padded with silence to what it needs
+        seg_len = seg_len.clamp(min=max(need, 1))  # a short last window: padded with silence to what it needs
         if seg.shape[1] < int(seg_len.max()):
             seg = torch.nn.functional.pad(seg, (0, int(seg_len.max()) - seg.shape[1]))
         res = encode_in_chunks(lambda w, n: self._encode(name, w, n), seg, seg_len, windows_per_call(window))

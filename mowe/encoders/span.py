@@ -57,12 +57,14 @@ class ClipSpan(nn.Module):
 
     @property
     def max_input_seconds(self) -> float | None:
-        """The wrapped encoder's (:mod:`mowe.encoders.windows`); None when clips are cut (any length is taken)."""
+        """The wrapped encoder's (:mod:`mowe.encoders.windows`); None when clips are cut (any length is
+        taken)."""
         return None if self.max_len is not None else getattr(self.encoder, "max_input_seconds", None)
 
     @property
     def window_seconds(self) -> float | None:
-        """The wrapped encoder's (:mod:`mowe.encoders.windows`); None when clips are cut (any length is taken)."""
+        """The wrapped encoder's (:mod:`mowe.encoders.windows`); None when clips are cut (any length is
+        taken)."""
         return None if self.max_len is not None else getattr(self.encoder, "window_seconds", None)
 
     def span(self, lengths: torch.Tensor) -> torch.Tensor:

@@ -39,8 +39,8 @@ class EvalResult:
     Attributes:
         records: one dict per example: id, task, instruction, answer, prediction.
         metrics: task -> {"n": count, metric: value} (see :func:`~mowe.evaluation.metrics.evaluate_predictions`).
-        router_counts: task -> per-weak-encoder selection counts (MoWE models only), one per routing window (a clip
-            routed per clip counts once; routed per window, each of its windows counts).
+        router_counts: task -> per-weak-encoder selection counts (MoWE models only), one per routing window (a
+            clip routed per clip counts once; routed per window, each of its windows counts).
         encoder_names: the weak pool's encoder names, in index order.
     """
 

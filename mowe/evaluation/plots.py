@@ -7,8 +7,9 @@ Needs matplotlib (imported when a figure is drawn, with the non-interactive ``Ag
 Example:
     >>> result = evaluate_model(model, processor, dataset)                         # doctest: +SKIP
     >>> plot_router_heatmap(result.router_counts, result.encoder_names, "router.png")  # doctest: +SKIP
-    >>> audio = model.encode_audio(waveforms, lengths)  # a model routed per window          # doctest: +SKIP
-    >>> plot_router_windows(audio.router, model.weak_encoders.names, "windows.png", window_seconds=30)  # doctest: +SKIP
+    >>> audio = model.encode_audio(waveforms, lengths)  # routed per window  # doctest: +SKIP
+    >>> names = model.weak_encoders.names                                    # doctest: +SKIP
+    >>> plot_router_windows(audio.router, names, "windows.png", window_seconds=30)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def plot_router_heatmap(counts: Mapping[str, Sequence[float]], encoder_names: Se
 
 
 def window_usage(route: RouterOutput, clip: int = 0) -> np.ndarray:
-    """One clip's routing over time: ``(w, e)`` gates per window (zero for encoders a window did not select), its
-    windows only. A clip routed per clip is one window."""
+    """One clip's routing over time: ``(w, e)`` gates per window (zero for encoders a window did not select),
+    its windows only. A clip routed per clip is one window."""
     win = route.per_window()
     if not 0 <= clip < win.gates.shape[0]:
         raise MoWEInputError(f"clip {clip} is not in this batch of {win.gates.shape[0]} clips")
@@ -113,7 +114,8 @@ def plot_router_windows(route: RouterOutput, encoder_names: Sequence[str], path:
     """
     m = window_usage(route, clip)
     if m.shape[1] != len(encoder_names):
-        raise MoWEInputError(f"the route has {m.shape[1]} encoders but encoder_names has {len(encoder_names)}")
+        raise MoWEInputError(f"the route has {m.shape[1]} encoders but encoder_names has "
+                             f"{len(encoder_names)}")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -6,9 +6,10 @@ Why a wrapper and not ``class MoWEConfig(PreTrainedConfig)``: transformers 5 con
 *frozen*, hashable-by-value dataclass read by mowe's one strict loader, where an unknown key or a wrong type is an
 error naming its key path; a subclass could not stay frozen (a frozen dataclass cannot inherit a mutable one), and
 its ``dataclasses.fields`` / ``to_dict`` / ``replace`` / ``==`` would all change. So ``MoWEConfig`` stays the one
-source of truth and this class carries it for the Auto classes: its parts are plain JSON (``strong``, ``weak_encoders``,
-``router``, ``connector``, ``llm``, ``lora``, ``audio_token_id``, ``inference``), checked by the strict loader on
-construction, and :meth:`MoWEPretrainedConfig.to_mowe_config` (or ``.mowe``) gives the ``MoWEConfig`` back.
+source of truth and this class carries it for the Auto classes: its parts are plain JSON (``strong``,
+``weak_encoders``, ``router``, ``connector``, ``llm``, ``lora``, ``audio_token_id``, ``inference``), checked
+by the strict loader on construction, and :meth:`MoWEPretrainedConfig.to_mowe_config` (or ``.mowe``) gives the
+``MoWEConfig`` back.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class MoWEPretrainedConfig(PreTrainedConfig):
         mowe = self.to_mowe_config()  # strict: raises ConfigError naming the key
         for name, value in to_dict(mowe).items():  # defaults filled in, so every part is explicit
             object.__setattr__(self, name, value)
-        for old in MoWEConfig.RENAMED_KEYS:  # read under its new name above; not written back under the old one
+        for old in MoWEConfig.RENAMED_KEYS:  # read under its new name above; not kept under the old one
             if old in self.__dict__:
                 delattr(self, old)
 

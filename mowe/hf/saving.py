@@ -133,7 +133,7 @@ def load_weights(model: MoWEAudioLLM, path: str | os.PathLike, *, map_location: 
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable or corrupt safetensors file ({e})") from e
-    sd = rename_legacy_keys(sd, where=path)  # files from before the weak pool's rename (pool. -> weak_encoders.)
+    sd = rename_legacy_keys(sd, where=path)  # files from before the rename pool. -> weak_encoders.
     own = model.state_dict()
     unexpected = [k for k in sd if k not in own]
     mismatched = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}" for k in sd

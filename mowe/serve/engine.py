@@ -112,7 +112,8 @@ class Engine:
 
     def __init__(self, *, model: Any, processor: Any, device: torch.device | str = "cpu"):
         self.model, self.processor, self.device = model, processor, torch.device(device)
-        self.encoder_names = list(model.weak_encoders.names) if getattr(model, "weak_encoders", None) is not None else []
+        pool = getattr(model, "weak_encoders", None)
+        self.encoder_names = list(pool.names) if pool is not None else []
         eos = model.llm.generation_config.eos_token_id
         eos = processor.tokenizer.eos_token_id if eos is None else eos
         self.eos = {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}

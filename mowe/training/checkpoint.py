@@ -270,9 +270,10 @@ def _save_sharded(model: nn.Module, keys: Sequence[str], optimizer: Any, directo
 
 
 def _load_sharded(path: str, what: str, template: dict[str, Any]) -> None:
-    """DCP-load ``template`` (``what``: ``"model"``, parameter name -> tensor, or ``"optim"``, with ``state`` and
-    ``param_groups`` keyed by parameter name) in place. A folder written before the weak pool's rename holds the
-    old names (``pool.``): the template is loaded under those, with a ``DeprecationWarning``."""
+    """DCP-load ``template`` (``what``: ``"model"``, parameter name -> tensor, or ``"optim"``, with ``state``
+    and ``param_groups`` keyed by parameter name) in place. A folder written before the weak pool's rename
+    holds
+    the old names (``pool.``): the template is loaded under those, with a ``DeprecationWarning``."""
     import torch.distributed.checkpoint as dcp
 
     directory = os.path.join(path, SHARDED_DIR)

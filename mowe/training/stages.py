@@ -5,8 +5,8 @@ curricula of the presets are in :mod:`mowe.curriculum`.
 Parts (see :func:`parameter_groups`):
 * ``"connector"``      ``model.connector``
 * ``"routers"``        ``model.router`` (absent in a base-only model: then skipped)
-* ``"weak_encoders"``  ``model.weak_encoders``: its members that are not frozen and, for the ``"topk"`` layout, the slot
-  adapters (absent in a base-only model: then skipped)
+* ``"weak_encoders"``  ``model.weak_encoders``: its members that are not frozen and, for the ``"topk"``
+  layout, the slot adapters (absent in a base-only model: then skipped)
 * ``"weak_encoders.<name>"`` one member of the pool by its config name (and its slot adapter), frozen or not
 * ``"strong_encoder"`` ``model.strong_encoder``
 * ``"lora"``           LLM parameters with ``"lora_"`` in their name (peft adapters)

@@ -210,7 +210,8 @@ class Trainer:
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
         # Sparse routing leaves unselected weak encoders without gradients: DDP must tolerate unused params.
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=getattr(model, "weak_encoders", None) is not None)
+        ddp = DistributedDataParallelKwargs(
+            find_unused_parameters=getattr(model, "weak_encoders", None) is not None)
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
                                        gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp])
         self.output_dir = config.output_dir
