@@ -279,7 +279,8 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         """The strong encoder's output for ``(c, s)`` waveforms and ``(c,)`` lengths: the frame grid
         everything is aligned to. An encoder that windows (:mod:`mowe.encoders.windows`) sees a clip longer
         than its window (:attr:`window_seconds` where routing is per window) in windows, their frames stitched
-        in time."""
+        in time on its nominal grid (a full window is exactly ``window_seconds * frame_rate`` frames, so
+        routing windows and encoder windows coincide)."""
         enc = self.strong_encoder
 
         def run(wav: torch.Tensor, lens: torch.Tensor) -> EncoderOutput:
@@ -290,7 +291,9 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         if seconds is not None:
             window = round(seconds * SAMPLE_RATE)
             if int(lengths.max()) > window:
-                return encode_in_windows(run, waveforms, lengths, window=window,
+                # full_window (SALMONN's Whisper) gives a whole window of frames however short: keep them as given.
+                grid = None if getattr(enc, "full_window", False) else float(enc.frame_rate)
+                return encode_in_windows(run, waveforms, lengths, window=window, frame_rate=grid,
                                          min_samples=int(getattr(enc, "min_samples", 0)))
         return run(waveforms, lengths)
 

@@ -270,3 +270,23 @@ def test_window_and_budget_settings_survive_save_and_load_and_the_forward_trains
     with torch.no_grad():
         a, b = model.encode_audio(wav, lens), loaded.encode_audio(wav, lens)
     assert torch.equal(a.embeds, b.embeds) and torch.equal(a.router.window_indices, b.router.window_indices)
+
+
+def test_a_hubert_strong_encoder_is_stitched_on_its_nominal_grid():
+    """HuBERT gives 1499 frames per 30 s; run in 10 s windows as the strong encoder, each full window is put on
+    exactly 500 frames, so the routing windows and the encoder's windows coincide (no drift)."""
+    from conftest import HUBERT_TINY
+
+    cfg = tiny_config(weak=True)
+    cfg = dataclasses.replace(cfg, strong=EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
+                              router=dataclasses.replace(cfg.router, window_seconds=10.0))
+    torch.manual_seed(0)
+    model = MoWEAudioLLM.from_config(cfg).eval()
+    wav, lens = clips((25.0,))
+    with torch.no_grad():
+        got = model.encode_strong(wav, lens)
+        first = model.strong_encoder(wav[:, : 10 * SR], torch.tensor([10 * SR]))
+        audio = model.encode_audio(wav, lens)
+    assert int(first.lengths[0]) == 499 and int(got.lengths[0]) == 500 + 500 + 250
+    torch.testing.assert_close(got.features[0, :499], first.features[0])  # resampled by time: same frames
+    assert audio.router.window_mask.tolist() == [[True, True, True]]

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mowe.align import align_to_grid
 from mowe.constants import SAMPLE_RATE
 from mowe.encoders.base import EncoderOutput
 from mowe.errors import MoWEInputError
@@ -101,7 +102,7 @@ def check_window_seconds(encoder: nn.Module, seconds: float, *, who: str,
 
 def encode_in_windows(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutput], waveforms: torch.Tensor,
                       lengths: torch.Tensor, *, window: int, min_samples: int = 0,
-                      per_call: int | None | str = "auto") -> EncoderOutput:
+                      per_call: int | None | str = "auto", frame_rate: float | None = None) -> EncoderOutput:
     """Encode clips in windows of ``window`` samples, ``per_call`` windows per call of ``encode`` (``"auto"``:
     :func:`windows_per_call`; None: all in one call), and stitch the frames in time.
 
@@ -111,6 +112,11 @@ def encode_in_windows(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutp
         window: samples per window.
         min_samples: a clip's last window shorter than this is zero-padded to it (the encoder's shortest
             input).
+        frame_rate: the encoder's frames per second, to stitch on its nominal grid: every full window then
+            gives exactly ``window * frame_rate / 16000`` frames and a clip's last window its share of them
+            (each window's frames resampled in time onto that count, :func:`mowe.align.align_to_grid`), so
+            windows never drift. An encoder that already gives those counts (Whisper) is left exactly as it
+            is; HuBERT's 1499 frames per 30 s become 1500. None: the frames as the encoder gives them.
 
     Returns:
         ``features (b, t, d)``, ``lengths (b,)`` (the windows' valid frames, summed) and ``hidden_states``
@@ -127,6 +133,8 @@ def encode_in_windows(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutp
     if min_samples > 0 and bool((seg_len < min_samples).any()):
         seg_len = seg_len.clamp(min=min_samples)  # the padding beyond the clip is zeros already
     out = encode_in_chunks(encode, seg, seg_len, windows_per_call(window) if per_call == "auto" else per_call)
+    if frame_rate is not None:
+        out = _on_nominal_grid(out, flat[used], window=window, frame_rate=frame_rate)
     t_win = out.features.shape[1]
     feats = out.features.new_zeros(b * w, t_win, out.features.shape[2])
     feats[used] = out.features
@@ -172,3 +180,23 @@ def encode_in_chunks(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutpu
     if outs[0].hidden_states is not None:
         hidden = torch.cat([F.pad(o.hidden_states, (0, 0, 0, t - o.hidden_states.shape[2])) for o in outs])
     return EncoderOutput(features=feats, lengths=torch.cat([o.lengths for o in outs]), hidden_states=hidden)
+
+
+def _on_nominal_grid(out: EncoderOutput, seg_len: torch.Tensor, *, window: int, frame_rate: float) -> EncoderOutput:
+    """Each window's frames resampled in time onto its nominal count: ``ceil(seg_len * F / window)`` of a full
+    window's ``F = window * frame_rate / 16000`` (the window's own valid samples, before any padding)."""
+    full = seconds_to_frames(window / SAMPLE_RATE, frame_rate, who="this encoder", what="the window")
+    target = torch.div(seg_len.to(out.lengths.device) * full + window - 1, window, rounding_mode="floor")
+    target = target.clamp(min=1)
+    if out.features.shape[1] == full and torch.equal(out.lengths, target):
+        return out  # already on it (Whisper)
+    n, t, d = out.features.shape
+    feats = align_to_grid(out.features, out.lengths, src_rate=frame_rate, dst_rate=frame_rate,
+                          dst_lengths=target, dst_len=full)
+    hidden = None
+    if out.hidden_states is not None:
+        nl = out.hidden_states.shape[1]
+        h = out.hidden_states.reshape(n * nl, t, -1)
+        hidden = align_to_grid(h, out.lengths.repeat_interleave(nl), src_rate=frame_rate, dst_rate=frame_rate,
+                               dst_lengths=target.repeat_interleave(nl), dst_len=full).reshape(n, nl, full, -1)
+    return EncoderOutput(features=feats, lengths=target, hidden_states=hidden)
