@@ -290,3 +290,18 @@ def test_a_hubert_strong_encoder_is_stitched_on_its_nominal_grid():
     assert int(first.lengths[0]) == 499 and int(got.lengths[0]) == 500 + 500 + 250
     torch.testing.assert_close(got.features[0, :499], first.features[0])  # resampled by time: same frames
     assert audio.router.window_mask.tolist() == [[True, True, True]]
+
+
+def test_the_feature_cache_keeps_windows(tmp_path):
+    """Windows go through the feature cache one by one: a second pass over the same long clip reads every
+    window of the strong and the chosen weak encoders from it, and gives the same tokens."""
+    model = long_model(10.0)
+    cache = model.use_feature_cache(tmp_path / "cache")
+    wav, lens = clips((35.0,))
+    with torch.no_grad():
+        first = model.encode_audio(wav, lens)
+        assert cache.stats.misses["strong"] == 4 and not cache.stats.hits.get("strong")
+        again = model.encode_audio(wav, lens)
+    assert cache.stats.hits["strong"] == 4
+    assert sum(cache.stats.hits.get(n, 0) for n in model.weak_encoders.names) == 4  # one per window
+    assert torch.equal(first.embeds, again.embeds)
