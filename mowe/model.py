@@ -73,8 +73,8 @@ WEIGHTS_NAME, CONFIG_NAME = saving.WEIGHTS_NAME, saving.CONFIG_NAME  # kept here
 
 @dataclass
 class AudioEncoding:
-    """Audio tokens for a batch of clips: ``embeds`` ``(b, n, d_llm)``, ``lengths`` ``(b,)``, routing (or None;
-    its ``window_*`` fields are set when routing is per window, :class:`~mowe.routers.RouterOutput`)."""
+    """Audio tokens for a batch of clips: ``embeds`` ``(b, n, d_llm)``, ``lengths`` ``(b,)``, routing (or
+    None; its ``window_*`` fields are set when routing is per window, :class:`~mowe.routers.RouterOutput`)."""
 
     embeds: torch.Tensor
     lengths: torch.Tensor
@@ -276,7 +276,7 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         return AudioEncoding(out.embeds, out.lengths, route)
 
     def encode_strong(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
-        """The strong encoder's output for ``(c, s)`` waveforms and ``(c,)`` lengths: the frame grid
+        """The strong encoder's output for ``(b, s)`` waveforms and ``(b,)`` lengths: the frame grid
         everything is aligned to. An encoder that windows (:mod:`mowe.encoders.windows`) sees a clip longer
         than its window (:attr:`window_seconds` where routing is per window) in windows, their frames stitched
         in time on its nominal grid (a full window is exactly ``window_seconds * frame_rate`` frames, so
@@ -291,7 +291,8 @@ class MoWEAudioLLM(MoWEHubMixin, nn.Module):
         if seconds is not None:
             window = round(seconds * SAMPLE_RATE)
             if int(lengths.max()) > window:
-                # full_window (SALMONN's Whisper) gives a whole window of frames however short: keep them as given.
+                # full_window (SALMONN's Whisper) gives a whole window of frames however short: keep them as
+                # given.
                 grid = None if getattr(enc, "full_window", False) else float(enc.frame_rate)
                 return encode_in_windows(run, waveforms, lengths, window=window, frame_rate=grid,
                                          min_samples=int(getattr(enc, "min_samples", 0)))
@@ -538,8 +539,8 @@ def _check_windows(model: MoWEAudioLLM, seconds: float | None) -> int | None:
         if getattr(strong, "full_window", False) and seconds != getattr(strong, "max_input_seconds", seconds):
             whole = strong.max_input_seconds
             raise MoWEInputError(f"window_seconds={seconds:g} does not fit the strong encoder: with "
-                                 f"full_window it gives a whole {whole:g} s window of frames whatever the audio; "
-                                 f"choose {whole:g}")
+                                 f"full_window it gives a whole {whole:g} s window of frames whatever the "
+                                 f"audio; choose {whole:g}")
         encoders = [("the strong encoder", strong)]
         if model.weak_encoders is not None:
             encoders += [(f"weak encoder {n!r}", e) for n, e in model.weak_encoders.encoders.items()]

@@ -182,7 +182,8 @@ def encode_in_chunks(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutpu
     return EncoderOutput(features=feats, lengths=torch.cat([o.lengths for o in outs]), hidden_states=hidden)
 
 
-def _on_nominal_grid(out: EncoderOutput, seg_len: torch.Tensor, *, window: int, frame_rate: float) -> EncoderOutput:
+def _on_nominal_grid(out: EncoderOutput, seg_len: torch.Tensor, *, window: int,
+                     frame_rate: float) -> EncoderOutput:
     """Each window's frames resampled in time onto its nominal count: ``ceil(seg_len * F / window)`` of a full
     window's ``F = window * frame_rate / 16000`` (the window's own valid samples, before any padding)."""
     full = seconds_to_frames(window / SAMPLE_RATE, frame_rate, who="this encoder", what="the window")
@@ -198,5 +199,6 @@ def _on_nominal_grid(out: EncoderOutput, seg_len: torch.Tensor, *, window: int, 
         nl = out.hidden_states.shape[1]
         h = out.hidden_states.reshape(n * nl, t, -1)
         hidden = align_to_grid(h, out.lengths.repeat_interleave(nl), src_rate=frame_rate, dst_rate=frame_rate,
-                               dst_lengths=target.repeat_interleave(nl), dst_len=full).reshape(n, nl, full, -1)
+                               dst_lengths=target.repeat_interleave(nl), dst_len=full)
+        hidden = hidden.reshape(n, nl, full, -1)
     return EncoderOutput(features=feats, lengths=target, hidden_states=hidden)
