@@ -8,7 +8,7 @@ file or manifest line that is wrong.
 from __future__ import annotations
 
 __all__ = ["AudioLoadError", "AudioPlaceholderError", "CheckpointError", "ConfigError", "ManifestError",
-           "MoWEInputError", "NonFiniteLossError"]
+           "MissingExtraError", "MoWEInputError", "NonFiniteLossError"]
 
 
 class MoWEInputError(ValueError):
@@ -25,6 +25,10 @@ class ManifestError(ValueError):
 
 class ConfigError(ValueError):
     """A configuration file or dict is invalid, e.g. an unknown key (names the key)."""
+
+
+class MissingExtraError(ConfigError):
+    """A feature needs an optional dependency that is not installed (names the ``mowe[extra]`` to install)."""
 
 
 class CheckpointError(ValueError):

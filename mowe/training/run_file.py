@@ -13,8 +13,12 @@ error that names it (exit code 2, message on stderr, no traceback)::
                   tokenizer has tokens past the LLM's rows other than a trailing audio placeholder (which
                   needs no row: its embedding is never looked up).
     processor:    optional MoWEProcessor options (system_prompt, prompt_template, paraphrases, ...).
-    data:         train: manifest.jsonl (required); dev: manifest.jsonl (optional: its loss is logged);
-                  on_bad_example: error | skip; max_audio_seconds: 30; tasks: [...] (keep only these).
+    data:         train: manifest.jsonl or a Hugging Face dataset (required: a save_to_disk or audiofolder
+                  folder, a parquet / arrow file, or a hub id in the local cache); dev: the same (optional: its
+                  loss is logged); on_bad_example: error | skip; max_audio_seconds: 30; tasks: [...] (keep only
+                  these). For datasets: columns: {audio, instruction, answer, task, id, duration} (a column name,
+                  or '=constant'); split / dev_split: the split of a DatasetDict folder or hub dataset (default train);
+                  streaming: true (train: read as an IterableDataset, see mowe.data.stream_sampler).
     train:        a TrainConfig (output_dir, batch_size, grad_accum, save_every, ...).
     stages:       a list of stages ({name, train, steps, lr, tasks, warmup_steps, lora_scale}) or a preset:
                   {preset: NAME, steps: N or [N1, N2, N3]}, NAME one of mowe.presets.STAGE_PRESETS: mowe |
@@ -43,7 +47,9 @@ from mowe.builders import llm_tokenizer, llm_vocab_size
 from mowe.config import LLMConfig, MoWEConfig, apply_overrides, from_dict, read_config_file
 from mowe.curriculum import stages_from_list
 from mowe.data.collator import MoWECollator
+from mowe.data.hf_sources import is_hf_source
 from mowe.data.manifest import ManifestDataset
+from mowe.data.open_data import open_dataset
 from mowe.data.processor import MoWEProcessor
 from mowe.data.processor_options import ProcessorOptions
 from mowe.data.tokenizer import add_audio_token, train_bpe_tokenizer
@@ -72,6 +78,10 @@ class DataSection:
     on_bad_example: Literal["error", "skip"] = "error"
     max_audio_seconds: float | None = ProcessorOptions.max_audio_seconds  # the processor's default
     tasks: list[str] | None = None
+    columns: dict[str, str] | None = None
+    split: str | None = None
+    dev_split: str | None = None
+    streaming: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,12 @@ def _resolve(base: str, p: str | None) -> str | None:
     return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
 
+def _source(base: str, p: str) -> str:
+    """A data source: a local path resolved against the run file's folder; a hub id as it is."""
+    local = _resolve(base, p)
+    return p if not os.path.exists(local) and is_hf_source(p) else local
+
+
 def _stages(spec: Any):
     if not isinstance(spec, dict):
         return stages_from_list(spec)
@@ -168,7 +184,7 @@ def _tokenizer(spec: Any, train_manifest: str, base: str, train_ds: Any = None, 
         return AutoTokenizer.from_pretrained(path if os.path.exists(path) else spec)
     opts = from_dict(TokenizerSection, spec, where="tokenizer").train_bpe
     # A manifest that can be read only once (a FIFO, e.g. bash's <(...)) was consumed by the dataset: use its texts.
-    once = train_ds is not None and not os.path.isfile(train_manifest)
+    once = train_ds is not None and (not isinstance(train_ds, ManifestDataset) or not os.path.isfile(train_manifest))
     texts = train_ds.texts() if once else _manifest_texts(train_manifest)
     return train_bpe_tokenizer(texts, vocab_size=opts.vocab_size, special_tokens=opts.special_tokens)
 
@@ -232,15 +248,18 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
     config = TrainConfig.from_dict(train_cfg)
     seed_everything(config.seed)  # before the tokenizer and the model: two runs of one file build the same weights
     stages = _stages(run["stages"])
-    train_manifest = _resolve(base_dir, data["train"])
+    train_manifest = data["train"]
     ds_kw = {"on_bad_example": data.get("on_bad_example", "error"),
                  "max_audio_seconds": data.get("max_audio_seconds", DataSection.max_audio_seconds)}
-    train_ds = ManifestDataset(train_manifest, tasks=data.get("tasks"), **ds_kw)
-    dev_ds = ManifestDataset(_resolve(base_dir, data["dev"]), **ds_kw) if data.get("dev") else None
+    hf_kw = {"columns": data.get("columns")}
+    train_ds = open_dataset(_source(base_dir, train_manifest), tasks=data.get("tasks"), split=data.get("split"),
+                            streaming=bool(data.get("streaming")), **hf_kw, **ds_kw)
+    dev_ds = (open_dataset(_source(base_dir, data["dev"]), split=data.get("dev_split"), **hf_kw, **ds_kw)
+              if data.get("dev") else None)
     proc_opts = from_dict(ProcessorOptions, {"max_audio_seconds": ds_kw["max_audio_seconds"],
                                              **(run.get("processor") or {})}, where="processor")
-    tokenizer = _tokenizer(run["tokenizer"], train_manifest, base_dir, train_ds, model=run["model"],
-                           audio_token=proc_opts.audio_token)
+    tokenizer = _tokenizer(run["tokenizer"], _source(base_dir, train_manifest), base_dir, train_ds,
+                           model=run["model"], audio_token=proc_opts.audio_token)
     if isinstance(run["tokenizer"], str):  # an LLM's own tokenizer: the placeholder becomes a special token of it
         add_audio_token(tokenizer, proc_opts.audio_token)
     processor = MoWEProcessor(tokenizer, options=proc_opts)

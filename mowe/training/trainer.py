@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from mowe.constants import MODEL_INPUT_KEYS
 from mowe.curriculum import Stage, stages_to_list
 from mowe.data.samplers import StageSampler, mix_seed, task_list_of
+from mowe.data.stream_sampler import StreamSampler
 from mowe.errors import ConfigError, NonFiniteLossError
 from mowe.hf.adapter import set_lora_scale
 from mowe.training import checkpoint as ckpt
@@ -180,7 +181,10 @@ class Trainer:
     Args:
         model: a :class:`~mowe.MoWEAudioLLM` (or any module with the same parts and the same call signature,
             returning an object with ``loss`` and optionally ``lm_loss`` / ``aux_loss``).
-        train_dataset: a map-style dataset of examples (dicts with a ``"task"``; None for a skipped bad file).
+        train_dataset: a map-style dataset of examples (dicts with a ``"task"``; None for a skipped bad file),
+            or a stream (an object with ``streaming = True``, e.g. :class:`~mowe.data.hf_dataset.HFStreamDataset`),
+            batched by :class:`~mowe.data.stream_sampler.StreamSampler` in the main process (``num_workers`` is
+            not used; stages cannot weight tasks).
             For task-weighted stages it should have ``task_list`` (one task per example); otherwise it is
             iterated once to read the tasks. With ``lengths`` (and ``group_by_length``) batches group by length.
         config: loop settings.
@@ -250,21 +254,47 @@ class Trainer:
         self._lengths_read = True
         return self._lengths
 
-    def _sampler(self, index: int) -> StageSampler:
+    @property
+    def streaming(self) -> bool:
+        return bool(getattr(self.train_dataset, "streaming", False))
+
+    def _grouped(self) -> bool:
+        """Whether batches group by length (checked against a checkpoint on resume)."""
+        return self.config.group_by_length if self.streaming else self._length_list() is not None
+
+    def _sampler(self, index: int) -> StageSampler | StreamSampler:
         stage = self.stages[index]
+        acc = self.accelerator
+        if self.streaming:
+            if stage.tasks is not None:
+                raise ConfigError(f"stage {stage.name!r} samples by task weights, which needs a map-style dataset; "
+                                  f"a streaming dataset is read in order (set data.streaming: false, or keep the "
+                                  f"tasks with data.tasks)")
+            return StreamSampler(self.train_dataset, seed=self.config.seed, stage_index=index,
+                                 batch_size=self.config.batch_size, num_processes=acc.num_processes,
+                                 process_index=acc.process_index, group_by_length=self.config.group_by_length,
+                                 group_mult=self.config.length_group_mult, stage_name=stage.name)
         if stage.tasks is not None and self._task_list is None:
             self._task_list = task_list_of(self.train_dataset)
-        acc = self.accelerator
         return StageSampler(num_examples=len(self.train_dataset), task_list=self._task_list,  # type: ignore
                             tasks=stage.tasks, seed=self.config.seed, stage_index=index,
                             batch_size=self.config.batch_size, num_processes=acc.num_processes,
                             process_index=acc.process_index, stage_name=stage.name, lengths=self._length_list(),
                             group_mult=self.config.length_group_mult)
 
-    def _micro_batches(self, sampler: StageSampler, index: int, start: int) -> Iterator[dict[str, Any]]:
+    def _micro_batches(self, sampler: StageSampler | StreamSampler, index: int,
+                       start: int) -> Iterator[dict[str, Any]]:
         """Yield batches forever, from micro-batch ``start`` of the stage."""
-        epoch, b = sampler.position(start)
         set_epoch = getattr(self.collate_fn, "set_epoch", None)
+        if isinstance(sampler, StreamSampler):
+            current = None
+            for epoch, examples in sampler.micro_batches(start):
+                if epoch != current and callable(set_epoch):
+                    set_epoch(epoch)
+                current = epoch
+                yield self.collate_fn(examples)
+            return
+        epoch, b = sampler.position(start)
         while True:
             if callable(set_epoch):  # e.g. MoWECollator: paraphrase choices depend on the epoch
                 set_epoch(epoch)
@@ -289,7 +319,7 @@ class Trainer:
         cfg = self.config
         micro = step_in_stage * cfg.grad_accum
         epoch, in_epoch = sampler.position(micro)
-        grouped = sampler.lengths is not None  # the data order actually used, checked on resume
+        grouped = sampler.grouped if isinstance(sampler, StreamSampler) else sampler.lengths is not None
         state = {
             "format": ckpt.CHECKPOINT_FORMAT, "global_step": self.global_step, "stage_index": stage_index,
             "stage_name": self.stages[stage_index].name, "step_in_stage": step_in_stage, "epoch": epoch,
@@ -316,7 +346,7 @@ class Trainer:
         state = load_trainer_state(path)
         cfg, acc = self.config, self.accelerator
         ckpt.check_compatible(state, path, batch_size=cfg.batch_size, num_processes=acc.num_processes,
-                              grad_accum=cfg.grad_accum, seed=cfg.seed, grouped=self._length_list() is not None,
+                              grad_accum=cfg.grad_accum, seed=cfg.seed, grouped=self._grouped(),
                               length_group_mult=cfg.length_group_mult, stage_names=[s.name for s in self.stages])
         ckpt.validate_resume(state, path, model=self.model, stages=self.stages, process_index=acc.process_index)
         ckpt.load_model_weights(self.model, path)
