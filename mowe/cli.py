@@ -25,10 +25,13 @@ from mowe.cli_errors import (
     run_command,
 )
 from mowe.constants import MODEL_INPUT_KEYS
-from mowe.data.manifest import ManifestDataset
+from mowe.data.benchmark_formats import open_benchmark
+from mowe.data.open_data import open_dataset, parse_column_args
 from mowe.demo.corpus import add_corpus_cli
 from mowe.errors import ConfigError
-from mowe.evaluation.evaluate import evaluate_model, write_report
+from mowe.evaluation.benchmarks import BENCHMARK_FORMATS
+from mowe.evaluation.controls import CONTROLS
+from mowe.evaluation.eval_run import run_eval, write_eval_run
 from mowe.evaluation.metrics import METRICS, normalize_text
 from mowe.hf.adapter import set_lora_scale
 from mowe.inference import load_for_inference
@@ -61,10 +64,19 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_dataset(args: argparse.Namespace) -> Any:
+    kw = {"on_bad_example": args.on_bad_example}
+    if args.format:
+        return open_benchmark(args.data, args.format, split=args.split, task=args.task, **kw)
+    return open_dataset(args.data, columns=parse_column_args(args.column) or None, split=args.split, **kw)
+
+
 def _cmd_eval(args) -> int:
+    if args.data is None:
+        raise ConfigError("mowe eval: give the evaluation set with --data (or --manifest)")
     model, processor = load_for_inference(args.model, device=args.device, dtype=args.dtype, processor=args.processor,
                                           allow_components=getattr(args, "allow_components", None))
-    dataset = ManifestDataset(args.manifest, on_bad_example=args.on_bad_example)
+    dataset = _eval_dataset(args)
     task_metrics = {}
     for item in args.metric or ():
         task, sep, metric = item.partition("=")
@@ -76,23 +88,39 @@ def _cmd_eval(args) -> int:
     def normalize(s: str) -> str:
         return normalize_text(s, spell_digits=spell)
 
-    result = evaluate_model(model, processor, dataset, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                            task_metrics=task_metrics, normalize=normalize)
+    run = run_eval(model, processor, dataset, name=os.path.basename(os.path.normpath(args.model)),
+                   benchmark_format=args.format, audio_control=args.audio_control, control_seed=args.control_seed,
+                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                   task_metrics=task_metrics, normalize=normalize)
     out = args.out or os.path.join(args.model, "eval")
-    table = write_report({os.path.basename(os.path.normpath(args.model)): result}, out)
-    print(table)
-    print(f"wrote {os.path.join(out, 'eval.json')} and {os.path.join(out, 'eval.md')}")
+    print(write_eval_run(run, out))
+    print(f"wrote the report to {out}")
     if getattr(dataset, "skipped", None):
         print(dataset.skip_report())
     return 0
 
 
 def _add_eval_cli(subparsers: Any) -> Any:
-    """Register ``mowe eval --model DIR --manifest test.jsonl [--out DIR]``."""
-    p = subparsers.add_parser("eval", help="evaluate a saved model on a JSONL manifest (per-task metrics)")
+    """Register ``mowe eval --model DIR --data test.jsonl|DATASET [--format F] [--audio-control C] [--out DIR]``."""
+    p = subparsers.add_parser("eval", help="evaluate a saved model on a manifest, a Hugging Face dataset or a "
+                                           "benchmark (per-task metrics, audio controls)")
     p.add_argument("--model", required=True, help="folder written by save_pretrained / mowe train")
-    p.add_argument("--manifest", required=True, help="JSONL manifest (audio, instruction, answer, task)")
+    p.add_argument("--data", "--manifest", dest="data", default=None,
+                   help="JSONL manifest (audio, instruction, answer, task), a Hugging Face dataset (save_to_disk or "
+                        "audiofolder folder, parquet / arrow file, hub id in the local cache), or with --format the "
+                        "benchmark's file")
+    p.add_argument("--column", action="append", metavar="FIELD=COLUMN",
+                   help="for a dataset: the column holding FIELD (audio, instruction, answer, task, id, duration); "
+                        "FIELD==value for a constant; repeatable")
+    p.add_argument("--split", default=None, help="the split of a DatasetDict folder or hub dataset (default train)")
+    p.add_argument("--format", choices=list(BENCHMARK_FORMATS), default=None,
+                   help="read and score the data as this benchmark does (its fields and its matching rule)")
+    p.add_argument("--task", default=None, help="with --format: the task name (dynamic-superb: default the "
+                                                "dataset's name)")
+    p.add_argument("--audio-control", choices=list(CONTROLS), default=None,
+                   help="also run the set with the audio shuffled across examples or silenced; report the gap "
+                        "and warn when the model does not use the audio")
+    p.add_argument("--control-seed", type=int, default=0, help="seed of the shuffled control")
     add_generation_args(p, max_new_tokens=24)
     p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -105,6 +133,7 @@ def _add_eval_cli(subparsers: Any) -> Any:
     add_allow_components_arg(p)
     p.set_defaults(func=_cmd_eval)
     return p
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mowe`` argument parser."""

@@ -15,8 +15,8 @@ against the dataset's folder).
 
 Columns are given as :class:`DatasetColumns`: each mowe field names a column, or is a constant written
 ``"=value"`` (e.g. ``task: "=asr"``, ``instruction: "=Transcribe the speech."``) for datasets without one.
-``id`` and ``duration`` are optional: by default the columns of those names are used when present (ids
-otherwise ``"<dataset>:<row>"``).
+``id``, ``duration`` and ``choices`` (a list of options, e.g. for a benchmark) are optional: by default the
+columns of those names are used when present (ids otherwise ``"<dataset>:<row>"``).
 
 Bad rows follow ``on_bad_example`` as in a manifest: ``"error"`` raises
 :class:`~mowe.errors.ManifestError` (:class:`~mowe.data.manifest.ManifestAudioError` for audio) naming the
@@ -59,6 +59,7 @@ class DatasetColumns:
     task: str = "task"
     id: str | None = None
     duration: str | None = None
+    choices: str | None = None
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, str] | None, *, where: str = "columns") -> DatasetColumns:
@@ -80,6 +81,7 @@ class _Row:
     answer: str
     task: str
     duration: float | None
+    choices: tuple[str, ...] | None = None
 
 
 class RowReader:
@@ -105,7 +107,7 @@ class RowReader:
             audio = "file_name"  # the audiofolder layout's audio column
         self.columns: dict[str, str | None] = {"audio": audio, "instruction": columns.instruction,
                                                "answer": columns.answer, "task": columns.task}
-        for f in ("id", "duration"):
+        for f in ("id", "duration", "choices"):
             given = getattr(columns, f)
             self.columns[f] = given if given is not None else (f if f in have else None)
         missing = [(f, c) for f, c in self.columns.items() if c is not None and not c.startswith("=") and c not in have]
@@ -183,7 +185,14 @@ class RowReader:
                                                         f"{self._value(raw, 'duration')!r}")
                 return None
             duration = self._cap(duration)
-        return _Row(row, ex_id, audio, vals["instruction"], vals["answer"], vals["task"], duration)
+        choices = None
+        if self.columns["choices"] is not None:
+            choices = self._value(raw, "choices")
+            if not isinstance(choices, (list, tuple)) or not all(isinstance(c, str) for c in choices):
+                self.bad(row, self.columns["choices"], f"choices must be a list of strings, got {_short(choices)}")
+                return None
+            choices = tuple(choices)
+        return _Row(row, ex_id, audio, vals["instruction"], vals["answer"], vals["task"], duration, choices)
 
     def _cap(self, seconds: float) -> float:
         if self.length_policy == "truncate" and self.max_audio_seconds is not None:
@@ -229,8 +238,11 @@ class RowReader:
                 self.bad(r.row, self.columns["audio"], reason, ManifestAudioError)
             return None
         wave = clip.waveform
-        return {"id": r.id, "audio": wave, "instruction": r.instruction, "answer": r.answer, "task": r.task,
+        item = {"id": r.id, "audio": wave, "instruction": r.instruction, "answer": r.answer, "task": r.task,
                 "duration": wave.shape[0] / self.sample_rate}
+        if r.choices is not None:
+            item["choices"] = list(r.choices)
+        return item
 
     def skip_report(self) -> str:
         if not self.skipped:
@@ -309,7 +321,7 @@ class HFAudioDataset(Dataset):
             if d is None:
                 continue
             seen[r.id] = i
-            entries.append(_Row(r.row, r.id, None, r.instruction, r.answer, r.task, d))  # audio re-read lazily
+            entries.append(_Row(r.row, r.id, None, r.instruction, r.answer, r.task, d, r.choices))  # audio: lazily
         if tasks is not None:
             have = {e.task for e in entries}
             missing = [t for t in tasks if t not in have]
@@ -340,13 +352,16 @@ class HFAudioDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         e = self._entries[index]
         audio = self.hf[e.row][self.reader.columns["audio"]]
-        return self.reader.decode(_Row(e.row, e.id, audio, e.instruction, e.answer, e.task, e.duration))
+        return self.reader.decode(_Row(e.row, e.id, audio, e.instruction, e.answer, e.task, e.duration, e.choices))
 
     def example_info(self, index: int) -> dict[str, Any]:
         """The checked fields of example ``index`` without decoding audio (``row``, ``duration``, ...)."""
         e = self._entries[index]
-        return {"id": e.id, "row": e.row, "instruction": e.instruction, "answer": e.answer, "task": e.task,
+        info = {"id": e.id, "row": e.row, "instruction": e.instruction, "answer": e.answer, "task": e.task,
                 "duration": e.duration}
+        if e.choices is not None:
+            info["choices"] = list(e.choices)
+        return info
 
     def skip_report(self) -> str:
         return self.reader.skip_report()

@@ -26,8 +26,8 @@ anything else                            a hub id: ``load_dataset(id, split=...)
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mowe.errors import ConfigError, ManifestError, MissingExtraError

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +20,6 @@ from mowe.data.manifest import ManifestAudioError
 from mowe.data.open_data import open_dataset, parse_column_args
 from mowe.errors import AudioLoadError, ConfigError, ManifestError, MissingExtraError
 from mowe.training.run_file import load_run_file, run_training
-
-from pathlib import Path
 
 RUN_TINY = Path(__file__).resolve().parents[2] / "examples" / "run_tiny.yaml"
 
