@@ -1,4 +1,4 @@
-"""The ``mowe`` command line: ``train``, ``infer``, ``eval``, ``serve``, ``convert`` and ``corpus``.
+"""The ``mowe`` command line: ``train``, ``infer``, ``eval``, ``data``, ``serve``, ``convert`` and ``corpus``.
 
 Each command parses its arguments, calls the library and maps errors to exit codes (:mod:`mowe.cli_errors`). The run
 file ``mowe train --config run.yaml`` reads is described in :mod:`mowe.training.run_file`;
@@ -26,6 +26,8 @@ from mowe.cli_errors import (
 )
 from mowe.constants import MODEL_INPUT_KEYS
 from mowe.data.benchmark_formats import open_benchmark
+from mowe.data.export import dataset_to_manifests, manifests_to_dataset
+from mowe.data.hf_sources import is_hf_source
 from mowe.data.open_data import open_dataset, parse_column_args
 from mowe.demo.corpus import add_corpus_cli
 from mowe.errors import ConfigError
@@ -135,6 +137,38 @@ def _add_eval_cli(subparsers: Any) -> Any:
     return p
 
 
+def _cmd_data_export(args: argparse.Namespace) -> int:
+    src = args.source
+    to_dataset = args.to == "dataset" if args.to else not is_hf_source(src) or (
+        os.path.isdir(src) and any(n.endswith(".jsonl") for n in os.listdir(src)))
+    if to_dataset:
+        dd = manifests_to_dataset(src, args.out)
+        print(f"wrote {', '.join(f'{k} ({len(v)} examples)' for k, v in dd.items())} as a Hugging Face dataset "
+              f"to {args.out} (datasets.load_from_disk)")
+    else:
+        written = dataset_to_manifests(src, args.out, columns=parse_column_args(args.column) or None)
+        print(f"wrote {', '.join(written.values())}")
+    return 0
+
+
+def _add_data_cli(subparsers: Any) -> Any:
+    """Register ``mowe data export SRC OUT``."""
+    p = subparsers.add_parser("data", help="convert between JSONL manifests and Hugging Face datasets")
+    sub = p.add_subparsers(dest="data_command", metavar="data_command")
+    sub.required = True
+    e = sub.add_parser("export", help="a manifest folder (or .jsonl) to a dataset folder (save_to_disk), or a "
+                                      "dataset to a manifest folder; the audio bytes are copied unchanged")
+    e.add_argument("source", help="a folder of *.jsonl manifests / one manifest, or a dataset (folder, parquet, "
+                                  "arrow, hub id in the cache)")
+    e.add_argument("out", help="the folder to write")
+    e.add_argument("--to", choices=["dataset", "manifest"], default=None,
+                   help="the direction (default: from what SOURCE is)")
+    e.add_argument("--column", action="append", metavar="FIELD=COLUMN",
+                   help="dataset -> manifest: the column holding FIELD (as mowe eval --column); repeatable")
+    e.set_defaults(func=_cmd_data_export)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``mowe`` argument parser."""
     parser = argparse.ArgumentParser(prog="mowe", description="audio LLMs from a mixture of weak encoders")
@@ -159,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_infer)
 
     _add_eval_cli(sub)
+    _add_data_cli(sub)
     add_serve_cli(sub)
     add_convert_cli(sub)
     add_corpus_cli(sub)

@@ -199,7 +199,8 @@ class RowReader:
             return min(seconds, float(self.max_audio_seconds))
         return seconds
 
-    def _path(self, audio: Any) -> str | None:
+    def resolve_path(self, audio: Any) -> str | None:
+        """The file a path-valued audio cell names (relative paths resolve against the dataset's folder)."""
         p = audio if isinstance(audio, str) else audio.get("path")
         if not p:
             return None
@@ -213,7 +214,7 @@ class RowReader:
         name = self.where(r.row, self.columns["audio"])
         try:
             data = r.audio.get("bytes") if isinstance(r.audio, dict) else None
-            info = audio_info_bytes(data, name=name) if data else audio_info(self._path(r.audio))
+            info = audio_info_bytes(data, name=name) if data else audio_info(self.resolve_path(r.audio))
         except AudioLoadError as e:
             self.bad(r.row, self.columns["audio"], _reason(name, e), ManifestAudioError)
             return None
@@ -229,7 +230,7 @@ class RowReader:
             if data:
                 clip = load_audio_bytes(data, name=name, sample_rate=self.sample_rate, max_seconds=max_s)
             else:
-                clip = load_audio(self._path(r.audio), sample_rate=self.sample_rate, max_seconds=max_s)
+                clip = load_audio(self.resolve_path(r.audio), sample_rate=self.sample_rate, max_seconds=max_s)
         except AudioLoadError as e:
             reason = _reason(name, e)
             if self.on_bad_example == "error":
