@@ -33,10 +33,11 @@ from mowe.demo.corpus import add_corpus_cli
 from mowe.errors import ConfigError
 from mowe.evaluation.benchmarks import BENCHMARK_FORMATS
 from mowe.evaluation.controls import CONTROLS
-from mowe.evaluation.eval_run import run_eval, write_eval_run
+from mowe.evaluation.eval_run import card_results, run_eval, write_eval_run
+from mowe.hf.model_card import write_model_card
 from mowe.evaluation.metrics import METRICS, normalize_text
 from mowe.hf.adapter import set_lora_scale
-from mowe.inference import load_for_inference
+from mowe.inference import find_model_dir, load_for_inference
 from mowe.serve import add_serve_cli
 from mowe.training.distributed import check_launch
 from mowe.training.run_file import load_run_file, run_training
@@ -97,6 +98,11 @@ def _cmd_eval(args) -> int:
     out = args.out or os.path.join(args.model, "eval")
     print(write_eval_run(run, out))
     print(f"wrote the report to {out}")
+    if args.update_card:
+        model_dir = find_model_dir(args.model)
+        name = args.data if not os.path.exists(args.data) else os.path.basename(os.path.normpath(args.data))
+        model.card_info.add_results(card_results(run, dataset=name, split=args.split, normalize=normalize))
+        print(f"updated the model card {write_model_card(model_dir, model.config, model.card_info)}")
     if getattr(dataset, "skipped", None):
         print(dataset.skip_report())
     return 0
@@ -123,6 +129,9 @@ def _add_eval_cli(subparsers: Any) -> Any:
                    help="also run the set with the audio shuffled across examples or silenced; report the gap "
                         "and warn when the model does not use the audio")
     p.add_argument("--control-seed", type=int, default=0, help="seed of the shuffled control")
+    p.add_argument("--update-card", action="store_true",
+                   help="add the results (value, n, 95%% interval per task) to the model folder's README.md model "
+                        "card (model-index)")
     add_generation_args(p, max_new_tokens=24)
     p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     p.add_argument("--batch-size", type=int, default=16)

@@ -12,10 +12,10 @@ from mowe.hub import looks_like_path
 from mowe.model import MoWEAudioLLM
 from mowe.tensors import DTYPES
 
-__all__ = ["load_for_inference", "place_model"]
+__all__ = ["find_model_dir", "load_for_inference", "place_model"]
 
 
-def _model_dir(path: str) -> str:
+def find_model_dir(path: str) -> str:
     """The saved model in ``path`` or ``path/final``; a hub id (``org/name``, no such local folder) as given."""
     for cand in (os.path.join(path, "final"), path):
         if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(os.path.join(cand,
@@ -36,7 +36,7 @@ def load_for_inference(path: str | os.PathLike, *, device: str = "cpu", dtype: s
     Raises:
         CheckpointError / ConfigError: no saved model or processor there (naming the file).
     """
-    model_dir = _model_dir(os.fspath(path))
+    model_dir = find_model_dir(os.fspath(path))
     model = MoWEAudioLLM.from_pretrained(model_dir, allow_components=list(allow_components or ()))
     model = place_model(model, device=device, dtype=dtype).eval()
     return model, MoWEProcessor.from_pretrained(processor or model_dir)

@@ -22,9 +22,10 @@ from mowe.evaluation.audio_check import AudioCheck, audio_check
 from mowe.evaluation.benchmarks import BenchmarkScore, score_benchmark
 from mowe.evaluation.evaluate import EvalResult, evaluate_model, write_report
 from mowe.evaluation.metrics import normalize_text
-from mowe.evaluation.stats import ClipStatistics
+from mowe.evaluation.stats import ClipStatistics, task_intervals
+from mowe.hf.model_card import CardResult
 
-__all__ = ["EvalRun", "run_eval", "write_eval_run"]
+__all__ = ["EvalRun", "card_results", "run_eval", "write_eval_run"]
 
 
 @dataclass
@@ -135,3 +136,19 @@ def write_eval_run(run: EvalRun, out_dir: str | os.PathLike) -> str:
         text += [f"warning: {w}" for w in run.check.warnings] or [
             f"audio check: the real run is ahead of the {run.check.control}-audio control on every task"]
     return "\n".join(text)
+
+
+def card_results(run: EvalRun, *, dataset: str, split: str | None = None,
+                 normalize: Callable[[str], str] = normalize_text) -> list[CardResult]:
+    """The real run's figures as model-card results (:class:`~mowe.hf.model_card.CardResult`): per task and metric
+    the value, n and bootstrap interval (a benchmark's rule when the run used one)."""
+    out = []
+    if run.benchmark is not None:
+        for task, s in run.benchmark.items():
+            out.append(CardResult(dataset, task, "accuracy", s.accuracy.value, s.n, [s.accuracy.low, s.accuracy.high],
+                                  split, s.format))
+        return out
+    for task, ms in task_intervals(run.result, normalize=normalize).items():
+        for metric, iv in ms.items():
+            out.append(CardResult(dataset, task, metric, iv.value, iv.n, [iv.low, iv.high], split))
+    return out

@@ -17,6 +17,7 @@ from mowe.data.tokenizer import check_placeholder_agrees
 from mowe.hf import saving
 from mowe.hf.adapter import export_llm, merge_lora
 from mowe.hf.config import MoWEPretrainedConfig
+from mowe.hf.model_card import CardInfo
 
 __all__ = ["MoWEHubMixin"]
 
@@ -26,6 +27,19 @@ class MoWEHubMixin:
 
     config_class = MoWEPretrainedConfig  # what transformers' Auto classes pair the model with
 
+    @property
+    def card_info(self) -> CardInfo:
+        """The model card's training data and evaluation results (:mod:`mowe.hf.model_card`); written by
+        :meth:`save_pretrained`, read back by :meth:`from_pretrained`."""
+        info = self.__dict__.get("_card_info")
+        if info is None:
+            info = self.__dict__["_card_info"] = CardInfo()
+        return info
+
+    @card_info.setter
+    def card_info(self, info: CardInfo) -> None:
+        self.__dict__["_card_info"] = info
+
     def _keys_to_save(self, save_frozen: bool) -> list[str]:
         return saving.keys_to_save(self, save_frozen=save_frozen)
 
@@ -34,14 +48,17 @@ class MoWEHubMixin:
         """Write the model folder atomically (:func:`mowe.hf.saving.save_model`).
 
         ``config.json`` (``model_type: "mowe"``), ``model.safetensors``, ``llm_adapter/`` (the LoRA as a PEFT
-        adapter), ``generation_config.json`` and, with ``processor``, its tokenizer and ``processor_config.json``.
+        adapter), ``generation_config.json``, the model card ``README.md`` (architecture, training data,
+        ``model-index`` results from :attr:`card_info`) and, with ``processor``, its tokenizer and
+        ``processor_config.json``.
         Trainable weights and parts with random initial weights (no source) are saved; frozen towers loaded from a
         hub id or folder are referenced by that source, not copied, unless ``save_frozen=True``.
 
         ``push_to_hub=True`` then uploads the folder to ``repo_id`` (default: the folder's name);
         ``push_kwargs`` as :meth:`push_to_hub`.
         """
-        saving.save_model(self, directory, save_frozen=save_frozen, processor=processor)
+        saving.save_model(self, directory, save_frozen=save_frozen, processor=processor,
+                          card_name=repo_id if push_to_hub else None)
         if push_to_hub:
             repo = repo_id or os.path.basename(os.path.abspath(os.fspath(directory)))
             saving.push_model(self, repo, folder=directory, **push_kwargs)

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from mowe.errors import CheckpointError, MoWEInputError
 from mowe.hf.adapter import ADAPTER_DIR, adapter_keys, has_lora, load_adapter, save_adapter
 from mowe.hf.config import mowe_config_json, read_mowe_config
+from mowe.hf.model_card import read_card_info, write_model_card
 from mowe.hub import push_folder, resolve_model_dir
 from mowe.io import check_readable_file, writing_to
 from mowe.state_dicts import alias_groups, check_aliases, rename_legacy_keys
@@ -60,9 +61,11 @@ def keys_to_save(model: MoWEAudioLLM, *, save_frozen: bool) -> list[str]:
 
 
 def save_model(model: MoWEAudioLLM, directory: str | os.PathLike, *, save_frozen: bool = False,
-               processor: Any = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-    """Write ``config.json``, ``model.safetensors``, ``llm_adapter/`` (LoRA), ``generation_config.json`` and the
-    ``processor``'s files (when given) into ``directory`` atomically (a temp folder, renamed).
+               processor: Any = None, state_dict: dict[str, torch.Tensor] | None = None,
+               card_name: str | None = None) -> None:
+    """Write ``config.json``, ``model.safetensors``, ``llm_adapter/`` (LoRA), ``generation_config.json``, the model
+    card (``README.md`` + ``mowe_card.json``, :mod:`mowe.hf.model_card`, named ``card_name`` or after the folder)
+    and the ``processor``'s files (when given) into ``directory`` atomically (a temp folder, renamed).
 
     ``state_dict``: the weights to write instead of ``model.state_dict()`` (e.g. an FSDP model's consolidated
     one, :func:`mowe.training.distributed.full_state_dict`)."""
@@ -90,6 +93,8 @@ def save_model(model: MoWEAudioLLM, directory: str | os.PathLike, *, save_frozen
                 model.generation_config.save_pretrained(tmp)
             if processor is not None:
                 processor.save_pretrained(tmp)
+            write_model_card(tmp, model.config, getattr(model, "card_info", None),
+                             model_name=card_name or os.path.basename(os.path.normpath(os.path.abspath(directory))))
         if os.path.isdir(directory):
             old = directory + ".old"
             shutil.rmtree(old, ignore_errors=True)
@@ -212,6 +217,7 @@ def load_model(cls: type, name_or_path: str | os.PathLike, *, encoders: Mapping[
         from transformers import GenerationConfig
 
         model.generation_config = GenerationConfig.from_pretrained(directory)
+    model.card_info = read_card_info(directory)
     scale = config.inference.lora_scale
     if scale != 1.0 and has_lora(model.llm):
         model.set_lora_scale(scale)
@@ -229,5 +235,5 @@ def push_model(model: MoWEAudioLLM, repo_id: str, *, folder: str | os.PathLike |
         return push_folder(folder, repo_id, **push_kwargs)
     with tempfile.TemporaryDirectory(prefix="mowe-push-") as tmp:
         target = os.path.join(tmp, "model")
-        save_model(model, target, save_frozen=save_frozen, processor=processor)
+        save_model(model, target, save_frozen=save_frozen, processor=processor, card_name=repo_id)
         return push_folder(target, repo_id, **push_kwargs)

@@ -264,6 +264,7 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
         add_audio_token(tokenizer, proc_opts.audio_token)
     processor = MoWEProcessor(tokenizer, options=proc_opts)
     model = MoWEAudioLLM.from_config(_model_config(run["model"], tokenizer, processor.audio_token_id))
+    model.card_info.training_data = [str(data["train"])]  # the model card's training data (as the run file names it)
     trainer = Trainer(model, train_ds, config=config, stages=stages, collate_fn=MoWECollator(processor, train=True),
                       eval_dataset=dev_ds)
     if trainer.is_main:

@@ -107,7 +107,7 @@ def test_mowe_eval_command_with_a_benchmark_format_and_a_control(setup, tmp_path
          "answer": "high" if i % 2 else "low", "task": "pitch"} for i in range(6)]))
     r = subprocess.run([sys.executable, "-m", "mowe", "eval", "--model", str(tmp_path / "model"), "--data",
                         str(root / "bench.json"), "--format", "mmau", "--audio-control", "shuffled", "--out",
-                        str(tmp_path / "out"), "--max-new-tokens", "2", "--batch-size", "3"],
+                        str(tmp_path / "out"), "--max-new-tokens", "2", "--batch-size", "3", "--update-card"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| mmau task | n | accuracy | 95% interval | no option | several options | wrong |" in r.stdout
@@ -116,3 +116,9 @@ def test_mowe_eval_command_with_a_benchmark_format_and_a_control(setup, tmp_path
     check = json.loads((tmp_path / "out" / "audio_check.json").read_text())
     assert check["control"] == "shuffled" and check["flagged"] is True  # a random model does not listen
     assert "warning: task 'pitch'" in r.stdout
+    from huggingface_hub import ModelCard  # the results reach the model card's model-index
+
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    res = {(r.task_name, r.metric_type): r for r in card.data.eval_results}
+    assert res[("all", "accuracy")].metric_value == bench["real"]["all"]["accuracy"]["value"]
+    assert res[("all", "accuracy")].dataset_name == "bench.json" and "(mmau scoring), n=6" in res[("all", "accuracy")].metric_name
