@@ -34,9 +34,9 @@ from mowe.errors import ConfigError
 from mowe.evaluation.benchmarks import BENCHMARK_FORMATS
 from mowe.evaluation.controls import CONTROLS
 from mowe.evaluation.eval_run import card_results, run_eval, write_eval_run
-from mowe.hf.model_card import write_model_card
 from mowe.evaluation.metrics import METRICS, normalize_text
 from mowe.hf.adapter import set_lora_scale
+from mowe.hf.model_card import write_model_card
 from mowe.inference import find_model_dir, load_for_inference
 from mowe.serve import add_serve_cli
 from mowe.training.distributed import check_launch
