@@ -48,3 +48,22 @@ def build_hf_dataset(corpus: dict, *, rename: dict[str, str] | None = None):
 def save_hf_dataset(corpus: dict, path: str | os.PathLike, **kw) -> Path:
     build_hf_dataset(corpus, **kw).save_to_disk(str(path))
     return Path(path)
+
+
+def cache_as_hub_dataset(ds, repo_id: str, cache_dir: str | os.PathLike) -> None:
+    """Put ``ds`` into the ``datasets`` cache ``cache_dir`` the way ``load_dataset(repo_id)`` online leaves it
+    (``<namespace>___<name>/default/0.0.0/<hash>/<name>-train.arrow``), so an offline load finds it there."""
+    import shutil
+
+    from datasets.data_files import DataFilesDict
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    namespace, name = repo_id.split("/")
+    src = Path(cache_dir) / "_src.parquet"
+    ds.to_parquet(str(src))
+    builder = Parquet(cache_dir=str(cache_dir), dataset_name=name, hash="0" * 16,
+                      data_files=DataFilesDict.from_patterns({"train": [str(src)]}))
+    builder.download_and_prepare()
+    target = Path(cache_dir) / f"{namespace}___{name}" / "default"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(Path(builder.cache_dir).parent.parent), str(target))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _hf_helpers import build_hf_dataset, save_hf_dataset, write_corpus
+from _hf_helpers import build_hf_dataset, cache_as_hub_dataset, save_hf_dataset, write_corpus
 from safetensors.torch import load_file
 
 from mowe.data.audio import load_audio, load_audio_bytes
@@ -165,3 +165,13 @@ def test_hf_dataset_is_a_torch_dataset(saved):
     assert ds.example_info(0)["row"] == 0 and ds[0]["audio"].dtype == torch.float32 and len(ds.texts()) == 24
     with pytest.raises(ConfigError, match="no usable example of task"):
         HFAudioDataset(load_hf_source(saved), tasks=["nope"])
+
+
+def test_a_hub_id_is_read_offline_from_the_cache(corpus, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    cache_as_hub_dataset(build_hf_dataset(corpus), "mowe-test/tones", tmp_path / "cache")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # mowe sets it for the call itself
+    _same_items(open_dataset(corpus["manifest"]), open_dataset("mowe-test/tones"))
+    assert datasets.config.HF_HUB_OFFLINE is False  # and puts it back
