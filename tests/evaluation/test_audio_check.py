@@ -122,3 +122,23 @@ def test_mowe_eval_command_with_a_benchmark_format_and_a_control(setup, tmp_path
     res = {(r.task_name, r.metric_type): r for r in card.data.eval_results}
     assert res[("all", "accuracy")].metric_value == bench["real"]["all"]["accuracy"]["value"]
     assert res[("all", "accuracy")].dataset_name == "bench.json" and "(mmau scoring), n=6" in res[("all", "accuracy")].metric_name
+
+
+def test_mowe_eval_command_on_a_hugging_face_dataset(setup, tmp_path, capsys):
+    from mowe.cli import main
+    from mowe.data.export import manifests_to_dataset
+
+    root, _ds, model, proc = setup
+    model.save_pretrained(tmp_path / "model")
+    proc.save_pretrained(tmp_path / "model")
+    dd = manifests_to_dataset(root / "test.jsonl", tmp_path / "hf")
+    dd["test"].rename_column("answer", "label").save_to_disk(str(tmp_path / "renamed"))
+    args = ["eval", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "renamed")]
+    assert main([*args, "--column", "answer=label", "--column", "task==tones", "--out", str(tmp_path / "out"),
+                 "--max-new-tokens", "2", "--batch-size", "8"]) == 0
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())["model"]
+    assert saved["metrics"]["tones"]["n"] == N and {p["answer"] for p in saved["predictions"]} == {"high", "low"}
+    capsys.readouterr()
+    assert main(args) == 2  # the column is not there: one line naming it
+    err = capsys.readouterr().err
+    assert "answer -> 'answer'" in err and "Traceback" not in err
