@@ -5,20 +5,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from _hf_helpers import build_hf_dataset, cache_as_hub_dataset, save_hf_dataset, write_corpus
+from _hf_helpers import build_hf_dataset, save_hf_dataset, write_corpus
 from safetensors.torch import load_file
 
 from mowe.data.audio import load_audio, load_audio_bytes
 from mowe.data.hf_dataset import HFAudioDataset
-from mowe.data.hf_sources import is_hf_source, load_hf_source
+from mowe.data.hf_sources import load_hf_source
 from mowe.data.manifest import ManifestAudioError
-from mowe.data.open_data import open_dataset, parse_column_args
-from mowe.errors import AudioLoadError, ConfigError, ManifestError, MissingExtraError
+from mowe.data.open_data import open_dataset
+from mowe.errors import AudioLoadError, ConfigError, ManifestError
 from mowe.training.run_file import load_run_file, run_training
 
 RUN_TINY = Path(__file__).resolve().parents[2] / "examples" / "run_tiny.yaml"
@@ -87,21 +86,6 @@ def test_durations_come_from_a_column_or_the_headers_without_decoding(corpus, tm
     assert col.lengths == [min(1.0 + i, 5.0) for i in range(len(ds))]
 
 
-def test_columns_are_named_in_the_run_file_or_constants(corpus, tmp_path):
-    save_hf_dataset(corpus, tmp_path / "r", rename={"answer": "label", "instruction": "question"})
-    with pytest.raises(ConfigError, match=r"answer -> 'answer'.*columns:"):
-        open_dataset(tmp_path / "r")
-    ds = open_dataset(tmp_path / "r", columns={"answer": "label", "instruction": "question", "task": "=tones"})
-    assert ds.task_names == ["tones"] and ds[0]["answer"] == "low" and ds[0]["instruction"] == "Which tone is it?"
-    assert parse_column_args(["answer=label", "task==asr"]) == {"answer": "label", "task": "=asr"}
-    with pytest.raises(ConfigError, match="--column 'nope'"):
-        parse_column_args(["nope"])
-    with pytest.raises(ConfigError, match="unknown field"):
-        parse_column_args(["label=answer"])
-    with pytest.raises(ConfigError, match="JSONL manifest"):
-        open_dataset(corpus["manifest"], columns={"answer": "x"})
-
-
 def test_bad_rows_name_the_dataset_row_and_column(corpus, tmp_path):
     ds = build_hf_dataset(corpus)
     answers = list(ds["answer"])
@@ -122,24 +106,6 @@ def test_bad_rows_name_the_dataset_row_and_column(corpus, tmp_path):
         str(tmp_path / "badaudio"))
     with pytest.raises(ManifestAudioError, match=r"row 7, column 'audio'"):
         open_dataset(tmp_path / "badaudio")
-
-
-def test_sources_and_the_missing_extra(corpus, saved, monkeypatch, tmp_path):
-    assert is_hf_source(saved) and is_hf_source("someone/some-dataset") and is_hf_source(tmp_path / "x.parquet")
-    assert not is_hf_source(corpus["manifest"]) and not is_hf_source(tmp_path / "missing.jsonl")
-    with pytest.raises(ManifestError, match="neither a save_to_disk folder"):
-        load_hf_source(tmp_path)
-    with pytest.raises(ManifestError, match="no split 'test'"):
-        save_hf_dataset(corpus, tmp_path / "dd")
-        import datasets
-        datasets.DatasetDict({"train": datasets.load_from_disk(str(tmp_path / "dd"))}).save_to_disk(
-            str(tmp_path / "dd2"))
-        load_hf_source(tmp_path / "dd2", split="test")
-    with pytest.raises(ManifestError, match="local cache"):
-        load_hf_source("mowe-test-nobody/no-such-dataset")
-    monkeypatch.setitem(sys.modules, "datasets", None)  # as if `datasets` were not installed
-    with pytest.raises(MissingExtraError, match=r"pip install 'mowe\[datasets\]'"):
-        open_dataset(saved)
 
 
 def _run(tmp_path, name, train, *sets):
@@ -167,11 +133,3 @@ def test_hf_dataset_is_a_torch_dataset(saved):
         HFAudioDataset(load_hf_source(saved), tasks=["nope"])
 
 
-def test_a_hub_id_is_read_offline_from_the_cache(corpus, tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    cache_as_hub_dataset(build_hf_dataset(corpus), "mowe-test/tones", tmp_path / "cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # mowe sets it for the call itself
-    _same_items(open_dataset(corpus["manifest"]), open_dataset("mowe-test/tones"))
-    assert datasets.config.HF_HUB_OFFLINE is False  # and puts it back
