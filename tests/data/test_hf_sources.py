@@ -55,3 +55,11 @@ def test_a_hub_id_is_read_offline_from_the_cache(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)  # mowe sets it for the call itself
     _same_items(open_dataset(corpus["manifest"]), open_dataset("mowe-test/tones"))
     assert datasets.config.HF_HUB_OFFLINE is False  # and puts it back
+
+
+def test_datasets_is_imported_only_when_a_dataset_is_opened():
+    import subprocess
+
+    code = "import sys, mowe, mowe.data, mowe.cli; assert 'datasets' not in sys.modules, 'imported eagerly'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
