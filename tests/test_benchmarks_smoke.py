@@ -34,6 +34,7 @@ EXPECTED = {
                        "serve_p50_s_seq", "serve_p99_s_c32"],
     "bench_cache.py": ["frozen_encoder_speedup", "warm_speedup", "cold_overhead", "cache_gib_per_audio_hour",
                        "warm_equals_live"],
+    "bench_data.py": ["hf_index_ratio", "hf_read_ratio", "stream_skip_ratio", "hf_equals_manifest"],
 }
 
 
@@ -61,6 +62,11 @@ def test_quick_run_reports_its_keys(script):
 def test_pool_sparse_equals_dense():
     """The sparse pool and the run-all-then-mask baseline give the same features (so the speedup is like for like)."""
     assert _run("bench_pool.py")["sparse_dense_max_abs_diff"] < 1e-3
+
+
+def test_dataset_clips_equal_the_manifests():
+    """bench_data compares like for like: the dataset's decoded clips are the manifest's, bit for bit."""
+    assert _run("bench_data.py")["hf_equals_manifest"] == 1.0
 
 
 def test_every_script_is_covered():

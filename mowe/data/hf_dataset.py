@@ -45,6 +45,7 @@ from mowe.errors import AudioLoadError, ConfigError, ManifestError
 __all__ = ["DatasetColumns", "HFAudioDataset", "HFStreamDataset", "RowReader"]
 
 _ON_BAD = ("error", "skip")
+_NOT_READ = object()
 _TEXT_FIELDS = ("instruction", "answer", "task")
 
 
@@ -168,8 +169,8 @@ class RowReader:
             if not isinstance(ex_id, str) or not ex_id:
                 self.bad(row, self.columns["id"], f"field 'id' must be a non-empty string, got {ex_id!r}")
                 return None
-        audio = raw[self.columns["audio"]]
-        if not (isinstance(audio, str) and audio) and not (
+        audio = raw.get(self.columns["audio"], _NOT_READ)  # not read: indexing by a duration column
+        if audio is not _NOT_READ and not (isinstance(audio, str) and audio) and not (
                 isinstance(audio, dict) and (audio.get("bytes") or audio.get("path"))):
             self.bad(row, self.columns["audio"], f"no audio (expected bytes or a path, got {_short(audio)})")
             return None
@@ -308,7 +309,12 @@ class HFAudioDataset(Dataset):
         keep = set(tasks) if tasks is not None else None
         entries: list[_Row] = []
         seen: dict[str, int] = {}
-        for i, raw in _rows(self.hf):
+        audio_col = self.reader.columns["audio"]
+        # With a duration column the index needs no audio: the clips' bytes are first read when decoded.
+        text_cols = [c for c in self.reader.read_columns if c != audio_col]
+        index = self.hf.select_columns(text_cols) if self.reader.columns["duration"] is not None and text_cols \
+            else self.hf
+        for i, raw in _rows(index):
             r = self.reader.parse(i, raw)
             if r is None:
                 continue
