@@ -163,6 +163,14 @@ def _source(base: str, p: str) -> str:
     return p if not os.path.exists(local) and is_hf_source(p) else local
 
 
+def _hf_options(source: str, data: dict[str, Any], split_key: str, streaming: Any) -> dict[str, Any]:
+    """``columns`` / split / ``streaming`` for a Hugging Face source; a manifest (e.g. a JSONL dev set beside a
+    dataset) takes none of them, and ``streaming`` on a manifest is an error naming it."""
+    if not is_hf_source(source):
+        return {"streaming": bool(streaming)}  # open_dataset refuses streaming=True for a manifest, naming it
+    return {"columns": data.get("columns"), "split": data.get(split_key), "streaming": bool(streaming)}
+
+
 def _stages(spec: Any):
     if not isinstance(spec, dict):
         return stages_from_list(spec)
@@ -251,15 +259,17 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
     train_manifest = data["train"]
     ds_kw = {"on_bad_example": data.get("on_bad_example", "error"),
                  "max_audio_seconds": data.get("max_audio_seconds", DataSection.max_audio_seconds)}
-    hf_kw = {"columns": data.get("columns")}
-    train_ds = open_dataset(_source(base_dir, train_manifest), tasks=data.get("tasks"), split=data.get("split"),
-                            streaming=bool(data.get("streaming")), **hf_kw, **ds_kw)
-    dev_ds = (open_dataset(_source(base_dir, data["dev"]), split=data.get("dev_split"), **hf_kw, **ds_kw)
-              if data.get("dev") else None)
+    train_src = _source(base_dir, train_manifest)
+    train_ds = open_dataset(train_src, tasks=data.get("tasks"),
+                            **_hf_options(train_src, data, "split", data.get("streaming")), **ds_kw)
+    dev_ds = None
+    if data.get("dev"):
+        dev = _source(base_dir, data["dev"])
+        dev_ds = open_dataset(dev, **_hf_options(dev, data, "dev_split", False), **ds_kw)
     proc_opts = from_dict(ProcessorOptions, {"max_audio_seconds": ds_kw["max_audio_seconds"],
                                              **(run.get("processor") or {})}, where="processor")
-    tokenizer = _tokenizer(run["tokenizer"], _source(base_dir, train_manifest), base_dir, train_ds,
-                           model=run["model"], audio_token=proc_opts.audio_token)
+    tokenizer = _tokenizer(run["tokenizer"], train_src, base_dir, train_ds, model=run["model"],
+                           audio_token=proc_opts.audio_token)
     if isinstance(run["tokenizer"], str):  # an LLM's own tokenizer: the placeholder becomes a special token of it
         add_audio_token(tokenizer, proc_opts.audio_token)
     processor = MoWEProcessor(tokenizer, options=proc_opts)

@@ -134,3 +134,14 @@ def test_hf_dataset_is_a_torch_dataset(saved):
         HFAudioDataset(load_hf_source(saved), tasks=["nope"])
 
 
+
+
+def test_a_dataset_for_training_and_a_manifest_for_dev(corpus, saved, tmp_path):
+    """data.columns / split apply to the Hugging Face source only: a JSONL dev set beside it needs none."""
+    save_hf_dataset(corpus, tmp_path / "renamed", rename={"answer": "label"})
+    _run(tmp_path, "mixed", tmp_path / "renamed", f"data.dev={corpus['manifest']}", "data.columns={answer: label}",
+         "train.eval_every=2")
+    log = [json.loads(x) for x in (tmp_path / "mixed" / "log.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in r for r in log)
+    with pytest.raises(ConfigError, match="JSONL manifest; streaming"):
+        _run(tmp_path, "bad", corpus["manifest"], "data.streaming=true")
