@@ -75,8 +75,6 @@ def _eval_dataset(args: argparse.Namespace) -> Any:
 
 
 def _cmd_eval(args) -> int:
-    if args.data is None:
-        raise ConfigError("mowe eval: give the evaluation set with --data (or --manifest)")
     model, processor = load_for_inference(args.model, device=args.device, dtype=args.dtype, processor=args.processor,
                                           allow_components=getattr(args, "allow_components", None))
     dataset = _eval_dataset(args)
@@ -113,7 +111,7 @@ def _add_eval_cli(subparsers: Any) -> Any:
     p = subparsers.add_parser("eval", help="evaluate a saved model on a manifest, a Hugging Face dataset or a "
                                            "benchmark (per-task metrics, audio controls)")
     p.add_argument("--model", required=True, help="folder written by save_pretrained / mowe train")
-    p.add_argument("--data", "--manifest", dest="data", default=None,
+    p.add_argument("--data", "--manifest", dest="data", required=True,
                    help="JSONL manifest (audio, instruction, answer, task), a Hugging Face dataset (save_to_disk or "
                         "audiofolder folder, parquet / arrow file, hub id in the local cache), or with --format the "
                         "benchmark's file")
