@@ -67,3 +67,14 @@ def test_streaming_run_killed_after_a_checkpoint_and_resumed_equals_the_uninterr
     # the resumed run saw the same batches after the checkpoint: the same per-step losses
     after = {r["step"]: r["loss"] for r in log if "loss" in r and r["step"] > killed_at}
     assert after == {r["step"]: r["loss"] for r in ref_log if "loss" in r and r["step"] > killed_at}
+
+
+def test_a_stream_cannot_be_sampled_by_task_weights(tmp_path, capsys):
+    from mowe.cli import main
+
+    data = save_hf_dataset(write_corpus(tmp_path / "corpus", n=8), tmp_path / "hf")
+    code = main(["train", "--config", RUN_TINY, "--set", f"data.train={data}", "--set", "data.streaming=true",
+                 "--set", f"train.output_dir={tmp_path / 'out'}",
+                 "--set", "stages=[{name: s, train: [connector], steps: 1, lr: 0.001, tasks: {asr: 1.0}}]"])
+    err = capsys.readouterr().err
+    assert code == 2 and "stage 's' samples by task weights" in err and "data.tasks" in err
