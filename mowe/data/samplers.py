@@ -1,4 +1,5 @@
-"""The one sampler of mowe: a deterministic global-batch order per training stage.
+"""The sampler of map-style datasets: a deterministic global-batch order per training stage (streams:
+:mod:`mowe.data.stream_sampler`, the same contract read window by window).
 
 :class:`StageSampler` turns ``(seed, stage index, epoch)`` into a permutation (or, with task weights, a weighted
 draw with replacement) of the examples, cuts it into *global* batches of ``batch_size * num_processes``
