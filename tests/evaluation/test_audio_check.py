@@ -72,3 +72,28 @@ def test_same_answer_needs_two_distinct_references():
     assert same_answer_tasks(recs) == ["a"]
 
 
+
+
+def test_trained_models_one_that_listens_and_one_trained_deaf(tmp_path):
+    """No fixed answers: the same tiny model and recipe trained twice on the tone set, once with its audio and once
+    with the audio silenced (AudioControl as training data). The first learns from the clips and passes the check;
+    the second can only use the prompt and is flagged."""
+    from mowe.curriculum import Stage
+    from mowe.data.collator import MoWECollator
+    from mowe.evaluation.controls import AudioControl
+    from mowe.training.trainer import TrainConfig, Trainer
+
+    checks = {}
+    for name in ("listens", "deaf"):
+        (tmp_path / name).mkdir()
+        _root, ds, model, proc = tone_setup(tmp_path / name)
+        train_set = ds if name == "listens" else AudioControl(ds, "silent")
+        Trainer(model, train_set, config=TrainConfig(output_dir=str(tmp_path / f"run_{name}"), batch_size=8,
+                                                     save_every=0, progress=False, save_final=False),
+                stages=[Stage("s", ("connector", "lora", "strong_encoder"), 100, 6e-3)],
+                collate_fn=MoWECollator(proc, train=True)).train()
+        checks[name] = run_eval(model, proc, ds, audio_control="shuffled", batch_size=8, progress=False,
+                                max_new_tokens=3)
+    listens, deaf = checks["listens"], checks["deaf"]
+    assert listens.result.metrics["pitch"]["accuracy"] >= 0.875 and not listens.check.flagged, listens.check.warnings
+    assert deaf.check.flagged and any("not ahead" in w for w in deaf.check.warnings)
