@@ -23,8 +23,9 @@ format             matching rule
                    first letter. (AIR-Bench's optional GPT re-alignment step is not run.)
 ``dynamic-superb`` Dynamic-SUPERB rows carry an instruction and a label, no choice list; the label space is the
                    task's distinct labels in the evaluated set, and the MMAU rule above is applied with it. Phase
-                   2's leaderboard judges classification answers with an LLM (GPT-4o), which mowe does not call:
-                   this deterministic rule is its offline stand-in, not the leaderboard figure.
+                   2's paper scores classification answers with an LLM judge; its scoring scripts were not at hand
+                   to match, and mowe calls no LLM: this deterministic rule is an offline stand-in, not the
+                   leaderboard figure.
 =================  ============================================================================================
 
 Example::
