@@ -72,3 +72,23 @@ def test_windows_group_by_length_and_processes_split_the_global_batch(stream):
 def test_a_stream_shorter_than_a_global_batch_is_refused(stream):
     with pytest.raises(ConfigError, match="fewer usable examples than one global batch of 16"):
         next(StreamSampler(stream, seed=0, stage_index=0, batch_size=16).micro_batches(0))
+
+
+def test_every_streaming_source_gives_the_same_rows(tmp_path):
+    import json
+    import shutil
+
+    from _hf_helpers import build_hf_dataset
+
+    corpus = write_corpus(tmp_path / "c", n=6)
+    build_hf_dataset(corpus).to_parquet(str(tmp_path / "t.parquet"))
+    shutil.copytree(corpus["root"] / "audio", tmp_path / "af" / "audio")
+    (tmp_path / "af" / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": r["audio"], **{k: v for k, v in r.items() if k != "audio"}}) + "\n"
+        for r in corpus["rows"]))
+    want = [(r["id"], r["answer"]) for r in corpus["rows"]]
+    for src in (save_hf_dataset(corpus, tmp_path / "hf"), tmp_path / "t.parquet", tmp_path / "af"):
+        stream = open_dataset(src, streaming=True)
+        rows = list(stream.rows())
+        assert [(r.id, r.answer) for r in rows] == want, src
+        assert stream.decode(rows[1])["audio"].shape == open_dataset(corpus["manifest"])[1]["audio"].shape
