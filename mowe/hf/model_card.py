@@ -132,7 +132,7 @@ def model_card(config: MoWEConfig, info: CardInfo | None = None, *, model_name: 
                          pipeline_tag=TASK_TYPE,
                          eval_results=[r.eval_result(model_name) for r in info.results] or None)
     body = [f"# {model_name}", "",
-            "An audio LLM built with [mowe](https://github.com/) from a mixture of weak encoders: the strong "
+            "An audio LLM built with mowe from a mixture of weak encoders: the strong "
             "encoder's features and the routed weak encoders' are aligned, concatenated, passed through the "
             "connector and given to the LLM in place of the audio placeholder.", "", "## Architecture", "",
             *_architecture(config), "", "## Training data", ""]
