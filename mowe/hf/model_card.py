@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from mowe.config import EncoderConfig, MoWEConfig
 from mowe.errors import CheckpointError
+from mowe.hub import looks_like_path
 
 __all__ = ["CARD_INFO_NAME", "README_NAME", "CardInfo", "CardResult", "model_card", "read_card_info",
            "write_model_card"]
@@ -126,7 +127,8 @@ def _architecture(cfg: MoWEConfig) -> list[str]:
 def model_card(config: MoWEConfig, info: CardInfo | None = None, *, model_name: str = "mowe-model") -> str:
     """The README.md text: YAML metadata (with a ``model-index`` when there are results) and the body."""
     info = info or CardInfo()
-    base = config.llm.name_or_path if config.llm.name_or_path and not os.path.isabs(config.llm.name_or_path) else None
+    name = config.llm.name_or_path
+    base = name if name and not looks_like_path(name) and not os.path.exists(name) else None  # hub ids only
     data = ModelCardData(library_name="mowe", model_name=model_name, base_model=base,
                          datasets=list(info.training_data) or None, tags=["audio", "audio-llm", "mowe"],
                          pipeline_tag=TASK_TYPE,
