@@ -98,20 +98,20 @@ def read_card_info(directory: str | os.PathLike) -> CardInfo:
 def _encoder(name: str, e: EncoderConfig) -> str:
     source = e.name_or_path or (f"random weights, preset {e.preset!r}" if e.preset else "random weights")
     extra = f"; component `{e.component}`" if e.component else ""
-    return f"| {name} | {e.family} | {source} | {'frozen' if e.freeze else 'trained'}{extra} |"
+    return f"| {name} | {e.family} | {source} | {'frozen' if e.freeze else 'trainable'}{extra} |"
 
 
 def _architecture(cfg: MoWEConfig) -> list[str]:
     r, c, llm, lora = cfg.router, cfg.connector, cfg.llm, cfg.lora
-    rows = ["| part | kind | weights from | training |", "|---|---|---|---|", _encoder("strong encoder", cfg.strong)]
+    rows = ["| part | kind | weights from | in training (config) |", "|---|---|---|---|", _encoder("strong encoder", cfg.strong)]
     rows += [_encoder(f"weak encoder `{n}`", e) for n, e in cfg.weak.items()]
     if cfg.weak:
         kinds = "+".join(k for k, on in (("data-independent", r.data_independent),
                                           ("data-dependent", r.data_dependent)) if on)
         prompt = ", prompt-aware" if r.prompt_aware else ""
-        rows.append(f"| router | {kinds}{prompt}, top-{r.top_k} of {len(cfg.weak)} | random init | trained |")
+        rows.append(f"| router | {kinds}{prompt}, top-{r.top_k} of {len(cfg.weak)} | random init | trainable |")
     options = ", ".join(f"{k}={v}" for k, v in c.options.items())
-    rows.append(f"| connector | {c.component or c.kind}{f' ({options})' if options else ''} | random init | trained |")
+    rows.append(f"| connector | {c.component or c.kind}{f' ({options})' if options else ''} | random init | trainable |")
     if llm.name_or_path:
         source = llm.name_or_path + (f" (GGUF `{llm.gguf_file}`)" if llm.gguf_file else "")
     else:
@@ -120,7 +120,7 @@ def _architecture(cfg: MoWEConfig) -> list[str]:
     rows.append(f"| LLM | causal LM | {source} | {llm.train} |")
     if llm.train == "lora":
         targets = ", ".join(lora.target_modules) if lora.target_modules else "the LLM's default targets"
-        rows.append(f"| LoRA | r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout} | on {targets} | trained |")
+        rows.append(f"| LoRA | r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout} | on {targets} | trainable |")
     return rows
 
 
