@@ -90,9 +90,10 @@ def _cmd_eval(args) -> int:
         return normalize_text(s, spell_digits=spell)
 
     run = run_eval(model, processor, dataset, name=os.path.basename(os.path.normpath(args.model)),
-                   benchmark_format=args.format, audio_control=args.audio_control, control_seed=args.control_seed,
-                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                   task_metrics=task_metrics, normalize=normalize)
+                   benchmark_format=args.format, audio_control=args.audio_control,
+                   control_seed=args.control_seed, batch_size=args.batch_size,
+                   max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, task_metrics=task_metrics,
+                   normalize=normalize)
     out = args.out or os.path.join(args.model, "eval")
     print(write_eval_run(run, out))
     print(f"wrote the report to {out}")
@@ -107,29 +108,30 @@ def _cmd_eval(args) -> int:
 
 
 def _add_eval_cli(subparsers: Any) -> Any:
-    """Register ``mowe eval --model DIR --data test.jsonl|DATASET [--format F] [--audio-control C] [--out DIR]``."""
-    p = subparsers.add_parser("eval", help="evaluate a saved model on a manifest, a Hugging Face dataset or a "
-                                           "benchmark (per-task metrics, audio controls)")
+    """Register ``mowe eval --model DIR --data test.jsonl|DATASET [--format F] [--audio-control C]``."""
+    p = subparsers.add_parser("eval", help="evaluate a saved model on a manifest, a Hugging Face dataset or "
+                                           "a benchmark (per-task metrics, audio controls)")
     p.add_argument("--model", required=True, help="folder written by save_pretrained / mowe train")
     p.add_argument("--data", "--manifest", dest="data", required=True,
-                   help="JSONL manifest (audio, instruction, answer, task), a Hugging Face dataset (save_to_disk or "
-                        "audiofolder folder, parquet / arrow file, hub id in the local cache), or with --format the "
-                        "benchmark's file")
+                   help="JSONL manifest (audio, instruction, answer, task), a Hugging Face dataset "
+                        "(save_to_disk or audiofolder folder, parquet / arrow file, hub id in the local "
+                        "cache), or with --format the benchmark's file")
     p.add_argument("--column", action="append", metavar="FIELD=COLUMN",
-                   help="for a dataset: the column holding FIELD (audio, instruction, answer, task, id, duration); "
-                        "FIELD==value for a constant; repeatable")
-    p.add_argument("--split", default=None, help="the split of a DatasetDict folder or hub dataset (default train)")
+                   help="for a dataset: the column holding FIELD (audio, instruction, answer, task, id, "
+                        "duration); FIELD==value for a constant; repeatable")
+    p.add_argument("--split", default=None,
+                   help="the split of a DatasetDict folder or hub dataset (default train)")
     p.add_argument("--format", choices=list(BENCHMARK_FORMATS), default=None,
                    help="read and score the data as this benchmark does (its fields and its matching rule)")
     p.add_argument("--task", default=None, help="with --format: the task name (dynamic-superb: default the "
                                                 "dataset's name)")
     p.add_argument("--audio-control", choices=list(CONTROLS), default=None,
-                   help="also run the set with the audio shuffled across examples or silenced; report the gap "
-                        "and warn when the model does not use the audio")
+                   help="also run the set with the audio shuffled across examples or silenced; report the "
+                        "gap and warn when the model does not use the audio")
     p.add_argument("--control-seed", type=int, default=0, help="seed of the shuffled control")
     p.add_argument("--update-card", action="store_true",
-                   help="add the results (value, n, 95%% interval per task) to the model folder's README.md model "
-                        "card (model-index)")
+                   help="add the results (value, n, 95%% interval per task) to the model folder's README.md "
+                        "model card (model-index)")
     add_generation_args(p, max_new_tokens=24)
     p.add_argument("--out", default=None, help="report folder (default: MODEL/eval)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -150,8 +152,8 @@ def _cmd_data_export(args: argparse.Namespace) -> int:
         os.path.isdir(src) and any(n.endswith(".jsonl") for n in os.listdir(src)))
     if to_dataset:
         dd = manifests_to_dataset(src, args.out)
-        print(f"wrote {', '.join(f'{k} ({len(v)} examples)' for k, v in dd.items())} as a Hugging Face dataset "
-              f"to {args.out} (datasets.load_from_disk)")
+        splits = ", ".join(f"{k} ({len(v)} examples)" for k, v in dd.items())
+        print(f"wrote {splits} as a Hugging Face dataset to {args.out} (datasets.load_from_disk)")
     else:
         written = dataset_to_manifests(src, args.out, columns=parse_column_args(args.column) or None)
         print(f"wrote {', '.join(written.values())}")
@@ -163,10 +165,10 @@ def _add_data_cli(subparsers: Any) -> Any:
     p = subparsers.add_parser("data", help="convert between JSONL manifests and Hugging Face datasets")
     sub = p.add_subparsers(dest="data_command", metavar="data_command")
     sub.required = True
-    e = sub.add_parser("export", help="a manifest folder (or .jsonl) to a dataset folder (save_to_disk), or a "
-                                      "dataset to a manifest folder; the audio bytes are copied unchanged")
-    e.add_argument("source", help="a folder of *.jsonl manifests / one manifest, or a dataset (folder, parquet, "
-                                  "arrow, hub id in the cache)")
+    e = sub.add_parser("export", help="a manifest folder (or .jsonl) to a dataset folder (save_to_disk), or "
+                                      "a dataset to a manifest folder; the audio bytes are copied unchanged")
+    e.add_argument("source", help="a folder of *.jsonl manifests / one manifest, or a dataset (folder, "
+                                  "parquet, arrow, hub id in the cache)")
     e.add_argument("out", help="the folder to write")
     e.add_argument("--to", choices=["dataset", "manifest"], default=None,
                    help="the direction (default: from what SOURCE is)")

@@ -1,5 +1,6 @@
-"""One small corpus written three ways: WAV files + a JSONL manifest, and the same rows as a Hugging Face dataset
-with an ``Audio`` column (``save_to_disk``), parquet and audiofolder. Clips alternate 44.1 kHz and 16 kHz."""
+"""One small corpus written three ways: WAV files + a JSONL manifest, and the same rows as a Hugging Face
+dataset with an ``Audio`` column (``save_to_disk``), parquet and audiofolder. Clips alternate 44.1 kHz and 16
+kHz."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ NAMES = ("low", "mid", "high")
 
 
 def write_corpus(root: str | os.PathLike, n: int = 12) -> dict[str, Path]:
-    """Write ``n`` WAVs (tone height -> answer; 44.1 kHz for even rows, 16 kHz for odd), ``train.jsonl`` and the
-    rows as ``rows.json`` (what the dataset builders take). Returns the paths."""
+    """Write ``n`` WAVs (tone height -> answer; 44.1 kHz for even rows, 16 kHz for odd), ``train.jsonl`` and
+    the rows as ``rows.json`` (what the dataset builders take). Returns the paths."""
     root = Path(root)
     (root / "audio").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -25,8 +26,15 @@ def write_corpus(root: str | os.PathLike, n: int = 12) -> dict[str, Path]:
         t = np.arange(int((0.3 + 0.04 * i) * sr)) / sr
         wave = (0.4 * np.sin(2 * np.pi * (300 + 500 * c) * t)).astype(np.float32)
         sf.write(root / "audio" / f"{i}.wav", wave, sr, subtype="PCM_16")
-        rows.append({"id": f"ex{i}", "audio": f"audio/{i}.wav", "instruction": "Which tone is it?",
-                     "answer": NAMES[c], "task": "sound_event" if i % 2 else "asr"})
+        rows.append(
+            {
+                "id": f"ex{i}",
+                "audio": f"audio/{i}.wav",
+                "instruction": "Which tone is it?",
+                "answer": NAMES[c],
+                "task": "sound_event" if i % 2 else "asr",
+            }
+        )
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"root": root, "manifest": root / "train.jsonl", "rows": rows}
 
@@ -36,9 +44,13 @@ def build_hf_dataset(corpus: dict, *, rename: dict[str, str] | None = None):
     import datasets
 
     root = corpus["root"]
-    cols: dict[str, list] = {k: [r[k] for r in corpus["rows"]] for k in ("id", "instruction", "answer", "task")}
-    cols["audio"] = [{"bytes": (root / r["audio"]).read_bytes(), "path": os.path.basename(r["audio"])}
-                     for r in corpus["rows"]]
+    cols: dict[str, list] = {
+        k: [r[k] for r in corpus["rows"]] for k in ("id", "instruction", "answer", "task")
+    }
+    cols["audio"] = [
+        {"bytes": (root / r["audio"]).read_bytes(), "path": os.path.basename(r["audio"])}
+        for r in corpus["rows"]
+    ]
     ds = datasets.Dataset.from_dict(cols).cast_column("audio", datasets.Audio())
     for old, new in (rename or {}).items():
         ds = ds.rename_column(old, new)
@@ -61,8 +73,12 @@ def cache_as_hub_dataset(ds, repo_id: str, cache_dir: str | os.PathLike) -> None
     namespace, name = repo_id.split("/")
     src = Path(cache_dir) / "_src.parquet"
     ds.to_parquet(str(src))
-    builder = Parquet(cache_dir=str(cache_dir), dataset_name=name, hash="0" * 16,
-                      data_files=DataFilesDict.from_patterns({"train": [str(src)]}))
+    builder = Parquet(
+        cache_dir=str(cache_dir),
+        dataset_name=name,
+        hash="0" * 16,
+        data_files=DataFilesDict.from_patterns({"train": [str(src)]}),
+    )
     builder.download_and_prepare()
     target = Path(cache_dir) / f"{namespace}___{name}" / "default"
     target.parent.mkdir(parents=True, exist_ok=True)

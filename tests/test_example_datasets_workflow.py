@@ -14,9 +14,22 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.en
 
 
 def test_datasets_workflow_example_runs(tmp_path):
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "datasets_workflow.py"), "--out",
-                          str(tmp_path), "--steps", "4", "--streaming"], capture_output=True, text=True, env=ENV,
-                         timeout=600, check=False)
+    res = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", "datasets_workflow.py"),
+            "--out",
+            str(tmp_path),
+            "--steps",
+            "4",
+            "--streaming",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "trained 4 steps" in res.stdout and "real - shuffled" in res.stdout
     card = ModelCard.load(tmp_path / "run" / "final" / "README.md")

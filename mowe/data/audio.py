@@ -190,7 +190,8 @@ def load_audio_bytes(
     max_seconds: float | None = None,
     length_policy: LengthPolicy = "truncate",
 ) -> AudioClip:
-    """:func:`load_audio` for an encoded file held in memory (e.g. a Hugging Face ``Audio`` column's ``bytes``).
+    """:func:`load_audio` for an encoded file held in memory (e.g. a Hugging Face ``Audio`` column's
+    ``bytes``).
 
     The bytes go through the same decoder, downmix and resampler as a file on disk, so a clip read from a
     dataset's bytes is bit-identical to the same file read by :func:`load_audio`.

@@ -7,8 +7,8 @@
 * :func:`dataset_to_manifests`: each split of a dataset (any source :mod:`mowe.data.hf_sources` opens) becomes
   ``<split>.jsonl`` in a folder, its clips written to ``audio/<split>/`` as the bytes the dataset stores.
 
-The audio bytes are copied, never re-encoded, so a round trip gives byte-identical files and the same examples.
-``mowe data export SRC OUT`` is the command-line form.
+The audio bytes are copied, never re-encoded, so a round trip gives byte-identical files and the same
+examples. ``mowe data export SRC OUT`` is the command-line form.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ __all__ = ["dataset_to_manifests", "manifests_to_dataset"]
 
 def _manifests(source: str) -> dict[str, str]:
     if os.path.isdir(source):
-        found = {os.path.splitext(n)[0]: os.path.join(source, n) for n in sorted(os.listdir(source))
-                 if n.endswith(".jsonl")}
+        found = {
+            os.path.splitext(n)[0]: os.path.join(source, n)
+            for n in sorted(os.listdir(source))
+            if n.endswith(".jsonl")
+        }
         if not found:
             raise ManifestError(f"'{source}' holds no *.jsonl manifest")
         return found
@@ -42,8 +45,8 @@ def _manifests(source: str) -> dict[str, str]:
 
 
 def manifests_to_dataset(source: str | os.PathLike, out_dir: str | os.PathLike) -> Any:
-    """Write the manifest(s) at ``source`` (a folder of ``*.jsonl`` or one file) as a ``DatasetDict`` (one split per
-    manifest, named after it) with ``save_to_disk`` into ``out_dir``; returns the ``DatasetDict``.
+    """Write the manifest(s) at ``source`` (a folder of ``*.jsonl`` or one file) as a ``DatasetDict`` (one
+    split per manifest, named after it) with ``save_to_disk`` into ``out_dir``; returns the ``DatasetDict``.
 
     Every line is checked as training would check it (:class:`~mowe.data.ManifestDataset`, bad lines raise).
     """
@@ -52,16 +55,20 @@ def manifests_to_dataset(source: str | os.PathLike, out_dir: str | os.PathLike) 
     for split, path in _manifests(os.fspath(source)).items():
         man = ManifestDataset(path, max_audio_seconds=None)
         metas = _metas(path)
-        cols: dict[str, list[Any]] = {k: [] for k in ("id", "audio", "instruction", "answer", "task", "duration",
-                                                      "meta")}
+        cols: dict[str, list[Any]] = {
+            k: [] for k in ("id", "audio", "instruction", "answer", "task", "duration", "meta")
+        }
         for i in range(len(man)):
             e = man.example_info(i)
             cols["id"].append(e["id"])
-            cols["audio"].append({"bytes": read_bytes(e["path"]), "path": os.path.relpath(e["path"], man.root)})
+            cols["audio"].append(
+                {"bytes": read_bytes(e["path"]), "path": os.path.relpath(e["path"], man.root)}
+            )
             for k in ("instruction", "answer", "task", "duration"):
                 cols[k].append(e[k])
             cols["meta"].append(metas.get(e["line"], ""))
-        # Cast, not built with the Audio feature: encoding through the feature needs torchcodec even for bytes.
+        # Cast, not built with the Audio feature: encoding through the feature needs torchcodec even for
+        # bytes.
         splits[split] = ds.Dataset.from_dict(cols).cast_column("audio", ds.Audio())
     dd = ds.DatasetDict(splits)
     dd.save_to_disk(os.fspath(out_dir))
@@ -95,18 +102,24 @@ def _extension(data: bytes, path: str | None) -> str:
         return ".bin"
 
 
-def dataset_to_manifests(source: str | os.PathLike, out_dir: str | os.PathLike, *,
-                         columns: DatasetColumns | dict[str, str] | None = None) -> dict[str, str]:
+def dataset_to_manifests(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    columns: DatasetColumns | dict[str, str] | None = None,
+) -> dict[str, str]:
     """Write every split of the dataset at ``source`` as ``<out_dir>/<split>.jsonl`` with its clips under
     ``<out_dir>/audio/<split>/``; returns ``{split: manifest path}``.
 
     Args:
-        source: a ``save_to_disk`` folder (a ``DatasetDict`` gives one manifest per split), parquet / arrow file,
+        source: a ``save_to_disk`` folder (a ``DatasetDict`` gives one manifest per split), parquet / arrow
+            file,
             audiofolder or hub id in the cache.
         columns: as :class:`~mowe.data.hf_dataset.DatasetColumns` (the dataset's column names).
 
     Raises:
-        ManifestError: a bad row (names dataset, row and column). ConfigError: ``out_dir`` already has a manifest.
+        ManifestError: a bad row (names dataset, row and column). ConfigError: ``out_dir`` already has a
+            manifest.
     """
     ds = import_datasets()
     cols = columns if isinstance(columns, DatasetColumns) else DatasetColumns.from_mapping(columns)
@@ -127,8 +140,14 @@ def dataset_to_manifests(source: str | os.PathLike, out_dir: str | os.PathLike, 
 
 
 def _write_split(src: HFSource, cols: DatasetColumns, out_dir: str, split: str) -> str:
-    reader = RowReader(src, cols, sample_rate=16_000, max_audio_seconds=None, length_policy="truncate",
-                       on_bad_example="error")
+    reader = RowReader(
+        src,
+        cols,
+        sample_rate=16_000,
+        max_audio_seconds=None,
+        length_policy="truncate",
+        on_bad_example="error",
+    )
     hf = reader.prepare(src.dataset)
     has_meta = "meta" in (src.dataset.column_names or [])
     metas = src.dataset["meta"] if has_meta else None

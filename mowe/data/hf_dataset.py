@@ -1,17 +1,17 @@
-"""Hugging Face datasets as mowe examples: the same items as :class:`~mowe.data.ManifestDataset`, from any source
-:mod:`mowe.data.hf_sources` opens.
+"""Hugging Face datasets as mowe examples: the same items as :class:`~mowe.data.ManifestDataset`, from any
+source :mod:`mowe.data.hf_sources` opens.
 
 * :class:`HFAudioDataset` (map-style): the text columns are read and checked at construction, and every clip's
-  *duration* is known without decoding it (a duration column, or the audio header parsed from the stored bytes),
-  so ``lengths`` feeds length-grouped batching. Audio is decoded lazily in ``__getitem__``.
+  *duration* is known without decoding it (a duration column, or the audio header parsed from the stored
+  bytes), so ``lengths`` feeds length-grouped batching. Audio is decoded lazily in ``__getitem__``.
 * :class:`HFStreamDataset` (an ``IterableDataset`` source, ``streaming: true``): rows are checked as they are
   read; :class:`~mowe.data.stream_sampler.StreamSampler` batches them.
 
 The ``Audio`` column is read with ``decode=False`` (``{"bytes", "path"}``) and decoded by
-:func:`mowe.data.audio.load_audio_bytes` (or :func:`~mowe.data.audio.load_audio` for a path) at the model's rate:
-``datasets``' own decoder needs torchcodec, and going through mowe's loader makes a clip read from a dataset
-bit-identical to the same file read from a manifest. A plain string column holds paths (relative ones resolve
-against the dataset's folder).
+:func:`mowe.data.audio.load_audio_bytes` (or :func:`~mowe.data.audio.load_audio` for a path) at the model's
+rate: ``datasets``' own decoder needs torchcodec, and going through mowe's loader makes a clip read from a
+dataset bit-identical to the same file read from a manifest. A plain string column holds paths (relative ones
+resolve against the dataset's folder).
 
 Columns are given as :class:`DatasetColumns`: each mowe field names a column, or is a constant written
 ``"=value"`` (e.g. ``task: "=asr"``, ``instruction: "=Transcribe the speech."``) for datasets without one.
@@ -20,8 +20,8 @@ columns of those names are used when present (ids otherwise ``"<dataset>:<row>"`
 
 Bad rows follow ``on_bad_example`` as in a manifest: ``"error"`` raises
 :class:`~mowe.errors.ManifestError` (:class:`~mowe.data.manifest.ManifestAudioError` for audio) naming the
-dataset, the 0-based row index and the column; ``"skip"`` records it in ``skipped`` (``SkippedExample.line`` holds
-the row index) and warns.
+dataset, the 0-based row index and the column; ``"skip"`` records it in ``skipped`` (``SkippedExample.line``
+holds the row index) and warns.
 
 Shape legend: ``s`` samples.
 """
@@ -94,8 +94,16 @@ class RowReader:
         sample_rate, max_audio_seconds, length_policy, on_bad_example: as :class:`~mowe.data.ManifestDataset`.
     """
 
-    def __init__(self, source: HFSource, columns: DatasetColumns, *, sample_rate: int, max_audio_seconds: float | None,
-                 length_policy: str, on_bad_example: str):
+    def __init__(
+        self,
+        source: HFSource,
+        columns: DatasetColumns,
+        *,
+        sample_rate: int,
+        max_audio_seconds: float | None,
+        length_policy: str,
+        on_bad_example: str,
+    ):
         if on_bad_example not in _ON_BAD:
             raise ConfigError(f"on_bad_example must be one of {_ON_BAD}, got {on_bad_example!r}")
         self.name, self.root = source.name, source.root
@@ -106,19 +114,30 @@ class RowReader:
         audio = columns.audio
         if source.kind == "audiofolder" and audio == "audio" and "audio" not in have:
             audio = "file_name"  # the audiofolder layout's audio column
-        self.columns: dict[str, str | None] = {"audio": audio, "instruction": columns.instruction,
-                                               "answer": columns.answer, "task": columns.task}
+        self.columns: dict[str, str | None] = {
+            "audio": audio,
+            "instruction": columns.instruction,
+            "answer": columns.answer,
+            "task": columns.task,
+        }
         for f in ("id", "duration", "choices"):
             given = getattr(columns, f)
             self.columns[f] = given if given is not None else (f if f in have else None)
-        missing = [(f, c) for f, c in self.columns.items() if c is not None and not c.startswith("=") and c not in have]
+        missing = [
+            (f, c)
+            for f, c in self.columns.items()
+            if c is not None and not c.startswith("=") and c not in have
+        ]
         if missing:
             named = ", ".join(f"{f} -> {c!r}" for f, c in missing)
-            raise ConfigError(f"dataset '{self.name}': no column for {named} (columns: {have}); name the columns "
-                              f"with data.columns / --column FIELD=COLUMN, or give a constant as FIELD='=value'")
+            raise ConfigError(
+                f"dataset '{self.name}': no column for {named} (columns: {have}); name the columns "
+                f"with data.columns / --column FIELD=COLUMN, or give a constant as FIELD='=value'"
+            )
         if self.columns["audio"].startswith("="):
-            raise ConfigError(f"dataset '{self.name}': the audio field must name a column, got "
-                              f"{self.columns['audio']!r}")
+            raise ConfigError(
+                f"dataset '{self.name}': the audio field must name a column, got {self.columns['audio']!r}"
+            )
         self.read_columns = [c for c in self.columns.values() if c is not None and not c.startswith("=")]
 
     def prepare(self, hf: Any) -> Any:
@@ -135,7 +154,9 @@ class RowReader:
         col = f", column {column!r}" if column else ""
         return f"dataset '{self.name}', row {row}{col}"
 
-    def bad(self, row: int, column: str | None, reason: str, exc_type: type[Exception] = ManifestError) -> None:
+    def bad(
+        self, row: int, column: str | None, reason: str, exc_type: type[Exception] = ManifestError
+    ) -> None:
         """Raise (``"error"``) or record and warn (``"skip"``)."""
         msg = f"{self.where(row, column)}: {reason}"
         if self.on_bad_example == "error":
@@ -170,8 +191,11 @@ class RowReader:
                 self.bad(row, self.columns["id"], f"field 'id' must be a non-empty string, got {ex_id!r}")
                 return None
         audio = raw.get(self.columns["audio"], _NOT_READ)  # not read: indexing by a duration column
-        if audio is not _NOT_READ and not (isinstance(audio, str) and audio) and not (
-                isinstance(audio, dict) and (audio.get("bytes") or audio.get("path"))):
+        if (
+            audio is not _NOT_READ
+            and not (isinstance(audio, str) and audio)
+            and not (isinstance(audio, dict) and (audio.get("bytes") or audio.get("path")))
+        ):
             self.bad(row, self.columns["audio"], f"no audio (expected bytes or a path, got {_short(audio)})")
             return None
         duration = None
@@ -182,15 +206,20 @@ class RowReader:
             except (TypeError, ValueError):
                 duration = float("nan")
             if not (math.isfinite(duration) and duration > 0):
-                self.bad(row, self.columns["duration"], f"duration must be a positive number of seconds, got "
-                                                        f"{self._value(raw, 'duration')!r}")
+                self.bad(
+                    row,
+                    self.columns["duration"],
+                    f"duration must be a positive number of seconds, got {self._value(raw, 'duration')!r}",
+                )
                 return None
             duration = self._cap(duration)
         choices = None
         if self.columns["choices"] is not None:
             choices = self._value(raw, "choices")
             if not isinstance(choices, (list, tuple)) or not all(isinstance(c, str) for c in choices):
-                self.bad(row, self.columns["choices"], f"choices must be a list of strings, got {_short(choices)}")
+                self.bad(
+                    row, self.columns["choices"], f"choices must be a list of strings, got {_short(choices)}"
+                )
                 return None
             choices = tuple(choices)
         return _Row(row, ex_id, audio, vals["instruction"], vals["answer"], vals["task"], duration, choices)
@@ -240,8 +269,14 @@ class RowReader:
                 self.bad(r.row, self.columns["audio"], reason, ManifestAudioError)
             return None
         wave = clip.waveform
-        item = {"id": r.id, "audio": wave, "instruction": r.instruction, "answer": r.answer, "task": r.task,
-                "duration": wave.shape[0] / self.sample_rate}
+        item = {
+            "id": r.id,
+            "audio": wave,
+            "instruction": r.instruction,
+            "answer": r.answer,
+            "task": r.task,
+            "duration": wave.shape[0] / self.sample_rate,
+        }
         if r.choices is not None:
             item["choices"] = list(r.choices)
         return item
@@ -291,18 +326,33 @@ class HFAudioDataset(Dataset):
 
     Raises:
         ConfigError: a column that is not there, a bad option, a task in ``tasks`` with no example.
-        ManifestError / ManifestAudioError: a bad row (``on_bad_example="error"``), naming dataset, row, column.
+        ManifestError / ManifestAudioError: a bad row (``on_bad_example="error"``), naming dataset, row,
+        column.
     """
 
-    def __init__(self, source: HFSource, columns: DatasetColumns | dict[str, str] | None = None, *,
-                 sample_rate: int = 16_000, max_audio_seconds: float | None = 30.0, length_policy: str = "truncate",
-                 on_bad_example: str = "error", tasks: Sequence[str] | None = None):
+    def __init__(
+        self,
+        source: HFSource,
+        columns: DatasetColumns | dict[str, str] | None = None,
+        *,
+        sample_rate: int = 16_000,
+        max_audio_seconds: float | None = 30.0,
+        length_policy: str = "truncate",
+        on_bad_example: str = "error",
+        tasks: Sequence[str] | None = None,
+    ):
         if not isinstance(columns, DatasetColumns):
             columns = DatasetColumns.from_mapping(columns)
         if isinstance(tasks, str):
             tasks = [tasks]
-        self.reader = RowReader(source, columns, sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
-                                length_policy=length_policy, on_bad_example=on_bad_example)
+        self.reader = RowReader(
+            source,
+            columns,
+            sample_rate=sample_rate,
+            max_audio_seconds=max_audio_seconds,
+            length_policy=length_policy,
+            on_bad_example=on_bad_example,
+        )
         self.name = source.name
         self.hf = self.reader.prepare(source.dataset)
         self.num_filtered = 0
@@ -312,8 +362,11 @@ class HFAudioDataset(Dataset):
         audio_col = self.reader.columns["audio"]
         # With a duration column the index needs no audio: the clips' bytes are first read when decoded.
         text_cols = [c for c in self.reader.read_columns if c != audio_col]
-        index = self.hf.select_columns(text_cols) if self.reader.columns["duration"] is not None and text_cols \
+        index = (
+            self.hf.select_columns(text_cols)
+            if self.reader.columns["duration"] is not None and text_cols
             else self.hf
+        )
         for i, raw in _rows(index):
             r = self.reader.parse(i, raw)
             if r is None:
@@ -322,19 +375,25 @@ class HFAudioDataset(Dataset):
                 self.num_filtered += 1
                 continue
             if r.id in seen:
-                self.reader.bad(i, self.reader.columns["id"], f"duplicate id {r.id!r} (first in row {seen[r.id]})")
+                self.reader.bad(
+                    i, self.reader.columns["id"], f"duplicate id {r.id!r} (first in row {seen[r.id]})"
+                )
                 continue
             d = self.reader.duration(r)
             if d is None:
                 continue
             seen[r.id] = i
-            entries.append(_Row(r.row, r.id, None, r.instruction, r.answer, r.task, d, r.choices))  # audio: lazily
+            entries.append(
+                _Row(r.row, r.id, None, r.instruction, r.answer, r.task, d, r.choices)
+            )  # audio: lazily
         if tasks is not None:
             have = {e.task for e in entries}
             missing = [t for t in tasks if t not in have]
             if missing:
-                raise ConfigError(f"dataset '{self.name}': no usable example of task(s) {missing} "
-                                  f"(tasks present: {sorted(have)})")
+                raise ConfigError(
+                    f"dataset '{self.name}': no usable example of task(s) {missing} "
+                    f"(tasks present: {sorted(have)})"
+                )
         if not entries:
             detail = f"; skipped:\n{self.skip_report()}" if self.skipped else ""
             raise ManifestError(f"dataset '{self.name}': no usable examples{detail}")
@@ -359,13 +418,21 @@ class HFAudioDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         e = self._entries[index]
         audio = self.hf[e.row][self.reader.columns["audio"]]
-        return self.reader.decode(_Row(e.row, e.id, audio, e.instruction, e.answer, e.task, e.duration, e.choices))
+        return self.reader.decode(
+            _Row(e.row, e.id, audio, e.instruction, e.answer, e.task, e.duration, e.choices)
+        )
 
     def example_info(self, index: int) -> dict[str, Any]:
         """The checked fields of example ``index`` without decoding audio (``row``, ``duration``, ...)."""
         e = self._entries[index]
-        info = {"id": e.id, "row": e.row, "instruction": e.instruction, "answer": e.answer, "task": e.task,
-                "duration": e.duration}
+        info = {
+            "id": e.id,
+            "row": e.row,
+            "instruction": e.instruction,
+            "answer": e.answer,
+            "task": e.task,
+            "duration": e.duration,
+        }
         if e.choices is not None:
             info["choices"] = list(e.choices)
         return info
@@ -374,28 +441,45 @@ class HFAudioDataset(Dataset):
         return self.reader.skip_report()
 
     def __repr__(self) -> str:
-        return (f"HFAudioDataset({self.name!r}, examples={len(self)}, tasks={self.task_names}, "
-                f"skipped={len(self.skipped)})")
+        return (
+            f"HFAudioDataset({self.name!r}, examples={len(self)}, tasks={self.task_names}, "
+            f"skipped={len(self.skipped)})"
+        )
 
 
 class HFStreamDataset:
-    """A streaming (``IterableDataset``) source as mowe rows, for :class:`~mowe.data.stream_sampler.StreamSampler`.
+    """A streaming (``IterableDataset``) source as mowe rows, for
+    :class:`~mowe.data.stream_sampler.StreamSampler`.
 
-    :meth:`rows` yields checked rows (nothing decoded); :meth:`duration` and :meth:`decode` read one row's header
-    or audio. Each pass over :meth:`rows` reads the stream from its start, in the source's order.
+    :meth:`rows` yields checked rows (nothing decoded); :meth:`duration` and :meth:`decode` read one row's
+    header or audio. Each pass over :meth:`rows` reads the stream from its start, in the source's order.
 
     Args: as :class:`HFAudioDataset` (``source`` opened with ``streaming=True``).
     """
 
     streaming = True
 
-    def __init__(self, source: HFSource, columns: DatasetColumns | dict[str, str] | None = None, *,
-                 sample_rate: int = 16_000, max_audio_seconds: float | None = 30.0, length_policy: str = "truncate",
-                 on_bad_example: str = "error", tasks: Sequence[str] | None = None):
+    def __init__(
+        self,
+        source: HFSource,
+        columns: DatasetColumns | dict[str, str] | None = None,
+        *,
+        sample_rate: int = 16_000,
+        max_audio_seconds: float | None = 30.0,
+        length_policy: str = "truncate",
+        on_bad_example: str = "error",
+        tasks: Sequence[str] | None = None,
+    ):
         if not isinstance(columns, DatasetColumns):
             columns = DatasetColumns.from_mapping(columns)
-        self.reader = RowReader(source, columns, sample_rate=sample_rate, max_audio_seconds=max_audio_seconds,
-                                length_policy=length_policy, on_bad_example=on_bad_example)
+        self.reader = RowReader(
+            source,
+            columns,
+            sample_rate=sample_rate,
+            max_audio_seconds=max_audio_seconds,
+            length_policy=length_policy,
+            on_bad_example=on_bad_example,
+        )
         self.name = source.name
         self.hf = self.reader.prepare(source.dataset)
         self.keep = {tasks} if isinstance(tasks, str) else (set(tasks) if tasks is not None else None)

@@ -1,9 +1,9 @@
-"""Where a Hugging Face dataset comes from: ``load_from_disk`` folders, the ``audiofolder`` layout, parquet and
-arrow files, and hub ids resolved offline through the cache.
+"""Where a Hugging Face dataset comes from: ``load_from_disk`` folders, the ``audiofolder`` layout, parquet
+and arrow files, and hub ids resolved offline through the cache.
 
 :func:`is_hf_source` tells a manifest from a dataset (what ``data.train`` / ``mowe eval --data`` were given);
-:func:`load_hf_source` opens it as a ``datasets.Dataset`` (or ``IterableDataset`` with ``streaming=True``). The
-rows are read, never decoded, here: :mod:`mowe.data.hf_dataset` decodes the audio with mowe's own loader.
+:func:`load_hf_source` opens it as a ``datasets.Dataset`` (or ``IterableDataset`` with ``streaming=True``).
+The rows are read, never decoded, here: :mod:`mowe.data.hf_dataset` decodes the audio with mowe's own loader.
 
 =======================================  ==================================================================
 source                                   read with
@@ -44,21 +44,23 @@ _FILE_BUILDERS = {".parquet": "parquet", ".arrow": "arrow"}
 def import_datasets() -> Any:
     """The ``datasets`` module, or :class:`MissingExtraError` naming the extra to install."""
     try:
-        # Function-level import: `datasets` (with pyarrow) is the optional extra mowe[datasets], imported only by
+        # Function-level import: `datasets` (with pyarrow) is the optional extra mowe[datasets], imported only
+        # by
         # the code paths that read Hugging Face datasets, so a plain install never needs it.
         import datasets
     except ImportError as e:
-        raise MissingExtraError(f"reading Hugging Face datasets needs the optional extra: pip install "
-                                f"'{DATASETS_EXTRA}' ({e})") from e
+        raise MissingExtraError(
+            f"reading Hugging Face datasets needs the optional extra: pip install '{DATASETS_EXTRA}' ({e})"
+        ) from e
     return datasets
 
 
 def is_hf_source(source: str | os.PathLike) -> bool:
     """True when ``source`` is read as a Hugging Face dataset, False for a JSONL manifest.
 
-    A manifest is a file that is not parquet / arrow (also a FIFO such as bash's ``<(...)``), or a missing path
-    ending in ``.jsonl`` / ``.json`` (the manifest reader then names it). A folder, a parquet / arrow file or
-    something that is not a local path (a hub id) is a dataset.
+    A manifest is a file that is not parquet / arrow (also a FIFO such as bash's ``<(...)``), or a missing
+    path ending in ``.jsonl`` / ``.json`` (the manifest reader then names it). A folder, a parquet / arrow
+    file or something that is not a local path (a hub id) is a dataset.
     """
     s = os.path.expanduser(os.fspath(source))
     ext = os.path.splitext(s)[1].lower()
@@ -80,7 +82,9 @@ class HFSource:
         return f"HFSource({self.name!r}, kind={self.kind!r})"
 
 
-def load_hf_source(source: str | os.PathLike, *, split: str | None = None, streaming: bool = False) -> HFSource:
+def load_hf_source(
+    source: str | os.PathLike, *, split: str | None = None, streaming: bool = False
+) -> HFSource:
     """Open ``source`` (see the module table) without decoding anything.
 
     Args:
@@ -104,7 +108,9 @@ def load_hf_source(source: str | os.PathLike, *, split: str | None = None, strea
         if not os.path.isfile(s):
             raise ManifestError(f"dataset file '{s}' does not exist")
         with _reading(s):
-            d = ds.load_dataset(_FILE_BUILDERS[ext], data_files=os.path.abspath(s), split="train", streaming=streaming)
+            d = ds.load_dataset(
+                _FILE_BUILDERS[ext], data_files=os.path.abspath(s), split="train", streaming=streaming
+            )
         return HFSource(d, name=s, root=os.path.dirname(os.path.abspath(s)), kind=_FILE_BUILDERS[ext])
     return _from_hub(ds, s, split, streaming)
 
@@ -145,17 +151,20 @@ def _audiofolder(ds: Any, path: str, split: str | None, streaming: bool) -> HFSo
         folder = os.path.join(path, split or "train")
     meta = [os.path.join(folder, m) for m in _METADATA if os.path.isfile(os.path.join(folder, m))]
     if not meta:
-        raise ManifestError(f"dataset folder '{path}' is neither a save_to_disk folder (no {' / '.join(_DISK_MARKERS)}) "
-                            f"nor an audiofolder (no {' / '.join(_METADATA)} in it or in its "
-                            f"'{split or 'train'}' subfolder)")
+        raise ManifestError(
+            f"dataset folder '{path}' is neither a save_to_disk folder (no {' / '.join(_DISK_MARKERS)}) "
+            f"nor an audiofolder (no {' / '.join(_METADATA)} in it or in its "
+            f"'{split or 'train'}' subfolder)"
+        )
     if len(meta) > 1:
         raise ManifestError(f"audiofolder '{folder}' has several metadata files {meta}; keep one")
     builder = {"csv": "csv", "jsonl": "json", "parquet": "parquet"}[meta[0].rsplit(".", 1)[1]]
     with _reading(meta[0]):
         d = ds.load_dataset(builder, data_files=os.path.abspath(meta[0]), split="train", streaming=streaming)
     if "file_name" not in (d.column_names or []):
-        raise ManifestError(f"{meta[0]}: an audiofolder metadata file needs a 'file_name' column "
-                            f"(columns: {d.column_names})")
+        raise ManifestError(
+            f"{meta[0]}: an audiofolder metadata file needs a 'file_name' column (columns: {d.column_names})"
+        )
     return HFSource(d, name=folder, root=folder, kind="audiofolder")
 
 
@@ -168,10 +177,12 @@ def _from_hub(ds: Any, repo_id: str, split: str | None, streaming: bool) -> HFSo
         try:
             d = ds.load_dataset(repo_id, split=split or "train", streaming=streaming)
         except Exception as e:  # noqa: BLE001 - not cached, or not a dataset id: one message either way
-            raise ManifestError(f"dataset '{repo_id}' is neither a local manifest / dataset nor a hub dataset in the "
-                                f"local cache (mowe reads hub datasets offline; download it once with "
-                                f"datasets.load_dataset({repo_id!r}) on a machine online): {type(e).__name__}: "
-                                f"{e}") from e
+            raise ManifestError(
+                f"dataset '{repo_id}' is neither a local manifest / dataset nor a hub dataset in the "
+                f"local cache (mowe reads hub datasets offline; download it once with "
+                f"datasets.load_dataset({repo_id!r}) on a machine online): {type(e).__name__}: "
+                f"{e}"
+            ) from e
     finally:
         ds.config.HF_HUB_OFFLINE = offline
         for k, v in saved.items():

@@ -1,15 +1,17 @@
-"""The batch order of a streaming dataset: the stream counterpart of :class:`~mowe.data.samplers.StageSampler`.
+"""The batch order of a streaming dataset: the stream counterpart of
+:class:`~mowe.data.samplers.StageSampler`.
 
-A stream has no length and no random access, so the order is built window by window as it is read. The stream is
-cut into windows of ``group_mult`` global batches (``batch_size * num_processes`` examples each); each window is
-permuted with a generator seeded by ``(seed, stage, epoch, window)`` (a buffer shuffle: an example moves only
-within its window), and with ``group_by_length`` sorted longest first by duration and cut into global batches, which
-are then shuffled. Durations come from the dataset's duration column or the audio header of the stored bytes: only
-the clips of the micro-batches actually trained on are decoded. A window's tail that does not fill a global batch
-is dropped (as the map-style sampler drops an epoch's tail). At the end of the stream the next epoch reads it again.
+A stream has no length and no random access, so the order is built window by window as it is read. The stream
+is cut into windows of ``group_mult`` global batches (``batch_size * num_processes`` examples each); each
+window is permuted with a generator seeded by ``(seed, stage, epoch, window)`` (a buffer shuffle: an example
+moves only within its window), and with ``group_by_length`` sorted longest first by duration and cut into
+global batches, which are then shuffled. Durations come from the dataset's duration column or the audio header
+of the stored bytes: only the clips of the micro-batches actually trained on are decoded. A window's tail that
+does not fill a global batch is dropped (as the map-style sampler drops an epoch's tail). At the end of the
+stream the next epoch reads it again.
 
-Process ``r`` takes the ``r``-th contiguous slice of each global batch, so the global batch is the same for any
-process count. Micro-batch ``m`` of a stage is the ``m``-th global batch of this order, a pure function of
+Process ``r`` takes the ``r``-th contiguous slice of each global batch, so the global batch is the same for
+any process count. Micro-batch ``m`` of a stage is the ``m``-th global batch of this order, a pure function of
 ``(data, seed, stage, m)``: resuming at micro-batch ``m`` reads and checks the rows before it but decodes none
 of them.
 
@@ -44,11 +46,23 @@ class StreamSampler:
         stage_name: for error messages.
     """
 
-    def __init__(self, dataset: Any, *, seed: int, stage_index: int, batch_size: int, num_processes: int = 1,
-                 process_index: int = 0, group_by_length: bool = False, group_mult: int = 50, stage_name: str = "?"):
+    def __init__(
+        self,
+        dataset: Any,
+        *,
+        seed: int,
+        stage_index: int,
+        batch_size: int,
+        num_processes: int = 1,
+        process_index: int = 0,
+        group_by_length: bool = False,
+        group_mult: int = 50,
+        stage_name: str = "?",
+    ):
         if isinstance(group_mult, bool) or not isinstance(group_mult, int) or group_mult < 1:
-            raise ConfigError(f"stage {stage_name!r}: train.length_group_mult must be an integer >= 1, got "
-                              f"{group_mult!r}")
+            raise ConfigError(
+                f"stage {stage_name!r}: train.length_group_mult must be an integer >= 1, got {group_mult!r}"
+            )
         self.dataset, self.seed, self.stage_index = dataset, seed, stage_index
         self.batch_size, self.num_processes, self.process_index = batch_size, num_processes, process_index
         self.global_batch = batch_size * num_processes
@@ -78,7 +92,7 @@ class StreamSampler:
             by_length = sorted(range(len(rows)), key=lambda i: -seconds[i])  # stable: ties keep the shuffle
             rows = [rows[i] for i in by_length]
         gb = self.global_batch
-        batches = [rows[i:i + gb] for i in range(0, len(rows) - gb + 1, gb)]
+        batches = [rows[i : i + gb] for i in range(0, len(rows) - gb + 1, gb)]
         if self.group_by_length and len(batches) > 1:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         return batches
@@ -101,12 +115,14 @@ class StreamSampler:
             for batch in self.global_batches(epoch):
                 count += 1
                 if m >= start:
-                    examples = [self.dataset.decode(r) for r in batch[lo:lo + self.batch_size]]
+                    examples = [self.dataset.decode(r) for r in batch[lo : lo + self.batch_size]]
                     yield epoch, [e for e in examples if e is not None]
                 m += 1
             if count == 0:
-                raise ConfigError(f"stage {self.stage_name!r}: the stream {getattr(self.dataset, 'name', '')!r} "
-                                  f"has fewer usable examples than one global batch of {self.global_batch}")
+                raise ConfigError(
+                    f"stage {self.stage_name!r}: the stream {getattr(self.dataset, 'name', '')!r} "
+                    f"has fewer usable examples than one global batch of {self.global_batch}"
+                )
             if len(self._epoch_batches) == epoch:
                 self._epoch_batches.append(count)
             epoch += 1

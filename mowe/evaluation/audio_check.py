@@ -51,20 +51,27 @@ class AudioCheck:
         return bool(self.warnings)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"control": self.control, "flagged": self.flagged, "warnings": self.warnings,
-                "gaps": {t: {m: c.to_dict() for m, c in ms.items()} for t, ms in self.gaps.items()}}
+        return {
+            "control": self.control,
+            "flagged": self.flagged,
+            "warnings": self.warnings,
+            "gaps": {t: {m: c.to_dict() for m, c in ms.items()} for t, ms in self.gaps.items()},
+        }
 
     def table(self) -> str:
         """Markdown: one row per task and metric with the gap, its interval and p."""
         lines = [f"| task | real - {self.control} | 95% interval | p |", "|---|---|---|---|"]
         for task, ms in self.gaps.items():
             for metric, c in ms.items():
-                lines.append(f"| {task} ({metric}) | {c.diff:+.3f} | [{c.low:+.3f}, {c.high:+.3f}] | {c.p_value:.3g} |")
+                lines.append(
+                    f"| {task} ({metric}) | {c.diff:+.3f} | [{c.low:+.3f}, {c.high:+.3f}] | {c.p_value:.3g} |"
+                )
         return "\n".join(lines)
 
 
-def same_answer_tasks(records: list[Mapping[str, Any]], normalize: Callable[[str], str] = normalize_text
-                      ) -> list[str]:
+def same_answer_tasks(
+    records: list[Mapping[str, Any]], normalize: Callable[[str], str] = normalize_text
+) -> list[str]:
     """Tasks (with >= 2 examples and more than one distinct reference) whose predictions are all the same."""
     preds: dict[str, set[str]] = {}
     refs: dict[str, set[str]] = {}
@@ -77,21 +84,32 @@ def same_answer_tasks(records: list[Mapping[str, Any]], normalize: Callable[[str
     return sorted(t for t in preds if count[t] >= 2 and len(preds[t]) == 1 and len(refs[t]) > 1)
 
 
-def audio_check(real: Any, control: Any, *, control_name: str, stats: tuple[Mapping[str, ClipStatistics],
-                Mapping[str, ClipStatistics]] | None = None, normalize: Callable[[str], str] = normalize_text,
-                n_boot: int = 1000, n_perm: int = 2000, seed: int = 0) -> AudioCheck:
-    """Compare a real run with its control (two :class:`~mowe.evaluation.evaluate.EvalResult` on the same clips).
+def audio_check(
+    real: Any,
+    control: Any,
+    *,
+    control_name: str,
+    stats: tuple[Mapping[str, ClipStatistics], Mapping[str, ClipStatistics]] | None = None,
+    normalize: Callable[[str], str] = normalize_text,
+    n_boot: int = 1000,
+    n_perm: int = 2000,
+    seed: int = 0,
+) -> AudioCheck:
+    """Compare a real run with its control (two :class:`~mowe.evaluation.evaluate.EvalResult` on the same
+    clips).
 
     Args:
         real, control: the two results (records paired by id).
         control_name: ``"shuffled"`` or ``"silent"`` (for the report).
-        stats: ``(real, control)`` per-task clip statistics to compare instead of the results' own metrics (e.g.
-            a benchmark's verdicts as accuracy rows); default: every metric the results report.
+        stats: ``(real, control)`` per-task clip statistics to compare instead of the results' own metrics
+            (e.g. a benchmark's verdicts as accuracy rows); default: every metric the results report.
         normalize: the normaliser the results were scored with.
     """
     if stats is not None:
-        gaps = {t: {s.metric: paired_comparison(s, stats[1][t], n_boot=n_boot, n_perm=n_perm, seed=seed)}
-                for t, s in stats[0].items()}
+        gaps = {
+            t: {s.metric: paired_comparison(s, stats[1][t], n_boot=n_boot, n_perm=n_perm, seed=seed)}
+            for t, s in stats[0].items()
+        }
     else:
         gaps = compare_to_base(real, control, n_boot=n_boot, n_perm=n_perm, seed=seed, normalize=normalize)
     warnings = []
@@ -99,11 +117,15 @@ def audio_check(real: Any, control: Any, *, control_name: str, stats: tuple[Mapp
         for metric, c in ms.items():
             ahead = c.low > 0 if HIGHER_IS_BETTER[metric] else c.high < 0
             if not ahead:
-                warnings.append(f"task {task!r}: the real run is not ahead of the {control_name}-audio control on "
-                                f"{metric} (real - control {c.diff:+.3f}, 95% interval [{c.low:+.3f}, "
-                                f"{c.high:+.3f}], n={c.n}); the model may not be using the audio")
+                warnings.append(
+                    f"task {task!r}: the real run is not ahead of the {control_name}-audio control on "
+                    f"{metric} (real - control {c.diff:+.3f}, 95% interval [{c.low:+.3f}, "
+                    f"{c.high:+.3f}], n={c.n}); the model may not be using the audio"
+                )
     for task in same_answer_tasks(real.records, normalize):
-        warnings.append(f"task {task!r}: every example got the same answer "
-                        f"({next(str(r['prediction']) for r in real.records if str(r['task']) == task)!r}); "
-                        f"check that the audio reaches the model")
+        warnings.append(
+            f"task {task!r}: every example got the same answer "
+            f"({next(str(r['prediction']) for r in real.records if str(r['task']) == task)!r}); "
+            f"check that the audio reaches the model"
+        )
     return AudioCheck(control_name, gaps, warnings)

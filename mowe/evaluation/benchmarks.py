@@ -1,32 +1,33 @@
-"""Scoring the public audio benchmarks the way their own scripts do, with n, a bootstrap interval and the answers
-that named no option or several counted apart.
+"""Scoring the public audio benchmarks the way their own scripts do, with n, a bootstrap interval and the
+answers that named no option or several counted apart.
 
-Each scorer gives every prediction one verdict: ``correct``, ``wrong`` (names one other option, or mixes in words
-of another), ``no_option`` (names none) or ``several_options`` (names more than one). Only ``correct`` counts;
-the other three are all wrong and reported separately. An option is *named* when all its words (``\\b\\w+\\b``,
-lower-cased: case and punctuation never matter) are among the prediction's words; of nested options ("dog" and
-"dog barking") only the longest named one counts.
+Each scorer gives every prediction one verdict: ``correct``, ``wrong`` (names one other option, or mixes in
+words of another), ``no_option`` (names none) or ``several_options`` (names more than one). Only ``correct``
+counts; the other three are all wrong and reported separately. An option is *named* when all its words
+(``\\b\\w+\\b``, lower-cased: case and punctuation never matter) are among the prediction's words; of nested
+options ("dog" and "dog barking") only the longest named one counts.
 
-=================  ============================================================================================
+=================  ==========================================================================================
 format             matching rule
-=================  ============================================================================================
+=================  ==========================================================================================
 ``mmau``           MMAU's ``evaluation.py`` ``string_match``: the words of the answer are a subset of the
-                   prediction's words, and the prediction has none of the words that other choices have and the
-                   answer has not. An empty prediction is wrong.
-``airbench``       AIR-Bench foundation's ``score_foundation.py``: the response (stripped, newlines removed) picks
-                   the letter of its first character if that is A-D, else of its second-to-last character if that
-                   is A-D ("The answer is B."), else it answers nothing (``no_option``); the reference letter is
-                   the choice whose text equals ``answer_gt``. Letters are case-sensitive, as in the script. Its
-                   script leaves unanswered rows out of the denominator: ``answered_accuracy`` is that figure,
-                   ``accuracy`` counts them wrong. One deviation: a response with two or more distinct standalone
-                   capital letters A-D ("A or B") is ``several_options`` (wrong), where the script would read its
-                   first letter. (AIR-Bench's optional GPT re-alignment step is not run.)
-``dynamic-superb`` Dynamic-SUPERB rows carry an instruction and a label, no choice list; the label space is the
-                   task's distinct labels in the evaluated set, and the MMAU rule above is applied with it. Phase
-                   2's paper scores classification answers with an LLM judge; its scoring scripts were not at hand
-                   to match, and mowe calls no LLM: this deterministic rule is an offline stand-in, not the
-                   leaderboard figure.
-=================  ============================================================================================
+                   prediction's words, and the prediction has none of the words that other choices have and
+                   the answer has not. An empty prediction is wrong.
+``airbench``       AIR-Bench foundation's ``score_foundation.py``: the response (stripped, newlines removed)
+                   picks the letter of its first character if that is A-D, else of its second-to-last
+                   character if that is A-D ("The answer is B."), else it answers nothing (``no_option``);
+                   the reference letter is the choice whose text equals ``answer_gt``. Letters are
+                   case-sensitive, as in the script. Its script leaves unanswered rows out of the
+                   denominator: ``answered_accuracy`` is that figure, ``accuracy`` counts them wrong. One
+                   deviation: a response with two or more distinct standalone capital letters A-D ("A or
+                   B") is ``several_options`` (wrong), where the script would read its first letter.
+                   (AIR-Bench's optional GPT re-alignment step is not run.)
+``dynamic-superb`` Dynamic-SUPERB rows carry an instruction and a label, no choice list; the label space is
+                   the task's distinct labels in the evaluated set, and the MMAU rule above is applied with
+                   it. Phase 2's paper scores classification answers with an LLM judge; its scoring scripts
+                   were not at hand to match, and mowe calls no LLM: this deterministic rule is an offline
+                   stand-in, not the leaderboard figure.
+=================  ==========================================================================================
 
 Example::
 
@@ -46,8 +47,16 @@ import numpy as np
 from mowe.errors import ConfigError
 from mowe.evaluation.stats import ClipStatistics, MetricInterval, bootstrap_interval
 
-__all__ = ["BENCHMARK_FORMATS", "VERDICTS", "BenchmarkScore", "airbench_letter", "mmau_match", "named_options",
-           "score_benchmark", "verdict"]
+__all__ = [
+    "BENCHMARK_FORMATS",
+    "VERDICTS",
+    "BenchmarkScore",
+    "airbench_letter",
+    "mmau_match",
+    "named_options",
+    "score_benchmark",
+    "verdict",
+]
 
 BENCHMARK_FORMATS = ("mmau", "airbench", "dynamic-superb")
 VERDICTS = ("correct", "wrong", "no_option", "several_options")
@@ -74,8 +83,8 @@ def mmau_match(prediction: str, answer: str, choices: Sequence[str]) -> bool:
 
 
 def named_options(prediction: str, choices: Sequence[str]) -> list[int]:
-    """Indices of the options ``prediction`` names (all their words present), nested ones reduced to the longest,
-    options with the same words counted once."""
+    """Indices of the options ``prediction`` names (all their words present), nested ones reduced to the
+    longest, options with the same words counted once."""
     pred = _words(prediction)
     named = [(i, _words(c)) for i, c in enumerate(choices) if _words(c) and _words(c) <= pred]
     out, seen = [], []
@@ -130,8 +139,10 @@ class BenchmarkScore:
 
     Attributes:
         format: the scoring rule. task: the task, or ``"all"``. n: predictions scored.
-        counts: predictions per verdict (:data:`VERDICTS`). accuracy: ``correct / n`` with its bootstrap interval.
-        answered_accuracy: ``correct / (n - no_option)`` (AIR-Bench's own denominator), None if nothing answered.
+        counts: predictions per verdict (:data:`VERDICTS`). accuracy: ``correct / n`` with its bootstrap
+            interval.
+        answered_accuracy: ``correct / (n - no_option)`` (AIR-Bench's own denominator), None if nothing
+            answered.
     """
 
     format: str
@@ -142,19 +153,31 @@ class BenchmarkScore:
     answered_accuracy: float | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": self.format, "n": self.n, **self.counts, "accuracy": self.accuracy.to_dict(),
-                "answered_accuracy": self.answered_accuracy}
+        return {
+            "format": self.format,
+            "n": self.n,
+            **self.counts,
+            "accuracy": self.accuracy.to_dict(),
+            "answered_accuracy": self.answered_accuracy,
+        }
 
 
-def score_benchmark(records: Sequence[Mapping[str, Any]], fmt: str, *, choices: Mapping[str, Sequence[str]] | None
-                    = None, n_boot: int = 1000, seed: int = 0) -> dict[str, BenchmarkScore]:
+def score_benchmark(
+    records: Sequence[Mapping[str, Any]],
+    fmt: str,
+    *,
+    choices: Mapping[str, Sequence[str]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, BenchmarkScore]:
     """Score prediction records (``id``, ``task``, ``answer``, ``prediction``) under ``fmt``.
 
     Args:
         records: e.g. :attr:`~mowe.evaluation.evaluate.EvalResult.records`.
         fmt: one of :data:`BENCHMARK_FORMATS`.
-        choices: record id -> its options (``mmau``, ``airbench``); ``dynamic-superb`` uses each task's labels.
-        n_boot, seed: the bootstrap of the accuracy interval (:func:`~mowe.evaluation.stats.bootstrap_interval`).
+        choices: record id -> its options (``mmau``, ``airbench``); ``dynamic-superb`` uses each task's
+        labels. n_boot, seed: the bootstrap of the accuracy interval
+        (:func:`~mowe.evaluation.stats.bootstrap_interval`).
 
     Returns:
         ``{task: BenchmarkScore}`` and ``"all"`` over every record; each record also gets its ``"verdict"``.
@@ -188,8 +211,17 @@ def score_benchmark(records: Sequence[Mapping[str, Any]], fmt: str, *, choices: 
 
 def _score(fmt: str, task: str, rows: list[tuple[str, str]], n_boot: int, seed: int) -> BenchmarkScore:
     counts = {v: sum(1 for _, x in rows if x == v) for v in VERDICTS}
-    stats = ClipStatistics("accuracy", tuple(rid for rid, _ in rows),
-                           np.array([[float(v == "correct"), 1.0] for _, v in rows], dtype=np.float64))
+    stats = ClipStatistics(
+        "accuracy",
+        tuple(rid for rid, _ in rows),
+        np.array([[float(v == "correct"), 1.0] for _, v in rows], dtype=np.float64),
+    )
     answered = len(rows) - counts["no_option"]
-    return BenchmarkScore(fmt, task, len(rows), counts, bootstrap_interval(stats, n_boot=n_boot, seed=seed),
-                          counts["correct"] / answered if answered else None)
+    return BenchmarkScore(
+        fmt,
+        task,
+        len(rows),
+        counts,
+        bootstrap_interval(stats, n_boot=n_boot, seed=seed),
+        counts["correct"] / answered if answered else None,
+    )

@@ -1,11 +1,11 @@
-"""One evaluation as ``mowe eval`` runs it: the real set, optionally a benchmark's scoring rule and an audio control,
-and the report files.
+"""One evaluation as ``mowe eval`` runs it: the real set, optionally a benchmark's scoring rule and an audio
+control, and the report files.
 
-:func:`run_eval` generates on the real set (:func:`~mowe.evaluation.evaluate.evaluate_model`), scores it with a
-benchmark format's rule when one is given (:mod:`mowe.evaluation.benchmarks`), and with ``audio_control`` runs the
-same set again with the audio shuffled or silenced and compares the two (:mod:`mowe.evaluation.audio_check`).
-:func:`write_eval_run` writes ``eval.json`` / ``eval.md`` (the real run and the control side by side),
-``benchmark.json`` and ``audio_check.json`` and returns the text to print.
+:func:`run_eval` generates on the real set (:func:`~mowe.evaluation.evaluate.evaluate_model`), scores it with
+a benchmark format's rule when one is given (:mod:`mowe.evaluation.benchmarks`), and with ``audio_control``
+runs the same set again with the audio shuffled or silenced and compares the two
+(:mod:`mowe.evaluation.audio_check`). :func:`write_eval_run` writes ``eval.json`` / ``eval.md`` (the real run
+and the control side by side), ``benchmark.json`` and ``audio_check.json`` and returns the text to print.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ class EvalRun:
 
     Attributes:
         name: the system's name in the report. result: the real run. benchmark: per-task scores under
-        ``benchmark_format`` (with ``"all"``), or None. control: the audio-control run, or None. check: the gap
-        and warnings, or None.
+        ``benchmark_format`` (with ``"all"``), or None. control: the audio-control run, or None. check: the
+        gap and warnings, or None.
     """
 
     name: str
@@ -62,22 +62,42 @@ def _verdict_stats(records: list[dict[str, Any]]) -> dict[str, ClipStatistics]:
     by_task: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_task.setdefault(str(r["task"]), []).append(r)
-    return {t: ClipStatistics("accuracy", tuple(str(r["id"]) for r in rs),
-                              np.array([[float(r["verdict"] == "correct"), 1.0] for r in rs], dtype=np.float64))
-            for t, rs in by_task.items()}
+    return {
+        t: ClipStatistics(
+            "accuracy",
+            tuple(str(r["id"]) for r in rs),
+            np.array([[float(r["verdict"] == "correct"), 1.0] for r in rs], dtype=np.float64),
+        )
+        for t, rs in by_task.items()
+    }
 
 
-def _score(result: EvalResult, fmt: str, choices: Mapping[str, list[str]], n_boot: int) -> dict[str, BenchmarkScore]:
+def _score(
+    result: EvalResult, fmt: str, choices: Mapping[str, list[str]], n_boot: int
+) -> dict[str, BenchmarkScore]:
     scores = score_benchmark(result.records, fmt, choices=choices, n_boot=n_boot)
     # The report's table shows the benchmark's own rule, not mowe's default exact match.
     result.metrics = {t: {"n": s.n, "accuracy": s.accuracy.value} for t, s in scores.items() if t != "all"}
     return scores
 
 
-def run_eval(model: Any, processor: Any, dataset: Any, *, name: str = "model", benchmark_format: str | None = None,
-             audio_control: str | None = None, control_seed: int = 0, batch_size: int = 16,
-             max_new_tokens: int = 24, num_beams: int = 1, task_metrics: Mapping[str, str] | None = None,
-             normalize: Callable[[str], str] = normalize_text, progress: bool = True, n_boot: int = 1000) -> EvalRun:
+def run_eval(
+    model: Any,
+    processor: Any,
+    dataset: Any,
+    *,
+    name: str = "model",
+    benchmark_format: str | None = None,
+    audio_control: str | None = None,
+    control_seed: int = 0,
+    batch_size: int = 16,
+    max_new_tokens: int = 24,
+    num_beams: int = 1,
+    task_metrics: Mapping[str, str] | None = None,
+    normalize: Callable[[str], str] = normalize_text,
+    progress: bool = True,
+    n_boot: int = 1000,
+) -> EvalRun:
     """Evaluate ``model`` on ``dataset``; see the module docstring.
 
     Args:
@@ -86,32 +106,50 @@ def run_eval(model: Any, processor: Any, dataset: Any, *, name: str = "model", b
         audio_control: ``"shuffled"``, ``"silent"`` or None.
         Others: as :func:`~mowe.evaluation.evaluate.evaluate_model`.
     """
-    kw = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_beams": num_beams, "progress": progress,
-          "task_metrics": task_metrics, "normalize": normalize}
+    kw = {
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "num_beams": num_beams,
+        "progress": progress,
+        "task_metrics": task_metrics,
+        "normalize": normalize,
+    }
     result = evaluate_model(model, processor, dataset, **kw)
     run = EvalRun(name, result)
     choices = _choices(dataset) if benchmark_format else {}
     if benchmark_format:
         run.benchmark = _score(result, benchmark_format, choices, n_boot)
     if audio_control:
-        run.control = evaluate_model(model, processor, dataset, audio_control=audio_control,
-                                     control_seed=control_seed, desc=f"eval ({audio_control} audio)", **kw)
+        run.control = evaluate_model(
+            model,
+            processor,
+            dataset,
+            audio_control=audio_control,
+            control_seed=control_seed,
+            desc=f"eval ({audio_control} audio)",
+            **kw,
+        )
         stats = None
         if benchmark_format:
             run.control_benchmark = _score(run.control, benchmark_format, choices, n_boot)
             stats = (_verdict_stats(result.records), _verdict_stats(run.control.records))
-        run.check = audio_check(result, run.control, control_name=audio_control, stats=stats, normalize=normalize,
-                                n_boot=n_boot)
+        run.check = audio_check(
+            result, run.control, control_name=audio_control, stats=stats, normalize=normalize, n_boot=n_boot
+        )
     return run
 
 
 def _benchmark_lines(fmt: str, scores: Mapping[str, BenchmarkScore]) -> list[str]:
-    lines = [f"| {fmt} task | n | accuracy | 95% interval | no option | several options | wrong |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| {fmt} task | n | accuracy | 95% interval | no option | several options | wrong |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for task, s in scores.items():
         a = s.accuracy
-        lines.append(f"| {task} | {s.n} | {a.value:.3f} | [{a.low:.3f}, {a.high:.3f}] | {s.counts['no_option']} | "
-                     f"{s.counts['several_options']} | {s.counts['wrong']} |")
+        lines.append(
+            f"| {task} | {s.n} | {a.value:.3f} | [{a.low:.3f}, {a.high:.3f}] | {s.counts['no_option']} | "
+            f"{s.counts['several_options']} | {s.counts['wrong']} |"
+        )
     return lines
 
 
@@ -134,19 +172,31 @@ def write_eval_run(run: EvalRun, out_dir: str | os.PathLike) -> str:
             json.dump(run.check.to_dict(), f, indent=1)
         text += ["", run.check.table()]
         text += [f"warning: {w}" for w in run.check.warnings] or [
-            f"audio check: the real run is ahead of the {run.check.control}-audio control on every task"]
+            f"audio check: the real run is ahead of the {run.check.control}-audio control on every task"
+        ]
     return "\n".join(text)
 
 
-def card_results(run: EvalRun, *, dataset: str, split: str | None = None,
-                 normalize: Callable[[str], str] = normalize_text) -> list[CardResult]:
-    """The real run's figures as model-card results (:class:`~mowe.hf.model_card.CardResult`): per task and metric
-    the value, n and bootstrap interval (a benchmark's rule when the run used one)."""
+def card_results(
+    run: EvalRun, *, dataset: str, split: str | None = None, normalize: Callable[[str], str] = normalize_text
+) -> list[CardResult]:
+    """The real run's figures as model-card results (:class:`~mowe.hf.model_card.CardResult`): per task and
+    metric the value, n and bootstrap interval (a benchmark's rule when the run used one)."""
     out = []
     if run.benchmark is not None:
         for task, s in run.benchmark.items():
-            out.append(CardResult(dataset, task, "accuracy", s.accuracy.value, s.n, [s.accuracy.low, s.accuracy.high],
-                                  split, s.format))
+            out.append(
+                CardResult(
+                    dataset,
+                    task,
+                    "accuracy",
+                    s.accuracy.value,
+                    s.n,
+                    [s.accuracy.low, s.accuracy.high],
+                    split,
+                    s.format,
+                )
+            )
         return out
     for task, ms in task_intervals(run.result, normalize=normalize).items():
         for metric, iv in ms.items():

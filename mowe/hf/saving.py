@@ -63,9 +63,10 @@ def keys_to_save(model: MoWEAudioLLM, *, save_frozen: bool) -> list[str]:
 def save_model(model: MoWEAudioLLM, directory: str | os.PathLike, *, save_frozen: bool = False,
                processor: Any = None, state_dict: dict[str, torch.Tensor] | None = None,
                card_name: str | None = None) -> None:
-    """Write ``config.json``, ``model.safetensors``, ``llm_adapter/`` (LoRA), ``generation_config.json``, the model
-    card (``README.md`` + ``mowe_card.json``, :mod:`mowe.hf.model_card`, named ``card_name`` or after the folder)
-    and the ``processor``'s files (when given) into ``directory`` atomically (a temp folder, renamed).
+    """Write ``config.json``, ``model.safetensors``, ``llm_adapter/`` (LoRA), ``generation_config.json``, the
+    model card (``README.md`` + ``mowe_card.json``, :mod:`mowe.hf.model_card`, named ``card_name`` or after
+    the folder) and the ``processor``'s files (when given) into ``directory`` atomically (a temp folder,
+    renamed).
 
     ``state_dict``: the weights to write instead of ``model.state_dict()`` (e.g. an FSDP model's consolidated
     one, :func:`mowe.training.distributed.full_state_dict`)."""
@@ -93,8 +94,8 @@ def save_model(model: MoWEAudioLLM, directory: str | os.PathLike, *, save_frozen
                 model.generation_config.save_pretrained(tmp)
             if processor is not None:
                 processor.save_pretrained(tmp)
-            write_model_card(tmp, model.config, getattr(model, "card_info", None),
-                             model_name=card_name or os.path.basename(os.path.normpath(os.path.abspath(directory))))
+            name = card_name or os.path.basename(os.path.normpath(os.path.abspath(directory)))
+            write_model_card(tmp, model.config, getattr(model, "card_info", None), model_name=name)
         if os.path.isdir(directory):
             old = directory + ".old"
             shutil.rmtree(old, ignore_errors=True)

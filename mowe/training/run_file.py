@@ -14,11 +14,12 @@ error that names it (exit code 2, message on stderr, no traceback)::
                   needs no row: its embedding is never looked up).
     processor:    optional MoWEProcessor options (system_prompt, prompt_template, paraphrases, ...).
     data:         train: manifest.jsonl or a Hugging Face dataset (required: a save_to_disk or audiofolder
-                  folder, a parquet / arrow file, or a hub id in the local cache); dev: the same (optional: its
-                  loss is logged); on_bad_example: error | skip; max_audio_seconds: 30; tasks: [...] (keep only
-                  these). For datasets: columns: {audio, instruction, answer, task, id, duration} (a column name,
-                  or '=constant'); split / dev_split: the split of a DatasetDict folder or hub dataset (default train);
-                  streaming: true (train: read as an IterableDataset, see mowe.data.stream_sampler).
+                  folder, a parquet / arrow file, or a hub id in the local cache); dev: the same (optional:
+                  its loss is logged); on_bad_example: error | skip; max_audio_seconds: 30; tasks: [...] (keep
+                  only these). For datasets: columns: {audio, instruction, answer, task, id, duration} (a
+                  column name, or '=constant'); split / dev_split: the split of a DatasetDict folder or hub
+                  dataset (default train); streaming: true (train: read as an IterableDataset, see
+                  mowe.data.stream_sampler).
     train:        a TrainConfig (output_dir, batch_size, grad_accum, save_every, ...).
     stages:       a list of stages ({name, train, steps, lr, tasks, warmup_steps, lora_scale}) or a preset:
                   {preset: NAME, steps: N or [N1, N2, N3]}, NAME one of mowe.presets.STAGE_PRESETS: mowe |
@@ -164,8 +165,8 @@ def _source(base: str, p: str) -> str:
 
 
 def _hf_options(source: str, data: dict[str, Any], split_key: str, streaming: Any) -> dict[str, Any]:
-    """``columns`` / split / ``streaming`` for a Hugging Face source; a manifest (e.g. a JSONL dev set beside a
-    dataset) takes none of them, and ``streaming`` on a manifest is an error naming it."""
+    """``columns`` / split / ``streaming`` for a Hugging Face source; a manifest (e.g. a JSONL dev set beside
+    a dataset) takes none of them, and ``streaming`` on a manifest is an error naming it."""
     if not is_hf_source(source):
         return {"streaming": bool(streaming)}  # open_dataset refuses streaming=True for a manifest, naming it
     return {"columns": data.get("columns"), "split": data.get(split_key), "streaming": bool(streaming)}
@@ -192,7 +193,8 @@ def _tokenizer(spec: Any, train_manifest: str, base: str, train_ds: Any = None, 
         return AutoTokenizer.from_pretrained(path if os.path.exists(path) else spec)
     opts = from_dict(TokenizerSection, spec, where="tokenizer").train_bpe
     # A manifest that can be read only once (a FIFO, e.g. bash's <(...)) was consumed by the dataset: use its texts.
-    once = train_ds is not None and (not isinstance(train_ds, ManifestDataset) or not os.path.isfile(train_manifest))
+    once = train_ds is not None and (not isinstance(train_ds, ManifestDataset)
+                                     or not os.path.isfile(train_manifest))
     texts = train_ds.texts() if once else _manifest_texts(train_manifest)
     return train_bpe_tokenizer(texts, vocab_size=opts.vocab_size, special_tokens=opts.special_tokens)
 
@@ -274,7 +276,7 @@ def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = Non
         add_audio_token(tokenizer, proc_opts.audio_token)
     processor = MoWEProcessor(tokenizer, options=proc_opts)
     model = MoWEAudioLLM.from_config(_model_config(run["model"], tokenizer, processor.audio_token_id))
-    model.card_info.training_data = [str(data["train"])]  # the model card's training data (as the run file names it)
+    model.card_info.training_data = [str(data["train"])]  # the model card's data, as the run file names it
     trainer = Trainer(model, train_ds, config=config, stages=stages, collate_fn=MoWECollator(processor, train=True),
                       eval_dataset=dev_ds)
     if trainer.is_main:

@@ -182,9 +182,10 @@ class Trainer:
         model: a :class:`~mowe.MoWEAudioLLM` (or any module with the same parts and the same call signature,
             returning an object with ``loss`` and optionally ``lm_loss`` / ``aux_loss``).
         train_dataset: a map-style dataset of examples (dicts with a ``"task"``; None for a skipped bad file),
-            or a stream (an object with ``streaming = True``, e.g. :class:`~mowe.data.hf_dataset.HFStreamDataset`),
-            batched by :class:`~mowe.data.stream_sampler.StreamSampler` in the main process (``num_workers`` is
-            not used; stages cannot weight tasks).
+            or a stream (an object with ``streaming = True``, e.g.
+            :class:`~mowe.data.hf_dataset.HFStreamDataset`), batched by
+            :class:`~mowe.data.stream_sampler.StreamSampler` in the main process (``num_workers`` is not used;
+            stages cannot weight tasks).
             For task-weighted stages it should have ``task_list`` (one task per example); otherwise it is
             iterated once to read the tasks. With ``lengths`` (and ``group_by_length``) batches group by length.
         config: loop settings.
@@ -267,9 +268,9 @@ class Trainer:
         acc = self.accelerator
         if self.streaming:
             if stage.tasks is not None:
-                raise ConfigError(f"stage {stage.name!r} samples by task weights, which needs a map-style dataset; "
-                                  f"a streaming dataset is read in order (set data.streaming: false, or keep the "
-                                  f"tasks with data.tasks)")
+                raise ConfigError(f"stage {stage.name!r} samples by task weights, which needs a map-style "
+                                  f"dataset; a streaming dataset is read in order (set data.streaming: "
+                                  f"false, or keep the tasks with data.tasks)")
             return StreamSampler(self.train_dataset, seed=self.config.seed, stage_index=index,
                                  batch_size=self.config.batch_size, num_processes=acc.num_processes,
                                  process_index=acc.process_index, group_by_length=self.config.group_by_length,

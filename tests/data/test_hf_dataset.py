@@ -1,5 +1,6 @@
-"""Hugging Face datasets as training / eval data: the same examples as a manifest, from every source kind; bad rows
-named by dataset, row and column; training from a dataset equals training from the manifest, bit for bit."""
+"""Hugging Face datasets as training / eval data: the same examples as a manifest, from every source kind; bad
+rows named by dataset, row and column; training from a dataset equals training from the manifest, bit for
+bit."""
 
 from __future__ import annotations
 
@@ -59,14 +60,18 @@ def test_every_source_kind_gives_the_manifests_examples(corpus, saved, tmp_path)
     _same_items(manifest, open_dataset(tmp_path / "t.parquet"))
     arrow = ds.with_format("arrow")
     import pyarrow as pa
+
     with pa.OSFile(str(tmp_path / "t.arrow"), "wb") as sink, pa.ipc.new_stream(sink, arrow.data.schema) as w:
         w.write_table(arrow.data.table)
     _same_items(manifest, open_dataset(tmp_path / "t.arrow"))
     af = tmp_path / "af"  # the audiofolder layout: metadata.jsonl with file_name
     shutil.copytree(corpus["root"] / "audio", af / "audio")
-    (af / "metadata.jsonl").write_text("".join(
-        json.dumps({"file_name": r["audio"], **{k: v for k, v in r.items() if k != "audio"}}) + "\n"
-        for r in corpus["rows"]))
+    (af / "metadata.jsonl").write_text(
+        "".join(
+            json.dumps({"file_name": r["audio"], **{k: v for k, v in r.items() if k != "audio"}}) + "\n"
+            for r in corpus["rows"]
+        )
+    )
     _same_items(manifest, open_dataset(af))
 
 
@@ -93,31 +98,45 @@ def test_bad_rows_name_the_dataset_row_and_column(corpus, tmp_path):
     answers[4] = None
     ds = ds.remove_columns("answer").add_column("answer", answers)
     ds.save_to_disk(str(tmp_path / "bad"))
-    with pytest.raises(ManifestError, match=r"dataset '.*bad', row 4, column 'answer': field 'answer' must be"):
+    with pytest.raises(
+        ManifestError, match=r"dataset '.*bad', row 4, column 'answer': field 'answer' must be"
+    ):
         open_dataset(tmp_path / "bad")
     with pytest.warns(UserWarning, match="row 4"):
         kept = open_dataset(tmp_path / "bad", on_bad_example="skip")
     assert len(kept) == 11 and "row 4 (column 'answer')" in kept.skip_report()
 
     import datasets
+
     cols = {k: [r[k] for r in corpus["rows"]] for k in ("id", "instruction", "answer", "task")}
     audio = [{"bytes": (corpus["root"] / r["audio"]).read_bytes(), "path": "x.wav"} for r in corpus["rows"]]
     audio[7] = {"bytes": b"RIFF\x00\x00garbage", "path": "x.wav"}
     datasets.Dataset.from_dict({**cols, "audio": audio}).cast_column("audio", datasets.Audio()).save_to_disk(
-        str(tmp_path / "badaudio"))
+        str(tmp_path / "badaudio")
+    )
     with pytest.raises(ManifestAudioError, match=r"row 7, column 'audio'"):
         open_dataset(tmp_path / "badaudio")
 
 
 def _run(tmp_path, name, train, *sets):
-    run = load_run_file(RUN_TINY, [f"data.train={train}", "data.on_bad_example=error", f"train.output_dir={tmp_path / name}",
-                                   "train.save_every=0", "model.lora.dropout=0.05", *sets])  # dropout: RNG streams too
+    run = load_run_file(
+        RUN_TINY,
+        [
+            f"data.train={train}",
+            "data.on_bad_example=error",
+            f"train.output_dir={tmp_path / name}",
+            "train.save_every=0",
+            "model.lora.dropout=0.05",
+            *sets,
+        ],
+    )  # dropout: RNG streams too
     final = run_training(run, base_dir=str(tmp_path))
     return load_file(str(Path(final) / "model.safetensors"))
 
 
 def test_training_from_a_saved_dataset_equals_training_from_the_manifest(corpus, saved, tmp_path):
-    """Must-show 1: 44.1 kHz and 16 kHz clips in an Audio column, save_to_disk, train; the same from the JSONL."""
+    """Must-show 1: 44.1 kHz and 16 kHz clips in an Audio column, save_to_disk, train; the same from the
+    JSONL."""
     a = _run(tmp_path, "manifest", corpus["manifest"])
     b = _run(tmp_path, "hf", saved)
     assert a.keys() == b.keys()
@@ -134,13 +153,17 @@ def test_hf_dataset_is_a_torch_dataset(saved):
         HFAudioDataset(load_hf_source(saved), tasks=["nope"])
 
 
-
-
 def test_a_dataset_for_training_and_a_manifest_for_dev(corpus, saved, tmp_path):
     """data.columns / split apply to the Hugging Face source only: a JSONL dev set beside it needs none."""
     save_hf_dataset(corpus, tmp_path / "renamed", rename={"answer": "label"})
-    _run(tmp_path, "mixed", tmp_path / "renamed", f"data.dev={corpus['manifest']}", "data.columns={answer: label}",
-         "train.eval_every=2")
+    _run(
+        tmp_path,
+        "mixed",
+        tmp_path / "renamed",
+        f"data.dev={corpus['manifest']}",
+        "data.columns={answer: label}",
+        "train.eval_every=2",
+    )
     log = [json.loads(x) for x in (tmp_path / "mixed" / "log.jsonl").read_text().splitlines()]
     assert any("eval_loss" in r for r in log)
     with pytest.raises(ConfigError, match="JSONL manifest; streaming"):

@@ -1,5 +1,5 @@
-"""Where datasets come from: manifest or dataset, DatasetDict splits, hub ids read offline from the cache, and the
-error naming the extra when `datasets` is missing."""
+"""Where datasets come from: manifest or dataset, DatasetDict splits, hub ids read offline from the cache, and
+the error naming the extra when `datasets` is missing."""
 
 from __future__ import annotations
 
@@ -30,15 +30,19 @@ def _same_items(a, b):
 
 
 def test_sources_and_the_missing_extra(corpus, saved, monkeypatch, tmp_path):
-    assert is_hf_source(saved) and is_hf_source("someone/some-dataset") and is_hf_source(tmp_path / "x.parquet")
+    assert (
+        is_hf_source(saved) and is_hf_source("someone/some-dataset") and is_hf_source(tmp_path / "x.parquet")
+    )
     assert not is_hf_source(corpus["manifest"]) and not is_hf_source(tmp_path / "missing.jsonl")
     with pytest.raises(ManifestError, match="neither a save_to_disk folder"):
         load_hf_source(tmp_path)
     with pytest.raises(ManifestError, match="no split 'test'"):
         save_hf_dataset(corpus, tmp_path / "dd")
         import datasets
+
         datasets.DatasetDict({"train": datasets.load_from_disk(str(tmp_path / "dd"))}).save_to_disk(
-            str(tmp_path / "dd2"))
+            str(tmp_path / "dd2")
+        )
         load_hf_source(tmp_path / "dd2", split="test")
     with pytest.raises(ManifestError, match="local cache"):
         load_hf_source("mowe-test-nobody/no-such-dataset")

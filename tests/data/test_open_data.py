@@ -1,4 +1,4 @@
-"""open_dataset: a manifest or a dataset by what the path is; columns named per field or given as constants."""
+"""open_dataset: a manifest or a dataset by what the path is; columns named per field or as constants."""
 
 from __future__ import annotations
 
@@ -18,8 +18,14 @@ def test_columns_are_named_in_the_run_file_or_constants(corpus, tmp_path):
     save_hf_dataset(corpus, tmp_path / "r", rename={"answer": "label", "instruction": "question"})
     with pytest.raises(ConfigError, match=r"answer -> 'answer'.*columns:"):
         open_dataset(tmp_path / "r")
-    ds = open_dataset(tmp_path / "r", columns={"answer": "label", "instruction": "question", "task": "=tones"})
-    assert ds.task_names == ["tones"] and ds[0]["answer"] == "low" and ds[0]["instruction"] == "Which tone is it?"
+    ds = open_dataset(
+        tmp_path / "r", columns={"answer": "label", "instruction": "question", "task": "=tones"}
+    )
+    assert (
+        ds.task_names == ["tones"]
+        and ds[0]["answer"] == "low"
+        and ds[0]["instruction"] == "Which tone is it?"
+    )
     assert parse_column_args(["answer=label", "task==asr"]) == {"answer": "label", "task": "=asr"}
     with pytest.raises(ConfigError, match="--column 'nope'"):
         parse_column_args(["nope"])

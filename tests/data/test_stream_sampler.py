@@ -1,5 +1,5 @@
-"""StreamSampler: a deterministic order over a stream, resumable at any micro-batch without decoding what it skips,
-length-grouped within windows, the same global batches for any process count."""
+"""StreamSampler: a deterministic order over a stream, resumable at any micro-batch without decoding what it
+skips, length-grouped within windows, the same global batches for any process count."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_resume_at_any_micro_batch_reads_on_without_decoding_the_skipped(stream)
     assert full[:7] != full[7:12] + full[:2]  # each epoch is ordered afresh
     for start in (1, 5, 9):
         c = Counting(stream)
-        assert _ids(StreamSampler(c, **kw).micro_batches(start), 3) == full[start:start + 3]
+        assert _ids(StreamSampler(c, **kw).micro_batches(start), 3) == full[start : start + 3]
         assert len(c.decoded) == 6  # only the 3 batches yielded were decoded
     s = StreamSampler(stream, **kw)
     _ids(s.micro_batches(0), 8)
@@ -63,8 +63,19 @@ def test_windows_group_by_length_and_processes_split_the_global_batch(stream):
     for batch in list(one.global_batches(0)):
         secs = [stream.duration(r) for r in batch]
         assert secs == sorted(secs, reverse=True)
-    two = [StreamSampler(stream, seed=0, stage_index=0, batch_size=2, num_processes=2, process_index=r,
-                         group_mult=3, group_by_length=True) for r in (0, 1)]
+    two = [
+        StreamSampler(
+            stream,
+            seed=0,
+            stage_index=0,
+            batch_size=2,
+            num_processes=2,
+            process_index=r,
+            group_mult=3,
+            group_by_length=True,
+        )
+        for r in (0, 1)
+    ]
     a, b = (_ids(t.micro_batches(0), 3) for t in two)
     assert [x + y for (_, x), (_, y) in zip(a, b)] == [b for _, b in _ids(one.micro_batches(0), 3)]
 
@@ -83,9 +94,12 @@ def test_every_streaming_source_gives_the_same_rows(tmp_path):
     corpus = write_corpus(tmp_path / "c", n=6)
     build_hf_dataset(corpus).to_parquet(str(tmp_path / "t.parquet"))
     shutil.copytree(corpus["root"] / "audio", tmp_path / "af" / "audio")
-    (tmp_path / "af" / "metadata.jsonl").write_text("".join(
-        json.dumps({"file_name": r["audio"], **{k: v for k, v in r.items() if k != "audio"}}) + "\n"
-        for r in corpus["rows"]))
+    (tmp_path / "af" / "metadata.jsonl").write_text(
+        "".join(
+            json.dumps({"file_name": r["audio"], **{k: v for k, v in r.items() if k != "audio"}}) + "\n"
+            for r in corpus["rows"]
+        )
+    )
     want = [(r["id"], r["answer"]) for r in corpus["rows"]]
     for src in (save_hf_dataset(corpus, tmp_path / "hf"), tmp_path / "t.parquet", tmp_path / "af"):
         stream = open_dataset(src, streaming=True)

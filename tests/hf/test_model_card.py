@@ -1,5 +1,6 @@
-"""Must-show 5: save_pretrained / push_to_hub write a README.md model card mowe generates: what the model is built
-from, the training data, and the evaluation results as a model-index that huggingface_hub's ModelCard parses."""
+"""Must-show 5: save_pretrained / push_to_hub write a README.md model card mowe generates: what the model is
+built from, the training data, and the evaluation results as a model-index that huggingface_hub's ModelCard
+parses."""
 
 from __future__ import annotations
 
@@ -23,8 +24,16 @@ def _model():
 
 
 def _result():
-    recs = [{"id": f"x{i}", "task": "gender", "answer": "male", "prediction": "male" if i < 3 else "female",
-             "instruction": "q"} for i in range(4)]
+    recs = [
+        {
+            "id": f"x{i}",
+            "task": "gender",
+            "answer": "male",
+            "prediction": "male" if i < 3 else "female",
+            "instruction": "q",
+        }
+        for i in range(4)
+    ]
     return EvalRun("m", EvalResult(recs, {"gender": {"n": 4, "accuracy": 0.75}}))
 
 
@@ -32,11 +41,15 @@ def test_saved_card_lists_the_parts_the_data_and_the_results(tmp_path):
     model = _model()
     model.card_info.training_data = ["corpus/train.jsonl", "someone/audio-qa"]
     model.card_info.add_results(card_results(_result(), dataset="corpus/test.jsonl", split="test"))
-    model.card_info.add_results([CardResult("mmau-test-mini.json", "all", "accuracy", 0.5, 8, [0.125, 0.875],
-                                            scoring="mmau")])
+    model.card_info.add_results(
+        [CardResult("mmau-test-mini.json", "all", "accuracy", 0.5, 8, [0.125, 0.875], scoring="mmau")]
+    )
     model.save_pretrained(tmp_path / "my-model")
     card = ModelCard.load(tmp_path / "my-model" / "README.md")
-    assert card.data.library_name == "mowe" and card.data.datasets == ["corpus/train.jsonl", "someone/audio-qa"]
+    assert card.data.library_name == "mowe" and card.data.datasets == [
+        "corpus/train.jsonl",
+        "someone/audio-qa",
+    ]
     res = {(r.dataset_name, r.task_name, r.metric_type): r for r in card.data.eval_results}
     gender = res[("corpus/test.jsonl", "gender", "accuracy")]
     assert gender.metric_value == 0.75 and gender.dataset_split == "test" and "n=4" in gender.metric_name
@@ -44,8 +57,20 @@ def test_saved_card_lists_the_parts_the_data_and_the_results(tmp_path):
     assert res[("mmau-test-mini.json", "all", "accuracy")].metric_value == 0.5
     assert card.data.model_name == "my-model"
     text = card.text
-    for part in ("strong encoder", "weak encoder `whisper_a`", "weak encoder `hubert_b`", "hubert", "router",
-                 "top-1 of 4", "connector", "LLM", "LoRA", "r=8", "corpus/train.jsonl", "| gender | accuracy | 0.750"):
+    for part in (
+        "strong encoder",
+        "weak encoder `whisper_a`",
+        "weak encoder `hubert_b`",
+        "hubert",
+        "router",
+        "top-1 of 4",
+        "connector",
+        "LLM",
+        "LoRA",
+        "r=8",
+        "corpus/train.jsonl",
+        "| gender | accuracy | 0.750",
+    ):
         assert part in text, part
     again = MoWEAudioLLM.from_pretrained(tmp_path / "my-model")  # the card info travels with the model
     assert again.card_info.training_data == model.card_info.training_data
@@ -53,8 +78,11 @@ def test_saved_card_lists_the_parts_the_data_and_the_results(tmp_path):
 
 
 def test_card_names_sources_and_a_model_without_results():
-    cfg = dataclasses.replace(tiny_config(), strong=EncoderConfig("whisper", name_or_path="openai/whisper-large-v3"),
-                              llm=LLMConfig(name_or_path="Qwen/Qwen2-7B-Instruct"))
+    cfg = dataclasses.replace(
+        tiny_config(),
+        strong=EncoderConfig("whisper", name_or_path="openai/whisper-large-v3"),
+        llm=LLMConfig(name_or_path="Qwen/Qwen2-7B-Instruct"),
+    )
     text = model_card(cfg, CardInfo(), model_name="x")
     card = ModelCard(text)
     assert card.data.base_model == "Qwen/Qwen2-7B-Instruct" and not card.data.eval_results
