@@ -128,8 +128,8 @@ def _architecture(cfg: MoWEConfig) -> list[str]:
         "|---|---|---|---|",
         _encoder("strong encoder", cfg.strong),
     ]
-    rows += [_encoder(f"weak encoder `{n}`", e) for n, e in cfg.weak.items()]
-    if cfg.weak:
+    rows += [_encoder(f"weak encoder `{n}`", e) for n, e in cfg.weak_encoders.items()]
+    if cfg.weak_encoders:
         kinds = "+".join(
             k
             for k, on in (("data-independent", r.data_independent), ("data-dependent", r.data_dependent))
@@ -137,7 +137,7 @@ def _architecture(cfg: MoWEConfig) -> list[str]:
         )
         prompt = ", prompt-aware" if r.prompt_aware else ""
         rows.append(
-            f"| router | {kinds}{prompt}, top-{r.top_k} of {len(cfg.weak)} | random init | trainable |"
+            f"| router | {kinds}{prompt}, top-{r.top_k} of {len(cfg.weak_encoders)} | random init | trainable |"
         )
     options = ", ".join(f"{k}={v}" for k, v in c.options.items())
     kind = f"{c.component or c.kind}{f' ({options})' if options else ''}"
