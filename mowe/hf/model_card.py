@@ -137,7 +137,8 @@ def _architecture(cfg: MoWEConfig) -> list[str]:
         )
         prompt = ", prompt-aware" if r.prompt_aware else ""
         rows.append(
-            f"| router | {kinds}{prompt}, top-{r.top_k} of {len(cfg.weak_encoders)} | random init | trainable |"
+            f"| router | {kinds}{prompt}, top-{r.top_k} of {len(cfg.weak_encoders)} | random init "
+            "| trainable |"
         )
     options = ", ".join(f"{k}={v}" for k, v in c.options.items())
     kind = f"{c.component or c.kind}{f' ({options})' if options else ''}"
