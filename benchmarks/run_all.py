@@ -31,6 +31,8 @@ TARGETS = {
     "train_mfu": (">= 0.25", lambda v, r: v >= 0.25),
     "serve_throughput_ratio_c8": (">= 3", lambda v, r: v >= 3),
     "frozen_encoder_speedup": (">= 5", lambda v, r: v >= 5),
+    "long_audio_cost_ratio": ("<= 1.2", lambda v, r: v <= 1.2),
+    "long_audio_rss_growth_mb": ("<= 1024", lambda v, r: v <= 1024),
 }
 # Reported beside the targets (context, no target of their own).
 CONTEXT = [
@@ -49,6 +51,9 @@ CONTEXT = [
     "serve_throughput_ratio_c32", "serve_p50_s_seq", "serve_p99_s_seq", "serve_p50_s_c8", "serve_p99_s_c8",
     "serve_p50_s_c32", "serve_p99_s_c32",
     "warm_speedup", "cold_overhead", "cache_gib_per_audio_hour", "warm_equals_live",
+    "long_audio_s_per_min_1", "long_audio_s_per_min_5", "long_audio_s_per_min_15", "long_audio_s_per_min_60",
+    "long_audio_peak_rss_mb_1", "long_audio_peak_rss_mb_60", "whole_encode_rss_growth_mb", "whole_decode_mb",
+    "stream_decode_mb",
 ]
 
 

@@ -13,8 +13,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from mowe.cli_convert import add_convert_cli
 from mowe.cli_errors import (
     add_allow_components_arg,
@@ -24,7 +22,6 @@ from mowe.cli_errors import (
     quiet_dependency_warnings,
     run_command,
 )
-from mowe.constants import MODEL_INPUT_KEYS
 from mowe.data.benchmark_formats import open_benchmark
 from mowe.data.export import dataset_to_manifests, manifests_to_dataset
 from mowe.data.hf_sources import is_hf_source
@@ -37,7 +34,7 @@ from mowe.evaluation.eval_run import card_results, run_eval, write_eval_run
 from mowe.evaluation.metrics import METRICS, normalize_text
 from mowe.hf.adapter import set_lora_scale
 from mowe.hf.model_card import write_model_card
-from mowe.inference import find_model_dir, load_for_inference
+from mowe.inference import answer_audio_file, find_model_dir, load_for_inference
 from mowe.serve import add_serve_cli
 from mowe.training.distributed import check_launch
 from mowe.training.run_file import load_run_file, run_training
@@ -59,25 +56,51 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                                           processor=args.processor, allow_components=args.allow_components)
     if args.lora_scale is not None:
         set_lora_scale(model, args.lora_scale)
-    batch = processor(text=args.prompt, audio=args.audio).to(args.device)
-    with torch.no_grad():
-        ids = model.generate(**{k: batch[k] for k in MODEL_INPUT_KEYS if k in batch},
-                             max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
-    print(processor.decode(ids)[0])
+    _long_audio_options(processor, args)
+    answer, _ = answer_audio_file(model, processor, args.audio, args.prompt, length_policy=None,
+                                  windows_per_batch=args.windows_per_batch,
+                                  max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
+    print(answer)
     return 0
 
 
-def _eval_dataset(args: argparse.Namespace) -> Any:
+def _eval_dataset(args: argparse.Namespace, processor: Any) -> Any:
     kw = {"on_bad_example": args.on_bad_example}
+    if processor.length_policy == "chunk":  # whole files, for the processor to cut into windows
+        kw.update(length_policy="chunk", max_audio_seconds=None)
     if args.format:
         return open_benchmark(args.data, args.format, split=args.split, task=args.task, **kw)
-    return open_dataset(args.data, columns=parse_column_args(args.column) or None, split=args.split, **kw)
+    # A manifest's files go to the processor as paths under "chunk": read window by window, never whole.
+    return open_dataset(args.data, columns=parse_column_args(args.column) or None, split=args.split,
+                        audio_as_path=processor.length_policy == "chunk", **kw)
+
+
+def _long_audio_options(processor, args: argparse.Namespace) -> None:
+    """``--length-policy`` and ``--max-audio-seconds`` onto the loaded processor."""
+    changes = {} if args.length_policy == "processor" else {"length_policy": args.length_policy}
+    if args.max_audio_seconds is not None:  # checked positive by check_flags
+        changes["max_duration_seconds"] = args.max_audio_seconds
+    if changes:
+        processor.options = processor.options.replace(**changes)
+
+
+def _add_long_audio_args(p: argparse.ArgumentParser, *, policy: str) -> None:
+    what = {"chunk": "'chunk' (default) reads all of it", "processor": "'chunk' reads all of it"}[policy]
+    p.add_argument("--length-policy", choices=["chunk", "truncate", "processor"], default=policy,
+                   help=f"audio longer than the processor's max_audio_seconds: {what}, decoded and encoded "
+                        "window by window (one placeholder per window); 'truncate' the first window; "
+                        "'processor' "
+                        f"{'(default) ' if policy == 'processor' else ''}the saved processor's own policy")
+    p.add_argument("--max-audio-seconds", type=float, default=None,
+                   help="longest audio read in full (default: the processor's max_duration_seconds, 3600); "
+                        "longer files are an error naming the file and the limit")
 
 
 def _cmd_eval(args) -> int:
     model, processor = load_for_inference(args.model, device=args.device, dtype=args.dtype, processor=args.processor,
                                           allow_components=getattr(args, "allow_components", None))
-    dataset = _eval_dataset(args)
+    _long_audio_options(processor, args)
+    dataset = _eval_dataset(args, processor)
     task_metrics = {}
     for item in args.metric or ():
         task, sep, metric = item.partition("=")
@@ -141,6 +164,7 @@ def _add_eval_cli(subparsers: Any) -> Any:
                         "(the README lists the demo corpus's settings)")
     p.add_argument("--spell-digits", action="store_true",
                    help="spell digits as words before scoring (references written as a voice reads digits)")
+    _add_long_audio_args(p, policy="processor")
     add_allow_components_arg(p)
     p.set_defaults(func=_cmd_eval)
     return p
@@ -198,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_args(p, max_new_tokens=None)
     p.add_argument("--lora-scale", type=float, default=None,
                    help="multiply the LoRA scaling (the activation-tuning trick, e.g. 0.5)")
+    _add_long_audio_args(p, policy="chunk")
+    p.add_argument("--windows-per-batch", type=int, default=None,
+                   help="windows of a long file encoded together (memory vs speed; default 1 on CPU, "
+                        "8 on GPU)")
     add_allow_components_arg(p)
     p.set_defaults(func=_cmd_infer)
 

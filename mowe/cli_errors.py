@@ -57,10 +57,11 @@ _FLAG_RULES = {
         "max_new_tokens": ("--max-new-tokens", 1), "num_beams": ("--num-beams", 1),
         "batch_size": ("--batch-size", 1), "workers": ("--workers", 1), "size": ("--size", 1),
         "num_heads": ("--num-heads", 1), "lora_alpha": ("--lora-alpha", 1),
-        "audio_token_id": ("--audio-token-id", 0)}.items()},
+        "audio_token_id": ("--audio-token-id", 0), "windows_per_batch": ("--windows-per-batch", 1)}.items()},
     "port": ("--port", int_in("port", 0, 65535)), "seed": ("--seed", int_in("seed", 0, MAX_SEED)),
     "max_wait_ms": ("--max-wait-ms", real_in("max_wait_ms", 0, math.inf)),
     "lora_scale": ("--lora-scale", LORA_SCALE),
+    "max_audio_seconds": ("--max-audio-seconds", real_in("max_audio_seconds", 0, math.inf, lo_open=True)),
 }
 
 

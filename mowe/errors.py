@@ -7,8 +7,8 @@ file or manifest line that is wrong.
 
 from __future__ import annotations
 
-__all__ = ["AudioLoadError", "AudioPlaceholderError", "CheckpointError", "ConfigError", "ManifestError",
-           "MissingExtraError", "MoWEInputError", "NonFiniteLossError"]
+__all__ = ["AudioLoadError", "AudioPlaceholderError", "AudioTooLongError", "CheckpointError", "ConfigError",
+           "ManifestError", "MissingExtraError", "MoWEInputError", "NonFiniteLossError"]
 
 
 class MoWEInputError(ValueError):
@@ -17,6 +17,23 @@ class MoWEInputError(ValueError):
 
 class AudioLoadError(ValueError):
     """An audio file could not be read or is not usable audio (names the file)."""
+
+
+class AudioTooLongError(AudioLoadError):
+    """A clip is longer than the configured maximum duration (names the limit, the clip's duration and its
+    file).
+
+    Attributes:
+        limit_seconds: the maximum that was exceeded (``MoWEProcessor(max_duration_seconds=...)``, ``mowe
+            serve --max-audio-seconds``).
+        duration_seconds: the clip's duration as far as it is known (a header's claim, or the audio decoded
+            before the limit was crossed: then at least this long).
+        source: the file or argument the clip came from.
+    """
+
+    def __init__(self, message: str, *, limit_seconds: float, duration_seconds: float, source: str):
+        super().__init__(message)
+        self.limit_seconds, self.duration_seconds, self.source = limit_seconds, duration_seconds, source
 
 
 class ManifestError(ValueError):

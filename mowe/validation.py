@@ -183,7 +183,9 @@ RULES: dict[str, list[Rule]] = {
                               real_in("lr", 0, 10, lo_open=True),
                               dataclasses.replace(LORA_SCALE, optional=True)],
     "mowe.config.InferenceConfig": [LORA_SCALE],
-    "mowe.data.processor_options.ProcessorOptions": [MAX_AUDIO_SECONDS, int_in("seed", 0, MAX_SEED)],
+    "mowe.data.processor_options.ProcessorOptions": [MAX_AUDIO_SECONDS, int_in("seed", 0, MAX_SEED),
+                                                     real_in("max_duration_seconds", 0, _INF, lo_open=True,
+                                                             optional=True)],
     "mowe.training.run_file.DataSection": [MAX_AUDIO_SECONDS],
     "mowe.training.run_file.BPEOptions": [int_at_least("vocab_size", 1)],
 }

@@ -32,6 +32,8 @@ EXPECTED = {
     "bench_memory.py": ["peak_mem_gib", "step_delta_gib"],
     "bench_serve.py": ["serve_throughput_ratio_c8", "serve_throughput_ratio_c32", "serve_p50_s_c8", "serve_p99_s_c8",
                        "serve_p50_s_seq", "serve_p99_s_c32"],
+    "bench_long_audio.py": ["long_audio_cost_ratio", "long_audio_rss_growth_mb", "long_audio_s_per_min_1",
+                            "long_audio_peak_rss_mb_1", "whole_decode_mb", "stream_decode_mb"],
     "bench_cache.py": ["frozen_encoder_speedup", "warm_speedup", "cold_overhead", "cache_gib_per_audio_hour",
                        "warm_equals_live"],
     "bench_data.py": ["hf_index_ratio", "hf_read_ratio", "stream_skip_ratio", "hf_equals_manifest"],
@@ -112,3 +114,10 @@ def test_run_all_runs_e2e_at_the_real_window_and_the_proxy_and_keeps_their_keys_
 def test_cache_bench_warm_and_cold_epochs_equal_live():
     """The cached epochs give the live epoch's audio tokens bit for bit (so the speed-up is like for like)."""
     assert _run("bench_cache.py")["warm_equals_live"] == 1.0
+
+
+def test_long_audio_bench_streams_in_less_memory_than_whole_decoding():
+    """Decoding a 44.1 kHz stereo file window by window holds less than decoding it whole (so the figures
+    compare like with like: the same file, the same samples)."""
+    res = _run("bench_long_audio.py")
+    assert res["stream_decode_mb"] < res["whole_decode_mb"]

@@ -371,15 +371,17 @@ def _header(f: sf.SoundFile, name: str) -> tuple[int, int, int]:
     return src_rate, channels, frames
 
 
-def _mono_blocks(f: sf.SoundFile, name: str, limit: int | None) -> Iterator[np.ndarray]:
-    """Decode up to ``limit`` frames (all if None) block by block; yield ``(n,)`` float32 mono blocks.
+def _mono_blocks(f: sf.SoundFile, name: str, limit: int | None,
+                 block_frames: int = _BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """Decode up to ``limit`` frames (all if None) ``block_frames`` at a time; yield ``(n,)`` float32 mono
+    blocks.
 
     Reading stops when the decoder returns nothing, so a header that over-states the frame count costs
     nothing; each block is checked for NaN/Inf (naming the first bad frame) and downmixed by averaging.
     """
     done = 0
     while limit is None or done < limit:
-        want = _BLOCK_FRAMES if limit is None else min(_BLOCK_FRAMES, limit - done)
+        want = block_frames if limit is None else min(block_frames, limit - done)
         block = f.read(want, dtype="float32", always_2d=True)  # (n, c)
         if block.shape[0] == 0:
             break

@@ -37,11 +37,12 @@ class MoWECollator:
         {"input_ids": (b, L) long, "attention_mask": (b, L) long, "labels": (b, L) long   # train only
          "waveforms": (b, s) float32 right-zero-padded, "wave_lengths": (b,) long,
          "task": list[str], "id": list[str], "instruction": list[str] (as used), "answer": list[str],
-         "num_dropped": int}
+         "clips_per_example": list[int], "num_dropped": int}
 
     The audio tensors have one row per clip: as many as samples, except at inference with
-    ``length_policy="chunk"`` (a long clip's windows are adjacent rows). Pass only :data:`MODEL_INPUT_KEYS` to
-    the model. When every example was dropped it returns None: skip that step.
+    ``length_policy="chunk"`` (a long clip's windows are adjacent rows; ``clips_per_example`` says how many
+    rows are whose). Pass only :data:`MODEL_INPUT_KEYS` to the model. When every example was dropped it
+    returns None: skip that step.
     """
 
     def __init__(self, processor: MoWEProcessor, *, train: bool = True, padding_side: str | None = None,
@@ -72,7 +73,7 @@ class MoWECollator:
             warnings.warn("length_policy='chunk' is for inference; a training collator truncates long clips to "
                           "max_audio_seconds instead", UserWarning, stacklevel=2)
         proc = self.processor
-        seqs, labs, clips, instructions = [], [], [], []
+        seqs, labs, clips, instructions, counts = [], [], [], [], []
         for i, ex in enumerate(kept):
             ex_id = str(ex.get("id", i))
             instruction = ex["instruction"]
@@ -84,6 +85,7 @@ class MoWECollator:
             seqs.append(ids)
             labs.append(lab)
             clips.extend(windows)
+            counts.append(len(windows))
             instructions.append(instruction)
         batch: dict[str, Any] = proc.pad(seqs, labs if self.train else None, padding_side=self.padding_side)
         batch["waveforms"], batch["wave_lengths"] = pad_batch(clips)
@@ -91,5 +93,6 @@ class MoWECollator:
         batch["id"] = [str(ex.get("id", i)) for i, ex in enumerate(kept)]
         batch["instruction"] = instructions
         batch["answer"] = [ex.get("answer", "") for ex in kept]
+        batch["clips_per_example"] = counts
         batch["num_dropped"] = len(examples) - len(kept)
         return batch

@@ -108,6 +108,10 @@ class ManifestDataset(Dataset):
             each; a *training* collator truncates instead, with a warning).
         on_bad_example: ``"error"`` raises at the first bad example; ``"skip"`` records and drops it.
         tasks: keep only examples of these tasks (None: all). A named task with no example is a ConfigError.
+        audio_as_path: ``dataset[i]["audio"]`` is the file's path instead of its samples, for the processor to
+            decode (window by window under its ``"chunk"`` policy, checked against its
+            ``max_duration_seconds``): a long file is then never decoded whole (``mowe eval --length-policy
+            chunk``).
 
     Attributes:
         lengths: ``list[float]``, seconds per example (from the headers), for length-grouped batching.
@@ -144,7 +148,9 @@ class ManifestDataset(Dataset):
         length_policy: str = "truncate",
         on_bad_example: str = "error",
         tasks: Sequence[str] | None = None,
+        audio_as_path: bool = False,
     ):
+        self.audio_as_path = bool(audio_as_path)
         if length_policy not in _POLICIES:
             raise ConfigError(f"length_policy must be one of {_POLICIES}, got {length_policy!r}")
         if on_bad_example not in _ON_BAD:
@@ -280,6 +286,9 @@ class ManifestDataset(Dataset):
                 problem is recorded and warned and None is returned.
         """
         e = self._entries[index]
+        if self.audio_as_path:
+            return {"id": e.id, "audio": e.path, "instruction": e.instruction, "answer": e.answer,
+                    "task": e.task, "duration": e.duration}
         max_s = self.max_audio_seconds if self.length_policy == "truncate" else None
         try:
             clip = load_audio(e.path, sample_rate=self.sample_rate, max_seconds=max_s, length_policy="truncate")

@@ -35,6 +35,7 @@ def open_dataset(
     length_policy: str = "truncate",
     on_bad_example: str = "error",
     tasks: Sequence[str] | None = None,
+    audio_as_path: bool = False,
 ) -> Any:
     """A manifest or a Hugging Face dataset as mowe examples.
 
@@ -45,6 +46,8 @@ def open_dataset(
         columns, split, streaming: for datasets only (a manifest given one of them is a ConfigError).
         sample_rate, max_audio_seconds, length_policy, on_bad_example, tasks: as
             :class:`~mowe.data.ManifestDataset`.
+        audio_as_path: a manifest's examples hold their file's path, for the processor to decode window by
+            window (:class:`~mowe.data.ManifestDataset`'s option; datasets decode their audio as before).
     """
     kw = {
         "sample_rate": sample_rate,
@@ -60,7 +63,7 @@ def open_dataset(
                 f"'{os.fspath(source)}' is a JSONL manifest; {', '.join(given)} apply to Hugging Face "
                 f"datasets only (a manifest's fields are audio, instruction, answer, task, id)"
             )
-        return ManifestDataset(source, **kw)
+        return ManifestDataset(source, audio_as_path=audio_as_path, **kw)
     cols = (
         columns if isinstance(columns, DatasetColumns) else DatasetColumns.from_mapping(dict(columns or {}))
     )

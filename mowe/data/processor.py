@@ -36,7 +36,7 @@ import math
 import os
 import typing
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ import torch
 
 from mowe.constants import IGNORE_INDEX, SAMPLE_RATE
 from mowe.data.audio import AudioClip, AudioTruncatedWarning, load_audio, pad_batch, validate_waveform
-from mowe.data.audio_stream import stream_audio
+from mowe.data.audio_stream import audio_too_long, check_duration, stream_audio
 from mowe.data.chat import audio_from_messages, render_chat
 from mowe.data.inputs import ChatPrompt, batch_feature, encode_prompts, to_16k
 from mowe.data.processor_io import load_processor, save_processor
@@ -205,20 +205,40 @@ class MoWEProcessor:
         One window unless ``length_policy="chunk"`` (and not ``train``) and the clip is longer than
         ``max_audio_seconds``. A path is read with :func:`mowe.data.audio.load_audio`; a clip that function
         returned is taken as its waveform (it must be at 16 kHz), under this processor's length policy.
+        :meth:`stream_windows` gives the same windows one at a time.
 
         Raises:
-            AudioLoadError: an unreadable file (names it). MoWEInputError: a bad array, or a clip too long
-                under ``"error"``.
+            AudioLoadError: an unreadable file (names it). AudioTooLongError: a clip used whole that is longer
+                than ``max_duration_seconds``. MoWEInputError: a bad array, or a clip too long under
+                ``"error"``.
         """
+        return list(self.stream_windows(audio, train=train, who=who))
+
+    def stream_windows(self, audio: Any, *, train: bool = False, who: str = "audio",
+                       read_frames: int | None = None) -> Iterator[torch.Tensor]:
+        """:meth:`prepare_audio`'s windows as a generator: a file under ``"chunk"`` is decoded window by
+        window (:func:`mowe.data.audio_stream.stream_audio`), so a long file is never held whole;
+        ``read_frames``: its read-chunk size (the windows do not depend on it). A file's duration is checked
+        on its header before the first window (see ``max_duration_seconds``)."""
         policy = self.length_policy
         if train and policy == "chunk":
             policy = "truncate"  # one clip, one answer: windows would need one answer each
         max_s = self.max_audio_seconds
+        whole = policy != "truncate" or max_s is None  # the whole clip is read: the duration limit applies
+        limit = self.max_duration_seconds if whole else None
         if isinstance(audio, (str, os.PathLike)):
             if policy == "chunk" and max_s is not None:  # decoded window by window: no whole-file copy first
-                return list(stream_audio(audio, window_seconds=max_s, sample_rate=SAMPLE_RATE))
+                kw = {} if read_frames is None else {"read_frames": read_frames}
+                yield from stream_audio(audio, window_seconds=max_s, sample_rate=SAMPLE_RATE,
+                                        max_duration_seconds=limit, **kw)
+                return
+            if limit is not None:
+                check_duration(audio, limit)
             clip = load_audio(audio, sample_rate=SAMPLE_RATE, max_seconds=max_s, length_policy=policy)
-            return clip.windows()
+            if limit is not None and clip.num_samples > math.floor(limit * SAMPLE_RATE + 1e-6) + 1:
+                raise audio_too_long(f"audio file '{clip.path}'", clip.duration, limit)  # a header's estimate
+            yield from clip.windows()
+            return
         if isinstance(audio, AudioClip):
             if audio.sample_rate != SAMPLE_RATE:
                 raise MoWEInputError(f"{who} ({audio.path}) is at {audio.sample_rate} Hz; load it with "
@@ -227,19 +247,24 @@ class MoWEProcessor:
         if isinstance(audio, np.ndarray) and not np.issubdtype(audio.dtype, np.floating):
             raise MoWEInputError(f"{who} must hold floating-point samples, got numpy dtype {audio.dtype}")
         wave = validate_waveform(audio, name=who)
+        if limit is not None and wave.shape[0] > math.floor(limit * SAMPLE_RATE + 1e-6):
+            raise audio_too_long(who, wave.shape[0] / SAMPLE_RATE, limit)
         if max_s is None:
-            return [wave]
+            yield wave
+            return
         max_n = math.floor(max_s * SAMPLE_RATE + 1e-6)
         if wave.shape[0] <= max_n:
-            return [wave]
+            yield wave
+            return
         if policy == "error":
             raise MoWEInputError(f"{who} is {wave.shape[0] / SAMPLE_RATE:.2f} s long, more than "
                                  f"max_audio_seconds={max_s} (length_policy='error')")
         if policy == "chunk":
-            return list(torch.split(wave, max_n))
+            yield from torch.split(wave, max_n)
+            return
         warnings.warn(f"{who} is {wave.shape[0] / SAMPLE_RATE:.2f} s long; truncated to the first {max_s} s",
-                      AudioTruncatedWarning, stacklevel=3)
-        return [wave[:max_n]]
+                      AudioTruncatedWarning, stacklevel=4)
+        yield wave[:max_n]
 
     # ------------------------------------------------------------------------------------------- batching
     def pad(self, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]] | None = None, *,

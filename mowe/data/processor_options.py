@@ -43,6 +43,12 @@ class ProcessorOptions:
             split into windows of ``max_audio_seconds``, one placeholder each; training truncates instead)
             or ``"error"``.
         seed: seed of the paraphrase choice.
+        max_duration_seconds: longest audio read in full (default 3600 s, one hour; None: no limit). It
+            applies whenever a clip is used whole (``"chunk"``, ``"error"`` or ``max_audio_seconds=None``;
+            ``"truncate"`` reads only the first ``max_audio_seconds``): a longer one raises
+            :class:`~mowe.errors.AudioTooLongError` naming the limit, the clip's duration and its file,
+            checked on a file's header before any sample is decoded (an MP3's, whose header only estimates it,
+            on its samples).
 
     Raises:
         ConfigError: a wrong type or value, naming the option (``processor.length_policy: ...``): the same
@@ -56,6 +62,7 @@ class ProcessorOptions:
     max_audio_seconds: float | None = 30.0
     length_policy: LengthPolicy = "truncate"
     seed: int = 0
+    max_duration_seconds: float | None = 3600.0
 
     def __post_init__(self) -> None:
         if isinstance(self.paraphrases, Mapping) and not isinstance(self.paraphrases, dict):

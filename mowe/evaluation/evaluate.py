@@ -25,6 +25,7 @@ from mowe.evaluation.metrics import (
     format_markdown_table,
     normalize_text,
 )
+from mowe.inference import encode_clips
 
 __all__ = ["EvalResult", "evaluate_model", "write_report"]
 
@@ -90,10 +91,13 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
         inputs = {k: batch[k].to(device) for k in MODEL_KEYS}
         prompt = (model.prompt_embeddings(inputs["input_ids"], inputs["attention_mask"])
                   if getattr(model, "needs_prompt", False) else None)
-        audio = model.encode_audio(inputs["waveforms"], inputs["wave_lengths"], prompt)
-        if audio.router is not None:  # one count per routing window (a clip routed per clip is one window)
+        # Long clips (many windows) are encoded a few at a time.
+        audio = encode_clips(model, inputs["waveforms"], inputs["wave_lengths"], prompt)
+        if audio.router is not None:  # one count per routing window of each clip (a long file: each window)
+            per_example = batch.get("clips_per_example") or [1] * len(batch["task"])
+            tasks = [t for t, n in zip(batch["task"], per_example) for _ in range(n)]
             win = audio.router.per_window()
-            for task, rows, inside in zip(batch["task"], win.indices.tolist(), win.mask.tolist()):
+            for task, rows, inside in zip(tasks, win.indices.tolist(), win.mask.tolist()):
                 c = counts.setdefault(task, [0] * len(names))
                 for row, ok in zip(rows, inside):
                     for e in row if ok else ():

@@ -8,7 +8,9 @@ Routes:
   choice per clip (selected weak encoders and their gates).
 * ``GET /v1/models``, ``GET /health`` (queue length and batching counters), ``GET /`` and ``/static/<asset>``.
 
-Every error is JSON in the OpenAI shape. The body is capped before it is parsed (413), a request has a
+Every error is JSON in the OpenAI shape. The body is capped before it is parsed (413), so is a clip's duration
+(413 from the file's header, before its samples are decoded; ``--max-audio-seconds``; for a WAV or FLAC first
+audio part already from the body's first kilobytes, so the rest of the upload is not kept), a request has a
 deadline (408 while its body arrives, 504 while it waits for the model), and a client that leaves frees its
 place in the queue.
 
@@ -36,7 +38,7 @@ from starlette.routing import Route
 
 from mowe.serve.batching import DynamicBatcher
 from mowe.serve.engine import Engine, Job
-from mowe.serve.schemas import ApiError, Limits, json_body, parse_chat_request
+from mowe.serve.schemas import ApiError, Limits, json_body, parse_chat_request, sniff_duration, too_long_error
 
 __all__ = ["create_app"]
 
@@ -48,8 +50,15 @@ def _error(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+# How much of a body's start is searched for its first audio part's header (:func:`sniff_duration`).
+_SNIFF_BYTES = 1 << 16
+
+
+async def _read_body(request: Request, limit: int, max_audio_seconds: float | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, or, from the
+    header of its first audio part (a WAV or FLAC one, within the first 64 KB), to hold a clip past
+    ``max_audio_seconds``: such an upload is then read to its end but not kept (at most its first 64 KB were),
+    and refused."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -57,13 +66,23 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise ApiError(413, f"the request body is {int(declared)} bytes, more than this server's limit of "
                                 f"{limit} bytes (--max-body-mb)", code="body_too_large")
-    chunks, size = [], 0
+    chunks, size, sniffed, refused = [], 0, max_audio_seconds is None, None
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"the request body is more than this server's limit of {limit} bytes "
                                 f"(--max-body-mb)", code="body_too_large")
+        if refused is not None:
+            continue  # the rest of a refused upload is read and dropped: nothing more is kept
         chunks.append(chunk)
+        if not sniffed and size >= 4096:
+            seconds = sniff_duration(b"".join(chunks)[:_SNIFF_BYTES])
+            sniffed = seconds is not None or size >= _SNIFF_BYTES
+            if seconds is not None and seconds > max_audio_seconds + 1e-9:
+                refused, chunks = too_long_error(seconds, max_audio_seconds), []
+    if refused is not None:
+        # Answered once the client has sent its body (it reads the 413 then, instead of a reset connection).
+        raise refused
     return b"".join(chunks)
 
 
@@ -98,7 +117,8 @@ class _Server:
     async def chat(self, request: Request) -> Response:
         deadline = time.monotonic() + self.timeout
         try:
-            body = await asyncio.wait_for(_read_body(request, self.limits.max_body_bytes), self.timeout)
+            body = await asyncio.wait_for(_read_body(request, self.limits.max_body_bytes,
+                                                     self.limits.max_audio_seconds), self.timeout)
         except asyncio.TimeoutError:  # noqa: UP041 - not the builtin before Python 3.11
             raise ApiError(408, f"the request body did not arrive within {self.timeout:g} s",
                            code="timeout") from None

@@ -49,8 +49,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     model, processor = load_for_serving(args.model_dir, device=args.device, dtype=args.dtype,
                                          allow_components=args.allow_components)
     name = args.model_name or os.path.basename(os.path.normpath(args.model_dir)) or "mowe"
-    max_s = args.max_audio_seconds or processor.max_audio_seconds or 30.0
-    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_audio_seconds=max_s,
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_audio_seconds=args.max_audio_seconds,
+                    window_seconds=processor.max_audio_seconds,
                     max_clips=args.max_clips, min_samples=int(model.min_samples),
                     max_tokens=args.max_tokens_limit, default_max_tokens=min(args.default_max_tokens,
                                                                              args.max_tokens_limit))
@@ -78,9 +78,12 @@ def add_serve_cli(subparsers) -> None:
     p.add_argument("--timeout", type=_positive(float), default=120.0, help="seconds a request may take in all")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="precision of the LLM and connector")
-    p.add_argument("--max-body-mb", type=_positive(float), default=25.0, help="request body limit (413 above)")
-    p.add_argument("--max-audio-seconds", type=_positive(float), default=None,
-                   help="longest clip (default: the processor's max_audio_seconds)")
+    p.add_argument("--max-body-mb", type=_positive(float), default=32.0,
+                   help="request body limit (413 above; 10 min of 16 kHz 16-bit WAV is 25.6 MB in base64)")
+    p.add_argument("--max-audio-seconds", type=_positive(float), default=600.0,
+                   help="longest audio clip a request may hold, in seconds (default 600: 10 min; 413 above, "
+                        "checked on the file's header before decoding); longer clips than the processor's "
+                        "max_audio_seconds are decoded and encoded window by window")
     p.add_argument("--max-clips", type=_positive(int), default=4, help="audio parts per request")
     p.add_argument("--max-tokens-limit", type=_positive(int), default=512, help="largest max_tokens accepted")
     p.add_argument("--default-max-tokens", type=_positive(int), default=128, help="max_tokens when none is given")

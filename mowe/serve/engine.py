@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from mowe.data.audio import pad_batch
+from mowe.inference import ENCODE_BUDGET_SAMPLES, encode_windows
 from mowe.model import AudioEncoding
 from mowe.serve.schemas import TOKENIZER_LOCK, ChatRequest
 
@@ -108,10 +109,14 @@ class Engine:
         model: a :class:`~mowe.model.MoWEAudioLLM` in eval mode, on ``device``.
         processor: its :class:`~mowe.data.processor.MoWEProcessor`.
         device: where the clips go.
+        windows_per_batch: clips (windows) encoded together when a batch holds more than
+            :data:`~mowe.inference.ENCODE_BUDGET_SAMPLES` of audio (None: 1 on CPU, 8 on an accelerator).
     """
 
-    def __init__(self, *, model: Any, processor: Any, device: torch.device | str = "cpu"):
+    def __init__(self, *, model: Any, processor: Any, device: torch.device | str = "cpu",
+                 windows_per_batch: int | None = None):
         self.model, self.processor, self.device = model, processor, torch.device(device)
+        self.windows_per_batch = windows_per_batch
         pool = getattr(model, "weak_encoders", None)
         self.encoder_names = list(pool.names) if pool is not None else []
         eos = model.llm.generation_config.eos_token_id
@@ -142,14 +147,21 @@ class Engine:
         (text + audio tokens), for the caller to hand over as the ``"done"`` event.
         """
         clips = [c for job in jobs for c in job.request.clips]
-        waves, lengths = pad_batch(clips)
-        waves, lengths = waves.to(self.device), lengths.to(self.device)
         prompt = None
         if self.model.needs_prompt:  # a prompt-aware router reads each clip's own request (one row per job)
             own = self.processor.pad([job.request.input_ids for job in jobs], padding_side="left")
             prompt = self.model.prompt_embeddings(own["input_ids"].to(self.device),
                                                   own["attention_mask"].to(self.device))
-        enc = self.model.encode_audio(waves, lengths, prompt)
+        # Up to ENCODE_BUDGET_SAMPLES of audio in one encoder call (short clips: the whole batch, as before);
+        # past it (long clips are many windows) a few windows at a time, so the encoders' memory stays that of
+        # a few windows.
+        if sum(c.shape[0] for c in clips) <= ENCODE_BUDGET_SAMPLES:
+            waves, lengths = pad_batch(clips)
+            enc = self.model.encode_audio(waves.to(self.device), lengths.to(self.device), prompt)
+            del waves
+        else:
+            enc = encode_windows(self.model, clips, windows_per_batch=self.windows_per_batch,
+                                 prompt_embeds=prompt, device=self.device)
         rows, clip_rows, owners, first = [], [], [], 0
         audio_len = enc.lengths.tolist()
         prompt_tokens = []
@@ -175,7 +187,7 @@ class Engine:
 
             tracker = _Rows(owners, self._decode, self.eos)
             kwargs.update(streamer=tracker, stopping_criteria=StoppingCriteriaList([tracker]))
-        ids = self.model.generate(batch["input_ids"].to(self.device), waves, lengths,
+        ids = self.model.generate(batch["input_ids"].to(self.device), None, None,
                                   attention_mask=batch["attention_mask"].to(self.device), audio=audio,
                                   max_new_tokens=max(job.request.max_tokens for job in jobs), **kwargs)
         results: dict[int, list[Choice]] = {}

@@ -19,6 +19,7 @@ import binascii
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -26,11 +27,11 @@ from typing import Any
 
 import torch
 
-from mowe.data.audio import load_audio
-from mowe.errors import AudioLoadError, MoWEInputError
+from mowe.data.audio_stream import audio_too_long, stream_audio
+from mowe.errors import AudioLoadError, AudioTooLongError, MoWEInputError
 
 __all__ = ["SUPPORTED_FORMATS", "TOKENIZER_LOCK", "ApiError", "ChatRequest", "Limits", "decode_audio", "json_body",
-           "parse_chat_request"]
+           "parse_chat_request", "sniff_duration", "too_long_error"]
 
 # Requests are parsed in a thread pool while the model thread decodes answers: one tokenizer, used by one thread
 # at a time (a fast tokenizer may refuse a call while another thread holds it: "Already borrowed").
@@ -61,15 +62,20 @@ class Limits:
 
     Attributes:
         max_body_bytes: request body cap (checked before decoding; 413 above it).
-        max_audio_seconds: longest clip; max_clips: audio parts per request.
+        max_audio_seconds: longest clip (413 above it, from the file's header before any sample is decoded);
+            max_clips: audio parts per request.
+        window_seconds: a clip longer than this is decoded window by window and sent to the model as
+            consecutive windows of this length, one placeholder each (the processor's ``max_audio_seconds``;
+            None: whole).
         min_samples: shortest clip the model's encoders take (16 kHz samples).
         max_prompt_tokens: text tokens of the prompt; max_tokens: cap of ``max_tokens``;
         default_max_tokens: used when the request gives none; max_n: most choices per request.
     """
 
-    max_body_bytes: int = 25 * 2**20
-    max_audio_seconds: float = 30.0
+    max_body_bytes: int = 32 * 2**20
+    max_audio_seconds: float = 600.0
     max_clips: int = 4
+    window_seconds: float | None = 30.0
     min_samples: int = 400
     max_prompt_tokens: int = 2048
     max_tokens: int = 512
@@ -80,6 +86,9 @@ class Limits:
 @dataclass
 class ChatRequest:
     """A checked request: prompt ids (one placeholder per clip), the clips ``(s,)``, decoding settings.
+
+    A long audio part is several clips (its windows, see :attr:`Limits.window_seconds`) with as many
+    placeholders in a row; ``windows`` says how many each part has.
 
     ``temperature == 0`` is greedy decoding (the default here, so answers are reproducible); ``n`` choices are
     sampled from one encoding of the clips.
@@ -95,6 +104,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     prompt: str = field(default="", repr=False)
+    windows: list[int] = field(default_factory=list)
 
     @property
     def sampling(self) -> tuple[float, float] | None:
@@ -114,13 +124,19 @@ def json_body(body: bytes) -> dict[str, Any]:
     return data
 
 
-def decode_audio(data: Any, fmt: Any, *, where: str, limits: Limits) -> torch.Tensor:
-    """Base64 ``data`` of a ``fmt`` file -> ``(s,)`` float32 mono at 16 kHz, via :func:`mowe.data.audio.load_audio`.
+def decode_audio(data: Any, fmt: Any, *, where: str, limits: Limits) -> list[torch.Tensor]:
+    """Base64 ``data`` of a ``fmt`` file -> its windows, ``(s_i,)`` float32 mono at 16 kHz each (one window
+    unless the clip is longer than ``limits.window_seconds``), decoded window by window
+    (:func:`mowe.data.audio_stream.stream_audio`).
 
     The bytes go to a private temporary file (libsndfile reads files); nothing the client sends names a path.
+    The clip's duration is checked on the file's header before any sample is decoded, and again on the samples
+    (a compressed file's header only estimates its length).
 
     Raises:
-        ApiError: 400 for an unsupported format, bad base64, empty or undecodable audio, a clip too long or short.
+        ApiError: 413 (``audio_too_long``) for a clip past ``limits.max_audio_seconds``, naming the limit and
+            the clip's duration; 400 for an unsupported format, bad base64, empty or undecodable audio, a clip
+            too short.
     """
     if not isinstance(fmt, str) or fmt.lower() not in SUPPORTED_FORMATS:
         raise ApiError(400, f"{where}.format: unsupported audio format {fmt!r}; supported: "
@@ -137,24 +153,74 @@ def decode_audio(data: Any, fmt: Any, *, where: str, limits: Limits) -> torch.Te
     if not raw:
         raise ApiError(400, f"{where}.data is empty: no audio", param=f"{where}.data", code="invalid_audio")
     fd, path = tempfile.mkstemp(prefix="mowe-serve-", suffix="." + fmt.lower())
+    option = "--max-audio-seconds"
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
         del raw
-        clip = load_audio(path, max_seconds=limits.max_audio_seconds, length_policy="error")
+        window = limits.window_seconds or limits.max_audio_seconds
+        waves = list(stream_audio(path, window_seconds=window, max_duration_seconds=limits.max_audio_seconds,
+                                  option=option))
+    except AudioTooLongError as e:
+        msg = str(e).replace(f"audio file '{path}'", "the audio").replace(path, "the audio")
+        raise ApiError(413, f"{where}: {msg}", param=f"{where}.data", code="audio_too_long") from e
     except AudioLoadError as e:
         msg = str(e).replace(f"audio file '{path}'", "the audio").replace(path, "the audio")
-        long = "more than max_seconds" in msg
-        raise ApiError(400, f"{where}: {msg}", param=f"{where}.data",
-                       code="audio_too_long" if long else "invalid_audio") from e
+        raise ApiError(400, f"{where}: {msg}", param=f"{where}.data", code="invalid_audio") from e
     finally:
         os.unlink(path)
-    wave = clip.waveform
-    if wave.shape[0] < limits.min_samples:
-        raise ApiError(400, f"{where}: the audio is {wave.shape[0] / 16000:.4f} s long, shorter than the "
+    total = sum(w.shape[0] for w in waves)
+    if total < limits.min_samples:
+        raise ApiError(400, f"{where}: the audio is {total / 16000:.4f} s long, shorter than the "
                             f"{limits.min_samples / 16000:.4f} s this model's encoders need",
                        param=f"{where}.data", code="audio_too_short")
-    return wave
+    if waves[-1].shape[0] < limits.min_samples:  # a tail of a few ms: padded with silence to min_samples
+        waves[-1] = torch.nn.functional.pad(waves[-1], (0, limits.min_samples - waves[-1].shape[0]))
+    return waves
+
+
+_DATA_KEY = re.compile(rb'"data"\s*:\s*"(?:data:[^,"]{0,100},)?([A-Za-z0-9+/]{16,})')
+
+
+def sniff_duration(prefix: bytes) -> float | None:
+    """The duration of the first audio part of a request body, read from the start of the body alone, or None.
+
+    Looks for the first ``"data": "<base64>"`` in the JSON text and reads the header at the start of that
+    base64: a WAV's ``fmt `` byte rate and ``data`` chunk size, or a FLAC's STREAMINFO sample count and rate.
+    Other formats (MP3, Ogg), headers that do not state a length, or too short a prefix give None; then the
+    duration is checked once the body is in (:func:`decode_audio`). Lets the server refuse a too-long upload
+    with a 413 after its first few kilobytes instead of after the whole body.
+    """
+    m = _DATA_KEY.search(prefix)
+    if m is None:
+        return None
+    b64 = m.group(1)
+    try:
+        head = base64.b64decode(b64[: len(b64) // 4 * 4])
+    except (binascii.Error, ValueError):
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        pos, byte_rate = 12, None
+        while pos + 8 <= len(head):
+            tag, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+            if tag == b"fmt " and pos + 20 <= len(head):
+                byte_rate = int.from_bytes(head[pos + 16:pos + 20], "little")
+            elif tag == b"data":
+                return size / byte_rate if byte_rate else None
+            pos += 8 + size + (size & 1)
+        return None
+    if head[:4] == b"fLaC" and len(head) >= 26 and head[4] & 0x7F == 0:  # STREAMINFO comes first
+        info = int.from_bytes(head[18:26], "big")  # rate 20 bits, channels 3, bits 5, total samples 36
+        rate, total = info >> 44, info & ((1 << 36) - 1)
+        return total / rate if rate and total else None
+    return None
+
+
+def too_long_error(duration: float, limit: float) -> ApiError:
+    """The 413 for a clip found past ``--max-audio-seconds`` from the start of the body
+    (:func:`sniff_duration`; the same words as :func:`decode_audio`'s, which names the part)."""
+    err = audio_too_long("the first audio part", duration, limit, option="--max-audio-seconds")
+    return ApiError(413, f"messages: {err}", param="messages", code="audio_too_long")
 
 
 def _number(body: dict, key: str, default: float, lo: float, hi: float, *, integer: bool = False) -> Any:
@@ -243,7 +309,14 @@ def parse_chat_request(body: dict[str, Any], *, processor: Any, limits: Limits, 
     if ids.count(processor.audio_token_id) != len(parts):
         raise ApiError(400, f"the prompt holds {ids.count(processor.audio_token_id)} audio placeholders for "
                             f"{len(parts)} audio parts", param="messages")
-    clips = [decode_audio(data, fmt, where=where, limits=limits) for where, data, fmt in parts]
-    return ChatRequest(model=model, input_ids=ids, clips=clips, max_tokens=int(max_tokens), temperature=temperature,
-                       top_p=top_p, n=int(n), stream=stream, include_usage=bool(opts.get("include_usage")),
-                       prompt=prompt)
+    windows = [decode_audio(data, fmt, where=where, limits=limits) for where, data, fmt in parts]
+    audio_id = processor.audio_token_id
+    if any(len(w) > 1 for w in windows):  # a long part: one placeholder per window, in a row
+        counts, expanded = iter([len(w) for w in windows]), []
+        for t in ids:
+            expanded.extend([t] * next(counts) if t == audio_id else [t])
+        ids = expanded
+    return ChatRequest(model=model, input_ids=ids, clips=[c for w in windows for c in w],
+                       max_tokens=int(max_tokens), temperature=temperature, top_p=top_p, n=int(n),
+                       stream=stream, include_usage=bool(opts.get("include_usage")), prompt=prompt,
+                       windows=[len(w) for w in windows])

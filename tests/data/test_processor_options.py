@@ -27,13 +27,14 @@ FIELDS = [f.name for f in dataclasses.fields(ProcessorOptions)]
 NON_DEFAULT = {"audio_token": "<|clip|>", "system_prompt": None,
                "prompt_template": "Q: {audio} {instruction}\nA:",
                "paraphrases": {"asr": ["Write it down.", "What is said?"]}, "max_audio_seconds": 12.5,
-               "length_policy": "chunk", "seed": 7}
+               "length_policy": "chunk", "seed": 7, "max_duration_seconds": 600.0}
 # Bad values, each refused naming its option, whichever way the options come in.
 BAD = [("audio_token", 3), ("audio_token", ""), ("system_prompt", ["a"]), ("system_prompt", "hi <|audio|>"),
        ("prompt_template", "{instruction}"), ("prompt_template", "{audio}{instruction}{x}"),
        ("prompt_template", "{audio"), ("paraphrases", {"asr": "one string"}), ("paraphrases", {"asr": []}),
        ("paraphrases", ["a"]), ("max_audio_seconds", 0), ("max_audio_seconds", float("inf")),
-       ("max_audio_seconds", "30"), ("length_policy", "pad"), ("seed", -1), ("seed", 1.5), ("seed", True)]
+       ("max_audio_seconds", "30"), ("length_policy", "pad"), ("seed", -1), ("seed", 1.5), ("seed", True),
+       ("max_duration_seconds", 0), ("max_duration_seconds", -60.0), ("max_duration_seconds", float("nan"))]
 
 
 @pytest.fixture(scope="module")

@@ -61,8 +61,8 @@ def test_each_bad_audio_class_is_a_400_naming_the_part(servers, clips):
     _check(post_json(url, _body(s, [_audio_part(base64.b64encode(header_only).decode())])), 400, "no audio frames")
     _check(post_json(url, _body(s, [_audio_part(b64(clips[300]), fmt="aac")])), 400, "unsupported audio format",
            code="unsupported_format")
-    err = _check(post_json(url, _body(s, [_audio_part(base64.b64encode(_wav_bytes(3.0)).decode())])), 400,
-                 "3.00 s long", "max_seconds=2", code="audio_too_long")
+    err = _check(post_json(url, _body(s, [_audio_part(base64.b64encode(_wav_bytes(3.0)).decode())])), 413,
+                 "3.0 s long", "maximum duration of 2 s", "--max-audio-seconds", code="audio_too_long")
     assert "/tmp" not in err["message"]  # the server's temporary file is not disclosed
     _check(post_json(url, _body(s, [_audio_part(base64.b64encode(_wav_bytes(0.01)).decode())])), 400,
            "shorter than", code="audio_too_short")
