@@ -66,13 +66,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 def _eval_dataset(args: argparse.Namespace, processor: Any) -> Any:
     kw = {"on_bad_example": args.on_bad_example}
-    if processor.length_policy == "chunk":  # whole files, for the processor to cut into windows
-        kw.update(length_policy="chunk", max_audio_seconds=None)
+    chunk = processor.length_policy == "chunk"
+    if chunk:  # whole clips, for the processor to cut into windows
+        kw["max_audio_seconds"] = None
     if args.format:
         return open_benchmark(args.data, args.format, split=args.split, task=args.task, **kw)
     # A manifest's files go to the processor as paths under "chunk": read window by window, never whole.
     return open_dataset(args.data, columns=parse_column_args(args.column) or None, split=args.split,
-                        audio_as_path=processor.length_policy == "chunk", **kw)
+                        audio_as_path=chunk, **({"length_policy": "chunk"} if chunk else {}), **kw)
 
 
 def _long_audio_options(processor, args: argparse.Namespace) -> None:

@@ -219,7 +219,7 @@ def test_streamed_windows_keep_routing_per_window(tmp_path):
         llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(tok)}), audio_token_id=proc.audio_token_id)
     torch.manual_seed(0)
     model = MoWEAudioLLM.from_config(cfg).eval()
-    path = write_long_wav(tmp_path / "55s.wav", 55.0)  # windows of 20, 20 and 15 s: routing windows 2, 2, 2
+    path = write_long_wav(tmp_path / "55s.wav", 55.0)  # windows of 20, 20, 15 s: 2 routing windows each
     streamed = encode_windows(model, proc.stream_windows(path), windows_per_batch=1)
     waves, lengths = pad_batch(proc.prepare_audio(path))
     with torch.no_grad():
