@@ -207,7 +207,7 @@ def test_prompt_aware_router_gets_its_prompt_for_every_window(tmp_path):
 
 def test_streamed_windows_keep_routing_per_window(tmp_path):
     """With routing per window (``RouterConfig(window_seconds=10)``), each 20 s streamed window is routed in
-    its own 10 s windows, and the concatenated routing equals the whole clip's windows encoded in one batch."""
+    its own 10 s windows; the concatenated routing equals the whole clip's windows encoded in one batch."""
     tok = train_bpe_tokenizer([PROMPT, "a low tone"] * 5, vocab_size=300)
     proc = MoWEProcessor(tok, max_audio_seconds=20.0, length_policy="chunk")
     cfg = MoWEConfig(
