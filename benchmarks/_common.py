@@ -29,10 +29,22 @@ SR = 16_000
 # Tiny sizes for --quick (the smoke test): structure as the full run, compute negligible.
 QUICK_WHISPER = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128}
 QUICK_WEAK_WHISPER = {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64}
-QUICK_HUBERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-                    "conv_dim": (32,) * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}
-QUICK_LLM = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                 "num_key_value_heads": 2}
+QUICK_HUBERT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": (32,) * 7,
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+}
+QUICK_LLM = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -47,9 +59,13 @@ def device_info() -> dict:
                     break
     except OSError:
         pass
-    info = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {cpu}",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "platform": platform.platform()}
+    info = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu: {cpu}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
     try:
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy it was
     except OSError:
@@ -73,7 +89,9 @@ def finite(x: float) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def timed_rounds(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+def timed_rounds(
+    fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 1
+) -> dict[str, list[float]]:
     """Time every function ``repeats`` times, interleaved, after ``warmup`` untimed calls each.
 
     Rounds alternate the order (A B, B A, ...) so that a function is not always the one that runs right after
@@ -85,7 +103,7 @@ def timed_rounds(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: 
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(repeats):
-        for k in (names if r % 2 == 0 else names[::-1]):
+        for k in names if r % 2 == 0 else names[::-1]:
             gc.collect()
             t0 = time.perf_counter()
             fns[k]()
@@ -132,7 +150,8 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 # ---------------------------------------------------------------------------------------------- data
 def clips(seconds: list[float], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-zero-padded waveforms ``(c, s)`` (tones + noise) and lengths ``(c,)`` for clips of ``seconds``."""
+    """Right-zero-padded waveforms ``(c, s)`` (tones + noise) and lengths ``(c,)`` for clips of
+    ``seconds``."""
     g = torch.Generator().manual_seed(seed)
     lens = [max(400, round(s * SR)) for s in seconds]
     s_max = max(lens)
@@ -153,8 +172,16 @@ def uniform_seconds(n: int, lo: float, hi: float, seed: int) -> list[float]:
     return [round(s, 3) for s in secs]
 
 
-def prompts(n: int, audio_id: int, *, n_prompt: int = 12, n_answer: int = 8, vocab: int = 1000, seed: int = 0,
-            audio_tokens: list[int] | None = None):
+def prompts(
+    n: int,
+    audio_id: int,
+    *,
+    n_prompt: int = 12,
+    n_answer: int = 8,
+    vocab: int = 1000,
+    seed: int = 0,
+    audio_tokens: list[int] | None = None,
+):
     """``<bos> <audio>*k instruction answer`` per sample: input_ids, attention_mask, labels (answer only).
 
     ``audio_tokens[i]`` placeholders for sample ``i`` (Qwen2-Audio's expanded form); one each by default.
@@ -205,16 +232,30 @@ def weak_encoders(*, quick: bool) -> dict[str, nn.Module]:
     }
 
 
-def llm_config(model_type: str, *, hidden: int, layers: int, vocab: int, quick: bool, heads: int | None = None):
+def llm_config(
+    model_type: str, *, hidden: int, layers: int, vocab: int, quick: bool, heads: int | None = None
+):
     """A transformers config dict for a small Llama/Qwen2-like LM (intermediate ~ 2.75 x hidden, MHA)."""
     if quick:
         d = dict(QUICK_LLM)
     else:
         heads = heads or max(1, hidden // 64)
-        d = {"hidden_size": hidden, "intermediate_size": int(hidden * 2.75) // 64 * 64, "num_hidden_layers": layers,
-                 "num_attention_heads": heads, "num_key_value_heads": heads}
-    d.update(model_type=model_type, vocab_size=256 if quick else vocab, max_position_embeddings=4096,
-             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        d = {
+            "hidden_size": hidden,
+            "intermediate_size": int(hidden * 2.75) // 64 * 64,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": heads,
+        }
+    d.update(
+        model_type=model_type,
+        vocab_size=256 if quick else vocab,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return d
 
 
@@ -240,7 +281,9 @@ class BalancedRouter(nn.Module):
     def __init__(self, inner: nn.Module, assignment: list[int]):
         super().__init__()
         self.inner = inner
-        self.register_buffer("assignment", torch.tensor(assignment, dtype=torch.long)[:, None], persistent=False)
+        self.register_buffer(
+            "assignment", torch.tensor(assignment, dtype=torch.long)[:, None], persistent=False
+        )
 
     def forward(self, features, lengths):
         from mowe.routers.base import RouterOutput
@@ -249,12 +292,24 @@ class BalancedRouter(nn.Module):
         out = self.inner(features, lengths)
         idx = self.assignment[: features.shape[0]].to(out.probs.device)
         gates = torch.zeros_like(out.probs).scatter(-1, idx, out.probs.gather(-1, idx))
-        return RouterOutput(logits=out.logits, probs=out.probs, gates=gates, indices=idx,
-                            aux_loss=load_balance_loss(out.probs, idx))
+        return RouterOutput(
+            logits=out.logits,
+            probs=out.probs,
+            gates=gates,
+            indices=idx,
+            aux_loss=load_balance_loss(out.probs, idx),
+        )
 
 
-def build_mowe(*, strong: nn.Module, weak: dict[str, nn.Module] | None, llm: nn.Module, audio_id: int,
-               stack: int = 4, assignment: list[int] | None = None):
+def build_mowe(
+    *,
+    strong: nn.Module,
+    weak: dict[str, nn.Module] | None,
+    llm: nn.Module,
+    audio_id: int,
+    stack: int = 4,
+    assignment: list[int] | None = None,
+):
     """MoWEAudioLLM with a FrameStack connector; with a weak pool, routing is fixed by ``assignment``."""
     from mowe import MoWEAudioLLM
     from mowe.builders import build_router
@@ -271,8 +326,14 @@ def build_mowe(*, strong: nn.Module, weak: dict[str, nn.Module] | None, llm: nn.
         router = build_router(RouterConfig(top_k=1), strong_dim=int(strong.out_dim), num_encoders=len(pool))
         if assignment is not None:
             router = BalancedRouter(router, assignment)
-    return MoWEAudioLLM(strong_encoder=strong, weak_encoders=pool, router=router, connector=connector, llm=llm,
-                        audio_token_id=audio_id)
+    return MoWEAudioLLM(
+        strong_encoder=strong,
+        weak_encoders=pool,
+        router=router,
+        connector=connector,
+        llm=llm,
+        audio_token_id=audio_id,
+    )
 
 
 def balanced_assignment(n_clips: int, n_enc: int) -> list[int]:
@@ -287,8 +348,10 @@ def train_step_fn(model: nn.Module, batch: dict, *, autocast: bool = False, lr: 
     model.train()
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and not torch.cuda.is_available()), \
-                torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and torch.cuda.is_available()):
+        with (
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and not torch.cuda.is_available()),
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast and torch.cuda.is_available()),
+        ):
             out = model(**batch)
             loss = out.loss
         loss.backward()
@@ -308,7 +371,8 @@ def set_threads(n: int | None) -> int:
     The benchmark machine is a shared 2-core box that usually runs other jobs (load average ~4). With 2 OpenMP
     threads every parallel region waits at a barrier for a thread the OS has descheduled, which punishes small
     ops far more than big ones (HuBERT-base on 2 clips: 1.0 s with 1 thread, 1.8 s with 2; on 8 clips 4.3 vs
-    5.5 s), so ratios would measure the neighbours, not mowe. ``--threads`` / ``MOWE_BENCH_THREADS`` change it.
+    5.5 s), so ratios would measure the neighbours, not mowe. ``--threads`` / ``MOWE_BENCH_THREADS`` change
+    it.
     """
     if n is None:
         n = int(os.environ.get("MOWE_BENCH_THREADS", DEFAULT_THREADS))
@@ -319,9 +383,14 @@ def set_threads(n: int | None) -> int:
 def parse_quick(argv: list[str] | None = None):
     import argparse
 
-    p = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=sys.modules["__main__"].__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
-    p.add_argument("--threads", type=int, default=None,
-                   help=f"torch intra-op threads (default {DEFAULT_THREADS} or $MOWE_BENCH_THREADS)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help=f"torch intra-op threads (default {DEFAULT_THREADS} or $MOWE_BENCH_THREADS)",
+    )
     return p

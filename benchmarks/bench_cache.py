@@ -1,21 +1,22 @@
 """Feature cache for frozen encoders: one epoch of audio encoding live vs through a cold and a warm cache.
 
-Configuration (the demo's shape at real encoder sizes): a frozen Whisper-tiny strong encoder on the real-length
-path, a frozen weak pool of 2 Whisper-tiny (real length) + 2 demo-sized HuBERT encoders with top-1 routing, the
-MoWE tiny preset's router, connector and LLM; random weights (the cost is what is measured). ~200 clips of 1-6 s
-(tones + noise, numpy/torch-synthesised), batches of 16 in a fixed order.
+Configuration (the demo's shape at real encoder sizes): a frozen Whisper-tiny strong encoder on the
+real-length path, a frozen weak pool of 2 Whisper-tiny (real length) + 2 demo-sized HuBERT encoders with top-1
+routing, the MoWE tiny preset's router, connector and LLM; random weights (the cost is what is measured). ~200
+clips of 1-6 s (tones + noise, numpy/torch-synthesised), batches of 16 in a fixed order.
 
-An epoch is ``model.encode_audio`` over every batch (no grad, eval mode): strong encoder, routers, the selected
+An epoch is ``model.encode_audio`` over every batch (no grad, eval mode): strong encoder, routers, the
+selected
 weak encoders, connector. Variants:
 
 * ``live``: no cache (every frozen encoder re-runs, as every epoch did before the cache);
 * ``cold``: an empty cache: encoders run and every entry is hashed and written;
 * ``warm``: the same epoch again: every frozen encoder's features are read from disk.
 
-Printed: per-epoch seconds; ``frozen_encoder_speedup`` = seconds inside the strong and weak encoder calls, live /
-warm (the issue's goal: >= 5); ``warm_speedup`` = the whole encoding epoch (routers and connector included), live /
-warm; ``cold_overhead`` = cold / live; that the warm and cold epochs' audio tokens equal the live epoch's bit for
-bit; and the cache's disk size per hour of audio.
+Printed: per-epoch seconds; ``frozen_encoder_speedup`` = seconds inside the strong and weak encoder calls,
+live / warm (the issue's goal: >= 5); ``warm_speedup`` = the whole encoding epoch (routers and connector
+included), live / warm; ``cold_overhead`` = cold / live; that the warm and cold epochs' audio tokens equal the
+live epoch's bit for bit; and the cache's disk size per hour of audio.
 ``--quick``: tiny sizes and 24 clips (the smoke test).
 """
 
@@ -66,6 +67,7 @@ def _timed(fn):
             return fn(*args, **kwargs)
         finally:
             _ENCODER_SECONDS[0] += time.perf_counter() - t0
+
     return run
 
 
@@ -75,15 +77,17 @@ mowe.model.cached_encode = _timed(mowe.model.cached_encode)
 mowe.encoders.pool.cached_encode = _timed(mowe.encoders.pool.cached_encode)
 
 
-def epoch(model: MoWEAudioLLM, wav: torch.Tensor, lengths: torch.Tensor, batch: int) -> tuple[float, float, list]:
+def epoch(
+    model: MoWEAudioLLM, wav: torch.Tensor, lengths: torch.Tensor, batch: int
+) -> tuple[float, float, list]:
     """(epoch seconds, seconds inside the encoders, audio tokens per batch)."""
     outs = []
     _ENCODER_SECONDS[0] = 0.0
     t0 = time.perf_counter()
     with torch.no_grad():
         for lo in range(0, len(lengths), batch):
-            wl = lengths[lo:lo + batch]
-            outs.append(model.encode_audio(wav[lo:lo + batch, : int(wl.max())], wl).embeds)
+            wl = lengths[lo : lo + batch]
+            outs.append(model.encode_audio(wav[lo : lo + batch, : int(wl.max())], wl).embeds)
     return time.perf_counter() - t0, _ENCODER_SECONDS[0], outs
 
 
@@ -118,26 +122,51 @@ def main() -> None:
                 live_e.append(e)
                 model.use_feature_cache(cache)
         exact = all(torch.equal(a, b) for a, b in zip(live, warm)) and all(
-            torch.equal(a, b) for a, b in zip(live, cold))
+            torch.equal(a, b) for a, b in zip(live, cold)
+        )
         hours = sum(seconds) / 3600
         size = cache.size_bytes()
         live_m, warm_m = C.median(live_t), C.median(warm_t)
         enc_live, enc_warm = C.median(live_e), C.median(warm_e)
-        C.log(f"{n} clips of 1-6 s ({sum(seconds):.0f} s audio), batch {args.batch}, "
-              f"torch threads {torch.get_num_threads()}")
-        C.log(f"epoch live {live_m:.2f} s | cold cache {cold_t:.2f} s | warm cache {warm_m:.2f} s "
-              f"(live runs {[round(x, 2) for x in live_t]}, warm runs {[round(x, 2) for x in warm_t]})")
-        C.log(f"frozen encoders alone: live {enc_live:.2f} s | cold {cold_e:.2f} s | warm {enc_warm:.3f} s "
-              f"-> speed-up {enc_live / enc_warm:.1f}x")
-        C.log(f"whole encoding epoch speed-up {live_m / warm_m:.1f}x, cold overhead {cold_t / live_m:.2f}x, "
-              f"warm and cold == live bit for bit: {exact}")
-        C.log(f"cache: {len(cache)} entries, {size / 2**20:.1f} MiB = {size / hours / 2**30:.2f} GiB per audio hour; "
-              f"hits {cache.stats.hits}")
-        C.emit({"frozen_encoder_speedup": C.finite(enc_live / enc_warm), "warm_speedup": C.finite(live_m / warm_m),
-                "cold_overhead": C.finite(cold_t / live_m), "epoch_live_s": live_m, "epoch_cold_s": cold_t,
-                "epoch_warm_s": warm_m, "encoders_live_s": enc_live, "encoders_warm_s": enc_warm,
-                "cache_gib_per_audio_hour": size / hours / 2**30, "warm_equals_live": float(exact),
-                "quick": args.quick, "clips": n, "audio_seconds": sum(seconds), "device": C.device_info()})
+        C.log(
+            f"{n} clips of 1-6 s ({sum(seconds):.0f} s audio), batch {args.batch}, "
+            f"torch threads {torch.get_num_threads()}"
+        )
+        C.log(
+            f"epoch live {live_m:.2f} s | cold cache {cold_t:.2f} s | warm cache {warm_m:.2f} s "
+            f"(live runs {[round(x, 2) for x in live_t]}, warm runs {[round(x, 2) for x in warm_t]})"
+        )
+        C.log(
+            f"frozen encoders alone: live {enc_live:.2f} s | cold {cold_e:.2f} s | warm {enc_warm:.3f} s "
+            f"-> speed-up {enc_live / enc_warm:.1f}x"
+        )
+        C.log(
+            f"whole encoding epoch speed-up {live_m / warm_m:.1f}x, cold overhead {cold_t / live_m:.2f}x, "
+            f"warm and cold == live bit for bit: {exact}"
+        )
+        C.log(
+            f"cache: {len(cache)} entries, {size / 2**20:.1f} MiB = {size / hours / 2**30:.2f} GiB per audio "
+            f"hour; "
+            f"hits {cache.stats.hits}"
+        )
+        C.emit(
+            {
+                "frozen_encoder_speedup": C.finite(enc_live / enc_warm),
+                "warm_speedup": C.finite(live_m / warm_m),
+                "cold_overhead": C.finite(cold_t / live_m),
+                "epoch_live_s": live_m,
+                "epoch_cold_s": cold_t,
+                "epoch_warm_s": warm_m,
+                "encoders_live_s": enc_live,
+                "encoders_warm_s": enc_warm,
+                "cache_gib_per_audio_hour": size / hours / 2**30,
+                "warm_equals_live": float(exact),
+                "quick": args.quick,
+                "clips": n,
+                "audio_seconds": sum(seconds),
+                "device": C.device_info(),
+            }
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

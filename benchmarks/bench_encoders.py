@@ -20,7 +20,9 @@ def main(argv=None) -> dict:
     enc[True].load_state_dict(enc[False].state_dict())  # same weights: only the padding differs
     repeats = {1: 2 if quick else 5, 4: 2 if quick else 3}
     res: dict = {"clip_seconds": seconds, "preset": "base", "quick": quick}
-    C.log(f"Whisper-base-shaped encoder, one {seconds:.0f} s clip per batch row; interleaved, median of rounds")
+    C.log(
+        f"Whisper-base-shaped encoder, one {seconds:.0f} s clip per batch row; interleaved, median of rounds"
+    )
     for bf16 in (False, True):
         batches = (1, 4) if not bf16 else (1,)  # bf16 batch 4 would add a minute for little news
         for b in batches:
@@ -36,8 +38,10 @@ def main(argv=None) -> dict:
             res[f"real_s_{tag}"] = C.median(t["real"])
             res[f"pad30_s_{tag}"] = C.median(t["pad30"])
             res[f"speedup_{tag}"] = ratio
-            C.log(f"  {'bf16' if bf16 else 'fp32'} batch {b}: real-length {C.median(t['real']) * 1e3:8.1f} ms, "
-                  f"30 s padded {C.median(t['pad30']) * 1e3:8.1f} ms -> {ratio:.2f}x")
+            C.log(
+                f"  {'bf16' if bf16 else 'fp32'} batch {b}: real-length {C.median(t['real']) * 1e3:8.1f} ms, "
+                f"30 s padded {C.median(t['pad30']) * 1e3:8.1f} ms -> {ratio:.2f}x"
+            )
     # FLOPs tell how much of the ratio is arithmetic (the rest is memory traffic / overheads).
     wav, lens = C.clips([seconds])
     with torch.no_grad():

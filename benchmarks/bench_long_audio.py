@@ -65,11 +65,13 @@ def build(quick: bool):
     from mowe.model import MoWEAudioLLM
 
     if quick:
-        configs = {"strong": EncoderConfig("whisper", preset="tiny", overrides=C.QUICK_WHISPER,
-                                           pad_to_30s=False),
-                   "whisper": EncoderConfig("whisper", preset="tiny", overrides=C.QUICK_WEAK_WHISPER,
-                                            pad_to_30s=False),
-                   "hubert": EncoderConfig("hubert", preset="hubert-base", overrides=dict(C.QUICK_HUBERT))}
+        configs = {
+            "strong": EncoderConfig("whisper", preset="tiny", overrides=C.QUICK_WHISPER, pad_to_30s=False),
+            "whisper": EncoderConfig(
+                "whisper", preset="tiny", overrides=C.QUICK_WEAK_WHISPER, pad_to_30s=False
+            ),
+            "hubert": EncoderConfig("hubert", preset="hubert-base", overrides=dict(C.QUICK_HUBERT)),
+        }
     else:
         configs = demo_encoder_configs(pitch_hop_ms=100.0)
     encoders, _ = demo_encoders(configs, seed=0)
@@ -77,10 +79,14 @@ def build(quick: bool):
     proc = MoWEProcessor(tok, max_audio_seconds=30.0, length_policy="chunk")
     connector = ConnectorConfig("stats", {"tokens": 4}) if quick else connector_config("stats", tokens=4)
     weak = {n: c for n, c in configs.items() if n != "strong"}
-    cfg = MoWEConfig(strong=configs["strong"], weak_encoders=weak,
-                     router=RouterConfig(top_k=len(weak)), connector=connector,
-                     llm=LLMConfig(config={**TINY_LLAMA, "vocab_size": len(tok)}),
-                     audio_token_id=proc.audio_token_id)
+    cfg = MoWEConfig(
+        strong=configs["strong"],
+        weak_encoders=weak,
+        router=RouterConfig(top_k=len(weak)),
+        connector=connector,
+        llm=LLMConfig(config={**TINY_LLAMA, "vocab_size": len(tok)}),
+        audio_token_id=proc.audio_token_id,
+    )
     torch.manual_seed(0)
     model = MoWEAudioLLM.from_config(cfg, encoders=encoders).eval()
     return model, proc
@@ -106,8 +112,13 @@ def child_encode(path: str, quick: bool, whole: bool) -> dict:
         enc = encode_windows(model, proc.stream_windows(path), windows_per_batch=1)
     seconds = time.perf_counter() - t0
     counts = {n: int((enc.router.indices == i).sum()) for i, n in enumerate(model.weak_encoders.names)}
-    return {"seconds": seconds, "peak_mb": peak_mb(), "loaded_mb": loaded,
-            "windows": int(enc.embeds.shape[0]), "routed": counts}
+    return {
+        "seconds": seconds,
+        "peak_mb": peak_mb(),
+        "loaded_mb": loaded,
+        "windows": int(enc.embeds.shape[0]),
+        "routed": counts,
+    }
 
 
 def child_timing(paths: dict[float, str], quick: bool) -> dict:
@@ -126,14 +137,16 @@ def child_timing(paths: dict[float, str], quick: bool) -> dict:
     order = list(paths)
     r = 0
     while any(len(times[m]) < need[m] for m in paths):
-        for m in (order if r % 2 == 0 else order[::-1]):
+        for m in order if r % 2 == 0 else order[::-1]:
             if len(times[m]) < need[m]:
                 t0 = time.perf_counter()
                 encode_windows(model, proc.stream_windows(paths[m]), windows_per_batch=1)
                 times[m].append(time.perf_counter() - t0)
         r += 1
-    return {str(m): {"median": C.median(t), "passes": len(t), "all": [round(x, 3) for x in t]}
-            for m, t in times.items()}
+    return {
+        str(m): {"median": C.median(t), "passes": len(t), "all": [round(x, 3) for x in t]}
+        for m, t in times.items()
+    }
 
 
 def child_decode(path: str, whole: bool) -> dict:
@@ -174,8 +187,14 @@ def write_recording(path: str, minutes: float, *, sr: int = 16000, channels: int
 
 def run_child(*args: str) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", *args], capture_output=True,
-                          text=True, env=env, cwd=os.path.dirname(HERE), check=False)
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=os.path.dirname(HERE),
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"child {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -192,16 +211,21 @@ def main() -> None:
         return
     if args.child:
         kind, path, *flags = args.child
-        out = (child_encode(path, "quick" in flags, "whole" in flags) if kind == "encode"
-               else child_decode(path, "whole" in flags))
+        out = (
+            child_encode(path, "quick" in flags, "whole" in flags)
+            if kind == "encode"
+            else child_decode(path, "whole" in flags)
+        )
         print(json.dumps(out))
         return
     quick = args.quick
     minutes = QUICK_MINUTES if quick else MINUTES
     res: dict = {"device": C.device_info(), "quick": quick, "minutes": minutes}
     what = "tiny random encoders" if quick else "the demo encoder set (Whisper tiny.en strong)"
-    C.log(f"long audio: {what}, 30 s windows streamed from disk, 1 thread per process; "
-          f"{res['device']['device']}")
+    C.log(
+        f"long audio: {what}, 30 s windows streamed from disk, 1 thread per process; "
+        f"{res['device']['device']}"
+    )
     with tempfile.TemporaryDirectory(prefix="mowe-long-") as tmp:
         write_recording(os.path.join(tmp, "warmup.wav"), 0.5)
         flag = ["quick"] if quick else []
@@ -216,24 +240,30 @@ def main() -> None:
             per_min[m] = t["median"] / m
             key = f"{m:g}".replace(".", "_")
             res[f"long_audio_s_per_min_{key}"] = round(C.finite(per_min[m]), 4)
-            C.log(f"  {m:>4g} min: {t['median']:8.2f} s (median of {t['passes']} passes) = "
-                  f"{per_min[m]:.3f} s per audio minute")
+            C.log(
+                f"  {m:>4g} min: {t['median']:8.2f} s (median of {t['passes']} passes) = "
+                f"{per_min[m]:.3f} s per audio minute"
+            )
         # Memory: a fresh process per duration, so that each peak is its own.
         for m in minutes:
             r = run_child("encode", paths[m], *flag)
             peaks[m] = r["peak_mb"]
             key = f"{m:g}".replace(".", "_")
             res[f"long_audio_peak_rss_mb_{key}"] = round(C.finite(peaks[m]), 1)
-            C.log(f"  {m:>4g} min alone: peak RSS {r['peak_mb']:.0f} MB (after load + warm-up "
-                  f"{r['loaded_mb']:.0f} MB); {r['windows']} windows routed {r['routed']}; "
-                  f"{r['seconds']:.2f} s")
+            C.log(
+                f"  {m:>4g} min alone: peak RSS {r['peak_mb']:.0f} MB (after load + warm-up "
+                f"{r['loaded_mb']:.0f} MB); {r['windows']} windows routed {r['routed']}; "
+                f"{r['seconds']:.2f} s"
+            )
         for p in paths.values():
             os.unlink(p)
         res["long_audio_cost_ratio"] = round(max(per_min.values()) / min(per_min.values()), 4)
         res["long_audio_rss_growth_mb"] = round(peaks[minutes[-1]] - peaks[minutes[0]], 1)
-        C.log(f"per-minute cost, largest / smallest: {res['long_audio_cost_ratio']:.3f} (goal <= 1.2); "
-              f"peak RSS {minutes[-1]:g} min - {minutes[0]:g} min: {res['long_audio_rss_growth_mb']:.0f} MB "
-              f"(goal <= 1024)")
+        C.log(
+            f"per-minute cost, largest / smallest: {res['long_audio_cost_ratio']:.3f} (goal <= 1.2); "
+            f"peak RSS {minutes[-1]:g} min - {minutes[0]:g} min: {res['long_audio_rss_growth_mb']:.0f} MB "
+            f"(goal <= 1024)"
+        )
 
         # What holding the clip whole costs, for scale.
         m5 = minutes[1]
@@ -242,18 +272,22 @@ def main() -> None:
         r = run_child("encode", path, *flag, "whole")
         os.unlink(path)
         res["whole_encode_rss_growth_mb"] = round(r["peak_mb"] - peaks[m5], 1)
-        C.log(f"  {m5:g} min encoded in one batch (processor + generate's path): peak RSS "
-              f"{r['peak_mb']:.0f} MB, {res['whole_encode_rss_growth_mb']:+.0f} MB over streamed; "
-              f"{r['seconds']:.2f} s ({r['seconds'] / m5:.3f} s per audio minute)")
+        C.log(
+            f"  {m5:g} min encoded in one batch (processor + generate's path): peak RSS "
+            f"{r['peak_mb']:.0f} MB, {res['whole_encode_rss_growth_mb']:+.0f} MB over streamed; "
+            f"{r['seconds']:.2f} s ({r['seconds'] / m5:.3f} s per audio minute)"
+        )
         m15 = minutes[2]
         path = os.path.join(tmp, "hifi.wav")
         write_recording(path, m15, sr=44100, channels=2)
         whole, stream = run_child("decode", path, "whole"), run_child("decode", path)
         res["whole_decode_mb"] = round(whole["growth_mb"], 1)
         res["stream_decode_mb"] = round(stream["growth_mb"], 1)
-        C.log(f"  decoding {m15:g} min of 44.1 kHz stereo 16-bit WAV to 16 kHz: whole (load_audio) peak "
-              f"{whole['growth_mb']:.0f} MB of numpy buffers, streamed (stream_audio) "
-              f"{stream['growth_mb']:.1f} MB")
+        C.log(
+            f"  decoding {m15:g} min of 44.1 kHz stereo 16-bit WAV to 16 kHz: whole (load_audio) peak "
+            f"{whole['growth_mb']:.0f} MB of numpy buffers, streamed (stream_audio) "
+            f"{stream['growth_mb']:.1f} MB"
+        )
     C.emit(res)
 
 

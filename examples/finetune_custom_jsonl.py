@@ -37,8 +37,15 @@ from mowe.training.trainer import TrainConfig, Trainer
 
 TINY_WHISPER = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128}
 TINY_WEAK = {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2, "encoder_ffn_dim": 64}
-TINY_LLM = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048}
+TINY_LLM = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+}
 
 
 def write_demo_manifest(folder: str, n: int = 24) -> str:
@@ -54,10 +61,24 @@ def write_demo_manifest(folder: str, n: int = 24) -> str:
                 w.setnchannels(1)
                 w.setsampwidth(2)
                 w.setframerate(sr)
-                w.writeframes(b"".join(struct.pack("<h", int(9000 * math.sin(2 * math.pi * (250 + 450 * c) * k / sr)))
-                                       for k in range(sr // 2)))
-            f.write(json.dumps({"id": f"demo{i}", "audio": f"clips/{i}.wav", "task": "sound_event",
-                                "instruction": "Is this tone low, middle or high?", "answer": names[c]}) + "\n")
+                w.writeframes(
+                    b"".join(
+                        struct.pack("<h", int(9000 * math.sin(2 * math.pi * (250 + 450 * c) * k / sr)))
+                        for k in range(sr // 2)
+                    )
+                )
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"demo{i}",
+                        "audio": f"clips/{i}.wav",
+                        "task": "sound_event",
+                        "instruction": "Is this tone low, middle or high?",
+                        "answer": names[c],
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -66,8 +87,12 @@ def main() -> None:
     ap.add_argument("--train", default=None, help="training manifest (default: a generated demo)")
     ap.add_argument("--dev", default=None, help="dev manifest (its loss is logged every --eval-every steps)")
     ap.add_argument("--strong", default=None, help="strong Whisper hub id / folder (default: tiny random)")
-    ap.add_argument("--weak", action="append", default=None,
-                    help="weak encoder hub id / folder, repeatable; 'hubert' in the name -> HuBERT family")
+    ap.add_argument(
+        "--weak",
+        action="append",
+        default=None,
+        help="weak encoder hub id / folder, repeatable; 'hubert' in the name -> HuBERT family",
+    )
     ap.add_argument("--llm", default=None, help="causal LM hub id / folder (default: tiny random Llama)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer (default: the LLM's, or a BPE on the data)")
     ap.add_argument("--steps", type=int, default=30)
@@ -91,8 +116,10 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.llm)
         add_audio_token(tokenizer)  # <|audio|> as a special token; the LLM needs no row for it
     else:
-        texts = [train_ds.example_info(i)["instruction"] + " " + train_ds.example_info(i)["answer"]
-                 for i in range(len(train_ds))]
+        texts = [
+            train_ds.example_info(i)["instruction"] + " " + train_ds.example_info(i)["answer"]
+            for i in range(len(train_ds))
+        ]
         tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
     processor = MoWEProcessor(tokenizer)
 
@@ -108,24 +135,42 @@ def main() -> None:
         weak_encoders={f"weak{i}": encoder(h, TINY_WEAK) for i, h in enumerate(weak_hubs)},
         router=RouterConfig(top_k=1, hidden_dim=32 if not args.strong else 256),
         connector=ConnectorConfig("stack", {"stack": 4}),
-        llm=LLMConfig(name_or_path=args.llm, config=None if args.llm else dict(TINY_LLM, vocab_size=len(tokenizer)),
-                      dtype="bfloat16" if args.bf16 and args.llm else "float32"),
+        llm=LLMConfig(
+            name_or_path=args.llm,
+            config=None if args.llm else dict(TINY_LLM, vocab_size=len(tokenizer)),
+            dtype="bfloat16" if args.bf16 and args.llm else "float32",
+        ),
         lora=LoRAConfig(r=8, alpha=16),
         audio_token_id=processor.audio_token_id,
     )
     model = MoWEAudioLLM.from_config(config)
 
     out_dir = args.output_dir or tempfile.mkdtemp(prefix="mowe-finetune-")
-    cfg = TrainConfig(output_dir=out_dir, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                      mixed_precision="bf16" if args.bf16 else "no", eval_every=args.eval_every,
-                      save_every=args.save_every, log_every=max(1, args.steps // 10))
-    trainer = Trainer(model, train_ds, config=cfg, stages=mowe_default_stages(args.steps, lr=args.lr),
-                      collate_fn=MoWECollator(processor), eval_dataset=dev_ds)
+    cfg = TrainConfig(
+        output_dir=out_dir,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        mixed_precision="bf16" if args.bf16 else "no",
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        log_every=max(1, args.steps // 10),
+    )
+    trainer = Trainer(
+        model,
+        train_ds,
+        config=cfg,
+        stages=mowe_default_stages(args.steps, lr=args.lr),
+        collate_fn=MoWECollator(processor),
+        eval_dataset=dev_ds,
+    )
     result = trainer.train(resume=args.resume)
     if trainer.is_main:
         processor.save_pretrained(result.final_dir)
         print(f"trained {result.global_step} steps; model + processor in {result.final_dir}")
-        print(f"try: mowe infer --model {result.final_dir} --audio <wav> --prompt 'Is this tone low, middle or high?'")
+        print(
+            f"try: mowe infer --model {result.final_dir} --audio <wav> --prompt 'Is this tone low, middle or "
+            f"high?'"
+        )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,15 @@ from mowe.tensors import lengths_to_mask
 __all__ = ["ALIGNMENTS", "align_to_grid", "pad_to_grid"]
 
 
-def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: float, dst_rate: float,
-                  dst_lengths: torch.Tensor, dst_len: int) -> torch.Tensor:
+def align_to_grid(
+    features: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    src_rate: float,
+    dst_rate: float,
+    dst_lengths: torch.Tensor,
+    dst_len: int,
+) -> torch.Tensor:
     """Linearly interpolate ``(b, t, d)`` features at ``src_rate`` Hz onto a ``dst_rate`` Hz grid.
 
     Target frame ``j`` is centred at ``(j + 0.5) / dst_rate`` seconds and reads the source at the same
@@ -31,8 +38,8 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
     Returns:
         ``(b, u, d)`` aligned features.
     """
-    # Imported here: mowe.encoders imports this module (the pool aligns weak streams), so a top-level import of
-    # mowe.encoders.base would be circular when mowe.align is imported first.
+    # Imported here: mowe.encoders imports this module (the pool aligns weak streams), so a top-level import
+    # of mowe.encoders.base would be circular when mowe.align is imported first.
     b, t, d = features.shape
     if t == dst_len and src_rate == dst_rate and torch.equal(lengths, dst_lengths):
         return features * lengths_to_mask(lengths, t)[..., None].to(features.dtype)
@@ -49,11 +56,12 @@ def align_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, src_rate: fl
 
 
 def pad_to_grid(features: torch.Tensor, lengths: torch.Tensor, *, dst_len: int) -> torch.Tensor:
-    """Lay ``(b, t, d)`` features frame for frame on a grid of ``dst_len`` frames, zeros after each clip's end.
+    """Lay ``(b, t, d)`` features frame for frame on a grid of ``dst_len`` frames, zeros after each clip's
+    end.
 
-    SALMONN's alignment (its ``_encode_auditory_feature``): BEATs tokens and Whisper frames are paired by index
-    and the shorter stream is zero-padded, not resampled. Frames past ``dst_len`` are dropped (with Whisper's
-    full 30 s window, the strong grid is never the shorter one).
+    SALMONN's alignment (its ``_encode_auditory_feature``): BEATs tokens and Whisper frames are paired by
+    index and the shorter stream is zero-padded, not resampled. Frames past ``dst_len`` are dropped (with
+    Whisper's full 30 s window, the strong grid is never the shorter one).
 
     Args:
         features: ``(b, t, d)``; lengths: ``(b,)`` valid frames.

@@ -43,9 +43,23 @@ from mowe.io import strip_ansi
 from mowe.tensors import DTYPES
 from mowe.validation import LORA_SCALE, MAX_SEED, int_at_least, int_in, real_in
 
-__all__ = ["DEPENDENCY_WARNINGS", "EXIT_CHECKPOINT", "EXIT_CONFIG", "EXIT_DATA", "EXIT_INTERNAL", "EXIT_INTERRUPTED",
-           "EXIT_IO", "EXIT_NONFINITE", "add_debug_flag", "check_flags", "describe", "quiet_dependency_warnings",
-           "run_command", "add_allow_components_arg", "add_generation_args"]
+__all__ = [
+    "DEPENDENCY_WARNINGS",
+    "EXIT_CHECKPOINT",
+    "EXIT_CONFIG",
+    "EXIT_DATA",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_IO",
+    "EXIT_NONFINITE",
+    "add_debug_flag",
+    "check_flags",
+    "describe",
+    "quiet_dependency_warnings",
+    "run_command",
+    "add_allow_components_arg",
+    "add_generation_args",
+]
 
 EXIT_INTERNAL, EXIT_CONFIG, EXIT_DATA, EXIT_CHECKPOINT, EXIT_IO, EXIT_NONFINITE = 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
@@ -53,12 +67,22 @@ EXIT_INTERRUPTED = 130
 # The subcommands' numeric flags, checked by the rules of mowe.validation (the same rule where a config holds
 # the same value: --seed as train.seed, --lora-scale as a stage's lora_scale).
 _FLAG_RULES = {
-    **{attr: (flag, int_at_least(attr, lo)) for attr, (flag, lo) in {
-        "max_new_tokens": ("--max-new-tokens", 1), "num_beams": ("--num-beams", 1),
-        "batch_size": ("--batch-size", 1), "workers": ("--workers", 1), "size": ("--size", 1),
-        "num_heads": ("--num-heads", 1), "lora_alpha": ("--lora-alpha", 1),
-        "audio_token_id": ("--audio-token-id", 0), "windows_per_batch": ("--windows-per-batch", 1)}.items()},
-    "port": ("--port", int_in("port", 0, 65535)), "seed": ("--seed", int_in("seed", 0, MAX_SEED)),
+    **{
+        attr: (flag, int_at_least(attr, lo))
+        for attr, (flag, lo) in {
+            "max_new_tokens": ("--max-new-tokens", 1),
+            "num_beams": ("--num-beams", 1),
+            "batch_size": ("--batch-size", 1),
+            "workers": ("--workers", 1),
+            "size": ("--size", 1),
+            "num_heads": ("--num-heads", 1),
+            "lora_alpha": ("--lora-alpha", 1),
+            "audio_token_id": ("--audio-token-id", 0),
+            "windows_per_batch": ("--windows-per-batch", 1),
+        }.items()
+    },
+    "port": ("--port", int_in("port", 0, 65535)),
+    "seed": ("--seed", int_in("seed", 0, MAX_SEED)),
     "max_wait_ms": ("--max-wait-ms", real_in("max_wait_ms", 0, math.inf)),
     "lora_scale": ("--lora-scale", LORA_SCALE),
     "max_audio_seconds": ("--max-audio-seconds", real_in("max_audio_seconds", 0, math.inf, lo_open=True)),
@@ -66,8 +90,8 @@ _FLAG_RULES = {
 
 
 # Warnings a user of the command line cannot act on: deprecations inside mowe's dependencies, raised by one
-# dependency reading another's deprecated API. Each is filtered by its category, the module it is attributed to and
-# its message, so nothing else is hidden; mowe's own calls use the current APIs.
+# dependency reading another's deprecated API. Each is filtered by its category, the module it is attributed
+# to and its message, so nothing else is hidden; mowe's own calls use the current APIs.
 DEPENDENCY_WARNINGS = (
     # peft's get_peft_model reads transformers' deprecated PreTrainedModel.is_gradient_checkpointing property.
     (FutureWarning, r"transformers\.modeling_utils", r"`is_gradient_checkpointing` is deprecated"),
@@ -75,7 +99,8 @@ DEPENDENCY_WARNINGS = (
 
 
 def quiet_dependency_warnings() -> None:
-    """Ignore :data:`DEPENDENCY_WARNINGS` in this process (the ``mowe`` command calls it; the library does not)."""
+    """Ignore :data:`DEPENDENCY_WARNINGS` in this process (the ``mowe`` command calls it; the library does
+    not)."""
     import warnings
 
     for category, module, message in DEPENDENCY_WARNINGS:
@@ -101,13 +126,18 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_debug_to_subcommands(parser: argparse.ArgumentParser) -> None:
-    """``--debug`` on every subcommand at any depth (``mowe corpus build --debug``), not overriding the top's."""
+    """``--debug`` on every subcommand at any depth (``mowe corpus build --debug``), not overriding the
+    top's."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
                 if not any("--debug" in a.option_strings for a in sub._actions):
-                    sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                     help="print the traceback of a failure")
+                    sub.add_argument(
+                        "--debug",
+                        action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="print the traceback of a failure",
+                    )
                 _add_debug_to_subcommands(sub)
 
 
@@ -147,8 +177,10 @@ def describe(exc: BaseException) -> tuple[int, str]:
         return EXIT_IO, _os_message(exc)
     if isinstance(exc, MemoryError):
         return EXIT_IO, "out of memory"
-    return EXIT_INTERNAL, (f"internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback "
-                           f"and please report it)")
+    return EXIT_INTERNAL, (
+        f"internal error: {type(exc).__name__}: {msg} (rerun with --debug for the traceback "
+        f"and please report it)"
+    )
 
 
 def _one_line(text: str) -> str:
@@ -158,8 +190,9 @@ def _one_line(text: str) -> str:
     return lines[0] + "\n" + "\n".join("  " + ln.lstrip() for ln in lines[1:])
 
 
-def run_command(command: str, fn: Callable[[], Any], *, debug: bool = False,
-                printer: Callable[[str], None] | None = None) -> int:
+def run_command(
+    command: str, fn: Callable[[], Any], *, debug: bool = False, printer: Callable[[str], None] | None = None
+) -> int:
     """Run ``fn()`` and turn any failure into ``mowe <command>: error: ...`` on stderr and an exit code."""
     debug = debug or os.environ.get("MOWE_DEBUG", "") not in ("", "0")
     say = printer or (lambda s: print(s, file=sys.stderr, flush=True))
@@ -177,26 +210,45 @@ def run_command(command: str, fn: Callable[[], Any], *, debug: bool = False,
 
 def exit_codes_table() -> Sequence[tuple[int, str]]:
     """``(code, meaning)`` pairs, as documented above (the README lists the same)."""
-    return [(0, "success"), (EXIT_INTERNAL, "internal error (a bug)"), (EXIT_CONFIG, "configuration or usage"),
-            (EXIT_DATA, "manifest or audio"), (EXIT_CHECKPOINT, "checkpoint or saved model"),
-            (EXIT_IO, "file system (disk full, read-only, permission, special file)"),
-            (EXIT_NONFINITE, "non-finite loss / skip budget"), (EXIT_INTERRUPTED, "interrupted")]
+    return [
+        (0, "success"),
+        (EXIT_INTERNAL, "internal error (a bug)"),
+        (EXIT_CONFIG, "configuration or usage"),
+        (EXIT_DATA, "manifest or audio"),
+        (EXIT_CHECKPOINT, "checkpoint or saved model"),
+        (EXIT_IO, "file system (disk full, read-only, permission, special file)"),
+        (EXIT_NONFINITE, "non-finite loss / skip budget"),
+        (EXIT_INTERRUPTED, "interrupted"),
+    ]
 
 
 def add_allow_components_arg(p: argparse.ArgumentParser) -> None:
     """``--allow-components PKG`` (repeatable): packages outside mowe a saved model's config may name."""
-    p.add_argument("--allow-components", action="append", metavar="PKG", default=None,
-                   help="allow the saved model's config to build components from this package (and its "
-                        "submodules); importing it runs its code. Repeatable")
+    p.add_argument(
+        "--allow-components",
+        action="append",
+        metavar="PKG",
+        default=None,
+        help="allow the saved model's config to build components from this package (and its "
+        "submodules); importing it runs its code. Repeatable",
+    )
 
 
 def add_generation_args(p: argparse.ArgumentParser, *, max_new_tokens: int | None) -> None:
-    """The options ``mowe infer`` and ``mowe eval`` share: --processor, --max-new-tokens, --num-beams, --device,
-    --dtype (generation settings left unset come from the model's saved generation_config.json)."""
+    """The options ``mowe infer`` and ``mowe eval`` share: --processor, --max-new-tokens, --num-beams,
+    --device, --dtype (generation settings left unset come from the model's saved generation_config.json)."""
     p.add_argument("--processor", default=None, help="processor folder (default: the model folder)")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
-                   help="default: the model's generation config" if max_new_tokens is None else None)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=max_new_tokens,
+        help="default: the model's generation config" if max_new_tokens is None else None,
+    )
     p.add_argument("--num-beams", type=int, default=None, help="default: the model's generation config")
     p.add_argument("--device", default="cpu", help="torch device to run on, e.g. cuda:0 (default: cpu)")
-    p.add_argument("--dtype", default=None, choices=list(DTYPES),
-                   help="cast the LLM and the connector (default: as saved)")
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=list(DTYPES),
+        help="cast the LLM and the connector (default: as saved)",
+    )

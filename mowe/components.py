@@ -3,8 +3,8 @@
 An encoder, router or connector entry may be ``{"component": "my_pkg.module.Class", ...keyword arguments}``
 (a class or any callable returning the module). The keys that are fields of the entry's config dataclass
 (:class:`~mowe.config.EncoderConfig`: ``freeze``, ``min_seconds``, ...; :class:`~mowe.config.RouterConfig`:
-``top_k``, ``aux_loss_weight``, ``layout``, ...) keep their meaning; every other key is a keyword argument of the
-component (stored under ``kwargs``, so a saved ``config.json`` rebuilds the same module)::
+``top_k``, ``aux_loss_weight``, ``layout``, ...) keep their meaning; every other key is a keyword argument of
+the component (stored under ``kwargs``, so a saved ``config.json`` rebuilds the same module)::
 
     weak_encoders:
       conv50: {component: my_pkg.encoders.Conv50, out_dim: 16, freeze: false}
@@ -14,7 +14,8 @@ component (stored under ``kwargs``, so a saved ``config.json`` rebuilds the same
 What mowe passes besides the entry's own keyword arguments, each only when the constructor has a parameter of
 that name (read with :func:`inspect.signature`; ``**kwargs`` does not count):
 
-* encoder: ``freeze`` (the entry's flag; an encoder without that parameter is frozen by mowe when ``freeze`` is
+* encoder: ``freeze`` (the entry's flag; an encoder without that parameter is frozen by mowe when ``freeze``
+  is
   true, so ``freeze: false`` is needed to train it).
 * router: ``num_encoders`` (pool size ``e``), ``top_k``, ``in_dim`` (the strong encoder's width ``d``) and
   ``prompt_dim`` (the LLM's embedding width).
@@ -23,10 +24,11 @@ that name (read with :func:`inspect.signature`; ``**kwargs`` does not count):
 Router contract (what :class:`~mowe.routers.MixtureRouter`, mowe's own router, does)::
 
     router(features (b, t, d) float, lengths (b,) long) -> RouterOutput
-    router(features, lengths, prompt (b, d_p))         -> RouterOutput   # only when router.needs_prompt is True
+    router(features, lengths, prompt (b, d_p))         -> RouterOutput   # only when router.needs_prompt is
+    True
 
-with :class:`~mowe.routers.RouterOutput` fields ``logits`` / ``probs`` ``(b, e)``, ``gates`` ``(b, e)`` (the weight
-of each weak encoder's features, zero where not selected; gradient flows to the router through them),
+with :class:`~mowe.routers.RouterOutput` fields ``logits`` / ``probs`` ``(b, e)``, ``gates`` ``(b, e)`` (the
+weight of each weak encoder's features, zero where not selected; gradient flows to the router through them),
 ``indices`` ``(b, k)`` long (the selected encoders, ``k == top_k``, most probable first; the pool runs only
 those) and ``aux_loss`` (a scalar added to the loss times ``router.aux_loss_weight``; return a zero tensor
 when there is none). ``features`` are the strong encoder's frames, valid up to ``lengths`` per clip (so clip
@@ -72,9 +74,11 @@ def check_allowed(path: str, allow: AllowList, *, where: str) -> None:
     if is_allowed(path, allow):
         return
     pkg = path.split(".")[0]
-    raise ConfigError(f"{where}: component {path!r} is outside mowe and was not allowed; loading it would import "
-                      f"and run its code. If you trust it, pass allow_components=[{pkg!r}] "
-                      f"(MoWEAudioLLM.from_pretrained) or --allow-components {pkg} (mowe infer / mowe eval)")
+    raise ConfigError(
+        f"{where}: component {path!r} is outside mowe and was not allowed; loading it would import "
+        f"and run its code. If you trust it, pass allow_components=[{pkg!r}] "
+        f"(MoWEAudioLLM.from_pretrained) or --allow-components {pkg} (mowe infer / mowe eval)"
+    )
 
 
 def resolve(path: str, *, where: str) -> Callable[..., Any]:
@@ -88,7 +92,9 @@ def resolve(path: str, *, where: str) -> Callable[..., Any]:
         raise ConfigError(f"{where}: component {path!r} is not an import path like 'my_pkg.module.Class'")
     parts = path.split(".")
     if len(parts) < 2:
-        raise ConfigError(f"{where}: component {path!r} needs a module and a name, like 'my_pkg.module.Class'")
+        raise ConfigError(
+            f"{where}: component {path!r} needs a module and a name, like 'my_pkg.module.Class'"
+        )
     module, error = None, None
     for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix
         name = ".".join(parts[:cut])
@@ -103,18 +109,29 @@ def resolve(path: str, *, where: str) -> Callable[..., Any]:
         obj: Any = module
         for i, attr in enumerate(parts[cut:]):
             if not hasattr(obj, attr):
-                raise ConfigError(f"{where}: component {path!r}: {'.'.join(parts[:cut + i])!r} has no "
-                                  f"attribute {attr!r}")
+                raise ConfigError(
+                    f"{where}: component {path!r}: {'.'.join(parts[: cut + i])!r} has no attribute {attr!r}"
+                )
             obj = getattr(obj, attr)
         if not callable(obj):
-            raise ConfigError(f"{where}: component {path!r} is a {type(obj).__name__}, not a class or function")
+            raise ConfigError(
+                f"{where}: component {path!r} is a {type(obj).__name__}, not a class or function"
+            )
         return obj
-    raise ConfigError(f"{where}: component {path!r}: no module {parts[0]!r} can be imported ({error}); "
-                      f"is its package installed or on PYTHONPATH?")
+    raise ConfigError(
+        f"{where}: component {path!r}: no module {parts[0]!r} can be imported ({error}); "
+        f"is its package installed or on PYTHONPATH?"
+    )
 
 
-def instantiate(path: str, kwargs: Mapping[str, Any], *, where: str, allow: AllowList = True,
-                offered: Mapping[str, Any] | None = None) -> Any:
+def instantiate(
+    path: str,
+    kwargs: Mapping[str, Any],
+    *,
+    where: str,
+    allow: AllowList = True,
+    offered: Mapping[str, Any] | None = None,
+) -> Any:
     """Build component ``path`` with ``kwargs`` plus those ``offered`` values its signature names.
 
     Args:
@@ -150,12 +167,15 @@ def _accepts(factory: Callable[..., Any], name: str) -> bool:
 
 
 def config_components(config: Any) -> list[tuple[str, str]]:
-    """``(key path, import path)`` of every component a :class:`~mowe.config.MoWEConfig` names, in build order."""
+    """``(key path, import path)`` of every component a :class:`~mowe.config.MoWEConfig` names, in build
+    order."""
     out = []
-    entries: Iterable[tuple[str, Any]] = [("model.strong", config.strong),
-                                          *((f"model.weak_encoders.{n}", c)
-                                            for n, c in config.weak_encoders.items()),
-                                          ("model.router", config.router), ("model.connector", config.connector)]
+    entries: Iterable[tuple[str, Any]] = [
+        ("model.strong", config.strong),
+        *((f"model.weak_encoders.{n}", c) for n, c in config.weak_encoders.items()),
+        ("model.router", config.router),
+        ("model.connector", config.connector),
+    ]
     for where, entry in entries:
         if getattr(entry, "component", None):
             out.append((where, entry.component))

@@ -10,7 +10,8 @@ message starts with the key path (``train.seed``, ``model.router.top_k``) for ea
 
 * an unknown key (``train.sed: unknown key 'sed' ...``),
 * a wrong type (``train.seed: expected int, got 'x'``),
-* a bad choice for a ``typing.Literal`` field (``train.mixed_precision: expected one of ['no', 'bf16'], got 'fp8'``).
+* a bad choice for a ``typing.Literal`` field (``train.mixed_precision: expected one of ['no', 'bf16'], got
+  'fp8'``).
 
 YAML is read with a resolver that also takes ``1e-4`` (no dot) as a float, as YAML 1.2 and JSON do.
 
@@ -54,7 +55,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class EncoderConfig:
     """One encoder.
@@ -63,8 +63,8 @@ class EncoderConfig:
         family: ``"whisper"``, ``"hubert"`` (HuBERT / wav2vec2 / WavLM), ``"beats"``, ``"custom"`` (a module
             you pass in when building), or ``"component"`` (set for you when ``component`` is given).
         name_or_path: hub id or local folder (BEATs: the checkpoint file) to load pretrained weights from.
-        preset: size preset for random weights when ``name_or_path`` is unset (e.g. ``"tiny"``, ``"large-v3"``,
-            ``"hubert-base"``).
+        preset: size preset for random weights when ``name_or_path`` is unset (e.g. ``"tiny"``,
+            ``"large-v3"``, ``"hubert-base"``).
         overrides: config fields that change the preset (e.g. ``{"d_model": 64}`` for a test-size model).
         freeze: keep the encoder frozen.
         pad_to_30s: Whisper only: faithful 30 s padding (True) or real-length encoding (False).
@@ -80,7 +80,8 @@ class EncoderConfig:
             ``kwargs`` instead of ``family`` (see :mod:`mowe.components`); in a file, the entry's other keys
             that are not fields here become ``kwargs``.
         kwargs: keyword arguments of ``component``.
-        dtype: cast the built encoder's weights to ``"float32"``, ``"bfloat16"`` or ``"float16"``; None: as built.
+        dtype: cast the built encoder's weights to ``"float32"``, ``"bfloat16"`` or ``"float16"``; None: as
+        built.
         window_seconds: HuBERT family: clips longer than this are encoded in windows of this many seconds,
             their frames stitched in time, so attention memory stays bounded (None: the family's default, 30
             s; see "Long audio" in the README). Routing per window (``RouterConfig.window_seconds``) replaces
@@ -143,7 +144,8 @@ class RouterConfig:
 
 @dataclass(frozen=True)
 class ConnectorConfig:
-    """Connector kind (``linear``, ``mlp``, ``stack``, ``conv``, ``stats``, ``qformer``, ``tltr``) and its keyword options,
+    """Connector kind (``linear``, ``mlp``, ``stack``, ``conv``, ``stats``, ``qformer``, ``tltr``) and its
+    keyword options,
     or ``component``: the import path of your own connector, built with ``kwargs`` (see
     :mod:`mowe.components`).
 
@@ -190,10 +192,12 @@ class LLMConfig:
         train: ``"lora"``, ``"full"`` or ``"frozen"``.
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         gradient_checkpointing: enable it on the LLM.
-        attn_implementation: transformers' attention kernel (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``, ...);
+        attn_implementation: transformers' attention kernel (``"eager"``, ``"sdpa"``, ``"flash_attention_2"``,
+        ...);
             None: transformers' default. The model's packed (varlen) path reads it.
         revision: branch, tag or commit of ``name_or_path`` on the hub.
-        device_map: ``from_pretrained``'s placement (``"auto"``, ``"cpu"``, ``"cuda:0"`` or a module -> device map).
+        device_map: ``from_pretrained``'s placement (``"auto"``, ``"cpu"``, ``"cuda:0"`` or a module -> device
+        map).
         from_pretrained_kwargs: any other ``from_pretrained`` keyword (e.g. ``{"low_cpu_mem_usage": true}``).
     """
 
@@ -215,9 +219,10 @@ class InferenceConfig:
     """How a trained model is prompted and run at test time, saved with it and applied when it is loaded.
 
     Attributes:
-        prompt_template: the system's prompt format (``{audio}``, ``{instruction}``, optional ``{system}``), used
-            by :meth:`~mowe.model.MoWEAudioLLM.processor_for`; None: the tokenizer's chat template.
-        lora_scale: LoRA scale factor set by ``from_pretrained`` (SALMONN's activation trick; 1.0: as trained).
+        prompt_template: the system's prompt format (``{audio}``, ``{instruction}``, optional ``{system}``),
+            used by :meth:`~mowe.model.MoWEAudioLLM.processor_for`; None: the tokenizer's chat template.
+        lora_scale: LoRA scale factor set by ``from_pretrained`` (SALMONN's activation trick; 1.0: as
+        trained).
     """
 
     prompt_template: str | None = None
@@ -254,8 +259,8 @@ class MoWEConfig:
     def from_json(cls, path_or_text: str | os.PathLike) -> MoWEConfig:
         """Read a config from a JSON file path or a JSON string; unknown keys are an error naming the key.
 
-        A saved model's ``config.json`` also holds transformers' keys (``model_type``, ``architectures``, ...):
-        read it with :func:`mowe.hf.config.read_mowe_config`, which sets them aside.
+        A saved model's ``config.json`` also holds transformers' keys (``model_type``, ``architectures``,
+        ...): read it with :func:`mowe.hf.config.read_mowe_config`, which sets them aside.
         """
         s = str(path_or_text)
         where = "<string>" if s.lstrip().startswith("{") else s
@@ -297,14 +302,17 @@ def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = 
             ``list`` / ``tuple`` / ``dict`` of those, nested dataclasses, ``Any``) say what each key accepts.
         data: a mapping (e.g. parsed JSON / YAML).
         where: the key path of ``data``, prefixed to every error (``"train"``, ``"model.router"``).
-        int_bools: also accept 0 / 1 for ``bool`` fields (checkpoints of the official BEATs code store flags so).
+        int_bools: also accept 0 / 1 for ``bool`` fields (checkpoints of the official BEATs code store flags
+        so).
 
     Raises:
-        ConfigError: ``"<where>.<key>: ..."`` for an unknown key, a missing required key, a wrong type or a bad
-            ``Literal`` choice (one error, the first found).
+        ConfigError: ``"<where>.<key>: ..."`` for an unknown key, a missing required key, a wrong type or a
+            bad ``Literal`` choice (one error, the first found).
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected an object for {cls.__name__}, got {type(data).__name__}")
+        raise ConfigError(
+            f"{where or 'config'}: expected an object for {cls.__name__}, got {type(data).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     fields = [f for f in dataclasses.fields(cls) if f.init]
     names = [f.name for f in fields]
@@ -312,9 +320,15 @@ def from_dict(cls: type, data: Any, *, where: str = "config", int_bools: bool = 
     data = _fold_component_kwargs(data, names, where)
     for key in data:
         if key not in names:
-            raise ConfigError(f"{_join(where, key)}: unknown key {key!r} for {cls.__name__} (known: {sorted(names)})")
+            raise ConfigError(
+                f"{_join(where, key)}: unknown key {key!r} for {cls.__name__} (known: {sorted(names)})"
+            )
     for f in fields:
-        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        if (
+            f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
             raise ConfigError(f"{_join(where, f.name)}: missing key {f.name!r} for {cls.__name__}")
     kwargs = {k: _convert(hints[k], v, _join(where, k), int_bools) for k, v in data.items()}
     obj = cls(**kwargs)
@@ -333,19 +347,24 @@ def _rename_keys(cls: type, data: dict, where: str) -> dict:
         new = renamed.get(key, key)
         if new != key:
             if new in data:
-                raise ConfigError(f"{_join(where, key)}: the old name of {new!r}, which is given too; keep "
-                                  f"only {new!r}")
-            warnings.warn(f"{_join(where, key)}: the key {key!r} is deprecated; use {new!r} (read as {new!r} "
-                          f"now)", DeprecationWarning, stacklevel=4)
+                raise ConfigError(
+                    f"{_join(where, key)}: the old name of {new!r}, which is given too; keep only {new!r}"
+                )
+            warnings.warn(
+                f"{_join(where, key)}: the key {key!r} is deprecated; use {new!r} (read as {new!r} now)",
+                DeprecationWarning,
+                stacklevel=4,
+            )
         out[new] = value
     return out
 
 
 def _fold_component_kwargs(data: dict, names: list[str], where: str) -> dict:
-    """``{"component": "pkg.Class", "width": 8, "freeze": false}`` -> keys that are not fields go to ``kwargs``.
+    """``{"component": "pkg.Class", "width": 8, "freeze": false}`` -> keys that are not fields go to
+    ``kwargs``.
 
-    Only for dataclasses with ``component`` and ``kwargs`` fields and only when ``component`` is set, so a typo
-    in a built-in entry is still an unknown key.
+    Only for dataclasses with ``component`` and ``kwargs`` fields and only when ``component`` is set, so a
+    typo in a built-in entry is still an unknown key.
     """
     if "component" not in names or "kwargs" not in names or data.get("component") is None:
         return data
@@ -368,9 +387,9 @@ def _join(where: str, key: Any) -> str:
 def check_fields(obj: Any, *, where: str, int_bools: bool = False) -> None:
     """Type-check every field of dataclass instance ``obj`` with the loader's rules, normalising in place.
 
-    For a dataclass built directly in Python (not through :func:`from_dict`): call it from ``__post_init__`` so
-    that ``TrainConfig(mixed_precision="fp8")`` fails like the same value in a file. Works on frozen dataclasses
-    (ints become floats for ``float`` fields, lists become tuples for ``tuple`` fields).
+    For a dataclass built directly in Python (not through :func:`from_dict`): call it from ``__post_init__``
+    so that ``TrainConfig(mixed_precision="fp8")`` fails like the same value in a file. Works on frozen
+    dataclasses (ints become floats for ``float`` fields, lists become tuples for ``tuple`` fields).
     """
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
@@ -481,12 +500,16 @@ def _yaml_loader():
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
-        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        re.compile(
+            r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                     |\.[0-9_]+(?:[eE][-+][0-9]+)?
                     |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
-        list("-+0123456789."))
+                    |\.(?:nan|NaN|NAN))$""",
+            re.VERBOSE,
+        ),
+        list("-+0123456789."),
+    )
     return Loader
 
 
@@ -522,11 +545,14 @@ def read_config_file(path: str | os.PathLike) -> Any:
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
     except Exception as e:  # json / yaml errors have many types
-        raise ConfigError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML/JSON'} ({e})") from e
+        raise ConfigError(
+            f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML/JSON'} ({e})"
+        ) from e
 
 
 def apply_overrides(tree: dict[str, Any], overrides: Sequence[str], *, flag: str = "--set") -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides in place (values parsed by :func:`parse_value`); returns ``tree``.
+    """Apply ``section.key=value`` overrides in place (values parsed by :func:`parse_value`); returns
+    ``tree``.
 
     The result still goes through :func:`from_dict`, so an override of an unknown key or with a wrong type
     fails there with the key path.

@@ -2,8 +2,9 @@
 
 The seed systems' released checkpoints convert in their own packages (``mowe.salmonn.from_salmonn``,
 ``mowe.ltu_as.from_ltu_as`` and their inverses; listed in :data:`mowe.presets.CONVERTERS`).
-``convert_whisper(src, dst)`` turns a CTranslate2 Whisper folder (faster-whisper's format) or an openai-whisper
-``.pt`` file into a folder that ``transformers.WhisperForConditionalGeneration.from_pretrained(dst)`` loads
+``convert_whisper(src, dst)`` turns a CTranslate2 Whisper folder (faster-whisper's format) or an
+openai-whisper ``.pt`` file into a folder that
+``transformers.WhisperForConditionalGeneration.from_pretrained(dst)`` loads
 without mowe: weights (encoder and decoder), ``config.json``, ``generation_config.json`` and, when the source
 ships a ``tokenizer.json``, a ``WhisperProcessor`` (feature extractor + tokenizer).
 """
@@ -21,7 +22,9 @@ from mowe.hub import naming_refused_pickles
 __all__ = ["convert_whisper"]
 
 
-def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dtype = torch.float32) -> str:
+def convert_whisper(
+    src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dtype = torch.float32
+) -> str:
     """Write a transformers-format Whisper to ``dst``.
 
     Args:
@@ -54,8 +57,10 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: to
         missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
         missing = [k for k in missing if k != "proj_out.weight"]  # tied to the token embedding
         if missing or unexpected:
-            raise CheckpointError(f"{src}: weights do not fill a Whisper of this config "
-                                  f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+            raise CheckpointError(
+                f"{src}: weights do not fill a Whisper of this config "
+                f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
         model.generation_config = GenerationConfig(**ckpt.generation)
         if ckpt.tokenizer_file:
             tok = WhisperTokenizer(tokenizer_file=ckpt.tokenizer_file)
@@ -66,8 +71,9 @@ def convert_whisper(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: to
             with naming_refused_pickles(src, what="Whisper"):
                 model = WhisperForConditionalGeneration.from_pretrained(src, dtype=dtype)
         except OSError as e:
-            raise CheckpointError(f"{src}: not a CTranslate2 folder, an openai-whisper .pt file or a "
-                                  f"transformers Whisper ({e})") from e
+            raise CheckpointError(
+                f"{src}: not a CTranslate2 folder, an openai-whisper .pt file or a transformers Whisper ({e})"
+            ) from e
         try:
             processor = WhisperProcessor.from_pretrained(src)
         except (OSError, ValueError, TypeError):

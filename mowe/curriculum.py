@@ -1,9 +1,10 @@
-"""Training stages (the curriculum): which parts of a :class:`~mowe.MoWEAudioLLM` train, for how long, on which tasks.
+"""Training stages (the curriculum): which parts of a :class:`~mowe.MoWEAudioLLM` train, for how long, on
+which tasks.
 
-A run is a list of :class:`Stage` objects executed in order by :class:`mowe.training.trainer.Trainer`. Each stage names
-the parts that train (everything else is frozen), its step count and peak learning rate (linear warm-up, then
-cosine decay within the stage), and optionally per-task sampling weights. :mod:`mowe.training.stages` applies
-them to a model (which parameters each part names).
+A run is a list of :class:`Stage` objects executed in order by :class:`mowe.training.trainer.Trainer`. Each
+stage names the parts that train (everything else is frozen), its step count and peak learning rate (linear
+warm-up, then cosine decay within the stage), and optionally per-task sampling weights.
+:mod:`mowe.training.stages` applies them to a model (which parameters each part names).
 
 Presets reproduce the curricula of the papers on top of these parts: :func:`mowe_default_stages` here, the
 seed systems' own in their packages (:func:`mowe.salmonn.salmonn_stages`, :func:`mowe.ltu_as.ltu_as_stages`).
@@ -27,8 +28,15 @@ from typing import Any
 from mowe.config import check_fields, from_dict
 from mowe.errors import ConfigError
 
-__all__ = ["MEMBER_PREFIX", "PARTS", "Stage", "mowe_default_stages", "per_stage_steps", "stages_from_list",
-           "stages_to_list"]
+__all__ = [
+    "MEMBER_PREFIX",
+    "PARTS",
+    "Stage",
+    "mowe_default_stages",
+    "per_stage_steps",
+    "stages_from_list",
+    "stages_to_list",
+]
 
 PARTS = ("connector", "routers", "weak_encoders", "strong_encoder", "lora", "llm")
 MEMBER_PREFIX = "weak_encoders."  # + a weak encoder's name: that member alone
@@ -47,8 +55,8 @@ class Stage:
             replacement so that each listed task gets its share of the weight, tasks not listed are not drawn.
             ``None`` uses all data in its natural proportions (a seeded shuffle, epoch after epoch).
         warmup_steps: linear warm-up steps at the start of the stage.
-        lora_scale: multiplies every LoRA layer's scaling factor (``alpha / r``) while this stage trains; it is
-            restored at the end of the stage. ``None`` leaves the scaling as configured.
+        lora_scale: multiplies every LoRA layer's scaling factor (``alpha / r``) while this stage trains; it
+            is restored at the end of the stage. ``None`` leaves the scaling as configured.
     """
 
     name: str
@@ -69,13 +77,16 @@ class Stage:
         check_fields(self, where=where)
         for part in self.train:
             if part not in PARTS and not (part.startswith(MEMBER_PREFIX) and len(part) > len(MEMBER_PREFIX)):
-                raise ConfigError(f"stage {self.name!r}: unknown part {part!r} in 'train' (known: {list(PARTS)} "
-                                  f"and 'weak_encoders.<name>')")
+                raise ConfigError(
+                    f"stage {self.name!r}: unknown part {part!r} in 'train' (known: {list(PARTS)} "
+                    f"and 'weak_encoders.<name>')"
+                )
         if not self.train:
             raise ConfigError(f"stage {self.name!r}: 'train' names no part")
         if self.warmup_steps > self.steps:
-            raise ConfigError(f"{where}.warmup_steps: must be in [0, steps={self.steps}], "
-                              f"got {self.warmup_steps!r}")
+            raise ConfigError(
+                f"{where}.warmup_steps: must be in [0, steps={self.steps}], got {self.warmup_steps!r}"
+            )
         if self.tasks is not None:
             if not self.tasks:
                 raise ConfigError(f"{where}.tasks: must be a non-empty mapping task -> weight or null")
@@ -116,7 +127,8 @@ def stages_from_list(data: Any, *, where: str = "stages") -> list[Stage]:
 
 def _stage_where(data: Any, fallback: str) -> str:
     """A stage is named by its name in errors (``stage 'warm'.lr``), as :class:`Stage` itself names it, so a
-    run file's stage and a ``Stage(...)`` built in Python get the same message; by its index if it has none."""
+    run file's stage and a ``Stage(...)`` built in Python get the same message; by its index if it has
+       none."""
     name = data.get("name") if isinstance(data, dict) else None
     return f"stage {name!r}" if isinstance(name, str) else fallback
 

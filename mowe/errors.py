@@ -7,8 +7,17 @@ file or manifest line that is wrong.
 
 from __future__ import annotations
 
-__all__ = ["AudioLoadError", "AudioPlaceholderError", "AudioTooLongError", "CheckpointError", "ConfigError",
-           "ManifestError", "MissingExtraError", "MoWEInputError", "NonFiniteLossError"]
+__all__ = [
+    "AudioLoadError",
+    "AudioPlaceholderError",
+    "AudioTooLongError",
+    "CheckpointError",
+    "ConfigError",
+    "ManifestError",
+    "MissingExtraError",
+    "MoWEInputError",
+    "NonFiniteLossError",
+]
 
 
 class MoWEInputError(ValueError):
@@ -54,7 +63,8 @@ class CheckpointError(ValueError):
 
 class AudioPlaceholderError(ConfigError):
     """The audio placeholder token is one that text can produce (an ordinary vocabulary piece, or a token the
-    tokenizer inserts itself): a prompt could then hold more placeholders than clips (names the token and id)."""
+    tokenizer inserts itself): a prompt could then hold more placeholders than clips (names the token and
+       id)."""
 
 
 class NonFiniteLossError(RuntimeError):

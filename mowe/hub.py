@@ -3,8 +3,9 @@
 ``load_prefixed_state_dict`` pulls only the tensors under a key prefix out of a checkpoint (e.g. the
 Whisper *encoder* out of a full encoder-decoder checkpoint) without materialising the rest: safetensors
 files are opened lazily and only the matching keys are read.
-A model folder by hub id or path (``resolve_model_dir``, through ``huggingface_hub``: with ``HF_HUB_OFFLINE=1``
-or ``local_files_only=True`` only the local cache is read) and uploads (``push_folder``, for ``push_to_hub``).
+A model folder by hub id or path (``resolve_model_dir``, through ``huggingface_hub``: with
+``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` only the local cache is read) and uploads (``push_folder``,
+for ``push_to_hub``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ from safetensors import safe_open
 from mowe.errors import CheckpointError
 from mowe.io import open_for_reading, strip_ansi
 
-__all__ = ["check_local_source", "load_prefixed_state_dict", "load_torch_file", "looks_like_path",
-           "naming_refused_pickles", "push_folder", "resolve_file", "resolve_model_dir"]
+__all__ = [
+    "check_local_source",
+    "load_prefixed_state_dict",
+    "load_torch_file",
+    "looks_like_path",
+    "naming_refused_pickles",
+    "push_folder",
+    "resolve_file",
+    "resolve_model_dir",
+]
 
 
 def looks_like_path(name_or_path: str) -> bool:
@@ -46,8 +55,10 @@ def check_local_source(name_or_path: str, *, what: str) -> None:
     """
     s = os.fspath(name_or_path)
     if looks_like_path(s) and not os.path.exists(os.path.expanduser(s)):
-        raise CheckpointError(f"{what}: the local folder or file '{s}' does not exist (it looks like a path, not a "
-                              f"hub repo id); check the path")
+        raise CheckpointError(
+            f"{what}: the local folder or file '{s}' does not exist (it looks like a path, not a "
+            f"hub repo id); check the path"
+        )
 
 
 def resolve_file(name_or_path: str, filename: str) -> str | None:
@@ -103,13 +114,13 @@ def load_prefixed_state_dict(name_or_path: str, prefixes: tuple[str, ...]) -> di
                 sd = load_torch_file(path, what="pytorch_model.bin")
                 if not isinstance(sd, dict):
                     raise CheckpointError(f"{path}: expected a state dict, got {type(sd).__name__}")
-                out.update({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+                out.update({k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)})
                 continue
             try:
                 with safe_open(path, framework="pt") as f:
                     for k in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                         if k.startswith(prefix):
-                            out[k[len(prefix):]] = f.get_tensor(k)
+                            out[k[len(prefix) :]] = f.get_tensor(k)
             except Exception as e:  # safetensors raises its own error types
                 raise CheckpointError(f"{path}: cannot read safetensors file ({e})") from e
         if out:
@@ -122,8 +133,11 @@ def _pickle_files(name_or_path: str) -> list[str]:
     if os.path.isfile(name_or_path):
         return [name_or_path]
     if os.path.isdir(name_or_path):
-        return sorted(os.path.join(name_or_path, f) for f in os.listdir(name_or_path)
-                      if f.startswith("pytorch_model") and f.endswith(".bin"))
+        return sorted(
+            os.path.join(name_or_path, f)
+            for f in os.listdir(name_or_path)
+            if f.startswith("pytorch_model") and f.endswith(".bin")
+        )
     found = resolve_file(name_or_path, "pytorch_model.bin")
     return [found] if found else []
 
@@ -133,8 +147,9 @@ _REFUSAL = re.compile(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand[^
 
 @contextmanager
 def naming_refused_pickles(name_or_path: str | os.PathLike, *, what: str) -> Iterator[None]:
-    """Inside this block, a pickle weight file that ``torch.load(weights_only=True)`` refuses (transformers reads
-    ``pytorch_model.bin`` that way) becomes a :class:`~mowe.errors.CheckpointError` naming the file and ``what``
+    """Inside this block, a pickle weight file that ``torch.load(weights_only=True)`` refuses (transformers
+    reads ``pytorch_model.bin`` that way) becomes a :class:`~mowe.errors.CheckpointError` naming the file and
+       ``what``
     it is, instead of torch's message, which names no file.
 
     Raises:
@@ -149,9 +164,12 @@ def naming_refused_pickles(name_or_path: str | os.PathLike, *, what: str) -> Ite
         named = ", ".join(files) if files else f"a pickle weight file of {source}"
         reason = _REFUSAL.search(strip_ansi(str(e)))
         raise CheckpointError(
-            f"{named}: the {what}'s pickle weight file was refused by torch.load(weights_only=True): it holds "
-            f"objects other than tensors ({reason.group(1).strip() if reason else 'see --debug'}), and loading it "
-            f"would run their code; use the safetensors weights, or convert the file where you trust it") from e
+            f"{named}: the {what}'s pickle weight file was refused by torch.load(weights_only=True): it "
+            f"holds "
+            f"objects other than tensors ({reason.group(1).strip() if reason else 'see --debug'}), and "
+            f"loading it "
+            f"would run their code; use the safetensors weights, or convert the file where you trust it"
+        ) from e
 
 
 def load_torch_file(path: str | os.PathLike, *, what: str) -> object:
@@ -170,10 +188,16 @@ def load_torch_file(path: str | os.PathLike, *, what: str) -> object:
         raise CheckpointError(f"{path}: not a loadable {what} file ({strip_ansi(str(e))})") from e
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                      cache_dir: str | os.PathLike | None = None, local_files_only: bool = False,
-                      token: str | bool | None = None, force_download: bool = False,
-                      subfolder: str | None = None) -> str:
+def resolve_model_dir(
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+    subfolder: str | None = None,
+) -> str:
     """A local folder holding the files of ``name_or_path`` (a folder, or a hub id such as ``"org/name"``).
 
     Args:
@@ -192,22 +216,40 @@ def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None =
     if os.path.isdir(path):
         return os.path.join(path, subfolder) if subfolder else path
     if os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1 or os.path.exists(path):
-        raise CheckpointError(f"{path}: missing: no such model folder (and not a hub id of the form 'org/name')")
+        raise CheckpointError(
+            f"{path}: missing: no such model folder (and not a hub id of the form 'org/name')"
+        )
     from huggingface_hub import snapshot_download
 
     try:
-        folder = snapshot_download(repo_id=path, revision=revision, cache_dir=cache_dir,
-                                   local_files_only=local_files_only, token=token, force_download=force_download)
+        folder = snapshot_download(
+            repo_id=path,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            force_download=force_download,
+        )
     except Exception as e:  # HfHubHTTPError, LocalEntryNotFoundError, HFValidationError, OSError ...
         where = f" at revision {revision!r}" if revision else ""
-        raise CheckpointError(f"{path}: not a local folder, and the hub repository{where} cannot be found or "
-                              f"read ({type(e).__name__}: {e})") from e
+        raise CheckpointError(
+            f"{path}: not a local folder, and the hub repository{where} cannot be found or "
+            f"read ({type(e).__name__}: {e})"
+        ) from e
     return os.path.join(folder, subfolder) if subfolder else folder
 
 
-def push_folder(folder: str | os.PathLike, repo_id: str, *, commit_message: str | None = None,
-                private: bool | None = None, token: str | bool | None = None, revision: str | None = None,
-                create_pr: bool = False, **upload_kwargs: Any) -> Any:
+def push_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    **upload_kwargs: Any,
+) -> Any:
     """Upload every file of ``folder`` to the hub repository ``repo_id`` (created if missing).
 
     Returns:
@@ -217,6 +259,12 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, commit_message: str 
 
     api = HfApi(token=token)
     api.create_repo(repo_id=repo_id, private=private, exist_ok=True, repo_type="model")
-    return api.upload_folder(repo_id=repo_id, folder_path=os.fspath(folder), repo_type="model",
-                             commit_message=commit_message or "Upload mowe model", revision=revision,
-                             create_pr=create_pr, **upload_kwargs)
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=os.fspath(folder),
+        repo_type="model",
+        commit_message=commit_message or "Upload mowe model",
+        revision=revision,
+        create_pr=create_pr,
+        **upload_kwargs,
+    )

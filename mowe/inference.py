@@ -30,8 +30,15 @@ from mowe.hub import looks_like_path
 from mowe.model import AudioEncoding, MoWEAudioLLM
 from mowe.tensors import DTYPES
 
-__all__ = ["ENCODE_BUDGET_SAMPLES", "answer_audio_file", "encode_clips", "encode_windows", "find_model_dir",
-           "load_for_inference", "place_model"]
+__all__ = [
+    "ENCODE_BUDGET_SAMPLES",
+    "answer_audio_file",
+    "encode_clips",
+    "encode_windows",
+    "find_model_dir",
+    "load_for_inference",
+    "place_model",
+]
 
 #: audio (16 kHz samples) :func:`encode_clips` hands the encoders in one call: 4 minutes, eight 30 s windows
 ENCODE_BUDGET_SAMPLES = 8 * 30 * 16_000
@@ -43,22 +50,31 @@ WINDOWS_PER_BATCH = {"cpu": 1, "other": 8}
 
 
 def find_model_dir(path: str) -> str:
-    """The saved model in ``path`` or ``path/final``; a hub id (``org/name``, no such local folder) as given."""
+    """The saved model in ``path`` or ``path/final``; a hub id (``org/name``, no such local folder) as
+    given."""
     for cand in (os.path.join(path, "final"), path):
-        if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(os.path.join(cand,
-                                                                                             "model.safetensors")):
+        if os.path.isfile(os.path.join(cand, "config.json")) and os.path.isfile(
+            os.path.join(cand, "model.safetensors")
+        ):
             return cand
     if not os.path.exists(path) and not looks_like_path(path) and path.count("/") == 1:
         return path  # from_pretrained resolves hub ids (and names what it cannot find)
     raise CheckpointError(f"{path}: no saved model (config.json + model.safetensors) here or in {path}/final")
 
 
-def load_for_inference(path: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None,
-                       processor: str | os.PathLike | None = None, allow_components: Sequence[str] | None = None):
-    """``(model, processor)`` as ``mowe infer``, ``mowe eval`` and ``mowe serve`` load them: the model of a ``mowe
-    train`` output folder (or its ``final/``, or any folder ``save_pretrained`` wrote) through
-    :meth:`MoWEAudioLLM.from_pretrained` (weights, ``llm_adapter/``, generation config), in eval mode on ``device``
-    (:func:`place_model` casts to ``dtype``), and the processor saved beside it (or in ``processor``).
+def load_for_inference(
+    path: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    processor: str | os.PathLike | None = None,
+    allow_components: Sequence[str] | None = None,
+):
+    """``(model, processor)`` as ``mowe infer``, ``mowe eval`` and ``mowe serve`` load them: the model of a
+    ``mowe train`` output folder (or its ``final/``, or any folder ``save_pretrained`` wrote) through
+    :meth:`MoWEAudioLLM.from_pretrained` (weights, ``llm_adapter/``, generation config), in eval mode on
+    ``device`` (:func:`place_model` casts to ``dtype``), and the processor saved beside it (or in
+    ``processor``).
 
     Raises:
         CheckpointError / ConfigError: no saved model or processor there (naming the file).
@@ -104,8 +120,9 @@ def _cat_routes(parts: list[Any]) -> Any:
     values = {}
     for f in dataclasses.fields(parts[0]):
         xs = [getattr(p, f.name) for p in parts]
-        per_clip = all(isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n
-                       for x, n in zip(xs, sizes))
+        per_clip = all(
+            isinstance(x, torch.Tensor) and x.dim() > 0 and x.shape[0] == n for x, n in zip(xs, sizes)
+        )
         if per_clip:
             values[f.name] = _pad_cat(xs)
         elif isinstance(xs[0], torch.Tensor) and xs[0].dim() == 0:
@@ -116,9 +133,14 @@ def _cat_routes(parts: list[Any]) -> Any:
 
 
 @torch.no_grad()
-def encode_windows(model: MoWEAudioLLM, windows: Iterable[torch.Tensor], *,
-                   windows_per_batch: int | None = None, prompt_embeds: torch.Tensor | None = None,
-                   device: torch.device | str | None = None) -> AudioEncoding:
+def encode_windows(
+    model: MoWEAudioLLM,
+    windows: Iterable[torch.Tensor],
+    *,
+    windows_per_batch: int | None = None,
+    prompt_embeds: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> AudioEncoding:
     """Encode a stream of windows (clips) ``windows_per_batch`` at a time: :meth:`MoWEAudioLLM.encode_audio`
     of all of them, without holding them all.
 
@@ -166,7 +188,7 @@ def encode_windows(model: MoWEAudioLLM, windows: Iterable[torch.Tensor], *,
         group.clear()
         prompt = None
         if pe is not None and model.needs_prompt:
-            prompt = pe.expand(waves.shape[0], -1) if pe.shape[0] == 1 else pe[first:first + waves.shape[0]]
+            prompt = pe.expand(waves.shape[0], -1) if pe.shape[0] == 1 else pe[first : first + waves.shape[0]]
         enc = model.encode_audio(waves.to(device), lengths.to(device), prompt)
         del waves
         embeds.extend(e[:n] for e, n in zip(enc.embeds, enc.lengths.tolist()))
@@ -191,9 +213,14 @@ def encode_windows(model: MoWEAudioLLM, windows: Iterable[torch.Tensor], *,
 
 
 @torch.no_grad()
-def encode_clips(model: MoWEAudioLLM, waveforms: torch.Tensor, wave_lengths: torch.Tensor,
-                 prompt_embeds: torch.Tensor | None = None, *,
-                 budget_samples: int = ENCODE_BUDGET_SAMPLES) -> AudioEncoding:
+def encode_clips(
+    model: MoWEAudioLLM,
+    waveforms: torch.Tensor,
+    wave_lengths: torch.Tensor,
+    prompt_embeds: torch.Tensor | None = None,
+    *,
+    budget_samples: int = ENCODE_BUDGET_SAMPLES,
+) -> AudioEncoding:
     """``model.encode_audio`` of a padded batch ``(b, s)``, bounded: a batch of at most ``budget_samples`` of
     real audio is one call, exactly as before; a larger one (long clips chunked into many windows) goes
     through :func:`encode_windows` a few clips at a time, so the encoders' intermediates stay those of a few
@@ -207,9 +234,17 @@ def encode_clips(model: MoWEAudioLLM, waveforms: torch.Tensor, wave_lengths: tor
 
 
 @torch.no_grad()
-def answer_audio_file(model: MoWEAudioLLM, processor: MoWEProcessor, audio: Any, prompt: str, *,
-                      length_policy: str | None = "chunk", windows_per_batch: int | None = None,
-                      read_frames: int | None = None, **generate_kwargs: Any) -> tuple[str, AudioEncoding]:
+def answer_audio_file(
+    model: MoWEAudioLLM,
+    processor: MoWEProcessor,
+    audio: Any,
+    prompt: str,
+    *,
+    length_policy: str | None = "chunk",
+    windows_per_batch: int | None = None,
+    read_frames: int | None = None,
+    **generate_kwargs: Any,
+) -> tuple[str, AudioEncoding]:
     """Answer ``prompt`` about one audio file (or array) of any length up to the processor's
     ``max_duration_seconds``, as ``mowe infer`` does.
 
@@ -242,10 +277,19 @@ def answer_audio_file(model: MoWEAudioLLM, processor: MoWEProcessor, audio: Any,
     pe = None
     if model.needs_prompt:
         pe = model.prompt_embeddings(torch.tensor([ids], device=device))
-    enc = encode_windows(model, processor.stream_windows(audio, read_frames=read_frames),
-                         windows_per_batch=windows_per_batch, prompt_embeds=pe, device=device)
+    enc = encode_windows(
+        model,
+        processor.stream_windows(audio, read_frames=read_frames),
+        windows_per_batch=windows_per_batch,
+        prompt_embeds=pe,
+        device=device,
+    )
     ids, _ = processor.encode(prompt, num_clips=int(enc.embeds.shape[0]))
     batch = processor.pad([ids], padding_side="left")
-    out = model.generate(batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                         audio=enc, **generate_kwargs)
+    out = model.generate(
+        batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        audio=enc,
+        **generate_kwargs,
+    )
     return processor.decode(out)[0], enc

@@ -28,8 +28,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-__all__ = ["FIFO_TIMEOUT_SECONDS", "SpecialFileError", "check_readable_file", "open_for_reading", "read_bytes", "strip_ansi",
-           "read_text", "writing_to"]
+__all__ = [
+    "FIFO_TIMEOUT_SECONDS",
+    "SpecialFileError",
+    "check_readable_file",
+    "open_for_reading",
+    "read_bytes",
+    "strip_ansi",
+    "read_text",
+    "writing_to",
+]
 
 #: Seconds to wait for a FIFO's writer before giving up (``MOWE_FIFO_TIMEOUT`` overrides it).
 FIFO_TIMEOUT_SECONDS = 10.0
@@ -80,7 +88,8 @@ def _fifo_timeout(timeout: float | None) -> float:
 
 
 def _open_fifo(path: str | bytes, timeout: float) -> int:
-    """A blocking read fd on FIFO ``path`` once it has data or its writer closed; refuses after ``timeout``."""
+    """A blocking read fd on FIFO ``path`` once it has data or its writer closed; refuses after
+    ``timeout``."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # never blocks, writer or not
     try:
         poller = select.poll()
@@ -92,9 +101,12 @@ def _open_fifo(path: str | bytes, timeout: float) -> int:
             if poller.poll(max(0, int(left * 1000))):
                 break
             if left <= 0:
-                raise SpecialFileError(errno.EWOULDBLOCK,
-                                       f"a FIFO (named pipe) with no writer after {timeout:g} s; reading it would "
-                                       f"block (give a regular file, or write into the pipe)", os.fsdecode(path))
+                raise SpecialFileError(
+                    errno.EWOULDBLOCK,
+                    f"a FIFO (named pipe) with no writer after {timeout:g} s; reading it would "
+                    f"block (give a regular file, or write into the pipe)",
+                    os.fsdecode(path),
+                )
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
         return fd
@@ -103,8 +115,14 @@ def _open_fifo(path: str | bytes, timeout: float) -> int:
         raise
 
 
-def open_for_reading(path: str | os.PathLike | bytes, mode: str = "r", *, encoding: str | None = None,
-                     timeout: float | None = None, **kwargs: Any) -> IO[Any]:
+def open_for_reading(
+    path: str | os.PathLike | bytes,
+    mode: str = "r",
+    *,
+    encoding: str | None = None,
+    timeout: float | None = None,
+    **kwargs: Any,
+) -> IO[Any]:
     """``open(path, mode)`` for reading that never hangs on a special file.
 
     Args:
@@ -140,15 +158,21 @@ def read_bytes(path: str | os.PathLike | bytes, *, timeout: float | None = None)
         return f.read()
 
 
-def read_text(path: str | os.PathLike | bytes, *, encoding: str = "utf-8", timeout: float | None = None) -> str:
+def read_text(
+    path: str | os.PathLike | bytes, *, encoding: str = "utf-8", timeout: float | None = None
+) -> str:
     """The whole content of ``path`` decoded as ``encoding`` (see :func:`open_for_reading`)."""
     with open_for_reading(path, "r", encoding=encoding, timeout=timeout) as f:
         return f.read()
 
 
 _ERRNO_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]|code: (\d+)")
-_ERRNO_WORDS = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
-                "Permission denied": errno.EACCES, "Disk quota exceeded": errno.EDQUOT}
+_ERRNO_WORDS = {
+    "No space left on device": errno.ENOSPC,
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+    "Disk quota exceeded": errno.EDQUOT,
+}
 
 
 def _errno_of(exc: BaseException, path: str) -> int | None:
@@ -171,8 +195,8 @@ def writing_to(path: str | os.PathLike) -> Iterator[None]:
     """Make a failure to write ``path`` an :class:`OSError` that names it.
 
     Writers such as safetensors (``SafetensorError``: "No space left on device (os error 28)") and torch.save
-    (``RuntimeError``: "unexpected pos") report a full disk or a read-only folder without the file; Python's own
-    ``write`` gives an ``OSError`` whose ``filename`` is None. Inside this block all of those become
+    (``RuntimeError``: "unexpected pos") report a full disk or a read-only folder without the file; Python's
+    own ``write`` gives an ``OSError`` whose ``filename`` is None. Inside this block all of those become
     ``OSError(errno, strerror, path)`` (``PermissionError`` etc. by errno), chained to the original; other
     errors pass unchanged.
     """

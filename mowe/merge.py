@@ -19,9 +19,16 @@ from mowe.constants import IGNORE_INDEX
 from mowe.errors import MoWEInputError
 from mowe.tensors import length_groups, resolve_bucket_padding
 
-__all__ = ["MergedInputs", "PackedInputs", "cheapest_llm_layout", "grouped_llm_pass", "llm_pass_flops", "llm_sizes",
-           "merge_audio_features", "pack_merged"]
-
+__all__ = [
+    "MergedInputs",
+    "PackedInputs",
+    "cheapest_llm_layout",
+    "grouped_llm_pass",
+    "llm_pass_flops",
+    "llm_sizes",
+    "merge_audio_features",
+    "pack_merged",
+]
 
 
 @dataclass
@@ -75,7 +82,8 @@ def merge_audio_features(
     b, L = input_ids.shape
     if inputs_embeds.shape[:2] != (b, L) or attention_mask.shape != (b, L):
         raise MoWEInputError(
-            f"input_ids {tuple(input_ids.shape)}, inputs_embeds {tuple(inputs_embeds.shape)} and attention_mask "
+            f"input_ids {tuple(input_ids.shape)}, inputs_embeds {tuple(inputs_embeds.shape)} and "
+            f"attention_mask "
             f"{tuple(attention_mask.shape)} must agree on (batch, length)"
         )
     if labels is not None and labels.shape != (b, L):
@@ -92,15 +100,18 @@ def merge_audio_features(
         counts = ", ".join(f"sample {i}: {int(n)}" for i, n in enumerate(per_sample.tolist()))
         raise MoWEInputError(
             f"the batch has {n_ph} audio placeholder(s) ({counts}) but {c} audio clip(s) were given "
-            f"({tuple(audio_lengths.shape)[0] if audio_lengths.dim() else '?'} lengths); each clip needs exactly "
+            f"({tuple(audio_lengths.shape)[0] if audio_lengths.dim() else '?'} lengths); each clip needs "
+            f"exactly "
             f"one placeholder token (id {audio_token_id}) in its sample's prompt"
         )
     if c and int(audio_lengths.max()) > audio_embeds.shape[1]:
         raise MoWEInputError(
-            f"audio_lengths up to {int(audio_lengths.max())} exceed the {audio_embeds.shape[1]} audio tokens given"
+            f"audio_lengths up to {int(audio_lengths.max())} exceed the {audio_embeds.shape[1]} audio tokens "
+            f"given"
         )
     device = inputs_embeds.device
-    # How many merged positions each input token occupies: 1 for text, n_i for clip i's placeholder, 0 for pad.
+    # How many merged positions each input token occupies: 1 for text, n_i for clip i's placeholder, 0 for
+    # pad.
     span = mask.long()
     if c:
         span = span.masked_scatter(is_audio, audio_lengths.to(device=device, dtype=torch.long))
@@ -112,7 +123,9 @@ def merge_audio_features(
     d = inputs_embeds.shape[-1]
     out = inputs_embeds.new_zeros(b, T, d)
     out_mask = torch.zeros(b, T, dtype=torch.long, device=device)
-    out_labels = None if labels is None else torch.full((b, T), IGNORE_INDEX, dtype=labels.dtype, device=device)
+    out_labels = (
+        None if labels is None else torch.full((b, T), IGNORE_INDEX, dtype=labels.dtype, device=device)
+    )
     audio_pos = torch.zeros(b, T, dtype=torch.bool, device=device)
 
     text = mask & ~is_audio
@@ -172,34 +185,44 @@ def pack_merged(merged: MergedInputs) -> PackedInputs:
     if merged.labels is not None:
         # Shift inside each row, then drop padding: the label after a row's last real token is padding (-100)
         # with right padding; with left padding the row's last token is real and gets the -100 appended.
-        nxt = torch.cat([merged.labels[:, 1:], merged.labels.new_full((merged.labels.shape[0], 1), IGNORE_INDEX)],
-                        dim=1)
+        nxt = torch.cat(
+            [merged.labels[:, 1:], merged.labels.new_full((merged.labels.shape[0], 1), IGNORE_INDEX)], dim=1
+        )
         shift = nxt[keep][None]
-    return PackedInputs(inputs_embeds=merged.inputs_embeds[keep][None], position_ids=pos, shift_labels=shift,
-                        keep=keep)
+    return PackedInputs(
+        inputs_embeds=merged.inputs_embeds[keep][None], position_ids=pos, shift_labels=shift, keep=keep
+    )
 
 
-# Fixed cost of one LLM call per layer (dispatch, masks, small ops), in FLOP-equivalents; how it was measured is in
-# benchmarks/RESULTS.md ("Per-call overhead of the LLM").
+# Fixed cost of one LLM call per layer (dispatch, masks, small ops), in FLOP-equivalents; how it was measured
+# is in benchmarks/RESULTS.md ("Per-call overhead of the LLM").
 CALL_OVERHEAD_FLOPS = 1e8
 
 
-def llm_pass_flops(attention_mask: torch.Tensor, *, hidden_size: int, intermediate_size: int, layout: str,
-                   varlen_attention: bool = False, group_padding: float = 0.05,
-                   call_overhead: float = CALL_OVERHEAD_FLOPS) -> float:
-    """FLOPs per layer of one LLM pass over a batch laid out as ``layout`` (a model to choose by, not a count).
+def llm_pass_flops(
+    attention_mask: torch.Tensor,
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    layout: str,
+    varlen_attention: bool = False,
+    group_padding: float = 0.05,
+    call_overhead: float = CALL_OVERHEAD_FLOPS,
+) -> float:
+    """FLOPs per layer of one LLM pass over a batch laid out as ``layout`` (a model to choose by, not a
+    count).
 
     Per token and layer the projections cost about ``2 * (4 d^2 + 3 d f)`` FLOPs and attention ``4 d`` per
     attended position. Layouts:
 
     - ``"padded"``: every row runs ``T`` tokens attending over ``T``;
-    - ``"packed"``: one row of the ``N`` real tokens; attention over ``N`` with a dense mask (SDPA, eager), over
-      each sample alone with variable-length kernels (``varlen_attention``, flash-attention);
+    - ``"packed"``: one row of the ``N`` real tokens; attention over ``N`` with a dense mask (SDPA, eager),
+      over each sample alone with variable-length kernels (``varlen_attention``, flash-attention);
     - ``"groups"``: rows of similar length together (:func:`mowe.encoders.base.length_groups` with
       ``group_padding``), each group padded to its own longest row.
 
-    Each call (one for ``padded`` and ``packed``, one per group) adds ``call_overhead``, so that many small groups
-    of a small LLM are not preferred to one padded batch for a few tokens of padding.
+    Each call (one for ``padded`` and ``packed``, one per group) adds ``call_overhead``, so that many small
+    groups of a small LLM are not preferred to one padded batch for a few tokens of padding.
     """
     b, t = attention_mask.shape
     per_token = 2.0 * (4 * hidden_size**2 + 3 * hidden_size * intermediate_size)
@@ -213,19 +236,35 @@ def llm_pass_flops(attention_mask: torch.Tensor, *, hidden_size: int, intermedia
         return call_overhead + n * per_token + pairs * per_pair
     if layout == "groups":
         host = [int(x) for x in lens.tolist()]
-        return sum(call_overhead + len(g) * max(host[i] for i in g) * (per_token + max(host[i] for i in g) * per_pair)
-                   for g in length_groups(host, group_padding))
+        return sum(
+            call_overhead
+            + len(g) * max(host[i] for i in g) * (per_token + max(host[i] for i in g) * per_pair)
+            for g in length_groups(host, group_padding)
+        )
     raise ValueError(f"layout must be 'padded', 'packed' or 'groups', got {layout!r}")
 
 
-def cheapest_llm_layout(attention_mask: torch.Tensor, *, hidden_size: int, intermediate_size: int,
-                        varlen_attention: bool = False, group_padding: float = 0.05) -> bool | str:
-    """The layout of :func:`llm_pass_flops` that costs least for this batch, as ``MoWEAudioLLM.forward`` takes it:
-    False (one padded batch), True (one packed row) or ``"groups"``; ties keep the earlier, simpler one."""
-    kw = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "varlen_attention": varlen_attention,
-          "group_padding": group_padding}
-    cost = {choice: llm_pass_flops(attention_mask, layout=name, **kw)
-            for choice, name in ((False, "padded"), (True, "packed"), ("groups", "groups"))}
+def cheapest_llm_layout(
+    attention_mask: torch.Tensor,
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    varlen_attention: bool = False,
+    group_padding: float = 0.05,
+) -> bool | str:
+    """The layout of :func:`llm_pass_flops` that costs least for this batch, as ``MoWEAudioLLM.forward`` takes
+    it: False (one padded batch), True (one packed row) or ``"groups"``; ties keep the earlier, simpler
+       one."""
+    kw = {
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "varlen_attention": varlen_attention,
+        "group_padding": group_padding,
+    }
+    cost = {
+        choice: llm_pass_flops(attention_mask, layout=name, **kw)
+        for choice, name in ((False, "padded"), (True, "packed"), ("groups", "groups"))
+    }
     return min(cost, key=cost.get)
 
 
@@ -238,8 +277,9 @@ def llm_sizes(llm) -> dict:
     return {"hidden_size": d, "intermediate_size": f, "varlen_attention": varlen}
 
 
-def grouped_llm_pass(llm, merged: MergedInputs, padding_side: str, *, num_items_in_batch=None
-                     ) -> tuple[torch.Tensor | None, torch.Tensor]:
+def grouped_llm_pass(
+    llm, merged: MergedInputs, padding_side: str, *, num_items_in_batch=None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``llm`` over groups of similarly long rows of ``merged``, each trimmed to its own longest row.
 
     Returns the loss (the mean over all label tokens of the batch, as one padded pass gives: each group's
@@ -258,8 +298,13 @@ def grouped_llm_pass(llm, merged: MergedInputs, padding_side: str, *, num_items_
         width = max(host[i] for i in group)
         cols = slice(t - width, t) if padding_side == "left" else slice(0, width)
         kw = {} if labels is None else {"labels": labels[idx, cols], "num_items_in_batch": items}
-        out = llm(inputs_embeds=merged.inputs_embeds[idx, cols], attention_mask=mask[idx, cols],
-                  position_ids=merged.position_ids[idx, cols], use_cache=False, **kw)
+        out = llm(
+            inputs_embeds=merged.inputs_embeds[idx, cols],
+            attention_mask=mask[idx, cols],
+            position_ids=merged.position_ids[idx, cols],
+            use_cache=False,
+            **kw,
+        )
         if logits is None:
             logits = out.logits.new_zeros(b, t, out.logits.shape[-1])
         logits[idx, cols] = out.logits

@@ -18,15 +18,31 @@ __all__ = ["TINY_BEATS", "TINY_HUBERT", "TINY_WEAK_WHISPER", "TINY_WHISPER", "Pr
 # Toy sizes for tiny=True (random weights; CPU tests and the demo).
 TINY_WHISPER = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128)
 TINY_WEAK_WHISPER = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64)
-TINY_HUBERT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                    conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-TINY_BEATS = dict(encoder_layers=2, encoder_embed_dim=64, encoder_attention_heads=4, encoder_ffn_embed_dim=128,
-                   embed_dim=32)
+TINY_HUBERT = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(32,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
+TINY_BEATS = dict(
+    encoder_layers=2, encoder_embed_dim=64, encoder_attention_heads=4, encoder_ffn_embed_dim=128, embed_dim=32
+)
 
 
 def tiny_llm(vocab_size: int) -> dict:
-    return dict(model_type="llama", vocab_size=vocab_size, hidden_size=96, intermediate_size=192,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048)
+    return dict(
+        model_type="llama",
+        vocab_size=vocab_size,
+        hidden_size=96,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
 
 
 @dataclass(frozen=True)
@@ -43,8 +59,8 @@ class Preset:
             :func:`mowe.salmonn.salmonn`).
         reference: the paper.
 
-    ``config.inference`` records ``prompt_template`` and ``inference_lora_scale`` (unless the config already sets
-    its own), so a model built from the preset saves them and ``from_pretrained`` applies them.
+    ``config.inference`` records ``prompt_template`` and ``inference_lora_scale`` (unless the config already
+    sets its own), so a model built from the preset saves them and ``from_pretrained`` applies them.
     """
 
     name: str
@@ -56,7 +72,9 @@ class Preset:
 
     def __post_init__(self):
         if self.config.inference == InferenceConfig():
-            inference = InferenceConfig(prompt_template=self.prompt_template, lora_scale=self.inference_lora_scale)
+            inference = InferenceConfig(
+                prompt_template=self.prompt_template, lora_scale=self.inference_lora_scale
+            )
             object.__setattr__(self, "config", self.config.replace(inference=inference))
 
     def build(self, **kwargs):
@@ -65,9 +83,10 @@ class Preset:
 
     def for_tokenizer(self, tokenizer, *, audio_token: str = "<|audio|>") -> Preset:
         """This preset with ``tokenizer``'s audio placeholder: ``audio_token`` is added to ``tokenizer`` as a
-        special token (in place) unless it is one already, and ``config.audio_token_id`` becomes its id, checked to be
-        one that no text produces (:func:`mowe.data.tokenizer.add_audio_token`). The LLM needs no row for it; a tiny
-        preset's random LLM grows to hold every other token of the tokenizer.
+        special token (in place) unless it is one already, and ``config.audio_token_id`` becomes its id,
+           checked to be
+        one that no text produces (:func:`mowe.data.tokenizer.add_audio_token`). The LLM needs no row for it;
+        a tiny preset's random LLM grows to hold every other token of the tokenizer.
 
         Raises:
             AudioPlaceholderError: the tokenizer's text can produce ``audio_token``'s id (names it).
@@ -80,7 +99,9 @@ class Preset:
         """
         audio_id = add_audio_token(tokenizer, audio_token)
         cfg = self.config.replace(audio_token_id=audio_id)
-        rows = len(tokenizer) - (audio_id == len(tokenizer) - 1)  # every token but the placeholder needs a row
+        rows = len(tokenizer) - (
+            audio_id == len(tokenizer) - 1
+        )  # every token but the placeholder needs a row
         conf = cfg.llm.config
         if conf is not None and int(conf.get("vocab_size", 0)) < rows:
             cfg = cfg.replace(llm=dataclasses.replace(cfg.llm, config={**conf, "vocab_size": rows}))

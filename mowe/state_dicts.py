@@ -2,15 +2,17 @@
 
 ``module.state_dict()`` lists a shared tensor once per name it is registered under: BEATs registers layer 0's
 relative-position table under every layer, an LLM with tied embeddings holds one matrix as both
-``embed_tokens.weight`` and ``lm_head.weight``. ``named_parameters()`` lists each tensor only once, so code that
-saves "the trainable parameters" by those names (SALMONN's official save drops frozen parameters that way) leaves
-the other names of a frozen tied tensor in its file. Every loader in mowe reads such repeated keys the same way:
+``embed_tokens.weight`` and ``lm_head.weight``. ``named_parameters()`` lists each tensor only once, so code
+that saves "the trainable parameters" by those names (SALMONN's official save drops frozen parameters that
+way) leaves
+the other names of a frozen tied tensor in its file. Every loader in mowe reads such repeated keys the same
+way:
 
-* :func:`alias_groups` finds the groups of keys that name one tensor in a module (the first key of a group is its
-  *source*, the name ``named_parameters()`` uses; the others are its *aliases*);
-* :func:`check_aliases` checks that every alias a file holds equals its source (the source's entry in the file, or
-  the module's own value when the file lacks it, e.g. a frozen tower loaded from its own checkpoint), and names
-  the first key that does not; with ``fill=True`` it also adds aliases the file left out;
+* :func:`alias_groups` finds the groups of keys that name one tensor in a module (the first key of a group is
+  its *source*, the name ``named_parameters()`` uses; the others are its *aliases*);
+* :func:`check_aliases` checks that every alias a file holds equals its source (the source's entry in the
+  file, or the module's own value when the file lacks it, e.g. a frozen tower loaded from its own checkpoint),
+  and names the first key that does not; with ``fill=True`` it also adds aliases the file left out;
 * :func:`check_frozen_copies` checks that tensors a file repeats from a frozen module (one loaded from its own
   source) equal what that module holds, naming the first that does not.
 
@@ -33,8 +35,16 @@ from torch import nn
 
 from mowe.errors import CheckpointError
 
-__all__ = ["RENAMED_PREFIXES", "alias_groups", "check_aliases", "check_frozen_copies", "legacy_key",
-           "peft_base_key", "rename_legacy_keys", "tensors_equal"]
+__all__ = [
+    "RENAMED_PREFIXES",
+    "alias_groups",
+    "check_aliases",
+    "check_frozen_copies",
+    "legacy_key",
+    "peft_base_key",
+    "rename_legacy_keys",
+    "tensors_equal",
+]
 
 #: State-dict prefixes that were renamed, old -> current. Files written before a rename still load (every
 #: loader passes what it read through :func:`rename_legacy_keys`), with a ``DeprecationWarning`` naming the
@@ -45,8 +55,9 @@ RENAMED_PREFIXES = {"pool.": "weak_encoders."}
 V = TypeVar("V")
 
 
-def rename_legacy_keys(state: Mapping[str, V], *, where: str, prefix: str = "",
-                       warn: bool = True) -> dict[str, V]:
+def rename_legacy_keys(
+    state: Mapping[str, V], *, where: str, prefix: str = "", warn: bool = True
+) -> dict[str, V]:
     """``state`` with every key under a renamed prefix (:data:`RENAMED_PREFIXES`, after ``prefix``) given its
     current name, in the same order; warns once (``DeprecationWarning``, naming ``where`` and the new prefix)
     when there was one (``warn=False``: a check that runs before the load, which warns). A file holding both
@@ -61,17 +72,21 @@ def rename_legacy_keys(state: Mapping[str, V], *, where: str, prefix: str = "",
         new = key
         for old, cur in RENAMED_PREFIXES.items():
             if key.startswith(prefix + old):
-                new = prefix + cur + key[len(prefix + old):]
+                new = prefix + cur + key[len(prefix + old) :]
                 renamed[old] = cur
                 break
         if new in out or (new != key and new in state):
-            raise CheckpointError(f"{where}: holds {key!r} and {new!r}, the old and the new name of one "
-                                  f"weight")
+            raise CheckpointError(
+                f"{where}: holds {key!r} and {new!r}, the old and the new name of one weight"
+            )
         out[new] = value
     for old, cur in renamed.items() if warn else ():
-        warnings.warn(f"{where}: state-dict keys under {old!r} are deprecated; they now start with {cur!r} "
-                      f"(loaded as such; save again to write the new names)", DeprecationWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"{where}: state-dict keys under {old!r} are deprecated; they now start with {cur!r} "
+            f"(loaded as such; save again to write the new names)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
     return out
 
 
@@ -79,15 +94,21 @@ def legacy_key(key: str, *, prefix: str = "") -> str:
     """The name ``key`` had before a rename of :data:`RENAMED_PREFIXES` (``key`` itself if none applies)."""
     for old, cur in RENAMED_PREFIXES.items():
         if key.startswith(prefix + cur):
-            return prefix + old + key[len(prefix + cur):]
+            return prefix + old + key[len(prefix + cur) :]
     return key
 
 
 def _identity(t: torch.Tensor) -> tuple:
     if t.device.type == "meta":
         return ("id", id(t))
-    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
-            t.dtype)
+    return (
+        t.device.type,
+        t.untyped_storage().data_ptr(),
+        t.storage_offset(),
+        tuple(t.shape),
+        tuple(t.stride()),
+        t.dtype,
+    )
 
 
 def alias_groups(module: nn.Module, *, prefix: str = "") -> list[tuple[str, ...]]:
@@ -123,23 +144,29 @@ def _difference(a: torch.Tensor, b: torch.Tensor) -> str:
     return "different values"
 
 
-def check_aliases(state: Mapping[str, torch.Tensor], groups: Sequence[Sequence[str]], *, where: str,
-                  current: Mapping[str, torch.Tensor] | None = None, fill: bool = False) -> dict[str, torch.Tensor]:
+def check_aliases(
+    state: Mapping[str, torch.Tensor],
+    groups: Sequence[Sequence[str]],
+    *,
+    where: str,
+    current: Mapping[str, torch.Tensor] | None = None,
+    fill: bool = False,
+) -> dict[str, torch.Tensor]:
     """Check the aliases ``state`` holds against their sources; returns ``state`` (a new dict).
 
     Args:
         state: the file's tensors, keyed as the module's state dict.
         groups: from :func:`alias_groups` (same key prefix as ``state``).
         where: the file, for errors.
-        current: the module's own tensors (e.g. ``module.state_dict()``): the reference for a group whose source
-            the file lacks (a frozen tower loaded from elsewhere). Without it the group's first key in the file is
-            the reference.
-        fill: add the aliases of a group the file holds only in part (as the source's tensor), so a strict load
-            finds every key.
+        current: the module's own tensors (e.g. ``module.state_dict()``): the reference for a group whose
+            source the file lacks (a frozen tower loaded from elsewhere). Without it the group's first key in
+            the file is the reference.
+        fill: add the aliases of a group the file holds only in part (as the source's tensor), so a strict
+            load finds every key.
 
     Raises:
-        CheckpointError: ``"<where>: <alias> differs from <source> ..."``: an alias that does not equal its source
-            (they are one tensor in the model, so loading both cannot keep both values).
+        CheckpointError: ``"<where>: <alias> differs from <source> ..."``: an alias that does not equal its
+            source (they are one tensor in the model, so loading both cannot keep both values).
     """
     out = dict(state)
     for group in groups:
@@ -158,8 +185,10 @@ def check_aliases(state: Mapping[str, torch.Tensor], groups: Sequence[Sequence[s
                 continue  # a non-tensor entry is reported by the caller's type check
             if not tensors_equal(value, ref):
                 raise CheckpointError(
-                    f"{where}: {key} differs from {said} ({_difference(value, ref)}), but the model holds the two "
-                    f"as one tied tensor; the file is damaged or was written for other weights")
+                    f"{where}: {key} differs from {said} ({_difference(value, ref)}), but the model holds "
+                    f"the two "
+                    f"as one tied tensor; the file is damaged or was written for other weights"
+                )
         if fill:
             source = state[present[0]]
             for key in group:
@@ -168,8 +197,9 @@ def check_aliases(state: Mapping[str, torch.Tensor], groups: Sequence[Sequence[s
 
 
 def peft_base_key(key: str, own: Collection[str]) -> str | None:
-    """``key`` as a key of ``own`` (a state dict's keys), also when ``own`` is a PEFT-wrapped model, whose wrapped
-    layers hold their base weights under ``base_layer`` (``q_proj.weight`` -> ``q_proj.base_layer.weight``, as
+    """``key`` as a key of ``own`` (a state dict's keys), also when ``own`` is a PEFT-wrapped model, whose
+    wrapped layers hold their base weights under ``base_layer`` (``q_proj.weight`` ->
+       ``q_proj.base_layer.weight``, as
     PEFT >= 0.7 names them); None when neither exists."""
     if key in own:
         return key
@@ -177,9 +207,17 @@ def peft_base_key(key: str, own: Collection[str]) -> str | None:
     return wrapped if wrapped in own else None
 
 
-def check_frozen_copies(copies: Mapping[str, torch.Tensor], module: nn.Module, *, where: str,
-                        names: Mapping[str, str] | None = None, prefix: str = "", what: str = "the model") -> None:
-    """Tensors a file repeats from a frozen ``module`` (one loaded from its own source) must equal the module's.
+def check_frozen_copies(
+    copies: Mapping[str, torch.Tensor],
+    module: nn.Module,
+    *,
+    where: str,
+    names: Mapping[str, str] | None = None,
+    prefix: str = "",
+    what: str = "the model",
+) -> None:
+    """Tensors a file repeats from a frozen ``module`` (one loaded from its own source) must equal the
+    module's.
 
     Args:
         copies: the file's tensors keyed by ``module``'s state-dict keys.
@@ -190,8 +228,8 @@ def check_frozen_copies(copies: Mapping[str, torch.Tensor], module: nn.Module, *
         what: how to name the module in errors (``"the BEATs given"``).
 
     Raises:
-        CheckpointError: a key ``module`` does not have, or a value that differs (names the file's key, the key of
-            its source when it is an alias, and ``what``).
+        CheckpointError: a key ``module`` does not have, or a value that differs (names the file's key, the
+            key of its source when it is an alias, and ``what``).
     """
     own = module.state_dict()
     source_of = {alias: g[0] for g in alias_groups(module) for alias in g[1:]}
@@ -208,5 +246,7 @@ def check_frozen_copies(copies: Mapping[str, torch.Tensor], module: nn.Module, *
             diff = _difference(value, own[key]) if isinstance(value, torch.Tensor) else type(value).__name__
             src = source_of.get(key)
             alias = f" (an alias of {name(src)}, one tied tensor)" if src else ""
-            raise CheckpointError(f"{where}: {said}{alias} differs from {what} ({diff}); the file repeats a frozen "
-                                  f"tensor, which must equal the one loaded from its source")
+            raise CheckpointError(
+                f"{where}: {said}{alias} differs from {what} ({diff}); the file repeats a frozen "
+                f"tensor, which must equal the one loaded from its source"
+            )

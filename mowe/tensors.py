@@ -9,8 +9,15 @@ import torch
 
 from mowe.errors import MoWEInputError
 
-__all__ = ["AUTO_BUCKET_PADDING", "DTYPES", "check_bucket_padding", "length_groups", "lengths_to_mask",
-           "resolve_bucket_padding", "window_lengths"]
+__all__ = [
+    "AUTO_BUCKET_PADDING",
+    "DTYPES",
+    "check_bucket_padding",
+    "length_groups",
+    "lengths_to_mask",
+    "resolve_bucket_padding",
+    "window_lengths",
+]
 
 #: The dtypes a config, a flag or a converter may name, by name: the one map of them.
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -51,7 +58,9 @@ def length_groups(lengths: list[int], max_padding: float) -> list[list[int]]:
     groups: list[list[int]] = []
     for i in order:
         g = groups[-1] if groups else None
-        if g is not None and (len(g) + 1) * lengths[g[0]] <= (1 + max_padding) * (sum(lengths[j] for j in g) + lengths[i]):
+        if g is not None and (len(g) + 1) * lengths[g[0]] <= (1 + max_padding) * (
+            sum(lengths[j] for j in g) + lengths[i]
+        ):
             g.append(i)
         else:
             groups.append([i])

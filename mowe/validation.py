@@ -25,8 +25,20 @@ from typing import Any
 
 from mowe.errors import ConfigError
 
-__all__ = ["LORA_SCALE", "MAX_AUDIO_SECONDS", "MAX_SEED", "RULES", "YAML_EXPANSION_BUDGET", "Rule",
-           "check_flag", "check_yaml_expansion", "int_at_least", "int_in", "real_in", "validate"]
+__all__ = [
+    "LORA_SCALE",
+    "MAX_AUDIO_SECONDS",
+    "MAX_SEED",
+    "RULES",
+    "YAML_EXPANSION_BUDGET",
+    "Rule",
+    "check_flag",
+    "check_yaml_expansion",
+    "int_at_least",
+    "int_in",
+    "real_in",
+    "validate",
+]
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch and python take it too
 #: Extra YAML nodes aliases may add by expansion (a billion-laughs file is refused before it is built).
@@ -39,7 +51,8 @@ def _num(v: Any) -> bool:
 
 @dataclass(frozen=True)
 class Rule:
-    """One value check: ``field`` must satisfy ``ok``; ``allowed`` says so in words (``"an integer >= 1"``)."""
+    """One value check: ``field`` must satisfy ``ok``; ``allowed`` says so in words (``"an integer >=
+    1"``)."""
 
     field: str
     ok: Callable[[Any], bool]
@@ -50,21 +63,31 @@ class Rule:
         if value is None and self.optional:
             return
         if not self.ok(value):
-            raise ConfigError(f"{where}: must be {self.allowed}{' or null' if self.optional else ''}, got {value!r}")
+            raise ConfigError(
+                f"{where}: must be {self.allowed}{' or null' if self.optional else ''}, got {value!r}"
+            )
 
 
 def int_at_least(name: str, lo: int, *, optional: bool = False) -> Rule:
-    return Rule(name, lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo,
-                f"an integer >= {lo}", optional)
+    return Rule(
+        name,
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo,
+        f"an integer >= {lo}",
+        optional,
+    )
 
 
 def int_in(name: str, lo: int, hi: int) -> Rule:
-    return Rule(name, lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
-                f"an integer in [{lo}, {hi}]")
+    return Rule(
+        name,
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi,
+        f"an integer in [{lo}, {hi}]",
+    )
 
 
-def real_in(name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False,
-            optional: bool = False) -> Rule:
+def real_in(
+    name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, optional: bool = False
+) -> Rule:
     def ok(v: Any) -> bool:
         if not _num(v) or not math.isfinite(v):
             return False
@@ -83,15 +106,48 @@ LORA_SCALE = real_in("lora_scale", 0, _INF)
 
 # Transformers-style config dicts: sizes that must be positive integers, and (width, heads) pairs whose
 # second entry must divide the first.
-_POSITIVE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "max_position_embeddings", "head_dim", "d_model", "encoder_layers",
-                  "encoder_attention_heads", "encoder_ffn_dim", "n_embd", "n_layer", "n_head", "n_positions",
-                  "num_mel_bins", "max_source_positions", "n_inner")
-_DIVIDES = (("hidden_size", "num_attention_heads"), ("num_attention_heads", "num_key_value_heads"),
-            ("d_model", "encoder_attention_heads"), ("n_embd", "n_head"))
+_POSITIVE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "head_dim",
+    "d_model",
+    "encoder_layers",
+    "encoder_attention_heads",
+    "encoder_ffn_dim",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_positions",
+    "num_mel_bins",
+    "max_source_positions",
+    "n_inner",
+)
+_DIVIDES = (
+    ("hidden_size", "num_attention_heads"),
+    ("num_attention_heads", "num_key_value_heads"),
+    ("d_model", "encoder_attention_heads"),
+    ("n_embd", "n_head"),
+)
 # Connector / encoder options that are sizes or counts.
-_POSITIVE_OPTIONS = ("stack", "hidden_dim", "kernel_size", "stride", "num_queries", "num_layers", "num_heads",
-                     "window", "out_dim", "intermediate_size", "num_query_tokens", "window_size")
+_POSITIVE_OPTIONS = (
+    "stack",
+    "hidden_dim",
+    "kernel_size",
+    "stride",
+    "num_queries",
+    "num_layers",
+    "num_heads",
+    "window",
+    "out_dim",
+    "intermediate_size",
+    "num_query_tokens",
+    "window_size",
+)
 
 
 def check_model_dict(d: Any, where: str) -> None:
@@ -101,7 +157,11 @@ def check_model_dict(d: Any, where: str) -> None:
     for k, v in d.items():
         if _num(v) and not math.isfinite(v):
             raise ConfigError(f"{where}.{k}: must be a finite number, got {v!r}")
-        if k in _POSITIVE_KEYS and v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        if (
+            k in _POSITIVE_KEYS
+            and v is not None
+            and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        ):
             raise ConfigError(f"{where}.{k}: must be an integer >= 1, got {v!r}")
         if k.endswith(("dropout", "_prob")) and _num(v) and not 0 <= v <= 1:
             raise ConfigError(f"{where}.{k}: must be a finite number in [0, 1], got {v!r}")
@@ -124,13 +184,17 @@ def _check_options(d: Any, where: str) -> None:
 def _encoder_extra(obj: Any, where: str) -> None:
     check_model_dict(obj.overrides, f"{where}.overrides")
     if obj.max_seconds is not None and obj.max_seconds < obj.min_seconds:
-        raise ConfigError(f"{where}.max_seconds: must be >= min_seconds ({obj.min_seconds}), got {obj.max_seconds}")
+        raise ConfigError(
+            f"{where}.max_seconds: must be >= min_seconds ({obj.min_seconds}), got {obj.max_seconds}"
+        )
 
 
 def _llm_extra(obj: Any, where: str) -> None:
     check_model_dict(obj.config, f"{where}.config")
     if obj.gguf_file is not None and not obj.name_or_path:
-        raise ConfigError(f"{where}.gguf_file: needs {where}.name_or_path, the folder or hub id that holds the file")
+        raise ConfigError(
+            f"{where}.gguf_file: needs {where}.name_or_path, the folder or hub id that holds the file"
+        )
 
 
 def _folder_ok(v: Any) -> bool:
@@ -150,42 +214,58 @@ def _bucket(v: Any) -> bool:
 
 RULES: dict[str, list[Rule]] = {
     "mowe.config.EncoderConfig": [
-        real_in("min_seconds", 0, _INF), real_in("max_seconds", 0, _INF, lo_open=True, optional=True),
+        real_in("min_seconds", 0, _INF),
+        real_in("max_seconds", 0, _INF, lo_open=True, optional=True),
         Rule("bucket_padding", _bucket, "a finite number >= 0, 'auto'", optional=True),
         real_in("window_seconds", 0, _INF, lo_open=True, optional=True),
     ],
     "mowe.config.RouterConfig": [
-        int_at_least("hidden_dim", 1), int_at_least("top_k", 1), real_in("noise_std", 0, _INF),
-        real_in("aux_loss_weight", 0, _INF), int_at_least("slot_dim", 1, optional=True),
+        int_at_least("hidden_dim", 1),
+        int_at_least("top_k", 1),
+        real_in("noise_std", 0, _INF),
+        real_in("aux_loss_weight", 0, _INF),
+        int_at_least("slot_dim", 1, optional=True),
         real_in("window_seconds", 0, _INF, lo_open=True, optional=True),
     ],
     "mowe.config.ConnectorConfig": [
-        int_at_least("max_tokens", 1, optional=True), int_at_least("max_tokens_per_window", 1, optional=True),
+        int_at_least("max_tokens", 1, optional=True),
+        int_at_least("max_tokens_per_window", 1, optional=True),
     ],
     "mowe.config.LLMConfig": [int_at_least("vocab_size", 1, optional=True)],
     "mowe.config.LoRAConfig": [
-        int_at_least("r", 1), real_in("alpha", 0, _INF, lo_open=True), real_in("dropout", 0, 1, hi_open=True),
+        int_at_least("r", 1),
+        real_in("alpha", 0, _INF, lo_open=True),
+        real_in("dropout", 0, 1, hi_open=True),
     ],
     "mowe.config.MoWEConfig": [int_at_least("audio_token_id", 0)],
     "mowe.training.config.TrainConfig": [
-        *(int_at_least(n, 1) for n in ("batch_size", "grad_accum", "log_every", "keep_last_checkpoints",
-                                       "length_group_mult")),
+        *(
+            int_at_least(n, 1)
+            for n in ("batch_size", "grad_accum", "log_every", "keep_last_checkpoints", "length_group_mult")
+        ),
         *(int_at_least(n, 0) for n in ("eval_every", "save_every", "num_workers")),
-        int_in("seed", 0, MAX_SEED), real_in("adam_eps", 0, 1, lo_open=True),
+        int_in("seed", 0, MAX_SEED),
+        real_in("adam_eps", 0, 1, lo_open=True),
         Rule("adam_betas", lambda b: all(_num(x) and 0 <= x < 1 for x in b), "two numbers in [0, 1)"),
-        real_in("weight_decay", 0, _INF), real_in("max_grad_norm", 0, _INF, lo_open=True, optional=True),
+        real_in("weight_decay", 0, _INF),
+        real_in("max_grad_norm", 0, _INF, lo_open=True, optional=True),
         int_at_least("feature_cache_max_bytes", 1, optional=True),
         real_in("max_nonfinite_fraction", 0, 1),
         Rule("output_dir", _folder_ok, "a folder path, not an existing file (nor a path under one)"),
     ],
     # The one check of each stage value, for a run file's stage and a Stage built in Python alike.
-    "mowe.curriculum.Stage": [int_at_least("steps", 1), int_at_least("warmup_steps", 0),
-                              real_in("lr", 0, 10, lo_open=True),
-                              dataclasses.replace(LORA_SCALE, optional=True)],
+    "mowe.curriculum.Stage": [
+        int_at_least("steps", 1),
+        int_at_least("warmup_steps", 0),
+        real_in("lr", 0, 10, lo_open=True),
+        dataclasses.replace(LORA_SCALE, optional=True),
+    ],
     "mowe.config.InferenceConfig": [LORA_SCALE],
-    "mowe.data.processor_options.ProcessorOptions": [MAX_AUDIO_SECONDS, int_in("seed", 0, MAX_SEED),
-                                                     real_in("max_duration_seconds", 0, _INF, lo_open=True,
-                                                             optional=True)],
+    "mowe.data.processor_options.ProcessorOptions": [
+        MAX_AUDIO_SECONDS,
+        int_in("seed", 0, MAX_SEED),
+        real_in("max_duration_seconds", 0, _INF, lo_open=True, optional=True),
+    ],
     "mowe.training.run_file.DataSection": [MAX_AUDIO_SECONDS],
     "mowe.training.run_file.BPEOptions": [int_at_least("vocab_size", 1)],
 }
@@ -246,7 +326,7 @@ def check_yaml_expansion(node: Any, *, budget: int = YAML_EXPANSION_BUDGET) -> N
         value = n.value
         if isinstance(value, list):
             for item in value:
-                for child in (item if isinstance(item, tuple) else (item,)):
+                for child in item if isinstance(item, tuple) else (item,):
                     total += size(child)
                     if total > limit:
                         break
@@ -259,5 +339,7 @@ def check_yaml_expansion(node: Any, *, budget: int = YAML_EXPANSION_BUDGET) -> N
     except RecursionError as e:
         raise ConfigError("YAML: nested too deeply") from e
     if expanded - len(distinct) > budget:
-        raise ConfigError(f"YAML: aliases expand the document to more than {len(distinct) + budget} nodes "
-                          f"(an alias bomb?); at most {budget} extra nodes from aliases are allowed")
+        raise ConfigError(
+            f"YAML: aliases expand the document to more than {len(distinct) + budget} nodes "
+            f"(an alias bomb?); at most {budget} extra nodes from aliases are allowed"
+        )

@@ -18,8 +18,12 @@ from mowe.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TINY = ROOT / "examples" / "run_tiny.yaml"
-ENV = dict(os.environ, OMP_NUM_THREADS="1", MOWE_FIFO_TIMEOUT="1",
-           PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+ENV = dict(
+    os.environ,
+    OMP_NUM_THREADS="1",
+    MOWE_FIFO_TIMEOUT="1",
+    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+)
 CASE_TIMEOUT = 60  # seconds per case; the FIFO waits are 0.3 s here
 
 
@@ -74,8 +78,11 @@ def _manifest(tmp: Path, names=("a.wav", "b.wav"), prefix: bytes = b"") -> Path:
     lines = []
     for i, n in enumerate(names):
         _wav(os.fsencode(tmp / n))
-        lines.append(json.dumps({"id": f"x{i}", "audio": n, "instruction": "What is it?", "answer": "a tone",
-                                 "task": "asr"}))
+        lines.append(
+            json.dumps(
+                {"id": f"x{i}", "audio": n, "instruction": "What is it?", "answer": "a tone", "task": "asr"}
+            )
+        )
     p = tmp / "train.jsonl"
     p.write_bytes(prefix + ("\n".join(lines) + "\n").encode())
     return p
@@ -98,10 +105,10 @@ def _bomb(levels: int = 8, key: str = "p") -> str:
     return "\n".join(lines)
 
 
-
 def _raise(exc: BaseException) -> Callable[[], None]:
     def f():
         raise exc
+
     return f
 
 

@@ -1,8 +1,8 @@
-"""A user package of components (two conv encoders at 25 / 50 Hz, a duration router, a zero-crossing encoder and a
-router that reads it), written into a temp folder.
+"""A user package of components (two conv encoders at 25 / 50 Hz, a duration router, a zero-crossing encoder
+and a router that reads it), written into a temp folder.
 
-The tests put that folder on ``sys.path`` / ``PYTHONPATH`` so that ``my_parts.Conv`` and ``my_parts.DurationRouter``
-are importable only where the test says, as a user's own package would be.
+The tests put that folder on ``sys.path`` / ``PYTHONPATH`` so that ``my_parts.Conv`` and
+``my_parts.DurationRouter`` are importable only where the test says, as a user's own package would be.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class Conv(nn.Module):
 
 
 class DurationRouter(nn.Module):
-    """Routes by clip duration: a learned table of logits per duration bucket (strong frames // frames_per_bucket)."""
+    """Routes by clip duration: a learned table of logits per duration bucket
+    (strong frames // frames_per_bucket)."""
 
     def __init__(self, *, num_encoders: int, top_k: int, buckets: int = 4, frames_per_bucket: int = 10):
         super().__init__()
@@ -58,8 +59,8 @@ class DurationRouter(nn.Module):
 
 
 class ZeroCrossings(nn.Module):
-    """Zero crossings per second of each 20 ms frame, divided by 1000 (a tone of f Hz gives about 2 f / 1000), as
-    ``out_dim`` equal columns: a deterministic 50 Hz encoder whose features follow the pitch."""
+    """Zero crossings per second of each 20 ms frame, divided by 1000 (a tone of f Hz gives about 2 f / 1000),
+    as ``out_dim`` equal columns: a deterministic 50 Hz encoder whose features follow the pitch."""
 
     frame_rate = 50.0
     min_samples = 320
@@ -81,8 +82,8 @@ class ZeroCrossings(nn.Module):
 
 
 class PitchRouter(nn.Module):
-    """A fixed function of the pooled strong features: encoder 0 below ``threshold`` (pooled zero-crossing rate,
-    see ZeroCrossings), encoder 1 above it. No learned weights: the choice follows the audio alone."""
+    """A fixed function of the pooled strong features: encoder 0 below ``threshold`` (pooled zero-crossing
+    rate, see ZeroCrossings), encoder 1 above it. No learned weights: the choice follows the audio alone."""
 
     def __init__(self, *, num_encoders: int, top_k: int, threshold: float = 0.6):
         super().__init__()

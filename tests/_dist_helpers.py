@@ -1,8 +1,9 @@
-"""Multi-process training tests: a variable-length-answer dataset and runners for 1 process, DDP and FSDP2 (gloo).
+"""Multi-process training tests: a variable-length-answer dataset and runners for 1 process, DDP and FSDP2
+(gloo).
 
-Answers have 1 to 30 tokens, so a process's mean loss differs from the global batch's mean: a split of the global
-batch over processes or accumulation micro-batches only gives the single-process result when the loss is the
-sum over all answer tokens divided by their global count.
+Answers have 1 to 30 tokens, so a process's mean loss differs from the global batch's mean: a split of the
+global batch over processes or accumulation micro-batches only gives the single-process result when the loss
+is the sum over all answer tokens divided by their global count.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ class VarLenDataset(Dataset):
 
         g = torch.Generator().manual_seed(seed)
         self.freq = (200 + 1500 * torch.rand(n, generator=g)).tolist()
-        self.answers = [torch.randint(10, 120, (ANSWER_LENGTHS[i % len(ANSWER_LENGTHS)],), generator=g).tolist()
-                        for i in range(n)]
+        self.answers = [
+            torch.randint(10, 120, (ANSWER_LENGTHS[i % len(ANSWER_LENGTHS)],), generator=g).tolist()
+            for i in range(n)
+        ]
         self.task_list = ["asr" if i % 2 else "gender" for i in range(n)]
         self.samples = SAMPLES
 
@@ -43,7 +46,13 @@ class VarLenDataset(Dataset):
         wave = 0.5 * torch.sin(2 * torch.pi * self.freq[i] * t)
         ids = torch.tensor(PROMPT + self.answers[i])
         labels = torch.tensor([-100] * len(PROMPT) + self.answers[i])
-        return {"input_ids": ids, "labels": labels, "waveform": wave, "task": self.task_list[i], "id": f"ex{i}"}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "waveform": wave,
+            "task": self.task_list[i],
+            "id": f"ex{i}",
+        }
 
 
 def pad_collate(examples):
@@ -57,13 +66,20 @@ def pad_collate(examples):
         n = len(e["input_ids"])
         ids[r, :n], labels[r, :n], mask[r, :n] = e["input_ids"], e["labels"], 1
     waves = torch.stack([e["waveform"] for e in examples])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "waveforms": waves,
-            "wave_lengths": torch.full((len(examples),), waves.shape[1], dtype=torch.long),
-            "task": [e["task"] for e in examples], "id": [e["id"] for e in examples]}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "waveforms": waves,
+        "wave_lengths": torch.full((len(examples),), waves.shape[1], dtype=torch.long),
+        "task": [e["task"] for e in examples],
+        "id": [e["id"] for e in examples],
+    }
 
 
 def model(aux_loss_weight: float = 0.0):
-    """The tiny MoWE model with two weak encoders (top-1 routing), LoRA dropout 0 and the given load-balance weight."""
+    """The tiny MoWE model with two weak encoders (top-1 routing), LoRA dropout 0 and the given load-balance
+    weight."""
     import dataclasses
 
     from _trainer_helpers import tiny_config
@@ -96,15 +112,18 @@ if args.get("logits"):  # the trained (possibly sharded) model's logits on 4 exa
     m.eval()
     batch = pad_collate([VarLenDataset(8)[i] for i in range(4)])
     with torch.no_grad():
-        out = m(**{{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "wave_lengths")}})
+        keys = ("input_ids", "attention_mask", "labels", "waveforms", "wave_lengths")
+        out = m(**{{k: batch[k] for k in keys}})
     if trainer.accelerator.is_main_process:
         torch.save(out.logits, os.path.join(args["train"]["output_dir"], "logits.pt"))
 sys.stdout.flush()
 os.write(1, f"DONE {{res.global_step}} SHARDED {{type(m).__name__.startswith('FSDP')}}\n".encode())
 '''
 
-STAGES = [{"name": "a", "train": ["connector"], "steps": 2, "lr": 2e-4},
-          {"name": "b", "train": ["connector", "routers", "lora"], "steps": 2, "lr": 2e-4, "warmup_steps": 0}]
+STAGES = [
+    {"name": "a", "train": ["connector"], "steps": 2, "lr": 2e-4},
+    {"name": "b", "train": ["connector", "routers", "lora"], "steps": 2, "lr": 2e-4, "warmup_steps": 0},
+]
 
 
 def free_port() -> int:
@@ -114,13 +133,27 @@ def free_port() -> int:
 
 
 def run_args(out, *, batch_size: int, grad_accum: int = 1, **train) -> dict:
-    cfg = {"output_dir": str(out), "batch_size": batch_size, "grad_accum": grad_accum, "progress": False,
-           "log_every": 1, "group_by_length": False, "pack_sequences": "auto", "eval_every": 2, **train}
-    return {"stages": STAGES, "train": cfg, "eval_n": 9}  # 9: under FSDP one process needs a filler eval batch
+    cfg = {
+        "output_dir": str(out),
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "progress": False,
+        "log_every": 1,
+        "group_by_length": False,
+        "pack_sequences": "auto",
+        "eval_every": 2,
+        **train,
+    }
+    return {
+        "stages": STAGES,
+        "train": cfg,
+        "eval_n": 9,
+    }  # 9: under FSDP one process needs a filler eval batch
 
 
 def launch(tmp_path, args: dict, *, processes: int = 1, fsdp: bool = False) -> subprocess.Popen:
-    """Start one training run (``processes`` > 1: accelerate launch on the CPU with gloo); returns the process."""
+    """Start one training run (``processes`` > 1: accelerate launch on the CPU with gloo); returns the
+    process."""
     script = tmp_path / "train_dist.py"
     if not script.exists():
         script.write_text(SCRIPT.format(tests_dir=TESTS_DIR))
@@ -133,9 +166,24 @@ def launch(tmp_path, args: dict, *, processes: int = 1, fsdp: bool = False) -> s
         # `--cpu` with several processes needs mpirun; torchrun (--multi_gpu, or --use_fsdp) with
         # ACCELERATE_USE_CPU=1 puts the processes on the CPU with gloo.
         mode = ["--use_fsdp", "--fsdp_version", "2"] if fsdp else ["--multi_gpu"]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-               "--num_machines", "1", *mode, "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(script), json.dumps(args)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            *mode,
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(script),
+            json.dumps(args),
+        ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -147,8 +195,8 @@ def finish(proc: subprocess.Popen, *, processes: int = 1, timeout: int = 300) ->
 
 
 def final_weights(run_dir) -> dict[str, torch.Tensor]:
-    """Every tensor a run's ``final/`` folder holds: ``model.safetensors`` and, when present, the LoRA adapter that
-    ``save_pretrained`` writes to ``llm_adapter/`` (keys prefixed ``adapter:``)."""
+    """Every tensor a run's ``final/`` folder holds: ``model.safetensors`` and, when present, the LoRA adapter
+    that ``save_pretrained`` writes to ``llm_adapter/`` (keys prefixed ``adapter:``)."""
     from safetensors.torch import load_file
 
     out = load_file(str(run_dir / "final" / "model.safetensors"))

@@ -1,7 +1,8 @@
-"""A tiny random Llama written as a GGUF file with the ``gguf`` package's own writer, the way llama.cpp's converter
-writes one: q/k rows permuted for its rotary layout, a byte-level BPE tokenizer (``tokenizer.ggml.model = gpt2``) with
-control tokens and a ChatML template. ``write_tiny_gguf`` returns the transformers model the file was made from, so a
-test can check that transformers (and mowe) read back exactly those weights.
+"""A tiny random Llama written as a GGUF file with the ``gguf`` package's own writer, the way llama.cpp's
+converter
+writes one: q/k rows permuted for its rotary layout, a byte-level BPE tokenizer (``tokenizer.ggml.model =
+gpt2``) with control tokens and a ChatML template. ``write_tiny_gguf`` returns the transformers model the file
+was made from, so a test can check that transformers (and mowe) read back exactly those weights.
 """
 
 from __future__ import annotations
@@ -14,13 +15,40 @@ import torch
 
 GGUF_NAME = "tiny-llama.F32.gguf"
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif "
+    "%}"
+)
 # Merges of a few frequent pairs ("Ġ" is the byte-level space): enough for words to become several tokens.
-_MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("r", "e"),
-           ("Ġ", "s"), ("a", "t"), ("e", "n"), ("o", "u"), ("Ġ", "w"), ("i", "s"), ("Ġ", "o"), ("s", "t")]
-TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 512, "rms_norm_eps": 1e-5, "rope_theta": 10000.0}
+_MERGES = [
+    ("Ġ", "t"),
+    ("h", "e"),
+    ("Ġt", "he"),
+    ("i", "n"),
+    ("Ġ", "a"),
+    ("e", "r"),
+    ("o", "n"),
+    ("r", "e"),
+    ("Ġ", "s"),
+    ("a", "t"),
+    ("e", "n"),
+    ("o", "u"),
+    ("Ġ", "w"),
+    ("i", "s"),
+    ("Ġ", "o"),
+    ("s", "t"),
+]
+TINY = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+}
 
 
 def tokens() -> list[str]:
@@ -45,8 +73,14 @@ def write_tiny_gguf(folder: str | os.PathLike, *, tied: bool = False, seed: int 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     vocab = tokens()
-    cfg = LlamaConfig(vocab_size=len(vocab), tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=2, **TINY)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab),
+        tie_word_embeddings=tied,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        **TINY,
+    )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # random norms too, so a norm read from the wrong tensor shows
@@ -73,7 +107,9 @@ def write_tiny_gguf(folder: str | os.PathLike, *, tied: bool = False, seed: int 
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(vocab)
-    w.add_token_types([gguf.TokenType.CONTROL] * len(SPECIALS) + [gguf.TokenType.NORMAL] * (len(vocab) - len(SPECIALS)))
+    w.add_token_types(
+        [gguf.TokenType.CONTROL] * len(SPECIALS) + [gguf.TokenType.NORMAL] * (len(vocab) - len(SPECIALS))
+    )
     w.add_token_merges([f"{a} {b}" for a, b in _MERGES])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)

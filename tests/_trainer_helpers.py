@@ -24,16 +24,28 @@ def tiny_config(*, weak: int = 1, top_k: int = 1, lora_dropout: float = 0.05, ll
     from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, LoRAConfig, RouterConfig
 
     w = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128}
-    weak_cfg = {f"w{i}": EncoderConfig("whisper", preset="tiny", overrides=dict(w, d_model=32), pad_to_30s=False)
-                for i in range(weak)}
+    weak_cfg = {
+        f"w{i}": EncoderConfig("whisper", preset="tiny", overrides=dict(w, d_model=32), pad_to_30s=False)
+        for i in range(weak)
+    }
     return MoWEConfig(
         strong=EncoderConfig("whisper", preset="tiny", overrides=w, pad_to_30s=False),
         weak_encoders=weak_cfg,
         router=RouterConfig(top_k=top_k, hidden_dim=32),
         connector=ConnectorConfig("stack", {"stack": 4}),
-        llm=LLMConfig(config={"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
-                                  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                                  "max_position_embeddings": 2048}, train=llm_train),
+        llm=LLMConfig(
+            config={
+                "model_type": "llama",
+                "vocab_size": 128,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 2048,
+            },
+            train=llm_train,
+        ),
         lora=LoRAConfig(r=4, alpha=8, dropout=lora_dropout),
         audio_token_id=AUDIO_TOKEN,
     )
@@ -49,12 +61,13 @@ def tiny_model(seed: int = 0, **kw):
 class SyntheticDataset(Dataset):
     """``n`` examples: (sine clip, fixed prompt, 2-token answer naming the frequency class).
 
-    With ``lengths=True`` it also has a ``lengths`` list (1-30 "seconds", random), as a ManifestDataset does, so the
-    trainer groups batches by length; the clips themselves keep their fixed length.
+    With ``lengths=True`` it also has a ``lengths`` list (1-30 "seconds", random), as a ManifestDataset does,
+    so the trainer groups batches by length; the clips themselves keep their fixed length.
     """
 
-    def __init__(self, n: int = 32, *, seed: int = 0, tasks=TASKS, none_at: tuple[int, ...] = (),
-                 lengths: bool = False):
+    def __init__(
+        self, n: int = 32, *, seed: int = 0, tasks=TASKS, none_at: tuple[int, ...] = (), lengths: bool = False
+    ):
         g = torch.Generator().manual_seed(seed)
         self.cls = torch.randint(0, 3, (n,), generator=g).tolist()
         self.phase = torch.rand(n, generator=g).tolist()
@@ -75,7 +88,13 @@ class SyntheticDataset(Dataset):
         answer = [10 + c, 20 + c, 2]
         ids = torch.tensor(PROMPT + answer)
         labels = torch.tensor([-100] * len(PROMPT) + answer)
-        return {"input_ids": ids, "labels": labels, "waveform": wave, "task": self.task_list[i], "id": f"ex{i}"}
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "waveform": wave,
+            "task": self.task_list[i],
+            "id": f"ex{i}",
+        }
 
 
 def collate(examples):
@@ -84,11 +103,15 @@ def collate(examples):
     if not examples:
         return {}
     ids = torch.stack([e["input_ids"] for e in examples])
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "labels": torch.stack([e["labels"] for e in examples]),
-            "waveforms": torch.stack([e["waveform"] for e in examples]),
-            "wave_lengths": torch.full((len(examples),), SAMPLES, dtype=torch.long),
-            "task": [e["task"] for e in examples], "id": [e["id"] for e in examples]}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.stack([e["labels"] for e in examples]),
+        "waveforms": torch.stack([e["waveform"] for e in examples]),
+        "wave_lengths": torch.full((len(examples),), SAMPLES, dtype=torch.long),
+        "task": [e["task"] for e in examples],
+        "id": [e["id"] for e in examples],
+    }
 
 
 def snapshot(model) -> dict[str, torch.Tensor]:

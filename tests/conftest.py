@@ -9,17 +9,40 @@ from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig
 
 WHISPER_TINY = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128)
 WHISPER_WEAK = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64)
-HUBERT_TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                   conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-LLAMA_TINY = dict(model_type="llama", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
+HUBERT_TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(32,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
+LLAMA_TINY = dict(
+    model_type="llama",
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+)
 AUDIO_ID = 5
 # Tiny LLMs of three families whose attention masks transformers builds differently (rotary + GQA, absolute
 # positions + Conv1D projections): the padding-free paths are checked on each.
 LLM_FAMILIES = {
     "llama": LLAMA_TINY,
-    "qwen2": dict(model_type="qwen2", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
+    "qwen2": dict(
+        model_type="qwen2",
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    ),
     "gpt2": dict(model_type="gpt2", vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=512),
 }
 
@@ -31,8 +54,12 @@ def tiny_config(*, weak: bool = True, top_k: int = 1, pad_to_30s: bool = False, 
     pool = {}
     if weak:
         pool = {
-            "whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=pad_to_30s),
-            "whisper_b": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=pad_to_30s),
+            "whisper_a": EncoderConfig(
+                "whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=pad_to_30s
+            ),
+            "whisper_b": EncoderConfig(
+                "whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=pad_to_30s
+            ),
             "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
             "hubert_b": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
         }
@@ -53,8 +80,12 @@ def make_batch(lengths=(16000, 11000, 6000), seed: int = 0):
     wav = torch.zeros(len(lengths), s)
     t = torch.arange(s) / 16000
     for i, n in enumerate(lengths):
-        wav[i, :n] = 0.3 * torch.sin(2 * torch.pi * (200 + 150 * i) * t[:n]) + 0.05 * torch.randn(n, generator=g)
-    ids = torch.tensor([[1, AUDIO_ID, 7, 8, 9], [1, AUDIO_ID, 10, 11, 0], [1, AUDIO_ID, 12, 0, 0]])[: len(lengths)]
+        wav[i, :n] = 0.3 * torch.sin(2 * torch.pi * (200 + 150 * i) * t[:n]) + 0.05 * torch.randn(
+            n, generator=g
+        )
+    ids = torch.tensor([[1, AUDIO_ID, 7, 8, 9], [1, AUDIO_ID, 10, 11, 0], [1, AUDIO_ID, 12, 0, 0]])[
+        : len(lengths)
+    ]
     am = (ids != 0).long()
     labels = ids.masked_fill(am == 0, -100)
     labels[:, :2] = -100

@@ -2,8 +2,8 @@
 
 Each case states the error type it expects and the file, key or flag the message must name. Every case runs
 under a per-case alarm (``CASE_TIMEOUT``: a hang fails the case instead of blocking CI), CLI cases run
-``mowe.cli.main`` in-process and check stderr has one ``mowe <command>: error:`` line and no traceback, and the
-cases about hangs and tracebacks also run the real ``python -m mowe`` in a subprocess with a timeout.
+``mowe.cli.main`` in-process and check stderr has one ``mowe <command>: error:`` line and no traceback, and
+the cases about hangs and tracebacks also run the real ``python -m mowe`` in a subprocess with a timeout.
 Classes: special files, YAML alias bombs, values out of range, CLI flags, paths, full / read-only disks, the
 CLI's mapping of failures, resumes, file names, silent partial success.
 """
@@ -126,6 +126,7 @@ def _yaml_case(text: str) -> Callable[[Path], object]:
         p = tmp / "bomb.yaml"
         p.write_text(text)
         return read_config_file(p)
+
     return run
 
 
@@ -140,10 +141,18 @@ API_CASES += [
     Case("alias-bomb-connector-options", _yaml_case(_OPTIONS_BOMB), ConfigError, r"bomb\.yaml.*alias"),
     Case("alias-bomb-paraphrases", _yaml_case(_PARAPHRASE_BOMB), ConfigError, r"bomb\.yaml.*alias"),
     Case("alias-bomb-json-suffix-as-yaml", _yaml_case("a: " + _FLOW_BOMB), ConfigError, r"alias"),
-    Case("alias-bomb-via-set", _set_case("model.connector.options=" + _FLOW_BOMB), ConfigError,
-         r"--set model\.connector\.options.*alias"),
-    Case("alias-bomb-via-set-paraphrases", _set_case("processor.paraphrases=" + _FLOW_BOMB), ConfigError,
-         r"--set processor\.paraphrases.*alias"),
+    Case(
+        "alias-bomb-via-set",
+        _set_case("model.connector.options=" + _FLOW_BOMB),
+        ConfigError,
+        r"--set model\.connector\.options.*alias",
+    ),
+    Case(
+        "alias-bomb-via-set-paraphrases",
+        _set_case("processor.paraphrases=" + _FLOW_BOMB),
+        ConfigError,
+        r"--set processor\.paraphrases.*alias",
+    ),
     Case("recursive-alias", _yaml_case("a: &a [1, *a]"), ConfigError, r"bomb\.yaml.*recursive"),
     Case("deep-nesting", _yaml_case("a: " + "[" * 1500 + "]" * 1500), ConfigError, r"bomb\.yaml"),
 ]
@@ -161,6 +170,7 @@ def _run_case(path: str, value) -> Callable[[Path], object]:
         for p in parents:
             node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
         node[last] = value
+
     return lambda tmp: load_run_file(_run_file(tmp, edit))
 
 
@@ -187,43 +197,102 @@ def _output_dir_under_file(tmp):
 API_CASES += [
     Case("seed-2**70", _train_case(seed=2**70), ConfigError, r"train\.seed.*\[0, 4294967295\]"),
     Case("seed-negative", _train_case(seed=-1), ConfigError, r"train\.seed"),
-    Case("lora-r-0", _model_case({"lora": {"r": 0}}), ConfigError, r"model\.lora\.r: must be an integer >= 1"),
-    Case("lora-dropout-1.5", _model_case({"lora": {"dropout": 1.5}}), ConfigError, r"model\.lora\.dropout.*\[0, 1\)"),
+    Case(
+        "lora-r-0", _model_case({"lora": {"r": 0}}), ConfigError, r"model\.lora\.r: must be an integer >= 1"
+    ),
+    Case(
+        "lora-dropout-1.5",
+        _model_case({"lora": {"dropout": 1.5}}),
+        ConfigError,
+        r"model\.lora\.dropout.*\[0, 1\)",
+    ),
     Case("lora-alpha-0", _model_case({"lora": {"alpha": 0}}), ConfigError, r"model\.lora\.alpha"),
-    Case("router-hidden-negative", _model_case({"router": {"hidden_dim": -4}}), ConfigError,
-         r"model\.router\.hidden_dim: must be an integer >= 1"),
+    Case(
+        "router-hidden-negative",
+        _model_case({"router": {"hidden_dim": -4}}),
+        ConfigError,
+        r"model\.router\.hidden_dim: must be an integer >= 1",
+    ),
     Case("router-top-k-0", _model_case({"router": {"top_k": 0}}), ConfigError, r"model\.router\.top_k"),
-    Case("router-aux-weight-negative", _model_case({"router": {"aux_loss_weight": -1.0}}), ConfigError,
-         r"model\.router\.aux_loss_weight"),
-    Case("router-noise-nan", _model_case({"router": {"noise_std": float("nan")}}), ConfigError,
-         r"model\.router\.noise_std.*finite"),
-    Case("kv-heads-do-not-divide", _model_case({"llm": {"config": {**_LLAMA, "num_key_value_heads": 3}}}),
-         ConfigError, r"model\.llm\.config\.num_key_value_heads: must divide num_attention_heads \(4\)"),
-    Case("heads-do-not-divide-width", _model_case({"llm": {"config": {**_LLAMA, "hidden_size": 66}}}), ConfigError,
-         r"model\.llm\.config\.num_attention_heads: must divide hidden_size"),
-    Case("llm-vocab-0", _model_case({"llm": {"config": {**_LLAMA, "vocab_size": 0}}}), ConfigError,
-         r"model\.llm\.config\.vocab_size"),
-    Case("encoder-override-layers-0", _model_case({"strong": {"overrides": {"encoder_layers": 0}}}), ConfigError,
-         r"model\.strong\.overrides\.encoder_layers"),
-    Case("encoder-heads-do-not-divide", _model_case({"strong": {"overrides": {"d_model": 64,
-                                                                               "encoder_attention_heads": 3}}}),
-         ConfigError, r"model\.strong\.overrides\.encoder_attention_heads: must divide d_model"),
-    Case("encoder-max-below-min", _model_case({"strong": {"min_seconds": 2.0, "max_seconds": 1.0}}), ConfigError,
-         r"model\.strong\.max_seconds"),
-    Case("connector-stack-0", _model_case({"connector": {"kind": "stack", "options": {"stack": 0}}}), ConfigError,
-         r"model\.connector\.options\.stack"),
+    Case(
+        "router-aux-weight-negative",
+        _model_case({"router": {"aux_loss_weight": -1.0}}),
+        ConfigError,
+        r"model\.router\.aux_loss_weight",
+    ),
+    Case(
+        "router-noise-nan",
+        _model_case({"router": {"noise_std": float("nan")}}),
+        ConfigError,
+        r"model\.router\.noise_std.*finite",
+    ),
+    Case(
+        "kv-heads-do-not-divide",
+        _model_case({"llm": {"config": {**_LLAMA, "num_key_value_heads": 3}}}),
+        ConfigError,
+        r"model\.llm\.config\.num_key_value_heads: must divide num_attention_heads \(4\)",
+    ),
+    Case(
+        "heads-do-not-divide-width",
+        _model_case({"llm": {"config": {**_LLAMA, "hidden_size": 66}}}),
+        ConfigError,
+        r"model\.llm\.config\.num_attention_heads: must divide hidden_size",
+    ),
+    Case(
+        "llm-vocab-0",
+        _model_case({"llm": {"config": {**_LLAMA, "vocab_size": 0}}}),
+        ConfigError,
+        r"model\.llm\.config\.vocab_size",
+    ),
+    Case(
+        "encoder-override-layers-0",
+        _model_case({"strong": {"overrides": {"encoder_layers": 0}}}),
+        ConfigError,
+        r"model\.strong\.overrides\.encoder_layers",
+    ),
+    Case(
+        "encoder-heads-do-not-divide",
+        _model_case({"strong": {"overrides": {"d_model": 64, "encoder_attention_heads": 3}}}),
+        ConfigError,
+        r"model\.strong\.overrides\.encoder_attention_heads: must divide d_model",
+    ),
+    Case(
+        "encoder-max-below-min",
+        _model_case({"strong": {"min_seconds": 2.0, "max_seconds": 1.0}}),
+        ConfigError,
+        r"model\.strong\.max_seconds",
+    ),
+    Case(
+        "connector-stack-0",
+        _model_case({"connector": {"kind": "stack", "options": {"stack": 0}}}),
+        ConfigError,
+        r"model\.connector\.options\.stack",
+    ),
     Case("audio-token-negative", _model_case({"audio_token_id": -1}), ConfigError, r"model\.audio_token_id"),
     Case("lr-1e38", _stage_case(lr=1e38), ConfigError, r"lr.*\(0, 10\]"),
     Case("lr-inf", _stage_case(lr=float("inf")), ConfigError, r"lr"),
     Case("adam-eps-0", _train_case(adam_eps=0.0), ConfigError, r"train\.adam_eps"),
     Case("adam-beta-1", _train_case(adam_betas=[0.9, 1.0]), ConfigError, r"train\.adam_betas"),
     Case("max-grad-norm-inf", _train_case(max_grad_norm=float("inf")), ConfigError, r"train\.max_grad_norm"),
-    Case("skip-budget-2", _train_case(max_nonfinite_fraction=2.0), ConfigError, r"train\.max_nonfinite_fraction"),
+    Case(
+        "skip-budget-2",
+        _train_case(max_nonfinite_fraction=2.0),
+        ConfigError,
+        r"train\.max_nonfinite_fraction",
+    ),
     Case("run-file-lora-r-0", _run_case("model.lora.r", 0), ConfigError, r"run\.yaml: model\.lora\.r"),
-    Case("run-file-max-audio-negative", _run_case("data.max_audio_seconds", -1.0), ConfigError,
-         r"run\.yaml: data\.max_audio_seconds"),
-    Case("run-file-bpe-vocab-0", _run_case("tokenizer.train_bpe.vocab_size", 0), ConfigError,
-         r"tokenizer\.train_bpe\.vocab_size"),
+    Case(
+        "run-file-max-audio-negative",
+        _run_case("data.max_audio_seconds", -1.0),
+        ConfigError,
+        r"run\.yaml: data\.max_audio_seconds",
+    ),
+    Case(
+        "run-file-bpe-vocab-0",
+        _run_case("tokenizer.train_bpe.vocab_size", 0),
+        ConfigError,
+        r"tokenizer\.train_bpe\.vocab_size",
+    ),
     Case("run-file-processor-seed", _run_case("processor", {"seed": -3}), ConfigError, r"processor\.seed"),
     Case("output-dir-is-a-file", _output_dir_is_file, ConfigError, r"train\.output_dir.*taken"),
     Case("output-dir-under-a-file", _output_dir_under_file, ConfigError, r"train\.output_dir.*taken"),
@@ -321,8 +390,16 @@ def _pickled_llm_refused(tmp):
 
     from mowe.builders import build_llm
 
-    llm = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, num_key_value_heads=1))
+    llm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     build_llm(LLMConfig(name_or_path=_pickled_transformers_folder(tmp, llm)), LoRAConfig())
 
 
@@ -331,23 +408,59 @@ def _pickled_hubert_refused(tmp):
 
     from mowe.encoders.hubert import HubertEncoder
 
-    cfg = HubertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                       conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    cfg = HubertConfig(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
     HubertEncoder.from_pretrained(_pickled_transformers_folder(tmp, HubertModel(cfg)))
 
 
-_REFUSED = r"legacy-model/pytorch_model\.bin: the {}'s pickle weight file was refused by torch\.load\(weights_only" \
-           r"=True\).*GLOBAL argparse\.Namespace"
+_REFUSED = (
+    r"legacy-model/pytorch_model\.bin: the {}'s pickle weight file was refused by torch\.load\(weights_only"
+    r"=True\).*GLOBAL argparse\.Namespace"
+)
 API_CASES += [
     Case("weights-only-refusal-llm", _pickled_llm_refused, CheckpointError, _REFUSED.format("LLM")),
-    Case("weights-only-refusal-hubert", _pickled_hubert_refused, CheckpointError, _REFUSED.format("hubert encoder")),
-    Case("weights-only-refusal-bin", _pickled_bin_refused, CheckpointError, r"pytorch_model\.bin: not a loadable"),
-    Case("missing-llm-folder", _missing_llm_folder, CheckpointError, r"llm\.name_or_path.*models/llm.*does not exist"),
+    Case(
+        "weights-only-refusal-hubert",
+        _pickled_hubert_refused,
+        CheckpointError,
+        _REFUSED.format("hubert encoder"),
+    ),
+    Case(
+        "weights-only-refusal-bin",
+        _pickled_bin_refused,
+        CheckpointError,
+        r"pytorch_model\.bin: not a loadable",
+    ),
+    Case(
+        "missing-llm-folder",
+        _missing_llm_folder,
+        CheckpointError,
+        r"llm\.name_or_path.*models/llm.*does not exist",
+    ),
     Case("missing-llm-dot-path", _missing_llm_dot, CheckpointError, r"\./no-such-llm-folder.*does not exist"),
-    Case("missing-encoder-folder", _missing_encoder_folder, CheckpointError, r"model\.strong\.name_or_path: .*~/no-such-whisper"),
+    Case(
+        "missing-encoder-folder",
+        _missing_encoder_folder,
+        CheckpointError,
+        r"model\.strong\.name_or_path: .*~/no-such-whisper",
+    ),
 ]
-OK_CASES = [_manifest_with_bom, _config_with_bom, _non_utf8_name_bytes, _non_utf8_name_str,
-            _non_utf8_name_in_manifest, _fifo_with_writer, _small_alias_is_fine]
+OK_CASES = [
+    _manifest_with_bom,
+    _config_with_bom,
+    _non_utf8_name_bytes,
+    _non_utf8_name_str,
+    _non_utf8_name_in_manifest,
+    _fifo_with_writer,
+    _small_alias_is_fine,
+]
 
 
 @pytest.mark.parametrize("case", API_CASES, ids=lambda c: c.name)
@@ -374,6 +487,7 @@ def _train_argv(edit=None, *extra) -> Callable[[Path], list[str]]:
     def argv(tmp):
         _manifest(tmp)
         return ["train", "--config", str(_run_file(tmp, edit)), *extra]
+
     return argv
 
 
@@ -382,7 +496,11 @@ def _infer(*flags) -> Callable[[Path], list[str]]:
 
 
 def _data_train_fifo(tmp):
-    return ["train", "--config", str(_run_file(tmp, lambda r: r["data"].update(train=str(_fifo(tmp, "t.jsonl")))))]
+    return [
+        "train",
+        "--config",
+        str(_run_file(tmp, lambda r: r["data"].update(train=str(_fifo(tmp, "t.jsonl"))))),
+    ]
 
 
 def _out_is_file(run):
@@ -390,22 +508,34 @@ def _out_is_file(run):
 
 
 CLI_CASES = [
-    CliCase("run-file-fifo", lambda tmp: ["train", "--config", str(_fifo(tmp, "run.yaml"))], 2, r"run\.yaml.*FIFO"),
+    CliCase(
+        "run-file-fifo", lambda tmp: ["train", "--config", str(_fifo(tmp, "run.yaml"))], 2, r"run\.yaml.*FIFO"
+    ),
     CliCase("data-train-fifo", _data_train_fifo, 3, r"t\.jsonl.*FIFO"),
     CliCase("run-file-missing", lambda tmp: ["train", "--config", str(tmp / "nope.yaml")], 2, r"nope\.yaml"),
     CliCase("seed-2**70", _train_argv(None, "--set", f"train.seed={2**70}"), 2, r"train\.seed.*4294967295"),
     CliCase("lora-r-0", _train_argv(None, "--set", "model.lora.r=0"), 2, r"model\.lora\.r"),
     CliCase("lr-1e38", _train_argv(lambda r: r["stages"][0].update(lr=1e38)), 2, r"lr.*\(0, 10\]"),
-    CliCase("alias-bomb-set", _train_argv(None, "--set", "model.connector.options=" + _FLOW_BOMB), 2, r"alias"),
+    CliCase(
+        "alias-bomb-set", _train_argv(None, "--set", "model.connector.options=" + _FLOW_BOMB), 2, r"alias"
+    ),
     CliCase("output-dir-file", _train_argv(_out_is_file), 2, r"train\.output_dir"),
-    CliCase("missing-tokenizer-folder", _train_argv(lambda r: r.update(tokenizer="./no-such-tokenizer")), 4,
-            r"tokenizer.*no-such-tokenizer.*does not exist"),
+    CliCase(
+        "missing-tokenizer-folder",
+        _train_argv(lambda r: r.update(tokenizer="./no-such-tokenizer")),
+        4,
+        r"tokenizer.*no-such-tokenizer.*does not exist",
+    ),
     CliCase("max-new-tokens-negative", _infer("--max-new-tokens", "-1"), 2, r"--max-new-tokens: must be"),
     CliCase("max-new-tokens-0", _infer("--max-new-tokens", "0"), 2, r"--max-new-tokens"),
     CliCase("num-beams-0", _infer("--num-beams", "0"), 2, r"--num-beams: must be an integer >= 1, got 0"),
     CliCase("lora-scale-nan", _infer("--lora-scale", "nan"), 2, r"--lora-scale"),
-    CliCase("eval-batch-size-0", lambda tmp: ["eval", "--model", str(tmp), "--manifest", "m.jsonl",
-                                              "--batch-size", "0"], 2, r"--batch-size: must be"),
+    CliCase(
+        "eval-batch-size-0",
+        lambda tmp: ["eval", "--model", str(tmp), "--manifest", "m.jsonl", "--batch-size", "0"],
+        2,
+        r"--batch-size: must be",
+    ),
     CliCase("infer-no-model", _infer(), 4, r"no saved model"),
 ]
 
@@ -422,20 +552,35 @@ def test_cli_case(tmp_path, capsys, case: CliCase):
 
 # ================================================================================ 6. failures -> exit codes
 def _ansi_unpickling():
-    raise pickle.UnpicklingError("\x1b[1mWeights only load failed.\x1b[0m Unsupported global: GLOBAL os.system")
+    raise pickle.UnpicklingError(
+        "\x1b[1mWeights only load failed.\x1b[0m Unsupported global: GLOBAL os.system"
+    )
 
 
 MAPPING = [
     ("non-finite", _raise(NonFiniteLossError("non-finite loss at step 3")), 6, r"step 3"),
     ("interrupt", _raise(KeyboardInterrupt()), 130, r"interrupted"),
     ("unpickling-ansi", _ansi_unpickling, 4, r"weights_only.*Weights only load failed\. Unsupported global"),
-    ("enospc", _raise(OSError(errno.ENOSPC, "No space left on device", "/o/model.safetensors")), 5,
-     r"no space left.*'/o/model\.safetensors'"),
+    (
+        "enospc",
+        _raise(OSError(errno.ENOSPC, "No space left on device", "/o/model.safetensors")),
+        5,
+        r"no space left.*'/o/model\.safetensors'",
+    ),
     ("erofs", _raise(OSError(errno.EROFS, "Read-only file system", "/ro/x")), 5, r"'/ro/x'.*read-only"),
-    ("eacces", _raise(PermissionError(errno.EACCES, "Permission denied", "/p/log.jsonl")), 5,
-     r"permission denied: '/p/log\.jsonl'"),
+    (
+        "eacces",
+        _raise(PermissionError(errno.EACCES, "Permission denied", "/p/log.jsonl")),
+        5,
+        r"permission denied: '/p/log\.jsonl'",
+    ),
     ("file-in-the-way", _raise(FileExistsError(errno.EEXIST, "File exists", "/o/run")), 5, r"'/o/run'.*file"),
-    ("checkpoint", _raise(CheckpointError("/c/trainer_state.json: key 'seed' is missing")), 4, r"trainer_state"),
+    (
+        "checkpoint",
+        _raise(CheckpointError("/c/trainer_state.json: key 'seed' is missing")),
+        4,
+        r"trainer_state",
+    ),
     ("manifest", _raise(ManifestError("m.jsonl, line 3: malformed JSON")), 3, r"m\.jsonl, line 3"),
     ("internal", _raise(RuntimeError("boom")), 1, r"internal error: RuntimeError: boom.*--debug"),
 ]
@@ -466,5 +611,3 @@ def test_debug_flag_works_after_a_nested_subcommand(capsys, tmp_path):
     code = main(["corpus", "build", "--out", str(bad / "sub"), "--size", "8", "--debug"])
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" in err and "unrecognized arguments" not in err
-
-

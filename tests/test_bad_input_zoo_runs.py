@@ -1,4 +1,5 @@
-"""The bad-input zoo, part 2: full and read-only disks, resumes, silent partial success, real CLI subprocesses.
+"""The bad-input zoo, part 2: full and read-only disks, resumes, silent partial success, real CLI
+subprocesses.
 
 Each case names its expected error and the file / key it must name; every case runs under the per-case alarm
 of ``_bad_input_helpers`` (a hang fails instead of blocking CI).
@@ -42,11 +43,29 @@ def _tiny_saved_model():
     from mowe import MoWEAudioLLM
     from mowe.config import EncoderConfig
 
-    cfg = MoWEConfig(strong=EncoderConfig("whisper", preset="tiny", pad_to_30s=False,
-                                          overrides={"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2,
-                                                     "encoder_ffn_dim": 64}),
-                     llm=LLMConfig(config={**_LLAMA, "hidden_size": 32, "intermediate_size": 64, "vocab_size": 64,
-                                           "num_hidden_layers": 1, "max_position_embeddings": 64}))
+    cfg = MoWEConfig(
+        strong=EncoderConfig(
+            "whisper",
+            preset="tiny",
+            pad_to_30s=False,
+            overrides={
+                "d_model": 32,
+                "encoder_layers": 1,
+                "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 64,
+            },
+        ),
+        llm=LLMConfig(
+            config={
+                **_LLAMA,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "vocab_size": 64,
+                "num_hidden_layers": 1,
+                "max_position_embeddings": 64,
+            }
+        ),
+    )
     return MoWEAudioLLM.from_config(cfg)
 
 
@@ -55,8 +74,9 @@ def tiny_mount(tmp_path):
     """A 256 KiB tmpfs (needs root; CI containers that refuse mount skip the cases that need it)."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True,
-                      check=False).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, check=False
+    ).returncode:
         pytest.skip("cannot mount a tmpfs here (not root): the full-disk case needs a real small file system")
     yield mnt
     subprocess.run(["umount", str(mnt)], check=False)
@@ -96,8 +116,9 @@ def test_disk_full_while_logging_names_log_jsonl(tiny_mount, capsys):
 def test_read_only_folder_names_the_path(tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True,
-                      check=False).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, check=False
+    ).returncode:
         pytest.skip("cannot mount a read-only tmpfs here (not root; root ignores chmod)")
     try:
         with pytest.raises(OSError) as ei:
@@ -120,16 +141,28 @@ def test_checkpoint_disk_full_names_the_file_and_keeps_latest(tmp_path, monkeypa
     model = torch.nn.Linear(4, 4)
     opt = torch.optim.AdamW(model.parameters())
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    kw = {"accelerator": _fake_accelerator(), "checkpoint_dir": str(tmp_path), "state": {"global_step": 2},
-          "model": model, "keys": ["weight", "bias"], "optimizer": opt, "scheduler": sched, "keep_last": 2}
+    kw = {
+        "accelerator": _fake_accelerator(),
+        "checkpoint_dir": str(tmp_path),
+        "state": {"global_step": 2},
+        "model": model,
+        "keys": ["weight", "bias"],
+        "optimizer": opt,
+        "scheduler": sched,
+        "keep_last": 2,
+    }
     ck.write_checkpoint(name="step-2", **kw)
     if failure == "safetensors":  # what safetensors says on a full disk: no file named
+
         def full(tensors, path):
             raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
         monkeypatch.setattr(ck, "_save_safetensors", full)
     else:  # Python's write: an OSError without a filename
+
         def full(obj, path):
             raise OSError(errno.ENOSPC, "No space left on device")
+
         monkeypatch.setattr(ck, "_save_torch", full)
     with pytest.raises(OSError) as ei:
         ck.write_checkpoint(name="step-4", **{**kw, "state": {"global_step": 4}})
@@ -147,9 +180,20 @@ def run_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     stages = [Stage("a", ("connector",), 2, 1e-3), Stage("b", ("connector", "lora"), 2, 1e-3)]
-    Trainer(tiny_model(weak=0), SyntheticDataset(8), stages=stages, collate_fn=collate,
-            config=TrainConfig(output_dir=str(out), batch_size=2, save_every=1, keep_last_checkpoints=10,
-                               progress=False, save_final=False)).train()
+    Trainer(
+        tiny_model(weak=0),
+        SyntheticDataset(8),
+        stages=stages,
+        collate_fn=collate,
+        config=TrainConfig(
+            output_dir=str(out),
+            batch_size=2,
+            save_every=1,
+            keep_last_checkpoints=10,
+            progress=False,
+            save_final=False,
+        ),
+    ).train()
     return out, stages
 
 
@@ -162,8 +206,13 @@ def _resume_from(run_dir, tmp, damage: Callable[[Path, Path], None]):
     damage(ck, out / "checkpoints")
     model = tiny_model(seed=5, weak=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = Trainer(model, SyntheticDataset(8), stages=stages, collate_fn=collate,
-                      config=TrainConfig(output_dir=str(tmp / "new"), batch_size=2, progress=False, save_final=False))
+    trainer = Trainer(
+        model,
+        SyntheticDataset(8),
+        stages=stages,
+        collate_fn=collate,
+        config=TrainConfig(output_dir=str(tmp / "new"), batch_size=2, progress=False, save_final=False),
+    )
     try:
         trainer.train(resume=str(ck))
     except CheckpointError:  # whatever failed, it failed before touching the model
@@ -178,24 +227,47 @@ def _state_edit(fn) -> Callable[[Path, Path], None]:
         s = json.loads(p.read_text())
         fn(s)
         p.write_text(json.dumps(s))
+
     return damage
 
 
 RESUME_CASES = [
-    ("trainer-state-not-json", lambda ck, _: (ck / "trainer_state.json").write_text("{\"global_st"),
-     r"trainer_state\.json: unreadable"),
-    ("trainer-state-key-missing", _state_edit(lambda s: s.pop("global_step")), r"trainer_state\.json.*'global_step'"),
-    ("trainer-state-bad-type", _state_edit(lambda s: s.update(step_in_stage="1")),
-     r"trainer_state\.json.*'step_in_stage' must be an integer"),
-    ("trainer-state-not-object", lambda ck, _: (ck / "trainer_state.json").write_text("[1]"),
-     r"trainer_state\.json: expected a JSON object"),
+    (
+        "trainer-state-not-json",
+        lambda ck, _: (ck / "trainer_state.json").write_text("{\"global_st"),
+        r"trainer_state\.json: unreadable",
+    ),
+    (
+        "trainer-state-key-missing",
+        _state_edit(lambda s: s.pop("global_step")),
+        r"trainer_state\.json.*'global_step'",
+    ),
+    (
+        "trainer-state-bad-type",
+        _state_edit(lambda s: s.update(step_in_stage="1")),
+        r"trainer_state\.json.*'step_in_stage' must be an integer",
+    ),
+    (
+        "trainer-state-not-object",
+        lambda ck, _: (ck / "trainer_state.json").write_text("[1]"),
+        r"trainer_state\.json: expected a JSON object",
+    ),
     ("trainer-state-wrong-stage-name", _state_edit(lambda s: s.update(stage_name="z")), r"stage 'z'.*'b'"),
-    ("optimizer-from-another-stage", lambda ck, root: shutil.copy(root / "step-1" / "optimizer.pt",
-                                                                  ck / "optimizer.pt"),
-     r"optimizer\.pt: the optimizer state does not fit stage 'b'"),
-    ("optimizer-weights-only-refusal", lambda ck, _: torch.save({"x": argparse.Namespace()}, ck / "optimizer.pt"),
-     r"optimizer\.pt: unreadable"),
-    ("weights-truncated", lambda ck, _: (ck / "model.safetensors").write_bytes(b"\x08"), r"model\.safetensors"),
+    (
+        "optimizer-from-another-stage",
+        lambda ck, root: shutil.copy(root / "step-1" / "optimizer.pt", ck / "optimizer.pt"),
+        r"optimizer\.pt: the optimizer state does not fit stage 'b'",
+    ),
+    (
+        "optimizer-weights-only-refusal",
+        lambda ck, _: torch.save({"x": argparse.Namespace()}, ck / "optimizer.pt"),
+        r"optimizer\.pt: unreadable",
+    ),
+    (
+        "weights-truncated",
+        lambda ck, _: (ck / "model.safetensors").write_bytes(b"\x08"),
+        r"model\.safetensors",
+    ),
 ]
 
 
@@ -230,12 +302,19 @@ def _train_with_nans(tmp, calls: set[int], steps: int):
 
     model = tiny_model(weak=0)
     _nan_at(model, calls)
-    return Trainer(model, SyntheticDataset(8), stages=[Stage("s", ("connector",), steps, 1e-3)], collate_fn=collate,
-                   config=TrainConfig(output_dir=str(tmp), batch_size=2, progress=False, save_final=False)).train()
+    return Trainer(
+        model,
+        SyntheticDataset(8),
+        stages=[Stage("s", ("connector",), steps, 1e-3)],
+        collate_fn=collate,
+        config=TrainConfig(output_dir=str(tmp), batch_size=2, progress=False, save_final=False),
+    ).train()
 
 
 def test_skipping_most_steps_fails_the_run(tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"4 of the run's 6 steps skipped.*max_nonfinite_fraction=0\.5"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"4 of the run's 6 steps skipped.*max_nonfinite_fraction=0\.5"
+    ):
         _train_with_nans(tmp_path, {2, 3, 4, 5, 6}, 6)
     assert run_command("train", _raise(NonFiniteLossError("x"))) == 6
 
@@ -267,9 +346,12 @@ def test_subprocess_process_substitution_and_alias_bomb(tmp_path):
     alias bomb through --set is refused at once (exit 2); neither prints a traceback."""
     run = _run_file(tmp_path)
     py = sys.executable
-    res = _mowe([], shell=f"{py} -m mowe train --config <(cat '{run}'); echo \"rc=$?\" >&2; "
-                          f"{py} -m mowe train --config '{run}' --set 'model.connector.options={_FLOW_BOMB}'; "
-                          f"echo \"rc=$?\" >&2")
+    res = _mowe(
+        [],
+        shell=f"{py} -m mowe train --config <(cat '{run}'); echo \"rc=$?\" >&2; "
+        f"{py} -m mowe train --config '{run}' --set 'model.connector.options={_FLOW_BOMB}'; "
+        f"echo \"rc=$?\" >&2",
+    )
     err = res.stderr
     assert "Traceback" not in err, err
     first, second = err.split("rc=")[0], err.split("rc=")[1]

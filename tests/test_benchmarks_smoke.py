@@ -17,33 +17,75 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 EXPECTED = {
-    "bench_encoders.py": ["whisper_var_len_speedup_5s", "whisper_var_len_speedup_5s_bf16",
-                          "whisper_var_len_speedup_5s_b4", "flop_ratio_b1"],
-    "bench_pool.py": ["sparse_vs_dense_speedup", "mowe_step_overhead", "weak_flop_share", "mowe_step_flop_ratio",
-                      "sparse_dense_max_abs_diff", "mowe_step_overhead_strong_base", "weak_flop_share_strong_base"],
-    "bench_e2e.py": ["infer_speedup_vs_qwen2audio", "train_speedup_vs_qwen2audio",
-                     "infer_speedup_vs_qwen2audio_pad30", "infer_speedup_vs_qwen2audio_mowe",
-                     "infer_speedup_vs_qwen2audio_short", "infer_speedup_vs_qwen2audio_onebatch",
-                     "infer_speedup_vs_qwen2audio_stack4", "infer_speedup_vs_qwen2audio_dataset",
-                     "infer_speedup_vs_qwen2audio_padded_llm",
-                     "train_speedup_vs_qwen2audio_pad30", "train_speedup_vs_qwen2audio_onebatch",
-                     "train_speedup_vs_qwen2audio_padded_llm", "train_speedup_vs_qwen2audio_dataset"],
+    "bench_encoders.py": [
+        "whisper_var_len_speedup_5s",
+        "whisper_var_len_speedup_5s_bf16",
+        "whisper_var_len_speedup_5s_b4",
+        "flop_ratio_b1",
+    ],
+    "bench_pool.py": [
+        "sparse_vs_dense_speedup",
+        "mowe_step_overhead",
+        "weak_flop_share",
+        "mowe_step_flop_ratio",
+        "sparse_dense_max_abs_diff",
+        "mowe_step_overhead_strong_base",
+        "weak_flop_share_strong_base",
+    ],
+    "bench_e2e.py": [
+        "infer_speedup_vs_qwen2audio",
+        "train_speedup_vs_qwen2audio",
+        "infer_speedup_vs_qwen2audio_pad30",
+        "infer_speedup_vs_qwen2audio_mowe",
+        "infer_speedup_vs_qwen2audio_short",
+        "infer_speedup_vs_qwen2audio_onebatch",
+        "infer_speedup_vs_qwen2audio_stack4",
+        "infer_speedup_vs_qwen2audio_dataset",
+        "infer_speedup_vs_qwen2audio_padded_llm",
+        "train_speedup_vs_qwen2audio_pad30",
+        "train_speedup_vs_qwen2audio_onebatch",
+        "train_speedup_vs_qwen2audio_padded_llm",
+        "train_speedup_vs_qwen2audio_dataset",
+    ],
     "bench_mfu.py": ["train_mfu", "gemm_peak_bf16_gflops", "gemm_peak_fp32_gflops", "step_gflop"],
     "bench_memory.py": ["peak_mem_gib", "step_delta_gib"],
-    "bench_serve.py": ["serve_throughput_ratio_c8", "serve_throughput_ratio_c32", "serve_p50_s_c8", "serve_p99_s_c8",
-                       "serve_p50_s_seq", "serve_p99_s_c32"],
-    "bench_long_audio.py": ["long_audio_cost_ratio", "long_audio_rss_growth_mb", "long_audio_s_per_min_1",
-                            "long_audio_peak_rss_mb_1", "whole_decode_mb", "stream_decode_mb"],
-    "bench_cache.py": ["frozen_encoder_speedup", "warm_speedup", "cold_overhead", "cache_gib_per_audio_hour",
-                       "warm_equals_live"],
+    "bench_serve.py": [
+        "serve_throughput_ratio_c8",
+        "serve_throughput_ratio_c32",
+        "serve_p50_s_c8",
+        "serve_p99_s_c8",
+        "serve_p50_s_seq",
+        "serve_p99_s_c32",
+    ],
+    "bench_long_audio.py": [
+        "long_audio_cost_ratio",
+        "long_audio_rss_growth_mb",
+        "long_audio_s_per_min_1",
+        "long_audio_peak_rss_mb_1",
+        "whole_decode_mb",
+        "stream_decode_mb",
+    ],
+    "bench_cache.py": [
+        "frozen_encoder_speedup",
+        "warm_speedup",
+        "cold_overhead",
+        "cache_gib_per_audio_hour",
+        "warm_equals_live",
+    ],
     "bench_data.py": ["hf_index_ratio", "hf_read_ratio", "stream_skip_ratio", "hf_equals_manifest"],
 }
 
 
 @functools.cache
 def _run(script: str) -> dict:
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, script), "--quick"], capture_output=True, text=True,
-                          timeout=300, cwd=os.path.dirname(BENCH), check=False)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(BENCH),
+        check=False,
+    )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stderr[-3000:]}"
     last = [ln for ln in proc.stdout.splitlines() if ln.strip()][-1]
     return json.loads(last)
@@ -62,7 +104,8 @@ def test_quick_run_reports_its_keys(script):
 
 
 def test_pool_sparse_equals_dense():
-    """The sparse pool and the run-all-then-mask baseline give the same features (so the speedup is like for like)."""
+    """The sparse pool and the run-all-then-mask baseline give the same features (so the speedup is like for
+    like)."""
     assert _run("bench_pool.py")["sparse_dense_max_abs_diff"] < 1e-3
 
 
@@ -103,12 +146,23 @@ def test_run_all_runs_e2e_at_the_real_window_and_the_proxy_and_keeps_their_keys_
     assert "--key-suffix" in full[1][1] and len({label for label, _ in full}) == 2
     assert run_all.runs("bench_e2e.py", quick=True) == [("bench_e2e.py", [])]
     assert run_all.runs("bench_pool.py", quick=False) == [("bench_pool.py", [])]
-    # The second run's JSON keys carry the suffix (device facts excepted), so they do not overwrite the first's.
-    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_e2e.py"), "--quick", "--key-suffix", "_x"],
-                          capture_output=True, text=True, timeout=300, cwd=os.path.dirname(BENCH), check=False)
+    # The second run's JSON keys carry the suffix (device facts excepted), so they do not overwrite the
+    # first's.
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "bench_e2e.py"), "--quick", "--key-suffix", "_x"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(BENCH),
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads([ln for ln in proc.stdout.splitlines() if ln.strip()][-1])
-    assert "infer_speedup_vs_qwen2audio_x" in res and "infer_speedup_vs_qwen2audio" not in res and "device" in res
+    assert (
+        "infer_speedup_vs_qwen2audio_x" in res
+        and "infer_speedup_vs_qwen2audio" not in res
+        and "device" in res
+    )
 
 
 def test_cache_bench_warm_and_cold_epochs_equal_live():

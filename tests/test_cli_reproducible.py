@@ -30,31 +30,68 @@ PROMPT = "Which tone is it?"
 
 RUN = {
     "model": {
-        "strong": {"family": "whisper", "preset": "tiny", "pad_to_30s": False,
-                   "overrides": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2,
-                                 "encoder_ffn_dim": 64}},
+        "strong": {
+            "family": "whisper",
+            "preset": "tiny",
+            "pad_to_30s": False,
+            "overrides": {
+                "d_model": 32,
+                "encoder_layers": 1,
+                "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 64,
+            },
+        },
         "weak_encoders": {
             "conv25": {"component": f"{PACKAGE}.Conv", "hop": 640, "out_dim": 8, "freeze": False},
             "conv50": {"component": f"{PACKAGE}.Conv", "out_dim": 8, "freeze": False},
-            "whisper": {"family": "whisper", "preset": "tiny", "pad_to_30s": False,
-                        "overrides": {"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2,
-                                      "encoder_ffn_dim": 32}},
+            "whisper": {
+                "family": "whisper",
+                "preset": "tiny",
+                "pad_to_30s": False,
+                "overrides": {
+                    "d_model": 16,
+                    "encoder_layers": 1,
+                    "encoder_attention_heads": 2,
+                    "encoder_ffn_dim": 32,
+                },
+            },
         },
-        "router": {"component": f"{PACKAGE}.DurationRouter", "top_k": 2, "buckets": 3, "frames_per_bucket": 12},
+        "router": {
+            "component": f"{PACKAGE}.DurationRouter",
+            "top_k": 2,
+            "buckets": 3,
+            "frames_per_bucket": 12,
+        },
         "connector": {"kind": "stack", "options": {"stack": 4}},
-        "llm": {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                           "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-                           "max_position_embeddings": 512}, "train": "lora"},
+        "llm": {
+            "config": {
+                "model_type": "llama",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "max_position_embeddings": 512,
+            },
+            "train": "lora",
+        },
         "lora": {"r": 2, "alpha": 4, "dropout": 0.1},
     },
     "tokenizer": {"train_bpe": {"vocab_size": 280}},
     "data": {"train": "train.jsonl", "on_bad_example": "error", "max_audio_seconds": 5},
-    "train": {"output_dir": "run", "batch_size": 4, "save_every": 2, "log_every": 1, "seed": 3, "progress": False},
-    "stages": [{"name": "pool", "train": ["connector", "routers", "weak_encoders"], "steps": 4, "lr": 1e-2},
-               {"name": "lora", "train": ["connector", "lora"], "steps": 4, "lr": 1e-2}],
+    "train": {
+        "output_dir": "run",
+        "batch_size": 4,
+        "save_every": 2,
+        "log_every": 1,
+        "seed": 3,
+        "progress": False,
+    },
+    "stages": [
+        {"name": "pool", "train": ["connector", "routers", "weak_encoders"], "steps": 4, "lr": 1e-2},
+        {"name": "lora", "train": ["connector", "lora"], "steps": 4, "lr": 1e-2},
+    ],
 }
-
-
 
 
 @pytest.fixture(scope="module")
@@ -66,21 +103,48 @@ def workdir(tmp_path_factory):
     with open(root / "train.jsonl", "w") as f:
         for i in range(12):
             write_tone_wav(root / "audio" / f"{i}.wav", 300 + 400 * (i % 3), seconds=0.3 + 0.1 * i)
-            f.write(json.dumps({"id": f"ex{i}", "audio": f"audio/{i}.wav", "instruction": PROMPT,
-                                "answer": ["low", "mid", "high"][i % 3], "task": "tone"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"ex{i}",
+                        "audio": f"audio/{i}.wav",
+                        "instruction": PROMPT,
+                        "answer": ["low", "mid", "high"][i % 3],
+                        "task": "tone",
+                    }
+                )
+                + "\n"
+            )
     (root / "run.yaml").write_text(yaml.safe_dump(RUN, sort_keys=False))
     return root
 
 
 def _env(root) -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1",
-                PYTHONPATH=os.pathsep.join([ROOT, str(root / "pkgs"), os.environ.get("PYTHONPATH", "")]))
+    return dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([ROOT, str(root / "pkgs"), os.environ.get("PYTHONPATH", "")]),
+    )
 
 
 def _train(root, out: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mowe", "train", "--config", str(root / "run.yaml"),
-                             "--set", f"train.output_dir={root / out}", *extra], env=_env(root),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mowe",
+            "train",
+            "--config",
+            str(root / "run.yaml"),
+            "--set",
+            f"train.output_dir={root / out}",
+            *extra,
+        ],
+        env=_env(root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -103,9 +167,21 @@ def runs(workdir):
     out = {"killed_rc": procs["c"].returncode, "killed_final": (workdir / "c" / "final").exists()}
     out.update({name: _finish(procs[name]) for name in ("a", "b")})
     resume = _train(workdir, "c", "--resume", "latest")
-    fresh = subprocess.Popen([sys.executable, "-c", FRESH, str(workdir / "a" / "final"), _wav(workdir), PROMPT,
-                              str(workdir / "fresh.pt")], env=_env(workdir), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    fresh = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            FRESH,
+            str(workdir / "a" / "final"),
+            _wav(workdir),
+            PROMPT,
+            str(workdir / "fresh.pt"),
+        ],
+        env=_env(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out["resumed"] = _finish(resume)
     out["fresh"] = fresh.communicate(timeout=300)
     out["fresh_rc"] = fresh.returncode
@@ -117,9 +193,13 @@ def _wav(root) -> str:
 
 
 def _weights(root, out: str) -> dict[str, torch.Tensor]:
-    """Every saved tensor of the final model: ``model.safetensors`` and the PEFT adapter in ``llm_adapter/``."""
+    """Every saved tensor of the final model: ``model.safetensors`` and the PEFT adapter in
+    ``llm_adapter/``."""
     final = root / out / "final"
-    adapter = {f"llm_adapter/{k}": v for k, v in load_file(str(final / "llm_adapter" / "adapter_model.safetensors")).items()}
+    adapter = {
+        f"llm_adapter/{k}": v
+        for k, v in load_file(str(final / "llm_adapter" / "adapter_model.safetensors")).items()
+    }
     return {**load_file(str(final / "model.safetensors")), **adapter}
 
 
@@ -140,21 +220,31 @@ FRESH = textwrap.dedent('''
     with torch.no_grad():
         logits = model(batch["input_ids"], batch["waveforms"], batch["wave_lengths"],
                        attention_mask=batch["attention_mask"]).logits
-    torch.save({"logits": logits, "router": type(model.router).__module__ + "." + type(model.router).__name__}, dest)
+    router = type(model.router).__module__ + "." + type(model.router).__name__
+    torch.save({"logits": logits, "router": router}, dest)
 ''')
 
 
-def test_custom_components_train_from_the_cli_and_reload_in_a_fresh_process(workdir, runs, monkeypatch, capsys):
+def test_custom_components_train_from_the_cli_and_reload_in_a_fresh_process(
+    workdir, runs, monkeypatch, capsys
+):
     final = workdir / "a" / "final"
     cfg = json.loads((final / "config.json").read_text())
     # The saved config names the components with their keyword arguments; common keys stay regular fields.
     assert cfg["router"]["component"] == "my_parts.DurationRouter" and cfg["router"]["kwargs"] == {
-        "buckets": 3, "frames_per_bucket": 12}
-    assert cfg["weak_encoders"]["conv25"]["kwargs"] == {"hop": 640, "out_dim": 8} and cfg["weak_encoders"]["conv25"]["freeze"] is False
+        "buckets": 3,
+        "frames_per_bucket": 12,
+    }
+    assert (
+        cfg["weak_encoders"]["conv25"]["kwargs"] == {"hop": 640, "out_dim": 8}
+        and cfg["weak_encoders"]["conv25"]["freeze"] is False
+    )
     saved = _weights(workdir, "a")
     assert "router.table.weight" in saved and saved["router.table.weight"].shape == (3, 3)
     # The stage log says what trained: both conv encoders by name, never the frozen built-in Whisper.
-    start = [json.loads(x) for x in (workdir / "a" / "log.jsonl").read_text().splitlines() if "stage_start" in x]
+    start = [
+        json.loads(x) for x in (workdir / "a" / "log.jsonl").read_text().splitlines() if "stage_start" in x
+    ]
     assert [s["stage"] for s in start] == ["pool", "lora"]
     assert {"weak_encoders.conv25", "weak_encoders.conv50", "routers"} <= set(start[0]["trains"])
     assert "weak_encoders.whisper" not in start[0]["trains"]
@@ -174,26 +264,43 @@ def test_custom_components_train_from_the_cli_and_reload_in_a_fresh_process(work
     from mowe import MoWEAudioLLM
     from mowe.data.processor import MoWEProcessor
 
-    with pytest.raises(ConfigError, match=r"^model\.weak_encoders\.conv25: component 'my_parts\.Conv' is outside mowe"):
+    with pytest.raises(
+        ConfigError, match=r"^model\.weak_encoders\.conv25: component 'my_parts\.Conv' is outside mowe"
+    ):
         MoWEAudioLLM.from_pretrained(final, allow_components=["my_partsX", "other"])
     model = MoWEAudioLLM.from_pretrained(final, allow_components=["my_parts"]).eval()
     state = model.state_dict()
+
     def in_model(key: str) -> str:  # a PEFT adapter file's key -> the model's state-dict key
         if not key.startswith("llm_adapter/"):
             return key
-        head, _, tail = key[len("llm_adapter/"):].rpartition(".")  # "...lora_A", "weight"
+        head, _, tail = key[len("llm_adapter/") :].rpartition(".")  # "...lora_A", "weight"
         return f"llm.{head}.default.{tail}"
 
     assert all(torch.equal(state[in_model(k)], v) for k, v in saved.items())
     proc = MoWEProcessor.from_pretrained(final)
     batch = proc(text=PROMPT, audio=wav)
     with torch.no_grad():
-        logits = model(batch["input_ids"], batch["waveforms"], batch["wave_lengths"],
-                       attention_mask=batch["attention_mask"]).logits
+        logits = model(
+            batch["input_ids"],
+            batch["waveforms"],
+            batch["wave_lengths"],
+            attention_mask=batch["attention_mask"],
+        ).logits
     assert torch.equal(logits, fresh["logits"])
 
     # mowe infer refuses without --allow-components (exit 2, naming the flag) and answers with it.
-    args = ["infer", "--model", str(workdir / "a"), "--audio", wav, "--prompt", PROMPT, "--max-new-tokens", "2"]
+    args = [
+        "infer",
+        "--model",
+        str(workdir / "a"),
+        "--audio",
+        wav,
+        "--prompt",
+        PROMPT,
+        "--max-new-tokens",
+        "2",
+    ]
     assert main(args) == 2
     assert "--allow-components my_parts" in capsys.readouterr().err
     assert main([*args, "--allow-components", "my_parts"]) == 0
@@ -203,7 +310,9 @@ def test_two_cli_runs_and_a_killed_then_resumed_run_give_identical_weights(workd
     a, b = _weights(workdir, "a"), _weights(workdir, "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    assert runs["killed_rc"] == -signal.SIGKILL and not runs["killed_final"], "run c ended before it was killed"
+    assert runs["killed_rc"] == -signal.SIGKILL and not runs["killed_final"], (
+        "run c ended before it was killed"
+    )
     log = [json.loads(x) for x in (workdir / "c" / "log.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "resume" for r in log)
     c = _weights(workdir, "c")

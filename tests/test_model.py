@@ -51,8 +51,12 @@ def test_save_then_load_gives_identical_logits(model, tmp_path):
     again = MoWEAudioLLM.from_pretrained(tmp_path / "ckpt").eval()
     wav, wl, ids, am, _ = make_batch()
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, wav, wl, attention_mask=am).logits,
-                                   again(ids, wav, wl, attention_mask=am).logits, atol=0, rtol=0)
+        torch.testing.assert_close(
+            model(ids, wav, wl, attention_mask=am).logits,
+            again(ids, wav, wl, attention_mask=am).logits,
+            atol=0,
+            rtol=0,
+        )
     model.train()
 
 
@@ -68,16 +72,28 @@ def test_frozen_pretrained_towers_are_referenced_not_copied(tmp_path):
         WhisperModel,
     )
 
-    wcfg = WhisperConfig(**WHISPER_TINY, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
-                         vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
+    wcfg = WhisperConfig(
+        **WHISPER_TINY,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=32,
+        vocab_size=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=3,
+    )
     WhisperModel(wcfg).save_pretrained(tmp_path / "whisper")
     HubertModel(HubertConfig(**HUBERT_TINY)).save_pretrained(tmp_path / "hubert")
     llama = {k: v for k, v in LLAMA_TINY.items() if k != "model_type"}
     AutoModelForCausalLM.from_config(LlamaConfig(**llama)).save_pretrained(tmp_path / "llama")
-    cfg = MoWEConfig(strong=EncoderConfig("whisper", name_or_path=str(tmp_path / "whisper"), pad_to_30s=False),
-                     weak_encoders={"hub": EncoderConfig("hubert", name_or_path=str(tmp_path / "hubert"))},
-                     connector=ConnectorConfig("linear"), llm=LLMConfig(name_or_path=str(tmp_path / "llama")),
-                     audio_token_id=AUDIO_ID)
+    cfg = MoWEConfig(
+        strong=EncoderConfig("whisper", name_or_path=str(tmp_path / "whisper"), pad_to_30s=False),
+        weak_encoders={"hub": EncoderConfig("hubert", name_or_path=str(tmp_path / "hubert"))},
+        connector=ConnectorConfig("linear"),
+        llm=LLMConfig(name_or_path=str(tmp_path / "llama")),
+        audio_token_id=AUDIO_ID,
+    )
     m = MoWEAudioLLM.from_config(cfg).eval()
     m.save_pretrained(tmp_path / "small")
     with safe_open(str(tmp_path / "small" / "model.safetensors"), "pt") as f:
@@ -89,8 +105,12 @@ def test_frozen_pretrained_towers_are_referenced_not_copied(tmp_path):
     again = MoWEAudioLLM.from_pretrained(tmp_path / "small").eval()
     wav, wl, ids, am, _ = make_batch()
     with torch.no_grad():
-        torch.testing.assert_close(m(ids, wav, wl, attention_mask=am).logits,
-                                   again(ids, wav, wl, attention_mask=am).logits, atol=0, rtol=0)
+        torch.testing.assert_close(
+            m(ids, wav, wl, attention_mask=am).logits,
+            again(ids, wav, wl, attention_mask=am).logits,
+            atol=0,
+            rtol=0,
+        )
 
 
 def test_damaged_checkpoints_are_refused(model, tmp_path):
@@ -123,10 +143,10 @@ def test_padding_a_batch_changes_no_clip(model):
         full = model(ids, wav, wl, attention_mask=am)
     for i in range(3):
         n = int(am[i].sum())
-        alone = model.generate(ids[i:i + 1, :n], wav[i:i + 1, : wl[i]], wl[i:i + 1], max_new_tokens=6)
+        alone = model.generate(ids[i : i + 1, :n], wav[i : i + 1, : wl[i]], wl[i : i + 1], max_new_tokens=6)
         assert torch.equal(alone[0], together[i]), i
         with torch.no_grad():
-            one = model(ids[i:i + 1, :n], wav[i:i + 1, : wl[i]], wl[i:i + 1])
+            one = model(ids[i : i + 1, :n], wav[i : i + 1, : wl[i]], wl[i : i + 1])
         t = one.logits.shape[1]
         torch.testing.assert_close(full.logits[i, :t], one.logits[0], atol=2e-5, rtol=1e-4)
         torch.testing.assert_close(full.router.gates[i], one.router.gates[0], atol=1e-6, rtol=1e-5)
@@ -170,19 +190,37 @@ def test_user_encoder_joins_pool_trains_saves_and_reloads(tmp_path):
         MoWEAudioLLM.from_pretrained(tmp_path / "c")
     again = MoWEAudioLLM.from_pretrained(tmp_path / "c", encoders={"energy": EnergyEncoder()}).eval()
     with torch.no_grad():
-        torch.testing.assert_close(m(ids, wav, wl, attention_mask=am).logits,
-                                   again(ids, wav, wl, attention_mask=am).logits, atol=0, rtol=0)
+        torch.testing.assert_close(
+            m(ids, wav, wl, attention_mask=am).logits,
+            again(ids, wav, wl, attention_mask=am).logits,
+            atol=0,
+            rtol=0,
+        )
 
 
-@pytest.mark.parametrize("llm", [
-    dict(model_type="gpt2", vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=512),
-    dict(model_type="qwen2", vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512),
-])
+@pytest.mark.parametrize(
+    "llm",
+    [
+        dict(model_type="gpt2", vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=512),
+        dict(
+            model_type="qwen2",
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+        ),
+    ],
+)
 def test_other_llm_families_train_and_generate(llm):
-    cfg = MoWEConfig(strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
-                     connector=ConnectorConfig("conv", {"stride": 2}), llm=LLMConfig(config=llm),
-                     audio_token_id=AUDIO_ID)
+    cfg = MoWEConfig(
+        strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
+        connector=ConnectorConfig("conv", {"stride": 2}),
+        llm=LLMConfig(config=llm),
+        audio_token_id=AUDIO_ID,
+    )
     m = MoWEAudioLLM.from_config(cfg)
     wav, wl, ids, am, labels = make_batch()
     out = m(ids, wav, wl, attention_mask=am, labels=labels)
@@ -190,14 +228,20 @@ def test_other_llm_families_train_and_generate(llm):
     assert out.router is None and out.aux_loss is None
     assert any(p.grad is not None for n, p in m.named_parameters() if "lora_" in n)
     m.eval()
-    assert torch.equal(m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=4),
-                       m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=4, use_cache=False))
+    assert torch.equal(
+        m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=4),
+        m.generate(ids, wav, wl, attention_mask=am, max_new_tokens=4, use_cache=False),
+    )
 
 
 def test_full_and_frozen_llm_modes():
-    full = MoWEAudioLLM.from_config(tiny_config(weak=False).replace(llm=LLMConfig(config=LLAMA_TINY, train="full")))
+    full = MoWEAudioLLM.from_config(
+        tiny_config(weak=False).replace(llm=LLMConfig(config=LLAMA_TINY, train="full"))
+    )
     assert all(p.requires_grad for p in full.llm.parameters())
-    frozen = MoWEAudioLLM.from_config(tiny_config(weak=False).replace(llm=LLMConfig(config=LLAMA_TINY, train="frozen")))
+    frozen = MoWEAudioLLM.from_config(
+        tiny_config(weak=False).replace(llm=LLMConfig(config=LLAMA_TINY, train="frozen"))
+    )
     assert not any(p.requires_grad for p in frozen.llm.parameters())
 
 
@@ -219,7 +263,9 @@ def test_bad_inputs_get_clear_errors(model):
         model(ids, wav[:0], wl[:0], attention_mask=am)
     short = wl.clone()
     short[2] = 399
-    with pytest.raises(MoWEInputError, match="clip 2 of waveforms has 399 samples; this encoder needs at least 400"):
+    with pytest.raises(
+        MoWEInputError, match="clip 2 of waveforms has 399 samples; this encoder needs at least 400"
+    ):
         model(ids, wav, short, attention_mask=am)
     with pytest.raises(MoWEInputError, match=r"sample 0: 1, sample 1: 1\) but 3 audio clip"):
         model(ids[:2], wav, wl, attention_mask=am[:2])
@@ -229,13 +275,21 @@ def test_bad_inputs_get_clear_errors(model):
     with pytest.raises(MoWEInputError, match=r"encoder 'bad' returned features of shape \(3, 100, 3\)"):
         m(ids, wav, wl, attention_mask=am)
     with pytest.raises(MoWEInputError, match="lacks the attribute 'in_dim'"):
-        MoWEAudioLLM(strong_encoder=model.strong_encoder, connector=nn.Linear(3, 3), llm=model.llm,
-                     audio_token_id=AUDIO_ID)
+        MoWEAudioLLM(
+            strong_encoder=model.strong_encoder,
+            connector=nn.Linear(3, 3),
+            llm=model.llm,
+            audio_token_id=AUDIO_ID,
+        )
     from mowe.connectors import LinearConnector
 
     with pytest.raises(MoWEInputError, match="connector.in_dim is 3 but the encoders give 64"):
-        MoWEAudioLLM(strong_encoder=model.strong_encoder, connector=LinearConnector(in_dim=3, out_dim=64),
-                     llm=model.llm, audio_token_id=AUDIO_ID)
+        MoWEAudioLLM(
+            strong_encoder=model.strong_encoder,
+            connector=LinearConnector(in_dim=3, out_dim=64),
+            llm=model.llm,
+            audio_token_id=AUDIO_ID,
+        )
 
 
 def test_frozen_encoders_stay_in_eval_mode_when_training():

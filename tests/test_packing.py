@@ -1,5 +1,5 @@
-"""Padding-free (packed) and length-grouped LLM passes: the same loss, logits and gradients as the padded batch,
-fewer tokens run."""
+"""Padding-free (packed) and length-grouped LLM passes: the same loss, logits and gradients as the padded
+batch, fewer tokens run."""
 
 from unittest import mock
 
@@ -15,9 +15,12 @@ LLMS = LLM_FAMILIES
 
 
 def _model(llm: dict) -> MoWEAudioLLM:
-    cfg = MoWEConfig(strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
-                     connector=ConnectorConfig("stack", {"stack": 2}), llm=LLMConfig(config=llm),
-                     audio_token_id=AUDIO_ID)
+    cfg = MoWEConfig(
+        strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
+        connector=ConnectorConfig("stack", {"stack": 2}),
+        llm=LLMConfig(config=llm),
+        audio_token_id=AUDIO_ID,
+    )
     return MoWEAudioLLM.from_config(cfg)
 
 
@@ -66,8 +69,10 @@ def test_packed_pass_runs_only_real_tokens():
     seen = []
     m.llm.get_input_embeddings()  # the decoder layers see the merged sequence
     layer = next(mod for name, mod in m.llm.named_modules() if name.endswith("layers.0"))
-    h = layer.register_forward_pre_hook(lambda mod, args, kw: seen.append(tuple((args or (kw["hidden_states"],))[0]
-                                                                                .shape[:2])), with_kwargs=True)
+    h = layer.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(tuple((args or (kw["hidden_states"],))[0].shape[:2])),
+        with_kwargs=True,
+    )
     out = m(ids, wav, wl, attention_mask=am, labels=labels, pack=True)
     h.remove()
     assert seen == [(1, int(out.attention_mask.sum()))]
@@ -103,8 +108,10 @@ def test_grouped_pass_runs_each_row_at_its_own_length():
     wav, wl, ids, am, labels = make_batch((16000, 3000, 9000))
     seen = []
     layer = next(mod for name, mod in m.llm.named_modules() if name.endswith("layers.0"))
-    h = layer.register_forward_pre_hook(lambda mod, args, kw: seen.append(tuple((args or (kw["hidden_states"],))[0]
-                                                                                .shape[:2])), with_kwargs=True)
+    h = layer.register_forward_pre_hook(
+        lambda mod, args, kw: seen.append(tuple((args or (kw["hidden_states"],))[0].shape[:2])),
+        with_kwargs=True,
+    )
     out = m(ids, wav, wl, attention_mask=am, labels=labels, pack="groups")
     h.remove()
     lens = out.attention_mask.sum(1).tolist()
@@ -135,8 +142,13 @@ def test_llm_pass_flops_of_each_layout():
     assert llm_pass_flops(mask, layout="groups", group_padding=0.0, **kw) == 7 * per_token + 21 * per_pair
     # Each call costs its overhead: three groups, three overheads; one padded batch, one.
     extra = {**kw, "call_overhead": 1000.0}
-    assert llm_pass_flops(mask, layout="groups", group_padding=0.0, **extra) == 7 * per_token + 21 * per_pair + 3000
-    assert llm_pass_flops(mask, layout="padded", **extra) == llm_pass_flops(mask, layout="padded", **kw) + 1000
+    assert (
+        llm_pass_flops(mask, layout="groups", group_padding=0.0, **extra)
+        == 7 * per_token + 21 * per_pair + 3000
+    )
+    assert (
+        llm_pass_flops(mask, layout="padded", **extra) == llm_pass_flops(mask, layout="padded", **kw) + 1000
+    )
     with pytest.raises(ValueError, match="layout"):
         llm_pass_flops(mask, layout="ragged", **kw)
 
@@ -161,8 +173,9 @@ def test_auto_runs_the_layout_it_picks_and_bad_values_are_named():
     wav, wl, ids, am, labels = make_batch((16000, 3000, 9000))
     rows = []
     layer = next(mod for name, mod in m.llm.named_modules() if name.endswith("layers.0"))
-    layer.register_forward_pre_hook(lambda mod, args, kw: rows.append((args or (kw["hidden_states"],))[0].shape[0]),
-                                    with_kwargs=True)
+    layer.register_forward_pre_hook(
+        lambda mod, args, kw: rows.append((args or (kw["hidden_states"],))[0].shape[0]), with_kwargs=True
+    )
     with mock.patch.object(m, "_llm_layout", return_value="groups"):
         m(ids, wav, wl, attention_mask=am, labels=labels, pack="auto")
     assert rows == [1, 1, 1]

@@ -1,5 +1,5 @@
-"""Pinned regression values (torchtune style): a router, two connectors, the merge, one encoder per family and one
-whole-model forward, after a fixed seed.
+"""Pinned regression values (torchtune style): a router, two connectors, the merge, one encoder per family and
+one whole-model forward, after a fixed seed.
 
 Each module is built after ``torch.manual_seed(0)`` and fed inputs from its own seeded generator; the numbers
 below were recorded from the implementation at the time of writing. A change that silently moves them (a new
@@ -32,13 +32,22 @@ def _one_thread():
 
 def test_mixture_router_pinned():
     torch.manual_seed(0)
-    router = MixtureRouter(routers=[DataIndependentRouter(num_encoders=4),
-                                    DataDependentRouter(in_dim=8, num_encoders=4, hidden_dim=16)],
-                           num_encoders=4, top_k=2).eval()
+    router = MixtureRouter(
+        routers=[
+            DataIndependentRouter(num_encoders=4),
+            DataDependentRouter(in_dim=8, num_encoders=4, hidden_dim=16),
+        ],
+        num_encoders=4,
+        top_k=2,
+    ).eval()
     out = router(_inputs(3, 5, 8), torch.tensor([5, 3, 1]))
-    expected = torch.tensor([[-0.025469210, -0.112653673, 0.020347629, 0.063712604],
-                             [-0.010869845, -0.026039159, 0.022573134, 0.043621156],
-                             [0.030677073, 0.017663319, 0.008714562, -0.019168498]])
+    expected = torch.tensor(
+        [
+            [-0.025469210, -0.112653673, 0.020347629, 0.063712604],
+            [-0.010869845, -0.026039159, 0.022573134, 0.043621156],
+            [0.030677073, 0.017663319, 0.008714562, -0.019168498],
+        ]
+    )
     torch.testing.assert_close(out.logits, expected, atol=ATOL, rtol=0)
     assert out.indices.tolist() == [[3, 2], [3, 2], [0, 1]]
     assert out.aux_loss.item() == pytest.approx(1.0073618, abs=ATOL)
@@ -51,29 +60,45 @@ def test_frame_stack_connector_pinned():
     assert out.lengths.tolist() == [3, 2]
     assert out.embeds.sum().item() == pytest.approx(6.0600142, abs=1e-4)
     assert out.embeds.abs().sum().item() == pytest.approx(7.7422948, abs=1e-4)
-    torch.testing.assert_close(out.embeds[0, 0], torch.tensor([-0.027001098, 0.438211679, 0.458686173, 0.171051562,
-                                                               0.491997778, -0.020272803]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        out.embeds[0, 0],
+        torch.tensor([-0.027001098, 0.438211679, 0.458686173, 0.171051562, 0.491997778, -0.020272803]),
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 def test_window_qformer_connector_pinned():
     torch.manual_seed(0)
-    conn = WindowQFormerConnector(in_dim=8, out_dim=6, hidden_dim=16, num_heads=2, num_layers=1, window=3, stride=3,
-                                  num_queries=1).eval()
+    conn = WindowQFormerConnector(
+        in_dim=8, out_dim=6, hidden_dim=16, num_heads=2, num_layers=1, window=3, stride=3, num_queries=1
+    ).eval()
     out = conn(_inputs(2, 7, 8), torch.tensor([7, 4]))
     assert out.lengths.tolist() == [3, 2]
     assert out.embeds.sum().item() == pytest.approx(5.5631456, abs=1e-4)
     assert out.embeds.abs().sum().item() == pytest.approx(17.0825176, abs=1e-4)
-    torch.testing.assert_close(out.embeds[1, 0], torch.tensor([-0.547194719, 0.005227178, 0.582933545, -0.737615585,
-                                                               1.155073881, 0.671724916]), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        out.embeds[1, 0],
+        torch.tensor([-0.547194719, 0.005227178, 0.582933545, -0.737615585, 1.155073881, 0.671724916]),
+        atol=ATOL,
+        rtol=0,
+    )
 
 
 def test_merge_pinned():
     ids = torch.tensor([[5, 9, 9, 7, 0], [5, 9, 7, 0, 0]])
     am = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     emb, aud = _inputs(2, 5, 4, seed=2), _inputs(3, 3, 4, seed=3)
-    m = merge_audio_features(input_ids=ids, inputs_embeds=emb, attention_mask=am, audio_embeds=aud,
-                             audio_lengths=torch.tensor([2, 3, 1]), audio_token_id=9, labels=ids.clone(),
-                             padding_side="left")
+    m = merge_audio_features(
+        input_ids=ids,
+        inputs_embeds=emb,
+        attention_mask=am,
+        audio_embeds=aud,
+        audio_lengths=torch.tensor([2, 3, 1]),
+        audio_token_id=9,
+        labels=ids.clone(),
+        padding_side="left",
+    )
     assert m.inputs_embeds.shape == (2, 8, 4)
     assert m.inputs_embeds.sum().item() == pytest.approx(-4.0135775, abs=1e-5)
     assert m.attention_mask.tolist() == [[1] * 8, [0, 0, 0, 0, 0, 1, 1, 1]]
@@ -131,8 +156,9 @@ def test_encoder_family_pinned(family):
 
 
 def test_whole_model_forward_pinned():
-    """Strong Whisper + a pool of two Whisper and two HuBERT weak encoders, routers, frame stacking, a tiny Llama
-    with LoRA (tests/conftest.py's tiny_config): logits, loss and routing of one forward on three clips."""
+    """Strong Whisper + a pool of two Whisper and two HuBERT weak encoders, routers, frame stacking, a tiny
+    Llama with LoRA (tests/conftest.py's tiny_config): logits, loss and routing of one forward on three
+       clips."""
     from conftest import make_batch, tiny_config
 
     from mowe.model import MoWEAudioLLM

@@ -53,15 +53,21 @@ def test_preset_wires_its_prompt_format_and_inference_lora_scale():
     from mowe.data.tokenizer import train_bpe_tokenizer
 
     tok = train_bpe_tokenizer(["what is the sound"], vocab_size=300)
-    with pytest.raises(ConfigError, match="for_tokenizer"):  # placeholder id 5 is not the tokenizer's <|audio|>
+    with pytest.raises(
+        ConfigError, match="for_tokenizer"
+    ):  # placeholder id 5 is not the tokenizer's <|audio|>
         salmonn(tiny=True, audio_token_id=AUDIO_ID, vocab_size=128).processor(tok)
     preset = salmonn(tiny=True, vocab_size=128).for_tokenizer(tok)
     proc = preset.processor(tok)
     assert proc.prompt_template == preset.prompt_template and "<Speech>" in proc.build_prompt("what is it")
-    def scales(model):
-        return {s["default"] for m in model.llm.modules() if isinstance(s := getattr(m, "scaling", None), dict)}
 
-    # SALMONN's official decoding keeps the trained LoRA scale (alpha / r = 4.0); activation tuning is a stage.
+    def scales(model):
+        return {
+            s["default"] for m in model.llm.modules() if isinstance(s := getattr(m, "scaling", None), dict)
+        }
+
+    # SALMONN's official decoding keeps the trained LoRA scale (alpha / r = 4.0); activation tuning is a
+    # stage.
     assert preset.inference_lora_scale == 1.0 and scales(preset.for_inference(preset.build())) == {32 / 8}
     halved = dataclasses.replace(preset, inference_lora_scale=0.5)
     assert scales(halved.for_inference(halved.build())) == {0.5 * 32 / 8}
@@ -71,7 +77,9 @@ def test_the_registry_lists_each_system_once():
     # run files' `stages: {preset: NAME}` give the presets' own curricula
     assert tuple(STAGE_PRESETS["salmonn"]((3, 4, 5))) == salmonn(steps=(3, 4, 5)).stages
     assert tuple(STAGE_PRESETS["ltu_as"](2)) == ltu_as(steps=2).stages
-    assert tuple(STAGE_PRESETS["mowe"](7)) == tuple(STAGE_PRESETS["mowe_paper"](7)) == mowe_paper(steps=7).stages
+    assert (
+        tuple(STAGE_PRESETS["mowe"](7)) == tuple(STAGE_PRESETS["mowe_paper"](7)) == mowe_paper(steps=7).stages
+    )
     with pytest.raises(ConfigError, match="one stage"):
         STAGE_PRESETS["mowe"]([1, 2])
     assert PROMPT_TEMPLATES["salmonn"] == salmonn().prompt_template

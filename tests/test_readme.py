@@ -35,9 +35,25 @@ def test_where_things_are_names_every_module_of_the_tree():
     pkg = README.parent / "mowe"
     named = set(re.findall(r"[\w]+\.py|[\w]+/", tree))
     missing = [p.name for p in pkg.glob("*.py") if p.name not in named]
-    missing += [f"{d.name}/" for d in pkg.iterdir() if (d / "__init__.py").exists() and f"{d.name}/" not in named]
-    for sub in ("hf", "training", "data", "encoders", "connectors", "routers", "checkpoints", "serve", "demo",
-                "salmonn", "ltu_as"):
-        missing += [f"{sub}/{p.name}" for p in (pkg / sub).glob("*.py")
-                    if p.name != "__init__.py" and p.name not in named]
+    missing += [
+        f"{d.name}/" for d in pkg.iterdir() if (d / "__init__.py").exists() and f"{d.name}/" not in named
+    ]
+    for sub in (
+        "hf",
+        "training",
+        "data",
+        "encoders",
+        "connectors",
+        "routers",
+        "checkpoints",
+        "serve",
+        "demo",
+        "salmonn",
+        "ltu_as",
+    ):
+        missing += [
+            f"{sub}/{p.name}"
+            for p in (pkg / sub).glob("*.py")
+            if p.name != "__init__.py" and p.name not in named
+        ]
     assert not missing, f"README 'Where things are' does not name {missing}"

@@ -34,8 +34,14 @@ def _to_old_format(folder) -> None:
 def _old_keys(file) -> None:
     sd = load_file(str(file))
     assert any(k.startswith("weak_encoders.") for k in sd)
-    save_file({("pool." + k[len("weak_encoders."):] if k.startswith("weak_encoders.") else k): v
-               for k, v in sd.items()}, str(file), metadata={"format": "pt"})
+    save_file(
+        {
+            ("pool." + k[len("weak_encoders.") :] if k.startswith("weak_encoders.") else k): v
+            for k, v in sd.items()
+        },
+        str(file),
+        metadata={"format": "pt"},
+    )
 
 
 def _forward(model):
@@ -71,10 +77,14 @@ def test_one_name_for_the_weak_pool():
 def test_a_config_with_the_old_key_loads_with_a_warning():
     new = to_dict(tiny_config(weak=True))
     old = {("weak" if k == "weak_encoders" else k): v for k, v in new.items()}
-    with pytest.warns(DeprecationWarning, match=r"model\.weak: the key 'weak' is deprecated; use 'weak_encoders'"):
+    with pytest.warns(
+        DeprecationWarning, match=r"model\.weak: the key 'weak' is deprecated; use 'weak_encoders'"
+    ):
         got = from_dict(MoWEConfig, old, where="model")
     assert got == from_dict(MoWEConfig, new, where="model")
-    with pytest.raises(ConfigError, match=r"^model\.weak: the old name of 'weak_encoders', which is given too"):
+    with pytest.raises(
+        ConfigError, match=r"^model\.weak: the old name of 'weak_encoders', which is given too"
+    ):
         from_dict(MoWEConfig, {**new, "weak": new["weak_encoders"]}, where="model")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the new key: no warning
@@ -95,7 +105,9 @@ def test_an_old_folder_loads_through_from_pretrained_load_weights_and_auto(old_f
     torch.manual_seed(9)
     fresh = MoWEAudioLLM.from_config(model.config)
     assert not torch.equal(_forward(fresh), want)
-    with pytest.warns(DeprecationWarning, match=r"'pool\.' are deprecated; they now start with 'weak_encoders\.'"):
+    with pytest.warns(
+        DeprecationWarning, match=r"'pool\.' are deprecated; they now start with 'weak_encoders\.'"
+    ):
         fresh.load_weights(folder)
     assert torch.equal(_forward(fresh), want)
 
@@ -110,8 +122,10 @@ def test_an_old_folder_loads_through_from_pretrained_load_weights_and_auto(old_f
 
 def test_load_state_dict_takes_old_keys(old_folder):
     model, _ = old_folder
-    sd = {("pool." + k[len("weak_encoders."):] if k.startswith("weak_encoders.") else k): v
-          for k, v in model.state_dict().items()}
+    sd = {
+        ("pool." + k[len("weak_encoders.") :] if k.startswith("weak_encoders.") else k): v
+        for k, v in model.state_dict().items()
+    }
     torch.manual_seed(9)
     fresh = MoWEAudioLLM.from_config(model.config)
     with pytest.warns(DeprecationWarning, match="load_state_dict: state-dict keys under 'pool.'"):
@@ -126,17 +140,27 @@ def test_resume_from_a_checkpoint_with_old_keys(tmp_path):
     stages = [Stage("a", ("connector", "routers"), 4, 2e-3)]
 
     def cfg(out):
-        return TrainConfig(output_dir=str(out), batch_size=2, progress=False, log_every=1, save_every=2,
-                           save_final=False, keep_last_checkpoints=5)
+        return TrainConfig(
+            output_dir=str(out),
+            batch_size=2,
+            progress=False,
+            log_every=1,
+            save_every=2,
+            save_final=False,
+            keep_last_checkpoints=5,
+        )
 
     model = tiny_model(weak=1)
-    Trainer(model, SyntheticDataset(12), config=cfg(tmp_path / "full"), stages=stages, collate_fn=collate).train()
+    Trainer(
+        model, SyntheticDataset(12), config=cfg(tmp_path / "full"), stages=stages, collate_fn=collate
+    ).train()
     step2 = tmp_path / "full" / "checkpoints" / "step-2"
     _old_keys(step2 / "model.safetensors")
     fresh = tiny_model(seed=123, weak=1)
     with pytest.warns(DeprecationWarning, match=r"step-2/model\.safetensors: state-dict keys under 'pool\.'"):
-        res = Trainer(fresh, SyntheticDataset(12), config=cfg(tmp_path / "resumed"), stages=stages,
-                      collate_fn=collate).train(resume=str(step2))
+        res = Trainer(
+            fresh, SyntheticDataset(12), config=cfg(tmp_path / "resumed"), stages=stages, collate_fn=collate
+        ).train(resume=str(step2))
     assert res.global_step == 4
     want, got = model.state_dict(), fresh.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)
@@ -152,9 +176,13 @@ def test_an_fsdp_checkpoint_with_old_names_loads_model_and_optimizer_state(tmp_p
     from mowe.training.resume import check_sharded_weights
 
     key = "pool.encoders.a.weight"
-    old = {"model": {key: torch.arange(4.0).reshape(2, 2), "connector.bias": torch.ones(2)},
-           "optim": {"state": {key: {"exp_avg": torch.full((2, 2), 2.0), "step": torch.tensor(3.0)}},
-                     "param_groups": [{"lr": 0.1, "params": [key]}]}}
+    old = {
+        "model": {key: torch.arange(4.0).reshape(2, 2), "connector.bias": torch.ones(2)},
+        "optim": {
+            "state": {key: {"exp_avg": torch.full((2, 2), 2.0), "step": torch.tensor(3.0)}},
+            "param_groups": [{"lr": 0.1, "params": [key]}],
+        },
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "torch.distributed ... uninitialized": one process
         dcp.save(old, checkpoint_id=str(tmp_path / SHARDED_DIR))
@@ -166,8 +194,10 @@ def test_an_fsdp_checkpoint_with_old_names_loads_model_and_optimizer_state(tmp_p
     assert check_sharded_weights(model, str(tmp_path))  # the old names fit this model
     new = "weak_encoders.encoders.a.weight"
     template = {new: torch.zeros(2, 2), "connector.bias": torch.zeros(2)}
-    optim = {"state": {new: {"exp_avg": torch.zeros(2, 2), "step": torch.tensor(0.0)}},
-             "param_groups": [{"lr": 0.1, "params": [new]}]}
+    optim = {
+        "state": {new: {"exp_avg": torch.zeros(2, 2), "step": torch.tensor(0.0)}},
+        "param_groups": [{"lr": 0.1, "params": [new]}],
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         with pytest.warns(DeprecationWarning, match=r"sharded: state-dict keys under 'pool\.'"):

@@ -45,10 +45,12 @@ def test_docs_and_legends_use_b_for_the_batch_axis():
 
 def test_the_scan_finds_a_planted_other_letter(tmp_path: Path):
     planted = tmp_path / "m.py"
-    planted.write_text('"""Shape legend: ``c`` clips."""\n\n\n'
-                       'def f(x):\n    """``x`` ``(c, s)`` waveforms."""\n'
-                       "    return x.sum(-1)  # (c,)\n\n\n"
-                       "Y = '(c, n)'\nZ = (c, 1)  # code, not a doc: not scanned\n")
+    planted.write_text(
+        '"""Shape legend: ``c`` clips."""\n\n\n'
+        'def f(x):\n    """``x`` ``(c, s)`` waveforms."""\n'
+        "    return x.sum(-1)  # (c,)\n\n\n"
+        "Y = '(c, n)'\nZ = (c, 1)  # code, not a doc: not scanned\n"
+    )
     found = [f.split(": ", 1)[1] for f in offenders([planted])]
     assert found == ["``c`` clips", "(c, s)", "(c,)", "(c, n)"]
     # channels or conv widths inside a shape are not the batch axis

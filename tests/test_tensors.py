@@ -18,8 +18,11 @@ from mowe.tensors import (
 
 def test_lengths_to_mask():
     mask = lengths_to_mask(torch.tensor([3, 0, 1]), 4)
-    assert mask.dtype == torch.bool and mask.tolist() == [[True, True, True, False], [False] * 4,
-                                                          [True, False, False, False]]
+    assert mask.dtype == torch.bool and mask.tolist() == [
+        [True, True, True, False],
+        [False] * 4,
+        [True, False, False, False],
+    ]
 
 
 @pytest.mark.parametrize("max_padding", [0.0, 0.1, 0.25, 1.0])

@@ -108,8 +108,11 @@ def imported_modules(test_file: Path) -> set[str]:
                 if a.name.split(".")[0] == "mowe":
                     found.add(a.name)
                     aliases[a.asname or a.name] = a.name
-        elif (isinstance(node, ast.ImportFrom) and node.level == 0
-              and (node.module or "").split(".")[0] == "mowe"):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] == "mowe"
+        ):
             found.add(node.module)
             for a in node.names:
                 where = _defined_in(node.module, a.name)
@@ -127,8 +130,11 @@ def imported_modules(test_file: Path) -> set[str]:
 
 def _named_for(test_file: Path, stem: str) -> bool:
     name = test_file.stem
-    return name == f"test_{stem}" or name.startswith(f"test_{stem}_") or (
-        name.startswith("test_") and name.endswith(f"_{stem}"))
+    return (
+        name == f"test_{stem}"
+        or name.startswith(f"test_{stem}_")
+        or (name.startswith("test_") and name.endswith(f"_{stem}"))
+    )
 
 
 def uncovered() -> list[str]:
@@ -146,8 +152,11 @@ def uncovered() -> list[str]:
 
 def test_every_subpackage_has_its_test_folder():
     assert len(subpackages()) >= 8
-    missing = [str(p.relative_to(ROOT)) for p in subpackages()
-               if not any((TESTS / p.relative_to(PACKAGE)).glob("test_*.py"))]
+    missing = [
+        str(p.relative_to(ROOT))
+        for p in subpackages()
+        if not any((TESTS / p.relative_to(PACKAGE)).glob("test_*.py"))
+    ]
     assert missing == [], f"no tests/<same path>/test_*.py for {missing}"
 
 

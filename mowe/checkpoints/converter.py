@@ -54,10 +54,19 @@ class Converter:
 #: The arguments every converter takes after its own: where to write, the dtype, the tokenizer and the
 #: placeholder id (``load`` receives all but ``out``).
 COMMON_ARGUMENTS: tuple[Argument, ...] = (
-    Argument(("--out",), {"required": True, "help": "output folder, loadable by MoWEAudioLLM.from_pretrained"}),
+    Argument(
+        ("--out",), {"required": True, "help": "output folder, loadable by MoWEAudioLLM.from_pretrained"}
+    ),
     Argument(("--dtype",), {"default": "float32", "choices": sorted(DTYPES)}),
-    Argument(("--tokenizer",), {"default": None, "help": "the LLM's tokenizer folder / hub id (default: --llm's)"}),
-    Argument(("--audio-token-id",), {"type": int, "default": None,
-                                     "help": "placeholder id (default: <|audio|> added to the tokenizer as a "
-                                             "special token)"}),
+    Argument(
+        ("--tokenizer",), {"default": None, "help": "the LLM's tokenizer folder / hub id (default: --llm's)"}
+    ),
+    Argument(
+        ("--audio-token-id",),
+        {
+            "type": int,
+            "default": None,
+            "help": "placeholder id (default: <|audio|> added to the tokenizer as a special token)",
+        },
+    ),
 )

@@ -8,13 +8,13 @@ from mowe.connectors.qformer import WindowQFormerConnector
 from mowe.connectors.tltr import TLTRConnector
 
 __all__ = [
-           "ConnectorOutput",
-           "ConvConnector",
-           "FrameStackConnector",
-           "LinearConnector",
-           "MLPConnector",
-           "StatsPoolConnector",
-           "TLTRConnector",
-           "TokenBudget",
-           "WindowQFormerConnector",
+    "ConnectorOutput",
+    "ConvConnector",
+    "FrameStackConnector",
+    "LinearConnector",
+    "MLPConnector",
+    "StatsPoolConnector",
+    "TLTRConnector",
+    "TokenBudget",
+    "WindowQFormerConnector",
 ]

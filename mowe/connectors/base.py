@@ -42,7 +42,9 @@ def check_frame_lengths(lengths, *, batch: int, frames: int, device: torch.devic
         raise MoWEInputError(f"features is empty ({batch} clips, {frames} frames)")
     lengths = torch.as_tensor(lengths, device=device)
     if lengths.shape != (batch,) or lengths.is_floating_point():
-        raise MoWEInputError(f"lengths must be integers of shape ({batch},), got {lengths.dtype} {tuple(lengths.shape)}")
+        raise MoWEInputError(
+            f"lengths must be integers of shape ({batch},), got {lengths.dtype} {tuple(lengths.shape)}"
+        )
     lengths = lengths.long()
     bad = ((lengths < 1) | (lengths > frames)).nonzero().flatten().tolist()
     if bad:
@@ -52,8 +54,9 @@ def check_frame_lengths(lengths, *, batch: int, frames: int, device: torch.devic
     return lengths
 
 
-def check_features(features: torch.Tensor, lengths, *, in_dim: int, num_layers: int | None = None,
-                   who: str = "connector") -> torch.Tensor:
+def check_features(
+    features: torch.Tensor, lengths, *, in_dim: int, num_layers: int | None = None, who: str = "connector"
+) -> torch.Tensor:
     """The one input check of every connector: ``(b, t, in_dim)`` features (``(b, l, t, in_dim)`` with
     ``num_layers``) and ``(b,)`` valid-frame counts in ``[1, t]``.
 
@@ -64,15 +67,22 @@ def check_features(features: torch.Tensor, lengths, *, in_dim: int, num_layers: 
         MoWEInputError: naming the expected shape, the argument and (for a bad length) the clip.
     """
     rank = 3 if num_layers is None else 4
-    expected = f"(batch, frames, {in_dim})" if num_layers is None else f"(batch, {num_layers} layers, frames, {in_dim})"
+    expected = (
+        f"(batch, frames, {in_dim})"
+        if num_layers is None
+        else f"(batch, {num_layers} layers, frames, {in_dim})"
+    )
     if not isinstance(features, torch.Tensor) or features.dim() != rank:
         got = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
         hint = " (pass EncoderOutput.hidden_states, not .features)" if num_layers is not None else ""
         raise MoWEInputError(f"{who}: features must have shape {expected}, got {got}{hint}")
     if num_layers is not None and features.shape[1] != num_layers:
-        raise MoWEInputError(f"{who}: features has {features.shape[1]} layers but num_layers_in={num_layers} "
-                             f"(shape {tuple(features.shape)}, expected {expected})")
+        raise MoWEInputError(
+            f"{who}: features has {features.shape[1]} layers but num_layers_in={num_layers} "
+            f"(shape {tuple(features.shape)}, expected {expected})"
+        )
     if features.shape[-1] != in_dim:
         raise MoWEInputError(f"{who}: features must have shape {expected}, got last dim {features.shape[-1]}")
-    return check_frame_lengths(lengths, batch=features.shape[0], frames=features.shape[-2], device=features.device)
-
+    return check_frame_lengths(
+        lengths, batch=features.shape[0], frames=features.shape[-2], device=features.device
+    )

@@ -21,7 +21,9 @@ __all__ = ["ConvConnector", "FrameStackConnector", "LinearConnector", "MLPConnec
 
 
 def _masked(embeds: torch.Tensor, lengths: torch.Tensor) -> ConnectorOutput:
-    return ConnectorOutput(embeds * lengths_to_mask(lengths, embeds.shape[1])[..., None].to(embeds.dtype), lengths)
+    return ConnectorOutput(
+        embeds * lengths_to_mask(lengths, embeds.shape[1])[..., None].to(embeds.dtype), lengths
+    )
 
 
 class LinearConnector(nn.Module):
@@ -84,16 +86,28 @@ class FrameStackConnector(nn.Module):
 
     needs_all_layers = False
 
-    def __init__(self, *, in_dim: int, out_dim: int, stack: int = 4, hidden_dim: int | None = None,
-                 stats_token: bool = False):
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        out_dim: int,
+        stack: int = 4,
+        hidden_dim: int | None = None,
+        stats_token: bool = False,
+    ):
         super().__init__()
         if stack < 1:
             raise MoWEInputError(f"stack must be >= 1, got {stack}")
         self.in_dim, self.out_dim, self.stack = in_dim, out_dim, stack
         hidden_dim = hidden_dim or out_dim
-        self.net = nn.Sequential(nn.Linear(in_dim * stack, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
-        self.stats = (nn.Sequential(nn.Linear(2 * in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
-                      if stats_token else None)
+        self.net = nn.Sequential(
+            nn.Linear(in_dim * stack, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim)
+        )
+        self.stats = (
+            nn.Sequential(nn.Linear(2 * in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+            if stats_token
+            else None
+        )
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         n = torch.div(lengths + self.stack - 1, self.stack, rounding_mode="floor")
@@ -125,8 +139,15 @@ class ConvConnector(nn.Module):
 
     needs_all_layers = False
 
-    def __init__(self, *, in_dim: int, out_dim: int, stride: int = 2, kernel: int | None = None,
-                 hidden_dim: int | None = None):
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        out_dim: int,
+        stride: int = 2,
+        kernel: int | None = None,
+        hidden_dim: int | None = None,
+    ):
         super().__init__()
         self.in_dim, self.out_dim, self.stride = in_dim, out_dim, stride
         self.kernel = kernel or stride

@@ -34,8 +34,9 @@ __all__ = ["TokenBudget", "audio_tokens", "pool_frames"]
 OutLengths = Callable[[torch.Tensor], torch.Tensor]
 
 
-def pool_frames(features: torch.Tensor, lengths: torch.Tensor, factor: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_frames(
+    features: torch.Tensor, lengths: torch.Tensor, factor: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Average groups of ``factor`` consecutive valid frames (a clip's last group: its valid frames only).
 
     Args:
@@ -61,14 +62,17 @@ def pool_frames(features: torch.Tensor, lengths: torch.Tensor, factor: int
 
 def _smallest_factor(frames: int, cap: int, out_lengths: OutLengths, *, who: str, what: str) -> int:
     """The smallest ``p`` with ``out_lengths(ceil(frames / p)) <= cap`` (out_lengths grows with frames)."""
+
     def tokens(p: int) -> int:
         return int(out_lengths(torch.tensor([-(-frames // p)]))[0])
 
     if tokens(1) <= cap:
         return 1
     if tokens(frames) > cap:
-        raise MoWEInputError(f"{what}={cap} cannot be met: {who} gives {tokens(frames)} tokens even from a "
-                             f"single pooled frame; raise {what}")
+        raise MoWEInputError(
+            f"{what}={cap} cannot be met: {who} gives {tokens(frames)} tokens even from a "
+            f"single pooled frame; raise {what}"
+        )
     lo, hi = 1, frames  # tokens(lo) > cap >= tokens(hi)
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -110,8 +114,13 @@ class TokenBudget:
             MoWEInputError: naming the cap and ``who``.
         """
         if self.max_tokens_per_window is not None:
-            _smallest_factor(self.window_frames, self.max_tokens_per_window, out_lengths, who=who,
-                             what="max_tokens_per_window")
+            _smallest_factor(
+                self.window_frames,
+                self.max_tokens_per_window,
+                out_lengths,
+                who=who,
+                what="max_tokens_per_window",
+            )
         if self.max_tokens is not None:
             _smallest_factor(1, self.max_tokens, out_lengths, who=who, what="max_tokens")
 
@@ -119,11 +128,18 @@ class TokenBudget:
         """The pooling factor every window gets under ``max_tokens_per_window`` (1 without it)."""
         if self.max_tokens_per_window is None:
             return 1
-        return _smallest_factor(self.window_frames, self.max_tokens_per_window, out_lengths, who=who,
-                                what="max_tokens_per_window")
+        return _smallest_factor(
+            self.window_frames, self.max_tokens_per_window, out_lengths, who=who, what="max_tokens_per_window"
+        )
 
-    def __call__(self, features: torch.Tensor, lengths: torch.Tensor, *, out_lengths: OutLengths,
-                 who: str = "the connector") -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor,
+        *,
+        out_lengths: OutLengths,
+        who: str = "the connector",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pool ``(b, t, d)`` (or ``(b, l, t, d)``) features so the connector's tokens meet the budget.
 
         Returns:
@@ -135,8 +151,9 @@ class TokenBudget:
         if self.max_tokens is None:
             return features, lengths
         host = lengths.tolist()
-        factors = [_smallest_factor(n, self.max_tokens, out_lengths, who=who, what="max_tokens")
-                   for n in host]
+        factors = [
+            _smallest_factor(n, self.max_tokens, out_lengths, who=who, what="max_tokens") for n in host
+        ]
         if all(f == 1 for f in factors):
             return features, lengths
         parts, order = [], []
@@ -155,8 +172,9 @@ class TokenBudget:
         return x[inverse], n[inverse]
 
 
-def _pool_windows(features: torch.Tensor, lengths: torch.Tensor, window: int, factor: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _pool_windows(
+    features: torch.Tensor, lengths: torch.Tensor, window: int, factor: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pool each window of ``window`` frames by ``factor`` on its own, then lay the windows end to end (every
     window but a clip's last is full, so the pooled frames stay contiguous)."""
     b, t = features.shape[0], features.shape[-2]
@@ -180,8 +198,9 @@ def _pool_windows(features: torch.Tensor, lengths: torch.Tensor, window: int, fa
     return pooled[..., :t_out, :] * keep, total
 
 
-def audio_tokens(out_lengths: OutLengths, *, seconds: float, frame_rate: float = 50.0,
-                 budget: TokenBudget | None = None) -> int:
+def audio_tokens(
+    out_lengths: OutLengths, *, seconds: float, frame_rate: float = 50.0, budget: TokenBudget | None = None
+) -> int:
     """Audio tokens a connector (its ``out_lengths``) gives for ``seconds`` of audio at ``frame_rate``
     frames/s, after ``budget``, without running anything: the figures of the README's table
     (``benchmarks/tokens_per_minute.py``)."""
@@ -193,7 +212,8 @@ def audio_tokens(out_lengths: OutLengths, *, seconds: float, frame_rate: float =
             wl = window_lengths(n, budget.window_frames)
             n = torch.div(wl + p - 1, p, rounding_mode="floor").sum(1)
         if budget.max_tokens is not None:
-            f = _smallest_factor(int(n[0]), budget.max_tokens, out_lengths, who="connector",
-                                 what="max_tokens")
+            f = _smallest_factor(
+                int(n[0]), budget.max_tokens, out_lengths, who="connector", what="max_tokens"
+            )
             n = torch.div(n + f - 1, f, rounding_mode="floor")
     return int(out_lengths(n)[0])

@@ -44,9 +44,13 @@ class PerStreamNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(b, t, sum(dims))`` -> the same shape, each stream normalised on its own."""
         if x.shape[-1] != sum(self.dims):
-            raise MoWEInputError(f"PerStreamNorm expects {sum(self.dims)} features {self.dims}, got {x.shape[-1]}")
+            raise MoWEInputError(
+                f"PerStreamNorm expects {sum(self.dims)} features {self.dims}, got {x.shape[-1]}"
+            )
         out = []
         for part, norm in zip(x.split(self.dims, dim=-1), self.norms):
             present = part.ne(0).any(-1, keepdim=True)
-            out.append(torch.where(present, norm(part), torch.zeros((), dtype=part.dtype, device=part.device)))
+            out.append(
+                torch.where(present, norm(part), torch.zeros((), dtype=part.dtype, device=part.device))
+            )
         return torch.cat(out, dim=-1)

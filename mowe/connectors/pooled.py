@@ -1,11 +1,13 @@
-"""Statistics pooling as a connector: a clip's mean and standard deviation over its valid frames, as a few tokens.
+"""Statistics pooling as a connector: a clip's mean and standard deviation over its valid frames, as a few
+tokens.
 
 Shape legend: ``b`` clips, ``t`` frames, ``d`` feature width, ``n`` audio tokens per clip.
 
-The x-vector recipe (Snyder et al. 2018) handed to an LLM: clip-level traits (who is speaking, how high, how fast)
-live in the statistics of the frames more than in any one frame, and a linear probe on exactly these pooled
-features is what :mod:`mowe.demo.probe` measures. Every clip gives the same number of tokens whatever its length,
-so the LLM's cost per clip is fixed (``tokens`` per clip; no frame-level detail, so not for transcription).
+The x-vector recipe (Snyder et al. 2018) handed to an LLM: clip-level traits (who is speaking, how high, how
+fast) live in the statistics of the frames more than in any one frame, and a linear probe on exactly these
+pooled features is what :mod:`mowe.demo.probe` measures. Every clip gives the same number of tokens whatever
+its length, so the LLM's cost per clip is fixed (``tokens`` per clip; no frame-level detail, so not for
+transcription).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ __all__ = ["StatsPoolConnector"]
 
 
 class StatsPoolConnector(nn.Module):
-    """``(b, t, d)`` frames -> ``(b, tokens, out_dim)``: LayerNorm'd [mean, std] over valid frames, then an MLP.
+    """``(b, t, d)`` frames -> ``(b, tokens, out_dim)``: LayerNorm'd [mean, std] over valid frames, then an
+    MLP.
 
     The LayerNorm puts encoders of very different scales (Whisper's hidden states, CREPE's pitch posteriors, a
     unit-norm speaker embedding) on one footing before the MLP.
@@ -48,7 +51,9 @@ class StatsPoolConnector(nn.Module):
         self.in_dim, self.out_dim, self.tokens = in_dim, out_dim, tokens
         hidden_dim = hidden_dim or out_dim
         self.norm = nn.LayerNorm(2 * in_dim)
-        self.net = nn.Sequential(nn.Linear(2 * in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, tokens * out_dim))
+        self.net = nn.Sequential(
+            nn.Linear(2 * in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, tokens * out_dim)
+        )
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         return torch.full_like(lengths, self.tokens)

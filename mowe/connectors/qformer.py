@@ -228,8 +228,10 @@ class WindowQFormerConnector(nn.Module):
         n_max = int(n_windows.max())  # one host sync; trims batch padding beyond the longest clip
         if int(n_windows.min()) == 0:
             i = int((n_windows == 0).nonzero()[0])
-            raise MoWEInputError(f"clip {i} has {int(lengths[i])} frames, fewer than one window ({self.window}); "
-                                 f"partial_window='drop' gives it no audio token")
+            raise MoWEInputError(
+                f"clip {i} has {int(lengths[i])} frames, fewer than one window ({self.window}); "
+                f"partial_window='drop' gives it no audio token"
+            )
         span = (n_max - 1) * self.stride + self.window  # frames covered by n_max windows
 
         x = self.input_norm(features[:, :span])

@@ -41,8 +41,8 @@ class _PreNormBlock(nn.Module):
         self.attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         if not key_bias:
             # Whisper-style attention (the official TLTR) has no key bias: hold that slice of the packed q/k/v
-            # bias at zero, its gradient too. (A key bias shifts every score of a query equally, so the softmax
-            # ignores it anyway; zeroing it keeps the weights a faithful copy of the official ones.)
+            # bias at zero, its gradient too. (A key bias shifts every score of a query equally, so the
+            # softmax ignores it anyway; zeroing it keeps the weights a faithful copy of the official ones.)
             with torch.no_grad():
                 self.attn.in_proj_bias[dim : 2 * dim].zero_()
             keep = torch.ones(3 * dim)
@@ -105,7 +105,8 @@ class TLTRConnector(nn.Module):
         super().__init__()
         hidden = in_dim if hidden_dim is None else hidden_dim
         for name, value in [
-            ("in_dim", in_dim), ("out_dim", out_dim), ("num_layers_in", num_layers_in), ("hidden_dim", hidden),
+            ("in_dim", in_dim), ("out_dim", out_dim), ("num_layers_in", num_layers_in),
+            ("hidden_dim", hidden),
             ("time_pool", time_pool), ("time_heads", time_heads), ("layer_heads", layer_heads),
         ]:  # fmt: skip
             if not isinstance(value, int) or value < 1:
@@ -124,7 +125,9 @@ class TLTRConnector(nn.Module):
             else nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden))
         )
         self.time_block = _PreNormBlock(dim=hidden, num_heads=time_heads, dropout=dropout, key_bias=key_bias)
-        self.layer_block = _PreNormBlock(dim=hidden, num_heads=layer_heads, dropout=dropout, key_bias=key_bias)
+        self.layer_block = _PreNormBlock(
+            dim=hidden, num_heads=layer_heads, dropout=dropout, key_bias=key_bias
+        )
         # LTU-AS's audio projection: LayerNorm without affine parameters, then Linear to the LLM width.
         self.out_norm = nn.LayerNorm(hidden, elementwise_affine=False)
         self.proj = nn.Linear(hidden, out_dim)
@@ -147,10 +150,12 @@ class TLTRConnector(nn.Module):
             the most tokens of any clip, and ``lengths`` ``(b,)`` = :meth:`out_lengths`.
 
         Raises:
-            MoWEInputError: ``features`` or ``lengths`` malformed, or the wrong number of layers (names which).
+            MoWEInputError: ``features`` or ``lengths`` malformed, or the wrong number of layers (names
+            which).
         """
-        lengths = check_features(features, lengths, in_dim=self.in_dim, num_layers=self.num_layers_in,
-                                 who="TLTRConnector")
+        lengths = check_features(
+            features, lengths, in_dim=self.in_dim, num_layers=self.num_layers_in, who="TLTRConnector"
+        )
         b, num_layers = features.shape[:2]
         n_steps = self.out_lengths(lengths)  # (b,)
         n_max = int(n_steps.max())  # one host sync; trims batch padding beyond the longest clip

@@ -16,5 +16,15 @@ from mowe.data.manifest import (
 from mowe.data.open_data import open_dataset
 from mowe.data.samplers import StageSampler
 
-__all__ = ["REQUIRED_FIELDS", "BadExampleWarning", "DatasetColumns", "HFAudioDataset", "HFStreamDataset",
-           "ManifestAudioError", "ManifestDataset", "SkippedExample", "StageSampler", "open_dataset"]
+__all__ = [
+    "REQUIRED_FIELDS",
+    "BadExampleWarning",
+    "DatasetColumns",
+    "HFAudioDataset",
+    "HFStreamDataset",
+    "ManifestAudioError",
+    "ManifestDataset",
+    "SkippedExample",
+    "StageSampler",
+    "open_dataset",
+]

@@ -213,8 +213,14 @@ def load_audio_bytes(
     return _load(io.BytesIO(bytes(data)), name, int(sample_rate), max_seconds, max_samples, length_policy)
 
 
-def _load(source: bytes | io.BytesIO, name: str, sample_rate: int, max_seconds: float | None,
-          max_samples: int | None, length_policy: LengthPolicy) -> AudioClip:
+def _load(
+    source: bytes | io.BytesIO,
+    name: str,
+    sample_rate: int,
+    max_seconds: float | None,
+    max_samples: int | None,
+    length_policy: LengthPolicy,
+) -> AudioClip:
     """Decode ``source`` (a path as bytes, or a file object); see :func:`load_audio`."""
     with _decoder_errors(name), sf.SoundFile(source) as f:
         src_rate, channels, frames = _header(f, name)
@@ -235,7 +241,8 @@ def _load(source: bytes | io.BytesIO, name: str, sample_rate: int, max_seconds: 
         src, mono = mono, soxr.resample(mono, src_rate, sample_rate, quality="HQ")
         if mono.shape[0] == 0:  # e.g. 3 frames at 96 kHz: less than one sample at 16 kHz
             raise AudioLoadError(
-                f"audio file '{name}' is too short: {src.shape[0]} frame(s) at {src_rate} Hz is less than one "
+                f"audio file '{name}' is too short: {src.shape[0]} frame(s) at {src_rate} Hz is less than "
+                f"one "
                 f"sample at {sample_rate} Hz"
             )
         if not np.isfinite(mono).all():  # the filter's overshoot on samples near float32's max
@@ -371,8 +378,9 @@ def _header(f: sf.SoundFile, name: str) -> tuple[int, int, int]:
     return src_rate, channels, frames
 
 
-def _mono_blocks(f: sf.SoundFile, name: str, limit: int | None,
-                 block_frames: int = _BLOCK_FRAMES) -> Iterator[np.ndarray]:
+def _mono_blocks(
+    f: sf.SoundFile, name: str, limit: int | None, block_frames: int = _BLOCK_FRAMES
+) -> Iterator[np.ndarray]:
     """Decode up to ``limit`` frames (all if None) ``block_frames`` at a time; yield ``(n,)`` float32 mono
     blocks.
 
@@ -500,5 +508,3 @@ def pad_batch(waveforms: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
     for i, c in enumerate(clips):
         out[i, : c.shape[0]] = c
     return out, lengths
-
-

@@ -1,8 +1,9 @@
 """Long audio files as a stream of fixed-length windows, in bounded memory, up to a maximum duration.
 
-:func:`stream_audio` decodes block by block (the same decoder and checks as :func:`mowe.data.audio.load_audio`)
-and resamples with soxr's streaming resampler, so a 2-hour file costs one window and one block of memory
-instead of the whole clip (``tests/data/test_chunk_memory.py`` measures it). Shape legend: ``s`` samples.
+:func:`stream_audio` decodes block by block (the same decoder and checks as
+:func:`mowe.data.audio.load_audio`) and resamples with soxr's streaming resampler, so a 2-hour file costs one
+window and one block of memory instead of the whole clip (``tests/data/test_chunk_memory.py`` measures it).
+Shape legend: ``s`` samples.
 
 Why it matters: a 60-minute clip held whole at 16 kHz float32 is 230 MB; decoding a 44.1 kHz stereo source
 whole first holds the decoded float32 blocks (1.27 GB for stereo before the downmix, 635 MB after) and then
@@ -45,29 +46,47 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def audio_too_long(source: str, duration: float, limit: float, *, option: str = "max_duration_seconds",
-                   at_least: bool = False) -> AudioTooLongError:
+def audio_too_long(
+    source: str,
+    duration: float,
+    limit: float,
+    *,
+    option: str = "max_duration_seconds",
+    at_least: bool = False,
+) -> AudioTooLongError:
     """The error for a clip past the maximum: names ``source``, its duration and the limit (and the option
     that sets it)."""
     more = "at least " if at_least else ""
     return AudioTooLongError(
         f"{source} is {more}{duration:.1f} s long ({_clock(duration)}), more than the maximum duration of "
         f"{limit:g} s ({_clock(limit)}; {option})",
-        limit_seconds=float(limit), duration_seconds=float(duration), source=source)
+        limit_seconds=float(limit),
+        duration_seconds=float(duration),
+        source=source,
+    )
 
 
 def _check_limit(max_duration_seconds: object) -> float | None:
     if max_duration_seconds is None:
         return None
-    if (isinstance(max_duration_seconds, bool) or not isinstance(max_duration_seconds, (int, float))
-            or not math.isfinite(max_duration_seconds) or max_duration_seconds <= 0):
-        raise MoWEInputError(f"max_duration_seconds must be a positive number or None, "
-                             f"got {max_duration_seconds!r}")
+    if (
+        isinstance(max_duration_seconds, bool)
+        or not isinstance(max_duration_seconds, (int, float))
+        or not math.isfinite(max_duration_seconds)
+        or max_duration_seconds <= 0
+    ):
+        raise MoWEInputError(
+            f"max_duration_seconds must be a positive number or None, got {max_duration_seconds!r}"
+        )
     return float(max_duration_seconds)
 
 
-def check_duration(path: str | os.PathLike[str] | bytes, max_duration_seconds: float | None, *,
-                   option: str = "max_duration_seconds") -> float:
+def check_duration(
+    path: str | os.PathLike[str] | bytes,
+    max_duration_seconds: float | None,
+    *,
+    option: str = "max_duration_seconds",
+) -> float:
     """The file's duration by its header (no sample decoded); raises if it is past ``max_duration_seconds``
     (for formats whose header states the length exactly: not MP3, whose length is only estimated there).
 
@@ -144,8 +163,11 @@ def stream_audio(
         src_rate, _, frames = _header(f, name)
         if limit is not None and _exact_length(f) and frames / src_rate > limit + 1e-9:
             raise audio_too_long(f"audio file '{name}'", frames / src_rate, limit, option=option)
-        rs = None if src_rate == sample_rate else soxr.ResampleStream(src_rate, sample_rate, 1, dtype="float32",
-                                                                      quality="HQ")
+        rs = (
+            None
+            if src_rate == sample_rate
+            else soxr.ResampleStream(src_rate, sample_rate, 1, dtype="float32", quality="HQ")
+        )
         buf = np.empty(window, dtype=np.float32)
         fill = 0
         emitted = 0
@@ -159,16 +181,19 @@ def stream_audio(
 
         for out in pieces():
             if out.size and not np.isfinite(out).all():
-                raise AudioLoadError(f"audio file '{name}' has samples too large to resample without overflow "
-                                     f"to Inf (float audio should lie in [-1, 1])")
+                raise AudioLoadError(
+                    f"audio file '{name}' has samples too large to resample without overflow "
+                    f"to Inf (float audio should lie in [-1, 1])"
+                )
             total += out.shape[0]
             if max_out is not None and total > max_out:
-                raise audio_too_long(f"audio file '{name}'", total / sample_rate, limit, option=option,
-                                     at_least=True)
+                raise audio_too_long(
+                    f"audio file '{name}'", total / sample_rate, limit, option=option, at_least=True
+                )
             pos = 0
             while pos < out.shape[0]:
                 take = min(window - fill, out.shape[0] - pos)
-                buf[fill:fill + take] = out[pos:pos + take]
+                buf[fill : fill + take] = out[pos : pos + take]
                 fill += take
                 pos += take
                 if fill == window:

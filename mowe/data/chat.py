@@ -4,7 +4,8 @@
 A message is ``{"role": "system" | "user" | "assistant", "content": str | [part, ...]}``; a part is
 ``{"type": "text", "text": ...}``, an audio part ``{"type": "audio", "path": ...}`` or
 ``{"type": "audio", "array": ..., "sampling_rate": ...}`` (transformers' chat format), or OpenAI's
-``{"type": "input_audio", ...}`` (the server decodes those). Several clips per turn and several turns are fine::
+``{"type": "input_audio", ...}`` (the server decodes those). Several clips per turn and several turns are
+fine::
 
     messages = [
         {"role": "user", "content": [{"type": "audio", "path": "a.wav"}, {"type": "audio", "path": "b.wav"},
@@ -52,35 +53,46 @@ def render_chat(processor: Any, messages: Sequence[Mapping[str, Any]]) -> str:
             elif kind == "text" and isinstance(text, str) and processor.audio_token not in text:
                 pieces.append(text)
             else:
-                raise MoWEInputError(f"messages[{i}].content[{j}]: expected a text part (without "
-                                     f"{processor.audio_token!r}) or, in a user turn, an audio part")
+                raise MoWEInputError(
+                    f"messages[{i}].content[{j}]: expected a text part (without "
+                    f"{processor.audio_token!r}) or, in a user turn, an audio part"
+                )
         turns.append({"role": m["role"], "content": " ".join(x for x in pieces if x)})
     if processor.prompt_template is None and getattr(processor.tokenizer, "chat_template", None):
         if turns[0]["role"] != "system" and processor.system_prompt:
             turns.insert(0, {"role": "system", "content": processor.system_prompt})
-        return ChatPrompt(processor.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True))
+        return ChatPrompt(
+            processor.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        )
     system = turns.pop(0)["content"] if turns[0]["role"] == "system" else processor.system_prompt
     if len(turns) != 1 or turns[0]["role"] != "user":
-        raise MoWEInputError("this processor's prompt template holds one user turn (after an optional system "
-                             f"message); got roles {[m.get('role') for m in messages]}")
+        raise MoWEInputError(
+            "this processor's prompt template holds one user turn (after an optional system "
+            f"message); got roles {[m.get('role') for m in messages]}"
+        )
     user = turns[0]["content"]
-    lead = processor.audio_token + " "  # a leading clip goes where the template puts {audio}, as build_prompt does
+    lead = (
+        processor.audio_token + " "
+    )  # a leading clip goes where the template puts {audio}, as build_prompt does
     leading = user.count(processor.audio_token) == 1 and (user + " ").startswith(lead)
     text = (processor.prompt_template or DEFAULT_PROMPT_TEMPLATE).format(
-        audio=processor.audio_token if leading else "", instruction=user[len(lead):] if leading else user,
-        system=system or "")
+        audio=processor.audio_token if leading else "",
+        instruction=user[len(lead) :] if leading else user,
+        system=system or "",
+    )
     bos = processor.tokenizer.bos_token
     return ChatPrompt(text if not bos or text.startswith(bos) else bos + text)
 
 
 def audio_from_messages(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """The clips of the messages' ``{"type": "audio"}`` parts in reading order (the placeholders' order): paths
-    as they are, arrays resampled to 16 kHz from their part's ``sampling_rate`` (so pass ``sampling_rate=16000``
+    """The clips of the messages' ``{"type": "audio"}`` parts in reading order (the placeholders' order):
+    paths as they are, arrays resampled to 16 kHz from their part's ``sampling_rate`` (so pass
+       ``sampling_rate=16000``
     to the processor with them).
 
     Raises:
-        MoWEInputError: an audio part with neither ``path`` nor ``array``, an array without ``sampling_rate``, or
-            an ``input_audio`` part (base64 data; decode it first), naming the part.
+        MoWEInputError: an audio part with neither ``path`` nor ``array``, an array without ``sampling_rate``,
+            or an ``input_audio`` part (base64 data; decode it first), naming the part.
     """
     clips = []
     for i, m in enumerate(messages):
@@ -89,7 +101,9 @@ def audio_from_messages(messages: Sequence[Mapping[str, Any]]) -> list[Any]:
             kind = p.get("type") if isinstance(p, Mapping) else None
             where = f"messages[{i}].content[{j}]"
             if kind == "input_audio":
-                raise MoWEInputError(f"{where}: an input_audio part holds encoded data; decode it to an array first")
+                raise MoWEInputError(
+                    f"{where}: an input_audio part holds encoded data; decode it to an array first"
+                )
             if kind != "audio":
                 continue
             if p.get("path") is not None:

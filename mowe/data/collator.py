@@ -45,12 +45,20 @@ class MoWECollator:
     returns None: skip that step.
     """
 
-    def __init__(self, processor: MoWEProcessor, *, train: bool = True, padding_side: str | None = None,
-                 max_length: int | None = None, augment: bool | None = None):
+    def __init__(
+        self,
+        processor: MoWEProcessor,
+        *,
+        train: bool = True,
+        padding_side: str | None = None,
+        max_length: int | None = None,
+        augment: bool | None = None,
+    ):
         if padding_side not in (None, "left", "right"):
             raise MoWEInputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
-                                       or max_length < 1):
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
+        ):
             raise MoWEInputError(f"max_length must be a positive int or None, got {max_length!r}")
         self.processor = processor
         self.train = train
@@ -70,8 +78,12 @@ class MoWECollator:
             return None
         if self.train and self.processor.length_policy == "chunk" and not self._warned_chunk:
             self._warned_chunk = True
-            warnings.warn("length_policy='chunk' is for inference; a training collator truncates long clips to "
-                          "max_audio_seconds instead", UserWarning, stacklevel=2)
+            warnings.warn(
+                "length_policy='chunk' is for inference; a training collator truncates long clips to "
+                "max_audio_seconds instead",
+                UserWarning,
+                stacklevel=2,
+            )
         proc = self.processor
         seqs, labs, clips, instructions, counts = [], [], [], [], []
         for i, ex in enumerate(kept):
@@ -80,8 +92,13 @@ class MoWECollator:
             if self.augment:
                 instruction = proc.paraphrase(instruction, ex.get("task"), ex_id, epoch=self.epoch)
             windows = proc.prepare_audio(ex["audio"], train=self.train, who=f"example {ex_id!r} audio")
-            ids, lab = proc.encode(instruction, answer=ex["answer"] if self.train else None,
-                                   num_clips=len(windows), max_length=self.max_length, who=f"example {ex_id!r}")
+            ids, lab = proc.encode(
+                instruction,
+                answer=ex["answer"] if self.train else None,
+                num_clips=len(windows),
+                max_length=self.max_length,
+                who=f"example {ex_id!r}",
+            )
             seqs.append(ids)
             labs.append(lab)
             clips.extend(windows)

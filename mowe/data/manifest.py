@@ -1,4 +1,5 @@
-"""JSONL instruction manifests as a torch Dataset (the sampler that feeds training: :mod:`mowe.data.samplers`).
+"""JSONL instruction manifests as a torch Dataset (the sampler that feeds training:
+:mod:`mowe.data.samplers`).
 
 A manifest holds one JSON object per line (blank lines are ignored)::
 
@@ -18,8 +19,9 @@ file's *header* is read (so ``lengths`` is known for bucketing and broken files 
 starts). The samples themselves are decoded lazily in ``__getitem__``.
 
 Bad data is never dropped silently. With ``on_bad_example="error"`` the first problem raises; with ``"skip"``
-the example is left out and recorded in :attr:`ManifestDataset.skipped`, and :meth:`ManifestDataset.skip_report`
-lists them all. Every message names the manifest, the 1-based line number and (for audio problems) the file.
+the example is left out and recorded in :attr:`ManifestDataset.skipped`, and
+:meth:`ManifestDataset.skip_report` lists them all. Every message names the manifest, the 1-based line number
+and (for audio problems) the file.
 
 Error types: a problem with a line or field raises :class:`~mowe.errors.ManifestError`; a problem with the
 audio file a line points to raises :class:`ManifestAudioError`, which is *both* a ``ManifestError`` and an
@@ -103,8 +105,8 @@ class ManifestDataset(Dataset):
         sample_rate: rate the audio is resampled to (the encoders take 16 kHz).
         max_audio_seconds: longest clip; None for no limit.
         length_policy: ``"truncate"`` (training and inference: the first ``max_audio_seconds`` are kept, with
-            an :class:`~mowe.data.audio.AudioTruncatedWarning`) or ``"chunk"`` (inference only: the whole clip is
-            returned and the processor splits it into ``max_audio_seconds`` windows, one audio placeholder
+            an :class:`~mowe.data.audio.AudioTruncatedWarning`) or ``"chunk"`` (inference only: the whole clip
+            is returned and the processor splits it into ``max_audio_seconds`` windows, one audio placeholder
             each; a *training* collator truncates instead, with a warning).
         on_bad_example: ``"error"`` raises at the first bad example; ``"skip"`` records and drops it.
         tasks: keep only examples of these tasks (None: all). A named task with no example is a ConfigError.
@@ -115,7 +117,8 @@ class ManifestDataset(Dataset):
 
     Attributes:
         lengths: ``list[float]``, seconds per example (from the headers), for length-grouped batching.
-        tasks: ``list[str]``, the task of each example (parallel to ``lengths``); ``task_list`` is the same list.
+        tasks: ``list[str]``, the task of each example (parallel to ``lengths``); ``task_list`` is the same
+        list.
         task_names: sorted distinct tasks.
         ids: ``list[str]``, the id of each example.
         skipped: ``list[SkippedExample]``, everything left out (at indexing time and, in this process, at
@@ -171,14 +174,18 @@ class ManifestDataset(Dataset):
             have = {e.task for e in self._entries}
             missing = [t for t in tasks if t not in have]
             if missing:
-                raise ConfigError(f"{self.manifest_path}: no usable example of task(s) {missing} "
-                                  f"(tasks present: {sorted(have)})")
+                raise ConfigError(
+                    f"{self.manifest_path}: no usable example of task(s) {missing} "
+                    f"(tasks present: {sorted(have)})"
+                )
         if not self._entries:
             detail = f"; skipped:\n{self.skip_report()}" if self.skipped else ""
             raise ManifestError(f"{self.manifest_path}: no usable examples{detail}")
         self.lengths: list[float] = [e.duration for e in self._entries]
         self.tasks: list[str] = [e.task for e in self._entries]
-        self.task_list = self.tasks  # the name mowe.training.trainer looks for (saves decoding every clip to find tasks)
+        self.task_list = (
+            self.tasks
+        )  # the name mowe.training.trainer looks for (saves decoding every clip to find tasks)
         self.ids: list[str] = [e.id for e in self._entries]
         self.task_names: list[str] = sorted(set(self.tasks))
 
@@ -186,7 +193,9 @@ class ManifestDataset(Dataset):
     def _where(self, line: int) -> str:
         return f"{self.manifest_path}, line {line}"
 
-    def _bad(self, line: int, path: str | None, reason: str, exc_type: type[Exception] = ManifestError) -> None:
+    def _bad(
+        self, line: int, path: str | None, reason: str, exc_type: type[Exception] = ManifestError
+    ) -> None:
         """Raise (``"error"``) or record and warn (``"skip"``) a bad example."""
         named = f" (audio file '{path}')" if path is not None and path not in reason else ""
         msg = f"{self._where(line)}{named}: {reason}"
@@ -279,7 +288,8 @@ class ManifestDataset(Dataset):
         return len(self._entries)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        """Decode example ``index``: ``{"id", "audio": (s,) float32, "instruction", "answer", "task", "duration"}``.
+        """Decode example ``index``: ``{"id", "audio": (s,) float32, "instruction", "answer", "task",
+        "duration"}``.
 
         Raises:
             ManifestAudioError: the file cannot be decoded (``on_bad_example="error"``); with ``"skip"`` the
@@ -287,11 +297,19 @@ class ManifestDataset(Dataset):
         """
         e = self._entries[index]
         if self.audio_as_path:
-            return {"id": e.id, "audio": e.path, "instruction": e.instruction, "answer": e.answer,
-                    "task": e.task, "duration": e.duration}
+            return {
+                "id": e.id,
+                "audio": e.path,
+                "instruction": e.instruction,
+                "answer": e.answer,
+                "task": e.task,
+                "duration": e.duration,
+            }
         max_s = self.max_audio_seconds if self.length_policy == "truncate" else None
         try:
-            clip = load_audio(e.path, sample_rate=self.sample_rate, max_seconds=max_s, length_policy="truncate")
+            clip = load_audio(
+                e.path, sample_rate=self.sample_rate, max_seconds=max_s, length_policy="truncate"
+            )
         except Exception as exc:
             reason = _audio_reason(e.path, exc)
             if self.on_bad_example == "error":
@@ -300,14 +318,28 @@ class ManifestDataset(Dataset):
                 self._bad(e.line, e.path, reason, ManifestAudioError)
             return None
         wave = clip.waveform
-        return {"id": e.id, "audio": wave, "instruction": e.instruction, "answer": e.answer, "task": e.task,
-                "duration": wave.shape[0] / self.sample_rate}
+        return {
+            "id": e.id,
+            "audio": wave,
+            "instruction": e.instruction,
+            "answer": e.answer,
+            "task": e.task,
+            "duration": wave.shape[0] / self.sample_rate,
+        }
 
     def example_info(self, index: int) -> dict[str, Any]:
-        """The indexed fields of example ``index`` without decoding audio (``line``, ``path``, ``duration``...)."""
+        """The indexed fields of example ``index`` without decoding audio (``line``, ``path``,
+        ``duration``...)."""
         e = self._entries[index]
-        return {"id": e.id, "line": e.line, "path": e.path, "instruction": e.instruction, "answer": e.answer,
-                "task": e.task, "duration": e.duration}
+        return {
+            "id": e.id,
+            "line": e.line,
+            "path": e.path,
+            "instruction": e.instruction,
+            "answer": e.answer,
+            "task": e.task,
+            "duration": e.duration,
+        }
 
     def skip_report(self) -> str:
         """A human-readable list of every skipped example ("" when none was skipped)."""
@@ -320,8 +352,10 @@ class ManifestDataset(Dataset):
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"ManifestDataset({self.manifest_path!r}, examples={len(self)}, tasks={self.task_names}, "
-                f"skipped={len(self.skipped)})")
+        return (
+            f"ManifestDataset({self.manifest_path!r}, examples={len(self)}, tasks={self.task_names}, "
+            f"skipped={len(self.skipped)})"
+        )
 
 
 def _audio_reason(path: str, exc: Exception) -> str:

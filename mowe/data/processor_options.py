@@ -105,8 +105,9 @@ def _check_values(o: ProcessorOptions) -> None:
             raise ConfigError(f"processor.prompt_template: not a valid format string: {e}") from e
         bad = sorted(fields - TEMPLATE_FIELDS)
         if bad:
-            raise ConfigError(f"processor.prompt_template: unknown field {{{bad[0]}}}; allowed: audio, "
-                              "instruction, system")
+            raise ConfigError(
+                f"processor.prompt_template: unknown field {{{bad[0]}}}; allowed: audio, instruction, system"
+            )
         for need in ("audio", "instruction"):
             if need not in fields:
                 raise ConfigError(f"processor.prompt_template: must contain {{{need}}}")

@@ -1,9 +1,10 @@
 """The sampler of map-style datasets: a deterministic global-batch order per training stage (streams:
 :mod:`mowe.data.stream_sampler`, the same contract read window by window).
 
-:class:`StageSampler` turns ``(seed, stage index, epoch)`` into a permutation (or, with task weights, a weighted
-draw with replacement) of the examples, cuts it into *global* batches of ``batch_size * num_processes``
-examples and gives process ``r`` the ``r``-th contiguous slice of each. With ``lengths`` the permutation is first
+:class:`StageSampler` turns ``(seed, stage index, epoch)`` into a permutation (or, with task weights, a
+weighted draw with replacement) of the examples, cuts it into *global* batches of ``batch_size *
+num_processes`` examples and gives process ``r`` the ``r``-th contiguous slice of each. With ``lengths`` the
+permutation is first
 regrouped so that a global batch holds clips of similar length: cut into mega-batches of ``group_mult`` global
 batches, each sorted longest first and cut into global batches, which are then shuffled with the same seeded
 generator (the one holding the longest clip first, so an out-of-memory shows at once). The global batch is the
@@ -52,9 +53,21 @@ class StageSampler:
         group_mult: mega-batch size in global batches, when ``lengths`` is given.
     """
 
-    def __init__(self, *, num_examples: int, task_list: Sequence[str | None] | None, tasks: dict[str, float] | None,
-                 seed: int, stage_index: int, batch_size: int, num_processes: int = 1, process_index: int = 0,
-                 stage_name: str = "?", lengths: Sequence[float] | None = None, group_mult: int = 50):
+    def __init__(
+        self,
+        *,
+        num_examples: int,
+        task_list: Sequence[str | None] | None,
+        tasks: dict[str, float] | None,
+        seed: int,
+        stage_index: int,
+        batch_size: int,
+        num_processes: int = 1,
+        process_index: int = 0,
+        stage_name: str = "?",
+        lengths: Sequence[float] | None = None,
+        group_mult: int = 50,
+    ):
         self.seed, self.stage_index = seed, stage_index
         self.batch_size, self.num_processes, self.process_index = batch_size, num_processes, process_index
         self.global_batch = batch_size * num_processes
@@ -63,8 +76,10 @@ class StageSampler:
             self.weights = None
         else:
             if task_list is None or len(task_list) != num_examples:
-                raise ConfigError(f"stage {stage_name!r} samples by task but the dataset's task list is missing "
-                                  f"or has the wrong length")
+                raise ConfigError(
+                    f"stage {stage_name!r} samples by task but the dataset's task list is missing "
+                    f"or has the wrong length"
+                )
             present = sorted({t for t in task_list if t is not None})
             counts = {t: 0 for t in tasks}
             for t in task_list:
@@ -72,39 +87,51 @@ class StageSampler:
                     counts[t] += 1
             for t, w in tasks.items():
                 if w > 0 and counts[t] == 0:
-                    raise ConfigError(f"stage {stage_name!r}: task {t!r} has no examples in the training data "
-                                      f"(tasks present: {present})")
+                    raise ConfigError(
+                        f"stage {stage_name!r}: task {t!r} has no examples in the training data "
+                        f"(tasks present: {present})"
+                    )
             idx = [i for i, t in enumerate(task_list) if t in tasks and tasks[t] > 0]
             self.pool = torch.tensor(idx, dtype=torch.long)
             # Each task gets its weight's share of the draws, split evenly over its examples.
-            self.weights = torch.tensor([tasks[task_list[i]] / counts[task_list[i]] for i in idx],
-                                        dtype=torch.double)
+            self.weights = torch.tensor(
+                [tasks[task_list[i]] / counts[task_list[i]] for i in idx], dtype=torch.double
+            )
         self.epoch_size = len(self.pool)
         self.batches_per_epoch = self.epoch_size // self.global_batch
         if self.batches_per_epoch == 0:
-            raise ConfigError(f"stage {stage_name!r}: {self.epoch_size} usable examples, fewer than one global "
-                              f"batch of {self.global_batch} (batch_size {batch_size} x {num_processes} processes)")
+            raise ConfigError(
+                f"stage {stage_name!r}: {self.epoch_size} usable examples, fewer than one global "
+                f"batch of {self.global_batch} (batch_size {batch_size} x {num_processes} processes)"
+            )
         self.lengths: torch.Tensor | None = None
         self.group_mult = group_mult
         if lengths is not None:
             if isinstance(group_mult, bool) or not isinstance(group_mult, int) or group_mult < 1:
-                raise ConfigError(f"stage {stage_name!r}: the length-grouping mega-batch size "
-                                  f"(train.length_group_mult) must be an integer >= 1, got {group_mult!r}")
+                raise ConfigError(
+                    f"stage {stage_name!r}: the length-grouping mega-batch size "
+                    f"(train.length_group_mult) must be an integer >= 1, got {group_mult!r}"
+                )
             if len(lengths) != num_examples:
-                raise ConfigError(f"stage {stage_name!r}: the dataset has {len(lengths)} lengths for {num_examples} "
-                                  f"examples (train.group_by_length needs one length per example)")
+                raise ConfigError(
+                    f"stage {stage_name!r}: the dataset has {len(lengths)} lengths for {num_examples} "
+                    f"examples (train.group_by_length needs one length per example)"
+                )
             self.lengths = torch.as_tensor([float(x) for x in lengths], dtype=torch.float64)
             if not torch.isfinite(self.lengths).all():
                 bad = int((~torch.isfinite(self.lengths)).nonzero()[0, 0])
-                raise ConfigError(f"stage {stage_name!r}: example {bad} has length {float(self.lengths[bad])} "
-                                  f"(train.group_by_length needs finite lengths)")
+                raise ConfigError(
+                    f"stage {stage_name!r}: example {bad} has length {float(self.lengths[bad])} "
+                    f"(train.group_by_length needs finite lengths)"
+                )
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The example indices of ``epoch``, in order (the same on every process).
 
         Without ``lengths``: all ``epoch_size`` indices of a seeded permutation (or weighted draw). With
-        ``lengths``: the ``batches_per_epoch * global_batch`` of them that form full global batches (the same ones
-        as without lengths), regrouped so that each global batch holds clips of similar length, longest first.
+        ``lengths``: the ``batches_per_epoch * global_batch`` of them that form full global batches (the same
+        ones as without lengths), regrouped so that each global batch holds clips of similar length, longest
+        first.
         """
         g = torch.Generator().manual_seed(mix_seed(self.seed, self.stage_index, epoch))
         if self.weights is None:
@@ -117,8 +144,9 @@ class StageSampler:
         return self._group_by_length(order, g)
 
     def _group_by_length(self, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Mega-batches of ``group_mult`` global batches, each sorted longest first and cut into global batches;
-        the global batches shuffled with ``g``, the one holding the longest clip first (an out-of-memory shows at
+        """Mega-batches of ``group_mult`` global batches, each sorted longest first and cut into global
+        batches; the global batches shuffled with ``g``, the one holding the longest clip first (an
+           out-of-memory shows at
         once). Only full global batches are kept (the tail the plain order would not use is dropped first)."""
         assert self.lengths is not None
         gb = self.global_batch
@@ -134,11 +162,14 @@ class StageSampler:
         return batches.reshape(-1)
 
     def process_batches(self, epoch: int, start: int = 0) -> list[list[int]]:
-        """This process's micro-batches (lists of example indices) of ``epoch``, from global batch ``start``."""
+        """This process's micro-batches (lists of example indices) of ``epoch``, from global batch
+        ``start``."""
         order = self.epoch_order(epoch).tolist()
         lo = self.process_index * self.batch_size
-        return [order[b * self.global_batch + lo: b * self.global_batch + lo + self.batch_size]
-                for b in range(start, self.batches_per_epoch)]
+        return [
+            order[b * self.global_batch + lo : b * self.global_batch + lo + self.batch_size]
+            for b in range(start, self.batches_per_epoch)
+        ]
 
     def position(self, micro_batches: int) -> tuple[int, int]:
         """``(epoch, batch in epoch)`` after ``micro_batches`` micro-batches of this stage."""

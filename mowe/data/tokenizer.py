@@ -1,15 +1,17 @@
 """The audio placeholder of any tokenizer, and a small byte-level BPE tokenizer trained offline.
 
-**The placeholder.** A prompt holds one audio placeholder token per clip; the model replaces each by that clip's
-audio tokens, so the placeholder must be a token that no other text produces. :func:`add_audio_token` makes
-``<|audio|>`` an added special token of any tokenizer (its id past the ordinary vocabulary) and
+**The placeholder.** A prompt holds one audio placeholder token per clip; the model replaces each by that
+clip's audio tokens, so the placeholder must be a token that no other text produces. :func:`add_audio_token`
+makes ``<|audio|>`` an added special token of any tokenizer (its id past the ordinary vocabulary) and
 :func:`audio_placeholder_id` / :func:`check_audio_placeholder` refuse, with an
-:class:`~mowe.errors.AudioPlaceholderError`, a placeholder that text can produce: an ordinary vocabulary piece (in a
-LLaMA tokenizer the last id can be ``"▁bro"``, which the word "brown" produces), a token the tokenizer inserts
-itself (bos, eos, pad, unk), or an added token its model also produces from plain text. The processor runs that
-check on every tokenizer. The LLM needs no embedding row for the placeholder: mowe never looks it up (the model
-replaces it before the LLM runs, the prompt router reads it as id 0), so its id may lie past the LLM's vocabulary
-and the LLM's logits stay as they were; ``LLMConfig.vocab_size`` resizes only where rows are wanted.
+:class:`~mowe.errors.AudioPlaceholderError`, a placeholder that text can produce: an ordinary vocabulary piece
+(in a LLaMA tokenizer the last id can be ``"▁bro"``, which the word "brown" produces), a token the tokenizer
+inserts itself (bos, eos, pad, unk), or an added token its model also produces from plain text. The processor
+runs that
+check on every tokenizer. The LLM needs no embedding row for the placeholder: mowe never looks it up (the
+model replaces it before the LLM runs, the prompt router reads it as id 0), so its id may lie past the LLM's
+vocabulary and the LLM's logits stay as they were; ``LLMConfig.vocab_size`` resizes only where rows are
+wanted.
 
 **The BPE tokenizer**, for tests, examples and from-scratch toy LLMs.
 
@@ -42,8 +44,18 @@ from typing import Any
 
 from mowe.errors import AudioPlaceholderError, ConfigError, MoWEInputError
 
-__all__ = ["AUDIO_TOKEN", "BOS_TOKEN", "CHAT_TEMPLATE", "EOS_TOKEN", "PAD_TOKEN", "add_audio_token",
-           "audio_placeholder_id", "check_audio_placeholder", "check_placeholder_agrees", "train_bpe_tokenizer"]
+__all__ = [
+    "AUDIO_TOKEN",
+    "BOS_TOKEN",
+    "CHAT_TEMPLATE",
+    "EOS_TOKEN",
+    "PAD_TOKEN",
+    "add_audio_token",
+    "audio_placeholder_id",
+    "check_audio_placeholder",
+    "check_placeholder_agrees",
+    "train_bpe_tokenizer",
+]
 
 PAD_TOKEN = "<|pad|>"
 BOS_TOKEN = "<|bos|>"
@@ -100,9 +112,14 @@ def train_bpe_tokenizer(
             raise MoWEInputError(f"special_tokens must be non-empty strings, got {t!r}")
     specials = list(dict.fromkeys([PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, AUDIO_TOKEN, *extra]))
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < len(alphabet) + len(specials):
+    if (
+        isinstance(vocab_size, bool)
+        or not isinstance(vocab_size, int)
+        or vocab_size < len(alphabet) + len(specials)
+    ):
         raise MoWEInputError(
-            f"vocab_size must be an int >= {len(alphabet) + len(specials)} (256 bytes + {len(specials)} special "
+            f"vocab_size must be an int >= {len(alphabet) + len(specials)} (256 bytes + {len(specials)} "
+            f"special "
             f"tokens), got {vocab_size!r}"
         )
 
@@ -128,17 +145,18 @@ def train_bpe_tokenizer(
     return fast
 
 
-# --------------------------------------------------------------------------------------------- the placeholder
+# --------------------------------------------------------------------------------------------- the
+# placeholder
 def add_audio_token(tokenizer: Any, audio_token: str = AUDIO_TOKEN) -> int:
-    """Make ``audio_token`` an added special token of ``tokenizer`` (in place, unless it is one already) and return
-    its id, checked by :func:`check_audio_placeholder`.
+    """Make ``audio_token`` an added special token of ``tokenizer`` (in place, unless it is one already) and
+    return its id, checked by :func:`check_audio_placeholder`.
 
-    A new token gets the next free id, past the tokenizer's vocabulary. The LLM needs no row for it (see the module
-    docstring): keep ``LLMConfig.vocab_size`` unset to leave the LLM's logits exactly as they were.
+    A new token gets the next free id, past the tokenizer's vocabulary. The LLM needs no row for it (see the
+    module docstring): keep ``LLMConfig.vocab_size`` unset to leave the LLM's logits exactly as they were.
 
     Raises:
-        ConfigError: ``audio_token`` is not a non-empty string. AudioPlaceholderError: the tokenizer's text can
-            still produce the id (e.g. ``audio_token`` is an ordinary word of its vocabulary).
+        ConfigError: ``audio_token`` is not a non-empty string. AudioPlaceholderError: the tokenizer's text
+            can still produce the id (e.g. ``audio_token`` is an ordinary word of its vocabulary).
 
     Example:
         >>> tok = train_bpe_tokenizer(["three one four"], vocab_size=300)
@@ -150,11 +168,15 @@ def add_audio_token(tokenizer: Any, audio_token: str = AUDIO_TOKEN) -> int:
     if not isinstance(audio_token, str) or not audio_token:
         raise ConfigError(f"audio_token must be a non-empty string, got {audio_token!r}")
     if re.fullmatch(r"[\w\s]*", audio_token):  # refused before the tokenizer is changed
-        raise AudioPlaceholderError(f"audio placeholder {audio_token!r} is plain word text, which prompts and answers "
-                                    f"hold; use a marker such as '<|audio|>'")
+        raise AudioPlaceholderError(
+            f"audio placeholder {audio_token!r} is plain word text, which prompts and answers "
+            f"hold; use a marker such as '<|audio|>'"
+        )
     if audio_token not in tokenizer.get_added_vocab():
         token = AddedToken(audio_token, special=True, normalized=False, lstrip=False, rstrip=False)
-        tokenizer.add_special_tokens({"additional_special_tokens": [token]}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": [token]}, replace_extra_special_tokens=False
+        )
     return audio_placeholder_id(tokenizer, audio_token)
 
 
@@ -168,9 +190,12 @@ def audio_placeholder_id(tokenizer: Any, audio_token: str = AUDIO_TOKEN) -> int:
     ids = tokenizer(audio_token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise ConfigError(
-            f"audio_token {audio_token!r} is {len(ids)} tokens for this tokenizer, not one; add it first with "
-            f"mowe.data.tokenizer.add_audio_token(tokenizer, {audio_token!r}) (an added special token; the LLM "
-            f"needs no new row) or train one with mowe.data.tokenizer.train_bpe_tokenizer")
+            f"audio_token {audio_token!r} is {len(ids)} tokens for this tokenizer, not one; add it first "
+            f"with "
+            f"mowe.data.tokenizer.add_audio_token(tokenizer, {audio_token!r}) (an added special token; the "
+            f"LLM "
+            f"needs no new row) or train one with mowe.data.tokenizer.train_bpe_tokenizer"
+        )
     check_audio_placeholder(tokenizer, int(ids[0]), audio_token=audio_token)
     return int(ids[0])
 
@@ -178,38 +203,59 @@ def audio_placeholder_id(tokenizer: Any, audio_token: str = AUDIO_TOKEN) -> int:
 def check_audio_placeholder(tokenizer: Any, token_id: int, *, audio_token: str | None = None) -> None:
     """Refuse an audio placeholder id that text other than the placeholder itself can produce.
 
-    Accepted: an id past every token of ``tokenizer`` (nothing it tokenizes produces it), or an added token (matched
-    only as its own string) that is not the tokenizer's bos / eos / pad / unk token, is not plain word text (letters,
-    digits and spaces only, as ``"audio"``) and that the tokenizer's model does not also produce from that string
-    read as plain text.
+    Accepted: an id past every token of ``tokenizer`` (nothing it tokenizes produces it), or an added token
+    (matched only as its own string) that is not the tokenizer's bos / eos / pad / unk token, is not plain
+    word text (letters, digits and spaces only, as ``"audio"``) and that the tokenizer's model does not also
+    produce from that string read as plain text.
 
     Raises:
-        AudioPlaceholderError: naming the id, its piece, why text produces it, and how to get a safe placeholder.
+        AudioPlaceholderError: naming the id, its piece, why text produces it, and how to get a safe
+        placeholder.
     """
     token_id = int(token_id)
-    fix = ("use an added special token: mowe.data.tokenizer.add_audio_token(tokenizer) adds '<|audio|>' past the "
-           "vocabulary")
-    said = f"audio placeholder {audio_token!r} (id {token_id})" if audio_token else f"audio placeholder id {token_id}"
+    fix = (
+        "use an added special token: mowe.data.tokenizer.add_audio_token(tokenizer) adds '<|audio|>' past "
+        "the "
+        "vocabulary"
+    )
+    said = (
+        f"audio placeholder {audio_token!r} (id {token_id})"
+        if audio_token
+        else f"audio placeholder id {token_id}"
+    )
     if token_id < 0:
         raise AudioPlaceholderError(f"{said}: a token id cannot be negative")
     if token_id >= len(tokenizer):
         return
     piece = tokenizer.convert_ids_to_tokens(token_id)
-    for role, why in (("bos", "the tokenizer adds to texts"), ("eos", "ends every answer"),
-                      ("pad", "fills every padded position"), ("unk", "unknown text becomes")):
+    for role, why in (
+        ("bos", "the tokenizer adds to texts"),
+        ("eos", "ends every answer"),
+        ("pad", "fills every padded position"),
+        ("unk", "unknown text becomes"),
+    ):
         if getattr(tokenizer, f"{role}_token_id", None) == token_id:
-            raise AudioPlaceholderError(f"{said} is the tokenizer's {role} token {piece!r}, which {why}; {fix}")
+            raise AudioPlaceholderError(
+                f"{said} is the tokenizer's {role} token {piece!r}, which {why}; {fix}"
+            )
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     if token_id not in added:
         text = tokenizer.decode([token_id])
-        shown = f", e.g. from the text {text.strip()!r}" if token_id in tokenizer(
-            text, add_special_tokens=False)["input_ids"] else ""
+        shown = (
+            f", e.g. from the text {text.strip()!r}"
+            if token_id in tokenizer(text, add_special_tokens=False)["input_ids"]
+            else ""
+        )
         raise AudioPlaceholderError(
-            f"{said} is the ordinary vocabulary piece {piece!r}: text produces it{shown}, and a prompt holding it "
-            f"would get more audio placeholders than clips; {fix}")
+            f"{said} is the ordinary vocabulary piece {piece!r}: text produces it{shown}, and a prompt "
+            f"holding it "
+            f"would get more audio placeholders than clips; {fix}"
+        )
     content = added[token_id].content
     if re.fullmatch(r"[\w\s]*", content):
-        raise AudioPlaceholderError(f"{said}: {content!r} is plain word text, which prompts and answers hold; {fix}")
+        raise AudioPlaceholderError(
+            f"{said}: {content!r} is plain word text, which prompts and answers hold; {fix}"
+        )
     try:
         plain = tokenizer(content, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     except TypeError:  # a tokenizer without split_special_tokens: nothing more can be checked
@@ -217,18 +263,21 @@ def check_audio_placeholder(tokenizer: Any, token_id: int, *, audio_token: str |
     if list(plain) == [token_id]:
         raise AudioPlaceholderError(
             f"{said}: {content!r} is also an ordinary piece of the tokenizer's vocabulary, so text holding "
-            f"{content!r} produces it; {fix}")
+            f"{content!r} produces it; {fix}"
+        )
 
 
 def check_placeholder_agrees(processor, audio_token_id: int, *, what: str) -> None:
-    """A processor's placeholder id must be the model's (``config.audio_token_id``): otherwise every prompt has no
-    placeholder the model looks for.
+    """A processor's placeholder id must be the model's (``config.audio_token_id``): otherwise every prompt
+    has no placeholder the model looks for.
 
     Raises:
         ConfigError: naming both ids and the way to make them agree.
     """
     if processor.audio_token_id != audio_token_id:
-        raise ConfigError(f"the processor's audio placeholder {processor.audio_token!r} has id "
-                          f"{processor.audio_token_id}, but {what} uses audio_token_id {audio_token_id}; build "
-                          f"the model for this tokenizer (Preset.for_tokenizer(tokenizer), or set "
-                          f"MoWEConfig.audio_token_id to the processor's audio_token_id)")
+        raise ConfigError(
+            f"the processor's audio placeholder {processor.audio_token!r} has id "
+            f"{processor.audio_token_id}, but {what} uses audio_token_id {audio_token_id}; build "
+            f"the model for this tokenizer (Preset.for_tokenizer(tokenizer), or set "
+            f"MoWEConfig.audio_token_id to the processor's audio_token_id)"
+        )

@@ -103,7 +103,8 @@ __all__ = [
 ]
 
 TASKS = ("asr", "gender", "accent", "speaking_rate", "sound_event", "chord", "tempo", "co_reasoning")
-#: How each task is scored (:func:`mowe.evaluation.metrics.evaluate_predictions`; the tasks not listed: accuracy).
+#: How each task is scored (:func:`mowe.evaluation.metrics.evaluate_predictions`; the tasks not listed:
+# accuracy).
 TASK_METRICS = {"asr": "wer", "co_reasoning": "parts"}
 
 
@@ -120,7 +121,10 @@ ACCENTS: dict[str, tuple[str, ...]] = {
     "caribbean": ("en-029",),
 }
 #: espeak-ng voice variants (``+m3``) used in train, by gender.
-TRAIN_VARIANTS: dict[str, tuple[str, ...]] = {"male": ("m1", "m2", "m3", "m5", "m7"), "female": ("f1", "f2", "f3", "f5")}
+TRAIN_VARIANTS: dict[str, tuple[str, ...]] = {
+    "male": ("m1", "m2", "m3", "m5", "m7"),
+    "female": ("f1", "f2", "f3", "f5"),
+}
 #: variants used only in the dev and test splits (unseen speakers).
 HELD_OUT_VARIANTS: dict[str, tuple[str, ...]] = {"male": ("m4", "m6"), "female": ("f4",)}
 #: speaking-rate label -> espeak words-per-minute range (inclusive); the gaps keep labels unambiguous.
@@ -128,8 +132,6 @@ RATE_BINS: dict[str, tuple[int, int]] = {"slow": (120, 145), "normal": (160, 180
 PITCH_RANGE = (30, 70)  # espeak -p
 RATE_RANGE = (120, 220)  # espeak -s, for tasks that do not ask about the rate
 MIN_SECONDS = 1  # clips are 1-6 s long
-
-
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -143,7 +145,9 @@ MIN_SECONDS = 1  # clips are 1-6 s long
 
 
 def _voice_pool(variants: dict[str, tuple[str, ...]]) -> list[str]:
-    return sorted(f"{b}+{v}" for bases in ACCENTS.values() for b in bases for vs in variants.values() for v in vs)
+    return sorted(
+        f"{b}+{v}" for bases in ACCENTS.values() for b in bases for vs in variants.values() for v in vs
+    )
 
 
 def _pick(rng: np.random.Generator, seq: Sequence[Any]) -> Any:
@@ -165,8 +169,13 @@ def _digits(rng: np.random.Generator) -> list[str]:
     return [_DIGITS[int(d)] for d in rng.integers(0, 10, size=int(rng.integers(3, 7)))]
 
 
-def _voice(rng: np.random.Generator, variants: dict[str, tuple[str, ...]], *, gender: str | None = None,
-           accent: str | None = None) -> dict[str, Any]:
+def _voice(
+    rng: np.random.Generator,
+    variants: dict[str, tuple[str, ...]],
+    *,
+    gender: str | None = None,
+    accent: str | None = None,
+) -> dict[str, Any]:
     gender = gender or _pick(rng, ("male", "female"))
     accent = accent or _pick(rng, tuple(ACCENTS))
     base, variant = _pick(rng, ACCENTS[accent]), _pick(rng, variants[gender])
@@ -186,8 +195,9 @@ def _labels(task: str) -> tuple[str, ...]:
     }[task]
 
 
-def _render(task: str, label: str, seed: Sequence[int], variants: dict[str, tuple[str, ...]]
-            ) -> tuple[np.ndarray, str, str, dict[str, Any]]:
+def _render(
+    task: str, label: str, seed: Sequence[int], variants: dict[str, tuple[str, ...]]
+) -> tuple[np.ndarray, str, str, dict[str, Any]]:
     """Make one example: (audio at 16 kHz, instruction, answer, meta). Pure function of its arguments."""
     rng = np.random.default_rng(list(seed))
     meta: dict[str, Any] = {}
@@ -210,8 +220,9 @@ def _render(task: str, label: str, seed: Sequence[int], variants: dict[str, tupl
             text = _sentence(rng, _pick(rng, _ASR_TEMPLATES))
         meta["text"] = text
         x = _speak(text, meta["voice"], meta["rate"], meta["pitch"])
-        answer = {"asr": text, "gender": meta["gender"], "accent": meta["accent"],
-                  "speaking_rate": label}[task]
+        answer = {"asr": text, "gender": meta["gender"], "accent": meta["accent"], "speaking_rate": label}[
+            task
+        ]
     elif task == "sound_event":
         x, params = synthesize_sound_event(label, rng)
         meta.update(event=label, **params)
@@ -240,16 +251,29 @@ def _render(task: str, label: str, seed: Sequence[int], variants: dict[str, tupl
                 head = [target, _pick(rng, _WORDS[_pick(rng, other)])]
             else:
                 head = [_pick(rng, _WORDS["adj"]), target] if rng.random() < 0.5 else [target]
-            text = " ".join([_pick(rng, _WORDS["det"]), *head, _pick(rng, _WORDS["vi"]), _pick(rng, _WORDS["adv"])])
+            text = " ".join(
+                [_pick(rng, _WORDS["det"]), *head, _pick(rng, _WORDS["vi"]), _pick(rng, _WORDS["adv"])]
+            )
         speech = _speak(text, meta["voice"], meta["rate"], meta["pitch"])
-        speech = np.concatenate([np.zeros(int(rng.uniform(0.2, 0.5) * SAMPLE_RATE), np.float32), speech,
-                                 np.zeros(int(rng.uniform(0.2, 0.5) * SAMPLE_RATE), np.float32)])
+        speech = np.concatenate(
+            [
+                np.zeros(int(rng.uniform(0.2, 0.5) * SAMPLE_RATE), np.float32),
+                speech,
+                np.zeros(int(rng.uniform(0.2, 0.5) * SAMPLE_RATE), np.float32),
+            ]
+        )
         bg, params = synthesize_sound_event(label, rng, duration=len(speech) / SAMPLE_RATE)
         snr = float(rng.uniform(0.0, 10.0))
         bg *= _rms(speech) / max(_rms(bg), 1e-9) / 10 ** (snr / 20)
         x = speech + bg
-        meta.update(text=text, question=question, target=target, sound=label, snr_db=round(snr, 2),
-                    **{f"sound_{k}": v for k, v in params.items()})
+        meta.update(
+            text=text,
+            question=question,
+            target=target,
+            sound=label,
+            snr_db=round(snr, 2),
+            **{f"sound_{k}": v for k, v in params.items()},
+        )
         answer = f"{label}, {target}"
         instruction = _pick(rng, _CO_QUESTIONS[question])
         return _finish(x, rng, meta), instruction, answer, meta
@@ -270,7 +294,9 @@ def _finish(x: np.ndarray, rng: np.random.Generator, meta: dict[str, Any]) -> np
     if short > 0:  # very fast, very short speech: pad up to the minimum clip length
         pads[0] += short // 2
         pads[1] += short - short // 2
-    x = np.concatenate([np.zeros(pads[0], np.float32), np.asarray(x, np.float32), np.zeros(pads[1], np.float32)])
+    x = np.concatenate(
+        [np.zeros(pads[0], np.float32), np.asarray(x, np.float32), np.zeros(pads[1], np.float32)]
+    )
     level_db = float(rng.uniform(-32.0, -14.0))
     x *= 10 ** (level_db / 20) / max(_rms(x), 1e-9)
     peak = float(np.max(np.abs(x)))
@@ -290,7 +316,11 @@ def _split_counts(size: int, tasks: Sequence[str]) -> dict[str, dict[str, int]]:
     n = len(tasks)
     train = {t: size // n + (1 if i < size % n else 0) for i, t in enumerate(tasks)}
     per_task_eval = max(2, math.ceil(size / 8 / n))
-    return {"train": train, "dev": {t: per_task_eval for t in tasks}, "test": {t: per_task_eval for t in tasks}}
+    return {
+        "train": train,
+        "dev": {t: per_task_eval for t in tasks},
+        "test": {t: per_task_eval for t in tasks},
+    }
 
 
 def _parse_tasks(tasks: str | Iterable[str] | None) -> list[str]:
@@ -306,7 +336,8 @@ def _parse_tasks(tasks: str | Iterable[str] | None) -> list[str]:
 
 
 def clear_corpus_dir(out_dir: str | os.PathLike) -> Path:
-    """The corpus folder, emptied of an earlier corpus; any other non-empty folder is refused (nothing deleted).
+    """The corpus folder, emptied of an earlier corpus; any other non-empty folder is refused (nothing
+    deleted).
 
     Raises:
         FileExistsError: ``out_dir`` is a non-empty folder without ``corpus_info.json``.
@@ -314,15 +345,24 @@ def clear_corpus_dir(out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not (out / "corpus_info.json").exists():
-            raise FileExistsError(f"{out} is not empty and holds no corpus_info.json; refusing to write into it")
+            raise FileExistsError(
+                f"{out} is not empty and holds no corpus_info.json; refusing to write into it"
+            )
         for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "corpus_info.json"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "audio", ignore_errors=True)
     return out
 
 
-def build_corpus(out_dir: str | os.PathLike, *, size: int, seed: int = 0, tasks: str | Iterable[str] | None = None,
-                 progress: bool = True, workers: int | None = None) -> CorpusInfo:
+def build_corpus(
+    out_dir: str | os.PathLike,
+    *,
+    size: int,
+    seed: int = 0,
+    tasks: str | Iterable[str] | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> CorpusInfo:
     """Generate the corpus: audio files, ``{train,dev,test}.jsonl`` and ``corpus_info.json`` in ``out_dir``.
 
     Args:
@@ -363,8 +403,15 @@ def build_corpus(out_dir: str | os.PathLike, *, size: int, seed: int = 0, tasks:
             classes = _labels(task)
             offset = int(np.random.default_rng([seed, si, ti]).integers(0, len(classes)))
             for j in range(counts[split][task]):
-                jobs.append((split, task, classes[(offset + j) % len(classes)], (seed, si, ti, j),
-                             f"{split}-{task}-{j:06d}"))
+                jobs.append(
+                    (
+                        split,
+                        task,
+                        classes[(offset + j) % len(classes)],
+                        (seed, si, ti, j),
+                        f"{split}-{task}-{j:06d}",
+                    )
+                )
 
     def run(job):
         split, task, label, ex_seed, ex_id = job
@@ -372,7 +419,14 @@ def build_corpus(out_dir: str | os.PathLike, *, size: int, seed: int = 0, tasks:
         x, instruction, answer, meta = _render(task, label, ex_seed, variants)
         rel = f"audio/{split}/{ex_id}.wav"
         sf.write(out / rel, x, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        return {"id": ex_id, "audio": rel, "instruction": instruction, "answer": answer, "task": task, "meta": meta}
+        return {
+            "id": ex_id,
+            "audio": rel,
+            "instruction": instruction,
+            "answer": answer,
+            "task": task,
+            "meta": meta,
+        }
 
     workers = workers or min(4, max(2, os.cpu_count() or 2))
     rows: list[dict[str, Any]] = []
@@ -427,8 +481,14 @@ def build_corpus(out_dir: str | os.PathLike, *, size: int, seed: int = 0, tasks:
 def _cmd_build(args: argparse.Namespace) -> int:
     """Handler of ``mowe corpus build``: 0 on success, 2 (with a one-line message) on a user error."""
     try:
-        info = build_corpus(args.out, size=args.size, seed=args.seed, tasks=args.tasks,
-                            progress=not args.no_progress, workers=args.workers)
+        info = build_corpus(
+            args.out,
+            size=args.size,
+            seed=args.seed,
+            tasks=args.tasks,
+            progress=not args.no_progress,
+            workers=args.workers,
+        )
     except (ValueError, RuntimeError, FileExistsError) as err:
         print(f"mowe corpus build: error: {err}", file=sys.stderr)
         return 2
@@ -451,8 +511,9 @@ def add_corpus_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     build.add_argument("--out", required=True, help="output folder")
     build.add_argument("--size", type=int, required=True, help="number of training examples (all tasks)")
     build.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    build.add_argument("--tasks", default=None,
-                       help=f"comma-separated subset of: {','.join(TASKS)} (default: all)")
+    build.add_argument(
+        "--tasks", default=None, help=f"comma-separated subset of: {','.join(TASKS)} (default: all)"
+    )
     build.add_argument("--workers", type=int, default=None, help="parallel synthesis threads")
     build.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     build.set_defaults(func=_cmd_build)

@@ -24,8 +24,9 @@ __all__ = ["pooled_features", "probe_accuracy", "run_probes"]
 
 
 @torch.no_grad()
-def pooled_features(encoders: Mapping[str, torch.nn.Module], cache, dataset, *, batch_size: int = 32
-                    ) -> tuple[dict[str, torch.Tensor], list[dict[str, str]], list[str]]:
+def pooled_features(
+    encoders: Mapping[str, torch.nn.Module], cache, dataset, *, batch_size: int = 32
+) -> tuple[dict[str, torch.Tensor], list[dict[str, str]], list[str]]:
     """Per distinct clip of ``dataset`` (``n`` of them): ``(n, 2 d)`` pooled features per encoder, the clip's
     labels (task -> answer) and its id (the audio path)."""
 
@@ -38,16 +39,23 @@ def pooled_features(encoders: Mapping[str, torch.nn.Module], cache, dataset, *, 
     paths = sorted(labels)
     feats: dict[str, list[torch.Tensor]] = {n: [] for n in encoders}
     for start in range(0, len(paths), batch_size):
-        wav, lens = pad_batch([dataset[first[p]]["audio"] for p in paths[start:start + batch_size]])
+        wav, lens = pad_batch([dataset[first[p]]["audio"] for p in paths[start : start + batch_size]])
         for name, enc in encoders.items():
             out = cached_encode(enc, wav, lens, cache, name=name)
             feats[name].append(masked_mean_std(out.features.float(), out.lengths))
     return {n: torch.cat(v) for n, v in feats.items()}, [labels[p] for p in paths], paths
 
 
-def probe_accuracy(x_train: torch.Tensor, y_train: Sequence[str], x_test: torch.Tensor, y_test: Sequence[str],
-                   *, l2: float = 1e-3) -> list[bool]:
-    """Fit a logistic regression on ``(n, d)`` train features and return, per test clip, whether it is right."""
+def probe_accuracy(
+    x_train: torch.Tensor,
+    y_train: Sequence[str],
+    x_test: torch.Tensor,
+    y_test: Sequence[str],
+    *,
+    l2: float = 1e-3,
+) -> list[bool]:
+    """Fit a logistic regression on ``(n, d)`` train features and return, per test clip, whether it is
+    right."""
     classes = sorted(set(y_train))
     yt = torch.tensor([classes.index(v) for v in y_train])
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
@@ -67,9 +75,18 @@ def probe_accuracy(x_train: torch.Tensor, y_train: Sequence[str], x_test: torch.
     return [classes[p] == y for p, y in zip(pred, y_test)]
 
 
-def run_probes(encoders: Mapping[str, torch.nn.Module], cache, train, test, *, tasks: Sequence[str],
-               sets: Mapping[str, Sequence[str]], seed: int = 0) -> dict[str, dict[str, dict]]:
-    """``{task: {set name: {"value", "ci95", "n"}}}``: test accuracy of a linear probe per task and encoder set.
+def run_probes(
+    encoders: Mapping[str, torch.nn.Module],
+    cache,
+    train,
+    test,
+    *,
+    tasks: Sequence[str],
+    sets: Mapping[str, Sequence[str]],
+    seed: int = 0,
+) -> dict[str, dict[str, dict]]:
+    """``{task: {set name: {"value", "ci95", "n"}}}``: test accuracy of a linear probe per task and encoder
+    set.
 
     Args:
         encoders: name -> frozen encoder (the demo's strong and weak encoders).
@@ -92,7 +109,9 @@ def run_probes(encoders: Mapping[str, torch.nn.Module], cache, train, test, *, t
             a = torch.cat([xtr[n][tr] for n in names], dim=1)
             b = torch.cat([xte[n][te] for n in names], dim=1)
             right = probe_accuracy(a, [ytr[i][task] for i in tr], b, [yte[i][task] for i in te])
-            records = [{"id": ids[i], "answer": "1", "prediction": "1" if r else "0"} for i, r in zip(te, right)]
+            records = [
+                {"id": ids[i], "answer": "1", "prediction": "1" if r else "0"} for i, r in zip(te, right)
+            ]
             iv = bootstrap_interval(clip_statistics(records, "accuracy"), seed=seed)
             out[task][set_name] = {"value": iv.value, "ci95": [iv.low, iv.high], "n": iv.n}
     return out

@@ -68,36 +68,58 @@ def _speech_clip(seed: tuple[int, ...], variants: Mapping[str, tuple[str, ...]])
     return C._finish(x, rng, meta), meta
 
 
-def _speech_examples(clip_id: str, rel: str, meta: dict, seed: tuple[int, ...],
-                     tasks: tuple[str, ...] = SPEECH_TASKS) -> list[dict]:
+def _speech_examples(
+    clip_id: str, rel: str, meta: dict, seed: tuple[int, ...], tasks: tuple[str, ...] = SPEECH_TASKS
+) -> list[dict]:
     rng = np.random.default_rng([*seed, 7])
-    answers = {"asr": meta["text"], "gender": meta["gender"], "accent": meta["accent"],
-               "speaking_rate": meta["rate_label"], "pitch": meta["pitch_label"]}
+    answers = {
+        "asr": meta["text"],
+        "gender": meta["gender"],
+        "accent": meta["accent"],
+        "speaking_rate": meta["rate_label"],
+        "pitch": meta["pitch_label"],
+    }
     rows = []
     for task in SPEECH_TASKS:  # every task draws its instruction, so a subset keeps the others' wording
         pool = PITCH_INSTRUCTIONS if task == "pitch" else C.INSTRUCTIONS[task]
         instruction = C._pick(rng, pool)
         if task in tasks:
-            rows.append({"id": f"{clip_id}-{task}", "audio": rel, "instruction": instruction,
-                         "answer": answers[task], "task": task, "meta": {**meta, "clip": clip_id}})
+            rows.append(
+                {
+                    "id": f"{clip_id}-{task}",
+                    "audio": rel,
+                    "instruction": instruction,
+                    "answer": answers[task],
+                    "task": task,
+                    "meta": {**meta, "clip": clip_id},
+                }
+            )
     return rows
 
 
-def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[str, int],
-                          other: Mapping[str, int], seed: int = 0, progress: bool = True,
-                          workers: int | None = None, speech_tasks: tuple[str, ...] = SPEECH_TASKS,
-                          other_tasks: tuple[str, ...] = OTHER_TASKS) -> C.CorpusInfo:
+def build_question_corpus(
+    out_dir: str | os.PathLike,
+    *,
+    speech_clips: Mapping[str, int],
+    other: Mapping[str, int],
+    seed: int = 0,
+    progress: bool = True,
+    workers: int | None = None,
+    speech_tasks: tuple[str, ...] = SPEECH_TASKS,
+    other_tasks: tuple[str, ...] = OTHER_TASKS,
+) -> C.CorpusInfo:
     """Write the demo corpus: audio files, ``{train,dev,test}.jsonl`` and ``corpus_info.json``.
 
     Args:
         out_dir: target folder (an existing corpus there is replaced; another non-empty folder is refused).
-        speech_clips: split -> number of speech clips; each gives one example per task of :data:`SPEECH_TASKS`.
+        speech_clips: split -> number of speech clips; each gives one example per task of
+        :data:`SPEECH_TASKS`.
         other: split -> examples per non-speech task of :data:`OTHER_TASKS` (one clip each).
         seed: the same seed gives byte-identical manifests.
         progress: show a progress bar.
         workers: synthesis threads (espeak-ng runs as a subprocess).
-        speech_tasks, other_tasks: the subsets of :data:`SPEECH_TASKS` / :data:`OTHER_TASKS` to write (a speech clip
-            is the same whichever of its questions are asked).
+        speech_tasks, other_tasks: the subsets of :data:`SPEECH_TASKS` / :data:`OTHER_TASKS` to write (a
+            speech clip is the same whichever of its questions are asked).
 
     Returns:
         The :class:`mowe.demo.corpus.CorpusInfo`; ``counts[split][task]`` counts examples.
@@ -106,8 +128,10 @@ def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[s
         bad = {k: v for k, v in counts.items() if k not in C.SPLITS or not isinstance(v, int) or v < 0}
         if bad:
             raise ValueError(f"{name} must map splits {C.SPLITS} to counts >= 0, got {bad}")
-    for name, chosen, known in (("speech_tasks", speech_tasks, SPEECH_TASKS), ("other_tasks", other_tasks,
-                                                                              OTHER_TASKS)):
+    for name, chosen, known in (
+        ("speech_tasks", speech_tasks, SPEECH_TASKS),
+        ("other_tasks", other_tasks, OTHER_TASKS),
+    ):
         if not set(chosen) <= set(known):
             raise ValueError(f"{name}: unknown {sorted(set(chosen) - set(known))}; choose from {known}")
     C.check_voices(b for bases in C.ACCENTS.values() for b in bases)
@@ -115,14 +139,24 @@ def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[s
     jobs = []
     for si, split in enumerate(C.SPLITS):
         (out / "audio" / split).mkdir(parents=True, exist_ok=True)
-        jobs += [("speech", split, None, (seed, si, 100, j), f"{split}-speech-{j:06d}")
-                 for j in range(speech_clips.get(split, 0) if speech_tasks else 0)]
+        jobs += [
+            ("speech", split, None, (seed, si, 100, j), f"{split}-speech-{j:06d}")
+            for j in range(speech_clips.get(split, 0) if speech_tasks else 0)
+        ]
         for task in other_tasks:
             ti = C.TASKS.index(task)
             classes = C._labels(task)
             offset = int(np.random.default_rng([seed, si, ti]).integers(0, len(classes)))
-            jobs += [(task, split, classes[(offset + j) % len(classes)], (seed, si, ti, j), f"{split}-{task}-{j:06d}")
-                     for j in range(other.get(split, 0))]
+            jobs += [
+                (
+                    task,
+                    split,
+                    classes[(offset + j) % len(classes)],
+                    (seed, si, ti, j),
+                    f"{split}-{task}-{j:06d}",
+                )
+                for j in range(other.get(split, 0))
+            ]
 
     def run(job) -> list[dict]:
         kind, split, label, ex_seed, ex_id = job
@@ -133,8 +167,16 @@ def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[s
             rows = _speech_examples(ex_id, rel, meta, ex_seed, tuple(speech_tasks))
         else:
             x, instruction, answer, meta = C._render(kind, label, ex_seed, variants)
-            rows = [{"id": ex_id, "audio": rel, "instruction": instruction, "answer": answer, "task": kind,
-                     "meta": {**meta, "clip": ex_id}}]
+            rows = [
+                {
+                    "id": ex_id,
+                    "audio": rel,
+                    "instruction": instruction,
+                    "answer": answer,
+                    "task": kind,
+                    "meta": {**meta, "clip": ex_id},
+                }
+            ]
         sf.write(out / rel, x, C.SAMPLE_RATE, subtype="PCM_16", format="WAV")
         return rows
 
@@ -163,11 +205,16 @@ def build_question_corpus(out_dir: str | os.PathLike, *, speech_clips: Mapping[s
         with open(out / f"{split}.jsonl", "w", encoding="utf-8", newline="\n") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in split_rows)
     info = C.CorpusInfo(
-        out_dir=str(out), counts=counts, train_voices=C._voice_pool(C.TRAIN_VARIANTS),
-        test_voices=C._voice_pool(C.HELD_OUT_VARIANTS), seed=seed, size=sum(counts["train"].values()),
+        out_dir=str(out),
+        counts=counts,
+        train_voices=C._voice_pool(C.TRAIN_VARIANTS),
+        test_voices=C._voice_pool(C.HELD_OUT_VARIANTS),
+        seed=seed,
+        size=sum(counts["train"].values()),
         tasks=[*speech_tasks, *other_tasks],
         held_out="dev and test use only the espeak voice variants "
-                 + " ".join("+" + v for vs in C.HELD_OUT_VARIANTS.values() for v in vs)
-                 + ", never used in train; each speech clip is asked one question per speech task.")
+        + " ".join("+" + v for vs in C.HELD_OUT_VARIANTS.values() for v in vs)
+        + ", never used in train; each speech clip is asked one question per speech task.",
+    )
     (out / "corpus_info.json").write_text(info.to_json())
     return info

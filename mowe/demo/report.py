@@ -23,16 +23,26 @@ from mowe.evaluation.metrics import METRIC_LABELS
 from mowe.evaluation.plots import plot_router_heatmap
 from mowe.evaluation.stats import compare_to_base, task_intervals
 
-__all__ = ["chance_levels", "markdown_table", "probe_table", "router_table", "summarize", "verdict", "write_results"]
+__all__ = [
+    "chance_levels",
+    "markdown_table",
+    "probe_table",
+    "router_table",
+    "summarize",
+    "verdict",
+    "write_results",
+]
 
 
-def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0, normalize=None) -> dict[str, dict[str, Any]]:
+def summarize(
+    results: Mapping[str, Any], *, baseline: str, seed: int = 0, normalize=None
+) -> dict[str, dict[str, Any]]:
     """``{system: {"tasks": {task: {metric: {...}}}, "router_counts": ..., "encoder_names": ...}}``.
 
     Each metric entry holds ``value``, ``ci95`` ([low, high]), ``n`` and, for systems other than ``baseline``,
     ``vs_baseline`` with ``diff`` (system minus baseline), ``ci95`` (paired bootstrap), ``p_value`` (paired
-    permutation test, :func:`mowe.evaluation.stats.paired_comparison`), ``significant`` (p < 0.05) and ``better``
-    (significant and in the metric's good direction).
+    permutation test, :func:`mowe.evaluation.stats.paired_comparison`), ``significant`` (p < 0.05) and
+    ``better`` (significant and in the metric's good direction).
     """
 
     normalize = normalize or score_normalize  # what the demo scores with (digits spelled out)
@@ -41,13 +51,20 @@ def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0, norma
     for name, res in results.items():
         tasks: dict[str, dict[str, Any]] = {}
         for task, metrics in task_intervals(res, seed=seed, normalize=normalize).items():
-            tasks[task] = {m: {"value": iv.value, "ci95": [iv.low, iv.high], "n": iv.n} for m, iv in metrics.items()}
+            tasks[task] = {
+                m: {"value": iv.value, "ci95": [iv.low, iv.high], "n": iv.n} for m, iv in metrics.items()
+            }
         if name != baseline:
-            for task, metrics in compare_to_base(res, results[baseline], seed=seed, normalize=normalize).items():
+            for task, metrics in compare_to_base(
+                res, results[baseline], seed=seed, normalize=normalize
+            ).items():
                 for m, cmp in metrics.items():
                     tasks[task][m]["vs_baseline"] = {
-                        "diff": cmp.diff, "ci95": [cmp.low, cmp.high], "p_value": cmp.p_value,
-                        "significant": cmp.significant, "better": cmp.better == "system",
+                        "diff": cmp.diff,
+                        "ci95": [cmp.low, cmp.high],
+                        "p_value": cmp.p_value,
+                        "significant": cmp.significant,
+                        "better": cmp.better == "system",
                     }
             _holm(tasks)
         out[name] = {"tasks": tasks, "router_counts": res.router_counts, "encoder_names": res.encoder_names}
@@ -57,8 +74,10 @@ def summarize(results: Mapping[str, Any], *, baseline: str, seed: int = 0, norma
 def _holm(tasks: dict[str, dict[str, Any]], alpha: float = 0.05) -> None:
     """Add ``significant_holm`` to every ``vs_baseline``: Holm's step-down correction over all of one system's
     task/metric comparisons, so that the chance of any false mark in its column stays below ``alpha``."""
-    cmps = sorted((c for ms in tasks.values() for m in ms.values() if (c := m.get("vs_baseline"))),
-                  key=lambda c: c["p_value"])
+    cmps = sorted(
+        (c for ms in tasks.values() for m in ms.values() if (c := m.get("vs_baseline"))),
+        key=lambda c: c["p_value"],
+    )
     still = True
     for rank, c in enumerate(cmps):
         still = still and c["p_value"] <= alpha / (len(cmps) - rank)
@@ -83,8 +102,10 @@ def markdown_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     rows = sorted({(t, m) for s in systems for t, ms in summary[s]["tasks"].items() for m in ms})
     lines = ["| task | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
     for task, metric in rows:
-        cells = [_cell(summary[s]["tasks"][task][metric]) if metric in summary[s]["tasks"].get(task, {}) else "–"
-                 for s in systems]
+        cells = [
+            _cell(summary[s]["tasks"][task][metric]) if metric in summary[s]["tasks"].get(task, {}) else "–"
+            for s in systems
+        ]
         n = summary[systems[0]]["tasks"][task][metric]["n"]
         lines.append(f"| {task} ({METRIC_LABELS.get(metric, metric)}, n={n}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -97,8 +118,11 @@ def router_table(summary: Mapping[str, Mapping[str, Any]]) -> str:
         if not s["router_counts"]:
             continue
         names = s["encoder_names"]
-        lines += [f"\n**{name}**: share of test examples routed to each weak encoder\n",
-                  "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [
+            f"\n**{name}**: share of test examples routed to each weak encoder\n",
+            "| task | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
         for task in sorted(s["router_counts"]):
             c = s["router_counts"][task]
             total = max(1, sum(c))
@@ -111,7 +135,6 @@ def _plots(out_dir: str, logs: Mapping[str, str], summary: Mapping[str, Any]) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     paths = []
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -130,14 +153,18 @@ def _plots(out_dir: str, logs: Mapping[str, str], summary: Mapping[str, Any]) ->
         if not s["router_counts"]:
             continue
         paths.append(os.path.join(out_dir, f"router_heatmap_{system_slug(name)}.png"))
-        plot_router_heatmap(s["router_counts"], s["encoder_names"], paths[-1],
-                            title=f"{name}: weak encoder selected, per task (test)")
+        plot_router_heatmap(
+            s["router_counts"],
+            s["encoder_names"],
+            paths[-1],
+            title=f"{name}: weak encoder selected, per task (test)",
+        )
     return paths
 
 
 def chance_levels(result: Any) -> dict[str, float]:
-    """Per accuracy-scored task, the accuracy of guessing: 1 / the number of distinct reference answers in the test
-    set (the labels are balanced by construction)."""
+    """Per accuracy-scored task, the accuracy of guessing: 1 / the number of distinct reference answers in the
+    test set (the labels are balanced by construction)."""
     answers: dict[str, set[str]] = {}
     for r in result.records:
         answers.setdefault(r["task"], set()).add(str(r["answer"]).strip().lower())
@@ -152,28 +179,39 @@ def _sig(entry: Mapping[str, Any], *, better: bool) -> bool:
 def verdict(summary, ablations, controls, chance, *, baseline: str) -> dict[str, Any]:
     """The demo's claims checked against its numbers (all comparisons paired, Holm-corrected per column).
 
-    Returns ``{"ahead": {system: [tasks]}, "behind": {...}, "encoder_pays": {system: {encoder: [tasks where removing
-    it costs significantly]}}, "shuffled_at_chance": {system: {task: bool}}, "silent_at_chance": {...}}``; a task is
-    at chance when the control's 95 % interval holds the chance level or lies below it.
+    Returns ``{"ahead": {system: [tasks]}, "behind": {...}, "encoder_pays": {system: {encoder: [tasks where
+    removing it costs significantly]}}, "shuffled_at_chance": {system: {task: bool}}, "silent_at_chance":
+    {...}}``; a task is at chance when the control's 95 % interval holds the chance level or lies below it.
     """
-    out: dict[str, Any] = {"ahead": {}, "behind": {}, "encoder_pays": {}, "shuffled_at_chance": {},
-                           "silent_at_chance": {}}
+    out: dict[str, Any] = {
+        "ahead": {},
+        "behind": {},
+        "encoder_pays": {},
+        "shuffled_at_chance": {},
+        "silent_at_chance": {},
+    }
     for name, s in summary.items():
         if name == baseline:
             continue
         for key, better in (("ahead", True), ("behind", False)):
-            out[key][name] = sorted(t for t, ms in s["tasks"].items() for e in ms.values() if _sig(e, better=better))
+            out[key][name] = sorted(
+                t for t, ms in s["tasks"].items() for e in ms.values() if _sig(e, better=better)
+            )
     for name, ab in ablations.items():
         out["encoder_pays"][name] = {
-            variant.removeprefix("without "): sorted(t for t, ms in v["tasks"].items() for e in ms.values()
-                                                     if _sig(e, better=False))
-            for variant, v in ab.items() if variant != "full"}
+            variant.removeprefix("without "): sorted(
+                t for t, ms in v["tasks"].items() for e in ms.values() if _sig(e, better=False)
+            )
+            for variant, v in ab.items()
+            if variant != "full"
+        }
     for name, ctl in controls.items():
         for variant, v in ctl.items():
             if variant == "real":
                 continue
             out[f"{variant}_at_chance"][name] = {
-                t: v["tasks"][t]["accuracy"]["ci95"][0] <= c for t, c in chance.items() if t in v["tasks"]}
+                t: v["tasks"][t]["accuracy"]["ci95"][0] <= c for t, c in chance.items() if t in v["tasks"]
+            }
     return out
 
 
@@ -186,9 +224,17 @@ def _variant_section(title: str, blocks: Mapping[str, Mapping[str, Any]], note: 
     return "".join(parts)
 
 
-def write_results(out_dir: str, runs: Mapping[str, Any], *, baseline: str, provenance: Mapping[str, str],
-                  settings: Mapping[str, Any], timings: Mapping[str, float], seed: int = 0,
-                  probes: Mapping[str, Any] | None = None) -> str:
+def write_results(
+    out_dir: str,
+    runs: Mapping[str, Any],
+    *,
+    baseline: str,
+    provenance: Mapping[str, str],
+    settings: Mapping[str, Any],
+    timings: Mapping[str, float],
+    seed: int = 0,
+    probes: Mapping[str, Any] | None = None,
+) -> str:
     """Write ``results.json``, ``results.md`` and the plots; returns the Markdown tables.
 
     ``runs``: system name -> :class:`mowe.demo.run.SystemRun` (``result``, ``ablations``, ``controls``,
@@ -196,10 +242,16 @@ def write_results(out_dir: str, runs: Mapping[str, Any], *, baseline: str, prove
     """
     results = {name: r.result for name, r in runs.items()}
     summary = summarize(results, baseline=baseline, seed=seed)
-    ablations = {name: summarize({"full": r.result, **r.ablations}, baseline="full", seed=seed)
-                 for name, r in runs.items() if r.ablations}
-    controls = {name: summarize({"real": r.result, **r.controls}, baseline="real", seed=seed)
-                for name, r in runs.items() if r.controls}
+    ablations = {
+        name: summarize({"full": r.result, **r.ablations}, baseline="full", seed=seed)
+        for name, r in runs.items()
+        if r.ablations
+    }
+    controls = {
+        name: summarize({"real": r.result, **r.controls}, baseline="real", seed=seed)
+        for name, r in runs.items()
+        if r.controls
+    }
     chance = chance_levels(next(iter(results.values())))
     claims = verdict(summary, ablations, controls, chance, baseline=baseline)
     table = markdown_table(summary)
@@ -217,37 +269,56 @@ def write_results(out_dir: str, runs: Mapping[str, Any], *, baseline: str, prove
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "probes": dict(probes or {}),
         "predictions": {name: r.records for name, r in results.items()},
-        "ablation_predictions": {name: {v: x.records for v, x in r.ablations.items()} for name, r in runs.items()},
-        "control_predictions": {name: {v: x.records for v, x in r.controls.items()} for name, r in runs.items()},
+        "ablation_predictions": {
+            name: {v: x.records for v, x in r.ablations.items()} for name, r in runs.items()
+        },
+        "control_predictions": {
+            name: {v: x.records for v, x in r.controls.items()} for name, r in runs.items()
+        },
     }
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(data, f, indent=1)
     ablation_md = _variant_section(
-        "Does each weak encoder pay for itself?", ablations,
-        "The same trained system evaluated again with one weak encoder removed (never chosen; clips that chose it "
-        "take their next-best encoder). ▼ marks a significant loss against the full system (paired test, p < 0.05; "
-        "*: after Holm over the column).")
+        "Does each weak encoder pay for itself?",
+        ablations,
+        "The same trained system evaluated again with one weak encoder removed (never chosen; clips that "
+        "chose it "
+        "take their next-best encoder). ▼ marks a significant loss against the full system (paired test, p < "
+        "0.05; "
+        "*: after Holm over the column).",
+    )
     chance_txt = ", ".join(f"{t} {c:.2f}" for t, c in sorted(chance.items()))
     control_md = _variant_section(
-        "Does the model listen?", controls,
-        f"Every test example again with its audio shuffled across examples of the same task, or silenced. A model "
-        f"that uses its audio falls to chance ({chance_txt}); ▼ marks a significant drop against the real audio.")
+        "Does the model listen?",
+        controls,
+        f"Every test example again with its audio shuffled across examples of the same task, or silenced. A "
+        f"model "
+        f"that uses its audio falls to chance ({chance_txt}); ▼ marks a significant drop against the real "
+        f"audio.",
+    )
     with open(os.path.join(out_dir, "results.md"), "w") as f:
-        f.write("Per task: metric [95 % bootstrap interval]; ▲ / ▼: significantly better / worse than "
-                f"{baseline} (paired permutation test on the same test examples, p < 0.05); *: still significant "
-                "after Holm's correction over the system's comparisons.\n\n")
+        f.write(
+            "Per task: metric [95 % bootstrap interval]; ▲ / ▼: significantly better / worse than "
+            f"{baseline} (paired permutation test on the same test examples, p < 0.05); *: still significant "
+            "after Holm's correction over the system's comparisons.\n\n"
+        )
         f.write(table + "\n")
         f.write(router_table(summary) + "\n")
         f.write(ablation_md + control_md + "\n")
         f.write("Verdict (Holm-corrected): " + json.dumps(claims) + "\n\n")
         if probes:
-            f.write("Linear probes on the frozen encoders' pooled features (test accuracy [95 % interval]; "
-                    "mowe.demo.probe):\n\n" + probe_table(probes) + "\n\n")
+            f.write(
+                "Linear probes on the frozen encoders' pooled features (test accuracy [95 % interval]; "
+                "mowe.demo.probe):\n\n" + probe_table(probes) + "\n\n"
+            )
         f.write("Parts:\n\n" + "".join(f"- {k}: {v}\n" for k, v in provenance.items()))
         f.write(f"\nSettings: {dict(settings)}\n\nTimings (s): {data['timings_s']}\n")
         f.writelines(f"\n![{os.path.basename(p)}]({os.path.basename(p)})\n" for p in plots)
-    return "\n\n".join(x for x in (table, ablation_md.strip(), control_md.strip(),
-                                     probe_table(probes) if probes else "") if x)
+    return "\n\n".join(
+        x
+        for x in (table, ablation_md.strip(), control_md.strip(), probe_table(probes) if probes else "")
+        if x
+    )
 
 
 def probe_table(probes: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:

@@ -13,7 +13,12 @@ __all__ = ["CHORD_QUALITIES", "SOUND_EVENTS", "TEMPO_BINS", "synthesize_sound_ev
 #: tempo label -> beats-per-minute range (inclusive).
 TEMPO_BINS: dict[str, tuple[int, int]] = {"slow": (60, 80), "medium": (100, 120), "fast": (140, 170)}
 SOUND_EVENTS = ("tone", "chirp", "noise", "clicks", "siren", "tremolo")
-CHORD_QUALITIES: dict[str, tuple[int, int, int]] = {"major": (0, 4, 7), "minor": (0, 3, 7), "diminished": (0, 3, 6)}
+CHORD_QUALITIES: dict[str, tuple[int, int, int]] = {
+    "major": (0, 4, 7),
+    "minor": (0, 3, 7),
+    "diminished": (0, 3, 6),
+}
+
 
 def _fade(x: np.ndarray, ms: float = 10.0) -> np.ndarray:
     n = min(int(SAMPLE_RATE * ms / 1000), len(x) // 2)
@@ -40,8 +45,9 @@ def _click(rng: np.random.Generator, kind: str) -> np.ndarray:
     return (np.sin(2 * np.pi * f * t) * np.exp(-t / tau)).astype(np.float32)
 
 
-def synthesize_sound_event(kind: str, rng: np.random.Generator, duration: float | None = None
-                           ) -> tuple[np.ndarray, dict[str, Any]]:
+def synthesize_sound_event(
+    kind: str, rng: np.random.Generator, duration: float | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Synthesise one non-speech sound event at 16 kHz.
 
     Args:
@@ -84,7 +90,7 @@ def synthesize_sound_event(kind: str, rng: np.random.Generator, duration: float 
         for start in np.arange(rng.uniform(0, 1 / rate), duration, 1 / rate):
             i = int(start * SAMPLE_RATE)
             seg = click[: n - i]
-            x[i: i + len(seg)] += seg
+            x[i : i + len(seg)] += seg
         params = {"rate": rate}
     elif kind == "siren":
         fc = rng.uniform(600, 1500)
@@ -126,12 +132,18 @@ def _chord(quality: str, rng: np.random.Generator) -> tuple[np.ndarray, dict[str
         for h in range(1, n_harm + 1):
             if (odd_only and h % 2 == 0) or f0 * h >= SAMPLE_RATE / 2 - 500:
                 continue
-            x += np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h ** rolloff
+            x += np.sin(2 * np.pi * f0 * h * t + rng.uniform(0, 2 * np.pi)) / h**rolloff
     env = np.minimum(t / attack, 1.0) * np.exp(-t / decay)
     x = _fade((x * env).astype(np.float32))
     x /= max(float(np.max(np.abs(x))), 1e-9)
-    meta = {"notes": notes, "root": root, "inversion": inversion, "harmonics": n_harm,
-            "odd_only": odd_only, "rolloff": round(rolloff, 3)}
+    meta = {
+        "notes": notes,
+        "root": root,
+        "inversion": inversion,
+        "harmonics": n_harm,
+        "odd_only": odd_only,
+        "rolloff": round(rolloff, 3),
+    }
     return x, meta
 
 
@@ -148,6 +160,6 @@ def _click_track(label: str, rng: np.random.Generator) -> tuple[np.ndarray, dict
     for k, start in enumerate(onsets):
         i = int(start * SAMPLE_RATE)
         gain = 1.0 if (not accent or k % 4 == 0) else 0.6
-        x[i: i + len(click)] += gain * click[: n - i]
+        x[i : i + len(click)] += gain * click[: n - i]
     x /= max(float(np.max(np.abs(x))), 1e-9)
     return x, {"bpm": bpm, "beats": len(onsets), "click": kind, "accented": accent}

@@ -1,4 +1,5 @@
-"""Speech for the demo corpus: the ``espeak-ng`` formant synthesiser, called as a subprocess, resampled to 16 kHz."""
+"""Speech for the demo corpus: the ``espeak-ng`` formant synthesiser, called as a subprocess, resampled to 16
+kHz."""
 
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ def available_voices() -> list[str]:
     try:
         out = subprocess.run([exe, "--voices=en"], capture_output=True, text=True, check=True, timeout=30)
     except (OSError, subprocess.SubprocessError) as err:
-        raise RuntimeError(f"espeak-ng is installed at {exe} but `espeak-ng --voices=en` failed: {err}. "
-                           + _INSTALL_HINT) from err
+        raise RuntimeError(
+            f"espeak-ng is installed at {exe} but `espeak-ng --voices=en` failed: {err}. " + _INSTALL_HINT
+        ) from err
     voices = set()
     for line in out.stdout.splitlines()[1:]:
         cols = line.split()
@@ -56,11 +58,11 @@ def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
         raise RuntimeError("espeak-ng did not produce WAV audio")
     pos, sr = 12, ESPEAK_RATE
     while pos + 8 <= len(data):
-        cid, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        cid, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
         if cid == b"fmt ":
-            sr = int.from_bytes(data[pos + 12:pos + 16], "little")
+            sr = int.from_bytes(data[pos + 12 : pos + 16], "little")
         elif cid == b"data":
-            pcm = data[pos + 8:]
+            pcm = data[pos + 8 :]
             pcm = pcm[: len(pcm) // 2 * 2]
             return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0, sr
         pos += 8 + size
@@ -78,7 +80,7 @@ def _speak(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
     loud = np.flatnonzero(np.abs(x) > 1e-3)
     if len(loud) == 0:
         raise RuntimeError(f"espeak-ng produced silence for {cmd!r}")
-    return x[loud[0]: loud[-1] + 1]
+    return x[loud[0] : loud[-1] + 1]
 
 
 def check_voices(voices) -> None:

@@ -52,7 +52,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class EncoderOutput:
     """What an encoder returns.
@@ -96,7 +95,9 @@ def check_waveforms(
             or a clip shorter than ``min_samples``. The message names the argument and the clip index.
     """
     if not isinstance(waveforms, torch.Tensor):
-        raise MoWEInputError(f"{name} must be a torch.Tensor of shape (batch, samples), got {type(waveforms).__name__}")
+        raise MoWEInputError(
+            f"{name} must be a torch.Tensor of shape (batch, samples), got {type(waveforms).__name__}"
+        )
     if waveforms.dim() != 2:
         raise MoWEInputError(f"{name} must have shape (batch, samples), got shape {tuple(waveforms.shape)}")
     if waveforms.shape[0] == 0:
@@ -119,7 +120,8 @@ def check_waveforms(
     if bad_len:
         i = bad_len[0]
         raise MoWEInputError(
-            f"lengths for {name} out of range at clip {i}: length {int(lengths[i])} but the tensor holds {s} samples"
+            f"lengths for {name} out of range at clip {i}: length {int(lengths[i])} but the tensor holds {s} "
+            f"samples"
         )
     short = (lengths < min_samples).nonzero().flatten().tolist()
     if short:
@@ -142,17 +144,23 @@ def check_encoder_output(out: object, *, batch: int, out_dim: int, who: str) -> 
     f = out.features
     if f.dim() != 3 or f.shape[0] != batch or f.shape[2] != out_dim:
         raise MoWEInputError(
-            f"encoder {who} returned features of shape {tuple(f.shape)}; expected ({batch}, frames, {out_dim}) "
+            f"encoder {who} returned features of shape {tuple(f.shape)}; expected ({batch}, frames, "
+            f"{out_dim}) "
             f"(batch {batch}, its out_dim {out_dim})"
         )
     if out.lengths.shape != (batch,):
-        raise MoWEInputError(f"encoder {who} returned lengths of shape {tuple(out.lengths.shape)}; expected ({batch},)")
+        raise MoWEInputError(
+            f"encoder {who} returned lengths of shape {tuple(out.lengths.shape)}; expected ({batch},)"
+        )
     return out
 
 
 def encode_in_length_groups(
-    encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutput], waveforms: torch.Tensor, lengths: torch.Tensor,
-    *, max_padding: float,
+    encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutput],
+    waveforms: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    max_padding: float,
 ) -> EncoderOutput:
     """Run ``encode`` on groups of similarly long clips, each trimmed to its own longest clip.
 
@@ -185,8 +193,9 @@ def encode_in_length_groups(
     out_len = torch.cat([o.lengths for o in outs])[inverse]
     hidden = None
     if outs[0].hidden_states is not None:
-        hidden = torch.cat([F.pad(o.hidden_states, (0, 0, 0, t - o.hidden_states.shape[2]))
-                            for o in outs])[inverse]
+        hidden = torch.cat([F.pad(o.hidden_states, (0, 0, 0, t - o.hidden_states.shape[2])) for o in outs])[
+            inverse
+        ]
     return EncoderOutput(features=feats, lengths=out_len, hidden_states=hidden)
 
 
@@ -195,4 +204,3 @@ def set_trainable(module: torch.nn.Module, trainable: bool) -> torch.nn.Module:
     for p in module.parameters():
         p.requires_grad_(trainable)
     return module
-

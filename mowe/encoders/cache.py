@@ -4,15 +4,15 @@ Shape legend: ``b`` batch, ``s`` samples, ``t`` frames, ``d`` feature width, ``l
 
 A frozen encoder (no parameter requires grad, module in eval mode) is a fixed function of its input clip, yet
 the trainer re-runs it on every clip in every epoch. :func:`cached_encode` looks every clip of a batch up in a
-:class:`FeatureCache`, runs the encoder on the misses only (one sub-batch, trimmed to the longest miss), stores
-their features and returns the batch's :class:`~mowe.encoders.base.EncoderOutput`.
+:class:`FeatureCache`, runs the encoder on the misses only (one sub-batch, trimmed to the longest miss),
+stores their features and returns the batch's :class:`~mowe.encoders.base.EncoderOutput`.
 
-Storage: one safetensors file per (encoder, clip) entry, ``<root>/<fingerprint>/<aa>/<audio key>.safetensors``,
-holding the clip's valid frames ``features (t, d)`` (and ``hidden_states (l, t, d)`` when the encoder returns
-them) in the encoder's own dtype. One file per entry rather than shards, because then every write is one atomic
-``os.replace`` of a private temp file, no process ever rewrites or compacts a file another one may be reading,
-eviction is one ``unlink``, and nothing needs a lock; safetensors keeps dtype and shape and is read without
-pickle.
+Storage: one safetensors file per (encoder, clip) entry, ``<root>/<fingerprint>/<aa>/<audio
+key>.safetensors``, holding the clip's valid frames ``features (t, d)`` (and ``hidden_states (l, t, d)`` when
+the encoder returns them) in the encoder's own dtype. One file per entry rather than shards, because then
+every write is one atomic ``os.replace`` of a private temp file, no process ever rewrites or compacts a file
+another one may be reading, eviction is one ``unlink``, and nothing needs a lock; safetensors keeps dtype and
+shape and is read without pickle.
 
 Keys:
 
@@ -20,29 +20,30 @@ Keys:
   position do not matter;
 * the **encoder fingerprint** hashes the class, every scalar setting of the encoder and its submodules
   (``pad_to_30s``, ``hop``, ``out_dim``, dropout ``p``, ...), a transformers ``config`` when there is one, the
-  device type and the bytes of all parameters and buffers (not the autocast state: a frozen encoder runs in its
-  own dtype with autocast off, so mixed-precision training and float32 evaluation share its entries). The weight hash is computed once per encoder and
-  recomputed only when a tensor's identity, version counter, dtype, shape or device changes (optimizer steps,
-  ``load_state_dict`` and ``.to()`` all do); in-place edits through ``param.data`` bypass the version counter:
-  call :func:`forget_weight_hash` after those. New weights or settings give a new fingerprint folder, so stale
-  entries are never read (and age out under ``max_bytes``).
+  device type and the bytes of all parameters and buffers (not the autocast state: a frozen encoder runs in
+  its own dtype with autocast off, so mixed-precision training and float32 evaluation share its entries). The
+  weight hash is computed once per encoder and recomputed only when a tensor's identity, version counter,
+  dtype, shape or device changes (optimizer steps, ``load_state_dict`` and ``.to()`` all do); in-place edits
+  through ``param.data`` bypass the version counter: call :func:`forget_weight_hash` after those. New weights
+  or settings give a new fingerprint folder, so stale entries are never read (and age out under
+  ``max_bytes``).
 
 Guarantees and limits:
 
-* **Exactness**: an entry holds the very tensor the encoder computed for the clip; a hit returns it bit for bit.
-  A cached batch equals a live call bit for bit when the encoder's per-clip output does not depend on the
+* **Exactness**: an entry holds the very tensor the encoder computed for the clip; a hit returns it bit for
+  bit. A cached batch equals a live call bit for bit when the encoder's per-clip output does not depend on the
   other clips of its batch (Whisper's and HuBERT's length groups with ``bucket_padding="auto"`` on a CPU put
   clips of distinct lengths in groups of their own; clips that share a group with others differ from the lone
   clip at float rounding level, ~1e-6, as the live encoder's own batching does). Frames past a clip's length
   are zeros, and the time axis ends at the batch's longest valid output.
-* **Sharing**: a writer saves to a temp file in the entry's folder and ``os.replace``-s it in, so a reader sees
-  a whole entry or none; two processes writing one key write the same bytes and the last rename wins.
+* **Sharing**: a writer saves to a temp file in the entry's folder and ``os.replace``-s it in, so a reader
+  sees a whole entry or none; two processes writing one key write the same bytes and the last rename wins.
 * **Size**: with ``max_bytes`` set, the least recently used entries (file mtime, refreshed on every hit) are
   deleted once the folder grows past ``max_bytes``, down to 90 % of it; an entry larger than ``max_bytes``
   is not stored. Other processes' writes count once this process rescans the folder (on its own overflow).
 * **Damage**: an entry that cannot be read, or whose metadata or shapes do not match its key, is a miss: a
-  warning names the file, the entry is recomputed and rewritten. The cache is derived data; a damaged file must
-  not stop a training run.
+  warning names the file, the entry is recomputed and rewritten. The cache is derived data; a damaged file
+  must not stop a training run.
 * **Bypass**: trainable encoders, encoders in train mode and waveforms that require grad always run live.
 
 Example:
@@ -69,8 +70,14 @@ from torch import nn
 from mowe.encoders.base import EncoderOutput, check_encoder_output, check_waveforms
 from mowe.errors import MoWEInputError
 
-__all__ = ["CacheStats", "FeatureCache", "cached_encode", "encoder_fingerprint", "forget_weight_hash",
-           "is_cacheable"]
+__all__ = [
+    "CacheStats",
+    "FeatureCache",
+    "cached_encode",
+    "encoder_fingerprint",
+    "forget_weight_hash",
+    "is_cacheable",
+]
 
 _SUFFIX = ".safetensors"
 _FORMAT = "mowe-feature-cache-1"
@@ -88,15 +95,20 @@ def _digest(*parts) -> str:
 
 
 def _tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return list(module.named_parameters(remove_duplicate=False)) + list(module.named_buffers(remove_duplicate=False))
+    return list(module.named_parameters(remove_duplicate=False)) + list(
+        module.named_buffers(remove_duplicate=False)
+    )
 
 
 def _signature(module: nn.Module) -> tuple:
-    return tuple((n, t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device) for n, t in _tensors(module))
+    return tuple(
+        (n, t.data_ptr(), t._version, t.dtype, tuple(t.shape), t.device) for n, t in _tensors(module)
+    )
 
 
 def forget_weight_hash(encoder: nn.Module) -> None:
-    """Drop the remembered weight hash of ``encoder`` (after editing weights in place through ``param.data``)."""
+    """Drop the remembered weight hash of ``encoder`` (after editing weights in place through
+    ``param.data``)."""
     _WEIGHT_HASHES.pop(encoder, None)
 
 
@@ -119,9 +131,14 @@ def _settings(encoder: nn.Module) -> list:
     for path, m in encoder.named_modules():
         attrs = {}
         for k, v in vars(m).items():
-            if k.startswith("_") or k in ("training", "source"):  # mode is checked apart; source is provenance
+            if k.startswith("_") or k in (
+                "training",
+                "source",
+            ):  # mode is checked apart; source is provenance
                 continue
-            if isinstance(v, _SCALARS) or (isinstance(v, (tuple, list)) and all(isinstance(x, _SCALARS) for x in v)):
+            if isinstance(v, _SCALARS) or (
+                isinstance(v, (tuple, list)) and all(isinstance(x, _SCALARS) for x in v)
+            ):
                 attrs[k] = v
             elif hasattr(v, "to_dict") and k == "config":
                 attrs[k] = v.to_dict()
@@ -140,7 +157,9 @@ def encoder_fingerprint(encoder: nn.Module) -> str:
 
 def is_cacheable(encoder: nn.Module) -> bool:
     """True for a frozen encoder wholly in eval mode: its output is a fixed function of the clip."""
-    return not any(m.training for m in encoder.modules()) and not any(p.requires_grad for p in encoder.parameters())
+    return not any(m.training for m in encoder.modules()) and not any(
+        p.requires_grad for p in encoder.parameters()
+    )
 
 
 @dataclass
@@ -170,7 +189,9 @@ class FeatureCache:
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_bytes: int | None = None):
-        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
+        if max_bytes is not None and (
+            isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0
+        ):
             raise MoWEInputError(f"max_bytes must be a positive integer or None, got {max_bytes!r}")
         self.directory = os.path.abspath(os.fspath(directory))
         os.makedirs(self.directory, exist_ok=True)
@@ -190,22 +211,29 @@ class FeatureCache:
         """The stored entry, or None (absent, or damaged: then a warning names the file and it is removed)."""
         path = self.path(fingerprint, audio_key)
         try:
-            # One read of the whole file through one descriptor: once open, another process's eviction (unlink)
-            # or rewrite (rename) cannot pull the file away mid-read, as a reader that re-opens by name could.
+            # One read of the whole file through one descriptor: once open, another process's eviction
+            # (unlink) or rewrite (rename) cannot pull the file away mid-read, as a reader that re-opens by
+            # name could.
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
         try:
             (n,) = struct.unpack("<Q", data[:8])
-            meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
+            meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
             tensors = load(data)
             feats, hidden = tensors["features"], tensors.get("hidden_states")
         except Exception as e:  # noqa: BLE001 - any unreadable entry is a miss, whatever the parser raised
             return self._damaged(path, f"unreadable ({type(e).__name__}: {e})")
-        if meta.get("format") != _FORMAT or meta.get("fingerprint") != fingerprint or meta.get("audio") != audio_key:
+        if (
+            meta.get("format") != _FORMAT
+            or meta.get("fingerprint") != fingerprint
+            or meta.get("audio") != audio_key
+        ):
             return self._damaged(path, "metadata does not match its key")
-        if feats.dim() != 2 or (hidden is not None and (hidden.dim() != 3 or hidden.shape[1] != feats.shape[0])):
+        if feats.dim() != 2 or (
+            hidden is not None and (hidden.dim() != 3 or hidden.shape[1] != feats.shape[0])
+        ):
             return self._damaged(path, f"unexpected shapes {tuple(feats.shape)}")
         try:
             os.utime(path)  # LRU clock: a hit makes the entry young again
@@ -221,9 +249,15 @@ class FeatureCache:
         except OSError:
             pass
 
-    def put(self, fingerprint: str, audio_key: str, features: torch.Tensor,
-            hidden_states: torch.Tensor | None = None) -> bool:
-        """Store one clip's ``features (t, d)`` (and ``hidden_states (l, t, d)``); False if refused (too large)."""
+    def put(
+        self,
+        fingerprint: str,
+        audio_key: str,
+        features: torch.Tensor,
+        hidden_states: torch.Tensor | None = None,
+    ) -> bool:
+        """Store one clip's ``features (t, d)`` (and ``hidden_states (l, t, d)``); False if refused (too
+        large)."""
         tensors = {"features": features.detach().to("cpu").contiguous()}
         if hidden_states is not None:
             tensors["hidden_states"] = hidden_states.detach().to("cpu").contiguous()
@@ -237,8 +271,12 @@ class FeatureCache:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_SUFFIX, dir=folder)
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"format": _FORMAT, "fingerprint": fingerprint, "audio": audio_key})
-            written = os.path.getsize(tmp)  # the entry may be evicted by another process right after the rename
+            save_file(
+                tensors, tmp, metadata={"format": _FORMAT, "fingerprint": fingerprint, "audio": audio_key}
+            )
+            written = os.path.getsize(
+                tmp
+            )  # the entry may be evicted by another process right after the rename
             os.replace(tmp, path)  # atomic: readers see the old entry, the new one, or none; never a part
         except BaseException:
             try:
@@ -306,12 +344,20 @@ def audio_keys(waveforms: torch.Tensor, lengths: list[int]) -> list[str]:
     """One content hash per clip over its valid samples (dtype name + raw bytes)."""
     host = waveforms.detach().to("cpu")
     # uint8 views hash the bytes in place (no copy) and work for every dtype, bfloat16 included.
-    return [_digest(str(host.dtype).encode(), host[i, :n].contiguous().view(torch.uint8).numpy())
-            for i, n in enumerate(lengths)]
+    return [
+        _digest(str(host.dtype).encode(), host[i, :n].contiguous().view(torch.uint8).numpy())
+        for i, n in enumerate(lengths)
+    ]
 
 
-def cached_encode(encoder: nn.Module, waveforms: torch.Tensor, lengths: torch.Tensor | None,
-                  cache: FeatureCache | None, *, name: str = "encoder") -> EncoderOutput:
+def cached_encode(
+    encoder: nn.Module,
+    waveforms: torch.Tensor,
+    lengths: torch.Tensor | None,
+    cache: FeatureCache | None,
+    *,
+    name: str = "encoder",
+) -> EncoderOutput:
     """``encoder(waveforms, lengths)`` through ``cache``: hits are read, misses encoded in one sub-batch.
 
     Args:
@@ -335,11 +381,19 @@ def cached_encode(encoder: nn.Module, waveforms: torch.Tensor, lengths: torch.Te
         return _cached_encode(encoder, waveforms, lengths, cache, name=name)
 
 
-def _cached_encode(encoder: nn.Module, waveforms: torch.Tensor, lengths: torch.Tensor | None,
-                   cache: FeatureCache | None, *, name: str) -> EncoderOutput:
+def _cached_encode(
+    encoder: nn.Module,
+    waveforms: torch.Tensor,
+    lengths: torch.Tensor | None,
+    cache: FeatureCache | None,
+    *,
+    name: str,
+) -> EncoderOutput:
     if cache is None:
         return encoder(waveforms, lengths)
-    lengths = check_waveforms(waveforms, lengths, min_samples=int(getattr(encoder, "min_samples", 0)), name=name)
+    lengths = check_waveforms(
+        waveforms, lengths, min_samples=int(getattr(encoder, "min_samples", 0)), name=name
+    )
     host = lengths.tolist()
     fp = encoder_fingerprint(encoder)
     keys = audio_keys(waveforms, host)
@@ -366,6 +420,7 @@ def _assemble(entries: list[_Entry], device: torch.device) -> EncoderOutput:
     lengths = torch.tensor([e.features.shape[0] for e in entries], dtype=torch.long, device=device)
     hidden = None
     if all(e.hidden_states is not None for e in entries):
-        hidden = torch.stack([F.pad(e.hidden_states.to(device), (0, 0, 0, t - e.hidden_states.shape[1]))
-                              for e in entries])
+        hidden = torch.stack(
+            [F.pad(e.hidden_states.to(device), (0, 0, 0, t - e.hidden_states.shape[1])) for e in entries]
+        )
     return EncoderOutput(features=feats, lengths=lengths, hidden_states=hidden)

@@ -77,8 +77,10 @@ class _Reader:
     def take(self, n: int) -> bytes:
         data = self.f.read(n)
         if len(data) != n:
-            raise CheckpointError(f"{self.path}: file is truncated while reading {self.where} "
-                                  f"(wanted {n} bytes at offset {self.f.tell() - len(data)}, file has {self.size})")
+            raise CheckpointError(
+                f"{self.path}: file is truncated while reading {self.where} "
+                f"(wanted {n} bytes at offset {self.f.tell() - len(data)}, file has {self.size})"
+            )
         return data
 
     def u(self, fmt: str) -> int:
@@ -88,12 +90,15 @@ class _Reader:
         n = self.u("H")
         raw = self.take(n)
         if n == 0 or raw[-1] != 0:
-            raise CheckpointError(f"{self.path}: malformed string while reading {self.where} (no trailing NUL)")
+            raise CheckpointError(
+                f"{self.path}: malformed string while reading {self.where} (no trailing NUL)"
+            )
         return raw[:-1].decode("utf-8")
 
 
-def read_ctranslate2(path: str | os.PathLike, *, select: Callable[[str], bool] | None = None,
-                     expect_spec: str | None = None) -> CT2Model:
+def read_ctranslate2(
+    path: str | os.PathLike, *, select: Callable[[str], bool] | None = None, expect_spec: str | None = None
+) -> CT2Model:
     """Parse a CTranslate2 ``model.bin``.
 
     Args:
@@ -118,7 +123,9 @@ def read_ctranslate2(path: str | os.PathLike, *, select: Callable[[str], bool] |
         r = _Reader(f, path, size)
         version = r.u("I")
         if not 1 <= version <= 6:
-            raise CheckpointError(f"{path}: unsupported CTranslate2 binary version {version} (this reader knows 1-6)")
+            raise CheckpointError(
+                f"{path}: unsupported CTranslate2 binary version {version} (this reader knows 1-6)"
+            )
         spec = r.string()
         if expect_spec is not None and spec != expect_spec:
             raise CheckpointError(f"{path}: model spec is {spec!r}, expected {expect_spec!r}")
@@ -137,8 +144,10 @@ def read_ctranslate2(path: str | os.PathLike, *, select: Callable[[str], bool] |
             nbytes = r.u("I")
             np_dtype, torch_dtype = _DTYPES[code]
             if nbytes != int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize:
-                raise CheckpointError(f"{path}: variable {name!r} has {nbytes} bytes, shape {shape} needs "
-                                      f"{int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize}")
+                raise CheckpointError(
+                    f"{path}: variable {name!r} has {nbytes} bytes, shape {shape} needs "
+                    f"{int(np.prod(shape, dtype=np.int64)) * np_dtype.itemsize}"
+                )
             model.shapes[name] = shape
             if select is not None and not select(name):
                 if f.tell() + nbytes > size:

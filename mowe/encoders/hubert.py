@@ -38,8 +38,17 @@ DEFAULT_WINDOW_SECONDS = 30.0
 # Published base sizes; the transformers config defaults are the base models.
 HUBERT_PRESETS: dict[str, tuple[type, dict]] = {
     "hubert-base": (HubertConfig, {}),
-    "hubert-large": (HubertConfig, dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                        intermediate_size=4096, feat_extract_norm="layer", do_stable_layer_norm=True)),
+    "hubert-large": (
+        HubertConfig,
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            feat_extract_norm="layer",
+            do_stable_layer_norm=True,
+        ),
+    ),
     "wav2vec2-base": (Wav2Vec2Config, {}),
     "wavlm-base": (WavLMConfig, {}),
 }
@@ -69,7 +78,8 @@ def _masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, valid: torch.Tensor)
 
 
 class HubertEncoder(nn.Module):
-    """A HuBERT-family model (``HubertModel``, ``Wav2Vec2Model``, ``WavLMModel``) behind mowe's encoder protocol.
+    """A HuBERT-family model (``HubertModel``, ``Wav2Vec2Model``, ``WavLMModel``) behind mowe's encoder
+    protocol.
 
     Args:
         model: the transformers base model (its modules are used as they are).
@@ -94,9 +104,16 @@ class HubertEncoder(nn.Module):
         torch.Size([1, 49, 32])
     """
 
-    def __init__(self, model: PreTrainedModel, *, normalize_waveform: bool = False, freeze: bool = True,
-                 bucket_padding: float | str | None = "auto", source: str | None = None,
-                 window_seconds: float | None = DEFAULT_WINDOW_SECONDS):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        *,
+        normalize_waveform: bool = False,
+        freeze: bool = True,
+        bucket_padding: float | str | None = "auto",
+        source: str | None = None,
+        window_seconds: float | None = DEFAULT_WINDOW_SECONDS,
+    ):
         super().__init__()
         self.bucket_padding = check_bucket_padding(bucket_padding)
         self.model = model
@@ -113,36 +130,67 @@ class HubertEncoder(nn.Module):
         self.source = source
         self.window_seconds = window_seconds
         if window_seconds is not None:
-            check_window_seconds(self, window_seconds, who="this HuBERT-family encoder",
-                                 what="window_seconds")
+            check_window_seconds(
+                self, window_seconds, who="this HuBERT-family encoder", what="window_seconds"
+            )
         set_trainable(self, not freeze)
 
     @classmethod
-    def from_preset(cls, name: str = "hubert-base", *, freeze: bool = True, normalize_waveform: bool = False,
-                    bucket_padding: float | str | None = "auto",
-                    window_seconds: float | None = DEFAULT_WINDOW_SECONDS, **overrides) -> HubertEncoder:
-        """Random weights at a published size (``hubert-base``, ``hubert-large``, ``wav2vec2-base``, ``wavlm-base``)."""
+    def from_preset(
+        cls,
+        name: str = "hubert-base",
+        *,
+        freeze: bool = True,
+        normalize_waveform: bool = False,
+        bucket_padding: float | str | None = "auto",
+        window_seconds: float | None = DEFAULT_WINDOW_SECONDS,
+        **overrides,
+    ) -> HubertEncoder:
+        """Random weights at a published size (``hubert-base``, ``hubert-large``, ``wav2vec2-base``,
+        ``wavlm-base``)."""
         if name not in HUBERT_PRESETS:
-            raise MoWEInputError(f"unknown HuBERT-family preset {name!r}; choose one of {sorted(HUBERT_PRESETS)}")
+            raise MoWEInputError(
+                f"unknown HuBERT-family preset {name!r}; choose one of {sorted(HUBERT_PRESETS)}"
+            )
         config_cls, base = HUBERT_PRESETS[name]
         cfg = config_cls(**{**base, **overrides})
-        return cls(AutoModel.from_config(cfg), freeze=freeze, normalize_waveform=normalize_waveform,
-                   bucket_padding=bucket_padding, window_seconds=window_seconds)
+        return cls(
+            AutoModel.from_config(cfg),
+            freeze=freeze,
+            normalize_waveform=normalize_waveform,
+            bucket_padding=bucket_padding,
+            window_seconds=window_seconds,
+        )
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, freeze: bool = True, normalize_waveform: bool | None = None,
-                        bucket_padding: float | str | None = "auto", dtype: torch.dtype | None = None,
-                        window_seconds: float | None = DEFAULT_WINDOW_SECONDS) -> HubertEncoder:
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        freeze: bool = True,
+        normalize_waveform: bool | None = None,
+        bucket_padding: float | str | None = "auto",
+        dtype: torch.dtype | None = None,
+        window_seconds: float | None = DEFAULT_WINDOW_SECONDS,
+    ) -> HubertEncoder:
         """Load by hub id or local folder (a checkpoint with a CTC head loads its base model)."""
         config = AutoConfig.from_pretrained(name_or_path)
         if config.model_type not in ("hubert", "wav2vec2", "wavlm"):
-            raise MoWEInputError(f"{name_or_path}: model_type {config.model_type!r} is not hubert/wav2vec2/wavlm")
+            raise MoWEInputError(
+                f"{name_or_path}: model_type {config.model_type!r} is not hubert/wav2vec2/wavlm"
+            )
         with naming_refused_pickles(name_or_path, what=f"{config.model_type} encoder"):
             model = AutoModel.from_pretrained(name_or_path, dtype=dtype)
         if normalize_waveform is None:
             normalize_waveform = _reads_normalize_flag(name_or_path)
-        return cls(model, freeze=freeze, normalize_waveform=normalize_waveform, bucket_padding=bucket_padding,
-                   source=name_or_path, window_seconds=window_seconds)
+        return cls(
+            model,
+            freeze=freeze,
+            normalize_waveform=normalize_waveform,
+            bucket_padding=bucket_padding,
+            source=name_or_path,
+            window_seconds=window_seconds,
+        )
 
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         out = lengths
@@ -156,15 +204,20 @@ class HubertEncoder(nn.Module):
         if self.window_seconds is not None:
             window = window_samples(self.window_seconds, who="this HuBERT-family encoder")
             if waveforms.shape[1] > window:
-                return encode_in_windows(self._encode_grouped, waveforms, lengths, window=window,
-                                         min_samples=self.min_samples)
+                return encode_in_windows(
+                    self._encode_grouped, waveforms, lengths, window=window, min_samples=self.min_samples
+                )
         return self._encode_grouped(waveforms, lengths)
 
     def _encode_grouped(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         if self.bucket_padding is None or waveforms.shape[0] == 1:
             return self._encode(waveforms, lengths)
-        return encode_in_length_groups(self._encode, waveforms, lengths,
-                                       max_padding=resolve_bucket_padding(self.bucket_padding, waveforms.device))
+        return encode_in_length_groups(
+            self._encode,
+            waveforms,
+            lengths,
+            max_padding=resolve_bucket_padding(self.bucket_padding, waveforms.device),
+        )
 
     def _encode(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         valid = lengths_to_mask(lengths, waveforms.shape[1])
@@ -182,8 +235,12 @@ class HubertEncoder(nn.Module):
             norm = getattr(layer, "layer_norm", None)
             if isinstance(norm, nn.GroupNorm):
                 h = layer.conv(h)
-                frame_len = torch.div(frame_len - layer.conv.kernel_size[0], layer.conv.stride[0],
-                                      rounding_mode="floor") + 1
+                frame_len = (
+                    torch.div(
+                        frame_len - layer.conv.kernel_size[0], layer.conv.stride[0], rounding_mode="floor"
+                    )
+                    + 1
+                )
                 h = layer.activation(_masked_group_norm(h, norm, lengths_to_mask(frame_len, h.shape[-1])))
             else:
                 h = layer(h)

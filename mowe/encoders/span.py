@@ -43,13 +43,17 @@ class ClipSpan(nn.Module):
     def __init__(self, *, encoder: nn.Module, min_seconds: float = 0.0, max_seconds: float | None = None):
         super().__init__()
         if not min_seconds >= 0 or (max_seconds is not None and not max_seconds >= max(min_seconds, 1e-9)):
-            raise MoWEInputError(f"ClipSpan needs 0 <= min_seconds <= max_seconds, got {min_seconds}, {max_seconds}")
+            raise MoWEInputError(
+                f"ClipSpan needs 0 <= min_seconds <= max_seconds, got {min_seconds}, {max_seconds}"
+            )
         self.encoder = encoder
         self.min_len = round(min_seconds * SAMPLE_RATE)
         self.max_len = None if max_seconds is None else round(max_seconds * SAMPLE_RATE)
         if self.min_len < int(encoder.min_samples):
-            raise MoWEInputError(f"ClipSpan(min_seconds={min_seconds}) is shorter than the wrapped encoder's "
-                                 f"min_samples ({encoder.min_samples})")
+            raise MoWEInputError(
+                f"ClipSpan(min_seconds={min_seconds}) is shorter than the wrapped encoder's "
+                f"min_samples ({encoder.min_samples})"
+            )
         self.out_dim = int(encoder.out_dim)
         self.frame_rate = float(encoder.frame_rate)
         self.min_samples = 1

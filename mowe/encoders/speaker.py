@@ -9,11 +9,11 @@ hop, Slaney mel scale, no log), a 3-layer LSTM of width 256 over a 1.6 s partial
 here is our own torch code; :func:`slaney_mel_filters` follows librosa's default filterbank.
 
 What one output frame is: the d-vector of the 1.6 s partial *centred on that frame*, one frame every
-``hop_ms`` (frame ``j`` is centred at ``(j + 0.5) * hop_ms``, the convention of :func:`mowe.align.align_to_grid`).
-Partials are shifted to lie inside the clip (at its edges several frames share one partial), and a clip
-shorter than 1.6 s is zero-padded to one partial, as resemblyzer pads its last partial. A frame thus
-describes who is speaking around that time from 1.6 s of context, which is what GE2E was trained to
-summarise; speaker changes show up with about 0.8 s of blur. Identical partials are run once.
+``hop_ms`` (frame ``j`` is centred at ``(j + 0.5) * hop_ms``, the convention of
+:func:`mowe.align.align_to_grid`). Partials are shifted to lie inside the clip (at its edges several frames
+share one partial), and a clip shorter than 1.6 s is zero-padded to one partial, as resemblyzer pads its last
+partial. A frame thus describes who is speaking around that time from 1.6 s of context, which is what GE2E was
+trained to summarise; speaker changes show up with about 0.8 s of blur. Identical partials are run once.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ PARTIAL_FRAMES = 160  # 1.6 s partials (GE2E's training utterances were 140-180 
 TARGET_DBFS = -30.0  # resemblyzer raises quiet audio to this level before embedding
 
 
-def slaney_mel_filters(*, n_mels: int, n_fft: int, sample_rate: int, fmin: float = 0.0,
-                       fmax: float | None = None) -> torch.Tensor:
+def slaney_mel_filters(
+    *, n_mels: int, n_fft: int, sample_rate: int, fmin: float = 0.0, fmax: float | None = None
+) -> torch.Tensor:
     """Triangular mel filters on the Slaney (Auditory Toolbox) scale with area normalisation.
 
     This is the filterbank librosa builds by default (``htk=False, norm="slaney"``): linear below 1 kHz,
@@ -55,11 +56,14 @@ def slaney_mel_filters(*, n_mels: int, n_fft: int, sample_rate: int, fmin: float
     min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
 
     def hz_to_mel(hz: torch.Tensor) -> torch.Tensor:
-        return torch.where(hz >= min_log_hz, min_log_mel + torch.log(hz.clamp(min=1e-10) / min_log_hz) / logstep,
-                           hz / f_sp)
+        return torch.where(
+            hz >= min_log_hz, min_log_mel + torch.log(hz.clamp(min=1e-10) / min_log_hz) / logstep, hz / f_sp
+        )
 
     def mel_to_hz(mel: torch.Tensor) -> torch.Tensor:
-        return torch.where(mel >= min_log_mel, min_log_hz * torch.exp(logstep * (mel - min_log_mel)), mel * f_sp)
+        return torch.where(
+            mel >= min_log_mel, min_log_hz * torch.exp(logstep * (mel - min_log_mel)), mel * f_sp
+        )
 
     edges = torch.tensor([fmin, fmax], dtype=torch.float64)
     lo, hi = hz_to_mel(edges).tolist()
@@ -85,22 +89,34 @@ class GE2EMelFrontend(nn.Module):
     def __init__(self, n_mels: int = 40):
         super().__init__()
         self.n_mels = n_mels
-        self.register_buffer("filters", slaney_mel_filters(n_mels=n_mels, n_fft=N_FFT, sample_rate=SAMPLE_RATE),
-                             persistent=False)
+        self.register_buffer(
+            "filters",
+            slaney_mel_filters(n_mels=n_mels, n_fft=N_FFT, sample_rate=SAMPLE_RATE),
+            persistent=False,
+        )
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """``(b, s)`` zero-padded waveforms -> ``(b, 1 + s // 160, m)`` mel power."""
-        spec = torch.stft(waveforms.float(), N_FFT, HOP, window=self.window, center=True, pad_mode="constant",
-                          return_complex=True)
+        spec = torch.stft(
+            waveforms.float(),
+            N_FFT,
+            HOP,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
         power = spec.real.square() + spec.imag.square()  # (b, n_fft // 2 + 1, f)
         return torch.einsum("mk,bkf->bfm", self.filters, power)
 
 
-def normalize_volume(waveforms: torch.Tensor, lengths: torch.Tensor, *, target_dbfs: float = TARGET_DBFS
-                     ) -> torch.Tensor:
+def normalize_volume(
+    waveforms: torch.Tensor, lengths: torch.Tensor, *, target_dbfs: float = TARGET_DBFS
+) -> torch.Tensor:
     """Raise each clip whose RMS (over its valid samples) is below ``target_dbfs`` to that level; louder clips
-    and silent ones are left as they are (resemblyzer's increase-only normalisation). ``(b, s)`` -> ``(b, s)``."""
+    and silent ones are left as they are (resemblyzer's increase-only normalisation). ``(b, s)`` -> ``(b,
+       s)``."""
     valid = lengths_to_mask(lengths, waveforms.shape[1])
     x = waveforms.float() * valid
     rms = (x.square().sum(1) / lengths.clamp(min=1)).sqrt()  # (b,)
@@ -124,20 +140,30 @@ class SpeakerEncoder(nn.Module):
             refers to a frozen encoder by it instead of copying its weights.
 
     Example:
-        >>> enc = SpeakerEncoder(lstm=nn.LSTM(40, 32, 3, batch_first=True), linear=nn.Linear(32, 16), hop_ms=500)
+        >>> lstm = nn.LSTM(40, 32, 3, batch_first=True)
+        >>> enc = SpeakerEncoder(lstm=lstm, linear=nn.Linear(32, 16), hop_ms=500)
         >>> out = enc(torch.randn(2, 32000) * 0.1, torch.tensor([32000, 8000]))
         >>> out.features.shape, out.lengths.tolist()
         (torch.Size([2, 4, 16]), [4, 1])
     """
 
-    def __init__(self, *, lstm: nn.LSTM, linear: nn.Linear, hop_ms: int = 500, normalize_volume: bool = True,
-                 freeze: bool = True, source: str | None = None):
+    def __init__(
+        self,
+        *,
+        lstm: nn.LSTM,
+        linear: nn.Linear,
+        hop_ms: int = 500,
+        normalize_volume: bool = True,
+        freeze: bool = True,
+        source: str | None = None,
+    ):
         super().__init__()
         if not lstm.batch_first or lstm.bidirectional:
             raise MoWEInputError("SpeakerEncoder needs a unidirectional nn.LSTM with batch_first=True")
         if linear.in_features != lstm.hidden_size:
-            raise MoWEInputError(f"linear.in_features ({linear.in_features}) must equal lstm.hidden_size "
-                                 f"({lstm.hidden_size})")
+            raise MoWEInputError(
+                f"linear.in_features ({linear.in_features}) must equal lstm.hidden_size ({lstm.hidden_size})"
+            )
         if isinstance(hop_ms, bool) or not isinstance(hop_ms, int) or hop_ms < 10 or hop_ms % 10:
             raise MoWEInputError(f"hop_ms must be a positive multiple of 10 (ms), got {hop_ms!r}")
         self.frontend = GE2EMelFrontend(n_mels=lstm.input_size)
@@ -162,17 +188,25 @@ class SpeakerEncoder(nn.Module):
         """
         spec = importlib.util.find_spec("resemblyzer")
         if spec is None or not spec.submodule_search_locations:
-            raise CheckpointError("SpeakerEncoder.from_pretrained() without a path looks for resemblyzer's "
-                                  "pretrained.pt, but resemblyzer is not installed: `pip install --no-deps "
-                                  "resemblyzer`, or pass the path of a GE2E weight file")
+            raise CheckpointError(
+                "SpeakerEncoder.from_pretrained() without a path looks for resemblyzer's "
+                "pretrained.pt, but resemblyzer is not installed: `pip install --no-deps "
+                "resemblyzer`, or pass the path of a GE2E weight file"
+            )
         path = Path(next(iter(spec.submodule_search_locations))) / "pretrained.pt"
         if not path.is_file():
             raise CheckpointError(f"resemblyzer is installed but {path} is missing")
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, *, hop_ms: int = 500,
-                        normalize_volume: bool = True, freeze: bool = True) -> SpeakerEncoder:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike | None = None,
+        *,
+        hop_ms: int = 500,
+        normalize_volume: bool = True,
+        freeze: bool = True,
+    ) -> SpeakerEncoder:
         """Load a GE2E checkpoint in resemblyzer's format (``{"model_state": {"lstm.*", "linear.*", ...}}``
         or the bare state dict); ``path=None`` takes the one shipped with an installed resemblyzer.
 
@@ -198,8 +232,14 @@ class SpeakerEncoder(nn.Module):
             linear.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("linear.")})
         except RuntimeError as e:
             raise CheckpointError(f"{path}: the LSTM / Linear weights do not fit a GE2E encoder: {e}") from e
-        return cls(lstm=lstm, linear=linear, hop_ms=hop_ms, normalize_volume=normalize_volume, freeze=freeze,
-                   source=str(path))
+        return cls(
+            lstm=lstm,
+            linear=linear,
+            hop_ms=hop_ms,
+            normalize_volume=normalize_volume,
+            freeze=freeze,
+            source=str(path),
+        )
 
     # ------------------------------------------------------------------------------------------ encoding
     def embed_partials(self, mels: torch.Tensor) -> torch.Tensor:
@@ -210,8 +250,11 @@ class SpeakerEncoder(nn.Module):
 
     def _mels(self, waveforms: torch.Tensor, lengths: torch.Tensor, min_frames: int) -> torch.Tensor:
         """Mel frames of the zero-padded (and optionally volume-normalised) batch, at least ``min_frames``."""
-        x = normalize_volume(waveforms, lengths) if self.normalize_volume else \
-            waveforms.float() * lengths_to_mask(lengths, waveforms.shape[1])
+        x = (
+            normalize_volume(waveforms, lengths)
+            if self.normalize_volume
+            else waveforms.float() * lengths_to_mask(lengths, waveforms.shape[1])
+        )
         need = (min_frames - 1) * HOP
         if x.shape[1] < need:
             x = F.pad(x, (0, need - x.shape[1]))
@@ -245,8 +288,9 @@ class SpeakerEncoder(nn.Module):
         return EncoderOutput(features=feats, lengths=n_out)
 
     @torch.no_grad()
-    def embed_utterance(self, waveform: torch.Tensor, *, rate: float = 1.3, min_coverage: float = 0.75
-                        ) -> torch.Tensor:
+    def embed_utterance(
+        self, waveform: torch.Tensor, *, rate: float = 1.3, min_coverage: float = 0.75
+    ) -> torch.Tensor:
         """The 256-d utterance embedding as resemblyzer's ``embed_utterance`` computes it.
 
         Partials of 1.6 s start every ``round(16000 / rate / 160)`` mel frames (77 at the default 1.3 per
@@ -262,15 +306,19 @@ class SpeakerEncoder(nn.Module):
             ``(d,)`` float32, unit norm.
         """
         if not isinstance(waveform, torch.Tensor) or waveform.dim() != 1:
-            raise MoWEInputError("embed_utterance takes one clip as a 1-D tensor of samples, got "
-                                 f"{getattr(waveform, 'shape', type(waveform).__name__)}")
+            raise MoWEInputError(
+                "embed_utterance takes one clip as a 1-D tensor of samples, got "
+                f"{getattr(waveform, 'shape', type(waveform).__name__)}"
+            )
         if not 0 < min_coverage <= 1:
             raise MoWEInputError(f"min_coverage must be in (0, 1], got {min_coverage}")
         n = waveform.shape[0]
         frame_step = round(SAMPLE_RATE / rate / HOP)
         if not 0 < frame_step <= PARTIAL_FRAMES:
-            raise MoWEInputError(f"rate {rate} gives partials every {frame_step} frames; it must lie in "
-                                 f"[{SAMPLE_RATE / (HOP * PARTIAL_FRAMES)}, {SAMPLE_RATE / HOP}] per second")
+            raise MoWEInputError(
+                f"rate {rate} gives partials every {frame_step} frames; it must lie in "
+                f"[{SAMPLE_RATE / (HOP * PARTIAL_FRAMES)}, {SAMPLE_RATE / HOP}] per second"
+            )
         lengths = check_waveforms(waveform[None], None)
         n_frames = math.ceil((n + 1) / HOP)
         starts = list(range(0, max(1, n_frames - PARTIAL_FRAMES + frame_step + 1), frame_step))
@@ -278,6 +326,6 @@ class SpeakerEncoder(nn.Module):
         if coverage < min_coverage and len(starts) > 1:
             starts.pop()
         mel = self._mels(waveform[None], lengths, starts[-1] + PARTIAL_FRAMES)[0]  # (f, m)
-        parts = torch.stack([mel[s:s + PARTIAL_FRAMES] for s in starts])  # (w, 160, m)
+        parts = torch.stack([mel[s : s + PARTIAL_FRAMES] for s in starts])  # (w, 160, m)
         mean = self.embed_partials(parts).mean(0)
         return mean / mean.norm()

@@ -19,9 +19,10 @@ encoder declares that limit as ``max_input_seconds`` (:mod:`mowe.encoders.window
 pool cut long clips into windows themselves (the routing windows, where routing is per window).
 
 ``full_window=True`` (with ``pad_to_30s``) returns every frame of the 30 s window (1500 frames, all counted
-valid) instead of cutting each clip to its own frames: SALMONN's encoder output, which its window Q-Former cuts
-into 88 windows whatever the clip's length. Whisper's own decoder reads the whole window too: measured with the
-real tiny.en (``benchmarks/whisper_real_weights.py``), cutting to the clip's frames costs it WER, which
+valid) instead of cutting each clip to its own frames: SALMONN's encoder output, which its window Q-Former
+cuts
+into 88 windows whatever the clip's length. Whisper's own decoder reads the whole window too: measured with
+the real tiny.en (``benchmarks/whisper_real_weights.py``), cutting to the clip's frames costs it WER, which
 ``full_window`` gives back at the price of 1500 frames per 30 s window.
 """
 
@@ -59,15 +60,24 @@ CHUNK_FRAMES = CHUNK_SAMPLES // HOP  # 3000 mel frames -> 1500 encoder frames
 
 # Published sizes (Radford et al. 2022, Table 1; large-v3 uses 128 mel bins).
 WHISPER_PRESETS: dict[str, dict] = {
-    "tiny": dict(d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80),
-    "base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048, num_mel_bins=80),
-    "small": dict(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072, num_mel_bins=80),
-    "medium": dict(d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096,
-                   num_mel_bins=80),
-    "large-v2": dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
-                     num_mel_bins=80),
-    "large-v3": dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
-                     num_mel_bins=128),
+    "tiny": dict(
+        d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536, num_mel_bins=80
+    ),
+    "base": dict(
+        d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048, num_mel_bins=80
+    ),
+    "small": dict(
+        d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072, num_mel_bins=80
+    ),
+    "medium": dict(
+        d_model=1024, encoder_layers=24, encoder_attention_heads=16, encoder_ffn_dim=4096, num_mel_bins=80
+    ),
+    "large-v2": dict(
+        d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=80
+    ),
+    "large-v3": dict(
+        d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128
+    ),
 }
 
 
@@ -84,10 +94,17 @@ class LogMelFrontend(nn.Module):
         super().__init__()
         self.n_mels = n_mels
         filters = mel_filter_bank(
-            num_frequency_bins=N_FFT // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
-            sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney",
+            num_frequency_bins=N_FFT // 2 + 1,
+            num_mel_filters=n_mels,
+            min_frequency=0.0,
+            max_frequency=8000.0,
+            sampling_rate=SAMPLE_RATE,
+            norm="slaney",
+            mel_scale="slaney",
         )
-        self.register_buffer("filters", torch.from_numpy(np.ascontiguousarray(filters.T)).float(), persistent=False)
+        self.register_buffer(
+            "filters", torch.from_numpy(np.ascontiguousarray(filters.T)).float(), persistent=False
+        )
         self.register_buffer("window", torch.hann_window(N_FFT), persistent=False)
 
     @staticmethod
@@ -95,8 +112,9 @@ class LogMelFrontend(nn.Module):
         """Valid mel frames for clips of ``lengths`` samples: frames whose centre lies inside the clip."""
         return torch.div(lengths + HOP - 1, HOP, rounding_mode="floor")
 
-    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, *, num_frames: int,
-                pad_with_silence: bool) -> torch.Tensor:
+    def forward(
+        self, waveforms: torch.Tensor, lengths: torch.Tensor, *, num_frames: int, pad_with_silence: bool
+    ) -> torch.Tensor:
         """Waveforms ``(b, s)`` -> log-mel ``(b, m, num_frames)`` in float32.
 
         Args:
@@ -126,8 +144,9 @@ class LogMelFrontend(nn.Module):
         return log_spec
 
 
-def load_hf_whisper_encoder(name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None,
-                            stored_positions: bool = False) -> HFWhisperEncoder:
+def load_hf_whisper_encoder(
+    name_or_path: str | os.PathLike, *, dtype: torch.dtype | None = None, stored_positions: bool = False
+) -> HFWhisperEncoder:
     """transformers' Whisper encoder with the encoder weights of a checkpoint; the decoder's are never read.
 
     Args:
@@ -145,7 +164,11 @@ def load_hf_whisper_encoder(name_or_path: str | os.PathLike, *, dtype: torch.dty
     if is_ctranslate2_dir(name_or_path) or is_openai_whisper_file(name_or_path):
         ckpt = load_whisper_checkpoint(name_or_path, encoder_only=True)
         config = ckpt.config
-        state = {k[len("model.encoder."):]: v for k, v in ckpt.state_dict.items() if k.startswith("model.encoder.")}
+        state = {
+            k[len("model.encoder.") :]: v
+            for k, v in ckpt.state_dict.items()
+            if k.startswith("model.encoder.")
+        }
     else:
         config = WhisperConfig.from_pretrained(name_or_path)
         state = load_prefixed_state_dict(name_or_path, ("model.encoder.", "encoder."))
@@ -157,8 +180,10 @@ def load_hf_whisper_encoder(name_or_path: str | os.PathLike, *, dtype: torch.dty
     if not stored_positions:
         missing = [k for k in missing if not k.startswith("embed_positions")]
     if missing or unexpected:
-        raise CheckpointError(f"{name_or_path}: encoder weights do not match its config "
-                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(
+            f"{name_or_path}: encoder weights do not match its config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return hf.to(dtype) if dtype is not None else hf
 
 
@@ -193,12 +218,22 @@ class WhisperEncoder(nn.Module):
     frame_rate: float = SAMPLE_RATE / (2 * HOP)  # 50 Hz: conv2 has stride 2 over 100 Hz mel frames
     min_samples: int = 1
 
-    def __init__(self, encoder: HFWhisperEncoder, *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                 freeze: bool = True, bucket_padding: float | str | None = "auto", source: str | None = None,
-                 full_window: bool = False):
+    def __init__(
+        self,
+        encoder: HFWhisperEncoder,
+        *,
+        pad_to_30s: bool = True,
+        output_all_layers: bool = False,
+        freeze: bool = True,
+        bucket_padding: float | str | None = "auto",
+        source: str | None = None,
+        full_window: bool = False,
+    ):
         super().__init__()
         if full_window and not pad_to_30s:
-            raise MoWEInputError("full_window=True needs pad_to_30s=True: the full window is the padded 30 s input")
+            raise MoWEInputError(
+                "full_window=True needs pad_to_30s=True: the full window is the padded 30 s input"
+            )
         self.full_window = full_window
         self.bucket_padding = check_bucket_padding(bucket_padding)
         self.encoder = encoder
@@ -220,20 +255,43 @@ class WhisperEncoder(nn.Module):
         return cls(HFWhisperEncoder(config), **kwargs)
 
     @classmethod
-    def from_preset(cls, size: str = "tiny", *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                    freeze: bool = True, bucket_padding: float | str | None = "auto", full_window: bool = False,
-                    **overrides) -> WhisperEncoder:
-        """Random weights at a published size (``tiny`` ... ``large-v3``); ``overrides`` change config fields."""
+    def from_preset(
+        cls,
+        size: str = "tiny",
+        *,
+        pad_to_30s: bool = True,
+        output_all_layers: bool = False,
+        freeze: bool = True,
+        bucket_padding: float | str | None = "auto",
+        full_window: bool = False,
+        **overrides,
+    ) -> WhisperEncoder:
+        """Random weights at a published size (``tiny`` ... ``large-v3``); ``overrides`` change config
+        fields."""
         if size not in WHISPER_PRESETS:
             raise MoWEInputError(f"unknown Whisper size {size!r}; choose one of {sorted(WHISPER_PRESETS)}")
         cfg = WhisperConfig(**{**WHISPER_PRESETS[size], **overrides})
-        return cls.from_config(cfg, pad_to_30s=pad_to_30s, output_all_layers=output_all_layers, freeze=freeze,
-                               bucket_padding=bucket_padding, full_window=full_window)
+        return cls.from_config(
+            cfg,
+            pad_to_30s=pad_to_30s,
+            output_all_layers=output_all_layers,
+            freeze=freeze,
+            bucket_padding=bucket_padding,
+            full_window=full_window,
+        )
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, pad_to_30s: bool = True, output_all_layers: bool = False,
-                        freeze: bool = True, bucket_padding: float | str | None = "auto",
-                        dtype: torch.dtype | None = None, full_window: bool = False) -> WhisperEncoder:
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        pad_to_30s: bool = True,
+        output_all_layers: bool = False,
+        freeze: bool = True,
+        bucket_padding: float | str | None = "auto",
+        dtype: torch.dtype | None = None,
+        full_window: bool = False,
+    ) -> WhisperEncoder:
         """Load the encoder half of a Whisper checkpoint; the decoder's weights are never read.
 
         Args:
@@ -248,8 +306,15 @@ class WhisperEncoder(nn.Module):
         """
         name_or_path = os.fspath(name_or_path)
         hf = load_hf_whisper_encoder(name_or_path, dtype=dtype)
-        return cls(hf, pad_to_30s=pad_to_30s, output_all_layers=output_all_layers, freeze=freeze,
-                   bucket_padding=bucket_padding, source=name_or_path, full_window=full_window)
+        return cls(
+            hf,
+            pad_to_30s=pad_to_30s,
+            output_all_layers=output_all_layers,
+            freeze=freeze,
+            bucket_padding=bucket_padding,
+            source=name_or_path,
+            full_window=full_window,
+        )
 
     # ----------------------------------------------------------------------------------------- running
     def out_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
@@ -273,8 +338,12 @@ class WhisperEncoder(nn.Module):
         """Windows of at most 30 s: real-length clips in length groups, else one padded batch."""
         if self.pad_to_30s or self.bucket_padding is None or waveforms.shape[0] == 1:
             return self._encode_window(waveforms, lengths)
-        return encode_in_length_groups(self._encode_window, waveforms, lengths,
-                                       max_padding=resolve_bucket_padding(self.bucket_padding, waveforms.device))
+        return encode_in_length_groups(
+            self._encode_window,
+            waveforms,
+            lengths,
+            max_padding=resolve_bucket_padding(self.bucket_padding, waveforms.device),
+        )
 
     def _encode_window(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> EncoderOutput:
         out_len = self.out_lengths(lengths)
@@ -296,7 +365,9 @@ class WhisperEncoder(nn.Module):
         mask = None
         if not self.pad_to_30s:
             keep = lengths_to_mask(out_len, t)
-            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(~keep, torch.finfo(x.dtype).min)
+            mask = torch.zeros(keep.shape, dtype=x.dtype, device=x.device).masked_fill(
+                ~keep, torch.finfo(x.dtype).min
+            )
             mask = mask[:, None, None, :]  # (b, 1, 1, t): additive, broadcast over heads and queries
         states = [x] if self.output_all_layers else None
         for layer in enc.layers:
@@ -339,7 +410,12 @@ class WhisperEncoder(nn.Module):
             nl = out.hidden_states.shape[1]
             h = out.hidden_states.new_zeros(b * n_win, nl, t_win, self.out_dim)
             h[used, :, : out.hidden_states.shape[2]] = out.hidden_states
-            hidden = h.reshape(b, n_win, nl, t_win, self.out_dim).permute(0, 2, 1, 3, 4).reshape(
-                b, nl, n_win * t_win, self.out_dim)[:, :, : int(total.max())]
+            hidden = (
+                h.reshape(b, n_win, nl, t_win, self.out_dim)
+                .permute(0, 2, 1, 3, 4)
+                .reshape(b, nl, n_win * t_win, self.out_dim)[:, :, : int(total.max())]
+            )
         keep = lengths_to_mask(total, int(total.max()))[..., None].to(feats.dtype)
-        return EncoderOutput(features=feats[:, : int(total.max())] * keep, lengths=total, hidden_states=hidden)
+        return EncoderOutput(
+            features=feats[:, : int(total.max())] * keep, lengths=total, hidden_states=hidden
+        )

@@ -17,9 +17,9 @@ official pipeline, YuanGongND/ltu and its Whisper fork). They differ from
 
 Every clip is computed on its own (nothing crosses the batch), so a batch gives each clip's lone result.
 
-:func:`mowe.encoders.whisper_formats.load_openai_whisper` reads openai-whisper ``.pt`` files (what LTU-AS used:
-``large-v1.pt``) into a transformers ``WhisperForConditionalGeneration``; its decoder fills LTU-AS's transcript
-(see :mod:`mowe.ltu_as.transcribe`).
+:func:`mowe.encoders.whisper_formats.load_openai_whisper` reads openai-whisper ``.pt`` files (what LTU-AS
+used: ``large-v1.pt``) into a transformers ``WhisperForConditionalGeneration``; its decoder fills LTU-AS's
+transcript (see :mod:`mowe.ltu_as.transcribe`).
 """
 
 from __future__ import annotations
@@ -40,8 +40,14 @@ DEFAULT_WINDOW_SECONDS = 10  # LTU-AS's window: 1000 mel frames -> 500 encoder f
 _EDGE = N_FFT // 2  # torch.stft(center=True) reflect-pads each side by this many samples
 
 
-def clip_log_mel(waveforms: torch.Tensor, lengths: torch.Tensor, *, filters: torch.Tensor, window: torch.Tensor,
-                num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_log_mel(
+    waveforms: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    filters: torch.Tensor,
+    window: torch.Tensor,
+    num_frames: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """openai-whisper's ``log_mel_spectrogram`` of each clip alone, then ``pad_or_trim`` to ``num_frames``.
 
     Args:
@@ -84,17 +90,19 @@ class WindowedWhisperEncoder(nn.Module):
     The family ``"whisper_window"`` in configs (LTU-AS's ``faithful=True`` strong encoder).
 
     Args:
-        encoder: a transformers ``WhisperEncoder`` (its modules and its stored positional table are used as is).
+        encoder: a transformers ``WhisperEncoder`` (its modules and its stored positional table are used as
+        is).
         clip_seconds: the window every clip is padded or cut to (LTU-AS: 10).
         freeze: freeze all parameters (LTU-AS keeps Whisper frozen).
         source: where the weights came from (hub id, folder or ``.pt`` file); None for random weights.
 
-    Returns from ``forward``: :class:`EncoderOutput` with ``features`` ``(b, t, d)`` (the last block's raw output),
-    ``lengths`` ``t`` for every clip (the whole window is attended, as in LTU-AS) and ``hidden_states``
-    ``(b, l, t, d)``, the raw outputs of all ``l`` blocks.
+    Returns from ``forward``: :class:`EncoderOutput` with ``features`` ``(b, t, d)`` (the last block's raw
+    output), ``lengths`` ``t`` for every clip (the whole window is attended, as in LTU-AS) and
+    ``hidden_states`` ``(b, l, t, d)``, the raw outputs of all ``l`` blocks.
 
     Example:
-        >>> enc = WindowedWhisperEncoder.from_preset("tiny", d_model=64, encoder_layers=2, encoder_attention_heads=2)
+        >>> sizes = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2)
+        >>> enc = WindowedWhisperEncoder.from_preset("tiny", **sizes)
         >>> out = enc(torch.zeros(2, 16000), torch.tensor([16000, 8000]))
         >>> out.hidden_states.shape, out.lengths.tolist()
         (torch.Size([2, 2, 500, 64]), [500, 500])
@@ -103,8 +111,14 @@ class WindowedWhisperEncoder(nn.Module):
     frame_rate: float = SAMPLE_RATE / (2 * HOP)
     min_samples: int = _EDGE + 1
 
-    def __init__(self, encoder: HFWhisperEncoder, *, clip_seconds: int = DEFAULT_WINDOW_SECONDS, freeze: bool = True,
-                 source: str | None = None):
+    def __init__(
+        self,
+        encoder: HFWhisperEncoder,
+        *,
+        clip_seconds: int = DEFAULT_WINDOW_SECONDS,
+        freeze: bool = True,
+        source: str | None = None,
+    ):
         super().__init__()
         self.encoder = encoder
         self.config: WhisperConfig = encoder.config
@@ -113,8 +127,10 @@ class WindowedWhisperEncoder(nn.Module):
         self.num_layers = self.config.encoder_layers
         self.mel_frames = int(clip_seconds * SAMPLE_RATE) // HOP
         if self.mel_frames > 2 * self.config.max_source_positions or self.mel_frames % 2:
-            raise MoWEInputError(f"clip_seconds={clip_seconds} gives {self.mel_frames} mel frames; this Whisper takes "
-                                 f"an even number up to {2 * self.config.max_source_positions}")
+            raise MoWEInputError(
+                f"clip_seconds={clip_seconds} gives {self.mel_frames} mel frames; this Whisper takes "
+                f"an even number up to {2 * self.config.max_source_positions}"
+            )
         self.source = source
         set_trainable(self, not freeze)
 
@@ -126,8 +142,9 @@ class WindowedWhisperEncoder(nn.Module):
         return cls(HFWhisperEncoder(WhisperConfig(**{**WHISPER_PRESETS[size], **overrides})), freeze=freeze)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, freeze: bool = True,
-                        dtype: torch.dtype | None = None) -> WindowedWhisperEncoder:
+    def from_pretrained(
+        cls, name_or_path: str, *, freeze: bool = True, dtype: torch.dtype | None = None
+    ) -> WindowedWhisperEncoder:
         """The encoder of an openai-whisper ``.pt`` file or a transformers checkpoint (hub id or folder).
 
         The positional table is the one the file stores (LTU-AS computed with it), never recomputed.
@@ -141,11 +158,17 @@ class WindowedWhisperEncoder(nn.Module):
 
     def log_mel(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """``(b, s)`` clips -> ``(b, m, mel_frames)`` LTU-AS log-mel (see :func:`clip_log_mel`)."""
-        return clip_log_mel(waveforms, lengths, filters=self.frontend.filters, window=self.frontend.window,
-                           num_frames=self.mel_frames)[0]
+        return clip_log_mel(
+            waveforms,
+            lengths,
+            filters=self.frontend.filters,
+            window=self.frontend.window,
+            num_frames=self.mel_frames,
+        )[0]
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> EncoderOutput:
-        """Encode ``(b, s)`` 16 kHz clips (any length; beyond ``clip_seconds`` is dropped after the log-mel)."""
+        """Encode ``(b, s)`` 16 kHz clips (any length; beyond ``clip_seconds`` is dropped after the
+        log-mel)."""
         lengths = check_waveforms(waveforms, lengths, min_samples=self.min_samples)
         enc = self.encoder
         dtype = enc.conv1.weight.dtype
@@ -160,4 +183,6 @@ class WindowedWhisperEncoder(nn.Module):
             x = x[0] if isinstance(x, tuple) else x
             states.append(x)  # raw block output: LTU-AS skips the embedding output and the final LayerNorm
         hidden = torch.stack(states, dim=1)  # (b, l, t, d)
-        return EncoderOutput(features=x, lengths=self.out_lengths(lengths).to(lengths.device), hidden_states=hidden)
+        return EncoderOutput(
+            features=x, lengths=self.out_lengths(lengths).to(lengths.device), hidden_states=hidden
+        )

@@ -38,8 +38,16 @@ from mowe.encoders.base import EncoderOutput
 from mowe.errors import MoWEInputError
 from mowe.tensors import lengths_to_mask, window_lengths
 
-__all__ = ["SECONDS_PER_CALL", "check_window_seconds", "encode_in_chunks", "encode_in_windows",
-           "encoder_window_seconds", "seconds_to_frames", "window_samples", "windows_per_call"]
+__all__ = [
+    "SECONDS_PER_CALL",
+    "check_window_seconds",
+    "encode_in_chunks",
+    "encode_in_windows",
+    "encoder_window_seconds",
+    "seconds_to_frames",
+    "window_samples",
+    "windows_per_call",
+]
 
 _TOL = 1e-6
 
@@ -74,8 +82,10 @@ def seconds_to_frames(seconds: float, frame_rate: float, *, who: str, what: str 
     frames = seconds * float(frame_rate)
     if round(frames) < 1 or abs(frames - round(frames)) > _TOL * max(1.0, frames):
         hop = f"{1 / float(frame_rate):g} s = 1/{float(frame_rate):g} Hz"
-        raise MoWEInputError(f"{what}={seconds:g} does not fit {who}: it is not a multiple of its frame hop "
-                             f"({hop}); choose a multiple of it")
+        raise MoWEInputError(
+            f"{what}={seconds:g} does not fit {who}: it is not a multiple of its frame hop "
+            f"({hop}); choose a multiple of it"
+        )
     return int(round(frames))
 
 
@@ -84,8 +94,9 @@ def window_samples(seconds: float, *, who: str, what: str = "window_seconds") ->
     return seconds_to_frames(seconds, SAMPLE_RATE, who=who, what=what)
 
 
-def check_window_seconds(encoder: nn.Module, seconds: float, *, who: str,
-                         what: str = "model.router.window_seconds") -> None:
+def check_window_seconds(
+    encoder: nn.Module, seconds: float, *, who: str, what: str = "model.router.window_seconds"
+) -> None:
     """Whether windows of ``seconds`` fit ``encoder``: at most its ``max_input_seconds`` and a whole number of
     its frames (and of samples).
 
@@ -94,15 +105,24 @@ def check_window_seconds(encoder: nn.Module, seconds: float, *, who: str,
     """
     cap = getattr(encoder, "max_input_seconds", None)
     if cap is not None and seconds > float(cap) + _TOL:
-        raise MoWEInputError(f"{what}={seconds:g} does not fit {who}: longer than its maximum input of "
-                             f"{float(cap):g} s; choose at most {float(cap):g}")
+        raise MoWEInputError(
+            f"{what}={seconds:g} does not fit {who}: longer than its maximum input of "
+            f"{float(cap):g} s; choose at most {float(cap):g}"
+        )
     window_samples(seconds, who=who, what=what)
     seconds_to_frames(seconds, float(encoder.frame_rate), who=who, what=what)
 
 
-def encode_in_windows(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutput], waveforms: torch.Tensor,
-                      lengths: torch.Tensor, *, window: int, min_samples: int = 0,
-                      per_call: int | None | str = "auto", frame_rate: float | None = None) -> EncoderOutput:
+def encode_in_windows(
+    encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutput],
+    waveforms: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    window: int,
+    min_samples: int = 0,
+    per_call: int | None | str = "auto",
+    frame_rate: float | None = None,
+) -> EncoderOutput:
     """Encode clips in windows of ``window`` samples, ``per_call`` windows per call of ``encode`` (``"auto"``:
     :func:`windows_per_call`; None: all in one call), and stitch the frames in time.
 
@@ -147,7 +167,7 @@ def encode_in_windows(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutp
     total = frames.sum(1)
     t = int(total.max())
     j = torch.arange(t_win, device=lengths.device)
-    pos = (starts.reshape(-1, 1) + j[None, :])  # (b*w, t_win) output frame of each window frame
+    pos = starts.reshape(-1, 1) + j[None, :]  # (b*w, t_win) output frame of each window frame
     row = torch.arange(b, device=lengths.device).repeat_interleave(w)[:, None].expand(-1, t_win)
     keep = j[None, :] < frames.reshape(-1, 1)
     stitched = feats.new_zeros(b, t, feats.shape[2])
@@ -164,16 +184,22 @@ def encode_in_windows(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutp
     return EncoderOutput(features=stitched * keep_out, lengths=total, hidden_states=hidden)
 
 
-def encode_in_chunks(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutput], seg: torch.Tensor,
-                     seg_len: torch.Tensor, per_call: int | None) -> EncoderOutput:
+def encode_in_chunks(
+    encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutput],
+    seg: torch.Tensor,
+    seg_len: torch.Tensor,
+    per_call: int | None,
+) -> EncoderOutput:
     """``encode`` on ``(n, s)`` windows, ``per_call`` at a time, each call trimmed to its longest window; the
     outputs concatenated (padded to the longest)."""
     n = seg.shape[0]
     host = seg_len.tolist()
     if per_call is None or n <= per_call:
         return encode(seg[:, : max(host)], seg_len)
-    outs = [encode(seg[i:i + per_call, : max(host[i:i + per_call])], seg_len[i:i + per_call])
-            for i in range(0, n, per_call)]
+    outs = [
+        encode(seg[i : i + per_call, : max(host[i : i + per_call])], seg_len[i : i + per_call])
+        for i in range(0, n, per_call)
+    ]
     t = max(o.features.shape[1] for o in outs)
     feats = torch.cat([F.pad(o.features, (0, 0, 0, t - o.features.shape[1])) for o in outs])
     hidden = None
@@ -182,8 +208,9 @@ def encode_in_chunks(encode: Callable[[torch.Tensor, torch.Tensor], EncoderOutpu
     return EncoderOutput(features=feats, lengths=torch.cat([o.lengths for o in outs]), hidden_states=hidden)
 
 
-def _on_nominal_grid(out: EncoderOutput, seg_len: torch.Tensor, *, window: int,
-                     frame_rate: float) -> EncoderOutput:
+def _on_nominal_grid(
+    out: EncoderOutput, seg_len: torch.Tensor, *, window: int, frame_rate: float
+) -> EncoderOutput:
     """Each window's frames resampled in time onto its nominal count: ``ceil(seg_len * F / window)`` of a full
     window's ``F = window * frame_rate / 16000`` (the window's own valid samples, before any padding)."""
     full = seconds_to_frames(window / SAMPLE_RATE, frame_rate, who="this encoder", what="the window")
@@ -192,13 +219,20 @@ def _on_nominal_grid(out: EncoderOutput, seg_len: torch.Tensor, *, window: int,
     if out.features.shape[1] == full and torch.equal(out.lengths, target):
         return out  # already on it (Whisper)
     n, t, d = out.features.shape
-    feats = align_to_grid(out.features, out.lengths, src_rate=frame_rate, dst_rate=frame_rate,
-                          dst_lengths=target, dst_len=full)
+    feats = align_to_grid(
+        out.features, out.lengths, src_rate=frame_rate, dst_rate=frame_rate, dst_lengths=target, dst_len=full
+    )
     hidden = None
     if out.hidden_states is not None:
         nl = out.hidden_states.shape[1]
         h = out.hidden_states.reshape(n * nl, t, -1)
-        hidden = align_to_grid(h, out.lengths.repeat_interleave(nl), src_rate=frame_rate, dst_rate=frame_rate,
-                               dst_lengths=target.repeat_interleave(nl), dst_len=full)
+        hidden = align_to_grid(
+            h,
+            out.lengths.repeat_interleave(nl),
+            src_rate=frame_rate,
+            dst_rate=frame_rate,
+            dst_lengths=target.repeat_interleave(nl),
+            dst_len=full,
+        )
         hidden = hidden.reshape(n, nl, full, -1)
     return EncoderOutput(features=feats, lengths=target, hidden_states=hidden)

@@ -1,1 +1,2 @@
-"""Evaluation: per-task metrics (:mod:`~mowe.evaluation.metrics`) and the harness (:mod:`~mowe.evaluation.evaluate`)."""
+"""Evaluation: per-task metrics (:mod:`~mowe.evaluation.metrics`) and the harness
+(:mod:`~mowe.evaluation.evaluate`)."""

@@ -1,15 +1,16 @@
 """Audio controls: does a model listen? The same evaluation set with each example's audio replaced.
 
-- ``"shuffled"``: every example gets the audio of another example *of the same task* (a derangement within each
-  task, fixed by ``seed``), so answers stay in the task's label space but no longer match their clip. A model
-  that uses its audio falls to chance; one that answers from the question alone does not move.
+- ``"shuffled"``: every example gets the audio of another example *of the same task* (a derangement within
+  each task, fixed by ``seed``), so answers stay in the task's label space but no longer match their clip. A
+  model that uses its audio falls to chance; one that answers from the question alone does not move.
 - ``"silent"``: every example gets zeros of its own clip's length.
 
 Example::
 
     from mowe.evaluation.controls import AudioControl
     shuffled = AudioControl(test_set, "shuffled", seed=0)
-    result = evaluate_model(model, processor, shuffled)      # or evaluate_model(..., audio_control="shuffled")
+    result = evaluate_model(model, processor, shuffled)      # or evaluate_model(...,
+    audio_control="shuffled")
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class AudioControl(Dataset):
     """``dataset`` with every example's ``audio`` replaced (``"shuffled"`` or ``"silent"``; see the module).
 
     Items keep their own id, task, instruction and answer. ``dataset`` yields dicts with ``audio`` (``(s,)``
-    float waveform) and ``task``; an ``example_info(i)`` method (as :class:`~mowe.data.ManifestDataset` has) lets
-    the shuffle read tasks without decoding audio.
+    float waveform) and ``task``; an ``example_info(i)`` method (as :class:`~mowe.data.ManifestDataset` has)
+    lets the shuffle read tasks without decoding audio.
     """
 
     def __init__(self, dataset: Any, control: Literal["shuffled", "silent"], *, seed: int = 0):

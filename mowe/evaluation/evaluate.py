@@ -39,7 +39,8 @@ class EvalResult:
 
     Attributes:
         records: one dict per example: id, task, instruction, answer, prediction.
-        metrics: task -> {"n": count, metric: value} (see :func:`~mowe.evaluation.metrics.evaluate_predictions`).
+        metrics: task -> {"n": count, metric: value} (see
+        :func:`~mowe.evaluation.metrics.evaluate_predictions`).
         router_counts: task -> per-weak-encoder selection counts (MoWE models only), one per routing window (a
             clip routed per clip counts once; routed per window, each of its windows counts).
         encoder_names: the weak pool's encoder names, in index order.
@@ -52,11 +53,23 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, max_new_tokens: int = 24,
-                   num_beams: int = 1, progress: bool = True, desc: str = "eval",
-                   task_metrics: Mapping[str, Metric] | None = None, default_metric: Metric = "accuracy",
-                   normalize: Normalizer = normalize_text, feature_cache=None, audio_control: str | None = None,
-                   control_seed: int = 0) -> EvalResult:
+def evaluate_model(
+    model,
+    processor,
+    dataset: Dataset,
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 24,
+    num_beams: int = 1,
+    progress: bool = True,
+    desc: str = "eval",
+    task_metrics: Mapping[str, Metric] | None = None,
+    default_metric: Metric = "accuracy",
+    normalize: Normalizer = normalize_text,
+    feature_cache=None,
+    audio_control: str | None = None,
+    control_seed: int = 0,
+) -> EvalResult:
     """Generate an answer for every example of ``dataset`` and score it.
 
     Args:
@@ -66,8 +79,8 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
             (e.g. :class:`~mowe.data.ManifestDataset`).
         task_metrics, default_metric, normalize: how each task is scored (see
             :func:`~mowe.evaluation.metrics.evaluate_predictions`; default: accuracy for every task).
-        feature_cache: a :class:`~mowe.encoders.cache.FeatureCache` or folder for the frozen encoders' features
-            (the model keeps using it afterwards); None leaves the model's cache setting as it is.
+        feature_cache: a :class:`~mowe.encoders.cache.FeatureCache` or folder for the frozen encoders'
+            features (the model keeps using it afterwards); None leaves the model's cache setting as it is.
         audio_control: ``"shuffled"`` (each example gets another same-task example's clip) or ``"silent"``
             (zeros): a check that the model listens (:mod:`mowe.evaluation.controls`); None: the real audio.
         control_seed: the shuffle's seed.
@@ -89,8 +102,11 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
             continue
         device = next(model.parameters()).device
         inputs = {k: batch[k].to(device) for k in MODEL_KEYS}
-        prompt = (model.prompt_embeddings(inputs["input_ids"], inputs["attention_mask"])
-                  if getattr(model, "needs_prompt", False) else None)
+        prompt = (
+            model.prompt_embeddings(inputs["input_ids"], inputs["attention_mask"])
+            if getattr(model, "needs_prompt", False)
+            else None
+        )
         # Long clips (many windows) are encoded a few at a time.
         audio = encode_clips(model, inputs["waveforms"], inputs["wave_lengths"], prompt)
         if audio.router is not None:  # one count per routing window of each clip (a long file: each window)
@@ -102,24 +118,41 @@ def evaluate_model(model, processor, dataset: Dataset, *, batch_size: int = 16, 
                 for row, ok in zip(rows, inside):
                     for e in row if ok else ():
                         c[e] += 1
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, eos_token_id=eos,
-                             audio=audio)
+        out = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, eos_token_id=eos, audio=audio
+        )
         preds = processor.decode(out)
         for i, pred in enumerate(preds):
-            records.append({"id": batch["id"][i], "task": batch["task"][i], "instruction": batch["instruction"][i],
-                            "answer": batch["answer"][i], "prediction": pred})
+            records.append(
+                {
+                    "id": batch["id"][i],
+                    "task": batch["task"][i],
+                    "instruction": batch["instruction"][i],
+                    "answer": batch["answer"][i],
+                    "prediction": pred,
+                }
+            )
     if was_training:
         model.train()
-    metrics = evaluate_predictions(records, task_metrics=task_metrics, default_metric=default_metric,
-                                   normalize=normalize)
+    metrics = evaluate_predictions(
+        records, task_metrics=task_metrics, default_metric=default_metric, normalize=normalize
+    )
     return EvalResult(records, metrics, counts, names)
 
 
 def write_report(results: Mapping[str, EvalResult], out_dir: str | os.PathLike, *, stem: str = "eval") -> str:
-    """Write ``{stem}.json`` (metrics, router counts, predictions) and ``{stem}.md`` (one column per system)."""
+    """Write ``{stem}.json`` (metrics, router counts, predictions) and ``{stem}.md`` (one column per
+    system)."""
     os.makedirs(out_dir, exist_ok=True)
-    data = {name: {"metrics": r.metrics, "router_counts": r.router_counts, "encoder_names": r.encoder_names,
-                   "predictions": r.records} for name, r in results.items()}
+    data = {
+        name: {
+            "metrics": r.metrics,
+            "router_counts": r.router_counts,
+            "encoder_names": r.encoder_names,
+            "predictions": r.records,
+        }
+        for name, r in results.items()
+    }
     with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
         json.dump(data, f, indent=1)
     table = format_markdown_table({name: r.metrics for name, r in results.items()})

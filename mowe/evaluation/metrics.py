@@ -74,7 +74,9 @@ def normalize_text(s: str, *, spell_digits: bool = False) -> str:
     """
     s = unicodedata.normalize("NFKC", str(s)).casefold()
     if spell_digits:
-        s = _DIGIT_RE.sub(lambda m: f" {_DIGIT_WORDS[int(m.group())]} " if m.group().isascii() else m.group(), s)
+        s = _DIGIT_RE.sub(
+            lambda m: f" {_DIGIT_WORDS[int(m.group())]} " if m.group().isascii() else m.group(), s
+        )
     s = s.replace("'", "").replace("\u2019", "")
     s = "".join(ch if (ch.isalnum() or ch.isspace()) else " " for ch in s)
     return " ".join(s.split())
@@ -97,13 +99,14 @@ def _pairs(refs: str | Iterable[str], hyps: str | Iterable[str]) -> tuple[list[s
     return r, h
 
 
-def word_error_rate(refs: str | Iterable[str], hyps: str | Iterable[str], *,
-                    normalize: Normalizer = normalize_text) -> float:
+def word_error_rate(
+    refs: str | Iterable[str], hyps: str | Iterable[str], *, normalize: Normalizer = normalize_text
+) -> float:
     """Corpus-level word error rate: (substitutions + deletions + insertions) / reference words.
 
-    Both sides are normalised with ``normalize`` (default :func:`normalize_text`). A pair whose reference is empty contributes
-    its hypothesis words as insertions and no reference words. If no reference has any word, the result
-    is 0.0 when no hypothesis has a word either, else 1.0 (there is nothing to divide by).
+    Both sides are normalised with ``normalize`` (default :func:`normalize_text`). A pair whose reference is
+    empty contributes its hypothesis words as insertions and no reference words. If no reference has any word,
+    the result is 0.0 when no hypothesis has a word either, else 1.0 (there is nothing to divide by).
 
     Example:
         >>> word_error_rate(["a b c d"], ["a x c"])
@@ -140,7 +143,9 @@ def is_correct(ref: str, hyp: str, *, normalize: Normalizer = normalize_text) ->
     return bool(nref) and normalize(first) == nref
 
 
-def accuracy(refs: str | Iterable[str], hyps: str | Iterable[str], *, normalize: Normalizer = normalize_text) -> float:
+def accuracy(
+    refs: str | Iterable[str], hyps: str | Iterable[str], *, normalize: Normalizer = normalize_text
+) -> float:
     """Fraction of hypotheses that are correct under :func:`is_correct` (0.0 for no pairs)."""
     r, h = _pairs(refs, hyps)
     return float(sum(is_correct(a, b, normalize=normalize) for a, b in zip(r, h)) / len(r)) if r else 0.0
@@ -177,9 +182,13 @@ def bleu(refs: str | Iterable[str], hyps: str | Iterable[str]) -> float:
     return float(BLEU(tokenize="13a", effective_order=True).corpus_score(h, [r]).score)
 
 
-def evaluate_predictions(records: Iterable[Mapping[str, Any]], *, task_metrics: Mapping[str, Metric] | None = None,
-                         default_metric: Metric = "accuracy", normalize: Normalizer = normalize_text
-                         ) -> dict[str, dict[str, float]]:
+def evaluate_predictions(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    task_metrics: Mapping[str, Metric] | None = None,
+    default_metric: Metric = "accuracy",
+    normalize: Normalizer = normalize_text,
+) -> dict[str, dict[str, float]]:
     """Per-task metrics from prediction records.
 
     Args:
@@ -190,9 +199,10 @@ def evaluate_predictions(records: Iterable[Mapping[str, Any]], *, task_metrics: 
         normalize: text normaliser for WER and accuracy (e.g. ``partial(normalize_text, spell_digits=True)``).
 
     Returns:
-        ``{task: metrics}`` in sorted task order, each with ``"n"`` (number of records) and ``"wer"``: ``{"wer"}``;
-        ``"parts"``: ``{"part_accuracy", "accuracy"}`` (mean fraction of comma-separated parts right, and fraction
-        fully right); ``"bleu"``: ``{"bleu"}``; ``"accuracy"``: ``{"accuracy"}``.
+        ``{task: metrics}`` in sorted task order, each with ``"n"`` (number of records) and ``"wer"``:
+        ``{"wer"}``;
+        ``"parts"``: ``{"part_accuracy", "accuracy"}`` (mean fraction of comma-separated parts right, and
+        fraction fully right); ``"bleu"``: ``{"bleu"}``; ``"accuracy"``: ``{"accuracy"}``.
 
     Example:
         >>> evaluate_predictions([{"task": "speaker_sex", "answer": "male", "prediction": "male"}])
@@ -242,8 +252,8 @@ def _fmt(metric: str, value: Any) -> str:
 def format_markdown_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> str:
     """Render ``{system: {task: {metric: value}}}`` (as from :func:`evaluate_predictions`) as Markdown.
 
-    One row per task and metric (``"transcribe (WER ↓)"``, ``"emotion (acc ↑)"``; a ``"parts"`` task gets two rows),
-    one column per system, in the order given. ``"n"`` is not a row; a task missing for a system shows
+    One row per task and metric (``"transcribe (WER ↓)"``, ``"emotion (acc ↑)"``; a ``"parts"`` task gets two
+    rows), one column per system, in the order given. ``"n"`` is not a row; a task missing for a system shows
     ``–``. WER and accuracies are fractions (3 decimals), BLEU is 0-100 (1 decimal).
 
     Example:

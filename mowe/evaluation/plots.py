@@ -25,8 +25,9 @@ from mowe.routers.base import RouterOutput
 __all__ = ["plot_router_heatmap", "plot_router_windows", "router_usage", "window_usage"]
 
 
-def router_usage(counts: Mapping[str, Sequence[float]], num_encoders: int | None = None
-                 ) -> tuple[list[str], np.ndarray]:
+def router_usage(
+    counts: Mapping[str, Sequence[float]], num_encoders: int | None = None
+) -> tuple[list[str], np.ndarray]:
     """Per-task selection counts -> ``(tasks sorted, (tasks, e) shares)``, each row summing to 1 (0 if empty).
 
     Args:
@@ -42,14 +43,23 @@ def router_usage(counts: Mapping[str, Sequence[float]], num_encoders: int | None
         widths.add(num_encoders)
     if len(widths) > 1:
         bad = next(t for t in tasks if len(counts[t]) != (num_encoders or len(counts[tasks[0]])))
-        raise MoWEInputError(f"router counts of task {bad!r} have {len(counts[bad])} entries; expected "
-                             f"{num_encoders or len(counts[tasks[0]])} (one per weak encoder)")
-    m = np.array([list(counts[t]) for t in tasks], dtype=float).reshape(len(tasks), widths.pop() if widths else 0)
+        raise MoWEInputError(
+            f"router counts of task {bad!r} have {len(counts[bad])} entries; expected "
+            f"{num_encoders or len(counts[tasks[0]])} (one per weak encoder)"
+        )
+    m = np.array([list(counts[t]) for t in tasks], dtype=float).reshape(
+        len(tasks), widths.pop() if widths else 0
+    )
     return tasks, m / m.sum(1, keepdims=True).clip(min=1e-12)
 
 
-def plot_router_heatmap(counts: Mapping[str, Sequence[float]], encoder_names: Sequence[str],
-                        path: str | os.PathLike, *, title: str = "weak encoder selected, per task") -> np.ndarray:
+def plot_router_heatmap(
+    counts: Mapping[str, Sequence[float]],
+    encoder_names: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    title: str = "weak encoder selected, per task",
+) -> np.ndarray:
     """Draw a tasks x encoders heatmap of selection shares into ``path`` (PNG, SVG, ... by extension).
 
     Args:
@@ -76,8 +86,15 @@ def plot_router_heatmap(counts: Mapping[str, Sequence[float]], encoder_names: Se
         ax.set_yticks(range(len(tasks)), tasks)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w" if m[i, j] < 0.6 else "k",
-                        fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    color="w" if m[i, j] < 0.6 else "k",
+                    fontsize=8,
+                )
         ax.set_title(title)
         fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
@@ -97,9 +114,15 @@ def window_usage(route: RouterOutput, clip: int = 0) -> np.ndarray:
     return win.gates[clip].detach().float().cpu().numpy()[inside]
 
 
-def plot_router_windows(route: RouterOutput, encoder_names: Sequence[str], path: str | os.PathLike, *,
-                        clip: int = 0, window_seconds: float | None = None,
-                        title: str = "weak encoder gate, per window") -> np.ndarray:
+def plot_router_windows(
+    route: RouterOutput,
+    encoder_names: Sequence[str],
+    path: str | os.PathLike,
+    *,
+    clip: int = 0,
+    window_seconds: float | None = None,
+    title: str = "weak encoder gate, per window",
+) -> np.ndarray:
     """Draw an encoders x windows heatmap of one clip's gates (time runs left to right) into ``path``.
 
     Args:
@@ -114,8 +137,9 @@ def plot_router_windows(route: RouterOutput, encoder_names: Sequence[str], path:
     """
     m = window_usage(route, clip)
     if m.shape[1] != len(encoder_names):
-        raise MoWEInputError(f"the route has {m.shape[1]} encoders but encoder_names has "
-                             f"{len(encoder_names)}")
+        raise MoWEInputError(
+            f"the route has {m.shape[1]} encoders but encoder_names has {len(encoder_names)}"
+        )
     import matplotlib
 
     matplotlib.use("Agg")

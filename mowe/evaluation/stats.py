@@ -75,7 +75,8 @@ class ClipStatistics:
         return len(self.ids)
 
     def value(self, weights: np.ndarray | None = None) -> np.ndarray | float:
-        """The metric of the clips; ``weights`` ``(B, n)`` (how often each clip is drawn) gives ``(B,)`` values."""
+        """The metric of the clips; ``weights`` ``(B, n)`` (how often each clip is drawn) gives ``(B,)``
+        values."""
         if weights is None:
             return float(_AGGREGATE[self.metric](self.rows.sum(0)[None])[0])
         return _AGGREGATE[self.metric](weights @ self.rows)
@@ -108,7 +109,8 @@ class PairedComparison:
     """System minus base on the same clips.
 
     Attributes:
-        metric: which metric. diff: ``metric(system) - metric(base)`` on all clips (for WER negative is better).
+        metric: which metric. diff: ``metric(system) - metric(base)`` on all clips (for WER negative is
+        better).
         low, high: paired-bootstrap percentile interval of ``diff`` at ``level``.
         p_value: two-sided paired permutation test of "the two systems are exchangeable on every clip".
         significant: ``p_value < alpha``.
@@ -130,14 +132,20 @@ class PairedComparison:
     n_perm: int = 2000
 
     def to_dict(self) -> dict[str, Any]:
-        return {"diff": self.diff, f"ci{round(100 * self.level)}": [self.low, self.high], "p_value": self.p_value,
-                "significant": self.significant, "better": self.better, "n": self.n}
+        return {
+            "diff": self.diff,
+            f"ci{round(100 * self.level)}": [self.low, self.high],
+            "p_value": self.p_value,
+            "significant": self.significant,
+            "better": self.better,
+            "n": self.n,
+        }
 
 
 # ------------------------------------------------------------------------------------------- per-clip rows
 def _word_errors(ref: str, hyp: str, normalize: Callable[[str], str] = normalize_text) -> list[float]:
-    """``[edits, reference words]`` for one pair, as :func:`~mowe.evaluation.metrics.word_error_rate` counts them
-    (an empty reference: the hypothesis words are insertions)."""
+    """``[edits, reference words]`` for one pair, as :func:`~mowe.evaluation.metrics.word_error_rate` counts
+    them (an empty reference: the hypothesis words are insertions)."""
     import jiwer
 
     r, h = normalize(ref), normalize(hyp)
@@ -152,8 +160,9 @@ def _bleu_rows(refs: list[str], hyps: list[str]) -> np.ndarray:
 
     # Sentence statistics (hyp length, ref length, 4 n-gram match counts, 4 totals); their column sums are
     # exactly what corpus_score aggregates (checked against metrics.bleu in the tests).
-    return np.asarray(BLEU(tokenize="13a", effective_order=True)._extract_corpus_statistics(hyps, [refs]),
-                      dtype=np.float64).reshape(len(refs), -1)
+    return np.asarray(
+        BLEU(tokenize="13a", effective_order=True)._extract_corpus_statistics(hyps, [refs]), dtype=np.float64
+    ).reshape(len(refs), -1)
 
 
 def _bleu_from_sums(sums: np.ndarray) -> np.ndarray:
@@ -164,9 +173,14 @@ def _bleu_from_sums(sums: np.ndarray) -> np.ndarray:
         if s[0] == 0:  # no hypothesis tokens at all
             out[i] = 0.0
             continue
-        out[i] = BLEU.compute_bleu(correct=[int(x) for x in s[2:6]], total=[int(x) for x in s[6:10]],
-                                   sys_len=int(s[0]), ref_len=int(s[1]), smooth_method="exp",
-                                   effective_order=True).score
+        out[i] = BLEU.compute_bleu(
+            correct=[int(x) for x in s[2:6]],
+            total=[int(x) for x in s[6:10]],
+            sys_len=int(s[0]),
+            ref_len=int(s[1]),
+            smooth_method="exp",
+            effective_order=True,
+        ).score
     return out
 
 
@@ -184,8 +198,13 @@ _AGGREGATE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def clip_statistics(records: Sequence[Mapping[str, Any]], metric: str, *, multi_part: bool = False,
-                    normalize: Callable[[str], str] = normalize_text) -> ClipStatistics:
+def clip_statistics(
+    records: Sequence[Mapping[str, Any]],
+    metric: str,
+    *,
+    multi_part: bool = False,
+    normalize: Callable[[str], str] = normalize_text,
+) -> ClipStatistics:
     """Per-clip statistics of ``metric`` for one task's records.
 
     Args:
@@ -221,8 +240,10 @@ def clip_statistics(records: Sequence[Mapping[str, Any]], metric: str, *, multi_
         col = [s if metric == "part_accuracy" else float(exact) for s, exact in scores]
         rows = np.stack([np.asarray(col, dtype=np.float64), np.ones(len(col))], axis=1)
     else:
-        rows = np.array([[float(is_correct(r, h, normalize=normalize)), 1.0] for r, h in zip(refs, hyps)],
-                        dtype=np.float64)
+        rows = np.array(
+            [[float(is_correct(r, h, normalize=normalize)), 1.0] for r, h in zip(refs, hyps)],
+            dtype=np.float64,
+        )
     if len(set(ids)) != len(ids):
         raise ValueError(f"record ids repeat within the {metric!r} records; ids must name clips uniquely")
     return ClipStatistics(metric, tuple(ids), rows)
@@ -234,8 +255,9 @@ def _resample_weights(rng: np.random.Generator, n: int, size: int) -> np.ndarray
     return rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
 
 
-def bootstrap_interval(stats: ClipStatistics, *, n_boot: int = 1000, level: float = 0.95,
-                       seed: int = 0) -> MetricInterval:
+def bootstrap_interval(
+    stats: ClipStatistics, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> MetricInterval:
     """Percentile bootstrap interval of a metric over test clips.
 
     Resampled: the ``n`` clips (rows of ``stats``), ``n`` draws with replacement, ``n_boot`` times (seeded);
@@ -245,8 +267,12 @@ def bootstrap_interval(stats: ClipStatistics, *, n_boot: int = 1000, level: floa
     """
     _check_settings(n_boot=n_boot, level=level)
     rng = np.random.default_rng(seed)
-    boots = np.concatenate([stats.value(_resample_weights(rng, stats.n, min(_CHUNK, n_boot - s)))
-                            for s in range(0, n_boot, _CHUNK)])
+    boots = np.concatenate(
+        [
+            stats.value(_resample_weights(rng, stats.n, min(_CHUNK, n_boot - s)))
+            for s in range(0, n_boot, _CHUNK)
+        ]
+    )
     low, high = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
     return MetricInterval(stats.metric, stats.value(), float(low), float(high), stats.n, level, n_boot)
 
@@ -256,13 +282,23 @@ def _paired(system: ClipStatistics, base: ClipStatistics) -> tuple[np.ndarray, n
         raise ValueError(f"cannot pair metric {system.metric!r} with {base.metric!r}")
     if set(system.ids) != set(base.ids) or system.n != base.n:
         missing = sorted(set(system.ids) ^ set(base.ids))[:3]
-        raise ValueError(f"system and base must be scored on the same clips; ids only one side has: {missing}")
+        raise ValueError(
+            f"system and base must be scored on the same clips; ids only one side has: {missing}"
+        )
     order = {cid: i for i, cid in enumerate(base.ids)}
     return system.rows, base.rows[[order[c] for c in system.ids]]
 
 
-def paired_comparison(system: ClipStatistics, base: ClipStatistics, *, n_boot: int = 1000, n_perm: int = 2000,
-                      alpha: float = 0.05, level: float = 0.95, seed: int = 0) -> PairedComparison:
+def paired_comparison(
+    system: ClipStatistics,
+    base: ClipStatistics,
+    *,
+    n_boot: int = 1000,
+    n_perm: int = 2000,
+    alpha: float = 0.05,
+    level: float = 0.95,
+    seed: int = 0,
+) -> PairedComparison:
     """Is ``system`` different from ``base`` on the same clips?
 
     Clips are paired by id. ``diff = metric(system) - metric(base)`` on all clips.
@@ -277,7 +313,8 @@ def paired_comparison(system: ClipStatistics, base: ClipStatistics, *, n_boot: i
       and 1 for identical predictions. For accuracy it is a Monte-Carlo form of the exact sign (McNemar) test;
       for WER it permutes per-clip error and word counts.
 
-    ``significant`` is ``p_value < alpha``; ``better`` reads the metric's direction (:data:`HIGHER_IS_BETTER`).
+    ``significant`` is ``p_value < alpha``; ``better`` reads the metric's direction
+    (:data:`HIGHER_IS_BETTER`).
     """
     _check_settings(n_boot=n_boot, level=level)
     if n_perm < 1 or not 0 < alpha < 1:
@@ -295,8 +332,10 @@ def paired_comparison(system: ClipStatistics, base: ClipStatistics, *, n_boot: i
         swap = rng.random((min(_CHUNK, n_perm - start), s.n)) < 0.5
         # With 0/1 weights per clip the summed rows of each "system" are a swap-masked mix of both tables.
         ws, wb = (~swap).astype(np.float64), swap.astype(np.float64)
-        perms.append(_AGGREGATE[s.metric](ws @ sys_rows + wb @ base_rows)
-                     - _AGGREGATE[s.metric](ws @ base_rows + wb @ sys_rows))
+        perms.append(
+            _AGGREGATE[s.metric](ws @ sys_rows + wb @ base_rows)
+            - _AGGREGATE[s.metric](ws @ base_rows + wb @ sys_rows)
+        )
     boots_a, perms_a = np.concatenate(boots), np.concatenate(perms)
     low, high = np.quantile(boots_a, [(1 - level) / 2, (1 + level) / 2])
     # A small tolerance so that float rounding of equal sums does not decide "as extreme".
@@ -306,8 +345,20 @@ def paired_comparison(system: ClipStatistics, base: ClipStatistics, *, n_boot: i
     better = None
     if significant and diff != 0:
         better = "system" if (diff > 0) == HIGHER_IS_BETTER[s.metric] else "base"
-    return PairedComparison(s.metric, float(diff), float(low), float(high), float(p), significant, better, s.n,
-                            alpha, level, n_boot, n_perm)
+    return PairedComparison(
+        s.metric,
+        float(diff),
+        float(low),
+        float(high),
+        float(p),
+        significant,
+        better,
+        s.n,
+        alpha,
+        level,
+        n_boot,
+        n_perm,
+    )
 
 
 def _check_settings(*, n_boot: int, level: float) -> None:
@@ -316,13 +367,17 @@ def _check_settings(*, n_boot: int, level: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------- whole results
-def _task_stats(result: Any, metrics: Mapping[str, Sequence[str]] | None,
-                normalize: Callable[[str], str] = normalize_text) -> dict[str, dict[str, ClipStatistics]]:
-    """Per task and metric, the clip statistics of an EvalResult-like ``result`` (``records`` + ``metrics``)."""
+def _task_stats(
+    result: Any, metrics: Mapping[str, Sequence[str]] | None, normalize: Callable[[str], str] = normalize_text
+) -> dict[str, dict[str, ClipStatistics]]:
+    """Per task and metric, the clip statistics of an EvalResult-like ``result`` (``records`` +
+    ``metrics``)."""
     by_task: dict[str, list[Mapping[str, Any]]] = {}
     for rec in result.records:
         by_task.setdefault(str(rec["task"]), []).append(rec)
-    wanted = metrics if metrics is not None else {t: [k for k in m if k != "n"] for t, m in result.metrics.items()}
+    wanted = (
+        metrics if metrics is not None else {t: [k for k in m if k != "n"] for t, m in result.metrics.items()}
+    )
     out: dict[str, dict[str, ClipStatistics]] = {}
     for task, names in wanted.items():
         if task not in by_task:
@@ -333,35 +388,58 @@ def _task_stats(result: Any, metrics: Mapping[str, Sequence[str]] | None,
         for name in names:
             st = clip_statistics(by_task[task], name, multi_part=multi, normalize=normalize)
             if name in reported and not np.isclose(st.value(), float(reported[name]), rtol=1e-9, atol=1e-9):
-                raise ValueError(f"task {task!r}: the per-clip {name} gives {st.value()!r} but the result reports "
-                                 f"{reported[name]!r}; the statistics would describe a different metric")
+                raise ValueError(
+                    f"task {task!r}: the per-clip {name} gives {st.value()!r} but the result reports "
+                    f"{reported[name]!r}; the statistics would describe a different metric"
+                )
             out[task][name] = st
     return out
 
 
-def task_intervals(result: Any, *, metrics: Mapping[str, Sequence[str]] | None = None, n_boot: int = 1000,
-                   level: float = 0.95, seed: int = 0, normalize: Callable[[str], str] = normalize_text
-                   ) -> dict[str, dict[str, MetricInterval]]:
+def task_intervals(
+    result: Any,
+    *,
+    metrics: Mapping[str, Sequence[str]] | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+    normalize: Callable[[str], str] = normalize_text,
+) -> dict[str, dict[str, MetricInterval]]:
     """``{task: {metric: MetricInterval}}`` for an :class:`~mowe.evaluation.evaluate.EvalResult`.
 
     ``metrics``: task -> metric names to use (default: the metrics the result reports per task). Each interval
     resamples that task's clips (:func:`bootstrap_interval`); values are checked against the reported metrics.
     ``normalize``: the text normaliser the result was scored with.
     """
-    return {task: {name: bootstrap_interval(st, n_boot=n_boot, level=level, seed=seed) for name, st in ms.items()}
-            for task, ms in _task_stats(result, metrics, normalize).items()}
+    return {
+        task: {name: bootstrap_interval(st, n_boot=n_boot, level=level, seed=seed) for name, st in ms.items()}
+        for task, ms in _task_stats(result, metrics, normalize).items()
+    }
 
 
-def compare_to_base(system: Any, base: Any, *, metrics: Mapping[str, Sequence[str]] | None = None,
-                    n_boot: int = 1000, n_perm: int = 2000, alpha: float = 0.05, level: float = 0.95,
-                    seed: int = 0, normalize: Callable[[str], str] = normalize_text
-                    ) -> dict[str, dict[str, PairedComparison]]:
+def compare_to_base(
+    system: Any,
+    base: Any,
+    *,
+    metrics: Mapping[str, Sequence[str]] | None = None,
+    n_boot: int = 1000,
+    n_perm: int = 2000,
+    alpha: float = 0.05,
+    level: float = 0.95,
+    seed: int = 0,
+    normalize: Callable[[str], str] = normalize_text,
+) -> dict[str, dict[str, PairedComparison]]:
     """``{task: {metric: PairedComparison}}``: ``system`` against ``base`` (two EvalResults on the same clips,
-    paired by record id) for every task and metric of ``system`` (or ``metrics``); see :func:`paired_comparison`."""
+    paired by record id) for every task and metric of ``system`` (or ``metrics``); see
+       :func:`paired_comparison`."""
     sys_stats = _task_stats(system, metrics, normalize)
     base_stats = _task_stats(base, {task: list(ms) for task, ms in sys_stats.items()}, normalize)
     out: dict[str, dict[str, PairedComparison]] = {}
     for task, ms in sys_stats.items():
-        out[task] = {name: paired_comparison(st, base_stats[task][name], n_boot=n_boot, n_perm=n_perm, alpha=alpha,
-                                             level=level, seed=seed) for name, st in ms.items()}
+        out[task] = {
+            name: paired_comparison(
+                st, base_stats[task][name], n_boot=n_boot, n_perm=n_perm, alpha=alpha, level=level, seed=seed
+            )
+            for name, st in ms.items()
+        }
     return out

@@ -1,9 +1,9 @@
-"""mowe the transformers way: a ``PreTrainedConfig`` (model_type ``"mowe"``), Auto-class registration, hub ids,
-``push_to_hub``, the LLM's LoRA as a PEFT adapter folder and LLM export.
+"""mowe the transformers way: a ``PreTrainedConfig`` (model_type ``"mowe"``), Auto-class registration, hub
+ids, ``push_to_hub``, the LLM's LoRA as a PEFT adapter folder and LLM export.
 
 Importing :mod:`mowe.model` registers ``"mowe"`` with :class:`~transformers.AutoConfig`,
-:class:`~transformers.AutoModel` and :class:`~transformers.AutoProcessor` through their public ``register`` API
-(:mod:`mowe.hf.auto`); no ``trust_remote_code`` is needed.
+:class:`~transformers.AutoModel` and :class:`~transformers.AutoProcessor` through their public ``register``
+API (:mod:`mowe.hf.auto`); no ``trust_remote_code`` is needed.
 
 Nothing here imports transformers at import time; the submodules do.
 """
@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["ADAPTER_DIR", "MoWEPretrainedConfig", "export_llm", "merge_lora", "read_mowe_config",
-           "register_auto_classes"]
+__all__ = [
+    "ADAPTER_DIR",
+    "MoWEPretrainedConfig",
+    "export_llm",
+    "merge_lora",
+    "read_mowe_config",
+    "register_auto_classes",
+]
 
 _LAZY = {
     "MoWEPretrainedConfig": "mowe.hf.config",

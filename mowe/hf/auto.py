@@ -1,8 +1,9 @@
 """Registration of ``"mowe"`` with transformers' Auto classes, through their public ``register`` API.
 
-:mod:`mowe.model` calls :func:`register_auto_classes` with :class:`~mowe.model.MoWEAudioLLM` when it is imported
-(``from mowe import MoWEAudioLLM`` does it), so that ``AutoConfig``, ``AutoModel`` and ``AutoProcessor`` load mowe
-folders and hub repositories without ``trust_remote_code``. ``import mowe`` alone stays cheap and registers nothing.
+:mod:`mowe.model` calls :func:`register_auto_classes` with :class:`~mowe.model.MoWEAudioLLM` when it is
+imported (``from mowe import MoWEAudioLLM`` does it), so that ``AutoConfig``, ``AutoModel`` and
+``AutoProcessor`` load mowe folders and hub repositories without ``trust_remote_code``. ``import mowe`` alone
+stays cheap and registers nothing.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""``MoWEPretrainedConfig``: a transformers ``PreTrainedConfig`` (model_type ``"mowe"``) around a :class:`MoWEConfig`.
+"""``MoWEPretrainedConfig``: a transformers ``PreTrainedConfig`` (model_type ``"mowe"``) around a
+:class:`MoWEConfig`.
 
-Why a wrapper and not ``class MoWEConfig(PreTrainedConfig)``: transformers 5 configs are *mutable* dataclasses whose
-``__init__`` accepts and stores any unknown keyword (``accept_kwargs=True``), carry a dozen inherited fields
-(``dtype``, ``id2label``, ``return_dict``, ...) and set private attributes in ``__post_init__``. ``MoWEConfig`` is a
-*frozen*, hashable-by-value dataclass read by mowe's one strict loader, where an unknown key or a wrong type is an
-error naming its key path; a subclass could not stay frozen (a frozen dataclass cannot inherit a mutable one), and
-its ``dataclasses.fields`` / ``to_dict`` / ``replace`` / ``==`` would all change. So ``MoWEConfig`` stays the one
+Why a wrapper and not ``class MoWEConfig(PreTrainedConfig)``: transformers 5 configs are *mutable* dataclasses
+whose ``__init__`` accepts and stores any unknown keyword (``accept_kwargs=True``), carry a dozen inherited
+fields (``dtype``, ``id2label``, ``return_dict``, ...) and set private attributes in ``__post_init__``.
+``MoWEConfig`` is a *frozen*, hashable-by-value dataclass read by mowe's one strict loader, where an unknown
+key or a wrong type is an error naming its key path; a subclass could not stay frozen (a frozen dataclass
+cannot inherit a mutable one), and its ``dataclasses.fields`` / ``to_dict`` / ``replace`` / ``==`` would all
+change. So ``MoWEConfig`` stays the one
 source of truth and this class carries it for the Auto classes: its parts are plain JSON (``strong``,
 ``weak_encoders``, ``router``, ``connector``, ``llm``, ``lora``, ``audio_token_id``, ``inference``), checked
 by the strict loader on construction, and :meth:`MoWEPretrainedConfig.to_mowe_config` (or ``.mowe``) gives the
@@ -29,13 +31,24 @@ __all__ = ["HF_KEYS", "MoWEPretrainedConfig", "mowe_config_json", "read_mowe_con
 _PARTS = tuple(f.name for f in dataclasses.fields(MoWEConfig))
 
 #: Top-level keys of a saved ``config.json`` that belong to transformers, not to :class:`MoWEConfig`.
-HF_KEYS = frozenset({"model_type", "transformers_version", "architectures", "_name_or_path", "name_or_path",
-                     "torch_dtype", "output_attentions", "attn_implementation"}
-                    | {f.name for f in dataclasses.fields(PreTrainedConfig)})
+HF_KEYS = frozenset(
+    {
+        "model_type",
+        "transformers_version",
+        "architectures",
+        "_name_or_path",
+        "name_or_path",
+        "torch_dtype",
+        "output_attentions",
+        "attn_implementation",
+    }
+    | {f.name for f in dataclasses.fields(PreTrainedConfig)}
+)
 
 
 class MoWEPretrainedConfig(PreTrainedConfig):
-    """The transformers face of a :class:`~mowe.config.MoWEConfig` (``AutoConfig.from_pretrained`` returns one).
+    """The transformers face of a :class:`~mowe.config.MoWEConfig` (``AutoConfig.from_pretrained`` returns
+    one).
 
     Example:
         >>> hf = MoWEPretrainedConfig.from_mowe(cfg)                   # doctest: +SKIP
@@ -43,7 +56,8 @@ class MoWEPretrainedConfig(PreTrainedConfig):
         True
 
     Raises:
-        ConfigError: a part has an unknown key or a wrong type (naming its key path, e.g. ``config.router.top_k``).
+        ConfigError: a part has an unknown key or a wrong type (naming its key path, e.g.
+        ``config.router.top_k``).
     """
 
     model_type = "mowe"
@@ -77,8 +91,13 @@ class MoWEPretrainedConfig(PreTrainedConfig):
         """The :class:`MoWEConfig` these parts describe, through the strict loader."""
         parts = {k: getattr(self, k) for k in _PARTS if getattr(self, k, None) is not None}
         # A config.json from before a rename (``weak``): transformers keeps unknown keys as attributes.
-        parts.update({old: self.__dict__[old] for old, new in MoWEConfig.RENAMED_KEYS.items()
-                      if self.__dict__.get(old) is not None and new not in parts})
+        parts.update(
+            {
+                old: self.__dict__[old]
+                for old, new in MoWEConfig.RENAMED_KEYS.items()
+                if self.__dict__.get(old) is not None and new not in parts
+            }
+        )
         return from_dict(MoWEConfig, parts, where="model")
 
     @property
@@ -87,23 +106,29 @@ class MoWEPretrainedConfig(PreTrainedConfig):
 
 
 def mowe_config_json(config: MoWEConfig) -> str:
-    """The ``config.json`` text :func:`mowe.hf.saving.save_model` writes: the MoWEConfig's keys, plus ``model_type``,
-    ``architectures`` and ``transformers_version`` so that ``AutoConfig`` / ``AutoModel`` recognise the folder."""
+    """The ``config.json`` text :func:`mowe.hf.saving.save_model` writes: the MoWEConfig's keys, plus
+    ``model_type``, ``architectures`` and ``transformers_version`` so that ``AutoConfig`` / ``AutoModel``
+       recognise the folder."""
     import transformers
 
-    data = {"model_type": "mowe", "architectures": ["MoWEAudioLLM"], **to_dict(config),
-            "transformers_version": transformers.__version__}
+    data = {
+        "model_type": "mowe",
+        "architectures": ["MoWEAudioLLM"],
+        **to_dict(config),
+        "transformers_version": transformers.__version__,
+    }
     return json.dumps(data, indent=2) + "\n"
 
 
 def read_mowe_config(source: str | os.PathLike | dict[str, Any], *, where: str | None = None) -> MoWEConfig:
     """A :class:`MoWEConfig` from a saved ``config.json`` (path or parsed dict), old or new format.
 
-    Transformers' own keys (``model_type``, ``transformers_version``, ``architectures``, inherited config fields)
-    are set aside; everything else goes through the strict loader.
+    Transformers' own keys (``model_type``, ``transformers_version``, ``architectures``, inherited config
+    fields) are set aside; everything else goes through the strict loader.
 
     Raises:
-        ConfigError: not JSON, a ``model_type`` other than ``"mowe"``, an unknown key or a wrong type (naming it).
+        ConfigError: not JSON, a ``model_type`` other than ``"mowe"``, an unknown key or a wrong type (naming
+        it).
     """
     if isinstance(source, dict):
         data = dict(source)
@@ -114,8 +139,11 @@ def read_mowe_config(source: str | os.PathLike | dict[str, Any], *, where: str |
             raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
     kind = data.get("model_type", "mowe")
     if kind != "mowe":
-        raise ConfigError(f"{where or 'config'}: model_type is {kind!r}, not 'mowe'; is this a mowe model folder?")
-    # Keys are named as everywhere else (model.router.top_k), after the file: "<file>: model.router.top_k: ...".
+        raise ConfigError(
+            f"{where or 'config'}: model_type is {kind!r}, not 'mowe'; is this a mowe model folder?"
+        )
+    # Keys are named as everywhere else (model.router.top_k), after the file: "<file>: model.router.top_k:
+    # ...".
     parts = {k: v for k, v in data.items() if k not in HF_KEYS or k in _PARTS}
     try:
         return from_dict(MoWEConfig, parts, where="model")

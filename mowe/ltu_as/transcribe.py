@@ -1,16 +1,17 @@
-"""Whisper's own transcript of a clip: LTU-AS's ``### Input`` (arXiv 2309.14405, sec. 3: joint audio and speech).
+"""Whisper's own transcript of a clip: LTU-AS's ``### Input`` (arXiv 2309.14405, sec. 3: joint audio and
+speech).
 
 Shape legend: ``b`` batch, ``s`` samples, ``m`` mel bins, ``f`` mel frames, ``n`` generated tokens.
 
 The official pipeline transcribes each clip with Whisper and writes the text into the prompt.
-:class:`WhisperTranscriber` runs a Whisper checkpoint's own decoder greedily (temperature 0) on the clip's first
-30 s, the log-mel computed as openai-whisper does (whole-clip floor, zero-padded log-mel, see
+:class:`WhisperTranscriber` runs a Whisper checkpoint's own decoder greedily (temperature 0) on the clip's
+first 30 s, the log-mel computed as openai-whisper does (whole-clip floor, zero-padded log-mel, see
 :func:`mowe.encoders.whisper_window.clip_log_mel`), and cleans the text as the official demo does.
 
 Where it differs from the official demo, on purpose or for lack of parts: the demo transcribes with a second
-model (whisper-at ``large-v2``) and openai's full ``transcribe`` (temperature fallback, 30 s windows sliding over
-long clips, openai's suppression of blank and non-speech tokens); here one checkpoint's decoder decodes plain
-greedy, the first 30 s only. Pass ``transcripts=`` to the prompt helpers to use text from anywhere else.
+model (whisper-at ``large-v2``) and openai's full ``transcribe`` (temperature fallback, 30 s windows sliding
+over long clips, openai's suppression of blank and non-speech tokens); here one checkpoint's decoder decodes
+plain greedy, the first 30 s only. Pass ``transcripts=`` to the prompt helpers to use text from anywhere else.
 """
 
 from __future__ import annotations
@@ -47,13 +48,22 @@ class WhisperTranscriber(nn.Module):
         clean: strip leading spaces and "thanks for watching" (the official demo's clean-up).
 
     Example:
-        >>> tr = WhisperTranscriber.from_pretrained("large-v1.pt", tokenizer="openai/whisper-large")  # doctest: +SKIP
+        >>> tok = "openai/whisper-large"
+        >>> tr = WhisperTranscriber.from_pretrained("large-v1.pt", tokenizer=tok)  # doctest: +SKIP
         >>> tr(waveforms, lengths)  # doctest: +SKIP
         ['Hello world.', ...]
     """
 
-    def __init__(self, *, model: WhisperForConditionalGeneration, prefix_ids: Sequence[int], eos_token_id: int,
-                 decode: Callable[[list[int]], str], max_new_tokens: int = 224, clean: bool = True):
+    def __init__(
+        self,
+        *,
+        model: WhisperForConditionalGeneration,
+        prefix_ids: Sequence[int],
+        eos_token_id: int,
+        decode: Callable[[list[int]], str],
+        max_new_tokens: int = 224,
+        clean: bool = True,
+    ):
         super().__init__()
         self.model = model.eval()
         self.prefix_ids = [int(i) for i in prefix_ids]
@@ -68,10 +78,11 @@ class WhisperTranscriber(nn.Module):
         self.mel_frames = 2 * model.config.max_source_positions  # Whisper's 30 s window
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, tokenizer=None, language: str | None = "en",
-                        **kwargs) -> WhisperTranscriber:
-        """A ``.pt`` file (openai-whisper) or a transformers checkpoint, with a Whisper tokenizer: a tokenizer object,
-        or its hub id or folder (by default the checkpoint's own folder)."""
+    def from_pretrained(
+        cls, name_or_path: str, *, tokenizer=None, language: str | None = "en", **kwargs
+    ) -> WhisperTranscriber:
+        """A ``.pt`` file (openai-whisper) or a transformers checkpoint, with a Whisper tokenizer: a tokenizer
+        object, or its hub id or folder (by default the checkpoint's own folder)."""
         from transformers import WhisperTokenizer
 
         if str(name_or_path).endswith(".pt"):
@@ -79,23 +90,36 @@ class WhisperTranscriber(nn.Module):
         else:
             with naming_refused_pickles(name_or_path, what="Whisper"):
                 model = WhisperForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
-        tok = tokenizer if tokenizer is not None and not isinstance(tokenizer, str) else \
-            WhisperTokenizer.from_pretrained(tokenizer or name_or_path)
+        tok = (
+            tokenizer
+            if tokenizer is not None and not isinstance(tokenizer, str)
+            else WhisperTokenizer.from_pretrained(tokenizer or name_or_path)
+        )
         names = ["<|startoftranscript|>"]
         if model.config.vocab_size >= 51865:  # multilingual vocabularies carry language and task tokens
             names += [f"<|{language}|>"] if language else []
             names += ["<|transcribe|>"]
         names += ["<|notimestamps|>"]
         prefix = tok.convert_tokens_to_ids(names)
-        return cls(model=model, prefix_ids=prefix, eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
-                   decode=lambda ids: tok.decode(ids, skip_special_tokens=True), **kwargs)
+        return cls(
+            model=model,
+            prefix_ids=prefix,
+            eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
+            decode=lambda ids: tok.decode(ids, skip_special_tokens=True),
+            **kwargs,
+        )
 
     @torch.no_grad()
     def generate(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy token ids ``(b, n)`` after the prefix, ``eos_token_id`` once a clip has ended."""
         lengths = check_waveforms(waveforms, lengths, min_samples=N_FFT // 2 + 1)
-        mel, _ = clip_log_mel(waveforms, lengths, filters=self.frontend.filters, window=self.frontend.window,
-                             num_frames=self.mel_frames)
+        mel, _ = clip_log_mel(
+            waveforms,
+            lengths,
+            filters=self.frontend.filters,
+            window=self.frontend.window,
+            num_frames=self.mel_frames,
+        )
         dtype = self.model.model.encoder.conv1.weight.dtype
         enc = self.model.model.encoder(input_features=mel.to(dtype)).last_hidden_state
         b = waveforms.shape[0]
@@ -103,8 +127,12 @@ class WhisperTranscriber(nn.Module):
         done = torch.zeros(b, dtype=torch.bool, device=waveforms.device)
         cache, tokens = None, []
         for _ in range(self.max_new_tokens):
-            out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=enc), decoder_input_ids=step_ids,
-                             cache=cache, use_cache=True)
+            out = self.model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=enc),
+                decoder_input_ids=step_ids,
+                cache=cache,
+                use_cache=True,
+            )
             cache = out.cache
             nxt = out.logits[:, -1].argmax(-1).masked_fill(done, self.eos_token_id)
             tokens.append(nxt)

@@ -8,15 +8,15 @@ from mowe.routers.prompt import PromptAwareRouter, pool_prompt_embeddings, promp
 from mowe.routers.windows import route_per_window
 
 __all__ = [
-           "DataDependentRouter",
-           "DataIndependentRouter",
-           "MixtureRouter",
-           "PromptAwareRouter",
-           "RouterOutput",
-           "WindowRoute",
-           "load_balance_loss",
-           "masked_mean",
-           "pool_prompt_embeddings",
-           "prompt_token_mask",
-           "route_per_window",
+    "DataDependentRouter",
+    "DataIndependentRouter",
+    "MixtureRouter",
+    "PromptAwareRouter",
+    "RouterOutput",
+    "WindowRoute",
+    "load_balance_loss",
+    "masked_mean",
+    "pool_prompt_embeddings",
+    "prompt_token_mask",
+    "route_per_window",
 ]

@@ -77,7 +77,19 @@ class RouterOutput:
         """The decision with its window axis; clip-level routing gives one window per clip (views)."""
         if self.window_gates is None:
             one = torch.ones(self.gates.shape[0], 1, dtype=torch.bool, device=self.gates.device)
-            return WindowRoute(self.logits[:, None], self.probs[:, None], self.gates[:, None],
-                               self.indices[:, None], one, None)
-        return WindowRoute(self.window_logits, self.window_probs, self.window_gates, self.window_indices,
-                           self.window_mask, self.window_frames)
+            return WindowRoute(
+                self.logits[:, None],
+                self.probs[:, None],
+                self.gates[:, None],
+                self.indices[:, None],
+                one,
+                None,
+            )
+        return WindowRoute(
+            self.window_logits,
+            self.window_probs,
+            self.window_gates,
+            self.window_indices,
+            self.window_mask,
+            self.window_frames,
+        )

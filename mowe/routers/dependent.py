@@ -25,7 +25,10 @@ class DataDependentRouter(nn.Module):
         self.in_dim = in_dim
         self.num_encoders = num_encoders
         self.net = nn.Sequential(
-            nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_encoders)
+            nn.LayerNorm(in_dim),
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, num_encoders),
         )
         # Small last layer: starts close to the independent router's prior instead of overriding it.
         nn.init.normal_(self.net[-1].weight, std=0.02)

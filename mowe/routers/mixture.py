@@ -52,7 +52,9 @@ class MixtureRouter(nn.Module):
     the routers would get no gradient through the features.
     """
 
-    def __init__(self, *, routers: list[nn.Module], num_encoders: int, top_k: int = 1, noise_std: float = 0.0):
+    def __init__(
+        self, *, routers: list[nn.Module], num_encoders: int, top_k: int = 1, noise_std: float = 0.0
+    ):
         super().__init__()
         if not routers:
             raise MoWEInputError("MixtureRouter needs at least one router")
@@ -65,11 +67,12 @@ class MixtureRouter(nn.Module):
         self.excluded: frozenset[int] = frozenset()
 
     def exclude(self, indices) -> None:
-        """Never select the weak encoders at ``indices`` (an ablation: "this encoder removed"); ``()`` restores.
+        """Never select the weak encoders at ``indices`` (an ablation: "this encoder removed"); ``()``
+        restores.
 
-        Logits and probabilities stay as computed, so a clip whose choice did not involve an excluded encoder gets
-        exactly the same indices and gates; a clip that chose one takes its next-best encoder, gated by that
-        encoder's own probability.
+        Logits and probabilities stay as computed, so a clip whose choice did not involve an excluded encoder
+        gets exactly the same indices and gates; a clip that chose one takes its next-best encoder, gated by
+        that encoder's own probability.
 
         Raises:
             MoWEInputError: an index outside the pool, or fewer than ``top_k`` encoders left.
@@ -77,10 +80,14 @@ class MixtureRouter(nn.Module):
         idx = frozenset(int(i) for i in indices)
         bad = sorted(i for i in idx if not 0 <= i < self.num_encoders)
         if bad:
-            raise MoWEInputError(f"exclude: encoder indices {bad} are outside the pool of {self.num_encoders}")
+            raise MoWEInputError(
+                f"exclude: encoder indices {bad} are outside the pool of {self.num_encoders}"
+            )
         if self.num_encoders - len(idx) < self.top_k:
-            raise MoWEInputError(f"exclude: {len(idx)} of {self.num_encoders} encoders excluded leaves fewer than "
-                                 f"top_k={self.top_k}")
+            raise MoWEInputError(
+                f"exclude: {len(idx)} of {self.num_encoders} encoders excluded leaves fewer than "
+                f"top_k={self.top_k}"
+            )
         self.excluded = idx
 
     @property
@@ -88,21 +95,28 @@ class MixtureRouter(nn.Module):
         """Whether a router here also reads the instruction (then ``forward`` needs ``prompt``)."""
         return any(getattr(r, "needs_prompt", False) for r in self.routers)
 
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor,
-                prompt: torch.Tensor | None = None) -> RouterOutput:
+    def forward(
+        self, features: torch.Tensor, lengths: torch.Tensor, prompt: torch.Tensor | None = None
+    ) -> RouterOutput:
         """Route clips from the strong encoder's ``(b, t, d)`` features and ``(b,)`` frame lengths.
 
-        ``prompt``: ``(b, d_p)`` pooled prompt embedding per clip, for prompt-aware routers (others ignore it).
+        ``prompt``: ``(b, d_p)`` pooled prompt embedding per clip, for prompt-aware routers (others ignore
+        it).
         """
         pooled = masked_mean(features, lengths).float()
         if prompt is None and self.needs_prompt:
-            raise MoWEInputError("this router is prompt-aware: pass prompt (b, d_p), the pooled prompt embedding "
-                                 "of each clip's sample (MoWEAudioLLM.prompt_embeddings)")
-        logits = sum(r(pooled, prompt.float()) if getattr(r, "needs_prompt", False) else r(pooled)
-                     for r in self.routers)
+            raise MoWEInputError(
+                "this router is prompt-aware: pass prompt (b, d_p), the pooled prompt embedding "
+                "of each clip's sample (MoWEAudioLLM.prompt_embeddings)"
+            )
+        logits = sum(
+            r(pooled, prompt.float()) if getattr(r, "needs_prompt", False) else r(pooled)
+            for r in self.routers
+        )
         if logits.shape != (features.shape[0], self.num_encoders):
             raise MoWEInputError(
-                f"router logits have shape {tuple(logits.shape)}; expected ({features.shape[0]}, {self.num_encoders})"
+                f"router logits have shape {tuple(logits.shape)}; expected ({features.shape[0]}, "
+                f"{self.num_encoders})"
             )
         if self.training and self.noise_std > 0:
             logits = logits + torch.randn_like(logits) * self.noise_std
@@ -114,5 +128,10 @@ class MixtureRouter(nn.Module):
             choose = logits.masked_fill(drop, float("-inf"))
         indices = choose.topk(self.top_k, dim=-1).indices
         gates = torch.zeros_like(probs).scatter(-1, indices, probs.gather(-1, indices))
-        return RouterOutput(logits=logits, probs=probs, gates=gates, indices=indices,
-                            aux_loss=load_balance_loss(probs, indices))
+        return RouterOutput(
+            logits=logits,
+            probs=probs,
+            gates=gates,
+            indices=indices,
+            aux_loss=load_balance_loss(probs, indices),
+        )

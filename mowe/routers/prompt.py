@@ -34,16 +34,21 @@ from mowe.errors import MoWEInputError
 __all__ = ["PromptAwareRouter", "clip_prompt_embeddings", "pool_prompt_embeddings", "prompt_token_mask"]
 
 
-def prompt_token_mask(input_ids: torch.Tensor, *, audio_token_id: int, attention_mask: torch.Tensor | None = None,
-                      labels: torch.Tensor | None = None) -> torch.Tensor:
+def prompt_token_mask(
+    input_ids: torch.Tensor,
+    *,
+    audio_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Which tokens are the prompt: real, not an audio placeholder, not an answer token.
 
     Args:
         input_ids: ``(b, L)`` token ids, either padding side.
         audio_token_id: the placeholder id (excluded).
         attention_mask: ``(b, L)``, 0 on padding (excluded); None: every token is real.
-        labels: ``(b, L)``; tokens with a label other than -100 are answer tokens (excluded). None (generation,
-            or a forward without labels): no token is an answer token.
+        labels: ``(b, L)``; tokens with a label other than -100 are answer tokens (excluded). None
+            (generation, or a forward without labels): no token is an answer token.
 
     Returns:
         ``(b, L)`` bool.
@@ -56,8 +61,9 @@ def prompt_token_mask(input_ids: torch.Tensor, *, audio_token_id: int, attention
     return mask
 
 
-def pool_prompt_embeddings(inputs_embeds: torch.Tensor, input_ids: torch.Tensor, prompt_mask: torch.Tensor, *,
-                           audio_token_id: int) -> torch.Tensor:
+def pool_prompt_embeddings(
+    inputs_embeds: torch.Tensor, input_ids: torch.Tensor, prompt_mask: torch.Tensor, *, audio_token_id: int
+) -> torch.Tensor:
     """Mean of each sample's prompt-token embeddings, one row per clip in placeholder reading order.
 
     Clip ``i`` is the ``i``-th audio placeholder reading the batch row by row (as :func:`mowe.merge.
@@ -73,25 +79,34 @@ def pool_prompt_embeddings(inputs_embeds: torch.Tensor, input_ids: torch.Tensor,
         ``(b, d)`` float32; the zero vector for a sample without prompt tokens.
     """
     if inputs_embeds.shape[:2] != input_ids.shape or prompt_mask.shape != input_ids.shape:
-        raise MoWEInputError(f"inputs_embeds {tuple(inputs_embeds.shape)}, input_ids {tuple(input_ids.shape)} and "
-                             f"prompt_mask {tuple(prompt_mask.shape)} must agree on (batch, length)")
+        raise MoWEInputError(
+            f"inputs_embeds {tuple(inputs_embeds.shape)}, input_ids {tuple(input_ids.shape)} and "
+            f"prompt_mask {tuple(prompt_mask.shape)} must agree on (batch, length)"
+        )
     m = prompt_mask.to(torch.float32)[..., None]
     per_sample = (inputs_embeds.float() * m).sum(1) / m.sum(1).clamp(min=1.0)  # (b, d)
     rows = (input_ids == audio_token_id).nonzero(as_tuple=True)[0]  # row-major: reading order
     return per_sample[rows]
 
 
-def clip_prompt_embeddings(*, embedding: nn.Module, input_ids: torch.Tensor, audio_token_id: int,
-                           attention_mask: torch.Tensor | None = None,
-                           labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Each clip's pooled prompt embedding, from the LLM's input embedding table (detached, see the module notes).
+def clip_prompt_embeddings(
+    *,
+    embedding: nn.Module,
+    input_ids: torch.Tensor,
+    audio_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each clip's pooled prompt embedding, from the LLM's input embedding table (detached, see the module
+    notes).
 
     :func:`prompt_token_mask` then :func:`pool_prompt_embeddings`; placeholders are looked up as id 0 and
     masked out, so the placeholder id need not be inside the table.
 
     Args:
         embedding: the LLM's input embedding module (``llm.get_input_embeddings()``), ``(b, L) -> (b, L, d)``.
-        input_ids, attention_mask, labels: ``(b, L)``, as the model's ``forward`` (labels) or ``generate`` takes them.
+        input_ids, attention_mask, labels: ``(b, L)``, as the model's ``forward`` (labels) or ``generate``
+        takes them.
         audio_token_id: the placeholder id.
 
     Returns:
@@ -100,7 +115,9 @@ def clip_prompt_embeddings(*, embedding: nn.Module, input_ids: torch.Tensor, aud
     is_audio = input_ids == audio_token_id
     with torch.no_grad():
         embeds = embedding(input_ids.masked_fill(is_audio, 0))
-    mask = prompt_token_mask(input_ids, audio_token_id=audio_token_id, attention_mask=attention_mask, labels=labels)
+    mask = prompt_token_mask(
+        input_ids, audio_token_id=audio_token_id, attention_mask=attention_mask, labels=labels
+    )
     return pool_prompt_embeddings(embeds, input_ids, mask, audio_token_id=audio_token_id)
 
 
@@ -117,8 +134,8 @@ class PromptAwareRouter(nn.Module):
         num_encoders: pool size ``e``.
         hidden_dim: width of the hidden layer.
 
-    Call as ``router(pooled, prompt)``: ``(b, d_a)`` and ``(b, d_p)`` -> ``(b, e)`` logits. The class attribute
-    ``needs_prompt`` tells :class:`~mowe.routers.MixtureRouter` to pass the prompt.
+    Call as ``router(pooled, prompt)``: ``(b, d_a)`` and ``(b, d_p)`` -> ``(b, e)`` logits. The class
+    attribute ``needs_prompt`` tells :class:`~mowe.routers.MixtureRouter` to pass the prompt.
 
     Example:
         >>> r = PromptAwareRouter(in_dim=64, prompt_dim=96, num_encoders=4)
@@ -143,11 +160,17 @@ class PromptAwareRouter(nn.Module):
 
     def forward(self, pooled: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         if pooled.dim() != 2 or prompt.dim() != 2 or prompt.shape[0] != pooled.shape[0]:
-            raise MoWEInputError(f"PromptAwareRouter takes pooled audio (b, d) and prompt (b, d_p) with one row per "
-                                 f"clip; got {tuple(pooled.shape)} and {tuple(prompt.shape)} (the prompts must hold "
-                                 f"one audio placeholder per clip)")
+            raise MoWEInputError(
+                f"PromptAwareRouter takes pooled audio (b, d) and prompt (b, d_p) with one row per "
+                f"clip; got {tuple(pooled.shape)} and {tuple(prompt.shape)} (the prompts must hold "
+                f"one audio placeholder per clip)"
+            )
         if prompt.shape[1] != self.prompt_dim:
-            raise MoWEInputError(f"prompt width is {prompt.shape[1]}, but this router was built for prompt_dim="
-                                 f"{self.prompt_dim} (the LLM's embedding width)")
-        h = self.audio_proj(self.audio_norm(pooled)) + self.prompt_proj(self.prompt_norm(prompt.to(pooled.dtype)))
+            raise MoWEInputError(
+                f"prompt width is {prompt.shape[1]}, but this router was built for prompt_dim="
+                f"{self.prompt_dim} (the LLM's embedding width)"
+            )
+        h = self.audio_proj(self.audio_norm(pooled)) + self.prompt_proj(
+            self.prompt_norm(prompt.to(pooled.dtype))
+        )
         return self.out(self.act(h))

@@ -26,8 +26,14 @@ from mowe.tensors import window_lengths
 __all__ = ["route_per_window"]
 
 
-def route_per_window(router: nn.Module, features: torch.Tensor, lengths: torch.Tensor, *, window_frames: int,
-                     prompt: torch.Tensor | None = None) -> RouterOutput:
+def route_per_window(
+    router: nn.Module,
+    features: torch.Tensor,
+    lengths: torch.Tensor,
+    *,
+    window_frames: int,
+    prompt: torch.Tensor | None = None,
+) -> RouterOutput:
     """Route every window of ``window_frames`` strong frames on its own.
 
     Args:
@@ -48,8 +54,10 @@ def route_per_window(router: nn.Module, features: torch.Tensor, lengths: torch.T
         raise MoWEInputError(f"window_frames must be >= 1, got {window_frames}")
     needs_prompt = bool(getattr(router, "needs_prompt", False))
     if needs_prompt and prompt is None:
-        raise MoWEInputError("this router is prompt-aware: pass prompt (b, d_p), the pooled prompt embedding "
-                             "of each clip's sample (MoWEAudioLLM.prompt_embeddings)")
+        raise MoWEInputError(
+            "this router is prompt-aware: pass prompt (b, d_p), the pooled prompt embedding "
+            "of each clip's sample (MoWEAudioLLM.prompt_embeddings)"
+        )
     b, t, d = features.shape
     wl = window_lengths(lengths, window_frames)  # (b, w) valid frames per window
     w = wl.shape[1]
@@ -67,8 +75,10 @@ def route_per_window(router: nn.Module, features: torch.Tensor, lengths: torch.T
     for name in ("logits", "probs", "gates", "indices"):
         v = getattr(out, name)
         if v.dim() != 2 or v.shape[0] != n:
-            raise MoWEInputError(f"router {type(router).__name__}: per window, {name} must have one row per "
-                                 f"window ({n}), got shape {tuple(v.shape)}")
+            raise MoWEInputError(
+                f"router {type(router).__name__}: per window, {name} must have one row per "
+                f"window ({n}), got shape {tuple(v.shape)}"
+            )
 
     def per_window(v: torch.Tensor) -> torch.Tensor:
         full = v.new_zeros(b * w, v.shape[1])
@@ -79,7 +89,16 @@ def route_per_window(router: nn.Module, features: torch.Tensor, lengths: torch.T
     count = mask.sum(1, keepdim=True).to(wgate.dtype)  # (b, 1), >= 1
     gates = wgate.sum(1) / count
     k = out.indices.shape[1]
-    return RouterOutput(logits=wlog.sum(1) / count.to(wlog.dtype), probs=wprob.sum(1) / count.to(wprob.dtype),
-                        gates=gates, indices=gates.detach().topk(k, dim=-1).indices, aux_loss=out.aux_loss,
-                        window_logits=wlog, window_probs=wprob, window_gates=wgate, window_indices=widx,
-                        window_mask=mask, window_frames=window_frames)
+    return RouterOutput(
+        logits=wlog.sum(1) / count.to(wlog.dtype),
+        probs=wprob.sum(1) / count.to(wprob.dtype),
+        gates=gates,
+        indices=gates.detach().topk(k, dim=-1).indices,
+        aux_loss=out.aux_loss,
+        window_logits=wlog,
+        window_probs=wprob,
+        window_gates=wgate,
+        window_indices=widx,
+        window_mask=mask,
+        window_frames=window_frames,
+    )

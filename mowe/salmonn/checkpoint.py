@@ -66,12 +66,15 @@ _LAYER_PARTS = {
 def _connector_to_official(sd: Mapping[str, torch.Tensor], connector: nn.Module) -> dict[str, torch.Tensor]:
     """mowe connector state (keys without the ``connector.`` prefix) -> official names."""
     out = {
-        "ln_speech.weight": sd["input_norm.norms.0.weight"], "ln_speech.bias": sd["input_norm.norms.0.bias"],
-        "ln_audio.weight": sd["input_norm.norms.1.weight"], "ln_audio.bias": sd["input_norm.norms.1.bias"],
+        "ln_speech.weight": sd["input_norm.norms.0.weight"],
+        "ln_speech.bias": sd["input_norm.norms.0.bias"],
+        "ln_audio.weight": sd["input_norm.norms.1.weight"],
+        "ln_audio.bias": sd["input_norm.norms.1.bias"],
         "speech_query_tokens": sd["queries"].unsqueeze(0),
         _QF + "embeddings.LayerNorm.weight": sd["query_norm.weight"],
         _QF + "embeddings.LayerNorm.bias": sd["query_norm.bias"],
-        "speech_llama_proj.weight": sd["proj.weight"], "speech_llama_proj.bias": sd["proj.bias"],
+        "speech_llama_proj.weight": sd["proj.weight"],
+        "speech_llama_proj.bias": sd["proj.bias"],
     }
     for i, layer in enumerate(connector.layers):
         off, own = f"{_QF}encoder.layer.{i}.", f"layers.{i}."
@@ -81,7 +84,9 @@ def _connector_to_official(sd: Mapping[str, torch.Tensor], connector: nn.Module)
                 weights = sd[f"{own}{attn}.in_proj_weight"].chunk(3)
             else:
                 weights = [sd[f"{own}{attn}.{p}_proj_weight"] for p in "qkv"]
-            for part, w, b in zip(("query", "key", "value"), weights, sd[f"{own}{attn}.in_proj_bias"].chunk(3)):
+            for part, w, b in zip(
+                ("query", "key", "value"), weights, sd[f"{own}{attn}.in_proj_bias"].chunk(3)
+            ):
                 out[f"{off}{name}.self.{part}.weight"], out[f"{off}{name}.self.{part}.bias"] = w, b
         for theirs, ours in _LAYER_PARTS.items():
             for p in ("weight", "bias"):
@@ -89,15 +94,20 @@ def _connector_to_official(sd: Mapping[str, torch.Tensor], connector: nn.Module)
     return out
 
 
-def _official_to_connector(state: Mapping[str, torch.Tensor], connector: nn.Module) -> dict[str, torch.Tensor]:
+def _official_to_connector(
+    state: Mapping[str, torch.Tensor], connector: nn.Module
+) -> dict[str, torch.Tensor]:
     """Official names -> mowe connector state (the inverse of :func:`_connector_to_official`)."""
     out = {
-        "input_norm.norms.0.weight": state["ln_speech.weight"], "input_norm.norms.0.bias": state["ln_speech.bias"],
-        "input_norm.norms.1.weight": state["ln_audio.weight"], "input_norm.norms.1.bias": state["ln_audio.bias"],
+        "input_norm.norms.0.weight": state["ln_speech.weight"],
+        "input_norm.norms.0.bias": state["ln_speech.bias"],
+        "input_norm.norms.1.weight": state["ln_audio.weight"],
+        "input_norm.norms.1.bias": state["ln_audio.bias"],
         "queries": state["speech_query_tokens"].reshape(state["speech_query_tokens"].shape[-2:]),
         "query_norm.weight": state[_QF + "embeddings.LayerNorm.weight"],
         "query_norm.bias": state[_QF + "embeddings.LayerNorm.bias"],
-        "proj.weight": state["speech_llama_proj.weight"], "proj.bias": state["speech_llama_proj.bias"],
+        "proj.weight": state["speech_llama_proj.weight"],
+        "proj.bias": state["speech_llama_proj.bias"],
     }
     for i, layer in enumerate(connector.layers):
         off, own = f"{_QF}encoder.layer.{i}.", f"layers.{i}."
@@ -122,8 +132,10 @@ def _lora_to_official(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _normalise_lora_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """PEFT < 0.3 saved ``...lora_A.weight``; later versions ``...lora_A.default.weight``: use the latter."""
-    return {(_LORA_NO_ADAPTER.sub(r".\1.default.weight", k) if k.startswith(_LLM) else k): v
-            for k, v in state.items()}
+    return {
+        (_LORA_NO_ADAPTER.sub(r".\1.default.weight", k) if k.startswith(_LLM) else k): v
+        for k, v in state.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -137,11 +149,15 @@ def _read_state(checkpoint: str | os.PathLike | Mapping) -> tuple[dict[str, torc
         try:
             ckpt = torch.load(where, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"SALMONN checkpoint {where} could not be read with weights_only=True "
-                                  f"(truncated, not a torch.save file, or holding code objects): {e}") from e
+            raise CheckpointError(
+                f"SALMONN checkpoint {where} could not be read with weights_only=True "
+                f"(truncated, not a torch.save file, or holding code objects): {e}"
+            ) from e
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model"), Mapping):
         found = sorted(map(str, ckpt)) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-        raise CheckpointError(f"SALMONN checkpoint {where} must be a dict with a 'model' state dict; found {found}")
+        raise CheckpointError(
+            f"SALMONN checkpoint {where} must be a dict with a 'model' state dict; found {found}"
+        )
     state = {k: v for k, v in ckpt["model"].items() if not _IGNORED.search(k)}
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
@@ -150,7 +166,8 @@ def _read_state(checkpoint: str | os.PathLike | Mapping) -> tuple[dict[str, torc
 
 
 def _where(path: str | os.PathLike) -> str:
-    """Local files and folders as absolute paths (a saved model reloads from any directory); hub ids as given."""
+    """Local files and folders as absolute paths (a saved model reloads from any directory); hub ids as
+    given."""
     path = os.fspath(path)
     return os.path.abspath(path) if os.path.exists(path) else path
 
@@ -161,27 +178,64 @@ def _need(state: Mapping[str, torch.Tensor], key: str, where: str) -> torch.Tens
     return state[key]
 
 
-def salmonn_config(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats: str, llm: str,
-                   num_heads: int = 12, lora_alpha: int = 32, lora_dropout: float = 0.1, window: int = 17,
-                   audio_token_id: int | None = None, dtype: str = "float32", tokenizer: Any = None) -> MoWEConfig:
-    """The :class:`MoWEConfig` of a SALMONN checkpoint: the ``salmonn(faithful=True)`` layout, with the Q-Former
-    and LoRA sizes read from the file (``num_heads`` and ``lora_alpha`` are not stored in it: BERT-base's 12 heads
-    and SALMONN's alpha 32 are the defaults). Arguments as :func:`from_salmonn` (a tokenizer given or found in the
-    LLM folder gets ``[PAD]`` and ``<|audio|>`` added, in place)."""
+def salmonn_config(
+    checkpoint: str | os.PathLike | Mapping,
+    *,
+    whisper: str,
+    beats: str,
+    llm: str,
+    num_heads: int = 12,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.1,
+    window: int = 17,
+    audio_token_id: int | None = None,
+    dtype: str = "float32",
+    tokenizer: Any = None,
+) -> MoWEConfig:
+    """The :class:`MoWEConfig` of a SALMONN checkpoint: the ``salmonn(faithful=True)`` layout, with the
+    Q-Former and LoRA sizes read from the file (``num_heads`` and ``lora_alpha`` are not stored in it:
+       BERT-base's 12 heads
+    and SALMONN's alpha 32 are the defaults). Arguments as :func:`from_salmonn` (a tokenizer given or found in
+    the LLM folder gets ``[PAD]`` and ``<|audio|>`` added, in place)."""
     state, where = _read_state(checkpoint)
     _, vocab_size, audio_token_id = seed_vocabulary(llm, tokenizer, audio_token_id, pad_token=PAD_TOKEN)
-    return _config_from_state(state, where, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads,
-                              lora_alpha=lora_alpha, lora_dropout=lora_dropout, window=window,
-                              audio_token_id=audio_token_id, dtype=dtype, vocab_size=vocab_size)
+    return _config_from_state(
+        state,
+        where,
+        whisper=whisper,
+        beats=beats,
+        llm=llm,
+        num_heads=num_heads,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        window=window,
+        audio_token_id=audio_token_id,
+        dtype=dtype,
+        vocab_size=vocab_size,
+    )
 
 
-def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper: str, beats: str, llm: str,
-                       num_heads: int, lora_alpha: int, lora_dropout: float, window: int, audio_token_id: int,
-                       dtype: str, vocab_size: int | None) -> MoWEConfig:
+def _config_from_state(
+    state: Mapping[str, torch.Tensor],
+    where: str,
+    *,
+    whisper: str,
+    beats: str,
+    llm: str,
+    num_heads: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    window: int,
+    audio_token_id: int,
+    dtype: str,
+    vocab_size: int | None,
+) -> MoWEConfig:
     queries = _need(state, "speech_query_tokens", where)
     if queries.dim() != 3 or queries.shape[0] != 1:
-        raise CheckpointError(f"SALMONN checkpoint {where}: speech_query_tokens has shape {tuple(queries.shape)}, "
-                              f"expected (1, queries, hidden)")
+        raise CheckpointError(
+            f"SALMONN checkpoint {where}: speech_query_tokens has shape {tuple(queries.shape)}, "
+            f"expected (1, queries, hidden)"
+        )
     layers = sorted({int(m.group(1)) for k in state if (m := _LAYER.match(k))})
     if not layers or layers != list(range(len(layers))):
         raise CheckpointError(f"SALMONN checkpoint {where}: Q-Former layers {layers} are not 0..n-1")
@@ -192,15 +246,25 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
         raise CheckpointError(f"SALMONN checkpoint {where} holds no LoRA weights (llama_model.*.lora_A.*)")
     ranks = {int(v.shape[0]) for v in lora_a.values()}
     if len(ranks) != 1:
-        raise CheckpointError(f"SALMONN checkpoint {where}: LoRA ranks differ across modules: {sorted(ranks)}")
+        raise CheckpointError(
+            f"SALMONN checkpoint {where}: LoRA ranks differ across modules: {sorted(ranks)}"
+        )
     targets = tuple(sorted({k.split(".lora_A.")[0].rsplit(".", 1)[-1] for k in lora_a}))
     if dtype not in DTYPES:
         raise MoWEInputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     span = {"min_seconds": 1.0, "max_seconds": 30.0}  # the official loader's clip span
     whisper, beats, llm = (_where(p) for p in (whisper, beats, llm))
-    qf = {"hidden_dim": int(queries.shape[2]), "num_heads": num_heads, "num_layers": len(layers),
-          "num_queries": int(queries.shape[1]), "window": window, "stride": window, "ffn_dim": int(ffn),
-          "stream_dims": dims, "partial_window": "drop"}
+    qf = {
+        "hidden_dim": int(queries.shape[2]),
+        "num_heads": num_heads,
+        "num_layers": len(layers),
+        "num_queries": int(queries.shape[1]),
+        "window": window,
+        "stride": window,
+        "ffn_dim": int(ffn),
+        "stream_dims": dims,
+        "partial_window": "drop",
+    }
     return MoWEConfig(
         strong=EncoderConfig("whisper", name_or_path=whisper, full_window=True, **span),
         weak_encoders={"beats": EncoderConfig("beats", name_or_path=beats, **span)},
@@ -212,9 +276,20 @@ def _config_from_state(state: Mapping[str, torch.Tensor], where: str, *, whisper
     )
 
 
-def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats: str, llm: str,
-                 num_heads: int = 12, lora_alpha: int = 32, lora_dropout: float = 0.1, window: int = 17,
-                 audio_token_id: int | None = None, dtype: str = "float32", tokenizer: Any = None):
+def from_salmonn(
+    checkpoint: str | os.PathLike | Mapping,
+    *,
+    whisper: str,
+    beats: str,
+    llm: str,
+    num_heads: int = 12,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.1,
+    window: int = 17,
+    audio_token_id: int | None = None,
+    dtype: str = "float32",
+    tokenizer: Any = None,
+):
     """Load a released SALMONN checkpoint into a :class:`~mowe.MoWEAudioLLM`.
 
     Args:
@@ -225,17 +300,18 @@ def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats
         num_heads: Q-Former attention heads (not stored in the file; 12 as BERT-base).
         lora_alpha: LoRA alpha (not stored in the file; 32 as SALMONN). ``lora_dropout``: 0.1 as SALMONN.
         window: frames per Q-Former window and stride (17 = 0.333333 s at 50 Hz, as SALMONN).
-        audio_token_id: the placeholder id prompts use for the audio. Default: ``<|audio|>`` added to the LLM's
-            tokenizer as a special token after ``[PAD]`` (an id past the vocabulary, which no text produces; no
-            LLM row), or the first id past the vocabulary when the LLM folder has no tokenizer.
+        audio_token_id: the placeholder id prompts use for the audio. Default: ``<|audio|>`` added to the
+            LLM's tokenizer as a special token after ``[PAD]`` (an id past the vocabulary, which no text
+            produces; no LLM row), or the first id past the vocabulary when the LLM folder has no tokenizer.
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` for the LLM and the trained parts.
         tokenizer: the LLM's tokenizer (or its folder / hub id) when it is not in ``llm``; ``[PAD]`` and
             ``<|audio|>`` are added to it in place.
 
-    The LLM gets SALMONN's vocabulary: the official code adds ``[PAD]`` to the tokenizer and resizes the LLM to the
-    tokenizer's length, one row more than the base LLM. That row is drawn at random on every official start and is
-    in no file; mowe fills it with the mean of the other rows (:func:`mowe.builders.resize_vocab`), the centre of
-    what transformers' ``mean_resizing`` draws, so a reload reproduces the logits, that column included.
+    The LLM gets SALMONN's vocabulary: the official code adds ``[PAD]`` to the tokenizer and resizes the LLM
+    to the tokenizer's length, one row more than the base LLM. That row is drawn at random on every official
+    start and is in no file; mowe fills it with the mean of the other rows
+    (:func:`mowe.builders.resize_vocab`), the centre of what transformers' ``mean_resizing`` draws, so a
+    reload reproduces the logits, that column included.
 
     Returns:
         The model, in eval mode, computing what the official code computes (see :func:`mowe.salmonn.salmonn`).
@@ -245,16 +321,28 @@ def from_salmonn(checkpoint: str | os.PathLike | Mapping, *, whisper: str, beats
             repeats differs from the one given, or a shape does not fit the Whisper / BEATs / LLM given.
         AudioPlaceholderError: an ``audio_token_id`` that the tokenizer's text produces.
     """
-    return load_salmonn(checkpoint, whisper=whisper, beats=beats, llm=llm, num_heads=num_heads, lora_alpha=lora_alpha,
-                 lora_dropout=lora_dropout, window=window, audio_token_id=audio_token_id, dtype=dtype,
-                 tokenizer=tokenizer)[0]
+    return load_salmonn(
+        checkpoint,
+        whisper=whisper,
+        beats=beats,
+        llm=llm,
+        num_heads=num_heads,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        window=window,
+        audio_token_id=audio_token_id,
+        dtype=dtype,
+        tokenizer=tokenizer,
+    )[0]
 
 
 def load_salmonn(checkpoint, *, audio_token_id, tokenizer, **kw):
     """``(model, tokenizer or None)``: :func:`from_salmonn`, and the tokenizer holding its placeholder (what
     ``mowe convert salmonn`` saves beside the model)."""
     state, where = _read_state(checkpoint)
-    tok, vocab_size, audio_token_id = seed_vocabulary(kw["llm"], tokenizer, audio_token_id, pad_token=PAD_TOKEN)
+    tok, vocab_size, audio_token_id = seed_vocabulary(
+        kw["llm"], tokenizer, audio_token_id, pad_token=PAD_TOKEN
+    )
     cfg = _config_from_state(state, where, audio_token_id=audio_token_id, vocab_size=vocab_size, **kw)
     try:
         model = MoWEAudioLLM.from_config(cfg)
@@ -282,12 +370,14 @@ def _frozen_towers(model: nn.Module) -> dict[str, nn.Module]:
     return {p: m for p, m in towers.items() if m is not None}
 
 
-def _frozen_copies(model: nn.Module, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
-                   ) -> tuple[dict[str, dict[str, str]], list[str]]:
+def _frozen_copies(
+    model: nn.Module, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> tuple[dict[str, dict[str, str]], list[str]]:
     """Sort the file's keys that are not trained parts: ``({prefix: {module key: file key}}, unknown keys)``.
 
-    The official save drops frozen parameters by the names ``named_parameters()`` lists, so the other names of a
-    tied frozen tensor stay in the file (BEATs' relative-position table of layers 1+, an LLM's tied ``lm_head``).
+    The official save drops frozen parameters by the names ``named_parameters()`` lists, so the other names of
+    a tied frozen tensor stay in the file (BEATs' relative-position table of layers 1+, an LLM's tied
+    ``lm_head``).
     """
     towers = _frozen_towers(model)
     own = {p: m.state_dict() for p, m in towers.items()}
@@ -297,7 +387,7 @@ def _frozen_copies(model: nn.Module, state: Mapping[str, torch.Tensor], expected
         if k in expected:
             continue
         prefix = next((p for p in towers if k.startswith(p)), None)
-        inner = None if prefix is None else peft_base_key(k[len(prefix):], own[prefix])
+        inner = None if prefix is None else peft_base_key(k[len(prefix) :], own[prefix])
         if inner is None:
             unknown.append(k)
         else:
@@ -310,22 +400,34 @@ def _load_official(model: nn.Module, state: dict[str, torch.Tensor], where: str)
     copies, unknown = _frozen_copies(model, state, expected)
     missing = sorted(set(expected) - set(state))
     if unknown or missing:
-        raise CheckpointError(f"SALMONN checkpoint {where} does not match this model: "
-                              f"{len(unknown)} unexpected key(s) {unknown[:8]}, {len(missing)} missing {missing[:8]}")
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
-             if state[k].shape != v.shape]
+        raise CheckpointError(
+            f"SALMONN checkpoint {where} does not match this model: "
+            f"{len(unknown)} unexpected key(s) {unknown[:8]}, {len(missing)} missing {missing[:8]}"
+        )
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if state[k].shape != v.shape
+    ]
     if wrong:
-        raise CheckpointError(f"SALMONN checkpoint {where}: shapes do not fit the encoders / LLM given: {wrong[:5]}")
+        raise CheckpointError(
+            f"SALMONN checkpoint {where}: shapes do not fit the encoders / LLM given: {wrong[:5]}"
+        )
     for prefix, module in _frozen_towers(model).items():
-        check_frozen_copies({inner: state[k] for inner, k in copies[prefix].items()}, module,
-                            where=f"SALMONN checkpoint {where}", names=copies[prefix], prefix=prefix,
-                            what=f"the {_TOWER_NAMES[prefix]} given")
+        check_frozen_copies(
+            {inner: state[k] for inner, k in copies[prefix].items()},
+            module,
+            where=f"SALMONN checkpoint {where}",
+            names=copies[prefix],
+            prefix=prefix,
+            what=f"the {_TOWER_NAMES[prefix]} given",
+        )
     with torch.no_grad():
         for k, v in _official_to_connector(state, model.connector).items():
             model.connector.get_parameter(k).copy_(v)
         for k, v in expected.items():
             if k.startswith(_LLM):
-                model.llm.get_parameter(k[len(_LLM):]).copy_(state[k])
+                model.llm.get_parameter(k[len(_LLM) :]).copy_(state[k])
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -337,7 +439,9 @@ def _check_layout(model: nn.Module) -> None:
         problems.append(f"the connector is a {type(con).__name__}, not a WindowQFormerConnector")
     else:
         if not isinstance(con.input_norm, PerStreamNorm) or len(con.input_norm.dims) != 2:
-            problems.append("the Q-Former lacks two per-stream LayerNorms (build with stream_dims=[whisper, beats])")
+            problems.append(
+                "the Q-Former lacks two per-stream LayerNorms (build with stream_dims=[whisper, beats])"
+            )
         if con.partial_window != "drop":
             problems.append("the Q-Former keeps partial windows (SALMONN drops them: partial_window='drop')")
         if con.window != con.stride:
@@ -348,21 +452,28 @@ def _check_layout(model: nn.Module) -> None:
     if not any("lora_" in k for k in model.llm.state_dict()):
         problems.append("the LLM has no LoRA adapters")
     if problems:
-        raise MoWEInputError("to_salmonn: this model has no SALMONN equivalent: " + "; ".join(problems)
-                             + " (build it with mowe.salmonn.salmonn(faithful=True) or from_salmonn)")
+        raise MoWEInputError(
+            "to_salmonn: this model has no SALMONN equivalent: "
+            + "; ".join(problems)
+            + " (build it with mowe.salmonn.salmonn(faithful=True) or from_salmonn)"
+        )
 
 
 def _official_names(model: nn.Module) -> dict[str, torch.Tensor]:
     _check_layout(model)
-    return {**_connector_to_official(model.connector.state_dict(), model.connector), **_lora_to_official(model)}
+    return {
+        **_connector_to_official(model.connector.state_dict(), model.connector),
+        **_lora_to_official(model),
+    }
 
 
 def to_salmonn(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write a model's trained parts as a SALMONN checkpoint (``{"model": state_dict}``, official names), so the
-    official inference code can run it with the same Whisper, BEATs and LLM.
+    """Write a model's trained parts as a SALMONN checkpoint (``{"model": state_dict}``, official names), so
+    the official inference code can run it with the same Whisper, BEATs and LLM.
 
     Raises:
-        MoWEInputError: the model is not in SALMONN's layout (``salmonn(faithful=True)`` / :func:`from_salmonn`).
+        MoWEInputError: the model is not in SALMONN's layout (``salmonn(faithful=True)`` /
+        :func:`from_salmonn`).
     """
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in _official_names(model).items()}
     path = os.fspath(path)

@@ -21,14 +21,24 @@ SALMONN_ACTIVATION_TASKS = {"co_reasoning": 1.0}  # long-answer, QA-like (speech
 def preset_stages(steps: int | Sequence[int] = (1000, 1000, 12)) -> list[Stage]:
     """The preset's curriculum: :func:`salmonn_stages` with the task lists above (run files'
     ``stages: {preset: salmonn, steps: ...}``)."""
-    return salmonn_stages(steps, pretrain_tasks=SALMONN_PRETRAIN_TASKS, activation_tasks=SALMONN_ACTIVATION_TASKS)
+    return salmonn_stages(
+        steps, pretrain_tasks=SALMONN_PRETRAIN_TASKS, activation_tasks=SALMONN_ACTIVATION_TASKS
+    )
 
 
-def salmonn(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 512,
-            llm: str = "lmsys/vicuna-13b-v1.1", beats_checkpoint: str | None = None,
-            steps=(1000, 1000, 12), faithful: bool = True) -> Preset:
+def salmonn(
+    *,
+    tiny: bool = False,
+    audio_token_id: int = 0,
+    vocab_size: int = 512,
+    llm: str = "lmsys/vicuna-13b-v1.1",
+    beats_checkpoint: str | None = None,
+    steps=(1000, 1000, 12),
+    faithful: bool = True,
+) -> Preset:
     """SALMONN (arXiv 2310.13289): Whisper-large-v2 + BEATs features concatenated, a window-level Q-Former
-    (window = stride = 17 frames, one query each, 2 layers, hidden 768), Linear into the LLM, LoRA r=8 / alpha=32
+    (window = stride = 17 frames, one query each, 2 layers, hidden 768), Linear into the LLM, LoRA r=8 /
+       alpha=32
     on q and v; three stages (pre-training, instruction tuning, activation tuning).
 
     ``faithful=True`` (default) computes what the official code (bytedance/SALMONN) computes for one clip:
@@ -47,8 +57,8 @@ def salmonn(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 51
 
     LoRA scale at inference: ``inference_lora_scale`` is 1.0 in both modes. The official decoding code never
     changes the LoRA scaling (alpha / r = 4), and the released checkpoint went through activation tuning, the
-    paper's training stage (sec. 3.3) that makes the discounted scaling unnecessary. The paper's observation that
-    a lower scaling (e.g. 2.0) activates the LLM's own abilities can be reproduced with
+    paper's training stage (sec. 3.3) that makes the discounted scaling unnecessary. The paper's observation
+    that a lower scaling (e.g. 2.0) activates the LLM's own abilities can be reproduced with
     ``model.set_lora_scale(0.5)`` (``mowe infer --lora-scale 0.5``).
 
     ``beats_checkpoint``: path to the official BEATs file (SALMONN uses
@@ -57,27 +67,51 @@ def salmonn(*, tiny: bool = False, audio_token_id: int = 0, vocab_size: int = 51
     """
     span = dict(min_seconds=1.0, max_seconds=30.0) if faithful else {}
     if tiny:
-        strong = EncoderConfig("whisper", preset="tiny", overrides=TINY_WHISPER, pad_to_30s=faithful,
-                               full_window=faithful, **span)
+        strong = EncoderConfig(
+            "whisper",
+            preset="tiny",
+            overrides=TINY_WHISPER,
+            pad_to_30s=faithful,
+            full_window=faithful,
+            **span,
+        )
         beats = EncoderConfig("beats", preset="tiny", overrides=TINY_BEATS, **span)
         llm_cfg = LLMConfig(config=tiny_llm(vocab_size))
         qf = dict(hidden_dim=64, num_heads=4, num_layers=2, window=17, stride=17, num_queries=1)
         dims = [TINY_WHISPER["d_model"], TINY_BEATS["encoder_embed_dim"]]
     else:
-        strong = EncoderConfig("whisper", name_or_path="openai/whisper-large-v2", full_window=faithful, **span)
-        beats = EncoderConfig("beats", name_or_path=beats_checkpoint, **span) if beats_checkpoint else \
-            EncoderConfig("beats", preset="base", **span)
+        strong = EncoderConfig(
+            "whisper", name_or_path="openai/whisper-large-v2", full_window=faithful, **span
+        )
+        beats = (
+            EncoderConfig("beats", name_or_path=beats_checkpoint, **span)
+            if beats_checkpoint
+            else EncoderConfig("beats", preset="base", **span)
+        )
         llm_cfg = LLMConfig(name_or_path=llm, dtype="bfloat16")
         qf = dict(hidden_dim=768, num_heads=12, num_layers=2, window=17, stride=17, num_queries=1)
         dims = [1280, 768]
     if faithful:
         qf.update(stream_dims=dims, partial_window="drop")
-    # SALMONN concatenates BEATs to every Whisper frame: a one-encoder pool that every clip selects (gate 1.0).
-    router = RouterConfig(data_dependent=False, top_k=1, aux_loss_weight=0.0,
-                          align="pad" if faithful else "interpolate")
-    cfg = MoWEConfig(strong=strong, weak_encoders={"beats": beats}, router=router,
-                     connector=ConnectorConfig("qformer", qf), llm=llm_cfg,
-                     lora=LoRAConfig(r=8, alpha=32, dropout=0.1, target_modules=("q_proj", "v_proj")),
-                     audio_token_id=audio_token_id)
-    return Preset("salmonn", cfg, tuple(preset_stages(steps)), PROMPT_TEMPLATE, 1.0,
-                  "Tang et al., SALMONN: Towards Generic Hearing Abilities for Large Language Models, arXiv 2310.13289")
+    # SALMONN concatenates BEATs to every Whisper frame: a one-encoder pool that every clip selects (gate
+    # 1.0).
+    router = RouterConfig(
+        data_dependent=False, top_k=1, aux_loss_weight=0.0, align="pad" if faithful else "interpolate"
+    )
+    cfg = MoWEConfig(
+        strong=strong,
+        weak_encoders={"beats": beats},
+        router=router,
+        connector=ConnectorConfig("qformer", qf),
+        llm=llm_cfg,
+        lora=LoRAConfig(r=8, alpha=32, dropout=0.1, target_modules=("q_proj", "v_proj")),
+        audio_token_id=audio_token_id,
+    )
+    return Preset(
+        "salmonn",
+        cfg,
+        tuple(preset_stages(steps)),
+        PROMPT_TEMPLATE,
+        1.0,
+        "Tang et al., SALMONN: Towards Generic Hearing Abilities for Large Language Models, arXiv 2310.13289",
+    )

@@ -9,17 +9,21 @@ from mowe.curriculum import Stage, per_stage_steps
 __all__ = ["salmonn_stages"]
 
 
-def salmonn_stages(steps: int | Sequence[int] = (1000, 1000, 12), *, lr: float = 3e-5,
-                   pretrain_tasks: Mapping[str, float] | None = None,
-                   activation_tasks: Mapping[str, float] | None = None,
-                   activation_lora_scale: float = 0.5) -> list[Stage]:
+def salmonn_stages(
+    steps: int | Sequence[int] = (1000, 1000, 12),
+    *,
+    lr: float = 3e-5,
+    pretrain_tasks: Mapping[str, float] | None = None,
+    activation_tasks: Mapping[str, float] | None = None,
+    activation_lora_scale: float = 0.5,
+) -> list[Stage]:
     """SALMONN's three stages (arXiv 2310.13289, sec. 3.3).
 
     1. ``pretrain``: connector (window Q-Former) + LoRA on ``pretrain_tasks`` (SALMONN: speech recognition and
        audio captioning).
     2. ``instruction``: the same parts on all tasks.
-    3. ``activation``: a short stage on ``activation_tasks`` (a small set of long-answer, QA-like tasks) with the
-       LoRA scaling reduced.
+    3. ``activation``: a short stage on ``activation_tasks`` (a small set of long-answer, QA-like tasks) with
+       the LoRA scaling reduced.
 
     How the activation trick is modelled: SALMONN found that the instruction-tuned model over-fits to short
     ASR/caption-style answers and that *lowering the LoRA scaling factor* brings back the LLM's own abilities;

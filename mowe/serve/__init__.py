@@ -1,7 +1,8 @@
-"""Serving: ``mowe serve MODEL_DIR``, an OpenAI-compatible audio chat endpoint with dynamic batching and a web page.
+"""Serving: ``mowe serve MODEL_DIR``, an OpenAI-compatible audio chat endpoint with dynamic batching and a web
+page.
 
-Needs the ``serve`` extra (``pip install "mowe[serve]"``: Starlette + uvicorn). Importing this package is cheap;
-the server modules load when used.
+Needs the ``serve`` extra (``pip install "mowe[serve]"``: Starlette + uvicorn). Importing this package is
+cheap; the server modules load when used.
 """
 
 from __future__ import annotations

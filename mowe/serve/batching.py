@@ -51,7 +51,9 @@ class DynamicBatcher:
         max_queue: most requests waiting; more are refused with 503.
     """
 
-    def __init__(self, engine: Engine, *, max_batch: int = 8, max_wait_ms: float = 10.0, max_queue: int = 256):
+    def __init__(
+        self, engine: Engine, *, max_batch: int = 8, max_wait_ms: float = 10.0, max_queue: int = 256
+    ):
         if max_batch < 1 or max_wait_ms < 0 or max_queue < 1:
             raise ValueError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0")
         self.engine, self.max_batch, self.max_wait = engine, int(max_batch), max_wait_ms / 1000.0
@@ -79,8 +81,12 @@ class DynamicBatcher:
         """Queue a job (503 when the queue is full)."""
         with self._cond:
             if len(self._pending) >= self.max_queue:
-                raise ApiError(503, f"the server is busy ({self.max_queue} requests waiting); retry later",
-                               type="server_error", code="overloaded")
+                raise ApiError(
+                    503,
+                    f"the server is busy ({self.max_queue} requests waiting); retry later",
+                    type="server_error",
+                    code="overloaded",
+                )
             self._pending.append(job)
             self._cond.notify_all()
 
@@ -129,8 +135,15 @@ class DynamicBatcher:
                 return
             log.exception("a request failed in the model")
             self.stats.failed += 1
-            jobs[0].emit("error", ApiError(500, f"the model failed on this request: {type(e).__name__}: "
-                                                f"{str(e)[:300]}", type="server_error", code="model_error"))
+            jobs[0].emit(
+                "error",
+                ApiError(
+                    500,
+                    f"the model failed on this request: {type(e).__name__}: {str(e)[:300]}",
+                    type="server_error",
+                    code="model_error",
+                ),
+            )
             return
         self.stats.batches += 1
         self.stats.requests += len(jobs)

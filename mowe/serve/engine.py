@@ -1,4 +1,5 @@
-"""One batched model call for a group of requests: encode every clip once, generate, hand back tokens and routing.
+"""One batched model call for a group of requests: encode every clip once, generate, hand back tokens and
+routing.
 
 Shape legend: ``b`` the batch (text: one row per choice, so a request with ``n`` choices is ``n`` rows;
 audio: one row per clip), ``s`` samples, ``n`` audio tokens.
@@ -6,8 +7,8 @@ audio: one row per clip), ``s`` samples, ``n`` audio tokens.
 Greedy batches that nobody streams go through :meth:`MoWEAudioLLM.generate` as it is (its prefill runs in
 length groups), so a served answer is exactly what ``model.generate`` gives for that prompt. Streamed or
 sampled batches pass a streamer and a per-row stopping criterion, which sends that call through transformers'
-``generate``: rows are handed their tokens as they come, and a row whose client left or whose ``max_tokens`` is
-reached stops there.
+``generate``: rows are handed their tokens as they come, and a row whose client left or whose ``max_tokens``
+is reached stops there.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ __all__ = ["Choice", "Engine", "Job"]
 
 @dataclass
 class Choice:
-    """One finished answer: ``token_ids`` (eos excluded), the decoded ``text``, ``finish_reason`` stop/length."""
+    """One finished answer: ``token_ids`` (eos excluded), the decoded ``text``, ``finish_reason``
+    stop/length."""
 
     index: int
     token_ids: list[int]
@@ -89,8 +91,12 @@ class _Rows:
             self.tokens[r].append(tok)
             if job.request.stream and not job.cancelled.is_set():
                 text = self.decode(self.tokens[r])
-                if not text.endswith("\ufffd") and text.startswith(self.sent[r]) and len(text) > len(self.sent[r]):
-                    job.emit("delta", k, text[len(self.sent[r]):])
+                if (
+                    not text.endswith("\ufffd")
+                    and text.startswith(self.sent[r])
+                    and len(text) > len(self.sent[r])
+                ):
+                    job.emit("delta", k, text[len(self.sent[r]) :])
                     self.sent[r] = text
 
     def end(self) -> None:
@@ -98,7 +104,9 @@ class _Rows:
 
     # stopping-criterion protocol: (b, generated) ids -> (b,) bool
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs) -> torch.Tensor:
-        stop = [job.cancelled.is_set() or input_ids.shape[1] >= job.request.max_tokens for job, _ in self.owners]
+        stop = [
+            job.cancelled.is_set() or input_ids.shape[1] >= job.request.max_tokens for job, _ in self.owners
+        ]
         return torch.tensor(stop, dtype=torch.bool, device=input_ids.device)
 
 
@@ -113,8 +121,14 @@ class Engine:
             :data:`~mowe.inference.ENCODE_BUDGET_SAMPLES` of audio (None: 1 on CPU, 8 on an accelerator).
     """
 
-    def __init__(self, *, model: Any, processor: Any, device: torch.device | str = "cpu",
-                 windows_per_batch: int | None = None):
+    def __init__(
+        self,
+        *,
+        model: Any,
+        processor: Any,
+        device: torch.device | str = "cpu",
+        windows_per_batch: int | None = None,
+    ):
         self.model, self.processor, self.device = model, processor, torch.device(device)
         self.windows_per_batch = windows_per_batch
         pool = getattr(model, "weak_encoders", None)
@@ -134,9 +148,17 @@ class Engine:
         gates, idx = enc.router.gates.float().cpu(), enc.router.indices.cpu()
         out = []
         for c in range(start, start + count):
-            chosen = [{"encoder": self.encoder_names[e], "gate": round(float(gates[c, e]), 6)} for e in idx[c].tolist()]
-            out.append({"clip": c - start, "selected": chosen,
-                        "gates": {n: round(float(gates[c, e]), 6) for e, n in enumerate(self.encoder_names)}})
+            chosen = [
+                {"encoder": self.encoder_names[e], "gate": round(float(gates[c, e]), 6)}
+                for e in idx[c].tolist()
+            ]
+            out.append(
+                {
+                    "clip": c - start,
+                    "selected": chosen,
+                    "gates": {n: round(float(gates[c, e]), 6) for e, n in enumerate(self.encoder_names)},
+                }
+            )
         return out
 
     @torch.no_grad()
@@ -150,8 +172,9 @@ class Engine:
         prompt = None
         if self.model.needs_prompt:  # a prompt-aware router reads each clip's own request (one row per job)
             own = self.processor.pad([job.request.input_ids for job in jobs], padding_side="left")
-            prompt = self.model.prompt_embeddings(own["input_ids"].to(self.device),
-                                                  own["attention_mask"].to(self.device))
+            prompt = self.model.prompt_embeddings(
+                own["input_ids"].to(self.device), own["attention_mask"].to(self.device)
+            )
         # Up to ENCODE_BUDGET_SAMPLES of audio in one encoder call (short clips: the whole batch, as before);
         # past it (long clips are many windows) a few windows at a time, so the encoders' memory stays that of
         # a few windows.
@@ -160,15 +183,20 @@ class Engine:
             enc = self.model.encode_audio(waves.to(self.device), lengths.to(self.device), prompt)
             del waves
         else:
-            enc = encode_windows(self.model, clips, windows_per_batch=self.windows_per_batch,
-                                 prompt_embeds=prompt, device=self.device)
+            enc = encode_windows(
+                self.model,
+                clips,
+                windows_per_batch=self.windows_per_batch,
+                prompt_embeds=prompt,
+                device=self.device,
+            )
         rows, clip_rows, owners, first = [], [], [], 0
         audio_len = enc.lengths.tolist()
         prompt_tokens = []
         for job in jobs:
             count = len(job.request.clips)
             job.emit("route", self._routes(enc, first, count))
-            prompt_tokens.append(len(job.request.input_ids) - count + sum(audio_len[first:first + count]))
+            prompt_tokens.append(len(job.request.input_ids) - count + sum(audio_len[first : first + count]))
             for k in range(job.request.n):
                 rows.append(job.request.input_ids)
                 clip_rows.extend(range(first, first + count))
@@ -187,15 +215,22 @@ class Engine:
 
             tracker = _Rows(owners, self._decode, self.eos)
             kwargs.update(streamer=tracker, stopping_criteria=StoppingCriteriaList([tracker]))
-        ids = self.model.generate(batch["input_ids"].to(self.device), None, None,
-                                  attention_mask=batch["attention_mask"].to(self.device), audio=audio,
-                                  max_new_tokens=max(job.request.max_tokens for job in jobs), **kwargs)
+        ids = self.model.generate(
+            batch["input_ids"].to(self.device),
+            None,
+            None,
+            attention_mask=batch["attention_mask"].to(self.device),
+            audio=audio,
+            max_new_tokens=max(job.request.max_tokens for job in jobs),
+            **kwargs,
+        )
         results: dict[int, list[Choice]] = {}
         for r, row in enumerate(ids.tolist()):
             job, k = owners[r]
-            row = row[:job.request.max_tokens]
+            row = row[: job.request.max_tokens]
             cut = next((i for i, t in enumerate(row) if t in self.eos), None)
             toks = row if cut is None else row[:cut]
             results.setdefault(id(job), []).append(
-                Choice(k, toks, self._decode(toks), "length" if cut is None else "stop"))
+                Choice(k, toks, self._decode(toks), "length" if cut is None else "stop")
+            )
         return [(results[id(job)], used) for job, used in zip(jobs, prompt_tokens)]

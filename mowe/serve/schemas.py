@@ -3,13 +3,14 @@
 Shape legend: ``s`` audio samples (16 kHz mono).
 
 Everything a client sends passes through :func:`parse_chat_request`; anything wrong raises :class:`ApiError`
-with a 4xx status and a message naming the field (``messages[0].content[1].input_audio.data``), rendered in the
-OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``. Audio arrives only as base64 bytes: the
-server never opens a path or URL a client names.
+with a 4xx status and a message naming the field (``messages[0].content[1].input_audio.data``), rendered in
+the OpenAI error shape ``{"error": {"message", "type", "param", "code"}}``. Audio arrives only as base64
+bytes: the server never opens a path or URL a client names.
 
 Example:
-    >>> req = parse_chat_request(json_body(body), processor=proc, limits=Limits(), model_name="tiny")  # doctest: +SKIP
-    >>> req.input_ids[:3], [c.shape for c in req.clips]                                               # doctest: +SKIP
+    >>> body = json_body(body)  # doctest: +SKIP
+    >>> req = parse_chat_request(body, processor=proc, limits=Limits(), model_name="tiny")  # doctest: +SKIP
+    >>> req.input_ids[:3], [c.shape for c in req.clips]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,25 +31,53 @@ import torch
 from mowe.data.audio_stream import audio_too_long, stream_audio
 from mowe.errors import AudioLoadError, AudioTooLongError, MoWEInputError
 
-__all__ = ["SUPPORTED_FORMATS", "TOKENIZER_LOCK", "ApiError", "ChatRequest", "Limits", "decode_audio", "json_body",
-           "parse_chat_request", "sniff_duration", "too_long_error"]
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "TOKENIZER_LOCK",
+    "ApiError",
+    "ChatRequest",
+    "Limits",
+    "decode_audio",
+    "json_body",
+    "parse_chat_request",
+    "sniff_duration",
+    "too_long_error",
+]
 
-# Requests are parsed in a thread pool while the model thread decodes answers: one tokenizer, used by one thread
-# at a time (a fast tokenizer may refuse a call while another thread holds it: "Already borrowed").
+# Requests are parsed in a thread pool while the model thread decodes answers: one tokenizer, used by one
+# thread at a time (a fast tokenizer may refuse a call while another thread holds it: "Already borrowed").
 TOKENIZER_LOCK = threading.Lock()
 # What libsndfile decodes by content (see mowe.data.audio); "ogg" covers Vorbis and Opus.
 SUPPORTED_FORMATS = ("wav", "mp3", "flac", "ogg")
 # Parameters of the Chat Completions API this server does not implement: refused rather than ignored, so a
 # client never believes a constraint was applied.
-_UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "response_format", "logprobs",
-                "top_logprobs", "stop", "audio", "logit_bias", "prediction")
+_UNSUPPORTED = (
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "stop",
+    "audio",
+    "logit_bias",
+    "prediction",
+)
 
 
 class ApiError(Exception):
     """An error answered in the OpenAI shape with an HTTP status (4xx: the client's fault)."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -117,10 +146,13 @@ def json_body(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, f"the request body is not valid JSON ({str(e)[:200]})", code="invalid_json") from e
+        raise ApiError(
+            400, f"the request body is not valid JSON ({str(e)[:200]})", code="invalid_json"
+        ) from e
     if not isinstance(data, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(data).__name__}",
-                       code="invalid_json")
+        raise ApiError(
+            400, f"the request body must be a JSON object, got {type(data).__name__}", code="invalid_json"
+        )
     return data
 
 
@@ -139,8 +171,12 @@ def decode_audio(data: Any, fmt: Any, *, where: str, limits: Limits) -> list[tor
             too short.
     """
     if not isinstance(fmt, str) or fmt.lower() not in SUPPORTED_FORMATS:
-        raise ApiError(400, f"{where}.format: unsupported audio format {fmt!r}; supported: "
-                            f"{', '.join(SUPPORTED_FORMATS)}", param=f"{where}.format", code="unsupported_format")
+        raise ApiError(
+            400,
+            f"{where}.format: unsupported audio format {fmt!r}; supported: {', '.join(SUPPORTED_FORMATS)}",
+            param=f"{where}.format",
+            code="unsupported_format",
+        )
     if not isinstance(data, str):
         raise ApiError(400, f"{where}.data must be a base64 string", param=f"{where}.data")
     if data.startswith("data:") and "," in data[:200]:  # a data URL, as browsers write them
@@ -148,8 +184,9 @@ def decode_audio(data: Any, fmt: Any, *, where: str, limits: Limits) -> list[tor
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ApiError(400, f"{where}.data is not valid base64 ({e})", param=f"{where}.data",
-                       code="invalid_audio") from e
+        raise ApiError(
+            400, f"{where}.data is not valid base64 ({e})", param=f"{where}.data", code="invalid_audio"
+        ) from e
     if not raw:
         raise ApiError(400, f"{where}.data is empty: no audio", param=f"{where}.data", code="invalid_audio")
     fd, path = tempfile.mkstemp(prefix="mowe-serve-", suffix="." + fmt.lower())
@@ -159,8 +196,11 @@ def decode_audio(data: Any, fmt: Any, *, where: str, limits: Limits) -> list[tor
             f.write(raw)
         del raw
         window = limits.window_seconds or limits.max_audio_seconds
-        waves = list(stream_audio(path, window_seconds=window, max_duration_seconds=limits.max_audio_seconds,
-                                  option=option))
+        waves = list(
+            stream_audio(
+                path, window_seconds=window, max_duration_seconds=limits.max_audio_seconds, option=option
+            )
+        )
     except AudioTooLongError as e:
         msg = str(e).replace(f"audio file '{path}'", "the audio").replace(path, "the audio")
         raise ApiError(413, f"{where}: {msg}", param=f"{where}.data", code="audio_too_long") from e
@@ -171,9 +211,13 @@ def decode_audio(data: Any, fmt: Any, *, where: str, limits: Limits) -> list[tor
         os.unlink(path)
     total = sum(w.shape[0] for w in waves)
     if total < limits.min_samples:
-        raise ApiError(400, f"{where}: the audio is {total / 16000:.4f} s long, shorter than the "
-                            f"{limits.min_samples / 16000:.4f} s this model's encoders need",
-                       param=f"{where}.data", code="audio_too_short")
+        raise ApiError(
+            400,
+            f"{where}: the audio is {total / 16000:.4f} s long, shorter than the "
+            f"{limits.min_samples / 16000:.4f} s this model's encoders need",
+            param=f"{where}.data",
+            code="audio_too_short",
+        )
     if waves[-1].shape[0] < limits.min_samples:  # a tail of a few ms: padded with silence to min_samples
         waves[-1] = torch.nn.functional.pad(waves[-1], (0, limits.min_samples - waves[-1].shape[0]))
     return waves
@@ -202,9 +246,9 @@ def sniff_duration(prefix: bytes) -> float | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         pos, byte_rate = 12, None
         while pos + 8 <= len(head):
-            tag, size = head[pos:pos + 4], int.from_bytes(head[pos + 4:pos + 8], "little")
+            tag, size = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
             if tag == b"fmt " and pos + 20 <= len(head):
-                byte_rate = int.from_bytes(head[pos + 16:pos + 20], "little")
+                byte_rate = int.from_bytes(head[pos + 16 : pos + 20], "little")
             elif tag == b"data":
                 return size / byte_rate if byte_rate else None
             pos += 8 + size + (size & 1)
@@ -228,7 +272,12 @@ def _number(body: dict, key: str, default: float, lo: float, hi: float, *, integ
     if value is None:
         return default
     kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or not lo <= value <= hi:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or not math.isfinite(value)
+        or not lo <= value <= hi
+    ):
         what = "an integer" if integer else "a number"
         raise ApiError(400, f"{key} must be {what} in [{lo}, {hi}], got {json.dumps(value)[:50]}", param=key)
     return value
@@ -251,8 +300,11 @@ def _audio_parts(messages: list) -> list[tuple[str, Any, Any]]:
     return found
 
 
-def parse_chat_request(body: dict[str, Any], *, processor: Any, limits: Limits, model_name: str) -> ChatRequest:
-    """Check a Chat Completions body and build the model inputs (the prompt is ``processor.apply_chat_template``).
+def parse_chat_request(
+    body: dict[str, Any], *, processor: Any, limits: Limits, model_name: str
+) -> ChatRequest:
+    """Check a Chat Completions body and build the model inputs (the prompt is
+    ``processor.apply_chat_template``).
 
     Raises:
         ApiError: 400 for anything malformed (naming the field), 404 for another model's name.
@@ -261,18 +313,29 @@ def parse_chat_request(body: dict[str, Any], *, processor: Any, limits: Limits, 
     if not isinstance(model, str):
         raise ApiError(400, "model must be a string", param="model")
     if model != model_name:
-        raise ApiError(404, f"the model {model!r} does not exist; this server serves {model_name!r}",
-                       type="invalid_request_error", param="model", code="model_not_found")
+        raise ApiError(
+            404,
+            f"the model {model!r} does not exist; this server serves {model_name!r}",
+            type="invalid_request_error",
+            param="model",
+            code="model_not_found",
+        )
     for key in _UNSUPPORTED:
         if body.get(key) not in (None, False, [], {}):
-            raise ApiError(400, f"the parameter {key!r} is not supported by this server", param=key,
-                           code="unsupported_parameter")
+            raise ApiError(
+                400,
+                f"the parameter {key!r} is not supported by this server",
+                param=key,
+                code="unsupported_parameter",
+            )
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", param="messages")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number({key: max_tokens}, key, limits.default_max_tokens, 1, limits.max_tokens, integer=True)
+    max_tokens = _number(
+        {key: max_tokens}, key, limits.default_max_tokens, 1, limits.max_tokens, integer=True
+    )
     temperature = float(_number(body, "temperature", 0.0, 0.0, 2.0))
     top_p = float(_number(body, "top_p", 1.0, 0.0, 1.0))
     n = _number(body, "n", 1, 1, limits.max_n, integer=True)
@@ -288,27 +351,49 @@ def parse_chat_request(body: dict[str, Any], *, processor: Any, limits: Limits, 
         raise ApiError(400, "stream_options must be an object", param="stream_options")
     parts = _audio_parts(messages)
     if not parts:
-        raise ApiError(400, "the messages hold no input_audio part; this model answers about audio",
-                       param="messages", code="no_audio")
+        raise ApiError(
+            400,
+            "the messages hold no input_audio part; this model answers about audio",
+            param="messages",
+            code="no_audio",
+        )
     if len(parts) > limits.max_clips:
-        raise ApiError(400, f"the messages hold {len(parts)} audio clips, more than this server's limit of "
-                            f"{limits.max_clips}", param="messages", code="too_many_clips")
+        raise ApiError(
+            400,
+            f"the messages hold {len(parts)} audio clips, more than this server's limit of "
+            f"{limits.max_clips}",
+            param="messages",
+            code="too_many_clips",
+        )
     try:
         with TOKENIZER_LOCK:
             prompt = processor.apply_chat_template(messages)
     except MoWEInputError as e:
         raise ApiError(400, str(e), param="messages") from e
     if len(prompt) > 16 * limits.max_prompt_tokens:  # cheap bound before tokenizing a huge text
-        raise ApiError(400, f"the prompt text is {len(prompt)} characters, too long", param="messages",
-                       code="prompt_too_long")
+        raise ApiError(
+            400,
+            f"the prompt text is {len(prompt)} characters, too long",
+            param="messages",
+            code="prompt_too_long",
+        )
     with TOKENIZER_LOCK:
         ids = list(processor.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     if len(ids) > limits.max_prompt_tokens:
-        raise ApiError(400, f"the prompt is {len(ids)} text tokens, more than this server's limit of "
-                            f"{limits.max_prompt_tokens}", param="messages", code="prompt_too_long")
+        raise ApiError(
+            400,
+            f"the prompt is {len(ids)} text tokens, more than this server's limit of "
+            f"{limits.max_prompt_tokens}",
+            param="messages",
+            code="prompt_too_long",
+        )
     if ids.count(processor.audio_token_id) != len(parts):
-        raise ApiError(400, f"the prompt holds {ids.count(processor.audio_token_id)} audio placeholders for "
-                            f"{len(parts)} audio parts", param="messages")
+        raise ApiError(
+            400,
+            f"the prompt holds {ids.count(processor.audio_token_id)} audio placeholders for "
+            f"{len(parts)} audio parts",
+            param="messages",
+        )
     windows = [decode_audio(data, fmt, where=where, limits=limits) for where, data, fmt in parts]
     audio_id = processor.audio_token_id
     if any(len(w) > 1 for w in windows):  # a long part: one placeholder per window, in a row
@@ -316,7 +401,16 @@ def parse_chat_request(body: dict[str, Any], *, processor: Any, limits: Limits, 
         for t in ids:
             expanded.extend([t] * next(counts) if t == audio_id else [t])
         ids = expanded
-    return ChatRequest(model=model, input_ids=ids, clips=[c for w in windows for c in w],
-                       max_tokens=int(max_tokens), temperature=temperature, top_p=top_p, n=int(n),
-                       stream=stream, include_usage=bool(opts.get("include_usage")), prompt=prompt,
-                       windows=[len(w) for w in windows])
+    return ChatRequest(
+        model=model,
+        input_ids=ids,
+        clips=[c for w in windows for c in w],
+        max_tokens=int(max_tokens),
+        temperature=temperature,
+        top_p=top_p,
+        n=int(n),
+        stream=stream,
+        include_usage=bool(opts.get("include_usage")),
+        prompt=prompt,
+        windows=[len(w) for w in windows],
+    )

@@ -1,2 +1,2 @@
-"""Training: the run file (:mod:`~mowe.training.run_file`), the trainer (:mod:`~mowe.training.trainer`) and how stages
-(:mod:`mowe.curriculum`) select parameters (:mod:`~mowe.training.stages`)."""
+"""Training: the run file (:mod:`~mowe.training.run_file`), the trainer (:mod:`~mowe.training.trainer`) and
+how stages (:mod:`mowe.curriculum`) select parameters (:mod:`~mowe.training.stages`)."""

@@ -7,15 +7,16 @@ Layout (every ``save_every`` steps, and at the end)::
       step-N/
         model.safetensors    weights that can change (trainable now or in any earlier stage) + weights with no
                              pretrained source; frozen towers with a hub/path source are rebuilt from it
-        optimizer.pt         optimizer state (plain tensors/dicts: loadable with torch.load(weights_only=True))
-        scheduler.pt         LR scheduler state
+        optimizer.pt         optimizer state (plain tensors/dicts: loadable with
+        torch.load(weights_only=True)) scheduler.pt         LR scheduler state
         rng-<rank>.pt        python / numpy / torch (+ CUDA) RNG states of every process
-        trainer_state.json   stage index, step in stage, epoch, batches consumed in the epoch, global step, ...
+        trainer_state.json   stage index, step in stage, epoch, batches consumed in the epoch, global step,
+        ...
 
 An FSDP2-sharded model (:func:`mowe.training.distributed.shard_model`) writes ``sharded/`` instead of
-``model.safetensors`` and ``optimizer.pt``: a ``torch.distributed.checkpoint`` (DCP) folder holding ``model`` (the
-same entries) and ``optim`` (the optimizer state by parameter name), each process writing its own shards. It is
-read back by a sharded model of the same process count; ``output_dir/final`` is always consolidated.
+``model.safetensors`` and ``optimizer.pt``: a ``torch.distributed.checkpoint`` (DCP) folder holding ``model``
+(the same entries) and ``optim`` (the optimizer state by parameter name), each process writing its own shards.
+It is read back by a sharded model of the same process count; ``output_dir/final`` is always consolidated.
 
 Everything is first written to ``checkpoints/.tmp-step-N/`` and renamed to ``step-N`` only when complete, so a
 crash (even SIGKILL) never leaves a partial checkpoint as the latest.
@@ -122,8 +123,13 @@ def rng_state() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     out: dict[str, Any] = {
         "python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": str(np_name), "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
-                  "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "numpy": {
+            "name": str(np_name),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -135,7 +141,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -145,8 +153,9 @@ def find_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike | Non
     """Resolve a resume spec to a checkpoint folder.
 
     Args:
-        spec: ``"latest"`` (the ``latest`` pointer under ``output_dir/checkpoints``; None when there is none yet),
-            a ``step-N`` checkpoint folder, or a ``checkpoints`` folder / run folder holding a ``latest`` pointer.
+        spec: ``"latest"`` (the ``latest`` pointer under ``output_dir/checkpoints``; None when there is none
+            yet), a ``step-N`` checkpoint folder, or a ``checkpoints`` folder / run folder holding a
+            ``latest`` pointer.
         output_dir: the run folder, for ``"latest"``.
 
     Raises:
@@ -171,7 +180,9 @@ def find_checkpoint(spec: str | os.PathLike, output_dir: str | os.PathLike | Non
                 raise CheckpointError(f"{pointer}: points to {name!r}, which is not a complete checkpoint")
             return path
     if not os.path.isfile(os.path.join(spec, "trainer_state.json")):
-        raise CheckpointError(f"{spec}: not a checkpoint folder (no trainer_state.json) and no 'latest' pointer")
+        raise CheckpointError(
+            f"{spec}: not a checkpoint folder (no trainer_state.json) and no 'latest' pointer"
+        )
     return spec
 
 
@@ -187,9 +198,20 @@ def load_trainer_state(checkpoint: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-def write_checkpoint(*, accelerator: Any, checkpoint_dir: str, name: str, state: dict[str, Any], model: nn.Module,
-                     keys: Sequence[str], optimizer: Any, scheduler: Any, keep_last: int) -> str:
-    """Write ``checkpoint_dir/name`` atomically (all processes call it), point ``latest`` at it, prune old ones.
+def write_checkpoint(
+    *,
+    accelerator: Any,
+    checkpoint_dir: str,
+    name: str,
+    state: dict[str, Any],
+    model: nn.Module,
+    keys: Sequence[str],
+    optimizer: Any,
+    scheduler: Any,
+    keep_last: int,
+) -> str:
+    """Write ``checkpoint_dir/name`` atomically (all processes call it), point ``latest`` at it, prune old
+    ones.
 
     ``keys``: the model state-dict entries to save; ``state``: the ``trainer_state.json`` content. Returns the
     checkpoint folder.
@@ -265,8 +287,10 @@ def _save_sharded(model: nn.Module, keys: Sequence[str], optimizer: Any, directo
 
     keep = set(keys)
     msd = {k: v for k, v in get_model_state_dict(model).items() if k in keep}
-    dcp.save({"model": msd, "optim": get_optimizer_state_dict(model, _raw_optimizer(optimizer))},
-             checkpoint_id=directory)
+    dcp.save(
+        {"model": msd, "optim": get_optimizer_state_dict(model, _raw_optimizer(optimizer))},
+        checkpoint_id=directory,
+    )
 
 
 def _load_sharded(path: str, what: str, template: dict[str, Any]) -> None:
@@ -277,19 +301,29 @@ def _load_sharded(path: str, what: str, template: dict[str, Any]) -> None:
     import torch.distributed.checkpoint as dcp
 
     directory = os.path.join(path, SHARDED_DIR)
-    legacy = what == "model" and any(legacy_key(k) != k and f"model.{legacy_key(k)}" in _sharded_meta(path)
-                                     for k in template)
-    legacy = legacy or (what == "optim" and any(legacy_key(k) != k and f"optim.state.{legacy_key(k)}"
-                                                in {m.rsplit(".", 1)[0] for m in _sharded_meta(path)}
-                                                for k in template.get("state", {})))
+    legacy = what == "model" and any(
+        legacy_key(k) != k and f"model.{legacy_key(k)}" in _sharded_meta(path) for k in template
+    )
+    legacy = legacy or (
+        what == "optim"
+        and any(
+            legacy_key(k) != k
+            and f"optim.state.{legacy_key(k)}" in {m.rsplit(".", 1)[0] for m in _sharded_meta(path)}
+            for k in template.get("state", {})
+        )
+    )
     names = (lambda d: {legacy_key(k): v for k, v in d.items()}) if legacy else (lambda d: d)
     inner = template
     if legacy and what == "model":
         inner = names(template)
     elif legacy:
-        inner = {**template, "state": names(template["state"]),
-                 "param_groups": [{**g, "params": [legacy_key(n) for n in g["params"]]}
-                                  for g in template["param_groups"]]}
+        inner = {
+            **template,
+            "state": names(template["state"]),
+            "param_groups": [
+                {**g, "params": [legacy_key(n) for n in g["params"]]} for g in template["param_groups"]
+            ],
+        }
     try:
         dcp.load({what: inner}, checkpoint_id=directory)
     except Exception as e:  # DCP raises several types (CheckpointException, RuntimeError, KeyError)
@@ -310,7 +344,8 @@ def _sharded_meta(path: str) -> set[str]:
 
 
 def load_optimizer_state(optimizer: Any, model: nn.Module, path: str) -> None:
-    """Restore the optimizer of a checkpoint: ``optimizer.pt``, or the DCP ``sharded/`` folder of an FSDP run."""
+    """Restore the optimizer of a checkpoint: ``optimizer.pt``, or the DCP ``sharded/`` folder of an FSDP
+    run."""
     if not os.path.isdir(os.path.join(path, SHARDED_DIR)):
         optimizer.load_state_dict(torch_load(os.path.join(path, "optimizer.pt")))
         return
@@ -329,8 +364,10 @@ def load_model_weights(model: nn.Module, path: str) -> None:
     """
     if os.path.isdir(os.path.join(path, SHARDED_DIR)):
         if not is_sharded(model):
-            raise CheckpointError(f"{path}: written by an FSDP run (sharded/); resume it under FSDP with the same "
-                                  f"number of processes, or load its consolidated final/ folder")
+            raise CheckpointError(
+                f"{path}: written by an FSDP run (sharded/); resume it under FSDP with the same "
+                f"number of processes, or load its consolidated final/ folder"
+            )
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
@@ -359,7 +396,9 @@ def load_model_weights(model: nn.Module, path: str) -> None:
 
         set_model_state_dict(model, sd, options=StateDictOptions(full_state_dict=True, strict=False))
         return
-    check_aliases(sd, alias_groups(model), where=file, current=own)  # one tied tensor saved under several keys
+    check_aliases(
+        sd, alias_groups(model), where=file, current=own
+    )  # one tied tensor saved under several keys
     model.load_state_dict(sd, strict=False)
 
 
@@ -371,11 +410,23 @@ def _sharded_keys(path: str) -> set[str]:
     return {k.split(".", 1)[1] for k in meta.state_dict_metadata if k.startswith("model.")}
 
 
-def check_compatible(state: dict[str, Any], path: str, *, batch_size: int, num_processes: int, grad_accum: int,
-                     seed: int, grouped: bool, length_group_mult: int, stage_names: Sequence[str]) -> None:
+def check_compatible(
+    state: dict[str, Any],
+    path: str,
+    *,
+    batch_size: int,
+    num_processes: int,
+    grad_accum: int,
+    seed: int,
+    grouped: bool,
+    length_group_mult: int,
+    stage_names: Sequence[str],
+) -> None:
     """Raise :class:`CheckpointError` when a checkpoint's data position would not carry over to this run."""
     if state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+        raise CheckpointError(
+            f"{path}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}"
+        )
     g_old = state["batch_size"] * state["num_processes"]
     g_new = batch_size * num_processes
     if g_old != g_new or state["grad_accum"] != grad_accum or state["seed"] != seed:
@@ -383,21 +434,28 @@ def check_compatible(state: dict[str, Any], path: str, *, batch_size: int, num_p
             f"{path}: written with global batch {g_old} (batch_size {state['batch_size']} x "
             f"{state['num_processes']} processes), grad_accum {state['grad_accum']}, seed {state['seed']}; "
             f"this run has {g_new} ({batch_size} x {num_processes}), "
-            f"{grad_accum}, {seed}: the data position would not carry over")
+            f"{grad_accum}, {seed}: the data position would not carry over"
+        )
     # Checkpoints from before length grouping have no key: they were written with the plain order.
     old = (bool(state.get("group_by_length", False)), state.get("length_group_mult"))
     new = (grouped, length_group_mult if grouped else None)
     if old[0] != new[0] or (old[0] and old[1] != new[1]):
+
         def said(g: tuple[bool, Any]) -> str:
             return f"batches grouped by length (length_group_mult {g[1]})" if g[0] else "the plain order"
 
         raise CheckpointError(
             f"{path}: written with {said(old)}, this run would use {said(new)}: the data position would not "
             f"carry over; set train.group_by_length / train.length_group_mult as in that run (grouping also "
-            f"needs a dataset with `lengths`)")
+            f"needs a dataset with `lengths`)"
+        )
     if [s["name"] for s in state["stages"]] != list(stage_names):
-        raise CheckpointError(f"{path}: written for stages {[s['name'] for s in state['stages']]}, "
-                              f"this run has {list(stage_names)}")
+        raise CheckpointError(
+            f"{path}: written for stages {[s['name'] for s in state['stages']]}, "
+            f"this run has {list(stage_names)}"
+        )
     if state["num_processes"] != num_processes:
-        raise CheckpointError(f"{path}: written by {state['num_processes']} processes; resume with the same "
-                              f"number (RNG states are per process)")
+        raise CheckpointError(
+            f"{path}: written by {state['num_processes']} processes; resume with the same "
+            f"number (RNG states are per process)"
+        )

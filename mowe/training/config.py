@@ -33,30 +33,32 @@ class TrainConfig:
         log_every: log every this many steps.
         seed: seeds python, numpy and torch (process ``r`` uses ``seed + r``) and the data order.
         num_workers: DataLoader worker processes.
-        on_nonfinite_loss: ``"skip"`` (zero the gradients, skip the update, count it in the logs) or ``"stop"``
-            (raise :class:`NonFiniteLossError`).
+        on_nonfinite_loss: ``"skip"`` (zero the gradients, skip the update, count it in the logs) or
+            ``"stop"`` (raise :class:`NonFiniteLossError`).
         max_nonfinite_fraction: the skip budget under ``"skip"``: once more than this fraction of the run's
             steps (all stages) has been skipped, the run fails with :class:`NonFiniteLossError`; a run that
             skipped fewer still says so on stderr at the end.
         keep_last_checkpoints: checkpoints to keep (older ones are deleted; the latest is never deleted).
         save_final: write ``output_dir/final`` with ``model.save_pretrained`` at the end.
         progress: show a tqdm progress bar on the main process.
-        group_by_length: global batches hold clips of similar length, so the encoders pad less (needs a dataset
-            with ``lengths``, e.g. :class:`~mowe.data.ManifestDataset`; otherwise a warning and the plain order).
-            The order stays a seeded function of ``(seed, stage, epoch)``, so resuming is still exact.
-        length_group_mult: mega-batch size, in global batches, within which clips are sorted by length (bigger:
-            less padding, less randomness).
+        group_by_length: global batches hold clips of similar length, so the encoders pad less (needs a
+            dataset with ``lengths``, e.g. :class:`~mowe.data.ManifestDataset`; otherwise a warning and the
+            plain order). The order stays a seeded function of ``(seed, stage, epoch)``, so resuming is still
+            exact.
+        length_group_mult: mega-batch size, in global batches, within which clips are sorted by length
+            (bigger: less padding, less randomness).
         pack_sequences: how the LLM runs each batch (``MoWEAudioLLM.forward(pack=...)``; the same loss up to
             float rounding): ``"auto"`` (default) the cheapest by FLOPs for the batch
-            (:func:`mowe.merge.cheapest_llm_layout`), true one packed row whose position ids restart per sample,
-            ``"groups"`` rows of similar length together, false one padded batch. Used when the model's
-            ``forward`` takes ``pack``.
-        feature_cache_dir: a folder for frozen encoders' features (:class:`~mowe.encoders.cache.FeatureCache`):
-            each clip is encoded once per encoder and read back in later epochs; safe to share between ranks
-            and runs (entries are keyed by audio content and encoder weights + settings). None: encode live.
+            (:func:`mowe.merge.cheapest_llm_layout`), true one packed row whose position ids restart per
+            sample, ``"groups"`` rows of similar length together, false one padded batch. Used when the
+            model's ``forward`` takes ``pack``.
+        feature_cache_dir: a folder for frozen encoders' features
+            (:class:`~mowe.encoders.cache.FeatureCache`): each clip is encoded once per encoder and read back
+            in later epochs; safe to share between ranks and runs (entries are keyed by audio content and
+            encoder weights + settings). None: encode live.
         feature_cache_max_bytes: bound on that folder (least recently used entries are evicted).
-        log_with: accelerate trackers mirroring log.jsonl: ``["tensorboard", "wandb", "mlflow"]`` or ``["all"]``
-            (installed ones); None: TensorBoard when installed (:mod:`mowe.training.logging`).
+        log_with: accelerate trackers mirroring log.jsonl: ``["tensorboard", "wandb", "mlflow"]`` or
+            ``["all"]`` (installed ones); None: TensorBoard when installed (:mod:`mowe.training.logging`).
     """
 
     output_dir: str

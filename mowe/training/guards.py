@@ -24,8 +24,9 @@ def skip_budget(config: TrainConfig, total_steps: int) -> int:
     return math.floor(config.max_nonfinite_fraction * total_steps + 1e-9)
 
 
-def check_nonfinite(config: TrainConfig, *, skipped: int, total_steps: int, step: int, stage: str,
-                    ids: Sequence[Any]) -> None:
+def check_nonfinite(
+    config: TrainConfig, *, skipped: int, total_steps: int, step: int, stage: str, ids: Sequence[Any]
+) -> None:
     """Called after a step with a non-finite loss or gradient norm (``skipped`` counts it already).
 
     Raises:
@@ -34,14 +35,20 @@ def check_nonfinite(config: TrainConfig, *, skipped: int, total_steps: int, step
     where = f"step {step} (stage {stage!r}, examples {list(ids)[:8]})"
     if config.on_nonfinite_loss == "stop":
         raise NonFiniteLossError(
-            f"non-finite loss or gradient at {where}; stopping because train.on_nonfinite_loss='stop'. Lower the "
-            f"learning rate, check those examples, or set on_nonfinite_loss='skip' to skip such steps")
+            f"non-finite loss or gradient at {where}; stopping because train.on_nonfinite_loss='stop'. Lower "
+            f"the "
+            f"learning rate, check those examples, or set on_nonfinite_loss='skip' to skip such steps"
+        )
     budget = skip_budget(config, total_steps)
     if skipped > budget:
         raise NonFiniteLossError(
-            f"non-finite loss or gradient at {where}: {skipped} of the run's {total_steps} steps skipped, more than "
-            f"train.max_nonfinite_fraction={config.max_nonfinite_fraction:g} allows ({budget}); the run is not "
-            f"training. Lower the learning rate or check the data (the skipped steps' examples are in the log)")
+            f"non-finite loss or gradient at {where}: {skipped} of the run's {total_steps} steps skipped, "
+            f"more than "
+            f"train.max_nonfinite_fraction={config.max_nonfinite_fraction:g} allows ({budget}); the run is "
+            f"not "
+            f"training. Lower the learning rate or check the data (the skipped steps' examples are in the "
+            f"log)"
+        )
 
 
 def report_end_of_run(dataset: Any, *, skipped_nonfinite: int, steps: int, is_main: bool) -> None:
@@ -53,5 +60,9 @@ def report_end_of_run(dataset: Any, *, skipped_nonfinite: int, steps: int, is_ma
     if text:
         print(text, file=sys.stderr)
     if skipped_nonfinite:
-        print(f"warning: {skipped_nonfinite} of {steps} training steps were skipped (non-finite loss or gradient; "
-              f"train.on_nonfinite_loss='skip')", file=sys.stderr)
+        print(
+            f"warning: {skipped_nonfinite} of {steps} training steps were skipped (non-finite loss or "
+            f"gradient; "
+            f"train.on_nonfinite_loss='skip')",
+            file=sys.stderr,
+        )

@@ -1,10 +1,10 @@
 """Run logs of :class:`~mowe.training.trainer.Trainer`: ``log.jsonl``, mirrored to accelerate trackers.
 
 ``TrainConfig.log_with`` picks the trackers (accelerate's ``TensorBoardTracker``, ``WandBTracker``,
-``MLflowTracker``): ``["tensorboard", "wandb", "mlflow"]``, ``["all"]`` (every one whose package is installed) or
-None (TensorBoard when installed, as before); a named tracker whose package is missing is skipped with a warning.
-``log.jsonl`` is always written. Only the main process writes. A :class:`LossWindow` sums the losses of the steps since the last log line, so
-the logged loss is the mean over that window across all processes.
+``MLflowTracker``): ``["tensorboard", "wandb", "mlflow"]``, ``["all"]`` (every one whose package is installed)
+or None (TensorBoard when installed, as before); a named tracker whose package is missing is skipped with a
+warning. ``log.jsonl`` is always written. Only the main process writes. A :class:`LossWindow` sums the losses
+of the steps since the last log line, so the logged loss is the mean over that window across all processes.
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 def _available(name: str) -> bool:
     from accelerate.utils import is_mlflow_available, is_tensorboard_available, is_wandb_available
 
-    return bool({"tensorboard": is_tensorboard_available, "wandb": is_wandb_available,
-                 "mlflow": is_mlflow_available}[name]())
+    return bool(
+        {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available, "mlflow": is_mlflow_available}[
+            name
+        ]()
+    )
 
 
 def make_trackers(log_with: Sequence[Any] | None, *, output_dir: str, run_name: str = "mowe") -> list[Any]:
@@ -51,11 +54,15 @@ def make_trackers(log_with: Sequence[Any] | None, *, output_dir: str, run_name: 
             trackers.append(item)  # a GeneralTracker (or anything with start / log / finish)
             continue
         if item not in TRACKERS:
-            raise ConfigError(f"train.log_with: unknown tracker {item!r}; choose from {list(TRACKERS)} or 'all'")
+            raise ConfigError(
+                f"train.log_with: unknown tracker {item!r}; choose from {list(TRACKERS)} or 'all'"
+            )
         if not _available(item):
             if log_with is not None:
-                warnings.warn(f"train.log_with: {item!r} is not installed; logging to log.jsonl without it",
-                              stacklevel=2)
+                warnings.warn(
+                    f"train.log_with: {item!r} is not installed; logging to log.jsonl without it",
+                    stacklevel=2,
+                )
             continue
         from accelerate import tracking
 
@@ -104,8 +111,14 @@ class RunLog:
                 self._fh = open(self.file, "a", buffering=1)  # noqa: SIM115 (open for the run)
             self._fh.write(json.dumps(record) + "\n")
         if self._trackers and "step" in record:
-            values = {k: v for k, v in record.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step" and math.isfinite(v)}
+            values = {
+                k: v
+                for k, v in record.items()
+                if isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and k != "step"
+                and math.isfinite(v)
+            }
             if values:
                 for t in self._trackers:
                     t.log(values, step=record["step"])
@@ -155,8 +168,15 @@ class LossWindow:
         def mean(x: float) -> float:
             return x / n if n else float("nan")
 
-        rec = {"step": fields.pop("step"), "stage": fields.pop("stage"), "loss": mean(loss), "lm_loss": mean(lm),
-               "aux_loss": mean(aux) if self.has_aux else None, "lr": fields.pop("lr"),
-               "samples_per_s": samples / dt, **fields}
+        rec = {
+            "step": fields.pop("step"),
+            "stage": fields.pop("stage"),
+            "loss": mean(loss),
+            "lm_loss": mean(lm),
+            "aux_loss": mean(aux) if self.has_aux else None,
+            "lr": fields.pop("lr"),
+            "samples_per_s": samples / dt,
+            **fields,
+        }
         self._reset()
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}

@@ -3,9 +3,9 @@
 :func:`check_trainer_state` checks ``trainer_state.json``'s keys and types (a corrupted or hand-edited file is
 a :class:`~mowe.errors.CheckpointError` naming the file and the key, not a ``KeyError`` later).
 :func:`validate_resume` checks that the checkpoint fits *this* run's stage: the stage it names, the weights'
-shapes, and, when resuming inside a stage, that ``optimizer.pt`` holds one state per parameter that stage trains,
-with the same shapes (an optimizer state copied from another stage is refused, saying what differs), and that
-``scheduler.pt`` and this process's RNG file load.
+shapes, and, when resuming inside a stage, that ``optimizer.pt`` holds one state per parameter that stage
+trains, with the same shapes (an optimizer state copied from another stage is refused, saying what differs),
+and that ``scheduler.pt`` and this process's RNG file load.
 """
 
 from __future__ import annotations
@@ -26,16 +26,23 @@ __all__ = ["SHARDED_DIR", "check_sharded_weights", "check_trainer_state", "torch
 
 # key -> (type, smallest value or None)
 _STATE_KEYS: dict[str, tuple[type | tuple[type, ...], int | None]] = {
-    "global_step": (int, 0), "stage_index": (int, 0), "stage_name": (str, None), "step_in_stage": (int, 0),
-    "epoch": (int, 0), "batch_in_epoch": (int, 0), "skipped_nonfinite": (int, 0), "num_processes": (int, 1),
-    "batch_size": (int, 1), "grad_accum": (int, 1), "seed": (int, 0), "stages": (list, None),
+    "global_step": (int, 0),
+    "stage_index": (int, 0),
+    "stage_name": (str, None),
+    "step_in_stage": (int, 0),
+    "epoch": (int, 0),
+    "batch_in_epoch": (int, 0),
+    "skipped_nonfinite": (int, 0),
+    "num_processes": (int, 1),
+    "batch_size": (int, 1),
+    "grad_accum": (int, 1),
+    "seed": (int, 0),
+    "stages": (list, None),
     "ever_trained": (list, None),
 }
 
 
 SHARDED_DIR = "sharded"
-
-
 
 
 def torch_load(path: str) -> Any:
@@ -48,8 +55,8 @@ def torch_load(path: str) -> Any:
 
 
 def check_sharded_weights(model: nn.Module, path: str) -> bool:
-    """Check the model entries of a checkpoint's DCP ``sharded/`` folder against ``model`` (global shapes) before
-    anything is loaded; False when the checkpoint has no such folder.
+    """Check the model entries of a checkpoint's DCP ``sharded/`` folder against ``model`` (global shapes)
+    before anything is loaded; False when the checkpoint has no such folder.
 
     Raises:
         CheckpointError: unreadable metadata, or entries that do not fit this model.
@@ -65,8 +72,12 @@ def check_sharded_weights(model: nn.Module, path: str) -> bool:
         raise CheckpointError(f"{directory}: unreadable DCP metadata ({type(e).__name__}: {e})") from e
     own = model.state_dict()
     meta = rename_legacy_keys(meta, where=directory, prefix="model.", warn=False)  # the load warns
-    bad = [k for k, m in meta.items() if k.startswith("model.") and (k[6:] not in own or tuple(
-        own[k[6:]].shape) != tuple(getattr(m, "size", ())))]
+    bad = [
+        k
+        for k, m in meta.items()
+        if k.startswith("model.")
+        and (k[6:] not in own or tuple(own[k[6:]].shape) != tuple(getattr(m, "size", ())))
+    ]
     if bad:
         raise CheckpointError(f"{directory}: does not fit this model (e.g. {bad[:3]})")
     return True
@@ -76,7 +87,8 @@ def check_trainer_state(state: Any, path: str) -> None:
     """Keys and types of a ``trainer_state.json`` (whose ``format`` is checked by ``check_compatible``).
 
     Raises:
-        CheckpointError: ``"<path>: key 'global_step' is missing"`` / ``"... must be an integer >= 0, got -1"``.
+        CheckpointError: ``"<path>: key 'global_step' is missing"`` / ``"... must be an integer >= 0, got
+        -1"``.
     """
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(state).__name__}")
@@ -95,11 +107,14 @@ def check_trainer_state(state: Any, path: str) -> None:
     if not all(isinstance(n, str) for n in state["ever_trained"]):
         raise CheckpointError(f"{path}: key 'ever_trained' must be a list of parameter names")
     if state["stage_index"] >= len(state["stages"]):
-        raise CheckpointError(f"{path}: stage_index {state['stage_index']} but only {len(state['stages'])} stages")
+        raise CheckpointError(
+            f"{path}: stage_index {state['stage_index']} but only {len(state['stages'])} stages"
+        )
 
 
 def _stage_groups(model: nn.Module, stage: Any) -> list[list[tuple[int, ...]]]:
-    """Parameter shapes per AdamW group (decay, no decay) for ``stage``, without changing ``requires_grad``."""
+    """Parameter shapes per AdamW group (decay, no decay) for ``stage``, without changing
+    ``requires_grad``."""
     params = [p for _, p in stage_parameters(model, stage)]
     decay = [tuple(p.shape) for p in params if p.ndim >= 2]
     no_decay = [tuple(p.shape) for p in params if p.ndim < 2]
@@ -107,16 +122,21 @@ def _stage_groups(model: nn.Module, stage: Any) -> list[list[tuple[int, ...]]]:
 
 
 def _check_optimizer(opt: Any, file: str, expected: list[list[tuple[int, ...]]], stage_name: str) -> None:
-    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list) or \
-            not isinstance(opt.get("state"), dict):
+    if (
+        not isinstance(opt, dict)
+        or not isinstance(opt.get("param_groups"), list)
+        or not isinstance(opt.get("state"), dict)
+    ):
         raise CheckpointError(f"{file}: not an optimizer state (expected 'state' and 'param_groups')")
     saved = [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in opt["param_groups"]]
     want = [len(g) for g in expected]
     if saved != want:
         raise CheckpointError(
             f"{file}: the optimizer state does not fit stage {stage_name!r} of this run: it holds {saved} "
-            f"parameter(s) per group, stage {stage_name!r} trains {want} (decay, no-decay); was it written by "
-            f"another stage or model?")
+            f"parameter(s) per group, stage {stage_name!r} trains {want} (decay, no-decay); was it written "
+            f"by "
+            f"another stage or model?"
+        )
     shapes = [s for g in expected for s in g]
     ids = [i for g in opt["param_groups"] for i in g["params"]]
     for flat, pid in enumerate(ids):
@@ -124,8 +144,10 @@ def _check_optimizer(opt: Any, file: str, expected: list[list[tuple[int, ...]]],
         avg = st.get("exp_avg") if isinstance(st, dict) else None
         if avg is not None and tuple(getattr(avg, "shape", ())) != shapes[flat]:
             raise CheckpointError(
-                f"{file}: the optimizer state does not fit stage {stage_name!r}: parameter #{flat} has state of "
-                f"shape {tuple(avg.shape)}, the parameter has shape {shapes[flat]}")
+                f"{file}: the optimizer state does not fit stage {stage_name!r}: parameter #{flat} has state "
+                f"of "
+                f"shape {tuple(avg.shape)}, the parameter has shape {shapes[flat]}"
+            )
 
 
 def _check_weights(model: nn.Module, file: str) -> None:
@@ -145,8 +167,9 @@ def _check_weights(model: nn.Module, file: str) -> None:
         raise CheckpointError(f"{file}: does not fit this model (e.g. {bad[:3]})")
 
 
-def validate_resume(state: dict[str, Any], path: str, *, model: nn.Module, stages: Sequence[Any],
-                    process_index: int = 0) -> None:
+def validate_resume(
+    state: dict[str, Any], path: str, *, model: nn.Module, stages: Sequence[Any], process_index: int = 0
+) -> None:
     """Everything a resume will read, checked against this run before anything is loaded.
 
     Args:
@@ -162,10 +185,14 @@ def validate_resume(state: dict[str, Any], path: str, *, model: nn.Module, stage
     si, step = state["stage_index"], state["step_in_stage"]
     stage = stages[si]
     if state["stage_name"] != stage.name:
-        raise CheckpointError(f"{path}: trainer_state.json says stage {state['stage_name']!r} at index {si}, this "
-                              f"run's stage {si} is {stage.name!r}")
+        raise CheckpointError(
+            f"{path}: trainer_state.json says stage {state['stage_name']!r} at index {si}, this "
+            f"run's stage {si} is {stage.name!r}"
+        )
     if step > stage.steps:
-        raise CheckpointError(f"{path}: step_in_stage {step} is past stage {stage.name!r}'s {stage.steps} steps")
+        raise CheckpointError(
+            f"{path}: step_in_stage {step} is past stage {stage.name!r}'s {stage.steps} steps"
+        )
     sharded = check_sharded_weights(model, path)  # an FSDP checkpoint: DCP sharded/ instead of the two files
     if not sharded:
         _check_weights(model, os.path.join(path, "model.safetensors"))

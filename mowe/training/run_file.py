@@ -1,16 +1,17 @@
-"""Run files: the schema ``mowe train --config run.yaml`` reads, and :func:`run_training`, which builds and trains
-what one names.
+"""Run files: the schema ``mowe train --config run.yaml`` reads, and :func:`run_training`, which builds and
+trains what one names.
 
 A run file (YAML or JSON) with these sections; every unknown key is an
 error that names it (exit code 2, message on stderr, no traceback)::
 
     model:        a MoWEConfig as a dict (see mowe.config). llm.config.vocab_size defaults to the tokenizer's
                   size; audio_token_id defaults to the processor's placeholder id.
-    tokenizer:    a tokenizer folder / hub id; ``llm``: the LLM's own tokenizer (from model.llm.name_or_path, its
-                  GGUF file too, with the audio placeholder added; a folder named llm is ``./llm``); or
-                  {train_bpe: {vocab_size: 400}} to train a byte-level BPE on the training manifest's instructions
-                  and answers. An LLM loaded by name_or_path gets llm.vocab_size = len(tokenizer) when the
-                  tokenizer has tokens past the LLM's rows other than a trailing audio placeholder (which
+    tokenizer:    a tokenizer folder / hub id; ``llm``: the LLM's own tokenizer (from model.llm.name_or_path,
+                  its GGUF file too, with the audio placeholder added; a folder named llm is ``./llm``); or
+                  {train_bpe: {vocab_size: 400}} to train a byte-level BPE on the training manifest's
+                  instructions and answers. An LLM loaded by name_or_path gets llm.vocab_size = len(tokenizer)
+                  when the tokenizer has tokens past the LLM's rows other than a trailing audio placeholder
+                  (which
                   needs no row: its embedding is never looked up).
     processor:    optional MoWEProcessor options (system_prompt, prompt_template, paraphrases, ...).
     data:         train: manifest.jsonl or a Hugging Face dataset (required: a save_to_disk or audiofolder
@@ -28,9 +29,10 @@ error that names it (exit code 2, message on stderr, no traceback)::
 
 Relative paths in the run file are relative to the run file's folder. ``--set section.key=value`` overrides
 one entry (the value is parsed as YAML). The file and the overrides go through the one strict loader of
-:mod:`mowe.config`: an unknown key, a wrong type or a bad choice is one error naming the key path. The trained model and its processor are written to
-``<output_dir>/final`` (``MoWEAudioLLM.from_pretrained`` / ``MoWEProcessor.from_pretrained`` read it back);
-``mowe infer --model <output_dir>`` (or ``<output_dir>/final``) answers a prompt about an audio file.
+:mod:`mowe.config`: an unknown key, a wrong type or a bad choice is one error naming the key path. The trained
+model and its processor are written to ``<output_dir>/final`` (``MoWEAudioLLM.from_pretrained`` /
+``MoWEProcessor.from_pretrained`` read it back); ``mowe infer --model <output_dir>`` (or
+``<output_dir>/final``) answers a prompt about an audio file.
 """
 
 from __future__ import annotations
@@ -140,11 +142,16 @@ def load_run_file(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dic
 
 
 def _check_sections(run: dict[str, Any]) -> None:
-    cfg = from_dict(MoWEConfig, {k: v for k, v in run["model"].items() if not (k == "audio_token_id" and v is None)},
-                    where="model")
+    cfg = from_dict(
+        MoWEConfig,
+        {k: v for k, v in run["model"].items() if not (k == "audio_token_id" and v is None)},
+        where="model",
+    )
     if run["tokenizer"] == LLM_TOKENIZER and not cfg.llm.name_or_path:
-        raise ConfigError("tokenizer: 'llm' takes the LLM's own tokenizer, but model.llm.name_or_path is not set "
-                          "(a random-weight LLM has none); give a tokenizer folder or {train_bpe: ...}")
+        raise ConfigError(
+            "tokenizer: 'llm' takes the LLM's own tokenizer, but model.llm.name_or_path is not set "
+            "(a random-weight LLM has none); give a tokenizer folder or {train_bpe: ...}"
+        )
     if run.get("processor"):
         from_dict(ProcessorOptions, run["processor"], where="processor")
     # each stage's values by Stage's own checks (those a Stage built in Python gets), or the preset's name
@@ -181,20 +188,30 @@ def _stages(spec: Any):
     return STAGE_PRESETS[p.preset](p.steps)  # the presets' task lists, named after the demo corpus's tasks
 
 
-def _tokenizer(spec: Any, train_manifest: str, base: str, train_ds: Any = None, *, model: Any = None,
-               audio_token: str = "<|audio|>"):
+def _tokenizer(
+    spec: Any,
+    train_manifest: str,
+    base: str,
+    train_ds: Any = None,
+    *,
+    model: Any = None,
+    audio_token: str = "<|audio|>",
+):
     if spec == LLM_TOKENIZER:
-        return llm_tokenizer(from_dict(LLMConfig, (model or {}).get("llm") or {}, where="model.llm"),
-                             audio_token=audio_token)
+        return llm_tokenizer(
+            from_dict(LLMConfig, (model or {}).get("llm") or {}, where="model.llm"), audio_token=audio_token
+        )
     if isinstance(spec, str):
         path = _resolve(base, spec)
         if not os.path.exists(path):
             check_local_source(spec, what=f"tokenizer (resolved to {path})")
         return AutoTokenizer.from_pretrained(path if os.path.exists(path) else spec)
     opts = from_dict(TokenizerSection, spec, where="tokenizer").train_bpe
-    # A manifest that can be read only once (a FIFO, e.g. bash's <(...)) was consumed by the dataset: use its texts.
-    once = train_ds is not None and (not isinstance(train_ds, ManifestDataset)
-                                     or not os.path.isfile(train_manifest))
+    # A manifest that can be read only once (a FIFO, e.g. bash's <(...)) was consumed by the dataset: use its
+    # texts.
+    once = train_ds is not None and (
+        not isinstance(train_ds, ManifestDataset) or not os.path.isfile(train_manifest)
+    )
     texts = train_ds.texts() if once else _manifest_texts(train_manifest)
     return train_bpe_tokenizer(texts, vocab_size=opts.vocab_size, special_tokens=opts.special_tokens)
 
@@ -225,60 +242,89 @@ def _model_config(model_spec: Any, tokenizer: Any, audio_token_id: int):
         if vocab is None:
             llm["config"]["vocab_size"] = len(tokenizer)
         elif vocab < len(tokenizer):
-            raise ConfigError(f"model.llm.config.vocab_size is {vocab} but the tokenizer has {len(tokenizer)} tokens")
+            raise ConfigError(
+                f"model.llm.config.vocab_size is {vocab} but the tokenizer has {len(tokenizer)} tokens"
+            )
     elif isinstance(llm, dict) and llm.get("name_or_path"):
-        # the audio placeholder needs no row (mowe never looks its embedding up): only other added tokens count
+        # the audio placeholder needs no row (mowe never looks its embedding up): only other added tokens
+        # count
         _fit_vocab(llm, len(tokenizer) - int(audio_token_id == len(tokenizer) - 1))
     if spec.get("audio_token_id") is None:
         spec["audio_token_id"] = audio_token_id
     elif spec["audio_token_id"] != audio_token_id:
-        raise ConfigError(f"model.audio_token_id is {spec['audio_token_id']} but the tokenizer's audio placeholder "
-                          f"has id {audio_token_id}; leave it out to use the tokenizer's")
+        raise ConfigError(
+            f"model.audio_token_id is {spec['audio_token_id']} but the tokenizer's audio placeholder "
+            f"has id {audio_token_id}; leave it out to use the tokenizer's"
+        )
     return from_dict(MoWEConfig, spec, where="model")
 
 
 def _fit_vocab(llm: dict[str, Any], n_tokens: int) -> None:
-    """An LLM loaded by name_or_path gets ``vocab_size = n_tokens`` when the tokenizer's tokens that need rows (all
-    but a trailing audio placeholder) outnumber the LLM's rows; a ``vocab_size`` set too small is an error."""
+    """An LLM loaded by name_or_path gets ``vocab_size = n_tokens`` when the tokenizer's tokens that need rows
+    (all but a trailing audio placeholder) outnumber the LLM's rows; a ``vocab_size`` set too small is an
+       error."""
     if llm.get("vocab_size") is not None:
         if llm["vocab_size"] < n_tokens:
-            raise ConfigError(f"model.llm.vocab_size is {llm['vocab_size']} but the tokenizer has {n_tokens} tokens")
+            raise ConfigError(
+                f"model.llm.vocab_size is {llm['vocab_size']} but the tokenizer has {n_tokens} tokens"
+            )
         return
     if llm_vocab_size(from_dict(LLMConfig, llm, where="model.llm")) < n_tokens:
         llm["vocab_size"] = n_tokens
 
 
 def run_training(run: dict[str, Any], *, base_dir: str, resume: str | None = None) -> str:
-    """Build everything a run file names, train, and save ``final/`` (model + processor); returns that folder."""
+    """Build everything a run file names, train, and save ``final/`` (model + processor); returns that
+    folder."""
 
     data = run["data"]
     train_cfg = dict(run["train"]) if isinstance(run["train"], dict) else run["train"]
     if isinstance(train_cfg, dict) and "output_dir" in train_cfg:
         train_cfg["output_dir"] = _resolve(base_dir, train_cfg["output_dir"])
     config = TrainConfig.from_dict(train_cfg)
-    seed_everything(config.seed)  # before the tokenizer and the model: two runs of one file build the same weights
+    seed_everything(
+        config.seed
+    )  # before the tokenizer and the model: two runs of one file build the same weights
     stages = _stages(run["stages"])
     train_manifest = data["train"]
-    ds_kw = {"on_bad_example": data.get("on_bad_example", "error"),
-                 "max_audio_seconds": data.get("max_audio_seconds", DataSection.max_audio_seconds)}
+    ds_kw = {
+        "on_bad_example": data.get("on_bad_example", "error"),
+        "max_audio_seconds": data.get("max_audio_seconds", DataSection.max_audio_seconds),
+    }
     train_src = _source(base_dir, train_manifest)
-    train_ds = open_dataset(train_src, tasks=data.get("tasks"),
-                            **_hf_options(train_src, data, "split", data.get("streaming")), **ds_kw)
+    train_ds = open_dataset(
+        train_src,
+        tasks=data.get("tasks"),
+        **_hf_options(train_src, data, "split", data.get("streaming")),
+        **ds_kw,
+    )
     dev_ds = None
     if data.get("dev"):
         dev = _source(base_dir, data["dev"])
         dev_ds = open_dataset(dev, **_hf_options(dev, data, "dev_split", False), **ds_kw)
-    proc_opts = from_dict(ProcessorOptions, {"max_audio_seconds": ds_kw["max_audio_seconds"],
-                                             **(run.get("processor") or {})}, where="processor")
-    tokenizer = _tokenizer(run["tokenizer"], train_src, base_dir, train_ds, model=run["model"],
-                           audio_token=proc_opts.audio_token)
-    if isinstance(run["tokenizer"], str):  # an LLM's own tokenizer: the placeholder becomes a special token of it
+    proc_opts = from_dict(
+        ProcessorOptions,
+        {"max_audio_seconds": ds_kw["max_audio_seconds"], **(run.get("processor") or {})},
+        where="processor",
+    )
+    tokenizer = _tokenizer(
+        run["tokenizer"], train_src, base_dir, train_ds, model=run["model"], audio_token=proc_opts.audio_token
+    )
+    if isinstance(
+        run["tokenizer"], str
+    ):  # an LLM's own tokenizer: the placeholder becomes a special token of it
         add_audio_token(tokenizer, proc_opts.audio_token)
     processor = MoWEProcessor(tokenizer, options=proc_opts)
     model = MoWEAudioLLM.from_config(_model_config(run["model"], tokenizer, processor.audio_token_id))
     model.card_info.training_data = [str(data["train"])]  # the model card's data, as the run file names it
-    trainer = Trainer(model, train_ds, config=config, stages=stages, collate_fn=MoWECollator(processor, train=True),
-                      eval_dataset=dev_ds)
+    trainer = Trainer(
+        model,
+        train_ds,
+        config=config,
+        stages=stages,
+        collate_fn=MoWECollator(processor, train=True),
+        eval_dataset=dev_ds,
+    )
     if trainer.is_main:
         os.makedirs(config.output_dir, exist_ok=True)
         processor.save_pretrained(os.path.join(config.output_dir, "processor"))

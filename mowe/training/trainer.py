@@ -1,20 +1,22 @@
 """Multi-stage training on accelerate: one loop for CPU, one GPU, DDP, FSDP and DeepSpeed.
 
-The trainer runs a list of :class:`~mowe.curriculum.Stage` objects in order. Each stage freezes everything but its
-parts, builds a fresh AdamW over the trainable parameters with a linear warm-up + cosine schedule, and draws
-batches from its own deterministic :class:`~mowe.data.samplers.StageSampler` (a seeded shuffle, or a per-task
-weighted draw; with ``group_by_length``, global batches of similar-length clips).
+The trainer runs a list of :class:`~mowe.curriculum.Stage` objects in order. Each stage freezes everything but
+its parts, builds a fresh AdamW over the trainable parameters with a linear warm-up + cosine schedule, and
+draws batches from its own deterministic :class:`~mowe.data.samplers.StageSampler` (a seeded shuffle, or a
+per-task weighted draw; with ``group_by_length``, global batches of similar-length clips).
 
 Batch contract (what a collator yields; see :mod:`mowe.data.processor`)::
 
     {"input_ids": (b, L) long, "attention_mask": (b, L) long, "labels": (b, L) long (-100 off the answer),
-     "waveforms": (b, s) float32 right-zero-padded, "wave_lengths": (b,) long, "task": list[str], "id": list[str]}
+     "waveforms": (b, s) float32 right-zero-padded, "wave_lengths": (b,) long, "task": list[str], "id":
+     list[str]}
 
 A step consumes ``grad_accum`` consecutive global batches. Micro-batch ``m`` of a stage is batch
-``m % batches_per_epoch`` of epoch ``m // batches_per_epoch``: the data position is a function of the step, and
-resuming fast-forwards the index list without loading a single skipped example. Checkpoints (layout in
+``m % batches_per_epoch`` of epoch ``m // batches_per_epoch``: the data position is a function of the step,
+and resuming fast-forwards the index list without loading a single skipped example. Checkpoints (layout in
 :mod:`mowe.training.checkpoint`) restore weights, optimizer, scheduler, RNG states and data position, so a
-resumed run ends with the same weights as an uninterrupted one. Settings: :class:`~mowe.training.config.TrainConfig`.
+resumed run ends with the same weights as an uninterrupted one. Settings:
+:class:`~mowe.training.config.TrainConfig`.
 
 Example:
     >>> trainer = Trainer(model, dataset, config=TrainConfig(output_dir="run"), collate_fn=collator,
@@ -80,8 +82,13 @@ def make_optimizer(model: nn.Module, *, lr: float, config: TrainConfig) -> torch
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=config.adam_betas, eps=config.adam_eps)
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=lr, betas=config.adam_betas, eps=config.adam_eps
+    )
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -97,11 +104,13 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         llm.config.use_cache = False
 
 
-def prepare_for_stage(accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+def prepare_for_stage(
+    accelerator: Any, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[Any, Any]:
     """(Re-)wrap the model for this stage's trainable set (DDP registers hooks on trainable params only).
 
-    A model sharded by :func:`mowe.training.distributed.place_model` (FSDP2) is not wrapped again: its trainable
-    parameters must all be sharded (checked), and only the optimizer goes through accelerate."""
+    A model sharded by :func:`mowe.training.distributed.place_model` (FSDP2) is not wrapped again: its
+    trainable parameters must all be sharded (checked), and only the optimizer goes through accelerate."""
     release_accelerator(accelerator)
     model.__dict__.pop("_is_accelerate_prepared", None)
     if "_original_forward" in model.__dict__:  # undo the previous stage's autocast wrapper
@@ -110,48 +119,73 @@ def prepare_for_stage(accelerator: Any, model: nn.Module, optimizer: torch.optim
         verify_sharded(model)
         if accelerator.mixed_precision == "bf16":
             model.__dict__["_original_forward"] = model.forward
-            model.forward = torch.autocast(device_type=accelerator.device.type, dtype=torch.bfloat16)(model.forward)
+            model.forward = torch.autocast(device_type=accelerator.device.type, dtype=torch.bfloat16)(
+                model.forward
+            )
         return model, accelerator.prepare_optimizer(optimizer)
     return accelerator.prepare(model, optimizer)
 
 
 def release_accelerator(accelerator: Any) -> None:
     """Drop accelerate's references to the previous stage's wrapper and optimizer (without the full
-    ``gc.collect`` of ``free_memory``, which costs ~0.4 s; DeepSpeed needs its engine destroyed, so it gets it)."""
+    ``gc.collect`` of ``free_memory``, which costs ~0.4 s; DeepSpeed needs its engine destroyed, so it gets
+       it)."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         accelerator.free_memory()
         return
-    for refs in (accelerator._models, accelerator._optimizers, accelerator._schedulers, accelerator._dataloaders):
+    for refs in (
+        accelerator._models,
+        accelerator._optimizers,
+        accelerator._schedulers,
+        accelerator._dataloaders,
+    ):
         refs.clear()
     accelerator.step = 0
 
 
 @torch.no_grad()
-def eval_loss(accelerator: Any, model: nn.Module, dataset: Dataset, *, inputs: Callable[[dict[str, Any]], dict],
-              batch_size: int, collate_fn: Callable, num_workers: int = 0) -> float:
-    """Loss over ``dataset``, sharded over processes and summed across them: the mean ``loss`` per example, except
-    that for a model whose ``forward`` takes ``num_items_in_batch`` its LM part is the loss over all answer tokens /
-    their count (the same for any batch size and process count; the weighted aux loss stays a per-example mean).
+def eval_loss(
+    accelerator: Any,
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    inputs: Callable[[dict[str, Any]], dict],
+    batch_size: int,
+    collate_fn: Callable,
+    num_workers: int = 0,
+) -> float:
+    """Loss over ``dataset``, sharded over processes and summed across them: the mean ``loss`` per example,
+    except that for a model whose ``forward`` takes ``num_items_in_batch`` its LM part is the loss over all
+       answer tokens /
+    their count (the same for any batch size and process count; the weighted aux loss stays a per-example
+    mean).
 
     A sharded (FSDP) model needs every process to run as many forwards: processes with one batch fewer run a
     filler batch (example 0) whose loss is not counted."""
     acc = accelerator
-    idx = list(range(len(dataset)))[acc.process_index::acc.num_processes]  # type: ignore[arg-type]
-    batches = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    idx = list(range(len(dataset)))[acc.process_index :: acc.num_processes]  # type: ignore[arg-type]
+    batches = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
     real = len(batches)
     if is_sharded(model) and len(dataset):  # type: ignore[arg-type]
         most = math.ceil(math.ceil(len(dataset) / acc.num_processes) / batch_size)  # type: ignore[arg-type]
         batches += [[0]] * (most - real)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=num_workers)
     tokens = "num_items_in_batch" in inspect.signature(acc.unwrap_model(model).forward).parameters
-    sums = [0.0, 0.0, 0.0, 0.0]  # summed LM loss, its tokens; per-example loss (aux part only with tokens), examples
+    sums = [
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    ]  # summed LM loss, its tokens; per-example loss (aux part only with tokens), examples
     for i, batch in enumerate(loader):
         if not batch or len(batch.get("input_ids", [])) == 0:
             continue
         with acc.autocast():
-            res = model(**inputs(batch), **({"num_items_in_batch": 1} if tokens else {}))  # 1: the summed loss
+            res = model(
+                **inputs(batch), **({"num_items_in_batch": 1} if tokens else {})
+            )  # 1: the summed loss
         if i >= real:  # the filler batch: the same collectives, nothing counted
             continue
         n = float(batch["input_ids"].shape[0])
@@ -187,7 +221,8 @@ class Trainer:
             :class:`~mowe.data.stream_sampler.StreamSampler` in the main process (``num_workers`` is not used;
             stages cannot weight tasks).
             For task-weighted stages it should have ``task_list`` (one task per example); otherwise it is
-            iterated once to read the tasks. With ``lengths`` (and ``group_by_length``) batches group by length.
+            iterated once to read the tasks. With ``lengths`` (and ``group_by_length``) batches group by
+            length.
         config: loop settings.
         stages: run in order.
         collate_fn: examples -> batch dict (see the module docstring); drops None examples.
@@ -197,9 +232,17 @@ class Trainer:
             generation); its results are logged with an ``eval_`` prefix.
     """
 
-    def __init__(self, model: nn.Module, train_dataset: Dataset, *, config: TrainConfig, stages: Sequence[Stage],
-                 collate_fn: Callable[[list[Any]], dict[str, Any]], eval_dataset: Dataset | None = None,
-                 eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        train_dataset: Dataset,
+        *,
+        config: TrainConfig,
+        stages: Sequence[Stage],
+        collate_fn: Callable[[list[Any]], dict[str, Any]],
+        eval_dataset: Dataset | None = None,
+        eval_fn: Callable[[nn.Module, int], dict[str, float]] | None = None,
+    ):
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState, GradientState
         from accelerate.utils import DistributedDataParallelKwargs
@@ -216,9 +259,13 @@ class Trainer:
         GradientState._reset_state()
         # Sparse routing leaves unselected weak encoders without gradients: DDP must tolerate unused params.
         ddp = DistributedDataParallelKwargs(
-            find_unused_parameters=getattr(model, "weak_encoders", None) is not None)
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision,
-                                       gradient_accumulation_steps=config.grad_accum, kwargs_handlers=[ddp])
+            find_unused_parameters=getattr(model, "weak_encoders", None) is not None
+        )
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.grad_accum,
+            kwargs_handlers=[ddp],
+        )
         self.output_dir = config.output_dir
         self.checkpoint_dir = os.path.join(self.output_dir, "checkpoints")
         self.log = RunLog(self.output_dir, enabled=self.is_main, log_with=config.log_with)
@@ -230,7 +277,9 @@ class Trainer:
         self._lengths: list[float] | None = None
         self._lengths_read = False
         # Padding-free LLM passes when asked for and the model's forward supports them (MoWEAudioLLM does).
-        self._pack = config.pack_sequences is not False and "pack" in inspect.signature(model.forward).parameters
+        self._pack = (
+            config.pack_sequences is not False and "pack" in inspect.signature(model.forward).parameters
+        )
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(model)
 
@@ -244,13 +293,18 @@ class Trainer:
         return sum(s.steps for s in self.stages)
 
     def _length_list(self) -> list[float] | None:
-        """The dataset's ``lengths`` when ``group_by_length`` is on (None: plain order; warns once if missing)."""
+        """The dataset's ``lengths`` when ``group_by_length`` is on (None: plain order; warns once if
+        missing)."""
         if not self._lengths_read and self.config.group_by_length:
             lengths = getattr(self.train_dataset, "lengths", None)
             if lengths is None and self.is_main:
-                warnings.warn(f"train.group_by_length is on but the training dataset "
-                              f"({type(self.train_dataset).__name__}) has no `lengths`; batches use the plain "
-                              f"seeded order (set group_by_length: false to silence this)", UserWarning, stacklevel=3)
+                warnings.warn(
+                    f"train.group_by_length is on but the training dataset "
+                    f"({type(self.train_dataset).__name__}) has no `lengths`; batches use the plain "
+                    f"seeded order (set group_by_length: false to silence this)",
+                    UserWarning,
+                    stacklevel=3,
+                )
             self._lengths = None if lengths is None else list(lengths)
         self._lengths_read = True
         return self._lengths
@@ -268,23 +322,41 @@ class Trainer:
         acc = self.accelerator
         if self.streaming:
             if stage.tasks is not None:
-                raise ConfigError(f"stage {stage.name!r} samples by task weights, which needs a map-style "
-                                  f"dataset; a streaming dataset is read in order (set data.streaming: "
-                                  f"false, or keep the tasks with data.tasks)")
-            return StreamSampler(self.train_dataset, seed=self.config.seed, stage_index=index,
-                                 batch_size=self.config.batch_size, num_processes=acc.num_processes,
-                                 process_index=acc.process_index, group_by_length=self.config.group_by_length,
-                                 group_mult=self.config.length_group_mult, stage_name=stage.name)
+                raise ConfigError(
+                    f"stage {stage.name!r} samples by task weights, which needs a map-style "
+                    f"dataset; a streaming dataset is read in order (set data.streaming: "
+                    f"false, or keep the tasks with data.tasks)"
+                )
+            return StreamSampler(
+                self.train_dataset,
+                seed=self.config.seed,
+                stage_index=index,
+                batch_size=self.config.batch_size,
+                num_processes=acc.num_processes,
+                process_index=acc.process_index,
+                group_by_length=self.config.group_by_length,
+                group_mult=self.config.length_group_mult,
+                stage_name=stage.name,
+            )
         if stage.tasks is not None and self._task_list is None:
             self._task_list = task_list_of(self.train_dataset)
-        return StageSampler(num_examples=len(self.train_dataset), task_list=self._task_list,  # type: ignore
-                            tasks=stage.tasks, seed=self.config.seed, stage_index=index,
-                            batch_size=self.config.batch_size, num_processes=acc.num_processes,
-                            process_index=acc.process_index, stage_name=stage.name, lengths=self._length_list(),
-                            group_mult=self.config.length_group_mult)
+        return StageSampler(
+            num_examples=len(self.train_dataset),
+            task_list=self._task_list,  # type: ignore
+            tasks=stage.tasks,
+            seed=self.config.seed,
+            stage_index=index,
+            batch_size=self.config.batch_size,
+            num_processes=acc.num_processes,
+            process_index=acc.process_index,
+            stage_name=stage.name,
+            lengths=self._length_list(),
+            group_mult=self.config.length_group_mult,
+        )
 
-    def _micro_batches(self, sampler: StageSampler | StreamSampler, index: int,
-                       start: int) -> Iterator[dict[str, Any]]:
+    def _micro_batches(
+        self, sampler: StageSampler | StreamSampler, index: int, start: int
+    ) -> Iterator[dict[str, Any]]:
         """Yield batches forever, from micro-batch ``start`` of the stage."""
         set_epoch = getattr(self.collate_fn, "set_epoch", None)
         if isinstance(sampler, StreamSampler):
@@ -302,8 +374,13 @@ class Trainer:
             # Own generator: creating a loader must not draw from the global torch RNG (it would shift dropout
             # masks after a resume, which creates loaders at other points than an uninterrupted run).
             gen = torch.Generator().manual_seed(mix_seed(self.config.seed, index, epoch, b))
-            yield from DataLoader(self.train_dataset, batch_sampler=sampler.process_batches(epoch, b),
-                                  collate_fn=self.collate_fn, num_workers=self.config.num_workers, generator=gen)
+            yield from DataLoader(
+                self.train_dataset,
+                batch_sampler=sampler.process_batches(epoch, b),
+                collate_fn=self.collate_fn,
+                num_workers=self.config.num_workers,
+                generator=gen,
+            )
             epoch, b = epoch + 1, 0
 
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -314,20 +391,38 @@ class Trainer:
         return inputs
 
     # ------------------------------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, *, stage_index: int, step_in_stage: int, sampler: StageSampler,
-                        optimizer: torch.optim.Optimizer, scheduler: Any) -> str:
-        """Write ``checkpoints/step-<global_step>`` atomically and point ``latest`` at it; returns its path."""
+    def save_checkpoint(
+        self,
+        *,
+        stage_index: int,
+        step_in_stage: int,
+        sampler: StageSampler,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+    ) -> str:
+        """Write ``checkpoints/step-<global_step>`` atomically and point ``latest`` at it; returns its
+        path."""
         cfg = self.config
         micro = step_in_stage * cfg.grad_accum
         epoch, in_epoch = sampler.position(micro)
         grouped = sampler.grouped if isinstance(sampler, StreamSampler) else sampler.lengths is not None
         state = {
-            "format": ckpt.CHECKPOINT_FORMAT, "global_step": self.global_step, "stage_index": stage_index,
-            "stage_name": self.stages[stage_index].name, "step_in_stage": step_in_stage, "epoch": epoch,
-            "batch_in_epoch": in_epoch, "micro_batches_in_stage": micro, "skipped_nonfinite": self.skipped_nonfinite,
-            "num_processes": self.accelerator.num_processes, "batch_size": cfg.batch_size,
-            "grad_accum": cfg.grad_accum, "seed": cfg.seed, "stages": stages_to_list(self.stages),
-            "ever_trained": sorted(self._ever_trained), "group_by_length": grouped,
+            "format": ckpt.CHECKPOINT_FORMAT,
+            "global_step": self.global_step,
+            "stage_index": stage_index,
+            "stage_name": self.stages[stage_index].name,
+            "step_in_stage": step_in_stage,
+            "epoch": epoch,
+            "batch_in_epoch": in_epoch,
+            "micro_batches_in_stage": micro,
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "num_processes": self.accelerator.num_processes,
+            "batch_size": cfg.batch_size,
+            "grad_accum": cfg.grad_accum,
+            "seed": cfg.seed,
+            "stages": stages_to_list(self.stages),
+            "ever_trained": sorted(self._ever_trained),
+            "group_by_length": grouped,
             "length_group_mult": sampler.group_mult if grouped else None,
         }
         keys = list(self.model.state_dict().keys())
@@ -335,21 +430,40 @@ class Trainer:
         if keys_fn is not None:
             keep = set(keys_fn(False)) | self._ever_trained
             keys = [k for k in keys if k in keep]
-        return ckpt.write_checkpoint(accelerator=self.accelerator, checkpoint_dir=self.checkpoint_dir,
-                                     name=f"step-{self.global_step}", state=state, model=self.model, keys=keys,
-                                     optimizer=optimizer, scheduler=scheduler, keep_last=cfg.keep_last_checkpoints)
+        return ckpt.write_checkpoint(
+            accelerator=self.accelerator,
+            checkpoint_dir=self.checkpoint_dir,
+            name=f"step-{self.global_step}",
+            state=state,
+            model=self.model,
+            keys=keys,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            keep_last=cfg.keep_last_checkpoints,
+        )
 
     def _resume(self, spec: str | os.PathLike) -> tuple[int, int, str | None]:
-        """Load weights and counters of a checkpoint; returns ``(stage, step in stage, path)`` to go on from."""
+        """Load weights and counters of a checkpoint; returns ``(stage, step in stage, path)`` to go on
+        from."""
         path = find_checkpoint(spec, self.output_dir)
         if path is None:
             return 0, 0, None
         state = load_trainer_state(path)
         cfg, acc = self.config, self.accelerator
-        ckpt.check_compatible(state, path, batch_size=cfg.batch_size, num_processes=acc.num_processes,
-                              grad_accum=cfg.grad_accum, seed=cfg.seed, grouped=self._grouped(),
-                              length_group_mult=cfg.length_group_mult, stage_names=[s.name for s in self.stages])
-        ckpt.validate_resume(state, path, model=self.model, stages=self.stages, process_index=acc.process_index)
+        ckpt.check_compatible(
+            state,
+            path,
+            batch_size=cfg.batch_size,
+            num_processes=acc.num_processes,
+            grad_accum=cfg.grad_accum,
+            seed=cfg.seed,
+            grouped=self._grouped(),
+            length_group_mult=cfg.length_group_mult,
+            stage_names=[s.name for s in self.stages],
+        )
+        ckpt.validate_resume(
+            state, path, model=self.model, stages=self.stages, process_index=acc.process_index
+        )
         ckpt.load_model_weights(self.model, path)
         self.global_step = int(state["global_step"])
         self.skipped_nonfinite = int(state["skipped_nonfinite"])
@@ -369,9 +483,15 @@ class Trainer:
         self.model.eval()
         try:
             if self.eval_dataset is not None:
-                out["eval_loss"] = eval_loss(self.accelerator, self.model, self.eval_dataset, inputs=self._inputs,
-                                             batch_size=self.config.batch_size, collate_fn=self.collate_fn,
-                                             num_workers=self.config.num_workers)
+                out["eval_loss"] = eval_loss(
+                    self.accelerator,
+                    self.model,
+                    self.eval_dataset,
+                    inputs=self._inputs,
+                    batch_size=self.config.batch_size,
+                    collate_fn=self.collate_fn,
+                    num_workers=self.config.num_workers,
+                )
             if self.eval_fn is not None and (self.is_main or is_sharded(self.model)):  # FSDP: all run it
                 for k, v in self.eval_fn(self.model, self.global_step).items():
                     out[k if k.startswith("eval_") else f"eval_{k}"] = float(v)
@@ -385,7 +505,8 @@ class Trainer:
         """Run every stage (or the rest of them, when resuming).
 
         Args:
-            resume: None (start fresh), ``"latest"`` (the run's latest checkpoint, or a fresh start when there is
+            resume: None (start fresh), ``"latest"`` (the run's latest checkpoint, or a fresh start when there
+            is
                 none yet: convenient for pre-emptible jobs), or a checkpoint path.
 
         Returns:
@@ -408,8 +529,13 @@ class Trainer:
         self.log.open_tensorboard()
         place_model(acc, self.model)  # + FSDP2 sharding when the launcher asked for FSDP
         start_stage, start_step, resume_path = self._resume(resume) if resume is not None else (0, 0, None)
-        bar = tqdm(total=self.total_steps, initial=self.global_step, disable=not (self.is_main and cfg.progress),
-                   dynamic_ncols=True, desc="train")
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            disable=not (self.is_main and cfg.progress),
+            dynamic_ncols=True,
+            desc="train",
+        )
         last_ckpt, rng_pending = resume_path, resume_path is not None
         try:
             for si in range(start_stage, len(self.stages)):
@@ -426,12 +552,16 @@ class Trainer:
                     scheduler.load_state_dict(ckpt.torch_load(os.path.join(resume_path, "scheduler.pt")))
                 if rng_pending:
                     # Restored last: nothing between here and the next step may draw random numbers.
-                    ckpt.set_rng_state(ckpt.torch_load(os.path.join(resume_path, f"rng-{acc.process_index}.pt")))
+                    ckpt.set_rng_state(
+                        ckpt.torch_load(os.path.join(resume_path, f"rng-{acc.process_index}.pt"))
+                    )
                     rng_pending = False
                 if stage.lora_scale is not None:
                     set_lora_scale(self.model, stage.lora_scale)
                 try:
-                    last_ckpt = self._run_stage(si, step0, sampler, wrapped, optimizer, scheduler, bar) or last_ckpt
+                    last_ckpt = (
+                        self._run_stage(si, step0, sampler, wrapped, optimizer, scheduler, bar) or last_ckpt
+                    )
                 finally:
                     if stage.lora_scale is not None:
                         set_lora_scale(self.model, 1.0)
@@ -440,12 +570,24 @@ class Trainer:
             bar.close()
             self.log.close()
         final_dir = self._save_final() if cfg.save_final else None
-        report_end_of_run(self.train_dataset, skipped_nonfinite=self.skipped_nonfinite, steps=self.global_step,
-                          is_main=self.is_main)
+        report_end_of_run(
+            self.train_dataset,
+            skipped_nonfinite=self.skipped_nonfinite,
+            steps=self.global_step,
+            is_main=self.is_main,
+        )
         return TrainResult(self.global_step, self.skipped_nonfinite, final_dir, last_ckpt, self.log_file)
 
-    def _run_stage(self, si: int, step0: int, sampler: StageSampler, wrapped: nn.Module,
-                   optimizer: Any, scheduler: Any, bar: Any) -> str | None:
+    def _run_stage(
+        self,
+        si: int,
+        step0: int,
+        sampler: StageSampler,
+        wrapped: nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        bar: Any,
+    ) -> str | None:
         cfg, stage = self.config, self.stages[si]
         params = [p for p in self.model.parameters() if p.requires_grad]
         stream = self._micro_batches(sampler, si, step0 * cfg.grad_accum)
@@ -454,16 +596,25 @@ class Trainer:
         wrapped.train()
         for step in range(step0, stage.steps):
             lr = optimizer.param_groups[0]["lr"]
-            bad, ids, losses, samples = forward_backward(self.accelerator, wrapped, stream, grad_accum=cfg.grad_accum,
-                                                         inputs=self._inputs)
+            bad, ids, losses, samples = forward_backward(
+                self.accelerator, wrapped, stream, grad_accum=cfg.grad_accum, inputs=self._inputs
+            )
             grad_norm = None
             if not bad:
-                grad_norm = clip_grad_norm(self.accelerator, self.model, params, cfg.max_grad_norm or float("inf"))
+                grad_norm = clip_grad_norm(
+                    self.accelerator, self.model, params, cfg.max_grad_norm or float("inf")
+                )
                 bad = grad_norm is not None and not math.isfinite(grad_norm)
             if bad:  # "stop", or past the skip budget (train.max_nonfinite_fraction): NonFiniteLossError
                 self.skipped_nonfinite += 1
-                check_nonfinite(cfg, skipped=self.skipped_nonfinite, total_steps=self.total_steps,
-                                step=self.global_step + 1, stage=stage.name, ids=ids)
+                check_nonfinite(
+                    cfg,
+                    skipped=self.skipped_nonfinite,
+                    total_steps=self.total_steps,
+                    step=self.global_step + 1,
+                    stage=stage.name,
+                    ids=ids,
+                )
             else:
                 optimizer.step()
             scheduler.step()
@@ -473,18 +624,31 @@ class Trainer:
             window.add(losses, samples)
             done = step + 1 == stage.steps
             if self.global_step % cfg.log_every == 0 or done:
-                rec = window.record(step=self.global_step, stage=stage.name, lr=lr, grad_norm=grad_norm,
-                                    skipped_nonfinite=self.skipped_nonfinite)
+                rec = window.record(
+                    step=self.global_step,
+                    stage=stage.name,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                    skipped_nonfinite=self.skipped_nonfinite,
+                )
                 self.log(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}" if rec["loss"] is not None else "nan", lr=f"{lr:.2e}",
-                                sps=f"{rec['samples_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{rec['loss']:.4f}" if rec["loss"] is not None else "nan",
+                    lr=f"{lr:.2e}",
+                    sps=f"{rec['samples_per_s']:.1f}",
+                )
             if eval_due(cfg.eval_every, self.global_step, done, self.eval_dataset, self.eval_fn):
                 self.log({"step": self.global_step, "stage": stage.name, **self.evaluate()})
                 wrapped.train()
             last_stage = si == len(self.stages) - 1
             if cfg.save_every and (self.global_step % cfg.save_every == 0 or (done and last_stage)):
-                last_ckpt = self.save_checkpoint(stage_index=si, step_in_stage=step + 1, sampler=sampler,
-                                                 optimizer=optimizer, scheduler=scheduler)
+                last_ckpt = self.save_checkpoint(
+                    stage_index=si,
+                    step_in_stage=step + 1,
+                    sampler=sampler,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                )
         return last_ckpt
 
     def _save_final(self) -> str | None:

@@ -13,8 +13,14 @@ from mowe.errors import AudioPlaceholderError
 
 def _llm_folder(path, *, with_tokenizer: bool):
     tok = llama_style_tokenizer(path if with_tokenizer else None)
-    LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, num_key_value_heads=1).save_pretrained(path)
+    LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    ).save_pretrained(path)
     return len(tok)
 
 

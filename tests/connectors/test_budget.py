@@ -38,7 +38,8 @@ def test_a_clip_budget_pools_each_clip_by_the_smallest_factor_that_fits():
     feats = torch.randn(3, 1000, 2)
     lens = torch.tensor([1000, 400, 900])
     out, n = budget(feats, lens, out_lengths=_stack)
-    # 1000 frames -> 250 tokens: pooled by 3 (334 frames, 84 tokens); 400 -> 100 tokens: as it is; 900 -> by 3.
+    # 1000 frames -> 250 tokens: pooled by 3 (334 frames, 84 tokens); 400 -> 100 tokens: as it is; 900 -> by
+    # 3.
     assert n.tolist() == [334, 400, 300] and _stack(n).tolist() == [84, 100, 75]
     assert torch.equal(out[1, :400], feats[1, :400])
     alone, m = budget(feats[2:, :900], lens[2:], out_lengths=_stack)
@@ -70,15 +71,17 @@ def test_an_unreachable_budget_is_named():
 def test_audio_tokens_counts_what_the_model_gives():
     assert audio_tokens(_stack, seconds=60) == 750
     assert audio_tokens(_stack, seconds=3600, budget=TokenBudget(max_tokens=4000)) == math.ceil(
-        math.ceil(180000 / 12) / 4)
+        math.ceil(180000 / 12) / 4
+    )
 
 
 def test_the_readme_token_table_is_what_the_script_computes():
-    spec = importlib.util.spec_from_file_location("tokens_per_minute",
-                                                  os.path.join(ROOT, "benchmarks", "tokens_per_minute.py"))
+    spec = importlib.util.spec_from_file_location(
+        "tokens_per_minute", os.path.join(ROOT, "benchmarks", "tokens_per_minute.py")
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read().splitlines()
     table = script.rows()
     start = readme.index(table[0])
-    assert readme[start:start + len(table)] == table
+    assert readme[start : start + len(table)] == table

@@ -21,13 +21,15 @@ def test_token_counts_and_padding_invariance(cls, kw, tokens):
     out = c(f, lens)
     assert out.lengths.tolist() == [tokens(23), tokens(10)] == c.out_lengths(lens).tolist()
     assert out.embeds.shape == (2, tokens(23), 6)
-    assert out.embeds[1, tokens(10):].abs().sum() == 0
+    assert out.embeds[1, tokens(10) :].abs().sum() == 0
     alone = c(f[1:, :10], lens[1:])
     torch.testing.assert_close(out.embeds[1, : tokens(10)], alone.embeds[0])
 
 
 def test_wrong_width_is_named():
-    with pytest.raises(MoWEInputError, match=r"LinearConnector: features must have shape \(batch, frames, 8\)"):
+    with pytest.raises(
+        MoWEInputError, match=r"LinearConnector: features must have shape \(batch, frames, 8\)"
+    ):
         LinearConnector(in_dim=8, out_dim=4)(torch.randn(1, 3, 7), torch.tensor([3]))
 
 
@@ -42,7 +44,7 @@ def test_stats_token_is_the_mlp_of_each_clips_frame_mean_and_std():
         token = out.embeds[i, out.lengths[i] - 1]
         torch.testing.assert_close(token, c.stats(stats))
         # the frame tokens before it are the plain stacked tokens
-        plain = _without_stats(c)(f[i:i + 1, :n], lens[i:i + 1]).embeds[0]
+        plain = _without_stats(c)(f[i : i + 1, :n], lens[i : i + 1]).embeds[0]
         torch.testing.assert_close(out.embeds[i, : out.lengths[i] - 1], plain)
     # padding frames do not move the statistics: a large value past the end changes nothing
     g = f.clone()

@@ -32,8 +32,9 @@ def test_drop_partial_windows_as_unfold_without_padding():
     lengths = torch.tensor([1500, 34, 33, 17, 16])
     assert window_count(lengths, window=17, stride=17, partial="drop").tolist() == [88, 2, 1, 1, 0]
     assert window_count(lengths, window=17, stride=17).tolist() == [89, 2, 2, 1, 1]
-    qf = WindowQFormerConnector(in_dim=10, out_dim=8, hidden_dim=16, num_heads=2, stream_dims=(6, 4),
-                                partial_window="drop")
+    qf = WindowQFormerConnector(
+        in_dim=10, out_dim=8, hidden_dim=16, num_heads=2, stream_dims=(6, 4), partial_window="drop"
+    )
     assert isinstance(qf.input_norm, PerStreamNorm)
     out = qf(torch.randn(2, 40, 10), torch.tensor([40, 34]))
     assert out.lengths.tolist() == [2, 2] and out.embeds.shape == (2, 2, 8)

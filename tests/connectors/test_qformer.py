@@ -21,7 +21,8 @@ def make(**kw) -> WindowQFormerConnector:
 
 
 def brute_force_windows(length: int, window: int, stride: int) -> int:
-    """Windows slide from frame 0 while they start inside the clip and still add frames the previous one lacked."""
+    """Windows slide from frame 0 while they start inside the clip and still add frames the previous one
+    lacked."""
     n, start = 0, 0
     while start < length and (n == 0 or start - stride + window < length):
         n, start = n + 1, start + stride

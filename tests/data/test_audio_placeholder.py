@@ -1,4 +1,5 @@
-"""mowe.data.tokenizer's placeholder helpers: add_audio_token and the check every processor runs (issue 28)."""
+"""mowe.data.tokenizer's placeholder helpers: add_audio_token and the check every processor runs (issue
+28)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,14 @@ def test_add_audio_token_adds_a_special_token_past_the_vocabulary_once():
     n = len(tok)
     assert add_audio_token(tok) == n and add_audio_token(tok) == n and len(tok) == n + 1
     ids = tok("<|audio|> the brown <|audio|>", add_special_tokens=False)["input_ids"]
-    assert ids.count(n) == 2 and n not in tok("the brown fox <audio> |audio|", add_special_tokens=False)["input_ids"]
+    assert (
+        ids.count(n) == 2
+        and n not in tok("the brown fox <audio> |audio|", add_special_tokens=False)["input_ids"]
+    )
     assert MoWEProcessor(tok).audio_token_id == n
-    bpe = train_bpe_tokenizer(["three one four"], vocab_size=300)  # <|audio|> is one of its special tokens already
+    bpe = train_bpe_tokenizer(
+        ["three one four"], vocab_size=300
+    )  # <|audio|> is one of its special tokens already
     n_bpe = len(bpe)
     assert add_audio_token(bpe) == bpe.convert_tokens_to_ids("<|audio|>") == 3 and len(bpe) == n_bpe
 

@@ -158,7 +158,8 @@ class Case:
         error: regex the AudioLoadError message must match (``re.search``), or None if the file must load.
         check: for loading cases, asserts on the clip.
         info_error: whether :func:`audio_info` (header only) rejects it too.
-        libsndfile: the error comes from libsndfile and must be chained as ``__cause__`` with its message kept.
+        libsndfile: the error comes from libsndfile and must be chained as ``__cause__`` with its message
+        kept.
     """
 
     id: str

@@ -1,4 +1,5 @@
-"""Long audio in windows: ``stream_audio`` keeps memory bounded and gives the same windows as ``load_audio``."""
+"""Long audio in windows: ``stream_audio`` keeps memory bounded and gives the same windows as
+``load_audio``."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ _SCRIPT = textwrap.dedent("""
     rate, seconds = 8000, 7200
     frames = rate * seconds
     with open(big, "wb") as f:  # a 2-hour 16-bit WAV: 1 s of tone, then sparse zeros (digital silence)
-        f.write(b"RIFF" + struct.pack("<I", 36 + 2 * frames) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate,
-                2 * rate, 2, 16) + b"data" + struct.pack("<I", 2 * frames))
+        fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+        f.write(b"RIFF" + struct.pack("<I", 36 + 2 * frames) + b"WAVEfmt " + fmt + b"data"
+                + struct.pack("<I", 2 * frames))
         f.write((8000 * np.sin(np.arange(rate) * 0.1)).astype("<i2").tobytes())
         f.truncate(44 + 2 * frames)
     sf.write(small, np.zeros(4000, dtype=np.float32), rate)
@@ -50,9 +52,17 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_two_hour_file_streams_in_windows_under_100_mb(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", _SCRIPT, str(tmp_path / "two hours.wav"), str(tmp_path / "s.wav")],
-                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, str(tmp_path / "two hours.wav"), str(tmp_path / "s.wav")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     # 2 h at 8 kHz resampled to 16 kHz: 115.2 M samples (461 MB as float32) in 240 windows of 30 s.

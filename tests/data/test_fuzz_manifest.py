@@ -1,8 +1,9 @@
-"""Property fuzz of ManifestDataset: any manifest bytes give a dataset or a ManifestError, never another exception.
+"""Property fuzz of ManifestDataset: any manifest bytes give a dataset or a ManifestError, never another
+exception.
 
 Manifests are random bytes, or lines built from valid examples whose fields are dropped, retyped or replaced
-by arbitrary JSON, whose audio paths point at good, broken, missing or odd files, and whose bytes are then cut,
-flipped or spliced. Both ``on_bad_example`` modes are checked; a dataset that is built must be consistent
+by arbitrary JSON, whose audio paths point at good, broken, missing or odd files, and whose bytes are then
+cut, flipped or spliced. Both ``on_bad_example`` modes are checked; a dataset that is built must be consistent
 and its first example must read (or, in "skip" mode, be None and reported). Audio problems raise
 ManifestAudioError, which is a ManifestError too.
 """
@@ -45,14 +46,33 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
-audio_values = st.sampled_from(["a.wav", "sub/b.wav", "garbage.wav", "empty.wav", "text.wav", "missing.wav", "sub",
-                                "", "../a.wav", "a\u0000.wav", "x" * 300, "/dev/null", "ABS"]) | st.text(max_size=20)
+audio_values = st.sampled_from(
+    [
+        "a.wav",
+        "sub/b.wav",
+        "garbage.wav",
+        "empty.wav",
+        "text.wav",
+        "missing.wav",
+        "sub",
+        "",
+        "../a.wav",
+        "a\u0000.wav",
+        "x" * 300,
+        "/dev/null",
+        "ABS",
+    ]
+) | st.text(max_size=20)
 
 
 @st.composite
 def example_line(draw: st.DrawFn, root: Path) -> bytes:
-    obj: dict = {"audio": draw(audio_values), "instruction": draw(st.text(max_size=20)),
-                 "answer": draw(st.text(max_size=20)), "task": draw(st.sampled_from(["asr", "gender", ""]))}
+    obj: dict = {
+        "audio": draw(audio_values),
+        "instruction": draw(st.text(max_size=20)),
+        "answer": draw(st.text(max_size=20)),
+        "task": draw(st.sampled_from(["asr", "gender", ""])),
+    }
     if obj["audio"] == "ABS":
         obj["audio"] = str(root / "a.wav")
     if draw(st.booleans()):
@@ -72,7 +92,7 @@ def example_line(draw: st.DrawFn, root: Path) -> bytes:
     for _ in range(draw(st.integers(0, 2))):  # byte-level damage
         op = draw(st.sampled_from(["cut", "flip", "splice"]))
         if op == "cut" and data:
-            del data[draw(st.integers(0, len(data) - 1)):]
+            del data[draw(st.integers(0, len(data) - 1)) :]
         elif op == "flip" and data:
             data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
         elif op == "splice":

@@ -16,8 +16,12 @@ from mowe.errors import AudioTooLongError, ConfigError, MoWEInputError
 
 def _noise(path, seconds: float, sr: int, channels: int = 1, subtype: str = "PCM_16"):
     rng = np.random.default_rng(sr + channels)
-    sf.write(path, (0.2 * rng.standard_normal((int(seconds * sr), channels))).astype(np.float32), sr,
-             subtype=subtype)
+    sf.write(
+        path,
+        (0.2 * rng.standard_normal((int(seconds * sr), channels))).astype(np.float32),
+        sr,
+        subtype=subtype,
+    )
     return path
 
 
@@ -61,8 +65,9 @@ def test_processor_max_duration_applies_to_files_and_arrays_used_whole(tmp_path)
     tok = train_bpe_tokenizer(["what is said", "a low tone", "a high tone"] * 5, vocab_size=300)
     p = _noise(tmp_path / "six.wav", 6.0, 16000)
     chunk = MoWEProcessor(tok, max_audio_seconds=2.0, length_policy="chunk", max_duration_seconds=5.0)
-    with pytest.raises(AudioTooLongError,
-                       match=r"six.wav.*6.0 s.*maximum duration of 5 s.*max_duration_seconds"):
+    with pytest.raises(
+        AudioTooLongError, match=r"six.wav.*6.0 s.*maximum duration of 5 s.*max_duration_seconds"
+    ):
         chunk.prepare_audio(str(p))
     with pytest.raises(AudioTooLongError, match=r"audio\[0\].*6.0 s"):
         chunk(text="hi", audio=torch.zeros(6 * 16000), sampling_rate=16000)
@@ -93,10 +98,11 @@ def test_an_mp3_is_held_to_the_limit_by_its_decoded_samples(tmp_path):
     x = (0.1 * np.random.default_rng(0).standard_normal(16000 * 12)).astype(np.float32)
     with sf.SoundFile(p, "w", 16000, 1, format="MP3") as f:
         for i in range(0, x.size, 4096):
-            f.write(x[i:i + 4096])
+            f.write(x[i : i + 4096])
     assert check_duration(p, 5) == pytest.approx(12.0, abs=0.1)  # an estimate: not refused on it
-    with pytest.raises(AudioTooLongError,
-                       match=r"talk.mp3' is at least .* s long.*maximum duration of 5 s") as e:
+    with pytest.raises(
+        AudioTooLongError, match=r"talk.mp3' is at least .* s long.*maximum duration of 5 s"
+    ) as e:
         list(stream_audio(p, window_seconds=2, max_duration_seconds=5))
     assert e.value.duration_seconds > 5
     assert sum(w.shape[0] for w in stream_audio(p, window_seconds=2, max_duration_seconds=12.5)) >= 16000 * 12

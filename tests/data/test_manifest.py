@@ -27,14 +27,18 @@ SR = 16_000
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def write_wav(path: Path, seconds: float = 0.25, *, sr: int = SR, subtype: str = "PCM_16", seed: int = 0) -> Path:
+def write_wav(
+    path: Path, seconds: float = 0.25, *, sr: int = SR, subtype: str = "PCM_16", seed: int = 0
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     x = np.random.default_rng(seed).uniform(-0.5, 0.5, int(seconds * sr)).astype(np.float32)
     sf.write(str(path), x, sr, subtype=subtype)
     return path
 
 
-def line(audio: str, *, instruction: str = "Transcribe.", answer: str = "hi", task: str = "asr", **extra) -> str:
+def line(
+    audio: str, *, instruction: str = "Transcribe.", answer: str = "hi", task: str = "asr", **extra
+) -> str:
     return json.dumps({"audio": audio, "instruction": instruction, "answer": answer, "task": task, **extra})
 
 
@@ -50,11 +54,14 @@ def corpus(tmp_path: Path) -> Path:
     root = tmp_path / "data"
     for i, sec in enumerate([0.25, 0.5, 0.75]):
         write_wav(root / "audio" / f"c{i}.wav", sec, seed=i)
-    return write_manifest(root / "train.jsonl", [
-        line("audio/c0.wav", answer="zero", id="ex0"),
-        line("audio/c1.wav", answer="one", task="gender", meta={"voice": "x"}),
-        line("audio/c2.wav", answer="two"),
-    ])
+    return write_manifest(
+        root / "train.jsonl",
+        [
+            line("audio/c0.wav", answer="zero", id="ex0"),
+            line("audio/c1.wav", answer="one", task="gender", meta={"voice": "x"}),
+            line("audio/c2.wav", answer="two"),
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -108,8 +115,9 @@ def test_read_time_failure_in_skip_mode_returns_none_and_is_reported(tmp_path: P
     x = np.zeros(4000, dtype=np.float32)
     x[100] = np.nan
     sf.write(str(bad), x, SR, subtype="FLOAT")
-    ds = ManifestDataset(write_manifest(tmp_path / "m.jsonl", [line("good.wav"), line("nan.wav")]),
-                         on_bad_example="skip")
+    ds = ManifestDataset(
+        write_manifest(tmp_path / "m.jsonl", [line("good.wav"), line("nan.wav")]), on_bad_example="skip"
+    )
     assert len(ds) == 2
     with pytest.warns(BadExampleWarning, match="nan.wav"):
         assert ds[1] is None
@@ -141,7 +149,8 @@ def test_task_filter(corpus: Path):
 
 # ----------------------------------------------------------------------------------------------- bad data
 def _zoo(root: Path, case: str) -> tuple[str | bytes, str | None, type[Exception]]:
-    """Write what ``case`` needs under ``root``; return (bad manifest line, audio file it names, error type)."""
+    """Write what ``case`` needs under ``root``; return (bad manifest line, audio file it names, error
+    type)."""
     audio = root / f"{case}.wav"
     if case == "missing_file":
         return line(audio.name), audio.name, ManifestAudioError
@@ -162,21 +171,41 @@ def _zoo(root: Path, case: str) -> tuple[str | bytes, str | None, type[Exception
         return {
             "malformed_json": ('{"audio": "x.wav", "instruction": ', None, ManifestError),
             "not_an_object": ('["audio", "x.wav"]', None, ManifestError),
-            "missing_field": (json.dumps({"audio": audio.name, "instruction": "i", "task": "asr"}), audio.name,
-                              ManifestError),
+            "missing_field": (
+                json.dumps({"audio": audio.name, "instruction": "i", "task": "asr"}),
+                audio.name,
+                ManifestError,
+            ),
             "non_string_field": (line(audio.name, answer=3), audio.name, ManifestError),  # type: ignore[arg-type]
             "empty_audio_field": (line(""), None, ManifestError),
-            "non_utf8": (b'{"audio": "' + audio.name.encode() + b'", "instruction": "\xff\xfe"}', None,
-                         ManifestError),
+            "non_utf8": (
+                b'{"audio": "' + audio.name.encode() + b'", "instruction": "\xff\xfe"}',
+                None,
+                ManifestError,
+            ),
             "duplicate_id": (line(audio.name, id="good0"), audio.name, ManifestError),
             "null_byte_in_path": (line("a\u0000b.wav"), None, ManifestAudioError),
         }[case]
     return line(audio.name), audio.name, ManifestAudioError
 
 
-ZOO = ["missing_file", "empty_file", "cut_in_header", "header_only", "corrupt_bytes", "not_audio", "directory",
-       "malformed_json", "not_an_object", "missing_field", "non_string_field", "empty_audio_field", "non_utf8",
-       "duplicate_id", "null_byte_in_path"]
+ZOO = [
+    "missing_file",
+    "empty_file",
+    "cut_in_header",
+    "header_only",
+    "corrupt_bytes",
+    "not_audio",
+    "directory",
+    "malformed_json",
+    "not_an_object",
+    "missing_field",
+    "non_string_field",
+    "empty_audio_field",
+    "non_utf8",
+    "duplicate_id",
+    "null_byte_in_path",
+]
 
 
 @pytest.mark.parametrize("case", ZOO)
@@ -184,7 +213,9 @@ def test_bad_data_zoo(tmp_path: Path, case: str):
     write_wav(tmp_path / "good0.wav")
     write_wav(tmp_path / "good1.wav")
     bad_line, audio_name, err = _zoo(tmp_path, case)
-    manifest = write_manifest(tmp_path / "m.jsonl", [line("good0.wav", id="good0"), bad_line, line("good1.wav")])
+    manifest = write_manifest(
+        tmp_path / "m.jsonl", [line("good0.wav", id="good0"), bad_line, line("good1.wav")]
+    )
 
     with pytest.raises(err) as ei:
         ManifestDataset(manifest)
@@ -248,8 +279,10 @@ def test_task_weights_set_the_task_proportions():
     for t, p in {"a": 0.25, "b": 0.25, "c": 0.5}.items():
         assert abs(freq[t] / len(idx) - p) < 0.02, freq
     assert len({i for i in idx if tasks[i] == "c"}) == 3  # every example of a task gets drawn
-    assert s.epoch_order(0).tolist() == _sampler(len(tasks), task_list=tasks, tasks={"a": 1.0, "b": 1.0, "c": 2.0}
-                                                 ).epoch_order(0).tolist()  # a function of (seed, stage, epoch)
+    assert (
+        s.epoch_order(0).tolist()
+        == _sampler(len(tasks), task_list=tasks, tasks={"a": 1.0, "b": 1.0, "c": 2.0}).epoch_order(0).tolist()
+    )  # a function of (seed, stage, epoch)
     assert s.epoch_order(1).tolist() != s.epoch_order(0).tolist()
 
 
@@ -267,7 +300,7 @@ def _padding(lengths: np.ndarray, order: list[int], bs: int) -> float:
     """Fraction of a padded batch that is padding, over all batches of ``order``."""
     total = pad = 0.0
     for i in range(0, len(order), bs):
-        b = lengths[order[i:i + bs]]
+        b = lengths[order[i : i + bs]]
         total += b.max() * len(b)
         pad += (b.max() - b).sum()
     return pad / total
@@ -290,8 +323,9 @@ def test_length_grouping_reduces_padding():
 def test_length_grouped_batches_feed_a_dataloader(corpus: Path):
     ds = ManifestDataset(corpus)
     s = _sampler(len(ds), batch_size=2, lengths=ds.lengths, seed=0)
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=s.process_batches(0),
-                                         collate_fn=lambda xs: [x["id"] for x in xs])
+    loader = torch.utils.data.DataLoader(
+        ds, batch_sampler=s.process_batches(0), collate_fn=lambda xs: [x["id"] for x in xs]
+    )
     ids = [i for b in loader for i in b]
     assert len(ids) == s.batches_per_epoch * 2 and len(set(ids)) == len(ids) and set(ids) <= set(ds.ids)
 
@@ -304,8 +338,9 @@ def test_skipped_examples_are_dropped_by_the_collator(tmp_path: Path):
     proc = MoWEProcessor(train_bpe_tokenizer(["transcribe hi"], vocab_size=300))
     write_wav(tmp_path / "a.wav")
     write_wav(tmp_path / "b.wav")
-    ds = ManifestDataset(write_manifest(tmp_path / "m.jsonl", [line("a.wav"), line("b.wav")]),
-                         on_bad_example="skip")
+    ds = ManifestDataset(
+        write_manifest(tmp_path / "m.jsonl", [line("a.wav"), line("b.wav")]), on_bad_example="skip"
+    )
     os.remove(tmp_path / "b.wav")
     with pytest.warns(BadExampleWarning):
         batch = MoWECollator(proc)([ds[0], ds[1]])

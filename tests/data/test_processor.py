@@ -21,8 +21,14 @@ from mowe.errors import AudioLoadError, ConfigError, MoWEInputError
 from mowe.salmonn import PROMPT_TEMPLATE as SALMONN_PROMPT_TEMPLATE
 
 SR = 16_000
-TEXTS = ["transcribe the speech", "three one four one five nine two six", "what is the gender of the speaker",
-         "male female", "you are a helpful assistant that listens to audio", "describe the sound event"] * 5
+TEXTS = [
+    "transcribe the speech",
+    "three one four one five nine two six",
+    "what is the gender of the speaker",
+    "male female",
+    "you are a helpful assistant that listens to audio",
+    "describe the sound event",
+] * 5
 ASR_PARAPHRASES = [f"Please write down what is said, version {i}." for i in range(15)]
 
 
@@ -38,12 +44,20 @@ def proc(tok):
 
 
 def wave(seconds: float, seed: int = 0) -> torch.Tensor:
-    return torch.from_numpy(np.random.default_rng(seed).uniform(-0.3, 0.3, int(seconds * SR)).astype(np.float32))
+    return torch.from_numpy(
+        np.random.default_rng(seed).uniform(-0.3, 0.3, int(seconds * SR)).astype(np.float32)
+    )
 
 
 def example(i: int, *, task: str = "asr", answer: str = "three one four", seconds: float = 0.3) -> dict:
-    return {"id": f"ex{i}", "audio": wave(seconds, i), "instruction": "Transcribe the speech.", "answer": answer,
-            "task": task, "duration": seconds}
+    return {
+        "id": f"ex{i}",
+        "audio": wave(seconds, i),
+        "instruction": "Transcribe the speech.",
+        "answer": answer,
+        "task": task,
+        "duration": seconds,
+    }
 
 
 def tiny_model(tok, proc):
@@ -51,14 +65,25 @@ def tiny_model(tok, proc):
     from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig
 
     W = {"d_model": 64, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 128}
-    llm = {"model_type": "llama", "vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
-           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 2048}
+    llm = {
+        "model_type": "llama",
+        "vocab_size": len(tok),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 2048,
+    }
     cfg = MoWEConfig(
         strong=EncoderConfig("whisper", preset="tiny", overrides=W, pad_to_30s=False),
-        weak_encoders={"w": EncoderConfig("whisper", preset="tiny", overrides={**W, "d_model": 32}, pad_to_30s=False)},
+        weak_encoders={
+            "w": EncoderConfig("whisper", preset="tiny", overrides={**W, "d_model": 32}, pad_to_30s=False)
+        },
         connector=ConnectorConfig("stack", {"stack": 4}),
         llm=LLMConfig(config=llm),
-        audio_token_id=proc.audio_token_id)
+        audio_token_id=proc.audio_token_id,
+    )
     torch.manual_seed(0)
     return MoWEAudioLLM.from_config(cfg)
 
@@ -94,8 +119,9 @@ def test_bpe_tokenizer_trains_and_reloads(tmp_path: Path):
 # ----------------------------------------------------------------------------------------------- prompts
 def test_one_audio_token_per_clip_implicit_and_explicit(proc, tok):
     texts = ["Transcribe the speech.", f"Listen {AUDIO_TOKEN} and say the gender.", "What sound is it?"]
-    out = proc(text=texts, audio=[wave(0.2), wave(0.5, 1), wave(0.3, 2).numpy().astype(np.float64)],
-               sampling_rate=SR)
+    out = proc(
+        text=texts, audio=[wave(0.2), wave(0.5, 1), wave(0.3, 2).numpy().astype(np.float64)], sampling_rate=SR
+    )
     assert set(out) == {"input_ids", "attention_mask", "waveforms", "wave_lengths"}
     assert ((out["input_ids"] == proc.audio_token_id).sum(1) == 1).all()
     assert out["waveforms"].shape == (3, 8000) and out["wave_lengths"].tolist() == [3200, 8000, 4800]
@@ -108,8 +134,15 @@ def test_one_audio_token_per_clip_implicit_and_explicit(proc, tok):
 
 def test_prompt_template_overrides_chat_template(tok):
     p = MoWEProcessor(tok, prompt_template=SALMONN_PROMPT_TEMPLATE)
-    assert p.build_prompt("What is said?") == f"<|bos|>USER: <Speech>{AUDIO_TOKEN}</Speech> What is said?\nASSISTANT:"
-    for bad, match in [("{instruction}", r"\{audio\}"), ("{audio}{instr}", r"\{instr\}"), ("{audio", "format")]:
+    assert (
+        p.build_prompt("What is said?")
+        == f"<|bos|>USER: <Speech>{AUDIO_TOKEN}</Speech> What is said?\nASSISTANT:"
+    )
+    for bad, match in [
+        ("{instruction}", r"\{audio\}"),
+        ("{audio}{instr}", r"\{instr\}"),
+        ("{audio", "format"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             MoWEProcessor(tok, prompt_template=bad)
 
@@ -135,21 +168,28 @@ def test_audio_paths_and_length_policies(tok, tmp_path: Path):
         out = MoWEProcessor(tok, max_audio_seconds=2.0)(text="T.", audio=wave(3.0), sampling_rate=SR)
     assert out["wave_lengths"].tolist() == [2 * SR]
     with pytest.raises(MoWEInputError, match="max_audio_seconds"):
-        MoWEProcessor(tok, max_audio_seconds=2.0, length_policy="error")(text="T.", audio=wave(3.0),
-                                                                         sampling_rate=SR)
+        MoWEProcessor(tok, max_audio_seconds=2.0, length_policy="error")(
+            text="T.", audio=wave(3.0), sampling_rate=SR
+        )
     with pytest.raises(AudioLoadError, match="missing.wav"):
         chunk(text="T.", audio=str(tmp_path / "missing.wav"))
     # A training collator never chunks: one clip, one answer.
     with pytest.warns(UserWarning, match="inference|truncated") as rec:
         b = MoWECollator(chunk)([{**example(0), "audio": wave(5.0)}])
-    assert any("inference" in str(w.message) for w in rec) and any(w.category is AudioTruncatedWarning for w in rec)
+    assert any("inference" in str(w.message) for w in rec) and any(
+        w.category is AudioTruncatedWarning for w in rec
+    )
     assert b["wave_lengths"].tolist() == [2 * SR] and b["input_ids"].eq(chunk.audio_token_id).sum() == 1
 
 
-# ----------------------------------------------------------------------------------------------- labels / padding
+# ----------------------------------------------------------------------------------------------- labels /
+# padding
 def test_labels_cover_exactly_the_answer_and_eos(proc, tok):
-    exs = [example(0, answer="three one four"), example(1, answer="male", task="gender"),
-           example(2, answer="the speaker is female")]
+    exs = [
+        example(0, answer="three one four"),
+        example(1, answer="male", task="gender"),
+        example(2, answer="the speaker is female"),
+    ]
     b = MoWECollator(proc)(exs)
     assert b["labels"].shape == b["input_ids"].shape and b["labels"].dtype == torch.long
     for i, ex in enumerate(exs):
@@ -172,8 +212,12 @@ def test_left_and_right_padding(proc):
     left = MoWECollator(proc, padding_side="left")(exs)
     assert right["attention_mask"][0, -1] == 0 and left["attention_mask"][0, 0] == 0
     assert right["attention_mask"][1].all() and left["attention_mask"][1].all()
-    assert unpadded(right["input_ids"], right["attention_mask"]) == unpadded(left["input_ids"], left["attention_mask"])
-    assert unpadded(right["labels"], right["attention_mask"]) == unpadded(left["labels"], left["attention_mask"])
+    assert unpadded(right["input_ids"], right["attention_mask"]) == unpadded(
+        left["input_ids"], left["attention_mask"]
+    )
+    assert unpadded(right["labels"], right["attention_mask"]) == unpadded(
+        left["labels"], left["attention_mask"]
+    )
     assert (right["input_ids"][right["attention_mask"] == 0] == proc.pad_token_id).all()
 
     gen = MoWECollator(proc, train=False)(exs)  # prompts only, left-padded, answers kept aside
@@ -217,8 +261,15 @@ def test_paraphrases_are_deterministic_and_train_only(tok):
 
 # ----------------------------------------------------------------------------------------------- save / load
 def test_processor_save_load_round_trip(tok, tmp_path: Path):
-    p = MoWEProcessor(tok, prompt_template=SALMONN_PROMPT_TEMPLATE, paraphrases={"asr": ASR_PARAPHRASES},
-                      max_audio_seconds=12.5, length_policy="chunk", seed=3, system_prompt=None)
+    p = MoWEProcessor(
+        tok,
+        prompt_template=SALMONN_PROMPT_TEMPLATE,
+        paraphrases={"asr": ASR_PARAPHRASES},
+        max_audio_seconds=12.5,
+        length_policy="chunk",
+        seed=3,
+        system_prompt=None,
+    )
     p.save_pretrained(tmp_path / "proc")
     q = MoWEProcessor.from_pretrained(tmp_path / "proc")
     assert q.to_dict() == p.to_dict() and q.audio_token_id == p.audio_token_id

@@ -24,17 +24,39 @@ from mowe.training.run_file import DataSection, load_run_file
 
 FIELDS = [f.name for f in dataclasses.fields(ProcessorOptions)]
 # A value other than the default for every option (the test below fails until a new option has one here).
-NON_DEFAULT = {"audio_token": "<|clip|>", "system_prompt": None,
-               "prompt_template": "Q: {audio} {instruction}\nA:",
-               "paraphrases": {"asr": ["Write it down.", "What is said?"]}, "max_audio_seconds": 12.5,
-               "length_policy": "chunk", "seed": 7, "max_duration_seconds": 600.0}
+NON_DEFAULT = {
+    "audio_token": "<|clip|>",
+    "system_prompt": None,
+    "prompt_template": "Q: {audio} {instruction}\nA:",
+    "paraphrases": {"asr": ["Write it down.", "What is said?"]},
+    "max_audio_seconds": 12.5,
+    "length_policy": "chunk",
+    "seed": 7,
+    "max_duration_seconds": 600.0,
+}
 # Bad values, each refused naming its option, whichever way the options come in.
-BAD = [("audio_token", 3), ("audio_token", ""), ("system_prompt", ["a"]), ("system_prompt", "hi <|audio|>"),
-       ("prompt_template", "{instruction}"), ("prompt_template", "{audio}{instruction}{x}"),
-       ("prompt_template", "{audio"), ("paraphrases", {"asr": "one string"}), ("paraphrases", {"asr": []}),
-       ("paraphrases", ["a"]), ("max_audio_seconds", 0), ("max_audio_seconds", float("inf")),
-       ("max_audio_seconds", "30"), ("length_policy", "pad"), ("seed", -1), ("seed", 1.5), ("seed", True),
-       ("max_duration_seconds", 0), ("max_duration_seconds", -60.0), ("max_duration_seconds", float("nan"))]
+BAD = [
+    ("audio_token", 3),
+    ("audio_token", ""),
+    ("system_prompt", ["a"]),
+    ("system_prompt", "hi <|audio|>"),
+    ("prompt_template", "{instruction}"),
+    ("prompt_template", "{audio}{instruction}{x}"),
+    ("prompt_template", "{audio"),
+    ("paraphrases", {"asr": "one string"}),
+    ("paraphrases", {"asr": []}),
+    ("paraphrases", ["a"]),
+    ("max_audio_seconds", 0),
+    ("max_audio_seconds", float("inf")),
+    ("max_audio_seconds", "30"),
+    ("length_policy", "pad"),
+    ("seed", -1),
+    ("seed", 1.5),
+    ("seed", True),
+    ("max_duration_seconds", 0),
+    ("max_duration_seconds", -60.0),
+    ("max_duration_seconds", float("nan")),
+]
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +113,14 @@ def test_every_option_round_trips_through_save_and_load(tok, tmp_path: Path):
 
 
 def _run_file(tmp_path: Path, processor: dict) -> Path:
-    run = {"model": {}, "tokenizer": {"train_bpe": {"vocab_size": 300}}, "data": {"train": "train.jsonl"},
-           "train": {"output_dir": "out"},
-           "stages": [{"name": "s", "train": ["lora"], "steps": 1, "lr": 1e-3}],
-           "processor": processor}
+    run = {
+        "model": {},
+        "tokenizer": {"train_bpe": {"vocab_size": 300}},
+        "data": {"train": "train.jsonl"},
+        "train": {"output_dir": "out"},
+        "stages": [{"name": "s", "train": ["lora"], "steps": 1, "lr": 1e-3}],
+        "processor": processor,
+    }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(run))
     return path

@@ -30,9 +30,13 @@ def test_every_template_passes_the_processors_check():
 
 def test_a_tokenizer_without_chat_template_gets_the_default_template():
     vocab = {w: i for i, w in enumerate(["<unk>", "<|bos|>", "<|eos|>", "<|audio|>", "hi"])}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
-                                  bos_token="<|bos|>", eos_token="<|eos|>", unk_token="<unk>",
-                                  additional_special_tokens=["<|audio|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<unk>")),
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|audio|>"],
+    )
     tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     assert not tok.chat_template
     proc = MoWEProcessor(tok, system_prompt="S")

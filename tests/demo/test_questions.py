@@ -1,4 +1,5 @@
-"""The demo's shared-clip question corpus: every speech clip is asked what / who / how, voices are held out."""
+"""The demo's shared-clip question corpus: every speech clip is asked what / who / how, voices are held
+out."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from mowe.demo.questions import OTHER_TASKS, PITCH_BINS, SPEECH_TASKS, build_que
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("qcorpus")
-    info = build_question_corpus(out, speech_clips={"train": 12, "test": 6}, other={"train": 3, "test": 2},
-                                 seed=0, progress=False)
+    info = build_question_corpus(
+        out, speech_clips={"train": 12, "test": 6}, other={"train": 3, "test": 2}, seed=0, progress=False
+    )
     rows = {s: [json.loads(x) for x in (out / f"{s}.jsonl").read_text().splitlines()] for s in C.SPLITS}
     return out, info, rows
 
@@ -29,7 +31,10 @@ def test_each_speech_clip_gets_one_question_per_speech_task(built):
             by_clip.setdefault(r["audio"], []).append(r["task"])
         speech = [tasks for tasks in by_clip.values() if len(tasks) > 1]
         assert len(speech) == n_clips and all(sorted(t) == sorted(SPEECH_TASKS) for t in speech)
-        assert info.counts[split] == {**{t: n_clips for t in SPEECH_TASKS}, **{t: n_other for t in OTHER_TASKS}}
+        assert info.counts[split] == {
+            **{t: n_clips for t in SPEECH_TASKS},
+            **{t: n_other for t in OTHER_TASKS},
+        }
     assert rows["dev"] == []
 
 
@@ -66,28 +71,38 @@ def test_audio_is_real_16k_speech_and_the_build_is_deterministic(built, tmp_path
     r = next(r for r in rows["test"] if r["task"] == "asr")
     x, sr = sf.read(out / r["audio"], dtype="float32")
     assert sr == 16_000 and abs(len(x) / sr - r["meta"]["duration"]) < 1e-3 and np.abs(x).max() > 0.01
-    again = build_question_corpus(tmp_path / "again", speech_clips={"train": 12, "test": 6},
-                                  other={"train": 3, "test": 2}, seed=0, progress=False)
+    again = build_question_corpus(
+        tmp_path / "again",
+        speech_clips={"train": 12, "test": 6},
+        other={"train": 3, "test": 2},
+        seed=0,
+        progress=False,
+    )
     assert (tmp_path / "again" / "train.jsonl").read_bytes() == (out / "train.jsonl").read_bytes()
     assert again.counts == built[1].counts
 
 
 def test_pitch_labels_change_the_voice_pitch(built):
-    """The pitch question is answerable: within one voice, a higher -p bin gives a higher F0 (autocorrelation)."""
+    """The pitch question is answerable: within one voice, a higher -p bin gives a higher F0
+    (autocorrelation)."""
+
     def f0(x):
         fr, hop, out = 640, 160, []
         for i in range(0, len(x) - fr, hop):
-            w = x[i:i + fr] - x[i:i + fr].mean()
-            if np.sqrt(np.mean(w ** 2)) < 0.02:
+            w = x[i : i + fr] - x[i : i + fr].mean()
+            if np.sqrt(np.mean(w**2)) < 0.02:
                 continue
-            ac = np.correlate(w, w, "full")[fr - 1:]
+            ac = np.correlate(w, w, "full")[fr - 1 :]
             lag = 40 + int(np.argmax(ac[40:267]))
             if ac[lag] > 0.5 * ac[0]:
                 out.append(16_000 / lag)
         return float(np.median(out))
 
     voice = "en-us+m4"
-    lo, hi = (f0(C._speak("the quick brown fox", voice, 160, p)) for p in (PITCH_BINS["low"][0], PITCH_BINS["high"][1]))
+    lo, hi = (
+        f0(C._speak("the quick brown fox", voice, 160, p))
+        for p in (PITCH_BINS["low"][0], PITCH_BINS["high"][1])
+    )
     assert hi > 1.3 * lo
 
 

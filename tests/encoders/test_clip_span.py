@@ -1,4 +1,5 @@
-"""ClipSpan (pad short clips with silence, cut long ones), pad_to_grid and Whisper's full_window (issue 15)."""
+"""ClipSpan (pad short clips with silence, cut long ones), pad_to_grid and Whisper's full_window (issue
+15)."""
 
 import pytest
 import torch

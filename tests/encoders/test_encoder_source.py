@@ -1,5 +1,5 @@
-"""The optional ``source`` attribute of the encoder protocol: frozen encoders with a source are referenced, not
-copied, by checkpoints (mowe.encoders.base's module docstring)."""
+"""The optional ``source`` attribute of the encoder protocol: frozen encoders with a source are referenced,
+not copied, by checkpoints (mowe.encoders.base's module docstring)."""
 
 import torch
 from conftest import make_batch, tiny_config
@@ -25,8 +25,9 @@ class _Frames(nn.Module):
 
     def forward(self, wav, lengths):
         frames = wav[:, : wav.shape[1] // 160 * 160].unflatten(1, (-1, 160))
-        return EncoderOutput(self.net(frames.pow(2).mean(-1, keepdim=True)),
-                             torch.div(lengths, 160, rounding_mode="floor"))
+        return EncoderOutput(
+            self.net(frames.pow(2).mean(-1, keepdim=True)), torch.div(lengths, 160, rounding_mode="floor")
+        )
 
 
 def _saved_keys(model, path):
@@ -46,11 +47,17 @@ def test_frozen_custom_encoder_with_source_is_referenced_and_without_is_copied(t
     assert not (mine & ref) and mine <= cop
     assert ref - cop == set() and cop - ref == mine  # nothing else differs
     # Reloading with the module the source promises gives the same model.
-    again = MoWEAudioLLM.from_pretrained(tmp_path / "a", encoders={"frames": _Frames(source="/models/frames.pt")})
+    again = MoWEAudioLLM.from_pretrained(
+        tmp_path / "a", encoders={"frames": _Frames(source="/models/frames.pt")}
+    )
     wav, wl, ids, am, _ = make_batch()
     with torch.no_grad():
-        torch.testing.assert_close(with_src(ids, wav, wl, attention_mask=am).logits,
-                                   again.eval()(ids, wav, wl, attention_mask=am).logits, atol=0, rtol=0)
+        torch.testing.assert_close(
+            with_src(ids, wav, wl, attention_mask=am).logits,
+            again.eval()(ids, wav, wl, attention_mask=am).logits,
+            atol=0,
+            rtol=0,
+        )
     # A source does not hide trainable weights: those are always saved.
     with_src.weak_encoders.encoders["frames"].net.weight.requires_grad_(True)
     assert "weak_encoders.encoders.frames.net.weight" in _saved_keys(with_src, tmp_path / "c")

@@ -1,4 +1,5 @@
-"""The on-disk feature cache of frozen encoders (issue 13): exactness, invalidation, size bound, sharing, damage."""
+"""The on-disk feature cache of frozen encoders (issue 13): exactness, invalidation, size bound, sharing,
+damage."""
 
 import json
 import os
@@ -84,7 +85,9 @@ def test_cached_encode_keeps_dtype_lengths_and_all_layer_hidden_states(tmp_path)
     assert torch.equal(cold.hidden_states, live.hidden_states * keep)
     assert part.features.shape[1] == int(live.lengths[0]) and cache.stats.hits["w"] == 2
     assert torch.equal(part.features[1], cold.features[0, : part.features.shape[1]])
-    assert torch.equal(part.hidden_states[0, :, : int(live.lengths[1])], cold.hidden_states[1, :, : int(live.lengths[1])])
+    assert torch.equal(
+        part.hidden_states[0, :, : int(live.lengths[1])], cold.hidden_states[1, :, : int(live.lengths[1])]
+    )
 
 
 def test_new_weights_or_settings_invalidate_and_the_weight_hash_is_memoised(tmp_path):
@@ -103,7 +106,9 @@ def test_new_weights_or_settings_invalidate_and_the_weight_hash_is_memoised(tmp_
         other = _whisper()
         other.load_state_dict(enc.state_dict())
         other.source = "/somewhere/else"  # provenance only: not a setting
-        assert encoder_fingerprint(other) == encoder_fingerprint(enc)  # same weights + settings: shared entries
+        assert encoder_fingerprint(other) == encoder_fingerprint(
+            enc
+        )  # same weights + settings: shared entries
         other.encoder.layers[0].fc1.weight.copy_(_whisper().encoder.layers[0].fc1.weight)
         assert encoder_fingerprint(other) == fp  # back to the original weights: the original entries
     assert cache.stats.misses["encoder"] == 4
@@ -165,10 +170,12 @@ _WORKER = textwrap.dedent("""
         for step in range(100):
             pick = torch.randperm(8, generator=torch.Generator().manual_seed(step * 2 + rank))[:5]
             out = cached_encode(enc, wav[pick], wl[pick], cache)
-            bad += sum(not torch.equal(out.features[j, :len(ref[i])], ref[i]) for j, i in enumerate(pick.tolist()))
+            bad += sum(not torch.equal(out.features[j, :len(ref[i])], ref[i])
+                       for j, i in enumerate(pick.tolist()))
             if rank == 1 and step % 4 == 3:
                 cache.clear()  # deletes entries the other process may be reading or writing
-    print(json.dumps({{"bad": bad, "damaged": cache.stats.damaged, "warnings": [str(w.message) for w in caught],
+    print(json.dumps({{"bad": bad, "damaged": cache.stats.damaged,
+                      "warnings": [str(w.message) for w in caught],
                       "evicted": cache.stats.evicted, "hits": cache.stats.hits.get("encoder", 0),
                       "misses": cache.stats.misses.get("encoder", 0)}}))
 """)
@@ -181,8 +188,16 @@ def test_two_processes_share_one_cache_without_partial_reads(tmp_path):
     # max_bytes holds a few entries, so both processes evict while the other reads and writes.
     script.write_text(_WORKER.format(tests=str(REPO / "tests"), root=str(root), max_bytes=25_000))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for r in (0, 1)
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -225,8 +240,9 @@ class _Energy(nn.Module):
 
     def forward(self, wav, lengths):
         frames = wav[:, : wav.shape[1] // 160 * 160].unflatten(1, (-1, 160))
-        return EncoderOutput(self.net(frames.pow(2).mean(-1, keepdim=True)),
-                             torch.div(lengths, 160, rounding_mode="floor"))
+        return EncoderOutput(
+            self.net(frames.pow(2).mean(-1, keepdim=True)), torch.div(lengths, 160, rounding_mode="floor")
+        )
 
 
 def test_trainable_or_train_mode_encoders_always_run_live(tmp_path):
@@ -256,7 +272,9 @@ def test_trainable_or_train_mode_encoders_always_run_live(tmp_path):
     wav, wl, ids, am, labels = make_batch()
     out = model(ids, wav, wl, attention_mask=am, labels=labels)
     out.loss.backward()
-    assert (out.router.indices == 4).all() and model.weak_encoders.encoders["energy"].net.weight.grad is not None
+    assert (out.router.indices == 4).all() and model.weak_encoders.encoders[
+        "energy"
+    ].net.weight.grad is not None
     assert cache.stats.misses["strong"] == 3 and "energy" not in cache.stats.misses
 
 

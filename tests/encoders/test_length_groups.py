@@ -28,10 +28,12 @@ def _layer_input_frames(enc, layer):
 
 @pytest.mark.parametrize("all_layers", [False, True])
 def test_whisper_groups_give_the_same_features_as_one_padded_batch(all_layers):
-    grouped = WhisperEncoder.from_preset("tiny", pad_to_30s=False, output_all_layers=all_layers,
-                                         **WHISPER_TINY).eval()
-    single = WhisperEncoder.from_preset("tiny", pad_to_30s=False, output_all_layers=all_layers,
-                                        bucket_padding=None, **WHISPER_TINY).eval()
+    grouped = WhisperEncoder.from_preset(
+        "tiny", pad_to_30s=False, output_all_layers=all_layers, **WHISPER_TINY
+    ).eval()
+    single = WhisperEncoder.from_preset(
+        "tiny", pad_to_30s=False, output_all_layers=all_layers, bucket_padding=None, **WHISPER_TINY
+    ).eval()
     single.load_state_dict(grouped.state_dict())
     wav, lens = _batch(SECONDS)
     seen = _layer_input_frames(grouped, grouped.encoder.layers[0])
@@ -42,8 +44,9 @@ def test_whisper_groups_give_the_same_features_as_one_padded_batch(all_layers):
     keep = (torch.arange(a.features.shape[1])[None, :] < a.lengths[:, None])[..., None]
     torch.testing.assert_close(a.features * keep, b.features * keep, atol=1e-5, rtol=1e-5)
     if all_layers:
-        torch.testing.assert_close(a.hidden_states * keep[:, None], b.hidden_states * keep[:, None],
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            a.hidden_states * keep[:, None], b.hidden_states * keep[:, None], atol=1e-5, rtol=1e-5
+        )
     # Cost follows the clips' lengths: the frames the first layer ran on stay within the padding budget.
     assert len(seen) > 1
     assert sum(n * t for n, t in seen) <= 1.25 * int(a.lengths.sum()) + len(seen)
@@ -52,8 +55,9 @@ def test_whisper_groups_give_the_same_features_as_one_padded_batch(all_layers):
 
 def test_whisper_long_clips_are_grouped_per_window():
     enc = WhisperEncoder.from_preset("tiny", pad_to_30s=False, **WHISPER_TINY, max_source_positions=50).eval()
-    ref = WhisperEncoder.from_preset("tiny", pad_to_30s=False, bucket_padding=None, **WHISPER_TINY,
-                                     max_source_positions=50).eval()
+    ref = WhisperEncoder.from_preset(
+        "tiny", pad_to_30s=False, bucket_padding=None, **WHISPER_TINY, max_source_positions=50
+    ).eval()
     ref.load_state_dict(enc.state_dict())
     wav, lens = _batch([2.5, 0.4, 1.2])  # 1 s windows: 3, 1 and 2 windows
     with torch.no_grad():
@@ -64,8 +68,9 @@ def test_whisper_long_clips_are_grouped_per_window():
 
 def test_grouping_keeps_gradients():
     enc = WhisperEncoder.from_preset("tiny", pad_to_30s=False, freeze=False, **WHISPER_TINY).eval()
-    ref = WhisperEncoder.from_preset("tiny", pad_to_30s=False, freeze=False, bucket_padding=None,
-                                     **WHISPER_TINY).eval()
+    ref = WhisperEncoder.from_preset(
+        "tiny", pad_to_30s=False, freeze=False, bucket_padding=None, **WHISPER_TINY
+    ).eval()
     ref.load_state_dict(enc.state_dict())
     wav, lens = _batch(SECONDS, seed=3)
     for m in (enc, ref):
@@ -121,5 +126,7 @@ def test_encoder_config_accepts_auto_and_refuses_other_words(tmp_path):
 
     assert EncoderConfig().bucket_padding == "auto"
     with pytest.raises(MoWEInputError, match="bucket_padding"):
-        build_encoder(EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, bucket_padding="tight"),
-                      name="strong")
+        build_encoder(
+            EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, bucket_padding="tight"),
+            name="strong",
+        )

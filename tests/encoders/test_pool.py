@@ -31,7 +31,9 @@ def _route(indices, e):
     indices = torch.tensor(indices)
     gates = torch.zeros(indices.shape[0], e).scatter(-1, indices, 0.5)
     probs = torch.full((indices.shape[0], e), 1 / e)
-    return RouterOutput(logits=probs.log(), probs=probs, gates=gates, indices=indices, aux_loss=torch.tensor(1.0))
+    return RouterOutput(
+        logits=probs.log(), probs=probs, gates=gates, indices=indices, aux_loss=torch.tensor(1.0)
+    )
 
 
 def _run(pool, route, lengths=(16000, 8000, 4000, 3200)):
@@ -93,26 +95,49 @@ def test_missing_protocol_attribute():
 
 
 def _window_route(window_indices, e, frames):
-    """A per-window decision: ``window_indices`` (b, w, k), -1 for windows past a clip's end; gates 0.5 + 0.1 * w."""
+    """A per-window decision: ``window_indices`` (b, w, k), -1 for windows past a clip's end; gates 0.5 + 0.1
+    * w."""
     idx = torch.tensor(window_indices)
     mask = (idx >= 0).all(-1)
     idx = idx.clamp(min=0)
     b, w, _ = idx.shape
-    gates = torch.zeros(b, w, e).scatter(-1, idx, (0.5 + 0.1 * torch.arange(w, dtype=torch.float32))[None, :, None]
-                                         .expand(b, w, idx.shape[-1]).contiguous()) * mask[..., None]
+    gates = (
+        torch.zeros(b, w, e).scatter(
+            -1,
+            idx,
+            (0.5 + 0.1 * torch.arange(w, dtype=torch.float32))[None, :, None]
+            .expand(b, w, idx.shape[-1])
+            .contiguous(),
+        )
+        * mask[..., None]
+    )
     probs = torch.full((b, w, e), 1 / e)
-    clip = RouterOutput(logits=probs[:, 0].log(), probs=probs[:, 0], gates=gates.mean(1), indices=idx[:, 0],
-                        aux_loss=torch.tensor(1.0))
-    return RouterOutput(**{**clip.__dict__, "window_logits": probs.log(), "window_probs": probs,
-                           "window_gates": gates, "window_indices": idx, "window_mask": mask,
-                           "window_frames": frames})
+    clip = RouterOutput(
+        logits=probs[:, 0].log(),
+        probs=probs[:, 0],
+        gates=gates.mean(1),
+        indices=idx[:, 0],
+        aux_loss=torch.tensor(1.0),
+    )
+    return RouterOutput(
+        **{
+            **clip.__dict__,
+            "window_logits": probs.log(),
+            "window_probs": probs,
+            "window_gates": gates,
+            "window_indices": idx,
+            "window_mask": mask,
+            "window_frames": frames,
+        }
+    )
 
 
 @pytest.mark.parametrize("layout", ["fixed", "topk"])
 @pytest.mark.parametrize("align", ["interpolate", "pad"])
 def test_per_window_each_window_is_the_encoder_on_that_windows_audio(layout, align):
-    """Clip 0 (1 s, two 0.5 s windows) sends its windows to e1 then e0; clip 1 (0.25 s, one window) to e0. Each
-    window's frames are what the pool gives for that window's audio alone, routed per clip with the window's gate."""
+    """Clip 0 (1 s, two 0.5 s windows) sends its windows to e1 then e0; clip 1 (0.25 s, one window) to e0.
+    Each window's frames are what the pool gives for that window's audio alone, routed per clip with the
+       window's gate."""
     torch.manual_seed(0)
     encs = {f"e{i}": Counting() for i in range(2)}
     pool = WeakEncoderPool(encoders=encs, layout=layout, top_k=1, align=align)
@@ -122,9 +147,11 @@ def test_per_window_each_window_is_the_encoder_on_that_windows_audio(layout, ali
     g = torch.Generator().manual_seed(0)
     wav = torch.randn(16000, generator=g)
     for j, (e, gate) in enumerate(((1, 0.5), (0, 0.6))):
-        part = wav[8000 * j: 8000 * (j + 1)][None]
+        part = wav[8000 * j : 8000 * (j + 1)][None]
         one = _route([[e]], 2)
         one.gates = one.gates / 0.5 * gate
-        want = pool(part, torch.tensor([8000]), one, frame_rate=50.0, frame_lengths=torch.tensor([25]), num_frames=25)
-        torch.testing.assert_close(out[0, 25 * j: 25 * (j + 1)], want[0])
+        want = pool(
+            part, torch.tensor([8000]), one, frame_rate=50.0, frame_lengths=torch.tensor([25]), num_frames=25
+        )
+        torch.testing.assert_close(out[0, 25 * j : 25 * (j + 1)], want[0])
     assert out[1, 12:].abs().sum() == 0  # past clip 1's 12 frames

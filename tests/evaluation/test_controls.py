@@ -1,4 +1,5 @@
-"""Audio controls (shuffled across same-task examples, silent): a model that ignores its audio is not moved."""
+"""Audio controls (shuffled across same-task examples, silent): a model that ignores its audio is not
+moved."""
 
 import json
 
@@ -27,8 +28,15 @@ def manifest(tmp_path):
     rows = []
     for i in range(6):
         sf.write(tmp_path / f"c{i}.wav", np.full(1600 * (i + 1), 0.01 * (i + 1), np.float32), 16000)
-        rows.append({"id": f"x{i}", "audio": f"c{i}.wav", "instruction": "q", "answer": str(i),
-                     "task": "even" if i % 2 == 0 else "odd"})
+        rows.append(
+            {
+                "id": f"x{i}",
+                "audio": f"c{i}.wav",
+                "instruction": "q",
+                "answer": str(i),
+                "task": "even" if i % 2 == 0 else "odd",
+            }
+        )
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return ManifestDataset(tmp_path / "m.jsonl")
 

@@ -142,8 +142,11 @@ def test_evaluate_predictions_per_task():
 
 def test_format_markdown_table():
     results = {
-        "mowe": {"asr": {"n": 10, "wer": 0.1234}, "gender": {"n": 4, "accuracy": 0.75},
-                 "co_reasoning": {"n": 2, "part_accuracy": 0.75, "accuracy": 0.5}},
+        "mowe": {
+            "asr": {"n": 10, "wer": 0.1234},
+            "gender": {"n": 4, "accuracy": 0.75},
+            "co_reasoning": {"n": 2, "part_accuracy": 0.75, "accuracy": 0.5},
+        },
         "salmonn": {"asr": {"n": 10, "wer": 0.2}, "translation": {"n": 3, "bleu": 31.25}},
     }
     table = format_markdown_table(results)

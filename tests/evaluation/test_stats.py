@@ -25,7 +25,9 @@ def _binary(outcomes, metric="accuracy"):
 
 
 def _records(task, pairs, prefix="c"):
-    return [{"id": f"{prefix}{i}", "task": task, "answer": a, "prediction": p} for i, (a, p) in enumerate(pairs)]
+    return [
+        {"id": f"{prefix}{i}", "task": task, "answer": a, "prediction": p} for i, (a, p) in enumerate(pairs)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- intervals
@@ -85,8 +87,12 @@ def test_wer_counts_insertions_against_empty_references_as_the_metric_does():
 
 
 def test_bleu_statistics_sum_to_corpus_bleu():
-    pairs = [("le chat noir", "le chat noir"), ("the cat is on the mat", "the cat sat on the mat"),
-             ("hello world", "hello"), ("a dog runs in the park", "a dog walks in a park")]
+    pairs = [
+        ("le chat noir", "le chat noir"),
+        ("the cat is on the mat", "the cat sat on the mat"),
+        ("hello world", "hello"),
+        ("a dog runs in the park", "a dog walks in a park"),
+    ]
     st = clip_statistics(_records("translation", pairs), "bleu")
     assert st.value() == pytest.approx(bleu(*zip(*pairs)))
     w = np.array([[2, 0, 1, 1], [0, 3, 0, 1]], dtype=float)
@@ -102,14 +108,23 @@ def test_clear_difference_is_significant_and_in_the_right_direction():
     system = _binary([1] * 90 + [0] * 10)
     cmp = paired_comparison(system, base)
     assert isinstance(cmp, PairedComparison)
-    assert cmp.diff == pytest.approx(0.4) and cmp.p_value < 0.05 and cmp.significant and cmp.better == "system"
+    assert (
+        cmp.diff == pytest.approx(0.4) and cmp.p_value < 0.05 and cmp.significant and cmp.better == "system"
+    )
     assert 0 < cmp.low < 0.4 < cmp.high
 
 
 def test_identical_systems_are_not_different():
     st = _binary([1, 0, 1, 1, 0] * 20)
     cmp = paired_comparison(st, st)
-    assert (cmp.diff, cmp.low, cmp.high, cmp.p_value, cmp.significant, cmp.better) == (0, 0, 0, 1.0, False, None)
+    assert (cmp.diff, cmp.low, cmp.high, cmp.p_value, cmp.significant, cmp.better) == (
+        0,
+        0,
+        0,
+        1.0,
+        False,
+        None,
+    )
 
 
 def test_one_clip_of_a_hundred_is_no_evidence():
@@ -151,19 +166,28 @@ def test_paired_wer_uses_per_clip_errors_and_pairs_clips_by_id():
 
 # ------------------------------------------------------------------------------------------- whole results
 def _result(records):
-    return EvalResult(records, evaluate_predictions(records, task_metrics={"asr": "wer", "co_reasoning": "parts"}))
+    return EvalResult(
+        records, evaluate_predictions(records, task_metrics={"asr": "wer", "co_reasoning": "parts"})
+    )
 
 
 def test_task_intervals_and_compare_to_base_cover_every_reported_metric():
-    base = (_records("gender", [("male", "male")] * 20 + [("male", "female")] * 20)
-            + _records("asr", [("a b c", "a b")] * 30, prefix="a")
-            + _records("co_reasoning", [("siren, seven", "siren, six")] * 10, prefix="r"))
-    system = (_records("gender", [("male", "male")] * 38 + [("male", "female")] * 2)
-              + _records("asr", [("a b c", "a b")] * 30, prefix="a")
-              + _records("co_reasoning", [("siren, seven", "siren, seven")] * 10, prefix="r"))
+    base = (
+        _records("gender", [("male", "male")] * 20 + [("male", "female")] * 20)
+        + _records("asr", [("a b c", "a b")] * 30, prefix="a")
+        + _records("co_reasoning", [("siren, seven", "siren, six")] * 10, prefix="r")
+    )
+    system = (
+        _records("gender", [("male", "male")] * 38 + [("male", "female")] * 2)
+        + _records("asr", [("a b c", "a b")] * 30, prefix="a")
+        + _records("co_reasoning", [("siren, seven", "siren, seven")] * 10, prefix="r")
+    )
     res_sys, res_base = _result(system), _result(base)
     ci = task_intervals(res_sys, n_boot=300)
-    assert set(ci) == {"gender", "asr", "co_reasoning"} and set(ci["co_reasoning"]) == {"part_accuracy", "accuracy"}
+    assert set(ci) == {"gender", "asr", "co_reasoning"} and set(ci["co_reasoning"]) == {
+        "part_accuracy",
+        "accuracy",
+    }
     for task, ms in ci.items():
         for name, iv in ms.items():
             assert iv.value == pytest.approx(res_sys.metrics[task][name]) and iv.low <= iv.value <= iv.high

@@ -24,8 +24,11 @@ from mowe.model import MoWEAudioLLM
 COMMIT = "1" * 40
 
 
-def put_in_hub_cache(cache: Path, repo_id: str, folder: Path, *, refs=("main",), commit: str = COMMIT) -> None:
-    """Lay ``folder`` out as huggingface_hub caches a download: blobs by sha256, a snapshot of symlinks, refs."""
+def put_in_hub_cache(
+    cache: Path, repo_id: str, folder: Path, *, refs=("main",), commit: str = COMMIT
+) -> None:
+    """Lay ``folder`` out as huggingface_hub caches a download: blobs by sha256, a snapshot of symlinks,
+    refs."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         data = f.read_bytes()
@@ -67,8 +70,17 @@ def _randomize_lora(model):
 def _tiny_whisper(path: Path) -> None:
     from transformers import WhisperConfig, WhisperModel
 
-    cfg = WhisperConfig(**WHISPER_TINY, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
-                        vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3)
+    cfg = WhisperConfig(
+        **WHISPER_TINY,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=32,
+        vocab_size=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=3,
+    )
     WhisperModel(cfg).save_pretrained(path)
 
 
@@ -86,9 +98,12 @@ def test_hub_id_auto_classes_and_path_give_identical_logits(tmp_path, offline_ca
     # A frozen strong encoder referenced by hub id (not copied into the saved folder) must resolve too.
     _tiny_whisper(tmp_path / "whisper")
     put_in_hub_cache(offline_cache, "tiny-org/whisper", tmp_path / "whisper")
-    cfg = MoWEConfig(strong=EncoderConfig("whisper", name_or_path="tiny-org/whisper", pad_to_30s=False),
-                     connector=ConnectorConfig("stack", {"stack": 4}), llm=LLMConfig(config=LLAMA_TINY),
-                     audio_token_id=AUDIO_ID)
+    cfg = MoWEConfig(
+        strong=EncoderConfig("whisper", name_or_path="tiny-org/whisper", pad_to_30s=False),
+        connector=ConnectorConfig("stack", {"stack": 4}),
+        llm=LLMConfig(config=LLAMA_TINY),
+        audio_token_id=AUDIO_ID,
+    )
     model = _randomize_lora(MoWEAudioLLM.from_config(cfg)).eval()
     model.save_pretrained(tmp_path / "saved")
     saved = json.loads((tmp_path / "saved" / "config.json").read_text())
@@ -99,7 +114,9 @@ def test_hub_id_auto_classes_and_path_give_identical_logits(tmp_path, offline_ca
 
     by_id = MoWEAudioLLM.from_pretrained("org/mowe-tiny").eval()
     by_rev = MoWEAudioLLM.from_pretrained("org/mowe-tiny", revision="v1", local_files_only=True).eval()
-    by_dir = MoWEAudioLLM.from_pretrained("org/mowe-tiny", cache_dir=str(offline_cache), revision=COMMIT).eval()
+    by_dir = MoWEAudioLLM.from_pretrained(
+        "org/mowe-tiny", cache_dir=str(offline_cache), revision=COMMIT
+    ).eval()
     hf_cfg = AutoConfig.from_pretrained("org/mowe-tiny")
     assert isinstance(hf_cfg, MoWEPretrainedConfig) and hf_cfg.to_mowe_config() == cfg
     auto = AutoModel.from_pretrained("org/mowe-tiny").eval()
@@ -117,9 +134,12 @@ def test_peft_adapter_folder_merge_and_plain_transformers_export(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    cfg = MoWEConfig(strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
-                     connector=ConnectorConfig("stack", {"stack": 4}), llm=LLMConfig(config=LLAMA_TINY),
-                     audio_token_id=AUDIO_ID)
+    cfg = MoWEConfig(
+        strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
+        connector=ConnectorConfig("stack", {"stack": 4}),
+        llm=LLMConfig(config=LLAMA_TINY),
+        audio_token_id=AUDIO_ID,
+    )
     model = _randomize_lora(MoWEAudioLLM.from_config(cfg)).eval()
     model.save_pretrained(tmp_path / "saved")
     adapter = tmp_path / "saved" / "llm_adapter"
@@ -139,13 +159,17 @@ def test_peft_adapter_folder_merge_and_plain_transformers_export(tmp_path):
     # The merged export loads in a Python without mowe and gives the unmerged logits.
     model.export_llm(tmp_path / "merged")
     torch.save(ids, tmp_path / "ids.pt")
-    code = ("import sys, torch; from transformers import AutoModelForCausalLM; "
-            f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'merged')!r}).eval(); "
-            f"ids = torch.load({str(tmp_path / 'ids.pt')!r}); "
-            "assert not any(k.split('.')[0] == 'mowe' for k in sys.modules); "
-            f"torch.save(m(input_ids=ids).logits.detach(), {str(tmp_path / 'out.pt')!r})")
+    code = (
+        "import sys, torch; from transformers import AutoModelForCausalLM; "
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'merged')!r}).eval(); "
+        f"ids = torch.load({str(tmp_path / 'ids.pt')!r}); "
+        "assert not any(k.split('.')[0] == 'mowe' for k in sys.modules); "
+        f"torch.save(m(input_ids=ids).logits.detach(), {str(tmp_path / 'out.pt')!r})"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"})
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=tmp_path, env={**env, "OMP_NUM_THREADS": "1"}
+    )
     torch.testing.assert_close(torch.load(tmp_path / "out.pt"), want, atol=1e-5, rtol=1e-5)
 
     # merge_lora merges in place and returns the model; the merged model saves and reloads exactly.
@@ -173,7 +197,10 @@ def test_folders_with_lora_in_model_safetensors_still_load(tmp_path, model):
     old.mkdir()
     keys = model._keys_to_save(False)
     assert any(".lora_" in k for k in keys)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items() if k in keys}, str(old / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items() if k in keys},
+        str(old / "model.safetensors"),
+    )
     model.config.to_json(old / "config.json")
     again = MoWEAudioLLM.from_pretrained(old).eval()
     batch = make_batch()
@@ -202,8 +229,12 @@ def test_generation_config_is_saved_and_drives_generate(tmp_path, model):
     assert saved["max_new_tokens"] == 5
     again = MoWEAudioLLM.from_pretrained(tmp_path / "m").eval()
     assert again.generation_config.max_new_tokens == 5
-    torch.testing.assert_close(again.generate(ids, wav, wl, attention_mask=am),
-                               model.generate(ids, wav, wl, attention_mask=am), atol=0, rtol=0)
+    torch.testing.assert_close(
+        again.generate(ids, wav, wl, attention_mask=am),
+        model.generate(ids, wav, wl, attention_mask=am),
+        atol=0,
+        rtol=0,
+    )
 
 
 def test_inference_settings_are_saved_and_applied_on_load(tmp_path):
@@ -216,12 +247,16 @@ def test_inference_settings_are_saved_and_applied_on_load(tmp_path):
     preset = salmonn(tiny=True, faithful=False)
     assert preset.config.inference == InferenceConfig(PROMPT_TEMPLATES["salmonn"], 1.0)
     tok = train_bpe_tokenizer(["what is the sound", "three one four"], vocab_size=300)
-    cfg = tiny_config(weak=False).replace(inference=InferenceConfig(PROMPT_TEMPLATES["salmonn"], 0.5),
-                                          audio_token_id=tok.convert_tokens_to_ids("<|audio|>"))
+    cfg = tiny_config(weak=False).replace(
+        inference=InferenceConfig(PROMPT_TEMPLATES["salmonn"], 0.5),
+        audio_token_id=tok.convert_tokens_to_ids("<|audio|>"),
+    )
     model = MoWEAudioLLM.from_config(cfg)
     model.save_pretrained(tmp_path / "m")
     again = MoWEAudioLLM.from_pretrained(tmp_path / "m")
-    scales = {m.scaling["default"] for m in again.llm.modules() if isinstance(getattr(m, "scaling", None), dict)}
+    scales = {
+        m.scaling["default"] for m in again.llm.modules() if isinstance(getattr(m, "scaling", None), dict)
+    }
     alpha_over_r = cfg.lora.alpha / cfg.lora.r
     assert scales == {0.5 * alpha_over_r}
     proc = again.processor_for(tok)
@@ -240,7 +275,9 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_whole_folder(tmp_path, mod
 
     def upload(self, **kw):
         folder = Path(kw["folder_path"])
-        calls.append(("upload", kw, sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())))
+        calls.append(
+            ("upload", kw, sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
+        )
         return "commit-info"
 
     monkeypatch.setattr(HfApi, "upload_folder", upload)
@@ -250,8 +287,13 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_whole_folder(tmp_path, mod
     (_, kw1), (_, up1, files1), (_, kw2), (_, up2, files2) = calls
     assert kw1["repo_id"] == "me/tiny-mowe" and kw1["private"] is True and kw1["exist_ok"] is True
     assert up1["repo_id"] == "me/tiny-mowe" and kw2["repo_id"] == up2["repo_id"] == "tiny-mowe"
-    for need in ("config.json", "model.safetensors", "generation_config.json", "llm_adapter/adapter_config.json",
-                 "llm_adapter/adapter_model.safetensors"):
+    for need in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "llm_adapter/adapter_config.json",
+        "llm_adapter/adapter_model.safetensors",
+    ):
         assert need in files1 and need in files2
     assert "processor_config.json" in files1 and "processor_config.json" not in files2
     assert up2["folder_path"] == str(tmp_path / "tiny-mowe")
@@ -266,10 +308,20 @@ def test_llm_config_forwards_from_pretrained_keywords(tmp_path):
 
     llama = {k: v for k, v in LLAMA_TINY.items() if k != "model_type"}
     AutoModelForCausalLM.from_config(LlamaConfig(**llama)).save_pretrained(tmp_path / "llama")
-    cfg = LLMConfig(name_or_path=str(tmp_path / "llama"), dtype="bfloat16", attn_implementation="eager",
-                    device_map="cpu", from_pretrained_kwargs={"low_cpu_mem_usage": True}, train="frozen")
-    assert llm_load_kwargs(cfg) == {"dtype": torch.bfloat16, "attn_implementation": "eager", "device_map": "cpu",
-                                    "low_cpu_mem_usage": True}
+    cfg = LLMConfig(
+        name_or_path=str(tmp_path / "llama"),
+        dtype="bfloat16",
+        attn_implementation="eager",
+        device_map="cpu",
+        from_pretrained_kwargs={"low_cpu_mem_usage": True},
+        train="frozen",
+    )
+    assert llm_load_kwargs(cfg) == {
+        "dtype": torch.bfloat16,
+        "attn_implementation": "eager",
+        "device_map": "cpu",
+        "low_cpu_mem_usage": True,
+    }
     llm = build_llm(cfg, LoRAConfig())
     assert llm.config._attn_implementation == "eager" and llm.dtype == torch.bfloat16
     random = build_llm(LLMConfig(config=LLAMA_TINY, attn_implementation="eager"), LoRAConfig())
@@ -285,7 +337,10 @@ def test_infer_and_eval_take_device_and_dtype(model):
     for cmd in (["infer", "--audio", "a.wav", "--prompt", "p"], ["eval", "--manifest", "m.jsonl"]):
         args = build_parser().parse_args([*cmd, "--model", "m", "--device", "cpu", "--dtype", "bfloat16"])
         assert (args.device, args.dtype) == ("cpu", "bfloat16")
-    assert build_parser().parse_args(["infer", "--audio", "a", "--prompt", "p", "--model", "m"]).max_new_tokens is None
+    assert (
+        build_parser().parse_args(["infer", "--audio", "a", "--prompt", "p", "--model", "m"]).max_new_tokens
+        is None
+    )
     wav, wl, ids, am, _ = make_batch()
     placed = place_model(model.eval(), device="cpu", dtype="bfloat16")
     assert placed is model and model.llm.dtype == torch.bfloat16
@@ -317,10 +372,23 @@ def test_default_generation_config_is_the_llms_made_greedy(tmp_path):
 
     from mowe.generation import DEFAULT_MAX_NEW_TOKENS, default_generation_config
 
-    own = GenerationConfig(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05,
-                           eos_token_id=[3, 4], bos_token_id=1)
+    own = GenerationConfig(
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.8,
+        top_k=20,
+        repetition_penalty=1.05,
+        eos_token_id=[3, 4],
+        bos_token_id=1,
+    )
     cfg = default_generation_config(SimpleNamespace(generation_config=own))
-    assert (cfg.do_sample, cfg.num_beams, cfg.temperature, cfg.top_p, cfg.top_k) == (False, 1, None, None, None)
+    assert (cfg.do_sample, cfg.num_beams, cfg.temperature, cfg.top_p, cfg.top_k) == (
+        False,
+        1,
+        None,
+        None,
+        None,
+    )
     assert (cfg.repetition_penalty, cfg.pad_token_id, cfg.max_new_tokens) == (1.05, 3, DEFAULT_MAX_NEW_TOKENS)
     assert own.do_sample is True  # the LLM's own is not changed
     cfg.save_pretrained(tmp_path)  # valid: transformers refuses to save an inconsistent config

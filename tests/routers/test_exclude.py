@@ -11,8 +11,9 @@ from mowe.routers import DataDependentRouter, MixtureRouter
 
 def _router(top_k=1):
     torch.manual_seed(0)
-    return MixtureRouter(routers=[DataDependentRouter(in_dim=8, num_encoders=4, hidden_dim=16)], num_encoders=4,
-                         top_k=top_k).eval()
+    return MixtureRouter(
+        routers=[DataDependentRouter(in_dim=8, num_encoders=4, hidden_dim=16)], num_encoders=4, top_k=top_k
+    ).eval()
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
@@ -57,7 +58,10 @@ def test_model_without_encoders_by_name_restores_afterwards():
     assert model.weak_encoders.names.index(chosen) not in cut.router.indices.flatten().tolist()
     assert not torch.equal(cut.embeds[0], base.embeds[0])  # clip 0 now hears another encoder
     assert torch.equal(after.embeds, base.embeds) and model.router.excluded == frozenset()
-    with pytest.raises(MoWEInputError, match=r"\['nope'\] not in the weak pool"), model.without_encoders(["nope"]):
+    with (
+        pytest.raises(MoWEInputError, match=r"\['nope'\] not in the weak pool"),
+        model.without_encoders(["nope"]),
+    ):
         pass
     base_only = MoWEAudioLLM.from_config(tiny_config(weak=False))
     with pytest.raises(MoWEInputError, match="no weak pool"), base_only.without_encoders(["x"]):

@@ -1,4 +1,5 @@
-"""Prompt-aware routing (issue 14): the instruction can change the route, the audio-only routers stay blind to it."""
+"""Prompt-aware routing (issue 14): the instruction can change the route, the audio-only routers stay blind to
+it."""
 
 import json
 
@@ -36,14 +37,19 @@ def processor():
 
 
 def _config(processor, *, prompt_aware: bool, train: str = "lora") -> MoWEConfig:
-    pool = {"whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=False),
-            "whisper_b": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=False),
-            "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY)}
-    return MoWEConfig(strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
-                      weak_encoders=pool, router=RouterConfig(prompt_aware=prompt_aware, hidden_dim=32),
-                      connector=ConnectorConfig("stack", {"stack": 4}),
-                      llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(processor.tokenizer)}, train=train),
-                      audio_token_id=processor.audio_token_id)
+    pool = {
+        "whisper_a": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=False),
+        "whisper_b": EncoderConfig("whisper", preset="tiny", overrides=WHISPER_WEAK, pad_to_30s=False),
+        "hubert_a": EncoderConfig("hubert", preset="hubert-base", overrides=HUBERT_TINY),
+    }
+    return MoWEConfig(
+        strong=EncoderConfig("whisper", preset="tiny", overrides=WHISPER_TINY, pad_to_30s=False),
+        weak_encoders=pool,
+        router=RouterConfig(prompt_aware=prompt_aware, hidden_dim=32),
+        connector=ConnectorConfig("stack", {"stack": 4}),
+        llm=LLMConfig(config={**LLAMA_TINY, "vocab_size": len(processor.tokenizer)}, train=train),
+        audio_token_id=processor.audio_token_id,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +64,9 @@ def _examples(instructions, n_clips=2):
     for i in range(n_clips):
         wave = (0.3 * np.sin(2 * np.pi * (220 + 170 * i) * t[: 9000 + 1500 * i])).astype(np.float32)
         for j, ins in enumerate(instructions):
-            out.append({"id": f"c{i}q{j}", "audio": wave, "instruction": ins, "answer": "male one two", "task": ins})
+            out.append(
+                {"id": f"c{i}q{j}", "audio": wave, "instruction": ins, "answer": "male one two", "task": ins}
+            )
     return out
 
 
@@ -66,11 +74,14 @@ def _inputs(batch):
     return {k: batch[k] for k in ("input_ids", "attention_mask", "waveforms", "wave_lengths")}
 
 
-def _construct(mix: MixtureRouter, p1: torch.Tensor, p2: torch.Tensor, *, first: int = 0, second: int = 1) -> None:
+def _construct(
+    mix: MixtureRouter, p1: torch.Tensor, p2: torch.Tensor, *, first: int = 0, second: int = 1
+) -> None:
     """Weights under which prompt ``p1`` (d,) routes every clip to ``first`` and ``p2`` to ``second``.
 
-    The audio path is zeroed so the hidden state ``g(p)`` depends on the prompt alone; with ``D = g1 - g2`` the
-    logits are ``+-D . g(p) -+ D . (g1 + g2) / 2``, i.e. ``+-|D|^2 / 2`` of opposite signs for the two prompts.
+    The audio path is zeroed so the hidden state ``g(p)`` depends on the prompt alone; with ``D = g1 - g2``
+    the logits are ``+-D . g(p) -+ D . (g1 + g2) / 2``, i.e. ``+-|D|^2 / 2`` of opposite signs for the two
+    prompts.
     """
     prompt_router = next(r for r in mix.routers if isinstance(r, PromptAwareRouter))
     with torch.no_grad():
@@ -94,11 +105,19 @@ def _construct(mix: MixtureRouter, p1: torch.Tensor, p2: torch.Tensor, *, first:
 def test_router_output_has_the_same_type_and_shapes_as_audio_only_routing():
     torch.manual_seed(0)
     feats, lens, prompt = torch.randn(5, 9, 16), torch.tensor([9, 4, 7, 1, 9]), torch.randn(5, 24)
-    pa = MixtureRouter(routers=[DataIndependentRouter(num_encoders=4),
-                                PromptAwareRouter(in_dim=16, prompt_dim=24, num_encoders=4, hidden_dim=8)],
-                       num_encoders=4, top_k=2)
-    ao = MixtureRouter(routers=[DataIndependentRouter(num_encoders=4), DataDependentRouter(in_dim=16, num_encoders=4)],
-                       num_encoders=4, top_k=2)
+    pa = MixtureRouter(
+        routers=[
+            DataIndependentRouter(num_encoders=4),
+            PromptAwareRouter(in_dim=16, prompt_dim=24, num_encoders=4, hidden_dim=8),
+        ],
+        num_encoders=4,
+        top_k=2,
+    )
+    ao = MixtureRouter(
+        routers=[DataIndependentRouter(num_encoders=4), DataDependentRouter(in_dim=16, num_encoders=4)],
+        num_encoders=4,
+        top_k=2,
+    )
     a, b = pa(feats, lens, prompt), ao(feats, lens)
     assert type(a) is RouterOutput is type(b)
     for field in ("logits", "probs", "gates", "indices"):
@@ -115,25 +134,36 @@ def test_constructed_weights_change_top1_when_only_the_instruction_changes():
     torch.manual_seed(1)
     feats, lens = torch.randn(6, 9, 16), torch.full((6,), 9)
     p1, p2 = torch.randn(24), torch.randn(24)
-    mix = MixtureRouter(routers=[DataIndependentRouter(num_encoders=3),
-                                 PromptAwareRouter(in_dim=16, prompt_dim=24, num_encoders=3)], num_encoders=3)
+    mix = MixtureRouter(
+        routers=[
+            DataIndependentRouter(num_encoders=3),
+            PromptAwareRouter(in_dim=16, prompt_dim=24, num_encoders=3),
+        ],
+        num_encoders=3,
+    )
     _construct(mix, p1, p2, first=2, second=0)
     assert mix(feats, lens, p1.expand(6, -1)).indices[:, 0].tolist() == [2] * 6
     assert mix(feats, lens, p2.expand(6, -1)).indices[:, 0].tolist() == [0] * 6
     # An audio-only router given the same inputs ignores the prompt entirely.
-    ao = MixtureRouter(routers=[DataIndependentRouter(num_encoders=3), DataDependentRouter(in_dim=16, num_encoders=3)],
-                       num_encoders=3)
-    torch.testing.assert_close(ao(feats, lens, p1.expand(6, -1)).logits, ao(feats, lens, p2.expand(6, -1)).logits,
-                               rtol=0, atol=0)
+    ao = MixtureRouter(
+        routers=[DataIndependentRouter(num_encoders=3), DataDependentRouter(in_dim=16, num_encoders=3)],
+        num_encoders=3,
+    )
+    torch.testing.assert_close(
+        ao(feats, lens, p1.expand(6, -1)).logits, ao(feats, lens, p2.expand(6, -1)).logits, rtol=0, atol=0
+    )
 
 
 def test_trained_router_learns_an_instruction_dependent_route_audio_only_cannot():
-    """Target: encoder 0 for instruction A, 1 for B, on the same clips. Only the prompt separates the targets."""
+    """Target: encoder 0 for instruction A, 1 for B, on the same clips. Only the prompt separates the
+    targets."""
     torch.manual_seed(0)
     n, d, dp = 12, 16, 24
     feats = torch.randn(n, 5, d).repeat(2, 1, 1)
     lens = torch.full((2 * n,), 5)
-    prompts = torch.cat([torch.randn(dp).expand(n, -1), torch.randn(dp).expand(n, -1)]) + 0.01 * torch.randn(2 * n, dp)
+    prompts = torch.cat([torch.randn(dp).expand(n, -1), torch.randn(dp).expand(n, -1)]) + 0.01 * torch.randn(
+        2 * n, dp
+    )
     target = torch.cat([torch.zeros(n), torch.ones(n)]).long()
 
     def fit(mix):
@@ -146,17 +176,31 @@ def test_trained_router_learns_an_instruction_dependent_route_audio_only_cannot(
             opt.step()
         return mix(feats, lens, prompts).indices[:, 0]
 
-    pa = fit(MixtureRouter(routers=[DataIndependentRouter(num_encoders=3),
-                                    PromptAwareRouter(in_dim=d, prompt_dim=dp, num_encoders=3, hidden_dim=32)],
-                           num_encoders=3))
-    ao = fit(MixtureRouter(routers=[DataIndependentRouter(num_encoders=3),
-                                    DataDependentRouter(in_dim=d, num_encoders=3, hidden_dim=32)], num_encoders=3))
+    pa = fit(
+        MixtureRouter(
+            routers=[
+                DataIndependentRouter(num_encoders=3),
+                PromptAwareRouter(in_dim=d, prompt_dim=dp, num_encoders=3, hidden_dim=32),
+            ],
+            num_encoders=3,
+        )
+    )
+    ao = fit(
+        MixtureRouter(
+            routers=[
+                DataIndependentRouter(num_encoders=3),
+                DataDependentRouter(in_dim=d, num_encoders=3, hidden_dim=32),
+            ],
+            num_encoders=3,
+        )
+    )
     assert torch.equal(pa, target)  # the same clip goes to 0 under A and to 1 under B
     assert torch.equal(ao[:n], ao[n:])  # the same clip goes to one place whatever is asked
     assert (ao == target).float().mean() <= 0.5
 
 
-# ------------------------------------------------------------------------------------------- the prompt vector
+# ------------------------------------------------------------------------------------------- the prompt
+# vector
 def test_prompt_mask_excludes_padding_placeholders_and_answers_and_pools_per_clip():
     ids = torch.tensor([[0, 0, 1, AUDIO, 3, 4, 9, 9], [1, AUDIO, 5, AUDIO, 6, 9, 0, 0]])
     am = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 0, 0]])
@@ -190,8 +234,9 @@ def test_training_and_generation_batches_give_the_same_prompt_vector_and_route(m
 
 # ------------------------------------------------------------------------------------------- in the model
 def test_model_routes_by_instruction_through_generate_and_evaluate(processor):
-    """Same clips asked two questions: constructed weights send WHO to encoder 2 and WHAT to encoder 0, through
-    forward, the evaluation harness and a save/load round trip; an audio-only MoWE keeps one route per clip."""
+    """Same clips asked two questions: constructed weights send WHO to encoder 2 and WHAT to encoder 0,
+    through forward, the evaluation harness and a save/load round trip; an audio-only MoWE keeps one route per
+       clip."""
     from mowe.evaluation.evaluate import evaluate_model
 
     torch.manual_seed(0)
@@ -220,8 +265,9 @@ def test_gradient_reaches_the_prompt_router_but_not_the_embedding_table(processo
     batch = MoWECollator(processor, train=True)(_examples([WHO, WHAT]))
     out = model(**_inputs(batch), labels=batch["labels"])
     pr = model.router.routers[1]
-    grads = torch.autograd.grad(out.loss, [pr.out.weight, pr.prompt_proj.weight, pr.audio_proj.weight],
-                                retain_graph=True)
+    grads = torch.autograd.grad(
+        out.loss, [pr.out.weight, pr.prompt_proj.weight, pr.audio_proj.weight], retain_graph=True
+    )
     assert all(g.abs().sum() > 0 for g in grads)
     # The prompt is pooled detached: routing never trains word embeddings, even with a trainable table.
     table = model.llm.get_input_embeddings().weight
@@ -236,12 +282,14 @@ def test_prompt_aware_model_needs_the_prompt_and_builder_needs_its_width(model):
         model.encode_audio(wav, torch.tensor([8000, 6000]))
     with pytest.raises(ConfigError, match="prompt_dim"):
         build_router(RouterConfig(prompt_aware=True), strong_dim=16, num_encoders=3)
-    mix = build_router(RouterConfig(prompt_aware=True, data_independent=False), strong_dim=16, num_encoders=3,
-                       prompt_dim=24)
+    mix = build_router(
+        RouterConfig(prompt_aware=True, data_independent=False), strong_dim=16, num_encoders=3, prompt_dim=24
+    )
     assert [type(r) for r in mix.routers] == [PromptAwareRouter]  # it takes the data-dependent router's slot
 
 
-# ------------------------------------------------------------------------------------------- config and checkpoints
+# ------------------------------------------------------------------------------------------- config and
+# checkpoints
 def test_config_round_trips_through_json_and_old_configs_stay_audio_only(processor, tmp_path):
     cfg = _config(processor, prompt_aware=True)
     again = MoWEConfig.from_json(cfg.to_json())

@@ -18,8 +18,11 @@ from mowe.routers import (
 
 def _mixture(top_k=1, prompt=False):
     torch.manual_seed(0)
-    dep = (PromptAwareRouter(in_dim=8, prompt_dim=6, num_encoders=3, hidden_dim=16) if prompt
-           else DataDependentRouter(in_dim=8, num_encoders=3, hidden_dim=16))
+    dep = (
+        PromptAwareRouter(in_dim=8, prompt_dim=6, num_encoders=3, hidden_dim=16)
+        if prompt
+        else DataDependentRouter(in_dim=8, num_encoders=3, hidden_dim=16)
+    )
     r = MixtureRouter(routers=[DataIndependentRouter(num_encoders=3), dep], num_encoders=3, top_k=top_k)
     with torch.no_grad():
         for p in r.parameters():
@@ -44,7 +47,7 @@ def test_each_window_is_routed_as_a_clip_of_its_frames(top_k):
     for i in range(3):
         for j in range(int(out.window_mask[i].sum())):
             n = min(5, int(lens[i]) - 5 * j)
-            alone = r(f[i:i + 1, 5 * j: 5 * j + n], torch.tensor([n]))
+            alone = r(f[i : i + 1, 5 * j : 5 * j + n], torch.tensor([n]))
             assert torch.equal(out.window_indices[i, j], alone.indices[0])
             torch.testing.assert_close(out.window_gates[i, j], alone.gates[0])
     assert not out.window_gates[~out.window_mask].any()  # windows past a clip's end carry nothing
@@ -102,6 +105,9 @@ def test_a_router_that_ignores_the_window_axis_is_named():
             return RouterOutput(probs, probs, probs, idx, torch.zeros(()))
 
     f, lens = _features()
-    with pytest.raises(MoWEInputError, match=r"router ClipOnly: per window, logits must have one row per window "
-                                              r"\(8\)"):
+    with pytest.raises(
+        MoWEInputError,
+        match=r"router ClipOnly: per window, logits must have one row per window "
+        r"\(8\)",
+    ):
         route_per_window(ClipOnly(), f, lens, window_frames=5)

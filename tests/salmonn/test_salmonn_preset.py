@@ -18,11 +18,21 @@ def test_salmonn_qformer_emits_one_token_per_17_frames():
 
 def test_salmonn_real_config_matches_the_paper():
     cfg = salmonn().config
-    assert cfg.strong.name_or_path == "openai/whisper-large-v2" and cfg.weak_encoders["beats"].family == "beats"
+    assert (
+        cfg.strong.name_or_path == "openai/whisper-large-v2" and cfg.weak_encoders["beats"].family == "beats"
+    )
     assert cfg.connector.options["window"] == cfg.connector.options["stride"] == 17
     assert cfg.connector.options["num_layers"] == 2 and cfg.connector.options["hidden_dim"] == 768
     # The official decoding keeps the trained LoRA scaling (activation tuning is a training stage).
     assert (cfg.lora.r, cfg.lora.alpha) == (8, 32) and salmonn().inference_lora_scale == 1.0
-    assert cfg.strong.full_window and cfg.router.align == "pad" and cfg.connector.options["partial_window"] == "drop"
+    assert (
+        cfg.strong.full_window
+        and cfg.router.align == "pad"
+        and cfg.connector.options["partial_window"] == "drop"
+    )
     assert cfg.connector.options["stream_dims"] == [1280, 768]
-    assert (cfg.strong.min_seconds, cfg.strong.max_seconds) == (cfg.weak_encoders["beats"].min_seconds, 30.0) == (1.0, 30.0)
+    assert (
+        (cfg.strong.min_seconds, cfg.strong.max_seconds)
+        == (cfg.weak_encoders["beats"].min_seconds, 30.0)
+        == (1.0, 30.0)
+    )

@@ -1,4 +1,5 @@
-"""Shared by the serve tests: a tiny saved model, real WAV clips, and `mowe serve` subprocesses on 127.0.0.1."""
+"""Shared by the serve tests: a tiny saved model, real WAV clips, and `mowe serve` subprocesses on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ import soundfile as sf
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+ENV = dict(
+    os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
+)
 INSTRUCTION = "what is said"
 
 
@@ -30,8 +33,12 @@ def write_tone(path: Path, freq: float, seconds: float = 0.5, sr: int = 16000) -
     """A real 16-bit PCM WAV file: a tone plus a little noise."""
     t = np.arange(int(seconds * sr)) / sr
     rng = np.random.default_rng(int(freq))
-    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32), sr,
-             subtype="PCM_16")
+    sf.write(
+        path,
+        (0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32),
+        sr,
+        subtype="PCM_16",
+    )
     return path
 
 
@@ -40,20 +47,29 @@ def b64(path: Path) -> str:
 
 
 def audio_messages(path: Path, text: str = INSTRUCTION, fmt: str = "wav") -> list[dict]:
-    return [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": b64(path), "format": fmt}},
-                                         {"type": "text", "text": text}]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_audio", "input_audio": {"data": b64(path), "format": fmt}},
+                {"type": "text", "text": text},
+            ],
+        }
+    ]
 
 
 def build_tiny_model(directory: Path) -> Path:
-    """A tiny random MoWE model (strong Whisper, 4 weak encoders, router, Llama with LoRA) + processor, saved."""
+    """A tiny random MoWE model (strong Whisper, 4 weak encoders, router, Llama with LoRA) + processor,
+    saved."""
     from conftest import tiny_config
 
     from mowe.data.processor import MoWEProcessor
     from mowe.data.tokenizer import train_bpe_tokenizer
     from mowe.model import MoWEAudioLLM
 
-    tok = train_bpe_tokenizer(["what is said", "describe the sound", "a low tone", "a high tone"] * 5,
-                              vocab_size=300)
+    tok = train_bpe_tokenizer(
+        ["what is said", "describe the sound", "a low tone", "a high tone"] * 5, vocab_size=300
+    )
     proc = MoWEProcessor(tok, max_audio_seconds=8.0)
     cfg = tiny_config(vocab_size=len(tok))
     cfg = dataclasses.replace(cfg, audio_token_id=proc.audio_token_id)
@@ -102,8 +118,13 @@ class Server:
 
 def start_server(model_dir: Path, *args: str) -> Server:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mowe", "serve", str(model_dir), "--port", str(port), *args],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mowe", "serve", str(model_dir), "--port", str(port), *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return Server(f"http://127.0.0.1:{port}", model_dir, model_dir.name, proc)
 
 
@@ -111,7 +132,9 @@ def wait_ready(server: Server, timeout: float = 120) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if server.proc.poll() is not None:
-            raise RuntimeError(f"mowe serve exited with {server.proc.returncode}: {server.proc.stdout.read()[-3000:]}")
+            raise RuntimeError(
+                f"mowe serve exited with {server.proc.returncode}: {server.proc.stdout.read()[-3000:]}"
+            )
         try:
             if get_json(server.url + "/health", timeout=2)[0] == 200:
                 return
@@ -137,9 +160,24 @@ def servers(tmp_path_factory):
     register this module with ``pytest_plugins``, so the fixture exists once and the servers start once.
     """
     model_dir = build_tiny_model(tmp_path_factory.mktemp("serve") / "tiny-mowe")
-    started = {"main": start_server(model_dir, "--max-batch", "4", "--max-wait-ms", "300", "--timeout", "60"),
-               "strict": start_server(model_dir, "--max-batch", "1", "--max-wait-ms", "0", "--timeout", "3",
-                                      "--max-body-mb", "1", "--max-audio-seconds", "2", "--max-clips", "2")}
+    started = {
+        "main": start_server(model_dir, "--max-batch", "4", "--max-wait-ms", "300", "--timeout", "60"),
+        "strict": start_server(
+            model_dir,
+            "--max-batch",
+            "1",
+            "--max-wait-ms",
+            "0",
+            "--timeout",
+            "3",
+            "--max-body-mb",
+            "1",
+            "--max-audio-seconds",
+            "2",
+            "--max-clips",
+            "2",
+        ),
+    }
     try:
         for server in started.values():
             wait_ready(server)
@@ -157,9 +195,18 @@ def clips(tmp_path_factory):
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=900,1100")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=900,1100",
+)
 
 
 @pytest.fixture
@@ -183,7 +230,8 @@ def browser():
 
 
 def ask_on_page(browser, server: Server, wav: Path, instruction: str, max_tokens: int = 8) -> str:
-    """Drive the page at ``/``: upload ``wav``, ask ``instruction``, wait for the streamed answer; its text."""
+    """Drive the page at ``/``: upload ``wav``, ask ``instruction``, wait for the streamed answer; its
+    text."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -199,8 +247,12 @@ def ask_on_page(browser, server: Server, wav: Path, instruction: str, max_tokens
     tokens.clear()
     tokens.send_keys(str(max_tokens))
     browser.find_element(By.ID, "submit").click()
-    wait.until(lambda d: d.find_element(By.ID, "answer").get_attribute("data-done") == "1"
-               or "error" in (d.find_element(By.ID, "answer").get_attribute("class") or ""))
+    wait.until(
+        lambda d: (
+            d.find_element(By.ID, "answer").get_attribute("data-done") == "1"
+            or "error" in (d.find_element(By.ID, "answer").get_attribute("class") or "")
+        )
+    )
     answer = browser.find_element(By.ID, "answer")
     assert "error" not in (answer.get_attribute("class") or ""), answer.text
     assert "done" in browser.find_element(By.ID, "status").text
@@ -208,10 +260,13 @@ def ask_on_page(browser, server: Server, wav: Path, instruction: str, max_tokens
 
 
 def page_router_choice(browser) -> tuple[str, list[str], int]:
-    """What the page shows of the router: the chosen line, the selected encoders' names, the number of gates."""
+    """What the page shows of the router: the chosen line, the selected encoders' names, the number of
+    gates."""
     from selenium.webdriver.common.by import By
 
     chosen = browser.find_element(By.CSS_SELECTOR, "#router .chosen").text
     rows = browser.find_elements(By.CSS_SELECTOR, "#router .gate")
-    selected = [r.find_element(By.CSS_SELECTOR, ".name").text for r in rows if "selected" in r.get_attribute("class")]
+    selected = [
+        r.find_element(By.CSS_SELECTOR, ".name").text for r in rows if "selected" in r.get_attribute("class")
+    ]
     return chosen, selected, len(rows)

@@ -38,11 +38,16 @@ def _generate(reference, messages, wav, max_new_tokens):
     ids = proc.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     assert torch.equal(ids, batch["input_ids"])  # [audio, text] is the plain processor call's prompt
     with torch.no_grad():
-        out = model.generate(batch["input_ids"], batch["waveforms"], batch["wave_lengths"],
-                             attention_mask=batch["attention_mask"], max_new_tokens=max_new_tokens)
+        out = model.generate(
+            batch["input_ids"],
+            batch["waveforms"],
+            batch["wave_lengths"],
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=max_new_tokens,
+        )
     row = out[0].tolist()
     eos = proc.tokenizer.eos_token_id
-    row = row[:row.index(eos)] if eos in row else row
+    row = row[: row.index(eos)] if eos in row else row
     return proc.decode([row])[0], len(row)
 
 
@@ -59,14 +64,24 @@ def test_plain_and_streamed_answers_equal_model_generate(servers, clips, referen
     route = res.model_extra["mowe"]["router"]
     assert len(route) == 1 and len(route[0]["selected"]) == 1  # top-1 of the 4 weak encoders
     chosen = route[0]["selected"][0]
-    assert chosen["encoder"] in route[0]["gates"] and chosen["gate"] == route[0]["gates"][chosen["encoder"]] > 0
+    assert (
+        chosen["encoder"] in route[0]["gates"] and chosen["gate"] == route[0]["gates"][chosen["encoder"]] > 0
+    )
 
-    chunks = list(client.chat.completions.create(model=server.name, messages=messages, max_tokens=12, stream=True,
-                                                 stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=server.name,
+            messages=messages,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].model_extra["mowe"]["router"] == route
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == \
-        [res.choices[0].finish_reason]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        res.choices[0].finish_reason
+    ]
     assert chunks[-1].usage.completion_tokens == n_tokens
 
 
@@ -75,8 +90,11 @@ def test_concurrent_requests_share_one_generate_and_keep_their_answers(servers, 
     wavs = list(clips.values())
 
     def ask(wav):
-        return client.chat.completions.create(model=server.name, messages=audio_messages(wav),
-                                              max_tokens=6).choices[0].message.content
+        return (
+            client.chat.completions.create(model=server.name, messages=audio_messages(wav), max_tokens=6)
+            .choices[0]
+            .message.content
+        )
 
     alone = [ask(w) for w in wavs]  # one at a time: each is its own batch (after the 300 ms wait)
     before = get_json(server.url + "/health")[1]
@@ -90,8 +108,9 @@ def test_concurrent_requests_share_one_generate_and_keep_their_answers(servers, 
 
 def test_sampling_gives_n_choices_and_models_and_health_answer(servers, clips):
     server, client = servers["main"], _client(servers["main"])
-    res = client.chat.completions.create(model=server.name, messages=audio_messages(clips[300]), max_tokens=5,
-                                         n=3, temperature=1.0)
+    res = client.chat.completions.create(
+        model=server.name, messages=audio_messages(clips[300]), max_tokens=5, n=3, temperature=1.0
+    )
     assert sorted(c.index for c in res.choices) == [0, 1, 2]
     assert all(c.finish_reason in ("stop", "length") for c in res.choices)
     assert [m.id for m in client.models.list().data] == [server.name]

@@ -27,7 +27,12 @@ def _audio_part(data: str, fmt: str = "wav") -> dict:
 
 
 def _body(server, content, **extra) -> dict:
-    return {"model": server.name, "messages": [{"role": "user", "content": content}], "max_tokens": 2, **extra}
+    return {
+        "model": server.name,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 2,
+        **extra,
+    }
 
 
 def _check(status_body, status: int, *needles: str, code: str | None = None):
@@ -53,19 +58,46 @@ def test_each_bad_audio_class_is_a_400_naming_the_part(servers, clips):
     s = servers["strict"]
     url = s.api + "/chat/completions"
     text = {"type": "text", "text": "what is said"}
-    _check(post_json(url, _body(s, [text, _audio_part(base64.b64encode(b"not audio at all" * 20).decode())])), 400,
-           "messages[0].content[1].input_audio", code="invalid_audio")
+    _check(
+        post_json(url, _body(s, [text, _audio_part(base64.b64encode(b"not audio at all" * 20).decode())])),
+        400,
+        "messages[0].content[1].input_audio",
+        code="invalid_audio",
+    )
     _check(post_json(url, _body(s, [_audio_part("")])), 400, "empty", code="invalid_audio")
-    _check(post_json(url, _body(s, [_audio_part("@@not base64@@")])), 400, "not valid base64", code="invalid_audio")
+    _check(
+        post_json(url, _body(s, [_audio_part("@@not base64@@")])),
+        400,
+        "not valid base64",
+        code="invalid_audio",
+    )
     header_only = _wav_bytes(0.0)
-    _check(post_json(url, _body(s, [_audio_part(base64.b64encode(header_only).decode())])), 400, "no audio frames")
-    _check(post_json(url, _body(s, [_audio_part(b64(clips[300]), fmt="aac")])), 400, "unsupported audio format",
-           code="unsupported_format")
-    err = _check(post_json(url, _body(s, [_audio_part(base64.b64encode(_wav_bytes(3.0)).decode())])), 413,
-                 "3.0 s long", "maximum duration of 2 s", "--max-audio-seconds", code="audio_too_long")
+    _check(
+        post_json(url, _body(s, [_audio_part(base64.b64encode(header_only).decode())])),
+        400,
+        "no audio frames",
+    )
+    _check(
+        post_json(url, _body(s, [_audio_part(b64(clips[300]), fmt="aac")])),
+        400,
+        "unsupported audio format",
+        code="unsupported_format",
+    )
+    err = _check(
+        post_json(url, _body(s, [_audio_part(base64.b64encode(_wav_bytes(3.0)).decode())])),
+        413,
+        "3.0 s long",
+        "maximum duration of 2 s",
+        "--max-audio-seconds",
+        code="audio_too_long",
+    )
     assert "/tmp" not in err["message"]  # the server's temporary file is not disclosed
-    _check(post_json(url, _body(s, [_audio_part(base64.b64encode(_wav_bytes(0.01)).decode())])), 400,
-           "shorter than", code="audio_too_short")
+    _check(
+        post_json(url, _body(s, [_audio_part(base64.b64encode(_wav_bytes(0.01)).decode())])),
+        400,
+        "shorter than",
+        code="audio_too_short",
+    )
     three = [_audio_part(b64(clips[300]))] * 3
     _check(post_json(url, _body(s, three)), 400, "3 audio clips", "limit of 2", code="too_many_clips")
     _check(post_json(url, _body(s, [text])), 400, "no input_audio", code="no_audio")
@@ -79,18 +111,32 @@ def test_malformed_json_bad_parameters_and_unknown_model(servers, clips):
     _check(post_json(url, b"\xff\xfe garbage"), 400, "not valid JSON")
     audio = [_audio_part(b64(clips[300]))]
     assert _check(post_json(url, _body(s, audio, max_tokens=0)), 400, "max_tokens")["param"] == "max_tokens"
-    assert _check(post_json(url, _body(s, audio, temperature="hot")), 400, "temperature")["param"] == "temperature"
+    assert (
+        _check(post_json(url, _body(s, audio, temperature="hot")), 400, "temperature")["param"]
+        == "temperature"
+    )
     _check(post_json(url, _body(s, audio, n=2)), 400, "n > 1 needs temperature > 0")
     _check(post_json(url, _body(s, audio, stop=["\n"])), 400, "'stop' is not supported")
-    _check(post_json(url, _body(s, [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}] + audio)),
-           400, "messages[0].content[0]")
+    _check(
+        post_json(url, _body(s, [{"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}] + audio)),
+        400,
+        "messages[0].content[0]",
+    )
     _check(post_json(url, {"model": s.name, "messages": "hello"}), 400, "messages must be a non-empty list")
-    _check(post_json(url, _body(s, audio, model="gpt-4o")), 404, "'gpt-4o' does not exist", code="model_not_found")
+    _check(
+        post_json(url, _body(s, audio, model="gpt-4o")),
+        404,
+        "'gpt-4o' does not exist",
+        code="model_not_found",
+    )
     # The openai client sees the same errors as its own exception types.
     client = openai.OpenAI(base_url=s.api, api_key="unused", max_retries=0, timeout=30)
     with pytest.raises(openai.BadRequestError, match="unsupported audio format"):
-        client.chat.completions.create(model=s.name, max_tokens=2, messages=[
-            {"role": "user", "content": [_audio_part(b64(clips[300]), fmt="webm")]}])
+        client.chat.completions.create(
+            model=s.name,
+            max_tokens=2,
+            messages=[{"role": "user", "content": [_audio_part(b64(clips[300]), fmt="webm")]}],
+        )
 
 
 def test_oversize_bodies_are_refused_before_decoding(servers):
@@ -103,13 +149,22 @@ def test_oversize_bodies_are_refused_before_decoding(servers):
     conn.endheaders()  # no body sent: the declared length alone is refused
     res = conn.getresponse()
     body = json.loads(res.read())
-    assert res.status == 413 and body["error"]["code"] == "body_too_large" and str(len(big)) in body["error"]["message"]
+    assert (
+        res.status == 413
+        and body["error"]["code"] == "body_too_large"
+        and str(len(big)) in body["error"]["message"]
+    )
     conn.close()
     # Chunked, with no length declared: refused once the limit is passed.
     conn = http.client.HTTPConnection("127.0.0.1", int(s.url.rsplit(":", 1)[1]), timeout=30)
     try:
-        conn.request("POST", "/v1/chat/completions", body=iter([big[i:i + 2**16] for i in range(0, len(big), 2**16)]),
-                     headers={"content-type": "application/json"}, encode_chunked=True)
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=iter([big[i : i + 2**16] for i in range(0, len(big), 2**16)]),
+            headers={"content-type": "application/json"},
+            encode_chunked=True,
+        )
     except (BrokenPipeError, ConnectionResetError):
         pass  # the server may answer and close before the client has written everything
     res = conn.getresponse()
@@ -119,8 +174,14 @@ def test_oversize_bodies_are_refused_before_decoding(servers):
 
 def test_routes_and_files_outside_the_api_are_404_json(servers):
     s = servers["strict"]
-    for path in ("/nope", "/static/../../setup.cfg", "/static/%2e%2e%2fsetup.cfg", "/static/..%2f..%2fcli.py",
-                 "/static/__init__.py", "/static/%2fetc%2fpasswd"):
+    for path in (
+        "/nope",
+        "/static/../../setup.cfg",
+        "/static/%2e%2e%2fsetup.cfg",
+        "/static/..%2f..%2fcli.py",
+        "/static/__init__.py",
+        "/static/%2fetc%2fpasswd",
+    ):
         status, body = get_json(s.url + path)
         assert status == 404 and "error" in body, path
     status, body = get_json(s.api + "/chat/completions")  # GET on a POST route
@@ -133,8 +194,10 @@ def test_routes_and_files_outside_the_api_are_404_json(servers):
 
 def _raw_request(port: int, body: bytes, *, send_body: bool = True) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     sock.sendall(head + (body if send_body else body[:10]))
     return sock
 
@@ -156,8 +219,9 @@ def test_slow_body_times_out_and_a_leaving_client_frees_its_slot(servers, clips)
     assert time.monotonic() - start < 20
 
     # Batches of 1 here: a long streamed answer holds the model while a second request waits in the queue.
-    long = json.dumps({**_body(s, audio_messages(clips[300])[0]["content"]), "max_tokens": 512,
-                       "stream": True}).encode()
+    long = json.dumps(
+        {**_body(s, audio_messages(clips[300])[0]["content"]), "max_tokens": 512, "stream": True}
+    ).encode()
     queued = json.dumps(_body(s, audio_messages(clips[600])[0]["content"])).encode()
     before = get_json(s.url + "/health")[1]
     first = _raw_request(port, long)

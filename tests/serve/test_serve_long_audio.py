@@ -25,9 +25,19 @@ pytest_plugins = ["_serve_helpers"]
 
 def _request(server, path: Path, fmt: str = "wav") -> dict:
     data = base64.b64encode(path.read_bytes()).decode()
-    return {"model": server.name, "max_tokens": 3, "messages": [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": data, "format": fmt}},
-        {"type": "text", "text": INSTRUCTION}]}]}
+    return {
+        "model": server.name,
+        "max_tokens": 3,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_audio", "input_audio": {"data": data, "format": fmt}},
+                    {"type": "text", "text": INSTRUCTION},
+                ],
+            }
+        ],
+    }
 
 
 def test_a_five_minute_clip_is_answered_window_by_window(servers, tmp_path):
@@ -76,13 +86,16 @@ def test_a_long_wav_upload_is_refused_from_its_first_kilobytes(servers, tmp_path
     assert "the first audio part is 700.0 s long" in msg and "maximum duration of 600 s" in msg, msg
 
 
-@pytest.mark.parametrize("fmt,subtype,expected", [("WAV", "PCM_16", 70.0), ("FLAC", "PCM_16", 70.0),
-                                                  ("OGG", "VORBIS", None)])
+@pytest.mark.parametrize(
+    "fmt,subtype,expected", [("WAV", "PCM_16", 70.0), ("FLAC", "PCM_16", 70.0), ("OGG", "VORBIS", None)]
+)
 def test_sniff_duration_reads_wav_and_flac_headers_from_a_body_prefix(fmt, subtype, expected):
     buf = io.BytesIO()
     sf.write(buf, np.full((8000 * 70, 2), 0.1, dtype=np.float32), 8000, format=fmt, subtype=subtype)
-    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(),
-                                                   "format": fmt.lower()}}
+    part = {
+        "type": "input_audio",
+        "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(), "format": fmt.lower()},
+    }
     quoting = {"type": "text", "text": '"data": "UklGRg=="'}  # a text part quoting a "data" key: not audio
     body = json.dumps({"messages": [{"role": "user", "content": [quoting, part]}]}).encode()
     assert sniff_duration(body[:4096]) == expected

@@ -1,5 +1,5 @@
-"""The page at `/` in headless Chromium (Debian's chromium + chromium-driver, driven by selenium): upload a WAV,
-ask, see the streamed answer (the same as the API's) and the router's choice; a screenshot is kept."""
+"""The page at `/` in headless Chromium (Debian's chromium + chromium-driver, driven by selenium): upload a
+WAV, ask, see the streamed answer (the same as the API's) and the router's choice; a screenshot is kept."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ pytest_plugins = ["_serve_helpers"]
 def test_page_uploads_a_wav_and_shows_the_answer_and_the_router_choice(servers, clips, browser, tmp_path):
     server, wav = servers["main"], clips[900]
     shown = ask_on_page(browser, server, wav, "what is said", max_tokens=8)
-    status, api = post_json(server.api + "/chat/completions", {"model": server.name, "max_tokens": 8,
-                                                               "messages": audio_messages(wav, "what is said")})
+    status, api = post_json(
+        server.api + "/chat/completions",
+        {"model": server.name, "max_tokens": 8, "messages": audio_messages(wav, "what is said")},
+    )
     assert status == 200
     assert shown == api["choices"][0]["message"]["content"]  # the page shows what the API answers
     route = api["mowe"]["router"][0]

@@ -1,5 +1,5 @@
-"""Per-encoder freezing: a stage naming the group ``weak_encoders`` trains only the members not built frozen; a
-stage naming one member (``weak_encoders.<name>``) trains it even when it was built frozen.
+"""Per-encoder freezing: a stage naming the group ``weak_encoders`` trains only the members not built frozen;
+a stage naming one member (``weak_encoders.<name>``) trains it even when it was built frozen.
 
 "Trains" is checked on tensor changes after two optimizer steps through the real Trainer.
 """
@@ -31,8 +31,9 @@ def _model(freeze: dict[str, bool]) -> MoWEAudioLLM:
 def _train(model, parts, tmp_path) -> tuple[set[str], list[dict]]:
     before = snapshot(model)
     cfg = TrainConfig(output_dir=str(tmp_path), batch_size=2, progress=False, save_final=False)
-    Trainer(model, SyntheticDataset(8), config=cfg, stages=[Stage("s", tuple(parts), 2, 1e-2)],
-            collate_fn=collate).train()
+    Trainer(
+        model, SyntheticDataset(8), config=cfg, stages=[Stage("s", tuple(parts), 2, 1e-2)], collate_fn=collate
+    ).train()
     log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     return changed(before, model), log
 

@@ -1,9 +1,9 @@
-"""FSDP2 on the CPU (2 processes, gloo): sharding really applied, same result as one process, sharded checkpoints
-that resume exactly, and a consolidated export that loads in one process with the same logits.
+"""FSDP2 on the CPU (2 processes, gloo): sharding really applied, same result as one process, sharded
+checkpoints that resume exactly, and a consolidated export that loads in one process with the same logits.
 
-The runs use ``accelerate launch --num_processes 2 --use_fsdp --fsdp_version 2`` with ``ACCELERATE_USE_CPU=1``:
-accelerate itself does not shard on CPUs, so mowe does (``mowe.training.distributed.place_model``) and each run
-prints whether its model ended up an FSDP module.
+The runs use ``accelerate launch --num_processes 2 --use_fsdp --fsdp_version 2`` with
+``ACCELERATE_USE_CPU=1``: accelerate itself does not shard on CPUs, so mowe does
+(``mowe.training.distributed.place_model``) and each run prints whether its model ended up an FSDP module.
 """
 
 from __future__ import annotations
@@ -33,22 +33,36 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def fsdp_runs(tmp_path_factory):
-    """One process x batch 8, FSDP 2 x 4 (checkpoints at steps 2 and 4), then FSDP resumed from step 2 alone."""
+    """One process x batch 8, FSDP 2 x 4 (checkpoints at steps 2 and 4), then FSDP resumed from step 2
+    alone."""
     tmp = tmp_path_factory.mktemp("fsdp")
     ref = shared_dir(tmp_path_factory) / "single"  # test_distributed.py's one-process run, when it ran first
     single = None if (ref / "final").is_dir() else launch(tmp, run_args(ref, batch_size=8))
-    fsdp = launch(tmp, {**run_args(tmp / "fsdp", batch_size=4, save_every=2, keep_last_checkpoints=5), "logits": True},
-                  processes=2, fsdp=True)
+    fsdp = launch(
+        tmp,
+        {**run_args(tmp / "fsdp", batch_size=4, save_every=2, keep_last_checkpoints=5), "logits": True},
+        processes=2,
+        fsdp=True,
+    )
     if single is not None:
         finish(single)
     outs = {"fsdp": finish(fsdp, processes=2)}
-    # "Killed" after step 2: a fresh run folder holding only the step-2 checkpoint, resumed with resume="latest".
+    # "Killed" after step 2: a fresh run folder holding only the step-2 checkpoint, resumed with
+    # resume="latest".
     ck = tmp / "resumed" / "checkpoints"
     ck.mkdir(parents=True)
     shutil.copytree(tmp / "fsdp" / "checkpoints" / "step-2", ck / "step-2")
     (ck / "latest").write_text("step-2\n")
-    resumed = launch(tmp, {**run_args(tmp / "resumed", batch_size=4, save_every=2, keep_last_checkpoints=5),
-                           "resume": "latest", "logits": True}, processes=2, fsdp=True)
+    resumed = launch(
+        tmp,
+        {
+            **run_args(tmp / "resumed", batch_size=4, save_every=2, keep_last_checkpoints=5),
+            "resume": "latest",
+            "logits": True,
+        },
+        processes=2,
+        fsdp=True,
+    )
     outs["resumed"] = finish(resumed, processes=2)
     (tmp / "single").symlink_to(ref, target_is_directory=True)
     yield tmp, outs
@@ -103,7 +117,9 @@ def test_consolidated_export_loads_in_one_process_with_the_same_logits(fsdp_runs
     m = MoWEAudioLLM.from_pretrained(tmp / "fsdp" / "final").eval()
     batch = pad_collate([VarLenDataset(8)[i] for i in range(4)])
     with torch.no_grad():
-        out = m(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "wave_lengths")})
+        out = m(
+            **{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "waveforms", "wave_lengths")}
+        )
     sharded = torch.load(tmp / "fsdp" / "logits.pt", weights_only=True)
     keep = out.attention_mask.bool()
     torch.testing.assert_close(out.logits[keep], sharded[keep], atol=1e-5, rtol=0)

@@ -1,8 +1,10 @@
-"""The README's CPU commands of "Training on many devices", run exactly as printed (``accelerate launch ... -m mowe
-train --config run.yaml``): DDP and FSDP2 with 2 processes x batch 2 end with the weights of one process x batch 4; an FSDP2 run SIGKILLed
+"""The README's CPU commands of "Training on many devices", run exactly as printed (``accelerate launch ... -m
+mowe train --config run.yaml``): DDP and FSDP2 with 2 processes x batch 2 end with the weights of one process
+   x batch 4; an FSDP2 run SIGKILLed
 after a sharded checkpoint and resumed with ``--resume latest`` ends with the uninterrupted run's weights.
 
-Answers have 1 to 12 words, so the runs only agree when the loss is normalised by the global answer-token count.
+Answers have 1 to 12 words, so the runs only agree when the loss is normalised by the global answer-token
+count.
 """
 
 from __future__ import annotations
@@ -26,23 +28,57 @@ WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
 
 RUN = {
     "model": {
-        "strong": {"family": "whisper", "preset": "tiny", "pad_to_30s": False,
-                   "overrides": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2,
-                                 "encoder_ffn_dim": 64}},
-        "weak_encoders": {"w": {"family": "whisper", "preset": "tiny", "pad_to_30s": False,
-                       "overrides": {"d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2,
-                                     "encoder_ffn_dim": 32}}},
+        "strong": {
+            "family": "whisper",
+            "preset": "tiny",
+            "pad_to_30s": False,
+            "overrides": {
+                "d_model": 32,
+                "encoder_layers": 1,
+                "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 64,
+            },
+        },
+        "weak_encoders": {
+            "w": {
+                "family": "whisper",
+                "preset": "tiny",
+                "pad_to_30s": False,
+                "overrides": {
+                    "d_model": 16,
+                    "encoder_layers": 1,
+                    "encoder_attention_heads": 2,
+                    "encoder_ffn_dim": 32,
+                },
+            }
+        },
         "router": {"top_k": 1, "aux_loss_weight": 0.0, "hidden_dim": 16},
         "connector": {"kind": "stack", "options": {"stack": 4}},
-        "llm": {"config": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
-                           "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-                           "max_position_embeddings": 512}, "train": "lora"},
+        "llm": {
+            "config": {
+                "model_type": "llama",
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "max_position_embeddings": 512,
+            },
+            "train": "lora",
+        },
         "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
     },
     "tokenizer": {"train_bpe": {"vocab_size": 280}},
     "data": {"train": "train.jsonl", "max_audio_seconds": 5},
-    "train": {"output_dir": "run", "batch_size": 2, "save_every": 1, "log_every": 1, "seed": 5, "progress": False,
-              "group_by_length": False},
+    "train": {
+        "output_dir": "run",
+        "batch_size": 2,
+        "save_every": 1,
+        "log_every": 1,
+        "seed": 5,
+        "progress": False,
+        "group_by_length": False,
+    },
     "stages": [{"name": "all", "train": ["connector", "routers", "lora"], "steps": 4, "lr": 2e-4}],
 }
 
@@ -65,8 +101,18 @@ def workdir(tmp_path_factory):
             path = root / "audio" / f"{i}.wav"
             write_tone_wav(path, 250 + 90 * i, 0.4 + 0.1 * i, amplitude=9000)
             answer = " ".join(WORDS[: [1, 12, 2, 9, 1, 5, 12, 3][i]])
-            f.write(json.dumps({"id": f"ex{i}", "audio": f"audio/{i}.wav", "instruction": "Count.",
-                                "answer": answer, "task": "count"}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"ex{i}",
+                        "audio": f"audio/{i}.wav",
+                        "instruction": "Count.",
+                        "answer": answer,
+                        "task": "count",
+                    }
+                )
+                + "\n"
+            )
     (root / "run.yaml").write_text(yaml.safe_dump(RUN, sort_keys=False))
     return root
 
@@ -91,21 +137,50 @@ def _log(path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def runs(workdir):
-    """One process x batch 4, then the README's DDP and FSDP2 rows with 2 processes x batch 2 (one at a time)."""
+    """One process x batch 4, then the README's DDP and FSDP2 rows with 2 processes x batch 2 (one at a
+    time)."""
     out = {}
-    single = subprocess.run([sys.executable, "-m", "mowe", "train", "--config", str(workdir / "run.yaml"),
-                             "--set", f"train.output_dir={workdir / 'one'}", "--set", "train.batch_size=4"],
-                            env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mowe",
+            "train",
+            "--config",
+            str(workdir / "run.yaml"),
+            "--set",
+            f"train.output_dir={workdir / 'one'}",
+            "--set",
+            "train.batch_size=4",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     out["one"] = _final(workdir / "one")
     for name, setup in (("ddp", "CPU, DDP (gloo)"), ("fsdp", "CPU, FSDP2 (gloo)")):
         env_kv, *args = _readme_command(setup)
         key, value = env_kv.split("=")
         args = [a for a in args if a not in ("-m", "mowe", "train", "--config", "run.yaml")]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", *args, "-m", "mowe", "train",
-               "--config", str(workdir / "run.yaml"), "--set", f"train.output_dir={workdir / name}"]
-        res = subprocess.run(cmd, env=_env(**{key: value}), capture_output=True, text=True, timeout=400,
-                             check=False)
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            *args,
+            "-m",
+            "mowe",
+            "train",
+            "--config",
+            str(workdir / "run.yaml"),
+            "--set",
+            f"train.output_dir={workdir / name}",
+        ]
+        res = subprocess.run(
+            cmd, env=_env(**{key: value}), capture_output=True, text=True, timeout=400, check=False
+        )
         assert res.returncode == 0, f"{shlex.join(cmd)}\n{res.stderr[-3000:]}"
         out[name] = _final(workdir / name)
         out[name + "_log"] = _log(workdir / name)
@@ -133,12 +208,15 @@ def test_readme_cpu_commands_equal_one_process(runs, name):
 
 
 def test_readme_fsdp2_command_killed_and_resumed_equals_the_uninterrupted_run(workdir, runs):
-    cmd = [a if not a.startswith("train.output_dir=") else f"train.output_dir={workdir / 'killed'}"
-           for a in runs["fsdp_cmd"]]
+    cmd = [
+        a if not a.startswith("train.output_dir=") else f"train.output_dir={workdir / 'killed'}"
+        for a in runs["fsdp_cmd"]
+    ]
     env = _env(ACCELERATE_USE_CPU="1")
     latest = workdir / "killed" / "checkpoints" / "latest"
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while not (latest.is_file() and latest.read_text().strip() in ("step-1", "step-2")):
         assert proc.poll() is None, proc.stderr.read()[-3000:]
@@ -148,8 +226,9 @@ def test_readme_fsdp2_command_killed_and_resumed_equals_the_uninterrupted_run(wo
     proc.wait(timeout=60)
     proc.stderr.close()
     assert not (workdir / "killed" / "final").exists()
-    res = subprocess.run([*cmd, "--resume", "latest"], env=env, capture_output=True, text=True, timeout=400,
-                         check=False)
+    res = subprocess.run(
+        [*cmd, "--resume", "latest"], env=env, capture_output=True, text=True, timeout=400, check=False
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     full, resumed = runs["fsdp"], _final(workdir / "killed")
     assert sorted(full) == sorted(resumed)
@@ -167,16 +246,24 @@ def test_a_manifest_given_by_process_substitution_trains_like_the_file(workdir):
     one_step = "stages=[{name: s, train: [connector], steps: 1, lr: 1e-3}]"
     base = f"{shlex.quote(sys.executable)} -m mowe train --config {shlex.quote(str(workdir / 'run.yaml'))}"
     outs = {}
-    for name, manifest in (("file", shlex.quote(str(workdir / "abs.jsonl"))),
-                           ("fifo", f"<(cat {shlex.quote(str(workdir / 'abs.jsonl'))})")):
+    for name, manifest in (
+        ("file", shlex.quote(str(workdir / "abs.jsonl"))),
+        ("fifo", f"<(cat {shlex.quote(str(workdir / 'abs.jsonl'))})"),
+    ):
         out = workdir / f"bpe-{name}"
-        cmd = (f"{base} --set data.train={manifest} --set train.output_dir={out} --set train.save_every=0 "
-               f"--set {shlex.quote(one_step)}")
-        res = subprocess.run(["bash", "-c", cmd],
-                             env=_env(), capture_output=True, text=True, timeout=300, check=False)
+        cmd = (
+            f"{base} --set data.train={manifest} --set train.output_dir={out} --set train.save_every=0 "
+            f"--set {shlex.quote(one_step)}"
+        )
+        res = subprocess.run(
+            ["bash", "-c", cmd], env=_env(), capture_output=True, text=True, timeout=300, check=False
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         outs[name] = out / "final"
     with open(outs["file"] / "tokenizer.json") as a, open(outs["fifo"] / "tokenizer.json") as b:
         assert json.load(a) == json.load(b)
-    a, b = load_file(str(outs["file"] / "model.safetensors")), load_file(str(outs["fifo"] / "model.safetensors"))
+    a, b = (
+        load_file(str(outs["file"] / "model.safetensors")),
+        load_file(str(outs["fifo"] / "model.safetensors")),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

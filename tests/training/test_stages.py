@@ -33,8 +33,9 @@ def pool_model():
 def _expected(model, parts) -> set[str]:
     groups = parameter_groups(model)
     member = [p.split(".", 1)[1] for p in parts if p.startswith("weak_encoders.")]  # one named weak encoder
-    return ({n for p in parts if p in groups for n, _ in groups[p]}
-            | {n for m in member for n, _ in groups["weak_encoders"] if n.startswith(f"weak_encoders.encoders.{m}.")})
+    return {n for p in parts if p in groups for n, _ in groups[p]} | {
+        n for m in member for n, _ in groups["weak_encoders"] if n.startswith(f"weak_encoders.encoders.{m}.")
+    }
 
 
 def _train_two_steps(model, stage: Stage, tmp_path, dataset=None, collate_fn=collate) -> set[str]:
@@ -59,7 +60,10 @@ def test_stage_validation():
 
 
 def test_stage_serialisation_round_trip_and_unknown_key():
-    stages = salmonn_stages((3, 4, 5), pretrain_tasks={"asr": 1.0}) + ltu_as_stages(2, closed_ended_tasks=["x"])[1:]
+    stages = (
+        salmonn_stages((3, 4, 5), pretrain_tasks={"asr": 1.0})
+        + ltu_as_stages(2, closed_ended_tasks=["x"])[1:]
+    )
     stages = [dataclasses.replace(s, name=f"{s.name}{i}") for i, s in enumerate(stages)]
     as_json = json.loads(json.dumps(stages_to_list(stages)))
     assert stages_from_list(as_json) == stages
@@ -97,8 +101,11 @@ def test_each_part_alone_changes_exactly_its_parameters(pool_model, part, tmp_pa
 
 @pytest.mark.parametrize("preset", ["mowe", "salmonn", "ltu_as"])
 def test_presets_change_exactly_the_named_parts(pool_model, preset, tmp_path):
-    stages = {"mowe": lambda: mowe_default_stages(2), "salmonn": lambda: salmonn_stages(2),
-              "ltu_as": lambda: ltu_as_stages(2)}[preset]()
+    stages = {
+        "mowe": lambda: mowe_default_stages(2),
+        "salmonn": lambda: salmonn_stages(2),
+        "ltu_as": lambda: ltu_as_stages(2),
+    }[preset]()
     for stage in stages:
         seen: list[str] = []
 

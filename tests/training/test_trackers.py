@@ -40,7 +40,17 @@ def test_records_go_to_log_jsonl_and_every_tracker(tmp_path):
     tracker = ListTracker()
     log = RunLog(str(tmp_path), enabled=True, log_with=[tracker])
     log.open_trackers()
-    log({"step": 3, "stage": "s1", "loss": 1.5, "aux_loss": None, "lr": 1e-3, "nan": float("nan"), "flag": True})
+    log(
+        {
+            "step": 3,
+            "stage": "s1",
+            "loss": 1.5,
+            "aux_loss": None,
+            "lr": 1e-3,
+            "nan": float("nan"),
+            "flag": True,
+        }
+    )
     log({"event": "resume", "checkpoint": "x"})  # no step: log.jsonl only
     log.close()
     lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]

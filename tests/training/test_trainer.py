@@ -20,11 +20,21 @@ from mowe.curriculum import Stage
 from mowe.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mowe.training.trainer import StageSampler, TrainConfig, Trainer, find_checkpoint, load_trainer_state
 
-TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, where _trainer_helpers.py is
+TESTS_DIR = os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))
+)  # tests/, where _trainer_helpers.py is
 
-TWO_STAGES = [Stage("a", ("connector",), 3, 2e-3),
-              Stage("b", ("connector", "routers", "lora"), 5, 2e-3, warmup_steps=1,
-                    tasks={"asr": 2.0, "gender": 1.0, "sound_event": 1.0})]
+TWO_STAGES = [
+    Stage("a", ("connector",), 3, 2e-3),
+    Stage(
+        "b",
+        ("connector", "routers", "lora"),
+        5,
+        2e-3,
+        warmup_steps=1,
+        tasks={"asr": 2.0, "gender": 1.0, "sound_event": 1.0},
+    ),
+]
 
 
 def _cfg(tmp_path, **kw) -> TrainConfig:
@@ -85,15 +95,22 @@ def test_global_batches_do_not_depend_on_the_process_count():
 
 def test_weighted_sampling_follows_task_weights():
     tasks = ["asr"] * 10 + ["gender"] * 30 + ["chord"] * 20
-    s = StageSampler(num_examples=60, task_list=tasks, tasks={"asr": 3.0, "gender": 1.0}, seed=0, stage_index=0,
-                     batch_size=4)
+    s = StageSampler(
+        num_examples=60,
+        task_list=tasks,
+        tasks={"asr": 3.0, "gender": 1.0},
+        seed=0,
+        stage_index=0,
+        batch_size=4,
+    )
     drawn = torch.cat([s.epoch_order(e) for e in range(50)]).tolist()
     share = sum(tasks[i] == "asr" for i in drawn) / len(drawn)
     assert all(tasks[i] in ("asr", "gender") for i in drawn)
     assert 0.7 < share < 0.8  # 3:1 weights despite 1:3 example counts
 
 
-# ------------------------------------------------------------------------------------------------ length grouping
+# ------------------------------------------------------------------------------------------------ length
+# grouping
 def _random_lengths(n: int, seed: int = 0) -> list[float]:
     g = torch.Generator().manual_seed(seed)
     return (1 + 29 * torch.rand(n, generator=g, dtype=torch.float64)).tolist()  # uniform 1-30 s
@@ -102,7 +119,7 @@ def _random_lengths(n: int, seed: int = 0) -> list[float]:
 def _global_batches(sampler: StageSampler, epoch: int) -> list[list[int]]:
     order = sampler.epoch_order(epoch).tolist()
     g = sampler.global_batch
-    return [order[b * g:(b + 1) * g] for b in range(sampler.batches_per_epoch)]
+    return [order[b * g : (b + 1) * g] for b in range(sampler.batches_per_epoch)]
 
 
 def _padding(batches: list[list[int]], lengths: list[float]) -> float:
@@ -145,7 +162,9 @@ def test_length_grouped_order_is_a_seeded_subset_of_the_plain_order():
         for b in batches:  # each global batch longest first: process slices hold neighbouring lengths
             assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
         maxima = [lengths[b[0]] for b in batches]
-        assert maxima != sorted(maxima, reverse=True)  # batches shuffled: no long-to-short sweep over the epoch
+        assert maxima != sorted(
+            maxima, reverse=True
+        )  # batches shuffled: no long-to-short sweep over the epoch
         orders.append(order)
     assert orders[0] != orders[1] != orders[2]
     other_seed = StageSampler(lengths=lengths, group_mult=5, **dict(kw, seed=6))
@@ -154,8 +173,16 @@ def test_length_grouped_order_is_a_seeded_subset_of_the_plain_order():
 
 def test_length_grouped_batch_with_the_longest_clip_comes_first():
     lengths = _random_lengths(96, seed=2)
-    s = StageSampler(num_examples=96, task_list=None, tasks=None, seed=0, stage_index=0, batch_size=4,
-                     lengths=lengths, group_mult=3)
+    s = StageSampler(
+        num_examples=96,
+        task_list=None,
+        tasks=None,
+        seed=0,
+        stage_index=0,
+        batch_size=4,
+        lengths=lengths,
+        group_mult=3,
+    )
     for epoch in range(5):
         batches = _global_batches(s, epoch)
         longest = max(lengths[i] for b in batches for i in b)
@@ -164,8 +191,15 @@ def test_length_grouped_batch_with_the_longest_clip_comes_first():
 
 def test_length_grouped_global_batches_do_not_depend_on_the_process_count():
     lengths = _random_lengths(26, seed=3)
-    kw = {"num_examples": 26, "task_list": None, "tasks": None, "seed": 3, "stage_index": 1, "lengths": lengths,
-          "group_mult": 2}
+    kw = {
+        "num_examples": 26,
+        "task_list": None,
+        "tasks": None,
+        "seed": 3,
+        "stage_index": 1,
+        "lengths": lengths,
+        "group_mult": 2,
+    }
     one = StageSampler(batch_size=4, **kw)
     two = [StageSampler(batch_size=2, num_processes=2, process_index=r, **kw) for r in range(2)]
     for epoch in range(3):
@@ -181,8 +215,14 @@ def test_length_grouped_global_batches_do_not_depend_on_the_process_count():
 def test_length_grouped_weighted_sampling_keeps_the_draws_and_the_task_weights():
     tasks = ["asr"] * 10 + ["gender"] * 30 + ["chord"] * 20
     lengths = _random_lengths(60, seed=4)
-    kw = {"num_examples": 60, "task_list": tasks, "tasks": {"asr": 3.0, "gender": 1.0}, "seed": 0,
-          "stage_index": 0, "batch_size": 4}
+    kw = {
+        "num_examples": 60,
+        "task_list": tasks,
+        "tasks": {"asr": 3.0, "gender": 1.0},
+        "seed": 0,
+        "stage_index": 0,
+        "batch_size": 4,
+    }
     plain = StageSampler(**kw)
     s = StageSampler(lengths=lengths, group_mult=2, **kw)
     used = s.batches_per_epoch * s.global_batch
@@ -197,8 +237,15 @@ def test_length_grouped_weighted_sampling_keeps_the_draws_and_the_task_weights()
 
 
 def test_length_grouping_validates_its_inputs():
-    kw = {"num_examples": 16, "task_list": None, "tasks": None, "seed": 0, "stage_index": 0, "batch_size": 2,
-          "stage_name": "warmup"}
+    kw = {
+        "num_examples": 16,
+        "task_list": None,
+        "tasks": None,
+        "seed": 0,
+        "stage_index": 0,
+        "batch_size": 2,
+        "stage_name": "warmup",
+    }
     with pytest.raises(ConfigError, match=r"'warmup'.*15 lengths.*16 examples"):
         StageSampler(lengths=[1.0] * 15, **kw)
     with pytest.raises(ConfigError, match="'warmup'"):
@@ -212,21 +259,32 @@ def test_length_grouping_validates_its_inputs():
 def test_trainer_groups_by_length_when_the_dataset_has_lengths(tmp_path):
     stage = [Stage("s", ("connector",), 2, 1e-3)]
     ds = SyntheticDataset(40, lengths=True)
-    trainer = Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, length_group_mult=2), stages=stage,
-                      collate_fn=collate)
-    expected = StageSampler(num_examples=40, task_list=None, tasks=None, seed=0, stage_index=0, batch_size=2,
-                            lengths=ds.lengths, group_mult=2)
+    trainer = Trainer(
+        tiny_model(weak=0), ds, config=_cfg(tmp_path, length_group_mult=2), stages=stage, collate_fn=collate
+    )
+    expected = StageSampler(
+        num_examples=40,
+        task_list=None,
+        tasks=None,
+        seed=0,
+        stage_index=0,
+        batch_size=2,
+        lengths=ds.lengths,
+        group_mult=2,
+    )
     assert trainer._sampler(0).process_batches(0) == expected.process_batches(0)
-    off = Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, group_by_length=False), stages=stage,
-                  collate_fn=collate)
+    off = Trainer(
+        tiny_model(weak=0), ds, config=_cfg(tmp_path, group_by_length=False), stages=stage, collate_fn=collate
+    )
     plain = StageSampler(num_examples=40, task_list=None, tasks=None, seed=0, stage_index=0, batch_size=2)
     assert off._sampler(0).process_batches(0) == plain.process_batches(0)
 
 
 def test_trainer_without_lengths_warns_once_and_keeps_the_plain_order(tmp_path):
     stages = [Stage("a", ("connector",), 2, 1e-3), Stage("b", ("connector",), 2, 1e-3)]
-    trainer = Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path), stages=stages,
-                      collate_fn=collate)
+    trainer = Trainer(
+        tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path), stages=stages, collate_fn=collate
+    )
     with pytest.warns(UserWarning, match="group_by_length") as record:
         samplers = [trainer._sampler(0), trainer._sampler(1)]
     assert len([w for w in record if "group_by_length" in str(w.message)]) == 1
@@ -240,9 +298,15 @@ def test_trainer_runs_the_llm_padding_free_unless_told_not_to(tmp_path, pack):
     rows = []
     layer = next(m for n, m in model.llm.named_modules() if n.endswith("layers.0"))
     layer.register_forward_pre_hook(
-        lambda m, args, kw: rows.append((args or (kw["hidden_states"],))[0].shape[0]), with_kwargs=True)
-    trainer = Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, pack_sequences=pack, batch_size=4),
-                      stages=[Stage("s", ("connector",), 2, 1e-3)], collate_fn=collate)
+        lambda m, args, kw: rows.append((args or (kw["hidden_states"],))[0].shape[0]), with_kwargs=True
+    )
+    trainer = Trainer(
+        model,
+        SyntheticDataset(16),
+        config=_cfg(tmp_path, pack_sequences=pack, batch_size=4),
+        stages=[Stage("s", ("connector",), 2, 1e-3)],
+        collate_fn=collate,
+    )
     trainer.train()
     # Packed: the 4 samples of a batch run as one row; padded: 4 rows. "auto" on equal-length samples (no
     # padding to save) keeps the padded layout, and their length groups are one group of 4.
@@ -253,12 +317,26 @@ def test_trainer_runs_the_llm_padding_free_unless_told_not_to(tmp_path, pack):
 def test_loss_goes_down_and_logs_are_complete(tmp_path):
     model = tiny_model(weak=0, lora_dropout=0.0)
     stage = Stage("learn", ("connector", "lora"), 30, 1e-2, warmup_steps=3)
-    res = Trainer(model, SyntheticDataset(32), config=_cfg(tmp_path, batch_size=2, log_every=5, save_final=True),
-                  stages=[stage], collate_fn=collate).train()
+    res = Trainer(
+        model,
+        SyntheticDataset(32),
+        config=_cfg(tmp_path, batch_size=2, log_every=5, save_final=True),
+        stages=[stage],
+        collate_fn=collate,
+    ).train()
     logs = [r for r in _log(tmp_path) if "loss" in r]
     assert [r["step"] for r in logs] == [5, 10, 15, 20, 25, 30]
-    for key in ("step", "stage", "loss", "lm_loss", "aux_loss", "lr", "samples_per_s", "grad_norm",
-                "skipped_nonfinite"):
+    for key in (
+        "step",
+        "stage",
+        "loss",
+        "lm_loss",
+        "aux_loss",
+        "lr",
+        "samples_per_s",
+        "grad_norm",
+        "skipped_nonfinite",
+    ):
         assert key in logs[0]
     assert logs[-1]["loss"] < logs[0]["loss"] - 0.5, [r["loss"] for r in logs]
     assert res.global_step == 30 and os.path.isfile(os.path.join(res.final_dir, "model.safetensors"))
@@ -270,8 +348,13 @@ def test_none_examples_are_dropped_and_skip_report_printed(tmp_path, capsys):
             return "skipped 2 bad examples"
 
     ds = WithReport(16, none_at=(0, 1, 2, 3))
-    Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, batch_size=1, save_final=False),
-            stages=[Stage("s", ("connector",), 6, 1e-3)], collate_fn=collate).train()
+    Trainer(
+        tiny_model(weak=0),
+        ds,
+        config=_cfg(tmp_path, batch_size=1, save_final=False),
+        stages=[Stage("s", ("connector",), 6, 1e-3)],
+        collate_fn=collate,
+    ).train()
     assert "skipped 2 bad examples" in capsys.readouterr().err
 
 
@@ -294,8 +377,13 @@ def _nan_once(model, at_call: int):
 def test_nonfinite_loss_skip_counts_and_continues(tmp_path):
     model = tiny_model(weak=0)
     _nan_once(model, at_call=2)
-    res = Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, on_nonfinite_loss="skip", save_final=False),
-                  stages=[Stage("s", ("connector", "lora"), 4, 1e-3)], collate_fn=collate).train()
+    res = Trainer(
+        model,
+        SyntheticDataset(16),
+        config=_cfg(tmp_path, on_nonfinite_loss="skip", save_final=False),
+        stages=[Stage("s", ("connector", "lora"), 4, 1e-3)],
+        collate_fn=collate,
+    ).train()
     assert res.global_step == 4 and res.skipped_nonfinite == 1
     logs = [r for r in _log(tmp_path) if "loss" in r]
     assert [r["skipped_nonfinite"] for r in logs] == [0, 1, 1, 1]
@@ -306,8 +394,13 @@ def test_nonfinite_loss_skip_counts_and_continues(tmp_path):
 def test_nonfinite_loss_stop_raises_a_clear_error(tmp_path):
     model = tiny_model(weak=0)
     _nan_once(model, at_call=2)
-    trainer = Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, on_nonfinite_loss="stop"),
-                      stages=[Stage("s", ("connector",), 4, 1e-3)], collate_fn=collate)
+    trainer = Trainer(
+        model,
+        SyntheticDataset(16),
+        config=_cfg(tmp_path, on_nonfinite_loss="stop"),
+        stages=[Stage("s", ("connector",), 4, 1e-3)],
+        collate_fn=collate,
+    )
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss.*step 2.*'s'.*on_nonfinite_loss"):
         trainer.train()
 
@@ -315,8 +408,13 @@ def test_nonfinite_loss_stop_raises_a_clear_error(tmp_path):
 # ------------------------------------------------------------------------------------------------ checkpoints
 def test_checkpoint_contents_load_with_weights_only(tmp_path):
     model = tiny_model(weak=1)
-    Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, save_every=2, keep_last_checkpoints=2),
-            stages=TWO_STAGES, collate_fn=collate).train()
+    Trainer(
+        model,
+        SyntheticDataset(16),
+        config=_cfg(tmp_path, save_every=2, keep_last_checkpoints=2),
+        stages=TWO_STAGES,
+        collate_fn=collate,
+    ).train()
     ck = os.path.join(tmp_path, "checkpoints")
     assert sorted(d for d in os.listdir(ck) if d.startswith("step-")) == ["step-6", "step-8"]
     assert not [d for d in os.listdir(ck) if d.startswith(".tmp")]
@@ -325,7 +423,9 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path):
         torch.load(os.path.join(ck, "step-6", f), weights_only=True)
     state = load_trainer_state(os.path.join(ck, "step-6"))
     assert (state["stage_index"], state["step_in_stage"], state["global_step"]) == (1, 3, 6)
-    assert state["epoch"] * 3 + state["batch_in_epoch"] == 3  # 6 examples of the 3 tasks / batch 2: 3 per epoch
+    assert (
+        state["epoch"] * 3 + state["batch_in_epoch"] == 3
+    )  # 6 examples of the 3 tasks / batch 2: 3 per epoch
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -339,18 +439,29 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint_mod, "_save_torch", failing)
     stage = Stage("s", ("connector", "lora"), 6, 1e-3)
     with pytest.raises(OSError, match="disk full"):
-        Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, save_every=2),
-                stages=[stage], collate_fn=collate).train()
+        Trainer(
+            tiny_model(weak=0),
+            SyntheticDataset(16),
+            config=_cfg(tmp_path, save_every=2),
+            stages=[stage],
+            collate_fn=collate,
+        ).train()
     ck = os.path.join(tmp_path, "checkpoints")
     with open(os.path.join(ck, "latest")) as f:
         assert f.read().strip() == "step-2"
     assert sorted(os.listdir(ck)) == ["latest", "step-2"]
     monkeypatch.setattr(checkpoint_mod, "_save_torch", real)
-    res = Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, save_every=2),
-                  stages=[stage], collate_fn=collate).train(resume="latest")
+    res = Trainer(
+        tiny_model(weak=0),
+        SyntheticDataset(16),
+        config=_cfg(tmp_path, save_every=2),
+        stages=[stage],
+        collate_fn=collate,
+    ).train(resume="latest")
     assert res.global_step == 6
-    assert _log(tmp_path)[-1]["step"] == 6 and any(r.get("event") == "resume" and r["step"] == 2
-                                                   for r in _log(tmp_path))
+    assert _log(tmp_path)[-1]["step"] == 6 and any(
+        r.get("event") == "resume" and r["step"] == 2 for r in _log(tmp_path)
+    )
 
 
 @pytest.mark.parametrize("lengths", [False, True], ids=["plain", "by-length"])
@@ -359,69 +470,130 @@ def test_resume_in_process_matches_an_uninterrupted_run(tmp_path, resume_at, len
     full_dir = tmp_path / "full"
     model = tiny_model(weak=1)
     # 24 examples, length_group_mult 2: several mega-batches per epoch in stage "a".
-    Trainer(model, SyntheticDataset(24, lengths=lengths),
-            config=_cfg(full_dir, save_every=2, keep_last_checkpoints=10, save_final=False, length_group_mult=2),
-            stages=TWO_STAGES, collate_fn=collate).train()
+    Trainer(
+        model,
+        SyntheticDataset(24, lengths=lengths),
+        config=_cfg(full_dir, save_every=2, keep_last_checkpoints=10, save_final=False, length_group_mult=2),
+        stages=TWO_STAGES,
+        collate_fn=collate,
+    ).train()
     expected = _params(model)
 
     fresh = tiny_model(seed=123, weak=1)  # different init: everything must come from the checkpoint
-    res = Trainer(fresh, SyntheticDataset(24, lengths=lengths),
-                  config=_cfg(tmp_path / "resumed", save_final=False, length_group_mult=2),
-                  stages=TWO_STAGES, collate_fn=collate).train(
-        resume=str(full_dir / "checkpoints" / f"step-{resume_at}"))
+    res = Trainer(
+        fresh,
+        SyntheticDataset(24, lengths=lengths),
+        config=_cfg(tmp_path / "resumed", save_final=False, length_group_mult=2),
+        stages=TWO_STAGES,
+        collate_fn=collate,
+    ).train(resume=str(full_dir / "checkpoints" / f"step-{resume_at}"))
     assert res.global_step == 8
     got = _params(fresh)
-    assert all(torch.equal(expected[k], got[k]) for k in expected), [k for k in expected
-                                                                     if not torch.equal(expected[k], got[k])][:5]
+    assert all(torch.equal(expected[k], got[k]) for k in expected), [
+        k for k in expected if not torch.equal(expected[k], got[k])
+    ][:5]
 
 
 def test_resume_with_another_global_batch_is_refused(tmp_path):
     stage = Stage("s", ("connector",), 2, 1e-3)
-    Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, save_every=2, save_final=False),
-            stages=[stage], collate_fn=collate).train()
+    Trainer(
+        tiny_model(weak=0),
+        SyntheticDataset(16),
+        config=_cfg(tmp_path, save_every=2, save_final=False),
+        stages=[stage],
+        collate_fn=collate,
+    ).train()
     with pytest.raises(CheckpointError, match="global batch"):
-        Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path, batch_size=4),
-                stages=[stage], collate_fn=collate).train(resume="latest")
+        Trainer(
+            tiny_model(weak=0),
+            SyntheticDataset(16),
+            config=_cfg(tmp_path, batch_size=4),
+            stages=[stage],
+            collate_fn=collate,
+        ).train(resume="latest")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path),
-                stages=[stage], collate_fn=collate).train(resume=str(tmp_path / "nowhere"))
+        Trainer(
+            tiny_model(weak=0),
+            SyntheticDataset(16),
+            config=_cfg(tmp_path),
+            stages=[stage],
+            collate_fn=collate,
+        ).train(resume=str(tmp_path / "nowhere"))
 
 
 def test_resume_with_another_length_grouping_is_refused(tmp_path):
     stage = [Stage("s", ("connector",), 2, 1e-3)]
     ds = SyntheticDataset(16, lengths=True)
-    Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, save_every=2, save_final=False),
-            stages=stage, collate_fn=collate).train()
+    Trainer(
+        tiny_model(weak=0),
+        ds,
+        config=_cfg(tmp_path, save_every=2, save_final=False),
+        stages=stage,
+        collate_fn=collate,
+    ).train()
     for kw in ({"group_by_length": False}, {"length_group_mult": 7}):
         with pytest.raises(CheckpointError, match="length"):
-            Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path, **kw), stages=stage,
-                    collate_fn=collate).train(resume="latest")
+            Trainer(
+                tiny_model(weak=0), ds, config=_cfg(tmp_path, **kw), stages=stage, collate_fn=collate
+            ).train(resume="latest")
     with pytest.warns(UserWarning, match="group_by_length"), pytest.raises(CheckpointError, match="length"):
-        Trainer(tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path), stages=stage,
-                collate_fn=collate).train(resume="latest")  # the same data without lengths: plain order
+        Trainer(
+            tiny_model(weak=0), SyntheticDataset(16), config=_cfg(tmp_path), stages=stage, collate_fn=collate
+        ).train(resume="latest")  # the same data without lengths: plain order
     res = Trainer(tiny_model(weak=0), ds, config=_cfg(tmp_path), stages=stage, collate_fn=collate).train(
-        resume="latest")
+        resume="latest"
+    )
     assert res.global_step == 2
 
 
 def test_sigkill_then_resume_gives_identical_weights(tmp_path):
-    """Kill a training process with SIGKILL after checkpoint step-4, resume in a fresh process: same weights."""
+    """Kill a training process with SIGKILL after checkpoint step-4, resume in a fresh process: same
+    weights."""
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT.format(tests_dir=TESTS_DIR))
-    stages = [{"name": "a", "train": ["connector"], "steps": 4, "lr": 2e-3},
-              {"name": "b", "train": ["connector", "routers", "lora"], "steps": 16, "lr": 2e-3, "warmup_steps": 2,
-                   "tasks": {"asr": 2.0, "gender": 1.0, "co_reasoning": 1.0}}]
+    stages = [
+        {"name": "a", "train": ["connector"], "steps": 4, "lr": 2e-3},
+        {
+            "name": "b",
+            "train": ["connector", "routers", "lora"],
+            "steps": 16,
+            "lr": 2e-3,
+            "warmup_steps": 2,
+            "tasks": {"asr": 2.0, "gender": 1.0, "co_reasoning": 1.0},
+        },
+    ]
 
     def args(out, resume=None):
-        return json.dumps({"stages": stages, "resume": resume, "n": 24, "lengths": True,
-                           "train": {"output_dir": str(out), "batch_size": 2, "save_every": 2, "progress": False,
-                                         "keep_last_checkpoints": 3, "length_group_mult": 2}})
+        return json.dumps(
+            {
+                "stages": stages,
+                "resume": resume,
+                "n": 24,
+                "lengths": True,
+                "train": {
+                    "output_dir": str(out),
+                    "batch_size": 2,
+                    "save_every": 2,
+                    "progress": False,
+                    "keep_last_checkpoints": 3,
+                    "length_group_mult": 2,
+                },
+            }
+        )
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    ref = subprocess.Popen([sys.executable, str(script), args(tmp_path / "ref")], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    victim = subprocess.Popen([sys.executable, str(script), args(tmp_path / "run")], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ref = subprocess.Popen(
+        [sys.executable, str(script), args(tmp_path / "ref")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    victim = subprocess.Popen(
+        [sys.executable, str(script), args(tmp_path / "run")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     latest = tmp_path / "run" / "checkpoints" / "latest"
 
     def latest_step() -> int:
@@ -438,8 +610,14 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()[-2000:]
     assert latest_step() >= 4 and not (tmp_path / "run" / "final").exists()
 
-    resumed = subprocess.run([sys.executable, str(script), args(tmp_path / "run", resume="latest")], env=env,
-                             capture_output=True, text=True, timeout=180, check=False)
+    resumed = subprocess.run(
+        [sys.executable, str(script), args(tmp_path / "run", resume="latest")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "DONE 20" in resumed.stdout
     _out, err = ref.communicate(timeout=180)
@@ -460,9 +638,13 @@ def test_grad_accum_matches_a_bigger_batch(tmp_path):
     weights = []
     for bs, ga in ((4, 1), (2, 2)):
         model = tiny_model(weak=0, lora_dropout=0.0)
-        Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path / f"{bs}", batch_size=bs, grad_accum=ga,
-                                                         save_final=False),
-                stages=stage, collate_fn=collate).train()
+        Trainer(
+            model,
+            SyntheticDataset(16),
+            config=_cfg(tmp_path / f"{bs}", batch_size=bs, grad_accum=ga, save_final=False),
+            stages=stage,
+            collate_fn=collate,
+        ).train()
         weights.append(_params(model))
     for k in weights[0]:
         torch.testing.assert_close(weights[0][k], weights[1][k], atol=1e-5, rtol=0, msg=k)
@@ -471,9 +653,13 @@ def test_grad_accum_matches_a_bigger_batch(tmp_path):
 def test_bf16_and_gradient_checkpointing_across_stages(tmp_path):
     model = tiny_model(weak=1)
     stages = [Stage("a", ("connector",), 2, 1e-3), Stage("b", ("connector", "lora", "routers"), 2, 1e-3)]
-    res = Trainer(model, SyntheticDataset(16), config=_cfg(tmp_path, mixed_precision="bf16",
-                                                           gradient_checkpointing=True, save_final=False),
-                  stages=stages, collate_fn=collate).train()
+    res = Trainer(
+        model,
+        SyntheticDataset(16),
+        config=_cfg(tmp_path, mixed_precision="bf16", gradient_checkpointing=True, save_final=False),
+        stages=stages,
+        collate_fn=collate,
+    ).train()
     logs = [r for r in _log(tmp_path) if "loss" in r]
     assert res.global_step == 4 and all(r["loss"] is not None and math.isfinite(r["loss"]) for r in logs)
     assert "_original_forward" in vars(model)  # autocast wrapper applied once, not stacked per stage
@@ -487,9 +673,13 @@ def test_feature_cache_dir_gives_the_same_run_and_fills_the_cache(tmp_path):
     def run(sub, cache_dir):
         model = tiny_model(weak=1, lora_dropout=0.0)
         stage = Stage("s", ("connector", "routers", "lora"), 8, 1e-2)
-        Trainer(model, SyntheticDataset(8), config=_cfg(tmp_path / sub, batch_size=4, log_every=1,
-                                                         feature_cache_dir=cache_dir),
-                stages=[stage], collate_fn=collate).train()
+        Trainer(
+            model,
+            SyntheticDataset(8),
+            config=_cfg(tmp_path / sub, batch_size=4, log_every=1, feature_cache_dir=cache_dir),
+            stages=[stage],
+            collate_fn=collate,
+        ).train()
         return [r["loss"] for r in _log(tmp_path / sub) if "loss" in r], model
 
     live, _ = run("live", None)

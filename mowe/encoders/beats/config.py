@@ -1,4 +1,5 @@
-"""BEATs architecture config (the keys of an official checkpoint's ``cfg``), presets and frontend constants."""
+"""BEATs architecture config (the keys of an official checkpoint's ``cfg``), presets and frontend
+constants."""
 
 from __future__ import annotations
 
@@ -64,7 +65,8 @@ class BEATsConfig:
     predictor_class: int = 527
 
     def __post_init__(self) -> None:
-        # Types and the activation choice, by the one config loader (0/1 accepted for flags, as in official cfgs).
+        # Types and the activation choice, by the one config loader (0/1 accepted for flags, as in official
+        # cfgs).
         check_fields(self, where="BEATs config", int_bools=True)
         positive = (
             "input_patch_size",
@@ -125,7 +127,8 @@ class BEATsConfig:
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any]) -> BEATsConfig:
         """Build from an official-style cfg dict (:func:`mowe.config.from_dict`): every official key is
-        understood; any other key, a wrong type or an unknown activation is a :class:`ConfigError` naming it."""
+        understood; any other key, a wrong type or an unknown activation is a :class:`ConfigError` naming
+           it."""
         if not isinstance(cfg, Mapping):
             raise ConfigError(f"BEATs config must be a dict, got {type(cfg).__name__}")
         return from_dict(cls, dict(cfg), where="BEATs config", int_bools=True)
@@ -174,5 +177,3 @@ BEATS_PRESETS: dict[str, dict[str, Any]] = {
         "conv_pos_groups": 4,
     },
 }
-
-

@@ -1,4 +1,5 @@
-"""The Kaldi-compatible log-mel filterbank frontend of BEATs (128 bins, 25 ms / 10 ms, as the official code)."""
+"""The Kaldi-compatible log-mel filterbank frontend of BEATs (128 bins, 25 ms / 10 ms, as the official
+code)."""
 
 from __future__ import annotations
 
@@ -76,5 +77,3 @@ class KaldiFbank(nn.Module):
         power = spectrum.real.square() + spectrum.imag.square()
         mel = power @ self.mel_matrix
         return mel.clamp(min=torch.finfo(torch.float32).eps).log()
-
-

@@ -1,4 +1,5 @@
-"""BEATs backbone layers: conv positional embedding, gated relative-position self-attention, post-LN encoder."""
+"""BEATs backbone layers: conv positional embedding, gated relative-position self-attention, post-LN
+encoder."""
 
 from __future__ import annotations
 
@@ -227,5 +228,3 @@ def _init_weights(model: BEATsEncoder, cfg: BEATsConfig) -> None:
             nn.init.xavier_normal_(a.q_proj.weight, gain=1.0)
             for w in (a.v_proj.weight, a.out_proj.weight, layer.fc1.weight, layer.fc2.weight):
                 nn.init.xavier_normal_(w, gain=beta)
-
-

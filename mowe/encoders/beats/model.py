@@ -139,8 +139,8 @@ class BEATsEncoder(nn.Module):
 
     def _load_official_state(self, state: dict[str, Any], path: str) -> None:
         expected = self.state_dict()
-        # Every layer's key names layer 0's shared relative-position table: each copy the file holds must equal
-        # layer 0's, and files that kept only layer 0's copy load too.
+        # Every layer's key names layer 0's shared relative-position table: each copy the file holds must
+        # equal layer 0's, and files that kept only layer 0's copy load too.
         state = check_aliases(state, alias_groups(self), where=f"BEATs checkpoint {path}", fill=True)
         missing = [k for k in expected if k not in state]
         if missing:
@@ -209,4 +209,3 @@ class BEATsEncoder(nn.Module):
         keep = valid[..., None].to(x.dtype)
         hidden = torch.stack(states, dim=1) * keep[:, None] if states is not None else None
         return EncoderOutput(features=x * keep, lengths=out_len, hidden_states=hidden)
-

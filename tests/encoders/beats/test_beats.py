@@ -370,7 +370,10 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_checkpoint_with_only_layer0_bias_table_loads_and_a_differing_copy_is_named(tmp_path):
     path, enc = _official_file(tmp_path)
-    raw, key = torch.load(path, map_location="cpu", weights_only=True), "layers.1.self_attn.relative_attention_bias"
+    raw, key = (
+        torch.load(path, map_location="cpu", weights_only=True),
+        "layers.1.self_attn.relative_attention_bias",
+    )
     copy = raw["model"].pop(f"encoder.{key}.weight").clone()  # torch.save kept the copies as one storage
     torch.save(raw, path)
     back = BEATsEncoder.from_checkpoint(path).eval()
