@@ -47,15 +47,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def build_model(directory: str, quick: bool) -> None:
     from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig, RouterConfig
     from mowe.data.processor import MoWEProcessor
+    from mowe.data.processor_options import ProcessorOptions
     from mowe.data.tokenizer import train_bpe_tokenizer
     from mowe.model import MoWEAudioLLM
 
-    proc_opts = MoWEProcessor.__init__.__kwdefaults__
     # The system prompt is in the tokenizer's training text, so it is a few tokens, as a real LLM tokenizer
     # makes it (a 400-token BPE that never saw it spells it out letter by letter: a prompt 5x longer than
     # real).
     tok = train_bpe_tokenizer(
-        [proc_opts["system_prompt"], "what is said in the clip", "a tone"] * 10, vocab_size=400
+        [ProcessorOptions().system_prompt, "what is said in the clip", "a tone"] * 10, vocab_size=400
     )
     proc = MoWEProcessor(tok)
     strong = (
