@@ -76,6 +76,11 @@ EXPECTED = {
 }
 
 
+# Differences between two separately measured figures: the sign is the measurement's (two fresh processes'
+# peak RSS differ by tens of MB either way), so only finiteness is checked.
+SIGNED = {"long_audio_rss_growth_mb"}
+
+
 @functools.cache
 def _run(script: str) -> dict:
     proc = subprocess.run(
@@ -99,7 +104,8 @@ def test_quick_run_reports_its_keys(script):
     for key in EXPECTED[script]:
         v = res[key]
         assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), (script, key, v)
-        assert v >= 0, (script, key, v)
+        if key not in SIGNED:
+            assert v >= 0, (script, key, v)
     assert res["quick"] is True
 
 
