@@ -6,18 +6,12 @@ import pytest
 import torch
 
 from mowe.config import ConnectorConfig, EncoderConfig, LLMConfig, MoWEConfig
+from mowe.recipes import TINY_HUBERT, TINY_WEAK_WHISPER, TINY_WHISPER
 
-WHISPER_TINY = dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128)
-WHISPER_WEAK = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64)
-HUBERT_TINY = dict(
-    hidden_size=32,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    intermediate_size=64,
-    conv_dim=(32,) * 7,
-    num_conv_pos_embeddings=16,
-    num_conv_pos_embedding_groups=2,
-)
+# the presets' toy sizes (mowe.recipes), copied so a test that edits one cannot change the others
+WHISPER_TINY = dict(TINY_WHISPER)
+WHISPER_WEAK = dict(TINY_WEAK_WHISPER)
+HUBERT_TINY = dict(TINY_HUBERT)
 LLAMA_TINY = dict(
     model_type="llama",
     vocab_size=128,
